@@ -1,0 +1,385 @@
+"""The HTTP face of Hearth: a Flask app factory, the routes, their schemas and their errors.
+
+Every response body is described by a pydantic model below, and ``/api/openapi.json`` is built
+from those same models, so the document cannot drift from what the routes send. Every error is
+JSON, ``{"error": {"code", "message"}}``, with a stable code; never a stack trace.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import uuid
+from collections.abc import Iterator
+from typing import Any, Literal
+
+from flask import Flask, Response, current_app, request, stream_with_context
+from pydantic import BaseModel, Field, ValidationError, field_validator
+from pydantic.json_schema import models_json_schema
+from werkzeug.exceptions import HTTPException
+
+from config import Settings, load_settings
+from history import ConversationNotFound, HistoryError, HistoryStore
+from llm import LLMError
+from model import Answer, QuestionTooLong, Token
+from services import Services, build_services
+from vectorstore import VectorStoreError
+
+log = logging.getLogger("hearth.api")
+
+BACKEND_ERRORS = (LLMError, HistoryError, VectorStoreError, QuestionTooLong)
+
+
+# Request and response schemas.
+class QuestionIn(BaseModel):
+    question: str = Field(min_length=1, description="what the user asks")
+    user_id: str = Field(min_length=1, max_length=128, description="whose conversation this is")
+    conversation_id: str | None = Field(
+        None, min_length=1, max_length=64,
+        description="continue this conversation; omit to start a new one",
+    )
+    stream: bool = Field(False, description="stream Server-Sent Events instead of one JSON body")
+
+    @field_validator("question", "user_id")
+    @classmethod
+    def _not_blank(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("must not be blank")
+        return value.strip()
+
+
+class SourceOut(BaseModel):
+    source: str = Field(description="URL or file path of the document")
+    title: str | None
+    page: int | None = Field(description="page number, for PDFs")
+    section: str | None
+    snippet: str = Field(description="the text of the document that the answer drew on")
+    chunk_id: str
+    score: float = Field(description="cosine similarity of the chunk to the question")
+
+
+class Usage(BaseModel):
+    prompt_tokens: int
+    completion_tokens: int
+
+
+class AnswerOut(BaseModel):
+    answer: str
+    sources: list[SourceOut]
+    conversation_id: str
+    usage: Usage
+    refused: bool = Field(description="true when the documents do not hold the answer")
+    model: str
+    timings: dict[str, float] = Field(description="seconds spent in each step")
+
+
+class TurnOut(BaseModel):
+    question: str
+    answer: str
+    sources: list[SourceOut]
+    model: str
+    timings: dict[str, float]
+    usage: dict[str, int]
+    standalone_question: str
+    created_at: float
+
+
+class ConversationSummaryOut(BaseModel):
+    id: str
+    user_id: str
+    title: str
+    created_at: float
+    updated_at: float
+    turn_count: int
+
+
+class ConversationOut(ConversationSummaryOut):
+    turns: list[TurnOut]
+
+
+class ConversationListOut(BaseModel):
+    conversations: list[ConversationSummaryOut]
+
+
+class DeletedOut(BaseModel):
+    deleted: int
+
+
+class ErrorBody(BaseModel):
+    code: str
+    message: str
+
+
+class ErrorOut(BaseModel):
+    error: ErrorBody
+
+
+class HealthOut(BaseModel):
+    status: Literal["ok"]
+
+
+class CheckOut(BaseModel):
+    ok: bool
+    error: str | None = None
+
+
+class ReadyOut(BaseModel):
+    ready: bool
+    checks: dict[str, CheckOut]
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, code: str, message: str) -> None:
+        super().__init__(message)
+        self.status, self.code, self.message = status, code, message
+
+
+def error_response(status: int, code: str, message: str) -> Response:
+    body = ErrorOut(error=ErrorBody(code=code, message=message)).model_dump_json()
+    return Response(body, status=status, mimetype="application/json")
+
+
+def ok(model: BaseModel, status: int = 200) -> Response:
+    return Response(model.model_dump_json(), status=status, mimetype="application/json")
+
+
+def services() -> Services:
+    return current_app.extensions["hearth"]  # type: ignore[no-any-return]
+
+
+def read_json(schema: type[BaseModel]) -> Any:
+    raw = request.get_data(cache=False)
+    if not raw.strip():
+        raise ApiError(400, "invalid_json", "the request body is empty: send a JSON object")
+    try:
+        body = json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ApiError(400, "invalid_json", f"the request body is not valid JSON: {exc}") from None
+    if not isinstance(body, dict):
+        raise ApiError(400, "invalid_json", "the request body must be a JSON object")
+    try:
+        return schema.model_validate(body)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        field = ".".join(str(p) for p in first["loc"]) or "body"
+        code = "missing_field" if first["type"] == "missing" else "invalid_field"
+        raise ApiError(400, code, f"{field}: {first['msg']}") from None
+
+
+def sse(event: str, data: Any) -> str:
+    return f"event: {event}\ndata: {json.dumps(data)}\n\n"
+
+
+def answer_out(answer: Answer, conversation_id: str) -> AnswerOut:
+    return AnswerOut(
+        answer=answer.answer, sources=[SourceOut(**s.to_dict()) for s in answer.sources],
+        conversation_id=conversation_id, usage=Usage(**answer.usage), refused=answer.refused,
+        model=answer.model, timings=answer.timings,
+    )
+
+
+def owned_turns(store: HistoryStore, conversation_id: str | None, user_id: str) -> list[Any]:
+    if conversation_id is None:
+        return []
+    conversation = store.get(conversation_id)
+    if conversation is None or conversation.user_id != user_id:
+        raise ApiError(404, "conversation_not_found",
+                       f"no conversation {conversation_id!r} for user {user_id!r}")
+    return conversation.turns
+
+
+def ask() -> Response:
+    body: QuestionIn = read_json(QuestionIn)
+    settings: Settings = services().settings
+    if len(body.question) > settings.max_question_chars:
+        raise ApiError(413, "question_too_long",
+                       f"the question has {len(body.question)} characters; the limit is "
+                       f"{settings.max_question_chars}")
+    store = services().history
+    store.ping()  # a history store that is down fails now, before the model spends any time
+    turns = owned_turns(store, body.conversation_id, body.user_id)
+    conversation_id = body.conversation_id or uuid.uuid4().hex
+    events = services().assistant.stream(body.question, turns)
+    wants_stream = body.stream or "text/event-stream" in request.headers.get("Accept", "")
+    if not wants_stream:
+        answer = next(e for e in events if isinstance(e, Answer))
+        store.add_turn(conversation_id, body.user_id, answer.turn(body.question))
+        return ok(answer_out(answer, conversation_id))
+    # The first event is pulled before the response starts, so a model that is down is a
+    # 503 with a JSON body rather than a stream that opens and fails.
+    first = next(events)
+
+    def generate() -> Iterator[str]:
+        event: Token | Answer = first
+        try:
+            while isinstance(event, Token):
+                yield sse("token", {"text": event.text})
+                event = next(events)
+            store.add_turn(conversation_id, body.user_id, event.turn(body.question))
+            out = answer_out(event, conversation_id)
+            yield sse("sources", [s.model_dump() for s in out.sources])
+            yield sse("done", out.model_dump(exclude={"sources"}))
+        except BACKEND_ERRORS as exc:
+            yield sse("error", {"code": exc.code, "message": str(exc)})
+        except ConversationNotFound:
+            yield sse("error", {"code": "conversation_not_found",
+                                "message": f"no conversation {conversation_id!r}"})
+        finally:
+            events.close()  # a client gone mid-stream stops the generation
+
+    return Response(stream_with_context(generate()), mimetype="text/event-stream",
+                    headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+
+
+def list_conversations() -> Response:
+    user_id = request.args.get("user_id", "").strip()
+    if not user_id:
+        raise ApiError(400, "missing_field", "user_id: the query parameter is required")
+    items = services().history.list(user_id)
+    return ok(ConversationListOut(conversations=[
+        ConversationSummaryOut(**c.summary()) for c in items
+    ]))
+
+
+def get_conversation(conversation_id: str) -> Response:
+    conversation = services().history.get(conversation_id)
+    user_id = request.args.get("user_id")
+    if conversation is None or (user_id is not None and conversation.user_id != user_id):
+        raise ApiError(404, "conversation_not_found", f"no conversation {conversation_id!r}")
+    return ok(ConversationOut.model_validate(conversation.to_dict()))
+
+
+def delete_conversation(conversation_id: str) -> Response:
+    store = services().history
+    conversation = store.get(conversation_id)
+    user_id = request.args.get("user_id")
+    if conversation is None or (user_id is not None and conversation.user_id != user_id):
+        raise ApiError(404, "conversation_not_found", f"no conversation {conversation_id!r}")
+    return ok(DeletedOut(deleted=int(store.delete(conversation_id))))
+
+
+def delete_user_history(user_id: str) -> Response:
+    return ok(DeletedOut(deleted=services().history.delete_user(user_id)))
+
+
+def healthz() -> Response:
+    return ok(HealthOut(status="ok"))
+
+
+def readyz() -> Response:
+    checks = services().readiness()
+    ready = all(c["ok"] for c in checks.values())
+    return ok(ReadyOut(ready=ready, checks={k: CheckOut(**v) for k, v in checks.items()}),
+              200 if ready else 503)
+
+
+def openapi_json() -> Response:
+    return Response(json.dumps(openapi_document()), mimetype="application/json")
+
+
+# (path, method, view, request schema, {status: response schema}, summary)
+ROUTES: list[tuple[str, str, Any, type[BaseModel] | None, dict[int, type[BaseModel]], str]] = [
+    ("/api/question", "POST", ask, QuestionIn,
+     {200: AnswerOut, 400: ErrorOut, 404: ErrorOut, 413: ErrorOut, 503: ErrorOut, 504: ErrorOut},
+     "Ask a question; with stream=true or Accept: text/event-stream, the answer streams as SSE "
+     "events token, sources, done (or error)."),
+    ("/api/conversations", "GET", list_conversations, None,
+     {200: ConversationListOut, 400: ErrorOut, 503: ErrorOut},
+     "A user's conversations, newest first (query parameter user_id)."),
+    ("/api/conversations/<conversation_id>", "GET", get_conversation, None,
+     {200: ConversationOut, 404: ErrorOut, 503: ErrorOut}, "One conversation with its turns."),
+    ("/api/conversations/<conversation_id>", "DELETE", delete_conversation, None,
+     {200: DeletedOut, 404: ErrorOut, 503: ErrorOut}, "Delete one conversation."),
+    ("/api/users/<user_id>/history", "DELETE", delete_user_history, None,
+     {200: DeletedOut, 503: ErrorOut}, "Erase everything Hearth remembers about a user."),
+    ("/healthz", "GET", healthz, None, {200: HealthOut}, "The process is alive."),
+    ("/readyz", "GET", readyz, None, {200: ReadyOut, 503: ReadyOut},
+     "The LLM, the vector store and the history store are reachable, each named."),
+    ("/api/openapi.json", "GET", openapi_json, None, {200: BaseModel}, "This document."),
+]
+
+
+def openapi_document() -> dict[str, Any]:
+    models = {m for *_, req, resp, _ in ROUTES for m in [req, *resp.values()]}
+    models.discard(None)
+    models.discard(BaseModel)
+    _, defs = models_json_schema(
+        [(m, "validation" if m is QuestionIn else "serialization") for m in models],  # type: ignore[misc]
+        ref_template="#/components/schemas/{model}",
+    )
+    paths: dict[str, dict[str, Any]] = {}
+    for rule, method, _view, req, responses, summary in ROUTES:
+        path = rule.replace("<", "{").replace(">", "}")
+        operation: dict[str, Any] = {"summary": summary, "responses": {}}
+        params = [p.strip("<>") for p in rule.split("/") if p.startswith("<")]
+        operation["parameters"] = [
+            {"name": p, "in": "path", "required": True, "schema": {"type": "string"}}
+            for p in params
+        ]
+        if path == "/api/conversations":
+            operation["parameters"].append(
+                {"name": "user_id", "in": "query", "required": True, "schema": {"type": "string"}})
+        elif "conversation_id" in path:
+            operation["parameters"].append(
+                {"name": "user_id", "in": "query", "required": False,
+                 "schema": {"type": "string"}})
+        if req is not None:
+            operation["requestBody"] = {"required": True, "content": {"application/json": {
+                "schema": {"$ref": f"#/components/schemas/{req.__name__}"}}}}
+        for status, model in responses.items():
+            content: dict[str, Any] = {"application/json": {"schema": (
+                {"type": "object"} if model is BaseModel
+                else {"$ref": f"#/components/schemas/{model.__name__}"})}}
+            if req is QuestionIn and status == 200:
+                content["text/event-stream"] = {"schema": {"type": "string"}}
+            operation["responses"][str(status)] = {"description": str(status), "content": content}
+        paths.setdefault(path, {})[method.lower()] = operation
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": "Hearth", "version": "0.1.0",
+                 "description": "Ask questions over your own documents, privately."},
+        "paths": paths,
+        "components": {"schemas": defs.get("$defs", {})},
+    }
+
+
+def register_errors(app: Flask) -> None:
+    @app.errorhandler(ApiError)
+    def _api_error(exc: ApiError) -> Response:
+        return error_response(exc.status, exc.code, exc.message)
+
+    @app.errorhandler(LLMError)
+    @app.errorhandler(HistoryError)
+    @app.errorhandler(VectorStoreError)
+    @app.errorhandler(QuestionTooLong)
+    def _backend_error(exc: Any) -> Response:
+        log.warning("%s: %s", exc.code, exc)
+        return error_response(exc.status, exc.code, str(exc))
+
+    @app.errorhandler(ConversationNotFound)
+    def _not_found(exc: ConversationNotFound) -> Response:
+        return error_response(404, "conversation_not_found", f"no conversation {exc}")
+
+    @app.errorhandler(HTTPException)
+    def _http_error(exc: HTTPException) -> Response:
+        code = {413: "body_too_large", 404: "not_found", 405: "method_not_allowed"}.get(
+            exc.code or 500, "http_error")
+        return error_response(exc.code or 500, code, exc.description or exc.name)
+
+    @app.errorhandler(Exception)
+    def _unexpected(exc: Exception) -> Response:
+        log.exception("unexpected error")
+        return error_response(500, "internal_error",
+                              "Hearth failed unexpectedly; the details are in its log")
+
+
+def create_app(settings: Settings | None = None, services: Services | None = None) -> Flask:
+    settings = settings or load_settings()
+    app = Flask(__name__)
+    app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
+    app.json.sort_keys = False  # type: ignore[attr-defined]
+    app.extensions["hearth"] = services or build_services(settings)
+    for rule, method, view, *_ in ROUTES:
+        app.add_url_rule(rule, f"{view.__name__}_{method.lower()}", view, methods=[method])
+    register_errors(app)
+    return app

@@ -1,0 +1,177 @@
+"""Every Hearth setting, typed, in one place.
+
+Settings come from ``HEARTH_*`` environment variables and an optional ``.env`` file. Two
+profiles set different defaults: ``embedded`` (no server of any kind: llama.cpp in process,
+local Chroma, SQLite history) and ``compose`` (Ollama, MongoDB and a Chroma server, as
+``docker-compose.yml`` runs them). A variable set explicitly always wins over a profile.
+"""
+
+from __future__ import annotations
+
+import os
+from enum import StrEnum
+from pathlib import Path
+from typing import Any
+
+from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+ENV_PREFIX = "HEARTH_"
+
+
+class Profile(StrEnum):
+    embedded = "embedded"
+    compose = "compose"
+
+
+class LLMBackend(StrEnum):
+    llamacpp = "llamacpp"
+    ollama = "ollama"
+    openai = "openai"
+
+
+class EmbeddingBackend(StrEnum):
+    sentence_transformers = "sentence-transformers"
+    ollama = "ollama"
+
+
+DEFAULT_PERSONA = (
+    "You are Hearth, a helpful assistant that answers questions about the user's own documents."
+)
+
+# What the compose profile changes; everything else keeps the embedded default.
+PROFILE_DEFAULTS: dict[Profile, dict[str, Any]] = {
+    Profile.embedded: {},
+    Profile.compose: {
+        "host": "0.0.0.0",  # inside the container; compose publishes the port on 127.0.0.1 only
+        "data_dir": "/data",
+        "llm_backend": LLMBackend.ollama,
+        "ollama_base_url": "http://ollama:11434",
+        "mongodb_uri": "mongodb://mongo:27017/?directConnection=true",
+        "chroma_url": "http://chroma:8000",
+        "auth": True,
+    },
+}
+
+
+class ConfigError(Exception):
+    """A setting is invalid; the message names the variable and what is wrong."""
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX,
+        env_file=".env",
+        env_file_encoding="utf-8",
+        extra="ignore",
+        validate_default=True,
+    )
+
+    profile: Profile = Profile.embedded
+
+    # Where the index, history and ingestion records live.
+    data_dir: Path = Path("data")
+    # Folder of model files (packaged models are assembled here by `hearth models fetch`).
+    models_dir: Path = Path("models")
+    # Hearth's own user guide, indexed on first run when the index is empty.
+    docs_dir: Path = Path("docs")
+
+    # HTTP server.
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=1, le=65535)
+    threads: int = Field(16, ge=1, le=512, description="server threads; each open stream holds one")
+    auth: bool = False
+
+    # LLM.
+    llm_backend: LLMBackend = LLMBackend.llamacpp
+    llamacpp_model: str = "qwen2.5-coder-0.5b-instruct-q4_k_m"
+    llamacpp_n_ctx: int = Field(4096, ge=512)
+    llamacpp_n_batch: int = Field(512, ge=8)
+    llamacpp_n_threads: int = Field(0, ge=0, description="0: one per two CPU cores, at least one")
+    ollama_base_url: str = "http://127.0.0.1:11434"
+    ollama_model: str = "llama3.1:8b"
+    ollama_num_ctx: int = Field(8192, ge=512)
+    openai_base_url: str = "http://127.0.0.1:8080/v1"
+    openai_model: str = "local-model"
+    openai_api_key: str = "not-needed"
+    openai_n_ctx: int = Field(4096, ge=512, description="context window of the served model")
+    temperature: float = Field(0.2, ge=0.0, le=2.0)
+    max_new_tokens: int = Field(256, ge=1, le=8192)
+    llm_timeout_s: float = Field(120.0, gt=0)
+
+    # The conversation.
+    persona: str = DEFAULT_PERSONA
+    answer_words: int = Field(80, ge=5, description="word budget the prompt asks answers to keep to")
+    refusal: str = "I am not programmed to answer that."
+    top_k: int = Field(4, ge=1, le=50)
+    min_relevance: float = Field(
+        0.25, ge=-1.0, le=1.0, description="cosine similarity below which a chunk is not relevant"
+    )
+    max_question_chars: int = Field(4000, ge=10)
+    max_body_bytes: int = Field(64 * 1024, ge=1024)
+
+    # Embeddings.
+    embedding_backend: EmbeddingBackend = EmbeddingBackend.sentence_transformers
+    ollama_embedding_model: str = "nomic-embed-text"
+
+    # Vector store: embedded Chroma under data_dir unless a server URL is given.
+    chroma_url: str | None = None
+    chroma_collection: str = Field("hearth", min_length=3)
+
+    # Chat history: SQLite under data_dir unless a MongoDB URI is given.
+    mongodb_uri: str | None = None
+    mongodb_db: str = "hearth"
+    backend_timeout_s: float = Field(5.0, gt=0, description="timeout for database calls")
+
+    # Evaluation: the judge model is chosen apart from the answering model.
+    judge_backend: LLMBackend = LLMBackend.llamacpp
+    judge_model: str = "qwen2.5-coder-1.5b-instruct-q4_k_m"
+    judge_base_url: str | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _apply_profile(cls, values: Any) -> Any:
+        if not isinstance(values, dict):
+            return values
+        profile = values.get("profile", Profile.embedded)
+        try:
+            profile = Profile(profile)
+        except ValueError:
+            return values  # the field validator reports it, naming the variable
+        return {**PROFILE_DEFAULTS[profile], **values}
+
+    @field_validator("chroma_url", "mongodb_uri", "judge_base_url", mode="before")
+    @classmethod
+    def _blank_is_none(cls, value: Any) -> Any:
+        return None if isinstance(value, str) and not value.strip() else value
+
+    # Derived paths.
+    @property
+    def chroma_path(self) -> Path:
+        return self.data_dir / "chroma"
+
+    @property
+    def history_path(self) -> Path:
+        return self.data_dir / "history.sqlite3"
+
+    @property
+    def record_manager_url(self) -> str:
+        return f"sqlite:///{(self.data_dir / 'ingest-records.sqlite3').resolve()}"
+
+    @property
+    def n_threads(self) -> int:
+        if self.llamacpp_n_threads:
+            return self.llamacpp_n_threads
+        return max(1, (os.cpu_count() or 2) // 2)
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Read the settings, turning pydantic's errors into one message per bad variable."""
+    try:
+        return Settings(**overrides)
+    except ValidationError as exc:
+        problems = []
+        for err in exc.errors():
+            field = str(err["loc"][0]) if err["loc"] else "?"
+            problems.append(f"{ENV_PREFIX}{field.upper()}: {err['msg']} (got {err.get('input')!r})")
+        raise ConfigError("invalid settings:\n  " + "\n  ".join(problems)) from None

@@ -1,0 +1,294 @@
+"""Per-user chat history: a user has many conversations, a conversation many turns.
+
+Two stores with one behaviour: SQLite in a file under the data directory (the default) and
+MongoDB when ``HEARTH_MONGODB_URI`` is set. A turn is written whole, in one transaction or one
+atomic document update, and only once its answer is complete: a failed or cancelled generation
+leaves nothing behind.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+from config import Settings
+
+
+class HistoryError(Exception):
+    code = "history_unavailable"
+    status = 503
+
+
+class ConversationNotFound(Exception):
+    """No such conversation for this user (another user's counts as none)."""
+
+
+@dataclass
+class Turn:
+    question: str
+    answer: str
+    sources: list[dict[str, Any]] = field(default_factory=list)
+    model: str = ""
+    timings: dict[str, float] = field(default_factory=dict)
+    usage: dict[str, int] = field(default_factory=dict)
+    standalone_question: str = ""
+    created_at: float = field(default_factory=time.time)
+
+
+@dataclass
+class Conversation:
+    id: str
+    user_id: str
+    title: str
+    created_at: float
+    updated_at: float
+    turns: list[Turn] = field(default_factory=list)
+    # Set when the conversation is listed without its turns.
+    turn_count: int | None = None
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "id": self.id, "user_id": self.user_id, "title": self.title,
+            "created_at": self.created_at, "updated_at": self.updated_at,
+            "turn_count": len(self.turns) if self.turn_count is None else self.turn_count,
+        }
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**self.summary(), "turns": [asdict(t) for t in self.turns]}
+
+
+def title_of(question: str) -> str:
+    line = " ".join(question.split())
+    return line if len(line) <= 80 else line[:77].rstrip() + "..."
+
+
+class HistoryStore(Protocol):
+    where: str
+
+    def ping(self) -> None: ...
+    def add_turn(self, conversation_id: str, user_id: str, turn: Turn) -> None: ...
+    def get(self, conversation_id: str) -> Conversation | None: ...
+    def list(self, user_id: str) -> list[Conversation]: ...
+    def delete(self, conversation_id: str) -> bool: ...
+    def delete_user(self, user_id: str) -> int: ...
+
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS conversations (
+    id TEXT PRIMARY KEY,
+    user_id TEXT NOT NULL,
+    title TEXT NOT NULL,
+    created_at REAL NOT NULL,
+    updated_at REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS conversations_by_user ON conversations (user_id, updated_at);
+CREATE TABLE IF NOT EXISTS turns (
+    conversation_id TEXT NOT NULL REFERENCES conversations (id) ON DELETE CASCADE,
+    position INTEGER NOT NULL,
+    body TEXT NOT NULL,
+    PRIMARY KEY (conversation_id, position)
+);
+"""
+
+
+class SQLiteHistory:
+    def __init__(self, path: Path, timeout_s: float = 5.0) -> None:
+        self.where = str(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.Lock()
+        try:
+            self._db = sqlite3.connect(
+                path, timeout=timeout_s, check_same_thread=False, isolation_level=None
+            )
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA foreign_keys=ON")
+            self._db.executescript(SCHEMA)
+        except sqlite3.Error as exc:
+            raise HistoryError(f"cannot open the history store at {path}: {exc}") from exc
+
+    def _run(self, fn: Any) -> Any:
+        with self._lock:
+            try:
+                return fn(self._db)
+            except sqlite3.Error as exc:
+                raise HistoryError(f"history store at {self.where} failed: {exc}") from exc
+
+    def ping(self) -> None:
+        self._run(lambda db: db.execute("SELECT 1").fetchone())
+
+    def add_turn(self, conversation_id: str, user_id: str, turn: Turn) -> None:
+        def write(db: sqlite3.Connection) -> None:
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                row = db.execute(
+                    "SELECT user_id FROM conversations WHERE id = ?", (conversation_id,)
+                ).fetchone()
+                if row is None:
+                    db.execute(
+                        "INSERT INTO conversations VALUES (?, ?, ?, ?, ?)",
+                        (conversation_id, user_id, title_of(turn.question),
+                         turn.created_at, turn.created_at),
+                    )
+                elif row[0] != user_id:
+                    raise ConversationNotFound(conversation_id)
+                db.execute(
+                    "INSERT INTO turns SELECT ?, COALESCE(MAX(position), -1) + 1, ? "
+                    "FROM turns WHERE conversation_id = ?",
+                    (conversation_id, json.dumps(asdict(turn)), conversation_id),
+                )
+                db.execute(
+                    "UPDATE conversations SET updated_at = ? WHERE id = ?",
+                    (turn.created_at, conversation_id),
+                )
+                db.execute("COMMIT")
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+
+        self._run(write)
+
+    def _conversation(self, db: sqlite3.Connection, row: tuple[Any, ...]) -> Conversation:
+        turns = [
+            Turn(**json.loads(body))
+            for (body,) in db.execute(
+                "SELECT body FROM turns WHERE conversation_id = ? ORDER BY position", (row[0],)
+            )
+        ]
+        return Conversation(*row, turns=turns)
+
+    def get(self, conversation_id: str) -> Conversation | None:
+        def read(db: sqlite3.Connection) -> Conversation | None:
+            row = db.execute(
+                "SELECT * FROM conversations WHERE id = ?", (conversation_id,)
+            ).fetchone()
+            return self._conversation(db, row) if row else None
+
+        return self._run(read)  # type: ignore[no-any-return]
+
+    def list(self, user_id: str) -> list[Conversation]:
+        def read(db: sqlite3.Connection) -> list[Conversation]:
+            rows = db.execute(
+                "SELECT c.*, COUNT(t.position) FROM conversations c "
+                "LEFT JOIN turns t ON t.conversation_id = c.id WHERE c.user_id = ? "
+                "GROUP BY c.id ORDER BY c.updated_at DESC",
+                (user_id,),
+            ).fetchall()
+            # Summaries only: the turns are counted, not loaded.
+            return [Conversation(*row[:5], turn_count=row[5]) for row in rows]
+
+        return self._run(read)  # type: ignore[no-any-return]
+
+    def delete(self, conversation_id: str) -> bool:
+        return bool(self._run(
+            lambda db: db.execute(
+                "DELETE FROM conversations WHERE id = ?", (conversation_id,)
+            ).rowcount
+        ))
+
+    def delete_user(self, user_id: str) -> int:
+        return int(self._run(
+            lambda db: db.execute("DELETE FROM conversations WHERE user_id = ?", (user_id,)).rowcount
+        ))
+
+
+class MongoHistory:
+    """One document per conversation; a turn is appended with one atomic ``$push``."""
+
+    def __init__(self, uri: str, db_name: str, timeout_s: float = 5.0) -> None:
+        import pymongo
+
+        self.where = _redact(uri)
+        ms = int(timeout_s * 1000)
+        self._client: pymongo.MongoClient[dict[str, Any]] = pymongo.MongoClient(
+            uri, serverSelectionTimeoutMS=ms, connectTimeoutMS=ms, socketTimeoutMS=ms * 2,
+            appname="hearth",
+        )
+        self._coll = self._client[db_name]["conversations"]
+        self._errors = pymongo.errors.PyMongoError
+        self._duplicate = pymongo.errors.DuplicateKeyError
+        self._indexed = False
+
+    def _run(self, fn: Any) -> Any:
+        try:
+            if not self._indexed:
+                self._coll.create_index([("user_id", 1), ("updated_at", -1)])
+                self._indexed = True
+            return fn(self._coll)
+        except self._errors as exc:
+            if isinstance(exc, self._duplicate):
+                raise
+            raise HistoryError(f"MongoDB at {self.where} failed: {exc}") from exc
+
+    def ping(self) -> None:
+        self._run(lambda coll: coll.database.command("ping"))
+
+    def add_turn(self, conversation_id: str, user_id: str, turn: Turn) -> None:
+        def write(coll: Any) -> None:
+            coll.update_one(
+                {"_id": conversation_id, "user_id": user_id},
+                {
+                    "$push": {"turns": asdict(turn)},
+                    "$set": {"updated_at": turn.created_at},
+                    "$setOnInsert": {"title": title_of(turn.question),
+                                     "created_at": turn.created_at},
+                },
+                upsert=True,
+            )
+
+        try:
+            self._run(write)
+        except self._duplicate as exc:  # the id exists, owned by another user
+            raise ConversationNotFound(conversation_id) from exc
+
+    @staticmethod
+    def _conversation(doc: dict[str, Any]) -> Conversation:
+        return Conversation(
+            id=doc["_id"], user_id=doc["user_id"], title=doc["title"],
+            created_at=doc["created_at"], updated_at=doc["updated_at"],
+            turns=[Turn(**t) for t in doc.get("turns", [])],
+        )
+
+    def get(self, conversation_id: str) -> Conversation | None:
+        doc = self._run(lambda coll: coll.find_one({"_id": conversation_id}))
+        return self._conversation(doc) if doc else None
+
+    def list(self, user_id: str) -> list[Conversation]:
+        def read(coll: Any) -> list[Conversation]:
+            docs = coll.aggregate([
+                {"$match": {"user_id": user_id}},
+                {"$sort": {"updated_at": -1}},
+                {"$project": {"user_id": 1, "title": 1, "created_at": 1, "updated_at": 1,
+                              "count": {"$size": {"$ifNull": ["$turns", []]}}}},
+            ])
+            return [
+                Conversation(d["_id"], d["user_id"], d["title"], d["created_at"],
+                             d["updated_at"], turn_count=d["count"])
+                for d in docs
+            ]
+
+        return self._run(read)  # type: ignore[no-any-return]
+
+    def delete(self, conversation_id: str) -> bool:
+        return bool(self._run(lambda coll: coll.delete_one({"_id": conversation_id}).deleted_count))
+
+    def delete_user(self, user_id: str) -> int:
+        return int(self._run(lambda coll: coll.delete_many({"user_id": user_id}).deleted_count))
+
+
+def _redact(uri: str) -> str:
+    """A MongoDB URI without its password, for messages and logs."""
+    if "@" not in uri:
+        return uri
+    scheme, rest = uri.split("://", 1)
+    return f"{scheme}://***@{rest.split('@', 1)[1]}"
+
+
+def build_history(settings: Settings) -> HistoryStore:
+    if settings.mongodb_uri:
+        return MongoHistory(settings.mongodb_uri, settings.mongodb_db, settings.backend_timeout_s)
+    return SQLiteHistory(settings.history_path, settings.backend_timeout_s)

@@ -1,0 +1,273 @@
+"""The language model, one adapter per backend, switched on ``HEARTH_LLM_BACKEND``.
+
+Each adapter wraps a LangChain chat model and adds what the conversation needs from it: the
+size of its context window, a token counter for the context budget, a readiness check, and
+errors a user can act on instead of a connection traceback.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator, Sequence
+from contextlib import AbstractContextManager, nullcontext
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+from langchain_core.language_models.chat_models import BaseChatModel
+from langchain_core.messages import AIMessageChunk, BaseMessage
+
+from config import LLMBackend, Settings
+from weights import ModelError, packaged, resolve_model_path
+
+
+class LLMError(Exception):
+    """The language model cannot answer; ``code`` and ``status`` say how the API reports it."""
+
+    code = "llm_unavailable"
+    status = 503
+
+
+class LLMTimeout(LLMError):
+    code = "llm_timeout"
+    status = 504
+
+
+@dataclass
+class Generation:
+    """Token counts of one call, filled in as the stream runs."""
+
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class LLM:
+    """Common behaviour; subclasses build ``chat_model`` and translate their errors."""
+
+    backend: LLMBackend
+    model_name: str
+    n_ctx: int
+    chat_model: BaseChatModel
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.max_new_tokens = settings.max_new_tokens
+
+    # One generation at a time where the engine is not thread-safe (llama.cpp in process).
+    def _guard(self) -> AbstractContextManager[Any]:
+        return nullcontext()
+
+    @property
+    def name(self) -> str:
+        return f"{self.backend.value}:{self.model_name}"
+
+    def count_tokens(self, text: str) -> int:
+        # A conservative estimate where the backend's tokenizer is out of reach: English text
+        # averages about four characters a token; three over-counts, so the budget holds.
+        return len(text) // 3 + 1
+
+    def count_message_tokens(self, messages: Sequence[BaseMessage]) -> int:
+        # Each message costs its text plus a few template tokens (role markers, separators).
+        return sum(self.count_tokens(str(m.content)) + 6 for m in messages) + 3
+
+    def ping(self) -> None:
+        """Raise LLMError unless the model can be used now."""
+
+    def translate(self, exc: Exception) -> Exception:
+        return exc
+
+    def stream(
+        self, messages: Sequence[BaseMessage], *, stop: list[str] | None = None,
+        usage: Generation | None = None,
+    ) -> Iterator[str]:
+        """Yield the answer's text as it is generated; ``usage`` receives the token counts."""
+        usage = usage if usage is not None else Generation()
+        with self._guard():
+            try:
+                for chunk in self.chat_model.stream(list(messages), stop=stop):
+                    if isinstance(chunk, AIMessageChunk) and chunk.usage_metadata:
+                        usage.prompt_tokens = chunk.usage_metadata.get("input_tokens", 0)
+                        usage.completion_tokens = chunk.usage_metadata.get("output_tokens", 0)
+                    text = chunk.content if isinstance(chunk.content, str) else ""
+                    if text:
+                        yield text
+            except LLMError:
+                raise
+            except GeneratorExit:
+                raise
+            except Exception as exc:  # translated: the caller sees an actionable error
+                raise self.translate(exc) from exc
+
+    def complete(self, messages: Sequence[BaseMessage], *, stop: list[str] | None = None) -> str:
+        return "".join(self.stream(messages, stop=stop))
+
+
+class LlamaCppLLM(LLM):
+    backend = LLMBackend.llamacpp
+
+    def __init__(self, settings: Settings) -> None:
+        super().__init__(settings)
+        try:
+            from langchain_community.chat_models import ChatLlamaCpp
+        except ImportError as exc:  # pragma: no cover - depends on the install
+            raise LLMError("llama-cpp-python is not installed: run `make run` to build it") from exc
+        try:
+            path = resolve_model_path(settings.llamacpp_model, settings.models_dir)
+        except ModelError as exc:
+            raise LLMError(str(exc)) from exc
+        self.model_path = path
+        self.model_name = path.stem
+        self.n_ctx = settings.llamacpp_n_ctx
+        self._lock = threading.Lock()
+        chat_format = None
+        if not settings.llamacpp_model.endswith(".gguf"):
+            chat_format = packaged(settings.llamacpp_model).chat_format
+        self.chat_model = ChatLlamaCpp(
+            model_path=str(path),
+            n_ctx=settings.llamacpp_n_ctx,
+            n_batch=settings.llamacpp_n_batch,
+            n_threads=settings.n_threads,
+            n_gpu_layers=0,
+            temperature=settings.temperature,
+            max_tokens=settings.max_new_tokens,
+            top_p=0.95,
+            repeat_penalty=1.1,
+            seed=0,
+            streaming=True,
+            verbose=False,
+            model_kwargs={"chat_format": chat_format} if chat_format else {},
+        )
+        self._llama = self.chat_model.client
+
+    def _guard(self) -> AbstractContextManager[Any]:
+        return self._lock
+
+    def count_tokens(self, text: str) -> int:
+        return len(self._llama.tokenize(text.encode("utf-8"), add_bos=False, special=True))
+
+    def stream(
+        self, messages: Sequence[BaseMessage], *, stop: list[str] | None = None,
+        usage: Generation | None = None,
+    ) -> Iterator[str]:
+        usage = usage if usage is not None else Generation()
+        usage.prompt_tokens = self.count_message_tokens(messages)
+        pieces: list[str] = []
+        for piece in super().stream(messages, stop=stop, usage=Generation()):
+            pieces.append(piece)
+            yield piece
+        usage.completion_tokens = self.count_tokens("".join(pieces))
+
+    def translate(self, exc: Exception) -> Exception:
+        if "exceed context window" in str(exc):
+            return LLMError(f"the prompt does not fit the model's window: {exc}")
+        return LLMError(f"llama.cpp failed: {exc}")
+
+
+class OllamaLLM(LLM):
+    backend = LLMBackend.ollama
+
+    def __init__(self, settings: Settings) -> None:
+        super().__init__(settings)
+        from langchain_ollama import ChatOllama
+
+        self.base_url = settings.ollama_base_url.rstrip("/")
+        self.model_name = settings.ollama_model
+        self.n_ctx = settings.ollama_num_ctx
+        self.chat_model = ChatOllama(
+            base_url=self.base_url,
+            model=settings.ollama_model,
+            # Ollama silently truncates a prompt longer than num_ctx: set it, and budget for it.
+            num_ctx=settings.ollama_num_ctx,
+            num_predict=settings.max_new_tokens,
+            temperature=settings.temperature,
+            seed=0,
+            client_kwargs={"timeout": settings.llm_timeout_s},
+        )
+
+    def ping(self) -> None:
+        try:
+            response = httpx.get(f"{self.base_url}/api/tags", timeout=self.settings.backend_timeout_s)
+            response.raise_for_status()
+        except httpx.HTTPError as exc:
+            raise LLMError(
+                f"Ollama is not reachable at {self.base_url} ({exc.__class__.__name__}): "
+                "start it with `ollama serve`"
+            ) from exc
+        names = {m.get("name") for m in response.json().get("models", [])}
+        wanted = {self.model_name, f"{self.model_name}:latest"}
+        if not names & wanted:
+            raise LLMError(
+                f"Ollama has no model {self.model_name!r}: run `ollama pull {self.model_name}`"
+            )
+
+    def translate(self, exc: Exception) -> Exception:
+        if isinstance(exc, httpx.TimeoutException):
+            return LLMTimeout(f"Ollama at {self.base_url} did not answer in time")
+        if isinstance(exc, httpx.ConnectError | ConnectionError):
+            return LLMError(
+                f"Ollama is not reachable at {self.base_url}: start it with `ollama serve`"
+            )
+        text = str(exc)
+        if "not found" in text and "model" in text:
+            return LLMError(
+                f"Ollama has no model {self.model_name!r}: run `ollama pull {self.model_name}`"
+            )
+        return LLMError(f"Ollama failed: {text}")
+
+
+class OpenAILLM(LLM):
+    backend = LLMBackend.openai
+
+    def __init__(self, settings: Settings) -> None:
+        super().__init__(settings)
+        from langchain_openai import ChatOpenAI
+
+        self.base_url = settings.openai_base_url.rstrip("/")
+        self.model_name = settings.openai_model
+        self.n_ctx = settings.openai_n_ctx
+        self.chat_model = ChatOpenAI(
+            base_url=self.base_url,
+            api_key=settings.openai_api_key,  # type: ignore[arg-type]
+            model=settings.openai_model,
+            temperature=settings.temperature,
+            max_completion_tokens=settings.max_new_tokens,
+            timeout=settings.llm_timeout_s,
+            max_retries=0,
+            stream_usage=True,
+            seed=0,
+        )
+
+    def ping(self) -> None:
+        try:
+            response = httpx.get(
+                f"{self.base_url}/models",
+                headers={"Authorization": f"Bearer {self.settings.openai_api_key}"},
+                timeout=self.settings.backend_timeout_s,
+            )
+            response.raise_for_status()
+        except httpx.HTTPError as exc:
+            raise LLMError(
+                f"the OpenAI-compatible server at {self.base_url} is not reachable "
+                f"({exc.__class__.__name__})"
+            ) from exc
+
+    def translate(self, exc: Exception) -> Exception:
+        import openai
+
+        if isinstance(exc, openai.APITimeoutError):
+            return LLMTimeout(f"the server at {self.base_url} did not answer in time")
+        if isinstance(exc, openai.APIConnectionError):
+            return LLMError(f"the OpenAI-compatible server at {self.base_url} is not reachable")
+        return LLMError(f"the OpenAI-compatible server failed: {exc}")
+
+
+ADAPTERS: dict[LLMBackend, type[LLM]] = {
+    LLMBackend.llamacpp: LlamaCppLLM,
+    LLMBackend.ollama: OllamaLLM,
+    LLMBackend.openai: OpenAILLM,
+}
+
+
+def build_llm(settings: Settings) -> LLM:
+    return ADAPTERS[settings.llm_backend](settings)

@@ -1,0 +1,266 @@
+"""The conversation: a question in, a grounded, cited answer out.
+
+The chain, step by step: a follow-up question is rewritten into a standalone one using the
+conversation so far; the top-k chunks are retrieved for it; chunks that are not relevant enough
+are dropped, and when none is left Hearth refuses without calling the model; the context budget
+keeps the chunks, the history and the question inside the model's window, trimming the oldest
+history first; the prompt asks for a short answer drawn from the context only; the answer
+streams out token by token, followed by the sources it was drawn from.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from langchain_core.documents import Document
+from langchain_core.messages import AIMessage, BaseMessage, HumanMessage
+from langchain_core.prompts import ChatPromptTemplate, MessagesPlaceholder
+
+from config import Settings
+from history import Turn
+from llm import LLM, Generation
+from vectorstore import VectorStore
+
+SNIPPET_CHARS = 600
+# Tokens kept free beyond the answer itself: template markers the counter may miss.
+SAFETY_TOKENS = 48
+
+# Small models follow an example better than an instruction; the conversation is given as
+# text so that the model rewrites the question instead of answering it.
+CONDENSE_PROMPT = ChatPromptTemplate.from_messages([
+    ("system",
+     "You rewrite a follow-up question so that it can be understood on its own: replace words "
+     "like it, they, that and this with what they refer to in the conversation. Output only "
+     "the rewritten question, on one line."),
+    ("human",
+     "Conversation:\nUser: How do I install the printer driver?\nAssistant: Run setup.exe "
+     "from the driver CD.\n\nFollow-up question: Does it work on Linux?"),
+    ("ai", "Does the printer driver work on Linux?"),
+    ("human", "Conversation:\n{conversation}\n\nFollow-up question: {question}"),
+])
+
+ANSWER_PROMPT = ChatPromptTemplate.from_messages([
+    ("system",
+     "{persona}\n"
+     "Answer the question using only the context below. If the context does not contain the "
+     "answer, reply exactly \"{refusal}\" and do not make one up. "
+     "Answer in at most {answer_words} words.\n\n"
+     "Context:\n{context}"),
+    MessagesPlaceholder("history"),
+    ("human", "{question}"),
+])
+
+
+class QuestionTooLong(Exception):
+    code = "question_too_long"
+    status = 413
+
+
+@dataclass
+class Source:
+    source: str
+    title: str | None
+    page: int | None
+    section: str | None
+    snippet: str
+    chunk_id: str
+    score: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class Answer:
+    answer: str
+    sources: list[Source]
+    standalone_question: str
+    refused: bool
+    model: str
+    usage: dict[str, int] = field(default_factory=dict)
+    timings: dict[str, float] = field(default_factory=dict)
+
+    def turn(self, question: str) -> Turn:
+        return Turn(
+            question=question, answer=self.answer,
+            sources=[s.to_dict() for s in self.sources], model=self.model,
+            timings=self.timings, usage=self.usage,
+            standalone_question=self.standalone_question,
+        )
+
+
+@dataclass
+class Token:
+    text: str
+
+
+def history_messages(turns: Sequence[Turn]) -> list[BaseMessage]:
+    messages: list[BaseMessage] = []
+    for turn in turns:
+        messages += [HumanMessage(turn.question), AIMessage(turn.answer)]
+    return messages
+
+
+def format_context(sources: Sequence[Source]) -> str:
+    blocks = []
+    for n, s in enumerate(sources, 1):
+        where = s.source + (f", page {s.page}" if s.page else "")
+        heading = f"[{n}] {s.title} ({where})" if s.title else f"[{n}] {where}"
+        blocks.append(f"{heading}\n{s.snippet}")
+    return "\n\n".join(blocks)
+
+
+def to_source(doc: Document, score: float, chunk_id: str) -> Source:
+    meta = doc.metadata
+    page = meta.get("page")
+    return Source(
+        source=str(meta.get("source", "")),
+        title=meta.get("title") or None,
+        page=int(page) if isinstance(page, int | float) and page else None,
+        section=meta.get("section") or None,
+        snippet=doc.page_content[:SNIPPET_CHARS * 4],
+        chunk_id=chunk_id,
+        score=round(score, 4),
+    )
+
+
+def cited(sources: Sequence[Source]) -> list[Source]:
+    """One entry per source document and page, best chunk first, snippets merged."""
+    merged: dict[tuple[str, int | None], Source] = {}
+    for s in sources:
+        key = (s.source, s.page)
+        if key in merged:
+            first = merged[key]
+            merged[key] = Source(**{**first.to_dict(), "snippet": first.snippet + " … " + s.snippet})
+        else:
+            merged[key] = s
+    return [
+        Source(**{**s.to_dict(), "snippet": s.snippet[:SNIPPET_CHARS]}) for s in merged.values()
+    ]
+
+
+class Assistant:
+    def __init__(self, llm: LLM, vectorstore: VectorStore, settings: Settings) -> None:
+        self.llm = llm
+        self.vectorstore = vectorstore
+        self.settings = settings
+
+    def retrieve(self, question: str, k: int | None = None) -> list[Source]:
+        """The k nearest chunks, best first, each with its similarity score."""
+        hits = self.vectorstore.search(question, k or self.settings.top_k)
+        return [to_source(doc, score, chunk_id) for doc, score, chunk_id in hits]
+
+    def condense(self, question: str, history: Sequence[Turn]) -> str:
+        if not history:
+            return question
+        recent = self._fit_history(history[-3:], self._budget() // 2)
+        conversation = "\n".join(
+            f"User: {t.question}\nAssistant: {t.answer}" for t in recent
+        )
+        messages = CONDENSE_PROMPT.format_messages(conversation=conversation, question=question)
+        rewritten = self.llm.complete(messages, stop=["\n"]).strip().strip('"').strip()
+        return rewritten or question
+
+    def _budget(self) -> int:
+        return self.llm.n_ctx - self.settings.max_new_tokens - SAFETY_TOKENS
+
+    def _fit_history(self, history: Sequence[Turn], budget: int) -> list[Turn]:
+        """The newest turns that fit in ``budget`` tokens: the oldest go first."""
+        kept: list[Turn] = []
+        for turn in reversed(history):
+            cost = self.llm.count_message_tokens(history_messages([turn]))
+            if cost > budget:
+                break
+            kept.insert(0, turn)
+            budget -= cost
+        return kept
+
+    def build_prompt(
+        self, question: str, sources: Sequence[Source], history: Sequence[Turn]
+    ) -> tuple[list[BaseMessage], list[Source]]:
+        """The answer prompt within the window: chunks first by rank, then the newest history."""
+        s = self.settings
+
+        def render(chunks: Sequence[Source], turns: Sequence[Turn]) -> list[BaseMessage]:
+            return ANSWER_PROMPT.format_messages(
+                persona=s.persona, refusal=s.refusal, answer_words=s.answer_words,
+                context=format_context(chunks), history=history_messages(turns),
+                question=question,
+            )
+
+        budget = self._budget()
+        fixed = self.llm.count_message_tokens(render([], []))
+        if fixed > budget:
+            raise QuestionTooLong(
+                f"the question takes {fixed} tokens with the prompt; the model's window leaves "
+                f"room for {budget}: ask a shorter question"
+            )
+        room = budget - fixed
+        used: list[Source] = []
+        for source in sources:
+            cost = self.llm.count_tokens(format_context([source])) + 2
+            if cost > room:
+                break
+            used.append(source)
+            room -= cost
+        turns = self._fit_history(history, room)
+        return render(used, turns), used
+
+    def stream(
+        self, question: str, history: Sequence[Turn] = ()
+    ) -> Iterator[Token | Answer]:
+        """Yield the answer's tokens as they come, then the finished Answer."""
+        started = time.perf_counter()
+        timings: dict[str, float] = {}
+
+        def mark(name: str, since: float) -> float:
+            now = time.perf_counter()
+            timings[name] = round(now - since, 4)
+            return now
+
+        standalone = self.condense(question, history)
+        t = mark("condense_s", started)
+        query = standalone
+        if history and standalone.strip().lower() == question.strip().lower():
+            # A small model often returns the follow-up unchanged: then the previous question
+            # carries the context that retrieval needs.
+            query = f"{history[-1].question} {question}"
+        hits = self.retrieve(query)
+        t = mark("retrieve_s", t)
+        relevant = [h for h in hits if h.score >= self.settings.min_relevance]
+        if not relevant:
+            timings["total_s"] = round(time.perf_counter() - started, 4)
+            yield Token(self.settings.refusal)
+            yield Answer(self.settings.refusal, [], standalone, True, self.llm.name,
+                         {"prompt_tokens": 0, "completion_tokens": 0}, timings)
+            return
+        messages, used = self.build_prompt(question if not history else standalone,
+                                           relevant, history)
+        t = mark("prompt_s", t)
+        usage = Generation()
+        pieces: list[str] = []
+        for piece in self.llm.stream(messages, usage=usage):
+            if not pieces:
+                timings["first_token_s"] = round(time.perf_counter() - started, 4)
+            pieces.append(piece)
+            yield Token(piece)
+        mark("generate_s", t)
+        timings["total_s"] = round(time.perf_counter() - started, 4)
+        text = "".join(pieces).strip()
+        refused = self.settings.refusal.rstrip(".").lower() in text.lower()
+        yield Answer(
+            answer=text, sources=[] if refused else cited(used), standalone_question=standalone,
+            refused=refused, model=self.llm.name,
+            usage={"prompt_tokens": usage.prompt_tokens,
+                   "completion_tokens": usage.completion_tokens},
+            timings=timings,
+        )
+
+    def answer(self, question: str, history: Sequence[Turn] = ()) -> Answer:
+        for event in self.stream(question, history):
+            if isinstance(event, Answer):
+                return event
+        raise RuntimeError("the answer stream ended without an answer")  # pragma: no cover

@@ -1,0 +1,77 @@
+"""The components Hearth runs on, each built once, on first use, from the settings.
+
+The API, the CLI and the tests reach the LLM, the embeddings, the vector store and the history
+store through one ``Services`` object: nothing is built at import time, and a component that
+cannot be built (a model not fetched, a database down) fails only the requests that need it.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+from langchain_core.embeddings import Embeddings
+
+from config import Settings
+from embeddings import build_embeddings
+from history import HistoryError, HistoryStore, build_history
+from llm import LLM, LLMError, build_llm
+from model import Assistant
+from vectorstore import VectorStore, VectorStoreError
+
+T = TypeVar("T")
+
+
+class Services:
+    def __init__(self, settings: Settings, **ready: Any) -> None:
+        """``ready`` holds components already built (an embedding model shared by tests)."""
+        self.settings = settings
+        self._built: dict[str, Any] = dict(ready)
+        self._lock = threading.RLock()
+
+    def _once(self, name: str, build: Callable[[], T]) -> T:
+        with self._lock:
+            if name not in self._built:
+                self._built[name] = build()
+            return self._built[name]  # type: ignore[no-any-return]
+
+    @property
+    def llm(self) -> LLM:
+        return self._once("llm", lambda: build_llm(self.settings))
+
+    @property
+    def embeddings(self) -> Embeddings:
+        return self._once("embeddings", lambda: build_embeddings(self.settings))
+
+    @property
+    def vectorstore(self) -> VectorStore:
+        return self._once("vectorstore", lambda: VectorStore(self.settings, self.embeddings))
+
+    @property
+    def history(self) -> HistoryStore:
+        return self._once("history", lambda: build_history(self.settings))
+
+    @property
+    def assistant(self) -> Assistant:
+        return self._once("assistant", lambda: Assistant(self.llm, self.vectorstore, self.settings))
+
+    def readiness(self) -> dict[str, dict[str, Any]]:
+        """Each backend by name: reachable or not, and why."""
+        checks: dict[str, Callable[[], Any]] = {
+            "llm": lambda: self.llm.ping(),
+            "vector_store": lambda: self.vectorstore.ping(),
+            "history_store": lambda: self.history.ping(),
+        }
+        report: dict[str, dict[str, Any]] = {}
+        for name, check in checks.items():
+            try:
+                check()
+                report[name] = {"ok": True}
+            except (LLMError, VectorStoreError, HistoryError) as exc:
+                report[name] = {"ok": False, "error": str(exc)}
+        return report
+
+
+def build_services(settings: Settings, **ready: Any) -> Services:
+    return Services(settings, **ready)

