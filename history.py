@@ -99,16 +99,16 @@ CREATE TABLE IF NOT EXISTS turns (
 class SQLiteHistory:
     def __init__(self, path: Path, timeout_s: float = 5.0) -> None:
         self.where = str(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
         try:
+            path.parent.mkdir(parents=True, exist_ok=True)
             self._db = sqlite3.connect(
                 path, timeout=timeout_s, check_same_thread=False, isolation_level=None
             )
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA foreign_keys=ON")
             self._db.executescript(SCHEMA)
-        except sqlite3.Error as exc:
+        except (OSError, sqlite3.Error) as exc:
             raise HistoryError(f"cannot open the history store at {path}: {exc}") from exc
 
     def _run(self, fn: Any) -> Any:

@@ -83,6 +83,7 @@ class LLM:
     ) -> Iterator[str]:
         """Yield the answer's text as it is generated; ``usage`` receives the token counts."""
         usage = usage if usage is not None else Generation()
+        pieces: list[str] = []
         with self._guard():
             try:
                 for chunk in self.chat_model.stream(list(messages), stop=stop):
@@ -91,6 +92,7 @@ class LLM:
                         usage.completion_tokens = chunk.usage_metadata.get("output_tokens", 0)
                     text = chunk.content if isinstance(chunk.content, str) else ""
                     if text:
+                        pieces.append(text)
                         yield text
             except LLMError:
                 raise
@@ -98,9 +100,23 @@ class LLM:
                 raise
             except Exception as exc:  # translated: the caller sees an actionable error
                 raise self.translate(exc) from exc
+        if not usage.completion_tokens:  # the backend reported none: count them here
+            usage.prompt_tokens = self.count_message_tokens(messages)
+            usage.completion_tokens = self.count_tokens("".join(pieces))
+
+    # Extra arguments that make the backend answer in one response instead of a stream.
+    non_streaming: dict[str, Any] = {}
 
     def complete(self, messages: Sequence[BaseMessage], *, stop: list[str] | None = None) -> str:
-        return "".join(self.stream(messages, stop=stop))
+        """The whole answer in one response (short calls: rewriting a follow-up question)."""
+        with self._guard():
+            try:
+                message = self.chat_model.invoke(list(messages), stop=stop, **self.non_streaming)
+            except LLMError:
+                raise
+            except Exception as exc:
+                raise self.translate(exc) from exc
+        return message.content if isinstance(message.content, str) else ""
 
 
 class LlamaCppLLM(LLM):
@@ -146,18 +162,6 @@ class LlamaCppLLM(LLM):
     def count_tokens(self, text: str) -> int:
         return len(self._llama.tokenize(text.encode("utf-8"), add_bos=False, special=True))
 
-    def stream(
-        self, messages: Sequence[BaseMessage], *, stop: list[str] | None = None,
-        usage: Generation | None = None,
-    ) -> Iterator[str]:
-        usage = usage if usage is not None else Generation()
-        usage.prompt_tokens = self.count_message_tokens(messages)
-        pieces: list[str] = []
-        for piece in super().stream(messages, stop=stop, usage=Generation()):
-            pieces.append(piece)
-            yield piece
-        usage.completion_tokens = self.count_tokens("".join(pieces))
-
     def translate(self, exc: Exception) -> Exception:
         if "exceed context window" in str(exc):
             return LLMError(f"the prompt does not fit the model's window: {exc}")
@@ -166,6 +170,7 @@ class LlamaCppLLM(LLM):
 
 class OllamaLLM(LLM):
     backend = LLMBackend.ollama
+    non_streaming = {"stream": False}
 
     def __init__(self, settings: Settings) -> None:
         super().__init__(settings)

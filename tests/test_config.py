@@ -1,0 +1,59 @@
+"""Settings: defaults, profiles, environment, .env, and errors that name the variable."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from config import ConfigError, LLMBackend, Profile, load_settings
+
+
+def test_embedded_defaults() -> None:
+    s = load_settings(_env_file=None)
+    assert s.profile is Profile.embedded
+    assert (s.host, s.port, s.llm_backend) == ("127.0.0.1", 8000, LLMBackend.llamacpp)
+    assert (s.temperature, s.max_new_tokens, s.top_k) == (0.2, 256, 4)
+    assert s.chroma_url is None and s.mongodb_uri is None
+    assert s.n_threads >= 1
+
+
+def test_compose_profile_switches_backends(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HEARTH_PROFILE", "compose")
+    s = load_settings(_env_file=None)
+    assert s.llm_backend is LLMBackend.ollama
+    assert s.ollama_base_url == "http://ollama:11434"
+    assert s.mongodb_uri and s.mongodb_uri.startswith("mongodb://mongo:27017")
+    assert s.chroma_url == "http://chroma:8000"
+    assert s.auth is True
+
+
+def test_an_explicit_variable_beats_the_profile(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HEARTH_PROFILE", "compose")
+    monkeypatch.setenv("HEARTH_OLLAMA_MODEL", "llama3.2:3b")
+    monkeypatch.setenv("HEARTH_CHROMA_URL", "http://127.0.0.1:9000")
+    s = load_settings(_env_file=None)
+    assert (s.ollama_model, s.chroma_url) == ("llama3.2:3b", "http://127.0.0.1:9000")
+
+
+def test_dotenv_file_is_read(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / ".env").write_text("HEARTH_TOP_K=7\nHEARTH_MONGODB_URI=\n")
+    monkeypatch.chdir(tmp_path)
+    s = load_settings()
+    assert s.top_k == 7 and s.mongodb_uri is None
+
+
+@pytest.mark.parametrize("name, value, words", [
+    ("HEARTH_TOP_K", "many", "valid integer"),
+    ("HEARTH_PORT", "70000", "less than or equal to 65535"),
+    ("HEARTH_LLM_BACKEND", "gpt5", "'llamacpp', 'ollama' or 'openai'"),
+    ("HEARTH_PROFILE", "cloud", "'embedded' or 'compose'"),
+    ("HEARTH_TEMPERATURE", "-1", "greater than or equal to 0"),
+])
+def test_invalid_values_fail_naming_the_variable(
+    monkeypatch: pytest.MonkeyPatch, name: str, value: str, words: str
+) -> None:
+    monkeypatch.setenv(name, value)
+    with pytest.raises(ConfigError) as err:
+        load_settings(_env_file=None)
+    assert name in str(err.value) and words in str(err.value) and value in str(err.value)

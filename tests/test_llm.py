@@ -1,0 +1,95 @@
+"""The three LLM adapters against real engines, or, for Ollama, its replayed API."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from langchain_core.messages import HumanMessage, SystemMessage
+
+from llm import Generation, LlamaCppLLM, LLMError, OllamaLLM, OpenAILLM, build_llm
+from tests.conftest import closed_port_url
+
+MESSAGES = [SystemMessage("Answer in one short sentence."), HumanMessage("What colour is the sky?")]
+
+
+def test_llamacpp_streams_and_counts_tokens(smollm: LlamaCppLLM) -> None:
+    usage = Generation()
+    pieces = list(smollm.stream(MESSAGES, usage=usage))
+    assert len(pieces) > 1 and "".join(pieces).strip()
+    assert usage.prompt_tokens > 10
+    assert 0 < usage.completion_tokens <= 48
+    assert smollm.count_tokens("hello world") == 2
+    assert smollm.n_ctx == 2048
+    smollm.ping()
+
+
+def test_llamacpp_settings_are_explicit(smollm: LlamaCppLLM) -> None:
+    model = smollm.chat_model
+    assert (model.n_ctx, model.n_batch, model.temperature, model.max_tokens) == (2048, 512, 0.2, 48)
+
+
+def test_llamacpp_missing_model_says_how_to_fetch_it(make_settings: Any, tmp_path: Any) -> None:
+    with pytest.raises(LLMError, match="hearth models fetch qwen2.5-coder-0.5b"):
+        build_llm(make_settings(models_dir=tmp_path, llamacpp_model="qwen2.5-coder-0.5b-instruct-q4_k_m"))
+    with pytest.raises(LLMError, match="model file not found at /nowhere/x.gguf"):
+        build_llm(make_settings(llamacpp_model="/nowhere/x.gguf"))
+
+
+# The Ollama adapter is tested against a replay of Ollama's documented HTTP API: a contract
+# test, since no Ollama server can be installed here.
+def test_ollama_contract_streaming_and_not(make_settings: Any, ollama_replay: Any) -> None:
+    llm = build_llm(make_settings(llm_backend="ollama", ollama_base_url=ollama_replay.url,
+                                  ollama_num_ctx=6144))
+    assert isinstance(llm, OllamaLLM)
+    llm.ping()
+    usage = Generation()
+    streamed = "".join(llm.stream(MESSAGES, usage=usage))
+    assert streamed.strip() == ollama_replay.answer
+    assert (usage.prompt_tokens, usage.completion_tokens) == (26, 282)
+    assert llm.complete(MESSAGES) == ollama_replay.answer
+    stream_request, plain_request = ollama_replay.chats()
+    assert stream_request["stream"] is True and plain_request["stream"] is False
+    for request in (stream_request, plain_request):
+        assert request["model"] == "llama3.1:8b"
+        # num_ctx must be sent: Ollama silently truncates prompts to its own default otherwise.
+        assert request["options"]["num_ctx"] == 6144
+        assert request["options"]["temperature"] == 0.2
+        assert request["messages"][0] == {"role": "system", "content": MESSAGES[0].content}
+
+
+def test_ollama_model_not_pulled_says_to_pull_it(make_settings: Any, ollama_replay: Any) -> None:
+    llm = build_llm(make_settings(llm_backend="ollama", ollama_base_url=ollama_replay.url,
+                                  ollama_model="llama3.2:1b"))
+    with pytest.raises(LLMError, match=r"run `ollama pull llama3.2:1b`"):
+        llm.ping()
+    with pytest.raises(LLMError, match=r"run `ollama pull llama3.2:1b`"):
+        list(llm.stream(MESSAGES))
+
+
+def test_ollama_unreachable_says_to_start_it(make_settings: Any) -> None:
+    llm = build_llm(make_settings(llm_backend="ollama", ollama_base_url=closed_port_url()))
+    with pytest.raises(LLMError, match="not reachable.*ollama serve"):
+        llm.ping()
+    with pytest.raises(LLMError, match="not reachable.*ollama serve"):
+        llm.complete(MESSAGES)
+
+
+def test_openai_adapter_against_llama_cpp_server(make_settings: Any, llama_server: str) -> None:
+    llm = build_llm(make_settings(llm_backend="openai", openai_base_url=llama_server,
+                                  openai_model="smollm2"))
+    assert isinstance(llm, OpenAILLM)
+    llm.ping()
+    usage = Generation()
+    text = "".join(llm.stream(MESSAGES, usage=usage))
+    assert text.strip()
+    assert usage.prompt_tokens > 10 and usage.completion_tokens > 0
+    assert llm.complete(MESSAGES).strip()
+
+
+def test_openai_adapter_server_down(make_settings: Any) -> None:
+    llm = build_llm(make_settings(llm_backend="openai", openai_base_url=closed_port_url() + "/v1"))
+    with pytest.raises(LLMError, match="not reachable"):
+        llm.ping()
+    with pytest.raises(LLMError, match="not reachable"):
+        list(llm.stream(MESSAGES))

