@@ -1,0 +1,73 @@
+"""The conversation chain: context budget, refusal without the model, cited sources."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from history import Turn
+from model import Answer, Assistant, QuestionTooLong, Source, cited
+from tests.conftest import closed_port_url
+
+
+def source(n: int, text: str, page: int | None = None, path: str | None = None) -> Source:
+    return Source(source=path or f"doc{n}.md", title=f"Doc {n}", page=page, section=None,
+                  snippet=text, chunk_id=f"c{n}", score=0.9 - n / 100)
+
+
+@pytest.fixture
+def assistant(make_services: Any) -> Assistant:
+    return make_services().assistant
+
+
+def test_history_is_trimmed_oldest_first_to_fit_the_window(assistant: Assistant) -> None:
+    long = "word " * 120
+    history = [Turn(question=f"question {n} {long}", answer=f"answer {n} {long}")
+               for n in range(30)]
+    chunks = [source(n, f"chunk {n} " + "fact " * 80) for n in range(4)]
+    messages, used = assistant.build_prompt("What now?", chunks, history)
+    window = assistant.llm.n_ctx - assistant.settings.max_new_tokens
+    assert assistant.llm.count_message_tokens(messages) <= window
+    assert used == chunks  # the chunks come first
+    kept = [m.content for m in messages[1:-1]][::2]
+    assert kept, "some history fits"
+    assert len(kept) < 30
+    # What is kept is the newest turns, in order.
+    assert kept == [t.question for t in history[-len(kept):]]
+
+
+def test_chunks_that_do_not_fit_are_dropped_lowest_rank_first(assistant: Assistant) -> None:
+    chunks = [source(n, f"chunk {n} " + "fact " * 500) for n in range(4)]
+    messages, used = assistant.build_prompt("What now?", chunks, [])
+    assert used == chunks[:len(used)] and 0 < len(used) < 4
+    assert assistant.llm.count_message_tokens(messages) <= assistant.llm.n_ctx
+
+
+def test_a_question_larger_than_the_window_is_refused(assistant: Assistant) -> None:
+    with pytest.raises(QuestionTooLong, match="ask a shorter question"):
+        assistant.build_prompt("why " * 3000, [source(1, "fact")], [])
+
+
+def test_nothing_relevant_refuses_without_calling_the_model(make_services: Any) -> None:
+    # The model is an Ollama server that is down: any call to it would raise.
+    services = make_services(llm_backend="ollama", ollama_base_url=closed_port_url())
+    services.vectorstore.langchain.add_texts(["Bananas are a yellow tropical fruit."],
+                                             metadatas=[{"source": "fruit.md"}], ids=["1"])
+    answer = services.assistant.answer("How do I configure the VPN client?")
+    assert isinstance(answer, Answer)
+    assert (answer.answer, answer.refused, answer.sources) == (
+        "I am not programmed to answer that.", True, [])
+
+
+def test_an_empty_index_refuses(assistant: Assistant) -> None:
+    assert assistant.answer("Anything at all?").refused
+
+
+def test_sources_are_cited_once_per_document_page() -> None:
+    sources = [source(1, "alpha", page=2, path="a.pdf"), source(2, "beta", page=2, path="a.pdf"),
+               source(3, "gamma", page=3, path="a.pdf"), source(4, "delta", path="b.md")]
+    merged = cited(sources)
+    assert [(s.source, s.page) for s in merged] == [("a.pdf", 2), ("a.pdf", 3), ("b.md", None)]
+    assert merged[0].snippet == "alpha … beta"
+    assert merged[0].chunk_id == "c1"
