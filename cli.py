@@ -57,15 +57,12 @@ def serve(host: str | None, port: int | None, index_docs: bool) -> None:
     from gunicorn.app.base import BaseApplication
 
     from api import create_app
+    from llm import LLMError
     from services import build_services
 
     settings = settings_or_exit()
     settings = settings.model_copy(update={k: v for k, v in
                                            {"host": host, "port": port}.items() if v})
-    services = build_services(settings)
-    if index_docs:
-        index_docs_if_empty(services)
-    app = create_app(settings, services)
     if settings.host not in ("127.0.0.1", "localhost", "::1"):
         log.warning("listening on %s: reachable from other machines", settings.host)
 
@@ -79,9 +76,18 @@ def serve(host: str | None, port: int | None, index_docs: bool) -> None:
             self.cfg.set("threads", settings.threads)
             self.cfg.set("timeout", int(settings.llm_timeout_s) + 30)
             self.cfg.set("accesslog", "-")
+            self.cfg.set("control_socket_disable", True)
 
         def load(self) -> Any:
-            return app
+            # Built in the worker, after the fork: torch and Chroma do not survive a fork.
+            services = build_services(settings)
+            if index_docs:
+                index_docs_if_empty(services)
+            try:
+                _ = services.llm  # load the model now rather than on the first question
+            except LLMError as exc:
+                log.error("%s", exc)  # /readyz says so too; the rest of the API still serves
+            return create_app(settings, services)
 
     click.echo(f"Hearth is serving at http://{settings.host}:{settings.port} "
                f"(model {settings.llm_backend.value}; Ctrl+C stops it)")

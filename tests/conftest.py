@@ -8,7 +8,9 @@ installed on these machines): see tests/ollama_replay.py.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -115,20 +117,23 @@ def http_ok(url: str) -> bool:
 class Server:
     """A server process of the test session, stopped (and reaped) at the end."""
 
-    def __init__(self, argv: list[str], log: Path) -> None:
+    def __init__(self, argv: list[str], log: Path, env: dict[str, str] | None = None,
+                 cwd: Path | None = None) -> None:
         self.log = log
         self.proc = subprocess.Popen(
-            argv, stdout=log.open("wb"), stderr=subprocess.STDOUT, start_new_session=True
+            argv, stdout=log.open("wb"), stderr=subprocess.STDOUT, start_new_session=True,
+            env=env, cwd=cwd,
         )
 
     def stop(self) -> None:
+        """Stop the server and every process it started (its own session)."""
         if self.proc.poll() is None:
             self.proc.terminate()
-            try:
+            with contextlib.suppress(subprocess.TimeoutExpired):
                 self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        self.proc.wait()
 
 
 @pytest.fixture(scope="session")

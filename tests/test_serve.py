@@ -1,0 +1,112 @@
+"""`hearth serve` as a user runs it: a gunicorn process on 127.0.0.1, over real HTTP."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.conftest import BIN, MODELS, SMOLLM, Server, free_port, http_ok, wait_until
+
+GUIDE = """# Printing
+
+## Installing the printer driver
+
+To install the printer driver, run setup.exe from the driver folder and restart the computer.
+The driver supports colour printing and duplex printing on every model of the Acme line.
+"""
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    root = tmp_path_factory.mktemp("serve")
+    (root / "guide").mkdir()
+    (root / "guide" / "printing.md").write_text(GUIDE)
+    port = free_port()
+    env = {**os.environ, "HEARTH_DATA_DIR": str(root / "data"), "HEARTH_MODELS_DIR": str(MODELS),
+           "HEARTH_DOCS_DIR": str(root / "guide"), "HEARTH_LLAMACPP_MODEL": SMOLLM,
+           "HEARTH_PORT": str(port), "HEARTH_MAX_NEW_TOKENS": "200", "HEARTH_THREADS": "4"}
+    server = Server([str(BIN / "hearth"), "serve"], root / "log", env=env, cwd=root)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_until(lambda: http_ok(f"{url}/healthz"), "hearth serve", timeout=180,
+                   proc=server.proc)
+        yield url
+    finally:
+        server.stop()
+        print((root / "log").read_text()[-3000:])
+
+
+def test_first_run_indexes_the_guide_and_answers_from_it(served: str) -> None:
+    assert httpx.get(f"{served}/readyz", timeout=30).json()["ready"] is True
+    response = httpx.post(f"{served}/api/question", timeout=120, json={
+        "question": "How do I install the printer driver?", "user_id": "ann"})
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["sources"][0]["source"].endswith("printing.md")
+    assert "setup.exe" in body["sources"][0]["snippet"]
+
+
+def test_streams_over_http(served: str) -> None:
+    events = []
+    with httpx.stream("POST", f"{served}/api/question", timeout=120, json={
+            "question": "How do I install the printer driver?", "user_id": "bob",
+            "stream": True}) as response:
+        assert response.headers["content-type"].startswith("text/event-stream")
+        for line in response.iter_lines():
+            if line.startswith("event: "):
+                events.append(line[7:])
+    assert events[0] == "token" and events[-2:] == ["sources", "done"]
+
+
+def test_a_client_gone_mid_stream_leaves_no_half_turn(served: str) -> None:
+    with httpx.stream("POST", f"{served}/api/question", timeout=120, json={
+            "question": "Tell me everything about installing the printer driver.",
+            "user_id": "carol", "stream": True}) as response:
+        for line in response.iter_lines():
+            if line.startswith("event: token"):
+                break  # the user closes the page after the first token
+    time.sleep(3)
+    listed = httpx.get(f"{served}/api/conversations", params={"user_id": "carol"}).json()
+    assert listed["conversations"] == []
+    # The generation was stopped and the model is free: the next question is answered.
+    response = httpx.post(f"{served}/api/question", timeout=120, json={
+        "question": "How do I install the printer driver?", "user_id": "carol"})
+    assert response.status_code == 200
+    listed = httpx.get(f"{served}/api/conversations", params={"user_id": "carol"}).json()
+    assert len(listed["conversations"]) == 1
+
+
+def test_binds_to_loopback_only(served: str) -> None:
+    port = served.rsplit(":", 1)[1]
+    listening = subprocess.run(["ss", "-ltnH", f"sport = :{port}"], capture_output=True,
+                               text=True).stdout
+    local_addresses = {line.split()[3] for line in listening.splitlines()}
+    assert local_addresses == {f"127.0.0.1:{port}"}
+
+
+def test_errors_over_http_are_json(served: str) -> None:
+    response = httpx.post(f"{served}/api/question", content=b"{oops",
+                          headers={"content-type": "application/json"})
+    assert response.status_code == 400
+    assert json.loads(response.text)["error"]["code"] == "invalid_json"
+
+
+def test_models_verify_command() -> None:
+    result = subprocess.run([str(BIN / "hearth"), "models", "verify", SMOLLM],
+                            capture_output=True, text=True,
+                            env={**os.environ, "HEARTH_MODELS_DIR": str(MODELS)})
+    assert result.returncode == 0 and f"{SMOLLM}: ok" in result.stdout
+
+
+def test_invalid_setting_stops_the_command_naming_it(tmp_path: Path) -> None:
+    result = subprocess.run([str(BIN / "hearth"), "models", "list"], capture_output=True,
+                            text=True, cwd=tmp_path, env={**os.environ, "HEARTH_TOP_K": "lots"})
+    assert result.returncode != 0
+    assert "HEARTH_TOP_K" in result.stderr and "Traceback" not in result.stderr
