@@ -1,0 +1,67 @@
+"""The default model (Qwen2.5-Coder-0.5B) answers correctly from a real document, and cites it.
+
+The document is a page of the Python 3.11 tutorial (Debian's python3.11-doc), which nobody here
+wrote. These tests take a minute or two on two cores: they are the ones that show Hearth works.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from ingest.pipeline import ingest_files
+from services import Services
+from tests.conftest import QWEN
+
+TUTORIAL = Path("/usr/share/doc/python3.11/html/tutorial")
+
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(not TUTORIAL.is_dir(), reason="needs Debian's python3.11-doc"),
+]
+
+
+@pytest.fixture(scope="module")
+def services(tmp_path_factory: pytest.TempPathFactory, embeddings: Any) -> Services:
+    from config import load_settings
+    from services import build_services
+    from tests.conftest import MODELS
+
+    root = tmp_path_factory.mktemp("quality")
+    (root / "docs").mkdir()
+    for page in ("venv.html", "errors.html"):
+        shutil.copy(TUTORIAL / page, root / "docs" / page)
+    services = build_services(
+        load_settings(_env_file=None, data_dir=root / "data", models_dir=MODELS,
+                      llamacpp_model=QWEN),
+        embeddings=embeddings,
+    )
+    summary = ingest_files(services, root / "docs")
+    assert summary.added == 2
+    return services
+
+
+def test_a_correct_cited_answer_from_a_real_document(services: Services) -> None:
+    answer = services.assistant.answer("How do I create a virtual environment?")
+    assert not answer.refused
+    assert "venv" in answer.answer
+    assert answer.sources[0].source.endswith("venv.html")
+    assert answer.sources[0].title and "Virtual Environments" in answer.sources[0].title
+    assert answer.timings["first_token_s"] < answer.timings["total_s"]
+
+
+def test_a_follow_up_is_understood_in_context(services: Services) -> None:
+    first_question = "How do I create a virtual environment?"
+    first = services.assistant.answer(first_question)
+    follow_up = services.assistant.answer("How do I activate it?", [first.turn(first_question)])
+    assert not follow_up.refused
+    assert "activate" in follow_up.answer
+    assert any(s.source.endswith("venv.html") for s in follow_up.sources)
+
+
+def test_a_question_the_documents_do_not_answer_is_refused(services: Services) -> None:
+    answer = services.assistant.answer("What is the population of Lisbon?")
+    assert answer.refused and answer.sources == []
