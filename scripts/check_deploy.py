@@ -1,0 +1,500 @@
+"""Static checks of the Docker deployment, for CI machines that have no Docker engine.
+
+    python scripts/check_deploy.py [--root DIR]
+
+What a `docker compose up` would reject, or silently get wrong, that can be found by reading
+the files: the compose files against the Compose Specification's JSON schema (vendored in
+deploy/), `depends_on` targets that do not exist, services without health checks, ports
+published beyond 127.0.0.1, images that float (`latest`, no tag), settings of config.py that
+`.env.example` does not document (or documents with a wrong default), and a Dockerfile that is
+single-stage, runs as root, keeps compilers or does not run `hearth serve`.
+Each check returns a list of problems; an empty list means it passed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import re
+import shlex
+import sys
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import yaml
+from dotenv import dotenv_values
+
+ROOT = Path(__file__).resolve().parents[1]
+COMPOSE_FILES = ("docker-compose.yml", "docker-compose.gpu.yml")
+SCHEMA_PATH = Path("deploy/compose.schema.json")
+ENV_EXAMPLE = Path(".env.example")
+DOCKERFILE = Path("Dockerfile")
+SETTINGS_PREFIX = "HEARTH_"
+
+LOOPBACK = {"127.0.0.1", "::1", "[::1]"}
+# An exact version at the start of the tag (3.11.15-slim-bookworm, 0.17.7, 8.0.20), or a digest.
+EXACT_TAG = re.compile(r"^v?\d+\.\d+\.\d+")
+DIGEST = re.compile(r"@sha256:[0-9a-f]{64}$")
+COMPILERS = {
+    "gcc",
+    "g++",
+    "cc",
+    "c++",
+    "clang",
+    "build-essential",
+    "make",
+    "cmake",
+    "gfortran",
+    "cpp",
+    "rustc",
+    "cargo",
+    "build-base",
+}
+# ${NAME}, ${NAME:-default}, ${NAME-default}, ${NAME:?err}, $NAME; `$$` is a literal dollar.
+INTERPOLATION = re.compile(
+    r"\$\$|\$\{(?P<braced>[A-Za-z_][A-Za-z0-9_]*)(?:(?P<op>:?[-?+])(?P<arg>[^}]*))?\}"
+    r"|\$(?P<bare>[A-Za-z_][A-Za-z0-9_]*)"
+)
+ENV_ENTRY = re.compile(r"^(?:#\s*)?(?P<name>[A-Z][A-Z0-9_]*)=(?P<value>.*)$")
+
+
+# --- compose -------------------------------------------------------------------------------
+
+
+def load_yaml(path: Path) -> dict[str, Any]:
+    doc = yaml.safe_load(path.read_text(encoding="utf-8"))
+    if not isinstance(doc, dict):
+        raise ValueError(f"{path}: not a YAML mapping")
+    return doc
+
+
+def interpolate(value: Any, env: Mapping[str, str] | None = None) -> Any:
+    """Resolve compose's ${VAR:-default} syntax the way an empty environment would."""
+    env = env or {}
+    if isinstance(value, dict):
+        return {k: interpolate(v, env) for k, v in value.items()}
+    if isinstance(value, list):
+        return [interpolate(v, env) for v in value]
+    if not isinstance(value, str):
+        return value
+
+    def resolve(match: re.Match[str]) -> str:
+        if match.group(0) == "$$":
+            return "$"
+        name = match.group("braced") or match.group("bare")
+        op, arg = match.group("op") or "", match.group("arg") or ""
+        current = env.get(name)
+        if op in (":-", "-") and (current is None or (op == ":-" and current == "")):
+            return arg
+        return current or ""
+
+    return INTERPOLATION.sub(resolve, value)
+
+
+def interpolated_variables(docs: Iterable[Any]) -> dict[str, str | None]:
+    """Every variable the compose files read, with its inline default (None when it has none)."""
+    found: dict[str, str | None] = {}
+
+    def walk(value: Any) -> None:
+        if isinstance(value, dict):
+            for item in value.values():
+                walk(item)
+        elif isinstance(value, list):
+            for item in value:
+                walk(item)
+        elif isinstance(value, str):
+            for match in INTERPOLATION.finditer(value):
+                name = match.group("braced") or match.group("bare")
+                if name:
+                    default = match.group("arg") if match.group("op") in (":-", "-") else None
+                    found.setdefault(name, default)
+
+    for doc in docs:
+        walk(doc)
+    return found
+
+
+def check_schema(doc: Mapping[str, Any], schema: Mapping[str, Any], label: str) -> list[str]:
+    validator = jsonschema.Draft7Validator(schema)
+    problems = []
+    for err in sorted(validator.iter_errors(doc), key=lambda e: list(e.absolute_path)):
+        # "not valid under any of the given schemas" says little: name the closest miss.
+        while err.context:
+            err = max(err.context, key=lambda e: len(e.absolute_path))
+        path = "/".join(str(p) for p in err.absolute_path) or "(top)"
+        problems.append(f"{label}: {path}: {err.message}")
+    return problems
+
+
+def merge(base: Any, override: Any) -> Any:
+    """Overlay an override file on a base file (mappings merge, other values replace)."""
+    if isinstance(base, dict) and isinstance(override, dict):
+        merged = dict(base)
+        for key, value in override.items():
+            merged[key] = merge(base[key], value) if key in base else value
+        return merged
+    return override
+
+
+def merge_all(base: Mapping[str, Any], overrides: Mapping[str, Mapping[str, Any]]) -> Any:
+    merged: Any = dict(base)
+    for override in overrides.values():
+        merged = merge(merged, override)
+    return merged
+
+
+def _depends_on(service: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
+    deps = service.get("depends_on") or {}
+    if isinstance(deps, list):
+        return {name: {"condition": "service_started"} for name in deps}
+    return {name: (spec or {}) for name, spec in deps.items()}
+
+
+def _has_healthcheck(service: Mapping[str, Any]) -> bool:
+    check = service.get("healthcheck") or {}
+    return bool(check) and not check.get("disable", False) and check.get("test") != ["NONE"]
+
+
+def check_references(
+    base: Mapping[str, Any], overrides: Mapping[str, Mapping[str, Any]]
+) -> list[str]:
+    """depends_on targets exist and fit their condition; override files extend real services."""
+    problems = []
+    services = base.get("services") or {}
+    for label, override in overrides.items():
+        for name in override.get("services") or {}:
+            if name not in services:
+                problems.append(f"{label}: overrides service {name!r}, which the base file lacks")
+    merged_services = merge_all(base, overrides).get("services") or {}
+    for name, service in merged_services.items():
+        for target, spec in _depends_on(service).items():
+            if target not in merged_services:
+                problems.append(f"service {name!r} depends on {target!r}, which is not a service")
+                continue
+            condition = spec.get("condition", "service_started")
+            if condition == "service_healthy" and not _has_healthcheck(merged_services[target]):
+                problems.append(
+                    f"service {name!r} waits for {target!r} to be healthy, "
+                    f"but {target!r} has no healthcheck"
+                )
+    return problems
+
+
+def check_healthchecks(doc: Mapping[str, Any]) -> list[str]:
+    """Each long-running service has a health check; one-shot services are waited on to finish."""
+    services = doc.get("services") or {}
+    one_shots = {
+        target
+        for service in services.values()
+        for target, spec in _depends_on(service).items()
+        if spec.get("condition") == "service_completed_successfully"
+    }
+    problems = []
+    for name, service in services.items():
+        if name in one_shots:
+            if service.get("restart", "no") != "no":
+                problems.append(f'one-shot service {name!r} must not restart (restart: "no")')
+        elif not _has_healthcheck(service):
+            problems.append(f"service {name!r} has no healthcheck")
+    return problems
+
+
+def _published_host_ip(port: Any) -> tuple[str | None, str]:
+    """(host IP or None when it binds every interface, text for the message) of one entry."""
+    if isinstance(port, dict):
+        if "published" not in port:
+            return "127.0.0.1", str(port)  # not published on the host at all
+        return port.get("host_ip"), str(port)
+    text = str(port)
+    if text.startswith("["):  # [::1]:8000:8000
+        host, _, _rest = text[1:].partition("]")
+        return host, text
+    parts = text.split(":")
+    if len(parts) == 3:
+        return parts[0], text
+    return None, text
+
+
+def check_ports(doc: Mapping[str, Any]) -> list[str]:
+    problems = []
+    for name, service in (doc.get("services") or {}).items():
+        if service.get("network_mode") == "host":
+            problems.append(f"service {name!r} uses the host network: nothing binds to 127.0.0.1")
+        for port in interpolate(service.get("ports") or []):
+            host_ip, text = _published_host_ip(port)
+            if host_ip not in LOOPBACK:
+                problems.append(
+                    f"service {name!r} publishes {text!r} beyond loopback: "
+                    'bind it to 127.0.0.1 ("127.0.0.1:HOST:CONTAINER")'
+                )
+    return problems
+
+
+def image_is_pinned(reference: str) -> bool:
+    if DIGEST.search(reference):
+        return True
+    name = reference.rsplit("/", 1)[-1]
+    tag = name.partition(":")[2]
+    return bool(tag) and tag != "latest" and bool(EXACT_TAG.match(tag))
+
+
+def check_compose_images(doc: Mapping[str, Any]) -> list[str]:
+    problems = []
+    for name, service in (doc.get("services") or {}).items():
+        if "build" in service:
+            continue  # the image is built here, its name is a local label
+        image = interpolate(service.get("image", ""))
+        if not image_is_pinned(image):
+            problems.append(
+                f"service {name!r} uses image {image!r}: pin an exact version tag or a digest"
+            )
+    return problems
+
+
+# --- settings and .env.example -------------------------------------------------------------
+
+
+def parse_env_example(text: str) -> tuple[dict[str, str], list[str]]:
+    """The documented variables (commented out or not) with their values, and format problems."""
+    entries: dict[str, str] = {}
+    problems = []
+    previous = ""
+    for number, raw in enumerate(text.splitlines(), 1):
+        line = raw.strip()
+        match = ENV_ENTRY.match(line)
+        if match:
+            name, value = match.group("name"), match.group("value")
+            if name in entries:
+                problems.append(f".env.example:{number}: {name} is documented twice")
+            # dotenv's own parser, so that quoting means what it will mean in a real .env.
+            entries[name] = dotenv_values(stream=io.StringIO(f"{name}={value}\n")).get(name) or ""
+            if not previous.startswith("#") or ENV_ENTRY.match(previous):
+                problems.append(f".env.example:{number}: {name} has no comment line above it")
+        previous = line
+    return entries, problems
+
+
+def settings_class() -> Any:
+    """config.Settings of this repository (the script runs from anywhere)."""
+    if str(ROOT) not in sys.path:
+        sys.path.insert(0, str(ROOT))
+    from config import Settings
+
+    return Settings
+
+
+def settings_fields() -> dict[str, Any]:
+    return dict(settings_class().model_fields)
+
+
+def _same_value(field: str, a: Any, b: Any) -> bool:
+    settings = settings_class()
+    return bool(
+        settings(**{field: a}).model_dump()[field] == settings(**{field: b}).model_dump()[field]
+    )
+
+
+def check_env_example(
+    text: str, compose_variables: Mapping[str, str | None] | None = None
+) -> list[str]:
+    from pydantic import ValidationError
+    from pydantic_core import PydanticUndefined
+
+    Settings = settings_class()  # noqa: N806 - the class, by its own name
+    entries, problems = parse_env_example(text)
+    fields = settings_fields()
+    expected = {SETTINGS_PREFIX + name.upper(): name for name in fields}
+    for variable in sorted(set(expected) - set(entries)):
+        problems.append(f".env.example does not document {variable} (a setting in config.py)")
+    for variable in sorted(v for v in entries if v.startswith(SETTINGS_PREFIX)):
+        if variable not in expected:
+            problems.append(f".env.example documents {variable}, which config.py does not read")
+
+    # The documented values must be the real defaults: read them as Settings would.
+    documented = {expected[v]: entries[v] for v in expected if v in entries}
+    defaults = {
+        name: field.default
+        for name, field in fields.items()
+        if name in documented and field.default is not PydanticUndefined
+    }
+    try:
+        as_documented = Settings(**documented).model_dump()
+        actual = Settings(**defaults).model_dump()
+    except ValidationError as exc:
+        problems.append(f".env.example holds a value config.py rejects: {exc}")
+    else:
+        for name in sorted(documented):
+            if as_documented[name] != actual[name]:
+                problems.append(
+                    f".env.example gives {SETTINGS_PREFIX}{name.upper()}={documented[name]!r}, "
+                    f"but its default in config.py is {actual[name]!r}"
+                )
+
+    for variable, default in sorted((compose_variables or {}).items()):
+        if variable not in entries:
+            problems.append(f"the compose files read ${{{variable}}}, which .env.example lacks")
+        elif variable in expected and default is not None:
+            field = expected[variable]
+            try:
+                same = field not in documented or _same_value(field, default, documented[field])
+            except ValidationError:
+                same = False
+            if not same:
+                problems.append(
+                    f"the compose files default ${{{variable}}} to {default!r}, "
+                    f".env.example to {documented[field]!r}"
+                )
+    return problems
+
+
+def check_setting_names(texts: Mapping[str, str]) -> list[str]:
+    """Every HEARTH_* name the deployment files set is a setting (a typo would be ignored)."""
+    known = {SETTINGS_PREFIX + name.upper() for name in settings_fields()}
+    problems = []
+    for label, text in texts.items():
+        for name in sorted(set(re.findall(r"\bHEARTH_[A-Z0-9_]+\b", text)) - known):
+            problems.append(f"{label} names {name}, which is not a setting in config.py")
+    return problems
+
+
+# --- Dockerfile ----------------------------------------------------------------------------
+
+
+def dockerfile_instructions(text: str) -> list[tuple[str, str]]:
+    """(INSTRUCTION, arguments) pairs, with comments dropped and continuations joined."""
+    instructions: list[tuple[str, str]] = []
+    pending = ""
+    for raw in text.splitlines():
+        line = raw.strip()
+        if line.startswith("#") or (not line and pending):
+            continue
+        if line.endswith("\\"):
+            pending += line[:-1] + " "
+            continue
+        line = pending + line
+        pending = ""
+        if line:
+            keyword, _, rest = line.partition(" ")
+            instructions.append((keyword.upper(), rest.strip()))
+    if pending:
+        keyword, _, rest = pending.strip().partition(" ")
+        instructions.append((keyword.upper(), rest.strip()))
+    return instructions
+
+
+def _installed_packages(run: str) -> set[str]:
+    """Packages that apt-get/apk/yum install in a RUN line."""
+    packages: set[str] = set()
+    for command in re.split(r"&&|;|\|\|", run):
+        words = shlex.split(command, posix=True) if command.strip() else []
+        if "install" in words and any(w in words for w in ("apt-get", "apt", "apk", "yum", "dnf")):
+            after = words[words.index("install") + 1 :]
+            packages |= {w.split("=")[0] for w in after if not w.startswith("-")}
+        elif "add" in words and "apk" in words:
+            packages |= {w for w in words[words.index("add") + 1 :] if not w.startswith("-")}
+    return packages
+
+
+def check_dockerfile(text: str) -> list[str]:
+    problems = []
+    instructions = dockerfile_instructions(text)
+    args: dict[str, str] = {}
+    stages: list[list[tuple[str, str]]] = []
+    stage_names: set[str] = set()
+    for keyword, rest in instructions:
+        if keyword == "ARG" and not stages:
+            name, _, default = rest.partition("=")
+            args[name.strip()] = default.strip().strip('"')
+        elif keyword == "FROM":
+            words = [w for w in rest.split() if not w.startswith("--")]
+            image = interpolate(words[0], args) if words else ""
+            local = image.lower() in stage_names or image == "scratch"
+            if not local and not image_is_pinned(image):
+                problems.append(
+                    f"Dockerfile: FROM {image!r} is not pinned: use an exact version tag "
+                    "(python:3.11.15-slim-bookworm) or a digest"
+                )
+            if len(words) >= 3 and words[1].upper() == "AS":
+                stage_names.add(words[2].lower())
+            stages.append([])
+        elif stages:
+            stages[-1].append((keyword, rest))
+    if len(stages) < 2:
+        problems.append("Dockerfile: not multi-stage (build in one stage, copy into a clean one)")
+    if not stages:
+        return problems
+
+    final = stages[-1]
+    for keyword, rest in final:
+        if keyword == "RUN":
+            for package in sorted(_installed_packages(rest) & COMPILERS):
+                problems.append(f"Dockerfile: the final stage installs the compiler {package!r}")
+    users = [rest.split(":")[0] for keyword, rest in final if keyword == "USER"]
+    if not users or users[-1] in ("root", "0"):
+        problems.append("Dockerfile: the final stage runs as root: add a USER that is not root")
+    commands = [rest for keyword, rest in final if keyword == "CMD"]
+    if not commands:
+        problems.append("Dockerfile: the final stage has no CMD (it should run `hearth serve`)")
+    else:
+        try:
+            command = json.loads(commands[-1])
+        except json.JSONDecodeError:
+            command = shlex.split(commands[-1])
+        if command[:2] != ["hearth", "serve"]:
+            problems.append(f"Dockerfile: CMD is {command!r}, not `hearth serve`")
+    runs = " ".join(rest for keyword, rest in instructions if keyword == "RUN")
+    # The package by name, or through the project's `llamacpp` extra (".[ingest,llamacpp]").
+    if re.search(r"llama[-_]cpp[-_]python|\[[^\]]*\bllamacpp\b", runs, re.IGNORECASE):
+        problems.append("Dockerfile: installs llama-cpp-python; the compose profile uses Ollama")
+    return problems
+
+
+# --- all of it -----------------------------------------------------------------------------
+
+
+def run_checks(root: Path = ROOT) -> list[str]:
+    schema = json.loads((root / SCHEMA_PATH).read_text(encoding="utf-8"))
+    docs = {name: load_yaml(root / name) for name in COMPOSE_FILES if (root / name).exists()}
+    if COMPOSE_FILES[0] not in docs:
+        return [f"{COMPOSE_FILES[0]} is missing"]
+    base = docs[COMPOSE_FILES[0]]
+    overrides = {name: doc for name, doc in docs.items() if name != COMPOSE_FILES[0]}
+
+    problems: list[str] = []
+    for name, doc in docs.items():
+        problems += check_schema(doc, schema, name)
+        problems += check_ports(doc)
+    problems += check_references(base, overrides)
+    merged = merge_all(base, overrides)
+    problems += check_compose_images(merged)
+    problems += check_healthchecks(merged)
+    problems += check_env_example(
+        (root / ENV_EXAMPLE).read_text(encoding="utf-8"), interpolated_variables(docs.values())
+    )
+    dockerfile = (root / DOCKERFILE).read_text(encoding="utf-8")
+    problems += check_dockerfile(dockerfile)
+    texts = {name: (root / name).read_text(encoding="utf-8") for name in docs}
+    problems += check_setting_names(texts | {"Dockerfile": dockerfile})
+    return problems
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--root", type=Path, default=ROOT, help="repository root to check")
+    options = parser.parse_args(argv)
+    problems = run_checks(options.root)
+    for problem in problems:
+        print(f"FAIL {problem}")
+    if not problems:
+        print(
+            "deployment files pass: schema, depends_on, healthchecks, ports, pins, "
+            ".env.example, Dockerfile"
+        )
+    return 1 if problems else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
