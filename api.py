@@ -13,16 +13,18 @@ import uuid
 from collections.abc import Iterator
 from typing import Any, Literal
 
-from flask import Flask, Response, current_app, request, stream_with_context
+from flask import Flask, Response, current_app, g, request, stream_with_context
 from pydantic import BaseModel, Field, ValidationError, field_validator
 from pydantic.json_schema import models_json_schema
 from werkzeug.exceptions import HTTPException
 
+from auth import Principal
 from config import Settings, load_settings
 from history import ConversationNotFound, HistoryError, HistoryStore
 from llm import LLMError
 from model import Answer, QuestionTooLong, Token
 from services import Services, build_services
+from throttle import Busy, build_limiter, user_key
 from vectorstore import VectorStoreError
 
 log = logging.getLogger("hearth.api")
@@ -178,6 +180,32 @@ def answer_out(answer: Answer, conversation_id: str) -> AnswerOut:
     )
 
 
+def principal() -> Principal | None:
+    """The API key's holder, or None when keys are off (the user_id is then trusted)."""
+    return getattr(g, "principal", None)
+
+
+def acting_user(requested: str | None) -> str:
+    """The user a request acts for: its key's user; an admin may act for anyone."""
+    who = principal()
+    if who is None:
+        if not requested:
+            raise ApiError(400, "missing_field", "user_id: the query parameter is required")
+        return requested
+    if requested and requested != who.user_id and not who.admin:
+        raise ApiError(403, "forbidden", f"this API key may act only for user {who.user_id!r}")
+    return requested or who.user_id
+
+
+def visible(conversation: Any) -> bool:
+    """Whether this request may see the conversation (owners, admins, or keys off)."""
+    who = principal()
+    if who is not None and not who.admin and conversation.user_id != who.user_id:
+        return False
+    user_id = request.args.get("user_id")
+    return user_id is None or conversation.user_id == user_id
+
+
 def owned_turns(store: HistoryStore, conversation_id: str | None, user_id: str) -> list[Any]:
     if conversation_id is None:
         return []
@@ -190,6 +218,7 @@ def owned_turns(store: HistoryStore, conversation_id: str | None, user_id: str) 
 
 def ask() -> Response:
     body: QuestionIn = read_json(QuestionIn)
+    body.user_id = acting_user(body.user_id)
     settings: Settings = services().settings
     if len(body.question) > settings.max_question_chars:
         raise ApiError(413, "question_too_long",
@@ -199,15 +228,22 @@ def ask() -> Response:
     store.ping()  # a history store that is down fails now, before the model spends any time
     turns = owned_turns(store, body.conversation_id, body.user_id)
     conversation_id = body.conversation_id or uuid.uuid4().hex
-    events = services().assistant.stream(body.question, turns)
+    gate = services().gate
     wants_stream = body.stream or "text/event-stream" in request.headers.get("Accept", "")
     if not wants_stream:
-        answer = next(e for e in events if isinstance(e, Answer))
+        with gate.slot():
+            answer = services().assistant.answer(body.question, turns)
         store.add_turn(conversation_id, body.user_id, answer.turn(body.question))
         return ok(answer_out(answer, conversation_id))
-    # The first event is pulled before the response starts, so a model that is down is a
-    # 503 with a JSON body rather than a stream that opens and fails.
-    first = next(events)
+    gate.acquire()  # released when the stream ends, however it ends
+    events = services().assistant.stream(body.question, turns)
+    try:
+        # The first event is pulled before the response starts, so a model that is down is
+        # a 503 with a JSON body rather than a stream that opens and fails.
+        first = next(events)
+    except BaseException:
+        gate.release()
+        raise
 
     def generate() -> Iterator[str]:
         event: Token | Answer = first
@@ -226,15 +262,14 @@ def ask() -> Response:
                                 "message": f"no conversation {conversation_id!r}"})
         finally:
             events.close()  # a client gone mid-stream stops the generation
+            gate.release()
 
     return Response(stream_with_context(generate()), mimetype="text/event-stream",
                     headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
 
 def list_conversations() -> Response:
-    user_id = request.args.get("user_id", "").strip()
-    if not user_id:
-        raise ApiError(400, "missing_field", "user_id: the query parameter is required")
+    user_id = acting_user(request.args.get("user_id", "").strip() or None)
     items = services().history.list(user_id)
     return ok(ConversationListOut(conversations=[
         ConversationSummaryOut(**c.summary()) for c in items
@@ -243,8 +278,7 @@ def list_conversations() -> Response:
 
 def get_conversation(conversation_id: str) -> Response:
     conversation = services().history.get(conversation_id)
-    user_id = request.args.get("user_id")
-    if conversation is None or (user_id is not None and conversation.user_id != user_id):
+    if conversation is None or not visible(conversation):
         raise ApiError(404, "conversation_not_found", f"no conversation {conversation_id!r}")
     return ok(ConversationOut.model_validate(conversation.to_dict()))
 
@@ -252,14 +286,13 @@ def get_conversation(conversation_id: str) -> Response:
 def delete_conversation(conversation_id: str) -> Response:
     store = services().history
     conversation = store.get(conversation_id)
-    user_id = request.args.get("user_id")
-    if conversation is None or (user_id is not None and conversation.user_id != user_id):
+    if conversation is None or not visible(conversation):
         raise ApiError(404, "conversation_not_found", f"no conversation {conversation_id!r}")
     return ok(DeletedOut(deleted=int(store.delete(conversation_id))))
 
 
 def delete_user_history(user_id: str) -> Response:
-    return ok(DeletedOut(deleted=services().history.delete_user(user_id)))
+    return ok(DeletedOut(deleted=services().history.delete_user(acting_user(user_id))))
 
 
 def healthz() -> Response:
@@ -333,13 +366,23 @@ def openapi_document() -> dict[str, Any]:
             if req is QuestionIn and status == 200:
                 content["text/event-stream"] = {"schema": {"type": "string"}}
             operation["responses"][str(status)] = {"description": str(status), "content": content}
+        if guarded(rule):
+            # With API keys on: no key or a bad one, another user's data, too many requests.
+            for status in (401, 403, 429):
+                operation["responses"][str(status)] = {"description": str(status), "content": {
+                    "application/json": {"schema": {"$ref": "#/components/schemas/ErrorOut"}}}}
+            operation["security"] = [{"apiKey": []}, {}]
         paths.setdefault(path, {})[method.lower()] = operation
     return {
         "openapi": "3.1.0",
         "info": {"title": "Hearth", "version": "0.1.0",
                  "description": "Ask questions over your own documents, privately."},
         "paths": paths,
-        "components": {"schemas": defs.get("$defs", {})},
+        "components": {
+            "schemas": defs.get("$defs", {}),
+            "securitySchemes": {"apiKey": {"type": "http", "scheme": "bearer",
+                                           "description": "`hearth keys create --user NAME`"}},
+        },
     }
 
 
@@ -356,14 +399,20 @@ def register_errors(app: Flask) -> None:
         log.warning("%s: %s", exc.code, exc)
         return error_response(exc.status, exc.code, str(exc))
 
+    @app.errorhandler(Busy)
+    def _busy(exc: Busy) -> Response:
+        response = error_response(exc.status, exc.code, str(exc))
+        response.headers["Retry-After"] = str(exc.retry_after)
+        return response
+
     @app.errorhandler(ConversationNotFound)
     def _not_found(exc: ConversationNotFound) -> Response:
         return error_response(404, "conversation_not_found", f"no conversation {exc}")
 
     @app.errorhandler(HTTPException)
     def _http_error(exc: HTTPException) -> Response:
-        code = {413: "body_too_large", 404: "not_found", 405: "method_not_allowed"}.get(
-            exc.code or 500, "http_error")
+        code = {413: "body_too_large", 404: "not_found", 405: "method_not_allowed",
+                429: "rate_limited"}.get(exc.code or 500, "http_error")
         return error_response(exc.code or 500, code, exc.description or exc.name)
 
     @app.errorhandler(Exception)
@@ -373,13 +422,38 @@ def register_errors(app: Flask) -> None:
                               "Hearth failed unexpectedly; the details are in its log")
 
 
+def guarded(path: str) -> bool:
+    """Routes that need an API key when keys are on."""
+    return path.startswith(("/api/", "/v1/")) and path != "/api/openapi.json"
+
+
+def authenticate(settings: Settings, hearth: Services) -> Response | None:
+    g.principal = None
+    if not settings.auth_required or not guarded(request.path):
+        return None
+    scheme, _, token = request.headers.get("Authorization", "").partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        return error_response(401, "unauthorized", "an API key is required: send the header "
+                              "'Authorization: Bearer <key>' (`hearth keys create --user NAME`)")
+    g.principal = hearth.keys.authenticate(token.strip())
+    if g.principal is None:
+        return error_response(401, "unauthorized", "this API key is not valid or was revoked")
+    return None
+
+
 def create_app(settings: Settings | None = None, services: Services | None = None) -> Flask:
     settings = settings or load_settings()
+    hearth = services or build_services(settings)
     app = Flask(__name__)
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
     app.json.sort_keys = False  # type: ignore[attr-defined]
-    app.extensions["hearth"] = services or build_services(settings)
+    app.extensions["hearth"] = hearth
+    # Authentication runs before the rate limiter, which counts requests per key holder.
+    app.before_request(lambda: authenticate(settings, hearth))
+    limiter = build_limiter(app, settings)
     for rule, method, view, *_ in ROUTES:
+        if view is ask:
+            view = limiter.limit(settings.question_rate_limit, key_func=user_key)(view)
         app.add_url_rule(rule, f"{view.__name__}_{method.lower()}", view, methods=[method])
     register_errors(app)
     return app

@@ -10,7 +10,7 @@ from typing import Any
 
 import click
 
-from config import ConfigError, Settings, load_settings
+from config import LOOPBACK_HOSTS, ConfigError, Settings, load_settings
 
 log = logging.getLogger("hearth")
 
@@ -63,8 +63,12 @@ def serve(host: str | None, port: int | None, index_docs: bool) -> None:
     settings = settings_or_exit()
     settings = settings.model_copy(update={k: v for k, v in
                                            {"host": host, "port": port}.items() if v})
-    if settings.host not in ("127.0.0.1", "localhost", "::1"):
-        log.warning("listening on %s: reachable from other machines", settings.host)
+    if settings.host not in LOOPBACK_HOSTS:
+        log.warning("listening on %s: reachable from other machines; API keys are required",
+                    settings.host)
+    if not settings.auth_required:
+        click.echo("API keys are off: anyone who can reach this machine's 127.0.0.1 can ask and "
+                   "read every user's history. Set HEARTH_AUTH=true to require keys.", err=True)
 
     class Server(BaseApplication):  # type: ignore[misc]
         def load_config(self) -> None:
@@ -200,6 +204,47 @@ def models_verify(names: tuple[str, ...]) -> None:
         click.echo(f"{name}: {message}")
     if failed:
         sys.exit(1)
+
+
+@main.group()
+def keys() -> None:
+    """Create, list and revoke API keys (required when HEARTH_AUTH is on)."""
+
+
+@keys.command("create")
+@click.option("--user", "user_id", required=True, help="the user the key acts as")
+@click.option("--admin", is_flag=True, help="may act for every user, ingest and manage keys")
+def keys_create(user_id: str, admin: bool) -> None:
+    """Create a key; it is shown once and stored only as a hash."""
+    from auth import build_keys
+
+    token, key = build_keys(settings_or_exit()).create(user_id, admin)
+    click.echo(token)
+    click.echo(f"(key {key.id} for {user_id}{', admin' if admin else ''}: keep it now, it is "
+               "not shown again)", err=True)
+
+
+@keys.command("list")
+def keys_list() -> None:
+    """Every key: its id, user, role and state (never the key itself)."""
+    from auth import build_keys
+
+    for key in build_keys(settings_or_exit()).list():
+        state = "revoked" if key.revoked_at else "active"
+        created = time.strftime("%Y-%m-%d %H:%M", time.localtime(key.created_at))
+        click.echo(f"{key.id}  {key.user_id}  {'admin' if key.admin else 'user'}  {state}  "
+                   f"created {created}")
+
+
+@keys.command("revoke")
+@click.argument("key_id")
+def keys_revoke(key_id: str) -> None:
+    """Revoke the key whose id (as `hearth keys list` shows it) is KEY_ID."""
+    from auth import build_keys
+
+    if not build_keys(settings_or_exit()).revoke(key_id):
+        raise click.ClickException(f"no active key {key_id!r}")
+    click.echo(f"revoked {key_id}")
 
 
 def register_plugins() -> None:

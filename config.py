@@ -17,6 +17,7 @@ from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 ENV_PREFIX = "HEARTH_"
+LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
 
 
 class Profile(StrEnum):
@@ -80,7 +81,15 @@ class Settings(BaseSettings):
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=1, le=65535)
     threads: int = Field(16, ge=1, le=512, description="server threads; each open stream holds one")
+    # API keys: always required when Hearth listens beyond loopback, whatever this says.
     auth: bool = False
+
+    # Limits, per user (the API key's user, else the user_id, else the client address).
+    rate_limit: str = Field("300/minute", description="all API requests (flask-limiter syntax)")
+    question_rate_limit: str = Field("30/minute", description="questions, streamed or not")
+    max_concurrent_generations: int = Field(1, ge=1, le=64)
+    max_queued_generations: int = Field(8, ge=0, le=1024)
+    queue_timeout_s: float = Field(60.0, gt=0, description="longest wait for a free model")
 
     # LLM.
     llm_backend: LLMBackend = LLMBackend.llamacpp
@@ -157,6 +166,10 @@ class Settings(BaseSettings):
     @property
     def record_manager_url(self) -> str:
         return f"sqlite:///{(self.data_dir / 'ingest-records.sqlite3').resolve()}"
+
+    @property
+    def auth_required(self) -> bool:
+        return self.auth or self.host not in LOOPBACK_HOSTS
 
     @property
     def n_threads(self) -> int:

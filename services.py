@@ -13,11 +13,13 @@ from typing import Any, TypeVar
 
 from langchain_core.embeddings import Embeddings
 
+from auth import Keys, build_keys
 from config import Settings
 from embeddings import build_embeddings
 from history import HistoryError, HistoryStore, build_history
 from llm import LLM, LLMError, build_llm
 from model import Assistant
+from throttle import Gate
 from vectorstore import VectorStore, VectorStoreError
 
 T = TypeVar("T")
@@ -51,6 +53,16 @@ class Services:
     @property
     def history(self) -> HistoryStore:
         return self._once("history", lambda: build_history(self.settings))
+
+    @property
+    def keys(self) -> Keys:
+        return self._once("keys", lambda: build_keys(self.settings))
+
+    @property
+    def gate(self) -> Gate:
+        s = self.settings
+        return self._once("gate", lambda: Gate(s.max_concurrent_generations,
+                                               s.max_queued_generations, s.queue_timeout_s))
 
     @property
     def assistant(self) -> Assistant:

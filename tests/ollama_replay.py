@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -18,9 +19,10 @@ CREATED_AT = "2023-08-04T19:22:45.499127Z"
 
 class OllamaReplay:
     def __init__(self, models: tuple[str, ...] = ("llama3.1:8b",),
-                 answer: str = "Hearth answers from your documents.") -> None:
+                 answer: str = "Hearth answers from your documents.", delay: float = 0.0) -> None:
         self.models = list(models)
         self.answer = answer
+        self.delay = delay  # seconds before each chat answer: a model that is slow
         self.requests: list[dict[str, Any]] = []
         replay = self
 
@@ -67,6 +69,7 @@ class OllamaReplay:
                     self._send(404, b"404 page not found", "text/plain")
 
             def _chat(self, body: dict[str, Any]) -> None:
+                time.sleep(replay.delay)
                 stats = {"done_reason": "stop", "total_duration": 4883583458,
                          "load_duration": 1334875, "prompt_eval_count": 26,
                          "prompt_eval_duration": 342546000, "eval_count": 282,

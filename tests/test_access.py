@@ -1,0 +1,202 @@
+"""Who may ask and read: API keys, roles, ownership; and the limits on how much."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from api import create_app
+from tests.conftest import BIN
+from tests.test_api import index
+from throttle import Busy, Gate
+
+
+@pytest.fixture
+def secured(make_services: Any) -> Any:
+    services = make_services(auth=True, question_rate_limit="1000/minute")
+    index(services)
+    app = create_app(services.settings, services)
+    keys = {name: services.keys.create(name, admin=(name == "root"))[0]
+            for name in ("ann", "bob", "root")}
+    return app.test_client(), keys, services
+
+
+def bearer(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
+def test_keys_are_required_and_checked(secured: Any) -> None:
+    client, keys, _ = secured
+    body = {"question": "How do I ingest PDFs?", "user_id": "ann"}
+    for headers in ({}, {"Authorization": "Basic abc"}, bearer("hearth_forged"), bearer("nope")):
+        response = client.post("/api/question", json=body, headers=headers)
+        assert response.status_code == 401
+        assert response.get_json()["error"]["code"] == "unauthorized"
+    assert client.post("/api/question", json=body, headers=bearer(keys["ann"])).status_code == 200
+    # Liveness and the API description stay open.
+    assert client.get("/healthz").status_code == 200
+    assert client.get("/api/openapi.json").status_code == 200
+
+
+def test_a_key_acts_only_for_its_user(secured: Any) -> None:
+    client, keys, _ = secured
+    answer = client.post("/api/question", headers=bearer(keys["ann"]), json={
+        "question": "How do I ingest PDFs?", "user_id": "ann"}).get_json()
+    cid = answer["conversation_id"]
+    as_bob = bearer(keys["bob"])
+    assert client.post("/api/question", headers=as_bob, json={
+        "question": "Hi", "user_id": "ann"}).status_code == 403
+    assert client.post("/api/question", headers=as_bob, json={
+        "question": "And?", "user_id": "bob", "conversation_id": cid}).status_code == 404
+    assert client.get(f"/api/conversations/{cid}", headers=as_bob).status_code == 404
+    assert client.delete(f"/api/conversations/{cid}", headers=as_bob).status_code == 404
+    assert client.get("/api/conversations?user_id=ann", headers=as_bob).status_code == 403
+    assert client.delete("/api/users/ann/history", headers=as_bob).status_code == 403
+    # Bob's own list is empty; Ann still has her conversation, whole.
+    assert client.get("/api/conversations", headers=as_bob).get_json()["conversations"] == []
+    mine = client.get("/api/conversations", headers=bearer(keys["ann"])).get_json()
+    assert [c["id"] for c in mine["conversations"]] == [cid]
+
+
+def test_an_admin_may_act_for_others(secured: Any) -> None:
+    client, keys, _ = secured
+    response = client.post("/api/question", headers=bearer(keys["root"]), json={
+        "question": "How do I ingest PDFs?", "user_id": "ann"})
+    assert response.status_code == 200
+    cid = response.get_json()["conversation_id"]
+    listed = client.get("/api/conversations", headers=bearer(keys["ann"])).get_json()
+    assert [c["id"] for c in listed["conversations"]] == [cid]
+    assert client.delete("/api/users/ann/history", headers=bearer(keys["root"])).get_json() == {
+        "deleted": 1}
+
+
+def test_a_revoked_key_is_refused(secured: Any) -> None:
+    client, _, services = secured
+    token, key = services.keys.create("dan")
+    assert client.get("/api/conversations", headers=bearer(token)).status_code == 200
+    assert services.keys.revoke(key.id)
+    response = client.get("/api/conversations", headers=bearer(token))
+    assert response.status_code == 401
+    assert "revoked" in response.get_json()["error"]["message"]
+
+
+def test_keys_are_stored_hashed(secured: Any) -> None:
+    _, keys, services = secured
+    stored = (services.settings.data_dir / "keys.sqlite3").read_bytes()
+    assert keys["ann"].encode() not in stored
+    assert keys["ann"][7:15].encode() in stored  # the id, which is safe to show
+
+
+def test_keys_cli_create_list_revoke(tmp_path: Path) -> None:
+    env = {**os.environ, "HEARTH_DATA_DIR": str(tmp_path / "data")}
+
+    def hearth(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([str(BIN / "hearth"), "keys", *args], capture_output=True,
+                              text=True, env=env)
+
+    created = hearth("create", "--user", "ann", "--admin")
+    assert created.returncode == 0
+    token = created.stdout.strip()
+    assert token.startswith("hearth_") and len(token) > 40
+    listed = hearth("list").stdout
+    assert token[7:15] in listed and "ann" in listed and "admin" in listed and "active" in listed
+    assert token not in listed
+    assert hearth("revoke", token[7:15]).returncode == 0
+    assert "revoked" in hearth("list").stdout
+    assert hearth("revoke", "unknown").returncode != 0
+
+
+def test_auth_is_on_whenever_hearth_listens_beyond_loopback(make_settings: Any) -> None:
+    assert make_settings(host="0.0.0.0").auth_required
+    assert make_settings(profile="compose").auth_required
+    assert not make_settings().auth_required
+
+
+def test_rate_limit_answers_429_with_retry_after(make_services: Any) -> None:
+    services = make_services(question_rate_limit="2/minute", rate_limit="5/minute")
+    client = create_app(services.settings, services).test_client()
+    asks = [client.post("/api/question", json={"question": "Anything?", "user_id": "ann"})
+            for _ in range(3)]
+    assert [r.status_code for r in asks] == [200, 200, 429]
+    assert asks[2].get_json()["error"]["code"] == "rate_limited"
+    assert int(asks[2].headers["Retry-After"]) > 0
+    # Another user has a budget of their own.
+    assert client.post("/api/question", json={"question": "Anything?",
+                                              "user_id": "bob"}).status_code == 200
+    reads = [client.get("/api/conversations?user_id=carl").status_code for _ in range(6)]
+    assert reads == [200] * 5 + [429]
+    assert client.get("/healthz").status_code == 200
+
+
+def test_a_full_queue_answers_503_with_retry_after(make_services: Any) -> None:
+    services = make_services(max_queued_generations=0)
+    client = create_app(services.settings, services).test_client()
+    services.gate.acquire()  # the model is busy with someone else's question
+    try:
+        response = client.post("/api/question", json={"question": "Anything?", "user_id": "ann"})
+        assert response.status_code == 503
+        assert response.get_json()["error"]["code"] == "busy"
+        # flask-limiter keeps the later of the gate's hint and its own window's reset.
+        assert int(response.headers["Retry-After"]) >= 5
+    finally:
+        services.gate.release()
+    ok = client.post("/api/question", json={"question": "Anything?", "user_id": "ann"})
+    assert ok.status_code == 200
+
+
+def test_the_queue_is_first_come_first_served_and_bounded() -> None:
+    gate = Gate(concurrent=1, queued=3, timeout_s=10)
+    order: list[int] = []
+    gate.acquire()
+    threads = []
+    for n in range(3):
+        thread = threading.Thread(target=lambda n=n: (gate.acquire(), order.append(n),
+                                                      gate.release()))
+        thread.start()
+        threads.append(thread)
+        time.sleep(0.1)  # arrive in order
+    with pytest.raises(Busy):
+        gate.acquire()  # the fourth waiter does not fit
+    gate.release()
+    for thread in threads:
+        thread.join()
+    assert order == [0, 1, 2]
+    slow = Gate(concurrent=1, queued=1, timeout_s=0.2)
+    slow.acquire()
+    with pytest.raises(Busy, match="no model was free"):
+        slow.acquire()
+
+
+def test_concurrent_questions_of_one_user_are_all_stored_in_order(make_services: Any) -> None:
+    services = make_services(question_rate_limit="1000/minute", rate_limit="1000/minute",
+                             max_queued_generations=16)
+    client = create_app(services.settings, services).test_client()
+    first = client.post("/api/question", json={"question": "0:start", "user_id": "ann"})
+    cid = first.get_json()["conversation_id"]
+    errors: list[int] = []
+
+    def ask(thread: int) -> None:
+        local = create_app(services.settings, services).test_client()
+        for n in range(25):
+            r = local.post("/api/question", json={"question": f"{thread}:{n}", "user_id": "ann",
+                                                  "conversation_id": cid})
+            if r.status_code != 200:
+                errors.append(r.status_code)
+
+    threads = [threading.Thread(target=ask, args=(t,)) for t in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    questions = [t["question"] for t in client.get(f"/api/conversations/{cid}").get_json()["turns"]]
+    assert len(questions) == 201
+    for thread in range(8):
+        assert [q for q in questions if q.startswith(f"{thread}:") and q != "0:start"] == [
+            f"{thread}:{n}" for n in range(25)]

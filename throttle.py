@@ -1,0 +1,95 @@
+"""Limits that keep one user, or many, from exhausting the one model.
+
+Per-user request rates come from flask-limiter (429 with Retry-After). Generations pass through
+a gate: at most ``max_concurrent_generations`` run at once and at most ``max_queued_generations``
+wait, first come first served; past that, or after ``queue_timeout_s`` in the queue, the answer
+is 503 with Retry-After rather than an ever-growing backlog.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+
+from flask import Flask, g, request
+from flask_limiter import Limiter
+
+from config import Settings
+
+
+class Busy(Exception):
+    code = "busy"
+    status = 503
+
+    def __init__(self, message: str, retry_after: int) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class Gate:
+    def __init__(self, concurrent: int, queued: int, timeout_s: float) -> None:
+        self.concurrent, self.queued, self.timeout_s = concurrent, queued, timeout_s
+        self._slots = threading.Semaphore(concurrent)
+        self._lock = threading.Lock()
+        self._turns = threading.Condition(self._lock)
+        self._waiting: list[object] = []  # tickets, in arrival order
+        self.running = 0
+
+    def acquire(self) -> None:
+        """Wait for a slot in arrival order, or raise Busy."""
+        ticket = object()
+        with self._lock:
+            if self.running >= self.concurrent and len(self._waiting) >= self.queued:
+                raise Busy(f"the model is busy: {self.running} answering, {len(self._waiting)} "
+                           "waiting; try again shortly", retry_after=5)
+            self._waiting.append(ticket)
+            free = self._turns.wait_for(
+                lambda: self._waiting[0] is ticket and self.running < self.concurrent,
+                timeout=self.timeout_s,
+            )
+            self._waiting.remove(ticket)
+            if not free:
+                self._turns.notify_all()
+                raise Busy(f"no model was free within {self.timeout_s:.0f} s; try again shortly",
+                           retry_after=int(self.timeout_s // 2) or 1)
+            self.running += 1
+            self._turns.notify_all()
+
+    def release(self) -> None:
+        with self._lock:
+            self.running -= 1
+            self._turns.notify_all()
+
+    @contextmanager
+    def slot(self) -> Iterator[None]:
+        self.acquire()
+        try:
+            yield
+        finally:
+            self.release()
+
+
+def user_key() -> str:
+    """Whom a request counts against: the key's user, else the user_id it names, else its address."""
+    principal = getattr(g, "principal", None)
+    if principal is not None:
+        return f"user:{principal.user_id}"
+    body = request.get_json(silent=True) if request.is_json else None
+    user_id = (body.get("user_id") if isinstance(body, dict) else None) or request.args.get("user_id")
+    if isinstance(user_id, str) and user_id.strip():
+        return f"user:{user_id.strip()}"
+    return f"addr:{request.remote_addr}"
+
+
+def build_limiter(app: Flask, settings: Settings) -> Limiter:
+    return Limiter(
+        key_func=user_key, app=app, storage_uri="memory://",
+        default_limits=[settings.rate_limit], headers_enabled=True,
+        # Health checks are for machines that poll: never limit them.
+        default_limits_exempt_when=lambda: request.path in ("/healthz", "/readyz"),
+    )
+
+
+def limited(limiter: Limiter, rate: str) -> Callable[[Callable[..., object]], Callable[..., object]]:
+    return limiter.limit(rate, key_func=user_key)
