@@ -1,0 +1,287 @@
+"""`hearth eval`: generate a question set, run it, score results, compare two runs."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import click
+
+DEFAULT_RUNS_DIR = Path("eval-runs")
+
+
+def _settings() -> Any:
+    from config import ConfigError, load_settings
+
+    try:
+        return load_settings()
+    except ConfigError as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+@contextmanager
+def _user_errors() -> Iterator[None]:
+    """Errors a user can act on become one line, not a traceback."""
+    from evaluation.judge import JudgeError
+    from evaluation.records import EvalDataError
+    from evaluation.run import TooManyErrors
+
+    actionable: tuple[type[Exception], ...] = (EvalDataError, JudgeError, TooManyErrors)
+    try:
+        from llm import LLMError
+        from vectorstore import VectorStoreError
+        from weights import ModelError
+
+        actionable += (LLMError, VectorStoreError, ModelError)
+    except ImportError:  # pragma: no cover - the core is always there in an install
+        pass
+    try:
+        yield
+    except actionable as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+def _run_dir(out: Path | None, name: str) -> Path:
+    if out is not None:
+        return out
+    return DEFAULT_RUNS_DIR / f"{time.strftime('%Y%m%d-%H%M%S')}-{name}"
+
+
+def _judge_options(command: Callable[..., Any]) -> Callable[..., Any]:
+    options = [
+        click.option("--judge-backend", type=click.Choice(["llamacpp", "ollama", "openai"]),
+                     help="default from HEARTH_JUDGE_BACKEND"),
+        click.option("--judge-model", help="packaged model name or GGUF path (llamacpp), model "
+                                           "name (ollama, openai); default HEARTH_JUDGE_MODEL"),
+        click.option("--judge-url", help="base URL of the judge's server (ollama, openai)"),
+    ]
+    for option in reversed(options):
+        command = option(command)
+    return command
+
+
+def _build_judge(settings: Any, backend: str | None, model: str | None, url: str | None) -> Any:
+    from evaluation.judge import build_judge
+
+    click.echo(f"Loading the judge {model or settings.judge_model} "
+               f"({backend or settings.judge_backend.value}) ...", err=True)
+    return build_judge(settings, backend=backend, model=model, base_url=url)
+
+
+@click.group("eval")
+def eval_cli() -> None:
+    """Measure answer quality: synthetic questions, ROUGE, an LLM judge, retrieval hit rate."""
+
+
+@eval_cli.command()
+@click.option("-o", "--out", type=click.Path(dir_okay=False, path_type=Path),
+              help="dataset JSONL to write or resume (default DATA_DIR/eval/questions.jsonl)")
+@click.option("-n", "--count", type=click.IntRange(min=1), default=100, show_default=True,
+              help="chunks to sample")
+@click.option("--seed", type=int, default=0, show_default=True, help="fixes the sample")
+@click.option("--prompt-file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="question prompt with {text} where the chunk goes (default: the origin's)")
+@click.option("--min-words", type=int, default=25, show_default=True,
+              help="shorter chunks count as boilerplate")
+@click.option("--rpm", type=float, default=0, show_default=True,
+              help="at most this many LLM calls a minute (0: no limit)")
+@click.option("--finetune", type=click.Path(dir_okay=False, path_type=Path),
+              help="also write the dataset in the fine-tuning format (prompt/completion JSONL)")
+def generate(out: Path | None, count: int, seed: int, prompt_file: Path | None, min_words: int,
+             rpm: float, finetune: Path | None) -> None:
+    """Write a question for each of COUNT sampled chunks of the index (resumable)."""
+    from langchain_core.messages import HumanMessage
+
+    from evaluation import generate as gen
+    from evaluation.records import load_questions, write_finetune
+    from services import build_services
+
+    settings = _settings()
+    out = out or settings.data_dir / "eval" / "questions.jsonl"
+    prompt = prompt_file.read_text(encoding="utf-8") if prompt_file else gen.QUESTION_PROMPT
+    with _user_errors():
+        services = build_services(settings)
+        llm = services.llm
+        report = gen.generate(
+            gen.iter_collection(services.vectorstore.collection),
+            lambda text: llm.complete([HumanMessage(content=text)]),
+            out, n=count, seed=seed, prompt=prompt,
+            boilerplate=gen.BoilerplateFilter(min_words=min_words),
+            limiter=gen.RateLimiter(rpm), progress=True,
+        )
+    skipped = ", ".join(f"{n} {why}" for why, n in report.skipped.most_common()) or "none"
+    click.echo(f"{out}: {report.written} questions written, {report.resumed} already there, "
+               f"{report.failed} empty; {report.available} content chunks "
+               f"(boilerplate left out: {skipped})")
+    if finetune:
+        with _user_errors():
+            n = write_finetune(load_questions(out), finetune)
+        click.echo(f"{finetune}: {n} fine-tuning examples")
+
+
+@eval_cli.command()
+@click.argument("dataset", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--url", help="answer through a running Hearth API (default: in process)")
+@click.option("--header", "headers", multiple=True, metavar="'NAME: VALUE'",
+              help="HTTP header for --url (repeatable), e.g. an Authorization header")
+@click.option("--limit", type=click.IntRange(min=1), help="only the first LIMIT questions")
+@click.option("--judge/--no-judge", default=True, show_default=True, help="rate with the judge")
+@_judge_options
+@click.option("-k", "ks", type=click.IntRange(min=1), multiple=True, default=(1, 3, 5),
+              show_default=True, help="hit@k to report (repeatable)")
+@click.option("--depth", type=click.IntRange(min=1), default=10, show_default=True,
+              help="chunks retrieved for the ranking metrics (in process)")
+@click.option("-o", "--out", type=click.Path(file_okay=False, path_type=Path),
+              help="run folder; an existing one is resumed (default eval-runs/TIME-NAME)")
+@click.option("--name", help="a label for this run (default: the dataset's name)")
+@click.option("--plots/--no-plots", default=True, show_default=True)
+def run(dataset: Path, url: str | None, headers: tuple[str, ...], limit: int | None, judge: bool,
+        judge_backend: str | None, judge_model: str | None, judge_url: str | None,
+        ks: tuple[int, ...], depth: int, out: Path | None, name: str | None, plots: bool) -> None:
+    """Answer every question of DATASET through Hearth and score the answers."""
+    from evaluation.records import RECORDS_FILE, load_questions
+    from evaluation.report import write_run_report
+    from evaluation.run import ApiAnswerer, AssistantAnswerer, run_eval
+    from evaluation.scoring import summarize
+
+    settings = _settings()
+    previous = _previous_config(out)  # a run being resumed keeps its name and start
+    name = name or previous.get("name") or dataset.stem
+    run_dir = _run_dir(out, name)
+    with _user_errors():
+        questions = load_questions(dataset)[:limit]
+        config: dict[str, Any] = {
+            "name": name, "dataset": str(dataset), "questions": len(questions),
+            "started_at": previous.get("started_at") or time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "hit_ks": list(ks),
+        }
+        if url:
+            answerer: Any = ApiAnswerer(url, settings.refusal, headers=_parse_headers(headers),
+                                        timeout_s=settings.llm_timeout_s + 60)
+            config |= {"answerer": url}
+        else:
+            from services import build_services
+
+            services = build_services(settings)
+            answerer = AssistantAnswerer(services.assistant, depth=depth)
+            config |= {"answerer": "in process", "model": services.llm.name,
+                       "top_k": settings.top_k, "min_relevance": settings.min_relevance,
+                       "retrieval_depth": depth}
+        the_judge = _build_judge(settings, judge_backend, judge_model, judge_url) if judge else None
+        if the_judge is not None:
+            config["judge"] = the_judge.name
+        records_path = run_dir / RECORDS_FILE
+        if records_path.exists():
+            click.echo(f"Resuming the run in {run_dir}", err=True)
+        records = run_eval(questions, answerer, judge=the_judge, records_path=records_path,
+                           progress=True)
+    summary = summarize(records, ks)
+    write_run_report(run_dir, records, summary, config, title=f"Run {name}", plots=plots)
+    _echo_summary(run_dir)
+
+
+@eval_cli.command()
+@click.argument("file", type=click.Path(exists=True, path_type=Path))
+@click.option("--judge/--no-judge", default=False, show_default=True,
+              help="also rate the answers with the judge (ratings already there are kept)")
+@_judge_options
+@click.option("-k", "ks", type=click.IntRange(min=1), multiple=True, default=(1, 3, 5),
+              show_default=True, help="hit@k to report, where records carry retrieval lists")
+@click.option("-o", "--out", type=click.Path(file_okay=False, path_type=Path),
+              help="report folder (default eval-runs/TIME-scored-NAME)")
+@click.option("--plots/--no-plots", default=True, show_default=True)
+def score(file: Path, judge: bool, judge_backend: str | None, judge_model: str | None,
+          judge_url: str | None, ks: tuple[int, ...], out: Path | None, plots: bool) -> None:
+    """Score an existing results FILE without answering anything.
+
+    FILE is a run folder, a results.json, a records.jsonl, or a JSON list of records with
+    question (or training_data.prompt), reference, hypothesis and any judge ratings: a
+    distribution over "0".."10" under any key, or a number under a key naming a judge
+    (gpt4, judge, rating, ...), as in the origin's measure-results-*.json.
+    """
+    from evaluation.records import load_results
+    from evaluation.report import write_run_report
+    from evaluation.run import rescore
+    from evaluation.scoring import summarize
+
+    settings = _settings() if judge else None
+    name = file.stem if file.is_file() else file.name
+    run_dir = _run_dir(out, f"scored-{name}")
+    with _user_errors():
+        records, config = load_results(file)
+        the_judge = _build_judge(settings, judge_backend, judge_model, judge_url) if judge else None
+        rescore(records, the_judge, progress=True)
+    summary = summarize(records, ks)
+    config = {**config, "scored_from": str(file)}
+    write_run_report(run_dir, records, summary, config, title=f"Scores of {file.name}",
+                     plots=plots)
+    _echo_summary(run_dir)
+
+
+@eval_cli.command()
+@click.argument("run_a", type=click.Path(exists=True, path_type=Path))
+@click.argument("run_b", type=click.Path(exists=True, path_type=Path))
+@click.option("--tie-margin", type=float, default=0.0, show_default=True,
+              help="ratings closer than this count as a tie")
+@click.option("-o", "--out", type=click.Path(file_okay=False, path_type=Path),
+              help="report folder (default eval-runs/TIME-A-vs-B)")
+@click.option("--plots/--no-plots", default=True, show_default=True)
+def compare(run_a: Path, run_b: Path, tie_margin: float, out: Path | None, plots: bool) -> None:
+    """Wins, ties and losses of RUN_A against RUN_B per judge, and the metric deltas."""
+    from evaluation.compare import compare as compare_runs
+    from evaluation.records import load_results
+    from evaluation.report import COMPARE_FILE, write_comparison_report
+    from evaluation.scoring import score_record
+
+    loaded = []
+    with _user_errors():
+        for path in (run_a, run_b):
+            records, config = load_results(path)
+            for record in records:
+                if not record.get("rouge"):
+                    score_record(record)  # a foreign file: ROUGE as this toolkit computes it
+            label = config.get("name") or (path.stem if path.is_file() else path.name)
+            loaded.append((records, label))
+    (records_a, label_a), (records_b, label_b) = loaded
+    if label_a == label_b:
+        label_a, label_b = f"A:{label_a}", f"B:{label_b}"
+    try:
+        comparison = compare_runs(records_a, records_b, label_a, label_b, tie_margin)
+    except ValueError as exc:
+        raise click.ClickException(str(exc)) from None
+    out_dir = _run_dir(out, f"{label_a}-vs-{label_b}".replace("/", "_").replace(":", "_"))
+    write_comparison_report(out_dir, comparison, plots=plots)
+    click.echo((out_dir / COMPARE_FILE).read_text(encoding="utf-8"))
+    click.echo(f"Report: {out_dir}", err=True)
+
+
+def _previous_config(run_dir: Path | None) -> dict[str, Any]:
+    from evaluation.records import RESULTS_FILE
+
+    if run_dir is None or not (run_dir / RESULTS_FILE).is_file():
+        return {}
+    try:
+        return dict(json.loads((run_dir / RESULTS_FILE).read_text(encoding="utf-8"))["config"])
+    except (ValueError, KeyError, TypeError):
+        return {}
+
+
+def _parse_headers(headers: tuple[str, ...]) -> dict[str, str]:
+    parsed = {}
+    for header in headers:
+        name, sep, value = header.partition(":")
+        if not sep or not name.strip():
+            raise click.BadParameter(f"{header!r} is not 'NAME: VALUE'", param_hint="--header")
+        parsed[name.strip()] = value.strip()
+    return parsed
+
+
+def _echo_summary(run_dir: Path) -> None:
+    from evaluation.report import SUMMARY_FILE
+
+    click.echo((run_dir / SUMMARY_FILE).read_text(encoding="utf-8"))
+    click.echo(f"Report: {run_dir}", err=True)

@@ -1,0 +1,184 @@
+"""Answer a dataset through Hearth and score every answer.
+
+An `Answerer` turns a question into an `Answered` (the answer, the ranked chunk ids that
+retrieval found, refusal, latency, tokens). Two exist: Hearth in process (its Assistant)
+and a running Hearth API by URL. Records are appended to `records.jsonl` as they are made,
+so an interrupted run resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from evaluation.generate import progress_bar
+from evaluation.judge import Judge
+from evaluation.records import JsonlAppender, Question, read_jsonl
+from evaluation.scoring import score_record
+
+
+@dataclass
+class Answered:
+    answer: str
+    retrieved: list[str] | None  # chunk ids, best first; None when the answerer cannot tell
+    refused: bool | None = None
+    latency_s: float | None = None
+    first_token_s: float | None = None
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+
+
+Answerer = Callable[[str], Answered]
+
+
+class AssistantAnswerer:
+    """Hearth in process: `Assistant.answer` for the answer, `Assistant.retrieve` for ranks.
+
+    Retrieval is ranked apart from the answer, `depth` chunks deep, so hit@k can look
+    further than the chunks that made it into the prompt.
+    """
+
+    def __init__(self, assistant: Any, depth: int = 10) -> None:
+        self.assistant = assistant
+        self.depth = depth
+
+    def __call__(self, question: str) -> Answered:
+        started = time.perf_counter()
+        answer = self.assistant.answer(question)
+        latency = time.perf_counter() - started
+        ranked = self.assistant.retrieve(question, k=self.depth)
+        usage = dict(getattr(answer, "usage", None) or {})
+        timings = dict(getattr(answer, "timings", None) or {})
+        return Answered(
+            answer=answer.answer,
+            retrieved=[str(s.chunk_id) for s in ranked if getattr(s, "chunk_id", None)],
+            refused=bool(answer.refused),
+            latency_s=latency,
+            first_token_s=timings.get("first_token_s"),
+            prompt_tokens=usage.get("prompt_tokens"),
+            completion_tokens=usage.get("completion_tokens"),
+        )
+
+
+class ApiAnswerer:
+    """A running Hearth by URL: POST /api/question, each question a new conversation.
+
+    Ranks come from the answer's sources (the chunks cited, one a document page), so hit@k
+    looks only as deep as the server's HEARTH_TOP_K.
+    """
+
+    def __init__(self, url: str, refusal: str, *, user_id: str = "hearth-eval",
+                 headers: dict[str, str] | None = None, timeout_s: float = 300.0) -> None:
+        import httpx
+
+        self.endpoint = url.rstrip("/") + "/api/question"
+        self.refusal = refusal.strip()
+        self.user_id = user_id
+        self._client = httpx.Client(timeout=timeout_s, headers=headers or {})
+
+    def __call__(self, question: str) -> Answered:
+        body = {"question": question, "user_id": self.user_id}
+        started = time.perf_counter()
+        response = self._client.post(self.endpoint, json=body)
+        latency = time.perf_counter() - started
+        if response.status_code >= 400:
+            raise RuntimeError(f"{self.endpoint} answered {response.status_code}: "
+                               f"{response.text[:300]}")
+        data = response.json()
+        answer = data.get("answer") or ""
+        usage = data.get("usage") or {}
+        refused = data.get("refused")
+        return Answered(
+            answer=answer,
+            retrieved=[str(s["chunk_id"]) for s in data.get("sources") or []
+                       if s.get("chunk_id")],
+            refused=bool(refused) if refused is not None else answer.strip() == self.refusal,
+            latency_s=latency,
+            first_token_s=(data.get("timings") or {}).get("first_token_s"),
+            prompt_tokens=usage.get("prompt_tokens"),
+            completion_tokens=usage.get("completion_tokens"),
+        )
+
+
+class TooManyErrors(RuntimeError):
+    """Every question of a row failed: the answerer is down, not one question odd."""
+
+
+def answer_record(question: Question, answerer: Answerer) -> dict[str, Any]:
+    record: dict[str, Any] = question.to_json()
+    try:
+        answered = answerer(question.question)
+    except Exception as exc:  # one bad question must not lose a long run
+        record |= {"hypothesis": "", "error": f"{type(exc).__name__}: {exc}"}
+        return record
+    record |= {
+        "hypothesis": answered.answer,
+        "retrieved": answered.retrieved,
+        "refused": answered.refused,
+        "latency_s": answered.latency_s,
+        "first_token_s": answered.first_token_s,
+        "prompt_tokens": answered.prompt_tokens,
+        "completion_tokens": answered.completion_tokens,
+    }
+    return record
+
+
+def judge_record(record: dict[str, Any], judge: Judge) -> dict[str, Any]:
+    try:
+        judgement = judge.rate(record["question"], record["reference"], record["hypothesis"])
+        result = judgement.to_json()
+    except Exception as exc:
+        result = {"rating": None, "distribution": None, "output": "", "method": "none",
+                  "error": f"{type(exc).__name__}: {exc}"}
+    record.setdefault("judges", {})[judge.name] = result
+    return record
+
+
+def run_eval(
+    questions: Sequence[Question],
+    answerer: Answerer,
+    *,
+    judge: Judge | None = None,
+    records_path: Path | None = None,
+    progress: bool = False,
+    max_consecutive_errors: int = 5,
+) -> list[dict[str, Any]]:
+    """Answer, score and judge every question; returns the records in dataset order."""
+    done: dict[str, dict[str, Any]] = {}
+    if records_path is not None and records_path.exists():
+        done = {str(r["id"]): r for r in read_jsonl(records_path)}
+    todo = [q for q in questions if q.id not in done]
+    writer = JsonlAppender(records_path) if records_path is not None else None
+    errors_in_row = 0
+    try:
+        for question in progress_bar(todo, progress, "answers"):
+            record = score_record(answer_record(question, answerer))
+            if record.get("error"):
+                errors_in_row += 1
+                if errors_in_row >= max_consecutive_errors:
+                    raise TooManyErrors(f"{errors_in_row} questions in a row failed, the last "
+                                        f"with {record['error']}")
+            else:
+                errors_in_row = 0
+                if judge is not None:
+                    judge_record(record, judge)
+            done[question.id] = record
+            if writer is not None:
+                writer.write(record)
+    finally:
+        if writer is not None:
+            writer.close()
+    return [done[q.id] for q in questions if q.id in done]
+
+
+def rescore(records: list[dict[str, Any]], judge: Judge | None = None,
+            progress: bool = False) -> list[dict[str, Any]]:
+    """Score existing answers again (ROUGE always, the judge if one is given)."""
+    for record in progress_bar(records, progress, "records"):
+        score_record(record)
+        if judge is not None:
+            judge_record(record, judge)
+    return records

@@ -1,0 +1,284 @@
+"""The evaluation toolkit's parts that need no model: files, sampling, metrics, judge maths."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+
+from evaluation.compare import compare, tally
+from evaluation.generate import (
+    BoilerplateFilter,
+    Chunk,
+    RateLimiter,
+    clean_question,
+    content_chunks,
+    generate,
+    sample_chunks,
+)
+from evaluation.judge import (
+    expected_rating,
+    judgement_from_token_steps,
+    parse_rating,
+    rating_distribution,
+)
+from evaluation.records import (
+    JsonlAppender,
+    Question,
+    finetune_example,
+    judgement_from_value,
+    load_questions,
+    normalize_record,
+    read_jsonl,
+    write_finetune,
+)
+from evaluation.scoring import (
+    flatten,
+    rank_of,
+    retrieval_summary,
+    rouge_package_scores,
+    score_record,
+    summarize,
+)
+
+PROSE = ("Thankfully this year has felt a bit more like a normal year. I saw slightly more "
+         "people in person, got into a groove at work, and continued to play and have fun with "
+         "my daughter. It is not quite like it was before but it does not feel strange.")
+
+
+# --- the judge's expected value ------------------------------------------------------------------
+
+
+def test_expected_rating_is_the_probability_weighted_mean() -> None:
+    assert expected_rating({"7": 0.5, "9": 0.5}) == 8.0
+    assert expected_rating({"10": 0.2, "0": 0.2}) == 5.0  # renormalised
+    assert expected_rating({"3": 0.0}) is None
+
+
+def test_distribution_from_top_logprobs_sums_spellings_and_ignores_other_tokens() -> None:
+    first = {"8": math.log(0.5), " 8": math.log(0.1), "9": math.log(0.2), "The": math.log(0.2)}
+    distribution = rating_distribution(first)
+    assert distribution is not None
+    assert distribution["8"] == pytest.approx(0.75)
+    assert distribution["9"] == pytest.approx(0.25)
+    assert sum(distribution.values()) == pytest.approx(1.0)
+    assert rating_distribution({"The": -0.1}) is None
+
+
+def test_a_first_one_is_split_between_1_and_10_by_the_next_token() -> None:
+    first = {"1": math.log(0.6), "9": math.log(0.4)}
+    distribution = rating_distribution(first, after_one={"0": math.log(0.75), "<eos>": -2.0})
+    assert distribution is not None
+    assert distribution["10"] == pytest.approx(0.45)
+    assert distribution["1"] == pytest.approx(0.15)
+    assert expected_rating(distribution) == pytest.approx(0.15 + 4.5 + 3.6)
+
+
+@pytest.mark.parametrize(("text", "rating"), [
+    ("8", 8.0), ("7.", 7.0), ("10", 10.0), ("Rating: 9/10", 9.0), ("8.5", 8.5), ("none", None),
+    ("42", None),
+])
+def test_plain_numbers_when_there_are_no_logprobs(text: str, rating: float | None) -> None:
+    assert parse_rating(text) == rating
+
+
+def test_openai_shaped_logprobs_give_the_expected_value() -> None:
+    # The shape of OpenAI's chat completion `logprobs.content` (and of Ollama's `logprobs`).
+    steps = [
+        {"token": "1", "logprob": math.log(0.5), "top_logprobs": [
+            {"token": "1", "logprob": math.log(0.5)}, {"token": "8", "logprob": math.log(0.5)}]},
+        {"token": "0", "logprob": math.log(0.9), "top_logprobs": [
+            {"token": "0", "logprob": math.log(0.9)}, {"token": "<|im_end|>",
+                                                       "logprob": math.log(0.1)}]},
+    ]
+    judgement = judgement_from_token_steps("10", steps)
+    assert judgement.method == "logprobs"
+    assert judgement.distribution is not None
+    assert judgement.distribution["10"] == pytest.approx(0.45)
+    assert judgement.rating == pytest.approx(0.05 * 1 + 0.45 * 10 + 0.5 * 8)
+    assert judgement_from_token_steps("7", None).rating == 7.0
+
+
+def test_stored_ratings_are_read_from_foreign_files() -> None:
+    stored = judgement_from_value({"0": 0.0, "7": 0.25, "10": 0.75})
+    assert stored is not None and stored["rating"] == pytest.approx(9.25)
+    assert judgement_from_value("7.") == {"rating": 7.0, "distribution": None, "method": "number"}
+    assert judgement_from_value("very good") is None
+    assert judgement_from_value({"rouge-1": {"f": 0.3}}) is None
+    record = normalize_record({
+        "reference": "r", "hypothesis": "h", "training_data": {"prompt": "QUESTION: Q?\n\n###\n\n"},
+        "gpt4": "8", "my_judge": 6, "p_rating": {"9": 1.0}, "index": 3, "bleu": 0.2,
+        "rouge": {"rouge-1": {"f": 0.3, "p": 0.3, "r": 0.3}},
+    }, 0, "test")
+    assert record["question"] == "Q?"
+    assert set(record["judges"]) == {"gpt4", "my_judge", "p_rating"}
+    assert "rouge" not in record  # the origin's stored shape; scoring recomputes it
+
+
+# --- files -----------------------------------------------------------------------------------------
+
+
+def test_jsonl_survives_a_torn_last_line(tmp_path: Path) -> None:
+    path = tmp_path / "q.jsonl"
+    with JsonlAppender(path) as out:
+        out.write({"id": "a"})
+    path.write_text(path.read_text() + '{"id": "b", "quest')  # killed mid-write
+    assert [r["id"] for r in read_jsonl(path)] == ["a"]
+    with JsonlAppender(path) as out:  # appending drops the torn line first
+        out.write({"id": "c"})
+    assert [r["id"] for r in read_jsonl(path)] == ["a", "c"]
+
+
+def test_fine_tuning_format_is_the_origins(tmp_path: Path) -> None:
+    assert finetune_example("Why?", "Because.") == {
+        "prompt": "QUESTION: Why?\n\n###\n\n", "completion": " Because. END"}
+    path = tmp_path / "ft.jsonl"
+    assert write_finetune([Question("1", "Why?", "Because.")], path) == 1
+    assert json.loads(path.read_text())["completion"] == " Because. END"
+
+
+def test_datasets_name_what_is_missing(tmp_path: Path) -> None:
+    path = tmp_path / "bad.jsonl"
+    path.write_text('{"id": "1", "question": "Q?"}\n')
+    with pytest.raises(ValueError, match="missing reference"):
+        load_questions(path)
+    with pytest.raises(ValueError, match="hearth eval generate"):
+        load_questions(tmp_path / "absent.jsonl")
+
+
+# --- generation without a model ---------------------------------------------------------------------
+
+
+def test_boilerplate_is_left_out() -> None:
+    footer = "Copyright 2023 Brian Keng. All rights reserved. Powered by Nikola and Bootstrap."
+    chunks = [
+        Chunk("prose", PROSE),
+        Chunk("short", "Posted in life."),
+        Chunk("related", "Related Posts " + PROSE),
+        Chunk("table", "1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 17 18 19 20 21 22 23 24 25 26"),
+        Chunk("footer-1", footer * 3),
+        Chunk("footer-2", footer * 3),
+        Chunk("marked", PROSE + " again", {"boilerplate": True}),
+    ]
+    kept, skipped = content_chunks(chunks, BoilerplateFilter())
+    assert [c.id for c in kept] == ["prose"]
+    assert skipped == {"short": 1, "pattern": 1, "not prose": 1, "repeated": 2, "marked": 1}
+
+
+def test_the_sample_depends_on_the_seed_not_the_order() -> None:
+    chunks = [Chunk(f"c{i}", PROSE) for i in range(30)]
+    first = [c.id for c in sample_chunks(chunks, 5, seed=1)]
+    assert [c.id for c in sample_chunks(list(reversed(chunks)), 5, seed=1)] == first
+    assert [c.id for c in sample_chunks(chunks, 5, seed=2)] != first
+    assert len(sample_chunks(chunks, None, seed=1)) == 30
+
+
+@pytest.mark.parametrize(("raw", "question"), [
+    ("What year felt normal?", "What year felt normal?"),
+    ('Question: "Did 2022 feel normal to you?"\nThis asks about...', "Did 2022 feel normal to you?"),
+    ("\n**Q:** How was work?", "How was work?"),
+    ("", ""),
+])
+def test_questions_are_cleaned(raw: str, question: str) -> None:
+    assert clean_question(raw) == question
+
+
+def test_rate_limit_spaces_calls() -> None:
+    now = [0.0]
+    slept: list[float] = []
+
+    def sleep(seconds: float) -> None:
+        slept.append(seconds)
+        now[0] += seconds
+
+    limiter = RateLimiter(per_minute=30, clock=lambda: now[0], sleep=sleep)
+    for _ in range(3):
+        limiter.wait()
+    assert slept == [2.0, 2.0]
+
+
+def test_generation_from_an_empty_index_says_what_to_do(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="ingest documents first"):
+        generate([], lambda p: "Q?", tmp_path / "q.jsonl")
+    with pytest.raises(ValueError, match="all boilerplate"):
+        generate([Chunk("a", "Too short.")], lambda p: "Q?", tmp_path / "q.jsonl")
+
+
+def test_generation_resumes_where_it_stopped(tmp_path: Path) -> None:
+    chunks = [Chunk(f"c{i}", f"{PROSE} Number {i}.", {"source": f"/blog/{i}.html"})
+              for i in range(6)]
+    prompts: list[str] = []
+
+    def write_question(prompt: str) -> str:
+        prompts.append(prompt)
+        if len(prompts) == 3:
+            raise KeyboardInterrupt  # the user stops the run
+        return f"Question {len(prompts)}?"
+
+    out = tmp_path / "q.jsonl"
+    with pytest.raises(KeyboardInterrupt):
+        generate(chunks, write_question, out, n=4, seed=3)
+    assert len(list(read_jsonl(out))) == 2
+    assert prompts[0].startswith("Write a concise question in as few words as possible to the "
+                                 "author in the second person that has the following TEXT as "
+                                 "the answer.\n\n### TEXT ###\n")
+    report = generate(chunks, lambda p: "Question again?", out, n=4, seed=3)
+    assert (report.resumed, report.written) == (2, 2)
+    questions = load_questions(out)
+    assert len({q.chunk_id for q in questions}) == 4
+    assert all(q.reference.startswith(PROSE) and q.source for q in questions)
+
+
+# --- metrics -----------------------------------------------------------------------------------------
+
+
+def test_hit_at_k_and_mrr() -> None:
+    records = [
+        {"chunk_id": "a", "retrieved": ["a", "b", "c"]},
+        {"chunk_id": "b", "retrieved": ["a", "c", "b"]},
+        {"chunk_id": "z", "retrieved": ["a", "b", "c"]},
+        {"chunk_id": "q"},  # not answered in process: no ranking
+    ]
+    assert rank_of("b", ["a", "c", "b"]) == 3
+    summary = retrieval_summary(records, ks=(1, 3))
+    assert summary == {"n": 3, "hit@1": 1 / 3, "hit@3": 2 / 3, "mrr": (1 + 1 / 3) / 3, "depth": 3}
+
+
+def test_rouge_of_long_single_sentence_texts() -> None:
+    # The `rouge` package recurses once a word in ROUGE-L: 3,000 words outgrow Python's limit.
+    reference = " ".join(f"w{i % 300}" for i in range(3000))
+    scores = rouge_package_scores(reference[:2000], reference)
+    assert scores["rouge-l"]["p"] == pytest.approx(1.0)
+    assert rouge_package_scores("", reference)["rouge-1"]["f"] == 0.0
+
+
+def test_summary_covers_refusals_latency_and_tokens() -> None:
+    records = [
+        score_record({"id": "1", "reference": "the cat sat", "hypothesis": "the cat sat",
+                      "refused": False, "latency_s": 1.0, "completion_tokens": 10}),
+        score_record({"id": "2", "reference": "the cat sat", "hypothesis": "",
+                      "refused": True, "latency_s": 3.0, "completion_tokens": 0}),
+    ]
+    summary = summarize(records)
+    assert summary["refusal_rate"] == 0.5
+    assert summary["latency_s"]["mean"] == 2.0
+    assert summary["completion_tokens"]["mean"] == 5.0
+    assert summary["rouge"]["rouge-1_f"] == pytest.approx(0.5, abs=1e-6)
+    assert flatten(summary)["rouge-score/rouge1_f"] == pytest.approx(0.5)
+
+
+def test_compare_counts_wins_with_a_tie_margin() -> None:
+    def run(ratings: list[float]) -> list[dict]:
+        return [score_record({"id": str(i), "reference": "r", "hypothesis": "r",
+                              "judges": {"j": {"rating": x}}}) for i, x in enumerate(ratings)]
+
+    a, b = run([8, 5, 7.2, 3]), run([6, 5, 7.0, 9])
+    pairs = list(zip(a, b, strict=True))
+    assert (tally(pairs, "j").wins, tally(pairs, "j").ties, tally(pairs, "j").losses) == (2, 1, 1)
+    assert tally(pairs, "j", tie_margin=0.5).ties == 2
+    result = compare(a, b)
+    assert result.deltas["judge/j"] == pytest.approx((27 - 23.2) / 4)
+    with pytest.raises(ValueError, match="same dataset"):
+        compare(a, [{**r, "reference": "other"} for r in b])
