@@ -159,7 +159,8 @@ class SQLiteHistory:
                 "SELECT body FROM turns WHERE conversation_id = ? ORDER BY position", (row[0],)
             )
         ]
-        return Conversation(*row, turns=turns)
+        return Conversation(id=row[0], user_id=row[1], title=row[2], created_at=row[3],
+                            updated_at=row[4], turns=turns)
 
     def get(self, conversation_id: str) -> Conversation | None:
         def read(db: sqlite3.Connection) -> Conversation | None:
@@ -179,7 +180,8 @@ class SQLiteHistory:
                 (user_id,),
             ).fetchall()
             # Summaries only: the turns are counted, not loaded.
-            return [Conversation(*row[:5], turn_count=row[5]) for row in rows]
+            return [Conversation(id=r[0], user_id=r[1], title=r[2], created_at=r[3],
+                                 updated_at=r[4], turn_count=r[5]) for r in rows]
 
         return self._run(read)  # type: ignore[no-any-return]
 
@@ -266,8 +268,9 @@ class MongoHistory:
                               "count": {"$size": {"$ifNull": ["$turns", []]}}}},
             ])
             return [
-                Conversation(d["_id"], d["user_id"], d["title"], d["created_at"],
-                             d["updated_at"], turn_count=d["count"])
+                Conversation(id=d["_id"], user_id=d["user_id"], title=d["title"],
+                             created_at=d["created_at"], updated_at=d["updated_at"],
+                             turn_count=d["count"])
                 for d in docs
             ]
 

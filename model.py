@@ -11,7 +11,7 @@ streams out token by token, followed by the sources it was drawn from.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Generator, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -211,7 +211,7 @@ class Assistant:
 
     def stream(
         self, question: str, history: Sequence[Turn] = ()
-    ) -> Iterator[Token | Answer]:
+    ) -> Generator[Token | Answer, None, None]:
         """Yield the answer's tokens as they come, then the finished Answer."""
         started = time.perf_counter()
         timings: dict[str, float] = {}
