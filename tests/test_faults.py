@@ -1,0 +1,130 @@
+"""Faults, with nothing lost: a model killed mid-answer or too slow, a database that stops."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from api import create_app
+from tests.conftest import MODELS, MongoServer, Server, free_port, http_ok, wait_until
+from tests.ollama_replay import OllamaReplay
+from tests.test_api import index, parse_sse
+
+
+@pytest.fixture
+def doomed_llama_server(tmp_path: Path) -> Any:
+    """A llama.cpp server of this test's own, which the test kills mid-answer."""
+    port = free_port()
+    server = Server([sys.executable, "-m", "llama_cpp.server",
+                     "--model", str(MODELS / "SmolLM2-135M-Instruct.Q4_1.gguf"),
+                     "--model_alias", "smollm2", "--host", "127.0.0.1", "--port", str(port),
+                     "--n_ctx", "2048", "--n_threads", "1"], tmp_path / "llama.log")
+    url = f"http://127.0.0.1:{port}/v1"
+    wait_until(lambda: http_ok(f"{url}/models"), "llama_cpp.server", proc=server.proc)
+    yield server, url
+    server.stop()
+
+
+def test_llm_killed_mid_answer_sends_an_error_and_stores_nothing(
+    make_services: Any, doomed_llama_server: Any
+) -> None:
+    server, url = doomed_llama_server
+    services = make_services(llm_backend="openai", openai_base_url=url, openai_model="smollm2",
+                             max_new_tokens=400)
+    index(services)
+    client = create_app(services.settings, services).test_client()
+    response = client.post("/api/question", buffered=False, json={
+        "question": "Tell me all about ingesting a folder of PDFs.", "user_id": "ann",
+        "stream": True})
+    assert response.status_code == 200
+    chunks = response.response
+    first = next(chunks)
+    assert b"event: token" in first
+    server.proc.kill()  # the model server dies while it is answering
+    events = parse_sse(first + b"".join(chunks))
+    assert events[-1][0] == "error"
+    assert events[-1][1]["code"] == "llm_unavailable"
+    assert "done" not in [kind for kind, _ in events]
+    assert client.get("/api/conversations?user_id=ann").get_json()["conversations"] == []
+    # The queue slot was given back: the next question is refused cleanly, not stuck.
+    down = client.post("/api/question", json={"question": "How do I ingest PDFs?",
+                                               "user_id": "ann"})
+    assert down.status_code == 503
+
+
+def test_a_slow_model_is_a_504_and_nothing_is_stored(make_services: Any) -> None:
+    with OllamaReplay(delay=3.0) as slow:
+        services = make_services(llm_backend="ollama", ollama_base_url=slow.url,
+                                 llm_timeout_s=0.5)
+        index(services)
+        client = create_app(services.settings, services).test_client()
+        response = client.post("/api/question", json={"question": "How do I ingest PDFs?",
+                                                      "user_id": "ann"})
+        assert response.status_code == 504
+        assert response.get_json()["error"]["code"] == "llm_timeout"
+        assert client.get("/api/conversations?user_id=ann").get_json()["conversations"] == []
+
+
+def test_history_store_stopped_is_503_and_nothing_is_half_saved(
+    make_services: Any, mongo: MongoServer, mongo_server: str
+) -> None:
+    services = make_services(mongodb_uri=mongo_server, mongodb_db="faults",
+                             backend_timeout_s=1.0)
+    index(services)
+    client = create_app(services.settings, services).test_client()
+    first = client.post("/api/question", json={"question": "How do I ingest PDFs?",
+                                               "user_id": "ann"}).get_json()
+    cid = first["conversation_id"]
+    mongo.stop()
+    try:
+        for stream in (False, True):
+            response = client.post("/api/question", json={
+                "question": "And Word files?", "user_id": "ann", "conversation_id": cid,
+                "stream": stream})
+            assert response.status_code == 503
+            assert response.get_json()["error"]["code"] == "history_unavailable"
+        assert client.get("/readyz").get_json()["checks"]["history_store"]["ok"] is False
+    finally:
+        mongo.start()
+    turns = client.get(f"/api/conversations/{cid}").get_json()["turns"]
+    assert [t["question"] for t in turns] == ["How do I ingest PDFs?"]
+    assert turns[0]["answer"] == first["answer"]
+
+
+def test_history_lost_between_answer_and_save_reports_an_error(
+    make_services: Any, mongo: MongoServer, mongo_server: str
+) -> None:
+    """The store dies while the model answers: the stream ends in an error, no turn is kept."""
+    services = make_services(mongodb_uri=mongo_server, mongodb_db="faults2",
+                             backend_timeout_s=1.0)
+    index(services)
+    client = create_app(services.settings, services).test_client()
+    response = client.post("/api/question", buffered=False, json={
+        "question": "How do I ingest PDFs?", "user_id": "bob", "stream": True})
+    chunks = response.response
+    first = next(chunks)
+    mongo.stop()
+    try:
+        events = parse_sse(first + b"".join(chunks))
+        assert events[-1][0] == "error"
+        assert events[-1][1]["code"] == "history_unavailable"
+    finally:
+        mongo.start()
+    assert client.get("/api/conversations?user_id=bob").get_json()["conversations"] == []
+
+
+def test_an_unreadable_vector_store_names_its_path(make_services: Any, tmp_path: Path) -> None:
+    data = tmp_path / "damaged"
+    (data / "chroma").mkdir(parents=True)
+    (data / "chroma" / "chroma.sqlite3").write_bytes(b"garbage" * 1000)
+    services = make_services(data_dir=data)
+    client = create_app(services.settings, services).test_client()
+    response = client.post("/api/question", json={"question": "Anything?", "user_id": "ann"})
+    assert response.status_code == 503
+    assert response.get_json()["error"]["code"] == "vector_store_unavailable"
+    assert str(data / "chroma") in response.get_json()["error"]["message"]
+    ready = client.get("/readyz").get_json()["checks"]["vector_store"]
+    assert ready["ok"] is False and str(data / "chroma") in ready["error"]
