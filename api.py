@@ -332,6 +332,18 @@ ROUTES: list[tuple[str, str, Any, type[BaseModel] | None, dict[int, type[BaseMod
 ]
 
 
+# One Server-Sent Event of a streamed answer; ``data`` is JSON: {"text"} for a token, the
+# sources list, the AnswerOut fields but sources for done, {"code", "message"} for an error.
+SSE_EVENT = {
+    "type": "object",
+    "required": ["event", "data"],
+    "properties": {
+        "event": {"enum": ["token", "sources", "done", "error"]},
+        "data": {"type": "string", "description": "a JSON document"},
+    },
+}
+
+
 def openapi_document() -> dict[str, Any]:
     models = {m for *_, req, resp, _ in ROUTES for m in [req, *resp.values()]}
     models.discard(None)
@@ -364,7 +376,7 @@ def openapi_document() -> dict[str, Any]:
                 {"type": "object"} if model is BaseModel
                 else {"$ref": f"#/components/schemas/{model.__name__}"})}}
             if req is QuestionIn and status == 200:
-                content["text/event-stream"] = {"schema": {"type": "string"}}
+                content["text/event-stream"] = {"schema": SSE_EVENT}
             operation["responses"][str(status)] = {"description": str(status), "content": content}
         if guarded(rule):
             # With API keys on: no key or a bad one, another user's data, too many requests.
