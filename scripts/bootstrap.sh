@@ -60,6 +60,6 @@ if [ "$purpose" = test ]; then
     step "test servers and documents"
     # A MongoDB wire-protocol server for the history and record-manager tests (test-only).
     "${PIP[@]}" install -q -c constraints.txt --pre secantusdb
-    apt_install python3.11-doc libtasn1-doc
+    apt_install python3.11-doc libtasn1-doc strace
     .venv/bin/hearth models fetch smollm2-135m-instruct-q4_1
 fi
