@@ -115,8 +115,9 @@ def ask(question: str, user_id: str | None, conversation_id: str | None) -> None
         turns = []
         if conversation_id:
             conversation = services.history.get(conversation_id)
-            if conversation is None:
-                raise click.ClickException(f"no conversation {conversation_id!r}")
+            if conversation is None or (user_id and conversation.user_id != user_id):
+                raise click.ClickException(f"no conversation {conversation_id!r}"
+                                           + (f" for user {user_id!r}" if user_id else ""))
             turns = conversation.turns
         answer = None
         for event in services.assistant.stream(question, turns):
@@ -171,6 +172,14 @@ def models_fetch(names: tuple[str, ...]) -> None:
     import weights
 
     settings = settings_or_exit()
+    if not names and settings.llamacpp_model not in weights.catalog():
+        # A GGUF file of the user's own: nothing to fetch, but it must be there.
+        try:
+            path = weights.resolve_model_path(settings.llamacpp_model, settings.models_dir)
+        except weights.ModelError as exc:
+            raise click.ClickException(str(exc)) from None
+        click.echo(f"the configured model is a file of your own: {path}")
+        return
     for name in names or (settings.llamacpp_model,):
         try:
             model = weights.packaged(name)

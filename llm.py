@@ -18,7 +18,7 @@ from langchain_core.language_models.chat_models import BaseChatModel
 from langchain_core.messages import AIMessageChunk, BaseMessage
 
 from config import LLMBackend, Settings
-from weights import ModelError, packaged, resolve_model_path
+from weights import ModelError, catalog, packaged, resolve_model_path
 
 
 class LLMError(Exception):
@@ -136,8 +136,8 @@ class LlamaCppLLM(LLM):
         self.model_name = path.stem
         self.n_ctx = settings.llamacpp_n_ctx
         self._lock = threading.Lock()
-        chat_format = None
-        if not settings.llamacpp_model.endswith(".gguf"):
+        chat_format = None  # a GGUF file of one's own: its embedded chat template
+        if settings.llamacpp_model in catalog():
             chat_format = packaged(settings.llamacpp_model).chat_format
         self.chat_model = ChatLlamaCpp(
             model_path=str(path),
