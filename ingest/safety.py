@@ -1,0 +1,102 @@
+"""Where ingestion may reach: public web addresses, and files under configured folders.
+
+Web: every request the crawler makes (robots.txt, the sitemap, each page and each redirect hop)
+goes through ``GuardedTransport``, which resolves the host and refuses loopback, private,
+link-local (cloud metadata at 169.254.169.254 included), multicast and reserved addresses,
+unless the host or its network is allow-listed (``HEARTH_INGEST_ALLOW_HOSTS``).
+
+Files: a folder ingested through the API must lie under one of ``HEARTH_INGEST_ROOTS``, after
+``..`` and symbolic links are resolved.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import socket
+from collections.abc import Sequence
+from pathlib import Path
+
+import httpx
+
+Address = ipaddress.IPv4Address | ipaddress.IPv6Address
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+class UnsafeTarget(Exception):
+    """An address or path that ingestion must not reach."""
+
+
+def parse_allow_list(entries: Sequence[str]) -> tuple[set[str], list[Network]]:
+    hosts: set[str] = set()
+    networks: list[Network] = []
+    for entry in (e.strip() for e in entries):
+        if not entry:
+            continue
+        try:
+            networks.append(ipaddress.ip_network(entry, strict=False))
+        except ValueError:
+            hosts.add(entry.lower())
+    return hosts, networks
+
+
+def forbidden(address: Address) -> str | None:
+    """Why an address is off-limits, or None for a public one."""
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped:
+        address = address.ipv4_mapped
+    for test, why in ((address.is_loopback, "loopback"), (address.is_link_local, "link-local"),
+                      (address.is_private, "private"), (address.is_multicast, "multicast"),
+                      (address.is_reserved, "reserved"), (address.is_unspecified, "unspecified")):
+        if test:
+            return why
+    return None
+
+
+def resolve(host: str, port: int) -> list[Address]:
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except socket.gaierror as exc:
+        raise httpx.ConnectError(f"cannot resolve {host}: {exc}") from exc
+    return [ipaddress.ip_address(info[4][0].split("%")[0]) for info in infos]
+
+
+def check_host(host: str, port: int, allow: tuple[set[str], list[Network]]) -> None:
+    hosts, networks = allow
+    if host.lower() in hosts:
+        return
+    for address in resolve(host, port):
+        if any(address in network for network in networks):
+            continue
+        why = forbidden(address)
+        if why:
+            raise UnsafeTarget(
+                f"{host} is a {why} address ({address}): Hearth does not crawl inside your "
+                "network unless HEARTH_INGEST_ALLOW_HOSTS lists it"
+            )
+
+
+class GuardedTransport(httpx.HTTPTransport):
+    """An httpx transport that checks every request's destination before connecting."""
+
+    def __init__(self, allow_hosts: Sequence[str] = (), **kwargs: object) -> None:
+        super().__init__(**kwargs)  # type: ignore[arg-type]
+        self.allow = parse_allow_list(allow_hosts)
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        url = request.url
+        if url.scheme not in ("http", "https"):
+            raise UnsafeTarget(f"{url}: only http and https addresses can be ingested")
+        check_host(url.host, url.port or (443 if url.scheme == "https" else 80), self.allow)
+        return super().handle_request(request)
+
+
+def check_folder(folder: Path, roots: Sequence[Path]) -> Path:
+    """The folder, resolved, if it lies under one of ``roots``; UnsafeTarget otherwise."""
+    if not roots:
+        raise UnsafeTarget("no folder may be ingested through the API until "
+                           "HEARTH_INGEST_ROOTS names the folders that may be")
+    resolved = folder.expanduser().resolve()
+    for root in roots:
+        if resolved.is_relative_to(root.expanduser().resolve()):
+            return resolved
+    allowed = ", ".join(str(r) for r in roots)
+    raise UnsafeTarget(f"{folder} is outside the folders that may be ingested ({allowed})")

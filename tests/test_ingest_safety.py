@@ -1,0 +1,92 @@
+"""Ingestion reaches only what it may: no private addresses, no folder outside the roots."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from ingest.safety import GuardedTransport, UnsafeTarget, check_folder
+
+
+@pytest.fixture
+def redirector() -> Iterator[tuple[str, list[str]]]:
+    """A site on 127.0.0.1 whose /to?url=X redirects to X; it records what it served."""
+    served: list[str] = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def log_message(self, *args: Any) -> None:
+            pass
+
+        def do_GET(self) -> None:
+            served.append(self.path)
+            if self.path.startswith("/to?url="):
+                self.send_response(302)
+                self.send_header("Location", self.path.split("=", 1)[1])
+                self.end_headers()
+                return
+            body = b"<html><title>ok</title><body>public page</body></html>"
+            self.send_response(200)
+            self.send_header("Content-Type", "text/html")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_address[1]}", served
+    server.shutdown()
+
+
+@pytest.mark.parametrize("url", [
+    "http://127.0.0.1:9/page", "http://localhost:9/", "http://[::1]:9/",
+    "http://169.254.169.254/latest/meta-data/", "http://10.0.0.7/", "http://192.168.1.1/",
+    "http://172.16.5.4/", "http://0.0.0.0:9/", "http://[fe80::1]/", "file:///etc/passwd",
+])
+def test_private_and_metadata_addresses_are_refused(url: str) -> None:
+    with httpx.Client(transport=GuardedTransport()) as client, pytest.raises(UnsafeTarget):
+        client.get(url)
+
+
+def test_an_allowed_site_that_redirects_inside_the_network_is_refused_at_the_hop(
+    redirector: tuple[str, list[str]]
+) -> None:
+    base, served = redirector
+    # 127.0.0.1 stands for a public site here: it alone is allow-listed, by network.
+    with httpx.Client(transport=GuardedTransport(["127.0.0.1/32"]),
+                      follow_redirects=True) as client:
+        assert client.get(f"{base}/page").status_code == 200
+        for target in ("http://169.254.169.254/latest/meta-data/", "http://[::1]:8080/admin",
+                       "http://10.0.0.7/"):
+            with pytest.raises(UnsafeTarget):
+                client.get(f"{base}/to?url={target}")
+    assert served.count("/page") == 1  # the redirect was followed no further
+
+
+def test_allow_list_by_host_name(redirector: tuple[str, list[str]]) -> None:
+    base, _ = redirector
+    port = base.rsplit(":", 1)[1]
+    with httpx.Client(transport=GuardedTransport(["localhost"])) as client:
+        assert client.get(f"http://localhost:{port}/page").status_code == 200
+        with pytest.raises(UnsafeTarget):
+            client.get(f"{base}/page")  # the same server by address is not allow-listed
+
+
+def test_folders_outside_the_roots_are_refused(tmp_path: Path) -> None:
+    root = tmp_path / "documents"
+    (root / "team").mkdir(parents=True)
+    secret = tmp_path / "secret"
+    secret.mkdir()
+    (root / "escape").symlink_to(secret)
+    assert check_folder(root / "team", [root]) == (root / "team").resolve()
+    for attempt in (root / ".." / "secret", root / "team" / ".." / ".." / "secret",
+                    root / "escape", Path("/etc")):
+        with pytest.raises(UnsafeTarget, match="outside the folders"):
+            check_folder(attempt, [root])
+    with pytest.raises(UnsafeTarget, match="HEARTH_INGEST_ROOTS"):
+        check_folder(root, [])
