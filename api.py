@@ -344,16 +344,30 @@ SSE_EVENT = {
 }
 
 
+# One chunk of a streamed /v1 completion, as OpenAI sends them; the last data is [DONE].
+OPENAI_SSE_EVENT = {
+    "type": "object",
+    "required": ["data"],
+    "properties": {"data": {"type": "string", "description": "a chat.completion.chunk as JSON, "
+                                                         "or [DONE]"}},
+}
+
+
 def openapi_document() -> dict[str, Any]:
-    models = {m for *_, req, resp, _ in ROUTES for m in [req, *resp.values()]}
+    from openai_compat import ROUTES as OPENAI_ROUTES
+    from openai_compat import OpenAIChatRequest
+
+    routes = [*ROUTES, *OPENAI_ROUTES]
+    requests = (QuestionIn, OpenAIChatRequest)
+    models = {m for *_, req, resp, _ in routes for m in [req, *resp.values()]}
     models.discard(None)
     models.discard(BaseModel)
     _, defs = models_json_schema(
-        [(m, "validation" if m is QuestionIn else "serialization") for m in models],  # type: ignore[misc]
+        [(m, "validation" if m in requests else "serialization") for m in models],  # type: ignore[misc]
         ref_template="#/components/schemas/{model}",
     )
     paths: dict[str, dict[str, Any]] = {}
-    for rule, method, _view, req, responses, summary in ROUTES:
+    for rule, method, _view, req, responses, summary in routes:
         path = rule.replace("<", "{").replace(">", "}")
         operation: dict[str, Any] = {"summary": summary, "responses": {}}
         params = [p.strip("<>") for p in rule.split("/") if p.startswith("<")]
@@ -375,8 +389,9 @@ def openapi_document() -> dict[str, Any]:
             content: dict[str, Any] = {"application/json": {"schema": (
                 {"type": "object"} if model is BaseModel
                 else {"$ref": f"#/components/schemas/{model.__name__}"})}}
-            if req is QuestionIn and status == 200:
-                content["text/event-stream"] = {"schema": SSE_EVENT}
+            if req in requests and status == 200:
+                content["text/event-stream"] = {"schema": SSE_EVENT if req is QuestionIn
+                                                else OPENAI_SSE_EVENT}
             operation["responses"][str(status)] = {"description": str(status), "content": content}
         if guarded(rule):
             # With API keys on: no key or a bad one, another user's data, too many requests.
@@ -467,5 +482,12 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
         if view is ask:
             view = limiter.limit(settings.question_rate_limit, key_func=user_key)(view)
         app.add_url_rule(rule, f"{view.__name__}_{method.lower()}", view, methods=[method])
+    # The other faces: imported here, since they build on this module's schemas.
+    from openai_compat import openai_blueprint
+    from webui import webui_blueprint
+
+    limiter.limit(settings.question_rate_limit, key_func=user_key)(openai_blueprint)
+    app.register_blueprint(openai_blueprint)
+    app.register_blueprint(webui_blueprint)
     register_errors(app)
     return app

@@ -76,7 +76,8 @@ def user_key() -> str:
     if principal is not None:
         return f"user:{principal.user_id}"
     body = request.get_json(silent=True) if request.is_json else None
-    user_id = (body.get("user_id") if isinstance(body, dict) else None) or request.args.get("user_id")
+    named = (body.get("user_id") or body.get("user")) if isinstance(body, dict) else None
+    user_id = named or request.args.get("user_id")  # "user": the OpenAI-compatible API's field
     if isinstance(user_id, str) and user_id.strip():
         return f"user:{user_id.strip()}"
     return f"addr:{request.remote_addr}"

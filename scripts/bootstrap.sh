@@ -60,6 +60,8 @@ if [ "$purpose" = test ]; then
     step "test servers and documents"
     # A MongoDB wire-protocol server for the history and record-manager tests (test-only).
     "${PIP[@]}" install -q -c constraints.txt --pre secantusdb
-    apt_install python3.11-doc libtasn1-doc strace
+    # Documents to test with, strace for the privacy test, Chromium for the page's tests
+    # (driven by Playwright at /usr/bin/chromium; never `playwright install`, which downloads one).
+    apt_install python3.11-doc libtasn1-doc strace chromium
     .venv/bin/hearth models fetch smollm2-135m-instruct-q4_1
 fi

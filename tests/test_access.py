@@ -181,8 +181,11 @@ def test_concurrent_questions_of_one_user_are_all_stored_in_order(make_services:
     cid = first.get_json()["conversation_id"]
     errors: list[int] = []
 
+    app = client.application
+    clients = [app.test_client() for _ in range(8)]  # built first: one app, a client a thread
+
     def ask(thread: int) -> None:
-        local = create_app(services.settings, services).test_client()
+        local = clients[thread]
         for n in range(25):
             r = local.post("/api/question", json={"question": f"{thread}:{n}", "user_id": "ann",
                                                   "conversation_id": cid})

@@ -1,0 +1,366 @@
+"""The web chat page, driven in headless Chromium against a real `hearth serve` on 127.0.0.1.
+
+Debian's chromium, driven by Python Playwright (`playwright install` is not needed: it would
+download a browser). The server runs SmolLM2, which answers poorly but streams: these tests are
+about the page, not the answers. A screenshot of a finished answer is saved in artifacts/.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Iterator
+from html.parser import HTMLParser
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from api import create_app
+from config import Settings
+from services import build_services
+from tests.conftest import BIN, MODELS, REPO, SMOLLM, Server, free_port, http_ok, wait_until
+from webui import STATIC, webui_blueprint
+
+CHROMIUM = Path("/usr/bin/chromium")
+ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+        "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+ARTIFACTS = REPO / "artifacts"
+TIMEOUT_MS = 120_000  # an answer on two busy cores
+
+GUIDE = """# Printing
+
+## Installing the printer driver
+
+To install the printer driver, run setup.exe from the driver folder and restart the computer.
+The driver supports colour printing and duplex printing on every model of the Acme line.
+"""
+QUESTION = "How do I install the printer driver?"
+
+# Records, on every change of the page, whether the working indicator is shown and how long the
+# newest answer is: the test reads it to see the indicator first, then the answer growing.
+WATCH = """
+window.__watch = [];
+new MutationObserver(() => {
+  const answer = document.querySelector('#messages .turn:last-of-type .answer');
+  if (!answer) return;
+  const seen = {working: !!answer.querySelector('.working'),
+                length: answer.querySelector('.text').textContent.length};
+  const last = window.__watch[window.__watch.length - 1];
+  if (!last || last.working !== seen.working || last.length !== seen.length) window.__watch.push(seen);
+}).observe(document, {subtree: true, childList: true, characterData: true});
+"""
+
+
+class Hearth:
+    def __init__(self, url: str, server: Server) -> None:
+        self.url, self.server = url, server
+
+    def conversations(self, user: str) -> list[dict[str, Any]]:
+        response = httpx.get(f"{self.url}/api/conversations", params={"user_id": user}, timeout=30)
+        return response.json()["conversations"]  # type: ignore[no-any-return]
+
+
+@pytest.fixture(scope="module")
+def hearth(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Hearth]:
+    root = tmp_path_factory.mktemp("webui")
+    (root / "guide").mkdir()
+    (root / "guide" / "printing.md").write_text(GUIDE)
+    port = free_port()
+    env = {**{k: v for k, v in os.environ.items() if not k.startswith("HEARTH_")},
+           "HEARTH_DATA_DIR": str(root / "data"), "HEARTH_MODELS_DIR": str(MODELS),
+           "HEARTH_DOCS_DIR": str(root / "guide"), "HEARTH_LLAMACPP_MODEL": SMOLLM,
+           "HEARTH_PORT": str(port), "HEARTH_MAX_NEW_TOKENS": "160", "HEARTH_THREADS": "8",
+           "HEARTH_MAX_QUESTION_CHARS": "500", "HEARTH_QUESTION_RATE_LIMIT": "3/minute",
+           # The modules of this checkout, whatever the installed copy maps.
+           "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
+    server = Server([str(BIN / "hearth"), "serve"], root / "log", env=env, cwd=root)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_until(lambda: http_ok(f"{url}/healthz"), "hearth serve", timeout=240, proc=server.proc)
+        yield Hearth(url, server)
+    finally:
+        server.stop()
+        print((root / "log").read_text()[-3000:])
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    if not CHROMIUM.exists():
+        pytest.fail("the browser tests need Debian's chromium: apt-get install -y chromium")
+    from playwright.sync_api import expect, sync_playwright
+
+    expect.set_options(timeout=TIMEOUT_MS)
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=ARGS)
+        yield browser
+        browser.close()
+
+
+@pytest.fixture
+def requests_made() -> list[Any]:
+    return []
+
+
+def open_page(browser: Any, hearth: Hearth, requests_made: list[Any], **context: Any) -> Any:
+    page = browser.new_context(**context).new_page()
+    page.set_default_timeout(TIMEOUT_MS)
+    page.add_init_script(WATCH)
+    page.on("request", lambda request: requests_made.append(request))
+    page.goto(hearth.url)
+    return page
+
+
+def sign_in(page: Any, name: str, key: str = "") -> None:
+    from playwright.sync_api import expect
+
+    expect(page.locator("#settings")).to_be_visible()
+    page.locator("#user-name").fill(name)
+    if key:
+        page.locator("#api-key").fill(key)
+    page.locator("#user-name").press("Enter")
+    expect(page.locator("#settings")).to_be_hidden()
+    expect(page.locator("#who")).to_have_text(name)
+
+
+def ask(page: Any, question: str) -> Any:
+    """Type the question, send it with Enter, and return the locator of its answer."""
+    box = page.locator("#question")
+    box.click()
+    box.fill(question)
+    box.press("Enter")
+    return page.locator("#messages .turn").last.locator(".answer")
+
+
+def finished(page: Any) -> None:
+    from playwright.sync_api import expect
+
+    expect(page.locator("#stop")).to_be_hidden()
+    expect(page.locator("#send")).to_be_visible()
+
+
+def test_ask_see_it_stream_with_sources_find_it_after_reload_and_delete_it(
+        browser: Any, hearth: Hearth, requests_made: list[Any]) -> None:
+    from playwright.sync_api import expect
+
+    page = open_page(browser, hearth, requests_made, viewport={"width": 1200, "height": 800})
+    sign_in(page, "Ann")
+    expect(page.locator("#list-status")).to_have_text("No conversations yet.")
+
+    answer = ask(page, QUESTION)
+    expect(page.locator("#messages .turn").last.locator(".question")).to_have_text(QUESTION)
+    expect(page.locator("#stop")).to_be_visible()  # it can be stopped while it streams
+    sources = answer.locator(".sources li")
+    expect(sources.first).to_be_visible()
+    finished(page)
+
+    watch = page.evaluate("window.__watch")
+    assert watch[0] == {"working": True, "length": 0}, watch  # the indicator, before any token
+    growing = [w["length"] for w in watch if not w["working"]]
+    # The answer streamed in, in pieces; the indicator never came back once it had started.
+    assert len(set(growing)) >= 3 and max(growing) > growing[0], watch
+    assert not any(w["working"] and w["length"] for w in watch), watch
+    text = answer.locator(".text").inner_text()
+    assert text.strip()
+
+    # The source: the file's name; its passage on demand.
+    expect(sources.first).to_contain_text("printing.md")
+    snippet = sources.first.locator("blockquote")
+    expect(snippet).to_be_hidden()
+    sources.first.get_by_role("button", name="Show passage").click()
+    expect(snippet).to_be_visible()
+    expect(snippet).to_contain_text("setup.exe")
+
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / "webui-answer.png"))
+    assert (ARTIFACTS / "webui-answer.png").stat().st_size > 10_000
+
+    # The conversation list, newest first, with this conversation current.
+    [stored] = hearth.conversations("Ann")
+    item = page.locator("#conversations li")
+    expect(item).to_have_count(1)
+    expect(item.first).to_contain_text(QUESTION)
+    expect(item.first).to_have_class(re.compile("current"))
+    assert stored["title"] == QUESTION and stored["id"] in page.url
+
+    # Reload: the name is remembered; the conversation is in the list and opens with its turn.
+    page.reload()
+    expect(page.locator("#who")).to_have_text("Ann")
+    expect(page.locator("#settings")).to_be_hidden()
+    page.get_by_role("button", name="+ New conversation").click()
+    expect(page.locator("#messages .turn")).to_have_count(0)
+    page.locator("#conversations li .open").first.click()
+    expect(page.locator("#messages .turn")).to_have_count(1)
+    expect(page.locator("#messages .question")).to_have_text(QUESTION)
+    assert page.locator("#messages .answer .text").inner_text() == text
+    expect(page.locator("#messages .sources li").first).to_contain_text("printing.md")
+
+    # Delete it, confirming.
+    page.once("dialog", lambda dialog: dialog.accept())
+    page.get_by_role("button", name=f"Delete conversation: {QUESTION}").click()
+    expect(page.locator("#conversations li")).to_have_count(0)
+    expect(page.locator("#messages .turn")).to_have_count(0)
+    assert hearth.conversations("Ann") == []
+
+    # Privacy: the page asked nothing of any other origin.
+    assert requests_made and all(r.url.startswith(f"{hearth.url}/") for r in requests_made)
+
+
+def test_keyboard_new_line_stop_and_an_api_key_sent_as_bearer(
+        browser: Any, hearth: Hearth, requests_made: list[Any]) -> None:
+    from playwright.sync_api import expect
+
+    page = open_page(browser, hearth, requests_made)
+    sign_in(page, "Bea", key="hk-test-key")
+    box = page.locator("#question")
+    box.click()
+    box.type("First line")
+    box.press("Shift+Enter")
+    box.type("second line")
+    assert box.input_value() == "First line\nsecond line"
+    expect(page.locator("#messages .turn")).to_have_count(0)  # Shift+Enter did not send
+
+    answer = ask(page, "Tell me everything about the printer driver, in detail.")
+    expect(answer.locator(".text")).not_to_have_text("")  # the first tokens are in
+    box.press("Escape")  # stops the answer, from the keyboard
+    expect(answer.locator(".note")).to_contain_text("Stopped")
+    finished(page)
+    page.wait_for_timeout(2000)
+    assert hearth.conversations("Bea") == []  # a stopped answer is not remembered
+
+    asked = [r for r in requests_made if "/api/" in r.url]
+    assert asked and all(r.headers.get("authorization") == "Bearer hk-test-key" for r in asked)
+
+
+def test_errors_are_shown_and_erasing_history_asks_first(
+        browser: Any, hearth: Hearth, requests_made: list[Any]) -> None:
+    from playwright.sync_api import expect
+
+    page = open_page(browser, hearth, requests_made)
+    sign_in(page, "Cy")
+    too_long = "Why? " * 150  # 750 characters; this server allows 500
+    answer = ask(page, too_long)
+    alert = answer.get_by_role("alert")
+    expect(alert).to_contain_text("Your question is too long")
+    expect(alert).to_contain_text("the limit is 500")
+    assert page.locator("#question").input_value() == too_long.strip()  # ready to shorten
+
+    answer = ask(page, QUESTION)
+    expect(answer.locator(".sources li").first).to_be_visible()
+    finished(page)
+    expect(page.locator("#conversations li")).to_have_count(1)
+
+    page.once("dialog", lambda dialog: dialog.dismiss())
+    page.get_by_role("button", name="Erase all my history").click()
+    expect(page.locator("#conversations li")).to_have_count(1)
+    assert len(hearth.conversations("Cy")) == 1
+
+    messages: list[str] = []
+
+    def accept(dialog: Any) -> None:
+        messages.append(dialog.message)
+        dialog.accept()
+
+    page.once("dialog", accept)
+    page.get_by_role("button", name="Erase all my history").click()
+    expect(page.locator("#list-status")).to_have_text("Erased 1 conversation.")
+    expect(page.locator("#conversations li")).to_have_count(0)
+    assert "cannot be undone" in messages[0]
+    assert hearth.conversations("Cy") == []
+
+
+def test_readable_on_a_phone_sized_screen(
+        browser: Any, hearth: Hearth, requests_made: list[Any]) -> None:
+    from playwright.sync_api import expect
+
+    httpx.post(f"{hearth.url}/api/question", timeout=180, json={
+        "question": QUESTION, "user_id": "Dee"}).raise_for_status()
+    page = open_page(browser, hearth, requests_made, viewport={"width": 390, "height": 844},
+                     is_mobile=True, has_touch=True, device_scale_factor=2)
+    sign_in(page, "Dee")
+    expect(page.locator("#sidebar")).to_be_hidden()  # the list slides in on demand
+    page.get_by_role("button", name="Conversations").click()
+    expect(page.locator("#sidebar")).to_be_visible()
+    page.locator("#conversations li .open").first.click()
+    expect(page.locator("#sidebar")).to_be_hidden()
+    expect(page.locator("#messages .question")).to_have_text(QUESTION)
+    expect(page.locator("#messages .sources li").first).to_be_visible()
+    expect(page.locator("#question")).to_be_visible()
+    assert page.evaluate("document.documentElement.scrollWidth") <= 390  # nothing wider
+    for selector in ("#messages .answer", "#composer", "#send"):
+        box = page.locator(selector).first.bounding_box()
+        assert box["x"] >= 0 and box["x"] + box["width"] <= 390, (selector, box)
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / "webui-phone.png"))
+
+
+def test_rate_limited_is_said_so(browser: Any, hearth: Hearth, requests_made: list[Any]) -> None:
+    from playwright.sync_api import expect
+
+    page = open_page(browser, hearth, requests_made)
+    sign_in(page, "Fay")
+    too_long = "Why? " * 150  # answered at once (413), but counted: this server allows 3 a minute
+    for _ in range(3):
+        expect(ask(page, too_long).get_by_role("alert")).to_contain_text("too long")
+        page.locator("#question").fill("")
+    alert = ask(page, QUESTION).get_by_role("alert")
+    expect(alert).to_contain_text("Too many requests for now. Try again in")
+    assert page.locator("#question").input_value() == QUESTION  # kept, to send again later
+
+
+def test_a_backend_that_is_down_is_said_so(
+        browser: Any, hearth: Hearth, requests_made: list[Any]) -> None:
+    """Last in this module: it stops the server."""
+    from playwright.sync_api import expect
+
+    page = open_page(browser, hearth, requests_made)
+    sign_in(page, "Eve")
+    hearth.server.stop()
+    answer = ask(page, QUESTION)
+    expect(answer.get_by_role("alert")).to_contain_text("Hearth is not reachable")
+    expect(answer.locator(".working")).to_have_count(0)
+    finished(page)
+    page.get_by_role("button", name="+ New conversation").click()
+    page.locator("#open-settings").click()
+    page.locator("#user-name").press("Enter")  # reloads the list: that fails visibly too
+    expect(page.locator("#list-status")).to_contain_text("Hearth is not reachable")
+
+
+class Links(HTMLParser):
+    def __init__(self) -> None:
+        super().__init__()
+        self.urls: list[str] = []
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        self.urls += [v for k, v in attrs if k in ("src", "href") and v]
+
+
+def test_the_page_needs_no_build_and_nothing_from_elsewhere(make_settings: Any) -> None:
+    settings: Settings = make_settings()
+    app = create_app(settings, build_services(settings))  # nothing is built to serve the page
+    if "webui" not in app.blueprints:  # until api.create_app registers it
+        app.register_blueprint(webui_blueprint)
+    client = app.test_client()
+    page = client.get("/")
+    assert page.status_code == 200 and page.mimetype == "text/html"
+    policy = page.headers["Content-Security-Policy"]
+    assert "default-src 'none'" in policy and "connect-src 'self'" in policy and "http" not in policy
+    assert page.headers["Referrer-Policy"] == "no-referrer"
+    links = Links()
+    links.feed(page.get_data(as_text=True))
+    assert links.urls
+    for url in links.urls:
+        if url.startswith("#"):
+            continue
+        assert url.startswith("/ui/"), url
+        asset = client.get(url)
+        assert asset.status_code == 200, url
+        assert asset.headers["Content-Security-Policy"] == policy
+    for path in STATIC.iterdir():
+        text = path.read_text()
+        if path.suffix == ".svg":
+            text = text.replace('xmlns="http://www.w3.org/2000/svg"', "")
+        assert "://" not in text and "@import" not in text and "url(" not in text, path.name
+    # Plain files, served as they are: nothing to build.
+    assert {p.suffix for p in STATIC.iterdir()} == {".html", ".css", ".js", ".svg"}

@@ -1,0 +1,521 @@
+// Hearth's chat page: plain JavaScript over Hearth's JSON API, no build step, nothing external.
+"use strict";
+
+const $ = (selector) => document.querySelector(selector);
+const store = {
+  get user() { return localStorage.getItem("hearth.user") || ""; },
+  set user(value) { localStorage.setItem("hearth.user", value); },
+  get apiKey() { return localStorage.getItem("hearth.apiKey") || ""; },
+  set apiKey(value) {
+    if (value) localStorage.setItem("hearth.apiKey", value);
+    else localStorage.removeItem("hearth.apiKey");
+  },
+};
+
+const state = {
+  conversationId: null,  // the conversation on screen; null for a new one
+  controller: null,      // the AbortController of the answer being streamed
+  conversations: [],
+};
+
+// Errors the user can act on: what went wrong, and what to do.
+class HearthError extends Error {
+  constructor(code, message) { super(message); this.code = code; }
+}
+
+const UNREACHABLE = "Hearth is not reachable: is `hearth serve` still running? Nothing was sent.";
+const LOST = "The connection to Hearth was lost before the answer was finished; the answer was not saved.";
+
+function explain(status, code, message, retryAfter) {
+  const wait = retryAfter ? ` Try again in ${retryAfter} s.` : " Try again shortly.";
+  switch (code) {
+    case "unauthorized":
+      return `This Hearth needs a valid API key: enter yours under “You” (${message}).`;
+    case "forbidden":
+      return `Your API key may not do that: ${message}.`;
+    case "rate_limited":
+      return `Too many requests for now.${wait}`;
+    case "busy":
+      return `The model is busy answering other questions.${wait}`;
+    case "question_too_long":
+      return `Your question is too long: ${message}. Shorten it and send it again.`;
+    case "body_too_large":
+      return "Your question is too large to send. Shorten it and send it again.";
+    case "llm_unavailable":
+      return `The language model is not available: ${message}`;
+    case "llm_timeout":
+      return `The language model took too long to answer: ${message}`;
+    case "vector_store_unavailable":
+      return `The document index is not available: ${message}`;
+    case "history_unavailable":
+      return `The history store is not available: ${message}`;
+    case "conversation_not_found":
+      return "This conversation no longer exists (was it deleted elsewhere?). Start a new one.";
+    case "internal_error":
+      return "Hearth failed unexpectedly; the details are in its log.";
+    default:
+      if (status === 429) return `Too many requests for now.${wait}`;
+      return `Hearth answered with an error (HTTP ${status}${code ? ", " + code : ""}): ${message}`;
+  }
+}
+
+async function errorFrom(response) {
+  let code = "", message = response.statusText || "no details";
+  try {
+    const body = await response.json();
+    if (body && body.error) {
+      code = body.error.code || "";
+      message = body.error.message || message;
+    }
+  } catch { /* not JSON: a proxy's page, say */ }
+  const error = new HearthError(code || `http_${response.status}`,
+    explain(response.status, code, message, response.headers.get("Retry-After")));
+  error.status = response.status;
+  return error;
+}
+
+function headers(extra = {}) {
+  const all = { Accept: "application/json", ...extra };
+  if (store.apiKey) all.Authorization = `Bearer ${store.apiKey}`;
+  return all;
+}
+
+async function api(path, options = {}) {
+  let response;
+  try {
+    response = await fetch(path, { ...options, headers: headers(options.headers) });
+  } catch (error) {
+    if (error.name === "AbortError") throw error;
+    throw new HearthError("unreachable", UNREACHABLE);
+  }
+  if (!response.ok) throw await errorFrom(response);
+  return response;
+}
+
+const userQuery = () => `user_id=${encodeURIComponent(store.user)}`;
+
+// Server-Sent Events from a fetch response: yields {event, data}.
+async function* sseEvents(response) {
+  const reader = response.body.pipeThrough(new TextDecoderStream()).getReader();
+  let buffer = "";
+  for (;;) {
+    const { value, done } = await reader.read();
+    if (done) return;
+    buffer += value.replace(/\r\n/g, "\n");
+    let end;
+    while ((end = buffer.indexOf("\n\n")) >= 0) {
+      const block = buffer.slice(0, end);
+      buffer = buffer.slice(end + 2);
+      let event = "message";
+      const data = [];
+      for (const line of block.split("\n")) {
+        if (line.startsWith("event:")) event = line.slice(6).trim();
+        else if (line.startsWith("data:")) data.push(line.slice(5).replace(/^ /, ""));
+      }
+      if (data.length) yield { event, data: JSON.parse(data.join("\n")) };
+    }
+  }
+}
+
+// Rendering. Text always goes in as textContent: an answer or a document can hold anything.
+function el(tag, attrs = {}, ...children) {
+  const node = document.createElement(tag);
+  for (const [key, value] of Object.entries(attrs)) {
+    if (key === "class") node.className = value;
+    else if (key === "text") node.textContent = value;
+    else node.setAttribute(key, value);
+  }
+  node.append(...children);
+  return node;
+}
+
+// A small, safe part of Markdown, which language models write anyway: paragraphs, lists, fenced
+// code, `code` and **bold**. Built as DOM nodes, never as HTML.
+function renderMarkdown(target, text) {
+  const nodes = [];
+  let block = null, list = null, code = null, codeLines = 0;
+  for (const line of text.split("\n")) {
+    if (code) {
+      if (/^\s*```/.test(line)) code = null;
+      else code.textContent += (codeLines++ ? "\n" : "") + line;
+      continue;
+    }
+    if (/^\s*```/.test(line)) {
+      block = list = null;
+      code = el("code");
+      codeLines = 0;
+      nodes.push(el("pre", {}, code));
+      continue;
+    }
+    if (!line.trim()) { block = list = null; continue; }
+    const item = /^\s*(?:[-*+•]|(\d+)[.)])\s+(.*)$/.exec(line);
+    if (item) {
+      const ordered = item[1] !== undefined;
+      if (!list || list.tagName !== (ordered ? "OL" : "UL")) {
+        list = el(ordered ? "ol" : "ul");
+        if (ordered && item[1] !== "1") list.start = Number(item[1]);
+        nodes.push(list);
+      }
+      block = el("li");
+      list.append(block);
+      inline(block, item[2]);
+      continue;
+    }
+    const heading = /^#{1,6}\s+(.*)$/.exec(line);
+    if (heading) {
+      list = null;
+      block = el("p", { class: "heading" });
+      nodes.push(block);
+      inline(block, heading[1]);
+      block = null;
+      continue;
+    }
+    if (block) {
+      block.append(" ");
+    } else {
+      list = null;
+      block = el("p");
+      nodes.push(block);
+    }
+    inline(block, line.trim());
+  }
+  target.replaceChildren(...nodes);
+}
+
+function inline(node, text) {
+  let last = 0;
+  for (const match of text.matchAll(/`[^`]+`|\*\*[^*]+\*\*/g)) {
+    node.append(text.slice(last, match.index));
+    const token = match[0];
+    node.append(token.startsWith("`") ? el("code", { text: token.slice(1, -1) })
+                                      : el("strong", { text: token.slice(2, -2) }));
+    last = match.index + token.length;
+  }
+  node.append(text.slice(last));
+}
+
+function baseName(path) {
+  const parts = path.split(/[\\/]/);
+  return parts[parts.length - 1] || path;
+}
+
+function sourceItem(source, n) {
+  const item = el("li");
+  const web = /^https?:\/\//i.test(source.source);
+  if (web) {
+    item.append(el("a", { href: source.source, target: "_blank", rel: "noopener noreferrer",
+                          text: source.title || source.source }));
+  } else {
+    item.append(el("span", { class: "file", title: source.source, text: baseName(source.source) }));
+    if (source.title && source.title !== baseName(source.source)) {
+      item.append(el("span", { class: "where", text: ` (${source.title})` }));
+    }
+  }
+  if (source.page) item.append(el("span", { class: "where", text: `, page ${source.page}` }));
+  if (source.section) item.append(el("span", { class: "where", text: ` · ${source.section}` }));
+  const id = `snippet-${Math.random().toString(36).slice(2)}-${n}`;
+  const toggle = el("button", { type: "button", class: "toggle", "aria-expanded": "false",
+                                "aria-controls": id, text: "Show passage" });
+  const quote = el("blockquote", { id, class: "snippet", text: source.snippet });
+  quote.hidden = true;
+  toggle.addEventListener("click", () => {
+    quote.hidden = !quote.hidden;
+    toggle.setAttribute("aria-expanded", String(!quote.hidden));
+    toggle.textContent = quote.hidden ? "Show passage" : "Hide passage";
+  });
+  item.append(" ", toggle, quote);
+  return item;
+}
+
+function renderSources(answerNode, sources) {
+  answerNode.querySelector(".sources")?.remove();
+  if (!sources || !sources.length) return;
+  const list = el("ol");
+  sources.forEach((source, n) => list.append(sourceItem(source, n)));
+  answerNode.append(el("section", { class: "sources", "aria-label": "Sources" },
+                       el("h3", { text: "Sources" }), list));
+}
+
+function addTurn(question) {
+  $("#empty").hidden = true;
+  const answer = el("div", { class: "answer" }, el("div", { class: "text" }));
+  const turn = el("article", { class: "turn" }, el("div", { class: "question", text: question }), answer);
+  $("#messages").append(turn);
+  return answer;
+}
+
+function renderTurn(turn) {
+  const answer = addTurn(turn.question);
+  renderMarkdown(answer.querySelector(".text"), turn.answer);
+  renderSources(answer, turn.sources);
+}
+
+function note(answerNode, text, isError) {
+  answerNode.querySelector(".note")?.remove();
+  answerNode.append(el("p", { class: isError ? "note error" : "note", role: isError ? "alert" : "status",
+                              text }));
+}
+
+function scrollToEnd() {
+  const box = $("#messages");
+  if (box.scrollHeight - box.scrollTop - box.clientHeight < 160) box.scrollTop = box.scrollHeight;
+}
+
+function clearMessages() {
+  for (const turn of document.querySelectorAll("#messages .turn")) turn.remove();
+  $("#empty").hidden = false;
+}
+
+// Asking.
+function setBusy(busy) {
+  $("#send").hidden = busy;
+  $("#stop").hidden = !busy;
+  $("#messages").setAttribute("aria-busy", String(busy));
+}
+
+async function ask(question) {
+  if (!store.user) { openSettings(); return; }
+  const answerNode = addTurn(question);
+  const text = answerNode.querySelector(".text");
+  const working = el("div", { class: "working", role: "status", text: "Hearth is looking through your documents…" });
+  answerNode.prepend(working);
+  answerNode.scrollIntoView({ block: "nearest" });
+  const controller = new AbortController();
+  state.controller = controller;
+  setBusy(true);
+  let finished = false;
+  let raw = "";
+  try {
+    const body = { question, user_id: store.user, stream: true };
+    if (state.conversationId) body.conversation_id = state.conversationId;
+    const response = await api("/api/question", {
+      method: "POST", body: JSON.stringify(body), signal: controller.signal,
+      headers: { "Content-Type": "application/json", Accept: "text/event-stream" },
+    });
+    for await (const { event, data } of sseEvents(response)) {
+      if (event === "token") {
+        working.remove();
+        raw += data.text;
+        renderMarkdown(text, raw);
+        scrollToEnd();
+      } else if (event === "sources") {
+        renderSources(answerNode, data);
+      } else if (event === "done") {
+        finished = true;
+        renderMarkdown(text, data.answer || raw);
+        answerNode.classList.toggle("refused", Boolean(data.refused));
+        showConversation(data.conversation_id);
+      } else if (event === "error") {
+        throw new HearthError(data.code, explain(200, data.code, data.message));
+      }
+    }
+    if (!finished) throw new HearthError("lost", LOST);
+  } catch (error) {
+    working.remove();
+    if (error.name === "AbortError") {
+      note(answerNode, "Stopped. This answer was not saved in your history.", false);
+    } else {
+      const message = error instanceof HearthError ? error.message : LOST;
+      note(answerNode, message, true);
+      if (!$("#question").value) $("#question").value = question;  // ready to send again
+      if (error.code === "unauthorized") openSettings();
+      if (error.code === "conversation_not_found") showConversation(null);
+    }
+  } finally {
+    state.controller = null;
+    setBusy(false);
+    scrollToEnd();
+    loadConversations();
+  }
+}
+
+function stop() {
+  if (state.controller) state.controller.abort();
+}
+
+// Conversations.
+function showConversation(id) {
+  state.conversationId = id;
+  history.replaceState(null, "", id ? `#c=${encodeURIComponent(id)}` : location.pathname);
+  for (const item of document.querySelectorAll("#conversations li")) {
+    const current = item.dataset.id === id;
+    item.classList.toggle("current", current);
+    item.querySelector(".open").toggleAttribute("aria-current", current);
+  }
+}
+
+function listStatus(text, isError = false) {
+  const status = $("#list-status");
+  status.textContent = text;
+  status.classList.toggle("error", isError);
+}
+
+const when = new Intl.DateTimeFormat(undefined, { month: "short", day: "numeric", hour: "numeric",
+                                                   minute: "2-digit" });
+
+async function loadConversations() {
+  if (!store.user) return;
+  try {
+    const response = await api(`/api/conversations?${userQuery()}`);
+    state.conversations = (await response.json()).conversations;
+  } catch (error) {
+    listStatus(error.message, true);
+    return;
+  }
+  const list = $("#conversations");
+  list.replaceChildren(...state.conversations.map((c) => {
+    const open = el("button", { type: "button", class: "open", title: c.title },
+      el("span", { class: "title", text: c.title }),
+      el("small", { text: `${when.format(new Date(c.updated_at * 1000))} · ${c.turn_count} ` +
+                          (c.turn_count === 1 ? "question" : "questions") }));
+    open.addEventListener("click", () => openConversation(c.id));
+    const remove = el("button", { type: "button", class: "delete", title: "Delete",
+                                  "aria-label": `Delete conversation: ${c.title}`, text: "✕" });
+    remove.addEventListener("click", () => deleteConversation(c));
+    const item = el("li", {}, open, remove);
+    item.dataset.id = c.id;
+    return item;
+  }));
+  listStatus(state.conversations.length ? "" : "No conversations yet.");
+  showConversation(state.conversationId);
+}
+
+async function openConversation(id) {
+  if (state.controller) stop();
+  closeList();
+  try {
+    const response = await api(`/api/conversations/${encodeURIComponent(id)}?${userQuery()}`);
+    const conversation = await response.json();
+    clearMessages();
+    conversation.turns.forEach(renderTurn);
+    showConversation(conversation.id);
+    $("#messages").scrollTop = $("#messages").scrollHeight;
+    $("#question").focus();
+  } catch (error) {
+    listStatus(error.message, true);
+    if (error.code === "conversation_not_found") {
+      showConversation(null);
+      loadConversations();
+    }
+  }
+}
+
+function newConversation() {
+  if (state.controller) stop();
+  clearMessages();
+  showConversation(null);
+  closeList();
+  $("#question").focus();
+}
+
+async function deleteConversation(conversation) {
+  if (!confirm(`Delete the conversation “${conversation.title}”? This cannot be undone.`)) return;
+  try {
+    await api(`/api/conversations/${encodeURIComponent(conversation.id)}?${userQuery()}`,
+              { method: "DELETE" });
+    if (state.conversationId === conversation.id) newConversation();
+    await loadConversations();
+    listStatus("Conversation deleted.");
+  } catch (error) {
+    listStatus(error.message, true);
+  }
+}
+
+async function eraseHistory() {
+  if (!store.user) return;
+  if (!confirm(`Erase all of ${store.user}'s conversations from Hearth? This cannot be undone.`)) return;
+  try {
+    const response = await api(`/api/users/${encodeURIComponent(store.user)}/history`,
+                               { method: "DELETE" });
+    const { deleted } = await response.json();
+    newConversation();
+    await loadConversations();
+    listStatus(`Erased ${deleted} ${deleted === 1 ? "conversation" : "conversations"}.`);
+  } catch (error) {
+    listStatus(error.message, true);
+  }
+}
+
+// The side list on a phone-sized screen.
+function closeList() {
+  $("#sidebar").classList.remove("open");
+  $("#toggle-list").setAttribute("aria-expanded", "false");
+}
+
+function toggleList() {
+  const open = $("#sidebar").classList.toggle("open");
+  $("#toggle-list").setAttribute("aria-expanded", String(open));
+  if (open) $("#new-conversation").focus();
+}
+
+// Who the user is.
+function openSettings() {
+  $("#user-name").value = store.user;
+  $("#api-key").value = store.apiKey;
+  $("#settings-error").textContent = "";
+  $("#settings-cancel").hidden = !store.user;  // the first time, a name is needed
+  if (!$("#settings").open) $("#settings").showModal();
+  $("#user-name").focus();
+}
+
+function saveSettings(event) {
+  event.preventDefault();
+  const name = $("#user-name").value.trim();
+  if (!name) {
+    $("#settings-error").textContent = "Enter a name: Hearth keeps your conversations under it.";
+    return;
+  }
+  const changedUser = name !== store.user;
+  store.user = name;
+  store.apiKey = $("#api-key").value.trim();
+  $("#settings").close();
+  showUser();
+  if (changedUser) newConversation();
+  loadConversations();
+  $("#question").focus();
+}
+
+function showUser() {
+  $("#who").textContent = store.user || "not set";
+}
+
+function start() {
+  $("#composer").addEventListener("submit", (event) => {
+    event.preventDefault();
+    const question = $("#question").value.trim();
+    if (!question || state.controller) return;
+    $("#question").value = "";
+    ask(question);
+  });
+  $("#question").addEventListener("keydown", (event) => {
+    if (event.key === "Enter" && !event.shiftKey && !event.isComposing) {
+      event.preventDefault();
+      $("#composer").requestSubmit();
+    } else if (event.key === "Escape" && state.controller) {
+      stop();
+    }
+  });
+  $("#stop").addEventListener("click", stop);
+  $("#new-conversation").addEventListener("click", newConversation);
+  $("#erase-history").addEventListener("click", eraseHistory);
+  $("#toggle-list").addEventListener("click", toggleList);
+  $("#open-settings").addEventListener("click", openSettings);
+  $("#settings-form").addEventListener("submit", saveSettings);
+  $("#settings-cancel").addEventListener("click", () => $("#settings").close());
+  $("#settings").addEventListener("cancel", (event) => { if (!store.user) event.preventDefault(); });
+  document.addEventListener("keydown", (event) => {
+    if (event.key === "Escape" && $("#sidebar").classList.contains("open")) closeList();
+  });
+
+  showUser();
+  if (!store.user) {
+    openSettings();
+    return;
+  }
+  const match = /^#c=(.+)$/.exec(location.hash);
+  if (match) openConversation(decodeURIComponent(match[1]));
+  loadConversations();
+  $("#question").focus();
+}
+
+start();
