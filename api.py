@@ -130,6 +130,36 @@ class ReadyOut(BaseModel):
     checks: dict[str, CheckOut]
 
 
+class IngestIn(BaseModel):
+    web: str | None = Field(None, description="a site to crawl from this URL")
+    files: str | None = Field(None, description="a folder on the server, under HEARTH_INGEST_ROOTS")
+    options: dict[str, Any] = Field({}, description="crawl: max_depth, max_pages, include, "
+                                    "exclude, use_sitemap; files: pdf_char_margin")
+
+
+class IngestStartedOut(BaseModel):
+    id: str
+    state: str
+    url: str
+
+
+class JobOut(BaseModel):
+    id: str
+    kind: Literal["web", "files"]
+    target: str
+    state: Literal["queued", "running", "done", "failed"]
+    progress: dict[str, Any]
+    summary: dict[str, Any] | None
+    error: dict[str, str] | None
+    created_at: str | None
+    started_at: str | None
+    finished_at: str | None
+
+
+class JobListOut(BaseModel):
+    jobs: list[JobOut]
+
+
 class ApiError(Exception):
     def __init__(self, status: int, code: str, message: str) -> None:
         super().__init__(message)
@@ -353,11 +383,27 @@ OPENAI_SSE_EVENT = {
 }
 
 
+def ingest_routes() -> list[tuple[str, str, Any, type[BaseModel] | None,
+                                   dict[int, type[BaseModel]], str]]:
+    from ingest.jobs import ingest_status, list_jobs, start_ingest
+
+    return [
+        ("/api/ingest", "POST", start_ingest, IngestIn,
+         {202: IngestStartedOut, 400: ErrorOut, 403: ErrorOut},
+         "Start ingesting a site or a server folder in the background (HEARTH_INGEST_API; "
+         "admins only when API keys are on)."),
+        ("/api/ingest", "GET", list_jobs, None, {200: JobListOut, 403: ErrorOut},
+         "The ingestion jobs, newest first."),
+        ("/api/ingest/<job_id>", "GET", ingest_status, None,
+         {200: JobOut, 403: ErrorOut, 404: ErrorOut}, "One job's progress and summary."),
+    ]
+
+
 def openapi_document() -> dict[str, Any]:
     from openai_compat import ROUTES as OPENAI_ROUTES
     from openai_compat import OpenAIChatRequest
 
-    routes = [*ROUTES, *OPENAI_ROUTES]
+    routes = [*ROUTES, *OPENAI_ROUTES, *ingest_routes()]
     requests = (QuestionIn, OpenAIChatRequest)
     models = {m for *_, req, resp, _ in routes for m in [req, *resp.values()]}
     models.discard(None)
@@ -465,6 +511,9 @@ def authenticate(settings: Settings, hearth: Services) -> Response | None:
     g.principal = hearth.keys.authenticate(token.strip())
     if g.principal is None:
         return error_response(401, "unauthorized", "this API key is not valid or was revoked")
+    if request.path.startswith("/api/ingest") and not g.principal.admin:
+        return error_response(403, "forbidden", "ingestion is for admin keys only "
+                              "(`hearth keys create --user NAME --admin`)")
     return None
 
 
@@ -483,11 +532,13 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
             view = limiter.limit(settings.question_rate_limit, key_func=user_key)(view)
         app.add_url_rule(rule, f"{view.__name__}_{method.lower()}", view, methods=[method])
     # The other faces: imported here, since they build on this module's schemas.
+    from ingest.jobs import ingest_blueprint
     from openai_compat import openai_blueprint
     from webui import webui_blueprint
 
     limiter.limit(settings.question_rate_limit, key_func=user_key)(openai_blueprint)
     app.register_blueprint(openai_blueprint)
     app.register_blueprint(webui_blueprint)
+    app.register_blueprint(ingest_blueprint)
     register_errors(app)
     return app

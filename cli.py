@@ -258,15 +258,11 @@ def keys_revoke(key_id: str) -> None:
 
 def register_plugins() -> None:
     """Commands that live beside their concept: ingestion, sources, evaluation."""
-    for module, names in (("ingest.cli", ("ingest_cli", "sources_cli")),
-                          ("evaluation.cli", ("eval_cli",))):
-        try:
-            mod = __import__(module, fromlist=list(names))
-        except ImportError as exc:
-            log.debug("%s not available: %s", module, exc)
-            continue
-        for name in names:
-            main.add_command(getattr(mod, name))
+    from evaluation.cli import eval_cli
+    from ingest.cli import ingest_cli, sources_cli
+
+    for group in (ingest_cli, sources_cli, eval_cli):
+        main.add_command(group)
 
 
 register_plugins()

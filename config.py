@@ -11,10 +11,10 @@ from __future__ import annotations
 import os
 from enum import StrEnum
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 from pydantic import Field, ValidationError, field_validator, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 ENV_PREFIX = "HEARTH_"
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
@@ -132,6 +132,21 @@ class Settings(BaseSettings):
     mongodb_db: str = "hearth"
     backend_timeout_s: float = Field(5.0, gt=0, description="timeout for database calls")
 
+    # Ingestion.
+    chunk_tokens: int = Field(256, ge=32, le=256, description="the embedding model reads 256 at most")
+    chunk_overlap_tokens: int = Field(32, ge=0, le=128)
+    crawl_max_depth: int = Field(3, ge=0)
+    crawl_max_pages: int = Field(500, ge=1)
+    crawl_concurrency: int = Field(4, ge=1, le=32)
+    crawl_timeout_s: float = Field(10.0, gt=0)
+    pdf_char_margin: float | None = Field(None, gt=0, description="pdfminer's; lower for 2 columns")
+    # POST /api/ingest: off unless turned on; with API keys on, admins only.
+    ingest_api: bool = False
+    # Hosts or networks that crawls may reach although they are private (comma-separated).
+    ingest_allow_hosts: Annotated[list[str], NoDecode] = []
+    # Folders under which the ingestion API may read files (comma-separated).
+    ingest_roots: Annotated[list[Path], NoDecode] = []
+
     # Evaluation: the judge model is chosen apart from the answering model.
     judge_backend: LLMBackend = LLMBackend.llamacpp
     judge_model: str = "qwen2.5-coder-1.5b-instruct-q4_k_m"
@@ -149,7 +164,15 @@ class Settings(BaseSettings):
             return values  # the field validator reports it, naming the variable
         return {**PROFILE_DEFAULTS[profile], **values}
 
-    @field_validator("chroma_url", "mongodb_uri", "judge_base_url", mode="before")
+    @field_validator("ingest_allow_hosts", "ingest_roots", mode="before")
+    @classmethod
+    def _comma_separated(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    @field_validator("chroma_url", "mongodb_uri", "judge_base_url", "pdf_char_margin",
+                     mode="before")
     @classmethod
     def _blank_is_none(cls, value: Any) -> Any:
         return None if isinstance(value, str) and not value.strip() else value

@@ -62,6 +62,6 @@ if [ "$purpose" = test ]; then
     "${PIP[@]}" install -q -c constraints.txt --pre secantusdb
     # Documents to test with, strace for the privacy test, Chromium for the page's tests
     # (driven by Playwright at /usr/bin/chromium; never `playwright install`, which downloads one).
-    apt_install python3.11-doc libtasn1-doc strace chromium
+    apt_install python3.11-doc libtasn1-doc r-doc-pdf strace chromium
     .venv/bin/hearth models fetch smollm2-135m-instruct-q4_1
 fi

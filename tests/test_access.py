@@ -203,3 +203,37 @@ def test_concurrent_questions_of_one_user_are_all_stored_in_order(make_services:
     for thread in range(8):
         assert [q for q in questions if q.startswith(f"{thread}:") and q != "0:start"] == [
             f"{thread}:{n}" for n in range(25)]
+
+
+def test_ingestion_is_for_admins_and_stays_inside_its_roots(make_services: Any,
+                                                            tmp_path: Path) -> None:
+    root = tmp_path / "shared-docs"
+    (root / "team").mkdir(parents=True)
+    (root / "team" / "notes.md").write_text("# Notes\n\nThe office opens at nine.\n")
+    (tmp_path / "private").mkdir()
+    (root / "team" / "escape").symlink_to(tmp_path / "private")
+    services = make_services(auth=True, ingest_api=True, ingest_roots=[root])
+    client = create_app(services.settings, services).test_client()
+    ann = bearer(services.keys.create("ann")[0])
+    root_key = bearer(services.keys.create("root", admin=True)[0])
+    assert client.post("/api/ingest", json={"files": str(root / "team")},
+                       headers=ann).status_code == 403
+    for folder in (root / ".." / "private", root / "team" / "escape", Path("/etc")):
+        refused = client.post("/api/ingest", json={"files": str(folder)}, headers=root_key)
+        assert refused.status_code == 403
+        assert refused.get_json()["error"]["code"] == "folder_not_allowed"
+    for url in ("http://127.0.0.1:9/", "http://169.254.169.254/latest/meta-data/",
+                "http://10.0.0.7/"):
+        refused = client.post("/api/ingest", json={"web": url}, headers=root_key)
+        assert refused.status_code == 403, refused.get_json()
+        assert refused.get_json()["error"]["code"] == "address_not_allowed"
+    started = client.post("/api/ingest", json={"files": str(root / "team")}, headers=root_key)
+    assert started.status_code == 202
+    job_url = started.get_json()["url"]
+    for _ in range(600):
+        job = client.get(job_url, headers=root_key).get_json()
+        if job["state"] in ("done", "failed"):
+            break
+        time.sleep(0.1)
+    assert job["state"] == "done", job
+    assert job["summary"]["added"] == 1

@@ -1,0 +1,364 @@
+"""A website, crawled from a start URL: same site, bounded, polite, and never stopped by one page.
+
+- Scope: the start URL's host (and port); paths under the ``include`` prefixes (default: the
+  start URL's folder) and not under an ``exclude`` prefix. Other links are counted, not followed.
+- Bounds: ``max_depth`` links from the start page (a sitemap's pages count as one link away),
+  ``max_pages`` fetches in all, ``concurrency`` requests at a time, ``timeout_s`` per request,
+  ``max_redirects`` hops with loop detection, ``MAX_PAGE_BYTES`` per page.
+- Politeness: robots.txt (``Disallow`` and ``Crawl-delay``) and ``<meta name="robots">``.
+- The order is breadth-first and stable (each level in discovery order), so the same site gives
+  the same pages when the page limit cuts the crawl short, and re-ingesting churns nothing.
+- Every failure is one ``Skipped`` entry (HTTP 4xx/5xx, unreachable, not HTML, redirect loop);
+  only a start page that cannot be fetched stops the crawl, before anything is changed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+import time
+import xml.etree.ElementTree as ET
+from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from typing import Any
+from urllib.parse import urljoin, urlsplit, urlunsplit
+from urllib.robotparser import RobotFileParser
+
+from ingest.pipeline import Block, IngestError, ParseCache, Parsed, Progress, Skipped
+
+USER_AGENT = "Hearth-ingest/0.1 (local document indexer)"
+MAX_DEPTH = 3
+MAX_PAGES = 500
+CONCURRENCY = 4
+TIMEOUT_S = 10.0
+MAX_REDIRECTS = 5
+MAX_PAGE_BYTES = 5 * 1024 * 1024
+MAX_SITEMAP_URLS = 50_000
+MAX_CRAWL_DELAY_S = 10.0
+PARSER_VERSION = 1  # bump when parse_html changes, so cached pages are parsed again
+REDIRECTS = {301, 302, 303, 307, 308}
+HTML_TYPES = ("text/html", "application/xhtml+xml")
+# Links to these are not fetched at all: they are never HTML.
+NOT_HTML = {
+    ".png", ".jpg", ".jpeg", ".gif", ".svg", ".webp", ".ico", ".bmp", ".css", ".js", ".mjs",
+    ".json", ".xml", ".pdf", ".zip", ".gz", ".tgz", ".bz2", ".xz", ".tar", ".7z", ".exe",
+    ".dmg", ".mp3", ".mp4", ".webm", ".avi", ".mov", ".woff", ".woff2", ".ttf", ".otf", ".eot",
+    ".epub", ".docx", ".xlsx", ".pptx", ".bin", ".whl", ".inv",
+}
+
+
+def normalize(url: str) -> str:
+    """One spelling per page: lower-case scheme and host, no default port, no fragment."""
+    parts = urlsplit(url.strip())
+    scheme = parts.scheme.lower()
+    host = (parts.hostname or "").lower()
+    if ":" in host:
+        host = f"[{host}]"
+    try:
+        port = parts.port
+    except ValueError:
+        port = None
+    if (scheme, port) in (("http", 80), ("https", 443)):
+        port = None
+    netloc = host + (f":{port}" if port else "")
+    return urlunsplit((scheme, netloc, parts.path or "/", parts.query, ""))
+
+
+def site_namespace(url: str) -> str:
+    """The start URL, normalized: the name of the source in the index."""
+    normal = normalize(url)
+    parts = urlsplit(normal)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise IngestError(f"not a web address: {url!r} (give an http:// or https:// URL)")
+    return normal
+
+
+def _site(url: str) -> tuple[str, int | None]:
+    parts = urlsplit(url)
+    try:
+        port = parts.port
+    except ValueError:
+        port = None
+    if port in (80, 443):
+        port = None  # http://host and https://host are one site
+    return (parts.hostname or "").lower(), port
+
+
+@dataclass
+class _Fetched:
+    url: str  # after redirects
+    title: str
+    blocks: list[Any]
+    links: list[str]
+    noindex: bool
+    nofollow: bool
+
+
+@dataclass
+class Crawler:
+    start: str
+    max_depth: int = MAX_DEPTH
+    max_pages: int = MAX_PAGES
+    include: Sequence[str] = ()
+    exclude: Sequence[str] = ()
+    concurrency: int = CONCURRENCY
+    timeout_s: float = TIMEOUT_S
+    max_redirects: int = MAX_REDIRECTS
+    use_sitemap: bool = True
+    respect_robots: bool = True
+    user_agent: str = USER_AGENT
+    ignored: dict[str, int] = field(default_factory=dict)
+    cache: ParseCache | None = None
+    # An httpx transport every request goes through (a guard on where the crawl may connect).
+    transport: Any = None
+
+    def __post_init__(self) -> None:
+        import httpx
+
+        self.start = site_namespace(self.start)
+        self.site = _site(self.start)
+        if not self.include:
+            path = urlsplit(self.start).path
+            self.include = (path[: path.rfind("/") + 1] or "/",)
+        # Prefixes are paths; a full URL given as one means its path.
+        self.include = tuple(urlsplit(p).path or "/" if "://" in p else p for p in self.include)
+        self.exclude = tuple(urlsplit(p).path or "/" if "://" in p else p for p in self.exclude)
+        self.client = httpx.Client(
+            timeout=httpx.Timeout(self.timeout_s), follow_redirects=False,
+            headers={"User-Agent": self.user_agent}, transport=self.transport,
+            limits=httpx.Limits(max_connections=max(1, self.concurrency)),
+        )
+        self.robots: RobotFileParser | None = None
+        self.delay = 0.0
+        self._last_request = 0.0
+        self._polite = threading.Lock()
+        self.seen: set[str] = {self.start}  # every link met
+        self.queued: set[str] = {self.start}  # the links the crawl fetches
+        self.referrer: dict[str, str] = {}
+
+    # -- scope ---------------------------------------------------------------------------------
+
+    def out_of_scope(self, url: str) -> str | None:
+        """Why a link is not followed, or None when it is in scope."""
+        parts = urlsplit(url)
+        if parts.scheme not in ("http", "https"):
+            return "non-web links"
+        if _site(url) != self.site:
+            return "off-site links"
+        path = parts.path or "/"
+        if not any(path.startswith(prefix) for prefix in self.include):
+            return "links outside the included paths"
+        if any(path.startswith(prefix) for prefix in self.exclude):
+            return "excluded links"
+        suffix = path[path.rfind("."):].lower() if "." in path.rsplit("/", 1)[-1] else ""
+        if suffix in NOT_HTML:
+            return "links to non-HTML files"
+        if self.robots and not self.robots.can_fetch(self.user_agent, url):
+            return "links disallowed by robots.txt"
+        return None
+
+    def _ignore(self, reason: str) -> None:
+        self.ignored[reason] = self.ignored.get(reason, 0) + 1
+
+    # -- robots.txt and sitemaps ---------------------------------------------------------------
+
+    def read_robots(self) -> None:
+        url = urljoin(self.start, "/robots.txt")
+        try:
+            response = self.client.get(url)
+        except Exception:
+            return  # no robots.txt reachable: nothing is disallowed
+        if response.status_code >= 500:
+            raise IngestError(f"robots.txt at {url} answered HTTP {response.status_code}: "
+                              "by the robots exclusion standard the site may not be crawled now")
+        robots = RobotFileParser(url)
+        robots.parse(response.text.splitlines() if response.status_code < 400 else [])
+        self.robots = robots
+        delay = robots.crawl_delay(self.user_agent)
+        if delay:
+            self.delay = min(float(delay), MAX_CRAWL_DELAY_S)
+
+    def sitemap_urls(self) -> list[str]:
+        listed = (self.robots.site_maps() if self.robots else None) or []
+        queue = [normalize(u) for u in listed] or [urljoin(self.start, "/sitemap.xml")]
+        found: list[str] = []
+        fetched = 0
+        while queue and fetched < 20 and len(found) < MAX_SITEMAP_URLS:
+            url = queue.pop(0)
+            fetched += 1
+            try:
+                response = self.client.get(url, follow_redirects=True)
+                if response.status_code != 200:
+                    continue
+                root = ET.fromstring(response.content[:MAX_PAGE_BYTES])
+            except Exception:
+                continue
+            locs = [(el.text or "").strip() for el in root.iter() if el.tag.endswith("loc")]
+            if root.tag.endswith("sitemapindex"):
+                queue += [normalize(u) for u in locs if u]
+            else:
+                found += [normalize(u) for u in locs if u]
+        return found
+
+    # -- fetching ------------------------------------------------------------------------------
+
+    def _wait_turn(self) -> None:
+        if not self.delay:
+            return
+        with self._polite:
+            wait = self._last_request + self.delay - time.monotonic()
+            if wait > 0:
+                time.sleep(wait)
+            self._last_request = time.monotonic()
+
+    def fetch(self, url: str) -> _Fetched | Skipped | None:
+        import httpx
+
+        name = url if url not in self.referrer else f"{url} (linked from {self.referrer[url]})"
+        chain = [url]
+        current = url
+        try:
+            for _ in range(self.max_redirects + 1):
+                self._wait_turn()
+                with self.client.stream("GET", current) as response:
+                    location = response.headers.get("location")
+                    if response.status_code in REDIRECTS and location:
+                        target = normalize(urljoin(current, location))
+                        if target in chain:
+                            return Skipped(name, "redirect loop")
+                        reason = self.out_of_scope(target)
+                        if reason:
+                            return Skipped(name, f"redirects out of the crawl ({reason})")
+                        if target in self.queued:
+                            return None  # another address of a page the crawl reads anyway
+                        chain.append(target)
+                        current = target
+                        continue
+                    if response.status_code >= 400:
+                        return Skipped(name, f"HTTP {response.status_code}")
+                    ctype = response.headers.get("content-type", "").split(";")[0].strip()
+                    if ctype and ctype.lower() not in HTML_TYPES:
+                        return Skipped(name, f"not HTML ({ctype})")
+                    body = bytearray()
+                    for piece in response.iter_bytes():
+                        body += piece
+                        if len(body) > MAX_PAGE_BYTES:
+                            return Skipped(name, f"larger than {MAX_PAGE_BYTES // 2**20} MiB")
+                    charset = response.charset_encoding
+                return self._parse(current, bytes(body), charset)
+            return Skipped(name, f"more than {self.max_redirects} redirects")
+        except httpx.TimeoutException:
+            return Skipped(name, f"timed out after {self.timeout_s:g} s")
+        except httpx.HTTPError as exc:
+            return Skipped(name, f"unreachable: {type(exc).__name__}")
+        except Exception as exc:  # a refused address, a page that breaks the parser...
+            return Skipped(name, f"{type(exc).__name__}: {exc}"[:240])
+
+    def _parse(self, url: str, body: bytes, charset: str | None) -> _Fetched:
+        from ingest.html import parse_html
+
+        key = hashlib.sha256(f"web|{PARSER_VERSION}|{url}|{charset}|".encode() + body).hexdigest()
+        cached = self.cache.get(key) if self.cache else None
+        if cached is not None:
+            return _Fetched(url, cached["title"], [Block(**b) for b in cached["blocks"]],
+                            cached["links"], cached["noindex"], cached["nofollow"])
+        page = parse_html(body.decode(charset, errors="replace") if charset else body, url)
+        fetched = _Fetched(url, page.title, page.blocks, page.links, page.noindex, page.nofollow)
+        if self.cache:
+            data = asdict(fetched)
+            del data["url"]
+            self.cache.put(key, data)
+        return fetched
+
+    # -- the crawl -----------------------------------------------------------------------------
+
+    def _queue_links(self, page: _Fetched, depth: int, queue: list[str]) -> None:
+        for link in page.links:
+            url = normalize(link)
+            if url in self.seen:
+                continue
+            self.seen.add(url)
+            reason = self.out_of_scope(url)
+            if reason:
+                self._ignore(reason)
+            elif page.nofollow:
+                self._ignore("links on nofollow pages")
+            elif depth + 1 > self.max_depth:
+                self._ignore(f"links beyond max depth {self.max_depth}")
+            else:
+                self.referrer[url] = page.url
+                self.queued.add(url)
+                queue.append(url)
+
+    def pages(self, progress: Progress | None = None) -> Iterator[Parsed | Skipped]:
+        try:
+            yield from self._crawl(progress)
+        finally:
+            self.client.close()
+
+    def _crawl(self, progress: Progress | None) -> Iterator[Parsed | Skipped]:
+        if progress:
+            progress.begin("pages crawled", total=None)
+        if self.respect_robots:
+            self.read_robots()
+            if self.robots and not self.robots.can_fetch(self.user_agent, self.start):
+                raise IngestError(f"robots.txt of {self.start} does not allow crawling it")
+        first = self.fetch(self.start)
+        if first is None or isinstance(first, Skipped):
+            reason = first.reason if first else "it redirects to itself"
+            raise IngestError(f"cannot crawl {self.start}: {reason}")
+        yielded: set[str] = set()
+        level: list[str] = []
+        fetched = 1
+        yield from self._emit(first, 0, level, yielded)
+        if self.use_sitemap and self.max_depth >= 1:
+            for url in self.sitemap_urls():
+                if url in self.seen:
+                    continue
+                self.seen.add(url)
+                why = self.out_of_scope(url)
+                if why:
+                    self._ignore(why.replace("links", "sitemap entries", 1))
+                else:
+                    self.queued.add(url)
+                    level.append(url)
+        workers = 1 if self.delay else max(1, self.concurrency)
+        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="crawl") as pool:
+            depth = 1
+            while level:
+                room = max(0, self.max_pages - fetched)
+                for _ in level[room:]:
+                    self._ignore(f"pages beyond max pages {self.max_pages}")
+                level = level[:room]
+                fetched += len(level)
+                next_level: list[str] = []
+                for result in pool.map(self.fetch, level):
+                    yield from self._emit(result, depth, next_level, yielded)
+                level, depth = next_level, depth + 1
+
+    def _emit(self, result: _Fetched | Skipped | None, depth: int, queue: list[str],
+              yielded: set[str]) -> Iterator[Parsed | Skipped]:
+        if result is None:
+            self._ignore("redirects to pages already crawled")
+            return
+        if isinstance(result, Skipped):
+            yield result
+            return
+        self.seen.add(result.url)
+        self.queued.add(result.url)
+        self._queue_links(result, depth, queue)
+        if result.url in yielded:
+            return  # a second address of a page already read (a redirect to it)
+        yielded.add(result.url)
+        if result.noindex:
+            yield Skipped(result.url, "robots meta tag: noindex")
+        else:
+            yield Parsed(result.url, result.title or result.url, result.blocks, "web")
+
+
+def crawl(start_url: str, *, progress: Progress | None = None,
+          ignored: dict[str, int] | None = None, **options: Any) -> Iterator[Parsed | Skipped]:
+    """Crawl a site (see ``Crawler`` for the options); yields its pages in a stable order."""
+    crawler = Crawler(start_url, ignored=ignored if ignored is not None else {}, **options)
+    return crawler.pages(progress)

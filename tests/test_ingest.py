@@ -1,0 +1,485 @@
+"""Ingesting folders, over real Chroma, a real SQLite (or MongoDB wire) record manager and the
+real embedding model: the Python tutorial's own sources (Debian's ``python3.11-doc``) and a
+Debian PDF manual (``libtasn1-doc``) as documents nobody here wrote; made-up bad PDFs.
+
+Proves: re-ingesting an unchanged folder embeds nothing; a changed file is replaced; a deleted
+file disappears from search; an ingestion SIGKILLed mid-batch converges on the next run; bad
+PDFs are reported by name with the reason; sources are listed and removed; the API and CLI.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from langchain_core.embeddings import Embeddings
+
+from ingest.files import load_folder
+from ingest.pipeline import (
+    CHUNK_TOKENS,
+    Chunker,
+    IngestError,
+    Parsed,
+    close_records,
+    ingest_files,
+    record_manager,
+)
+from ingest.sources import list_sources, remove_source
+from services import Services, build_services
+
+REPO = Path(__file__).resolve().parents[1]
+PY_DOCS = Path("/usr/share/doc/python3.11/html")
+TUTORIAL_SOURCES = PY_DOCS / "_sources" / "tutorial"
+LIBTASN1_PDF = Path("/usr/share/doc/libtasn1-doc/libtasn1.pdf")
+# Small pages of the tutorial, as reStructuredText: a real folder of plain-text documents.
+SMALL_PAGES = ["appetite", "interpreter", "whatnow", "interactive", "appendix", "index"]
+
+needs_python_docs = pytest.mark.skipif(
+    not TUTORIAL_SOURCES.is_dir(),
+    reason="needs Debian's python3.11-doc (apt-get install python3.11-doc)")
+needs_libtasn1 = pytest.mark.skipif(
+    not LIBTASN1_PDF.is_file(), reason="needs Debian's libtasn1-doc (apt-get install libtasn1-doc)")
+
+
+class CountingEmbeddings(Embeddings):
+    """The real model, counting the texts it is asked to embed."""
+
+    def __init__(self, inner: Embeddings) -> None:
+        self.inner = inner
+        self.texts = 0
+
+    def embed_documents(self, texts: list[str]) -> list[list[float]]:
+        self.texts += len(texts)
+        return self.inner.embed_documents(texts)
+
+    def embed_query(self, text: str) -> list[float]:
+        return self.inner.embed_query(text)
+
+
+@pytest.fixture
+def counting(embeddings: Any) -> CountingEmbeddings:
+    return CountingEmbeddings(embeddings)
+
+
+@pytest.fixture
+def make_ingest_services(make_settings: Callable[..., Any],
+                         counting: CountingEmbeddings) -> Callable[..., Services]:
+    def make(**overrides: Any) -> Services:
+        return build_services(make_settings(**overrides), embeddings=counting)
+    return make
+
+
+@pytest.fixture
+def services(make_ingest_services: Callable[..., Services]) -> Services:
+    return make_ingest_services()
+
+
+@pytest.fixture
+def tutorial(tmp_path: Path) -> Path:
+    """A folder of six real text documents (the tutorial's .rst sources)."""
+    if not TUTORIAL_SOURCES.is_dir():
+        pytest.skip("needs Debian's python3.11-doc (apt-get install python3.11-doc)")
+    folder = tmp_path / "tutorial"
+    folder.mkdir()
+    for name in SMALL_PAGES:
+        shutil.copy(TUTORIAL_SOURCES / f"{name}.rst.txt", folder / f"{name}.txt")
+    return folder
+
+
+def chunks(services: Services, root: Path | str) -> list[dict[str, Any]]:
+    found = services.vectorstore.collection.get(
+        where={"root": str(root)}, include=["metadatas", "documents"])
+    return [{"id": i, "text": t, **m} for i, t, m in
+            zip(found["ids"], found["documents"], found["metadatas"], strict=True)]
+
+
+def expected_chunks(services: Services, root: Path) -> set[tuple[str, str]]:
+    """(source, content hash) of every chunk one clean run makes, computed without indexing."""
+    chunker = Chunker()
+    out: set[tuple[str, str]] = set()
+    for item in load_folder(root):
+        if isinstance(item, Parsed):
+            out |= {(d.metadata["source"], d.metadata["hash"]) for d in chunker.split(item, str(root))}
+    return out
+
+
+def search_sources(services: Services, query: str, k: int = 4) -> list[str]:
+    return [doc.metadata["source"] for doc, _, _ in services.vectorstore.search(query, k)]
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+def test_reingest_of_an_unchanged_folder_embeds_nothing(
+        services: Services, tutorial: Path, counting: CountingEmbeddings) -> None:
+    first = ingest_files(services, tutorial)
+    assert (first.seen, first.added, first.skipped) == (6, 6, [])
+    assert first.chunks > 6 and first.chunks_added == first.chunks == counting.texts
+    stored = chunks(services, tutorial)
+    assert len(stored) == first.chunks
+
+    counting.texts = 0
+    second = ingest_files(services, tutorial)
+    assert (second.added, second.updated, second.unchanged, second.deleted) == (0, 0, 6, 0)
+    assert second.chunks_added == 0 and counting.texts == 0
+    assert second.chunks_unchanged == first.chunks
+    assert sorted(c["id"] for c in chunks(services, tutorial)) == sorted(c["id"] for c in stored)
+    assert "6 unchanged" in str(second) and "0 embedded" in str(second)
+
+
+def test_every_chunk_fits_the_model_window_and_carries_its_metadata(
+        services: Services, tutorial: Path) -> None:
+    ingest_files(services, tutorial)
+    chunker = Chunker()
+    stored = chunks(services, tutorial)
+    for chunk in stored:
+        assert chunker.count(chunk["text"]) <= CHUNK_TOKENS, chunk["text"][:80]
+        assert Path(chunk["source"]).parent == tutorial
+        assert {"title", "page", "section", "hash", "doc_hash", "root"} <= set(chunk)
+    # The tutorial's pages are longer than one window: they were split, with overlap.
+    by_source: dict[str, int] = {}
+    for chunk in stored:
+        by_source[chunk["source"]] = by_source.get(chunk["source"], 0) + 1
+    assert by_source[str(tutorial / "interpreter.txt")] > 1
+    # The embedding model really reads whole chunks: no chunk is truncated by the model.
+    st_model = services.embeddings.inner._client  # type: ignore[attr-defined]
+    longest = max(stored, key=lambda c: chunker.count(c["text"]))["text"]
+    assert len(st_model.tokenizer(longest)["input_ids"]) <= st_model.max_seq_length
+
+
+def test_a_changed_file_is_replaced_and_a_deleted_file_disappears(
+        services: Services, tutorial: Path, counting: CountingEmbeddings) -> None:
+    ingest_files(services, tutorial)
+    old_interpreter = {c["id"] for c in chunks(services, tutorial)
+                       if c["source"].endswith("interpreter.txt")}
+    gone = "Which newsgroup and mailing list take Python questions? Cheese Shop sketch"
+    assert search_sources(services, gone)[0] == str(tutorial / "whatnow.txt")
+
+    marker = ("Hearth test: the interpreter greets cartographers with a lighthouse keeper's "
+              "almanac of tides.")
+    with (tutorial / "interpreter.txt").open("a") as f:
+        f.write("\n\n" + marker + "\n")
+    (tutorial / "whatnow.txt").unlink()
+    counting.texts = 0
+    summary = ingest_files(services, tutorial)
+
+    assert (summary.updated, summary.deleted, summary.unchanged, summary.added) == (1, 1, 4, 0)
+    stored = chunks(services, tutorial)
+    new_interpreter = {c["id"] for c in stored if c["source"].endswith("interpreter.txt")}
+    # Only the changed file's new chunks were embedded; its old chunks are gone.
+    assert 0 < counting.texts <= len(new_interpreter)
+    assert summary.chunks_deleted >= counting.texts
+    assert not any(c["source"].endswith("whatnow.txt") for c in stored)
+    assert len(old_interpreter & new_interpreter) < len(old_interpreter)
+    assert any(marker in c["text"] for c in stored if c["source"].endswith("interpreter.txt"))
+    assert str(tutorial / "interpreter.txt") in search_sources(services, marker)
+    assert str(tutorial / "whatnow.txt") not in search_sources(services, gone, k=10)
+    # The index holds exactly what a clean run of the folder as it is now would hold.
+    assert {(c["source"], c["hash"]) for c in stored} == expected_chunks(services, tutorial)
+
+
+KILLER = textwrap.dedent("""
+    import os, signal, sys
+    from pathlib import Path
+    from config import load_settings
+    from services import build_services
+    from ingest.pipeline import ingest_files
+
+    services = build_services(load_settings(_env_file=None, data_dir=Path(sys.argv[1])))
+    store = services.vectorstore.langchain
+    add = store.add_documents
+    calls = 0
+
+    def add_then_die(*args, **kwargs):
+        global calls
+        ids = add(*args, **kwargs)
+        calls += 1
+        if calls == int(sys.argv[3]):
+            # The worst moment: vectors written, their records not yet.
+            os.kill(os.getpid(), signal.SIGKILL)
+        return ids
+
+    store.add_documents = add_then_die
+    ingest_files(services, Path(sys.argv[2]), batch_size=16)
+    print("finished without being killed")
+""")
+
+
+def test_an_ingestion_killed_midway_converges_on_the_next_run(
+        make_ingest_services: Callable[..., Services], tutorial: Path, tmp_path: Path) -> None:
+    services = make_ingest_services()
+    ingest_files(services, tutorial)
+    before = {c["id"] for c in chunks(services, tutorial)}
+    # Change the folder: one file edited, one deleted, two new long real documents.
+    with (tutorial / "appendix.txt").open("a") as f:
+        f.write("\n\nAn added closing paragraph about interactive start-up files.\n")
+    (tutorial / "interactive.txt").unlink()
+    for name in ("stdlib", "floatingpoint"):
+        shutil.copy(TUTORIAL_SOURCES / f"{name}.rst.txt", tutorial / f"{name}.txt")
+
+    env = {**os.environ, "PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1"}
+    killed = subprocess.run(
+        [sys.executable, "-c", KILLER, str(services.settings.data_dir), str(tutorial), "2"],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert killed.returncode == -signal.SIGKILL, killed.stdout + killed.stderr
+
+    # Killed part-way: new chunks were written, the stale ones not yet cleaned up.
+    fresh = make_ingest_services()
+    midway = {c["id"] for c in chunks(fresh, tutorial)}
+    assert midway - before, "the killed run wrote nothing: it was not killed mid-way"
+    assert before - midway == set(), "cleanup ran: the run was not killed mid-way"
+
+    summary = ingest_files(fresh, tutorial)
+    stored = chunks(fresh, tutorial)
+    assert len({c["id"] for c in stored}) == len(stored)
+    assert {(c["source"], c["hash"]) for c in stored} == expected_chunks(fresh, tutorial)
+    assert not any(c["source"].endswith("interactive.txt") for c in stored)
+    # The record manager agrees with the vector store: nothing orphaned either way.
+    records = record_manager(fresh.settings, str(tutorial))
+    assert sorted(records.list_keys()) == sorted(c["id"] for c in stored)
+    close_records(records)
+    assert summary.deleted == 1
+
+
+def _encrypted_copy(source: Path, target: Path, user_password: str) -> None:
+    from pypdf import PdfReader, PdfWriter
+
+    writer = PdfWriter()
+    for page in PdfReader(source).pages[:3]:
+        writer.add_page(page)
+    writer.encrypt(user_password=user_password, owner_password="owner-secret",
+                   algorithm="AES-128")
+    with target.open("wb") as f:
+        writer.write(f)
+
+
+def _scanned_pdf(target: Path) -> None:
+    """A page that is only a picture of text, as a scanner makes it."""
+    from PIL import Image, ImageDraw
+
+    image = Image.new("RGB", (850, 1100), "white")
+    draw = ImageDraw.Draw(image)
+    for row in range(20):
+        draw.text((60, 60 + row * 45), "This line of text is pixels, not characters.",
+                  fill="black")
+    image.save(target, "PDF", resolution=100.0)
+
+
+@needs_libtasn1
+def test_bad_pdfs_are_reported_by_name_with_the_reason(
+        services: Services, tmp_path: Path) -> None:
+    folder = tmp_path / "pdfs"
+    (folder / "sub").mkdir(parents=True)
+    (folder / "broken.pdf").write_bytes(b"%PDF-1.7\n1 0 obj << /Type /Catalog >>\ngarbage\n")
+    (folder / "sub" / "truncated.pdf").write_bytes(LIBTASN1_PDF.read_bytes()[:30_000])
+    _encrypted_copy(LIBTASN1_PDF, folder / "locked.pdf", user_password="secret")
+    _encrypted_copy(LIBTASN1_PDF, folder / "restricted.pdf", user_password="")
+    _scanned_pdf(folder / "scanned.pdf")
+    (folder / "notes.txt").write_text("Readable notes next to the broken PDFs.\n")
+    (folder / "photo.png").write_bytes(b"\x89PNG\r\n")
+
+    summary = ingest_files(services, folder)
+
+    reasons = {s.name: s.reason for s in summary.skipped}
+    assert reasons["locked.pdf"] == "encrypted: needs a password"
+    assert reasons["scanned.pdf"] == "no text layer: needs OCR"
+    assert reasons["broken.pdf"].startswith("corrupt PDF")
+    assert reasons[os.path.join("sub", "truncated.pdf")].startswith(("corrupt PDF", "could not"))
+    assert summary.seen == 6 and summary.added == 2  # restricted.pdf (no user password), notes
+    assert summary.ignored == {".png files": 1}
+    indexed = {Path(c["source"]).name for c in chunks(services, folder)}
+    assert indexed == {"restricted.pdf", "notes.txt"}
+    assert "no text layer: needs OCR: scanned.pdf" in str(summary)
+
+
+def test_markdown_html_and_word_files_keep_titles_sections_and_tables(
+        services: Services, tmp_path: Path) -> None:
+    import docx
+
+    folder = tmp_path / "mixed"
+    folder.mkdir()
+    (folder / "guide.md").write_text(textwrap.dedent("""\
+        # Kettle guide
+
+        Fill the kettle to the line.
+
+        ## Descaling
+
+        Descale the kettle monthly with citric acid.
+        """))
+    document = docx.Document()
+    document.add_heading("Boiler manual", level=1)
+    document.add_paragraph("The boiler heats the water of the whole house.")
+    document.add_heading("Error codes", level=2)
+    table = document.add_table(rows=3, cols=2)
+    for row, (code, meaning) in enumerate([("Code", "Meaning"), ("E1", "no ignition"),
+                                           ("E2", "low water pressure")]):
+        table.cell(row, 0).text, table.cell(row, 1).text = code, meaning
+    document.save(str(folder / "boiler.docx"))
+    if PY_DOCS.is_dir():
+        shutil.copy(PY_DOCS / "tutorial" / "appetite.html", folder / "appetite.html")
+
+    summary = ingest_files(services, folder)
+    assert summary.skipped == []
+    stored = chunks(services, folder)
+    descale = next(c for c in stored if "citric acid" in c["text"])
+    assert (descale["title"], descale["section"]) == ("Kettle guide", "Descaling")
+    codes = next(c for c in stored if "E2" in c["text"])
+    assert codes["table"] and codes["section"] == "Error codes"
+    assert "Code | Meaning\nE1 | no ignition\nE2 | low water pressure" in codes["text"]
+    if PY_DOCS.is_dir():
+        html = [c for c in stored if c["source"].endswith("appetite.html")]
+        assert html and html[0]["title"].startswith("1. Whetting Your Appetite")
+        text = "\n".join(c["text"] for c in html)
+        assert "Python is simple to use" in text
+        for chrome in ("Previous topic", "Next topic", "This Page", "Navigation", "¶"):
+            assert chrome not in text
+
+
+def test_an_emptied_or_unmounted_folder_does_not_wipe_its_source(
+        services: Services, tutorial: Path) -> None:
+    ingest_files(services, tutorial)
+    stored = len(chunks(services, tutorial))
+    for path in tutorial.iterdir():
+        path.unlink()
+    with pytest.raises(IngestError, match="found nothing to index"):
+        ingest_files(services, tutorial)
+    assert len(chunks(services, tutorial)) == stored
+    with pytest.raises(IngestError, match="no folder"):
+        ingest_files(services, tutorial / "missing")
+
+
+def test_sources_are_listed_and_removed(services: Services, tutorial: Path,
+                                        tmp_path: Path) -> None:
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "a.txt").write_text("The observatory opens at dusk on clear evenings.\n")
+    started = time.time()
+    ingest_files(services, tutorial)
+    ingest_files(services, other)
+
+    listed = {s.source: s for s in list_sources(services.settings)}
+    assert set(listed) == {str(tutorial), str(other)}
+    assert listed[str(tutorial)].documents == 6
+    assert listed[str(tutorial)].chunks == len(chunks(services, tutorial))
+    assert listed[str(other)].kind == "files"
+    assert started - 5 <= listed[str(other)].last_ingest.timestamp() <= time.time() + 5
+
+    namespace, deleted = remove_source(services, str(tutorial) + "/")
+    assert namespace == str(tutorial) and deleted > 0
+    assert chunks(services, tutorial) == []
+    assert len(chunks(services, other)) == 1
+    assert [s.source for s in list_sources(services.settings)] == [str(other)]
+    with pytest.raises(IngestError, match="no source"):
+        remove_source(services, str(tutorial))
+
+
+def test_mongodb_record_manager_in_the_compose_profile(
+        make_ingest_services: Callable[..., Services], mongo_server: str, tutorial: Path,
+        counting: CountingEmbeddings) -> None:
+    services = make_ingest_services(mongodb_uri=mongo_server,
+                                    mongodb_db=f"ingest{time.time_ns()}")
+    first = ingest_files(services, tutorial)
+    counting.texts = 0
+    (tutorial / "whatnow.txt").unlink()
+    second = ingest_files(services, tutorial)
+    assert (second.unchanged, second.deleted, second.chunks_added) == (5, 1, 0)
+    assert counting.texts == 0
+    listed = list_sources(services.settings)
+    assert [(s.source, s.documents) for s in listed] == [(str(tutorial), 5)]
+    assert listed[0].chunks == len(chunks(services, tutorial)) < first.chunks
+    _, deleted = remove_source(services, str(tutorial))
+    assert deleted == listed[0].chunks and list_sources(services.settings) == []
+
+
+# --- the API ---------------------------------------------------------------------------------
+
+
+def _client(services: Services) -> Any:
+    from api import create_app
+    from ingest.jobs import ingest_blueprint
+
+    app = create_app(services.settings, services)
+    if "ingest" not in app.blueprints:  # until api.py registers it
+        app.register_blueprint(ingest_blueprint)
+    return app.test_client()
+
+
+def test_ingest_api_is_off_unless_enabled(services: Services, tutorial: Path) -> None:
+    response = _client(services).post("/api/ingest", json={"files": str(tutorial)})
+    assert response.status_code == 403
+    assert response.get_json()["error"]["code"] == "ingest_api_disabled"
+
+
+def test_ingest_api_runs_a_job_and_reports_progress_and_summary(
+        make_ingest_services: Callable[..., Services], tutorial: Path) -> None:
+    services = make_ingest_services()
+    services.settings = services.settings.model_copy(
+        update={"ingest_api": True, "ingest_roots": [tutorial.parent]})
+    client = _client(services)
+
+    bad = [({"files": str(tutorial), "web": "http://127.0.0.1/"}, 400, "invalid_request"),
+           ({}, 400, "invalid_request"), ({"web": "ftp://example.org/"}, 400, "invalid_request"),
+           ({"files": str(tutorial / "nope")}, 400, "not_a_folder"),
+           ({"files": str(tutorial), "options": {"max_pages": 3}}, 400, "invalid_request"),
+           ({"files": "/etc"}, 403, "folder_not_allowed"),
+           ({"files": str(tutorial / ".." / "..")}, 403, "folder_not_allowed"),
+           ({"web": "http://127.0.0.1:9/"}, 403, "address_not_allowed"),
+           ({"web": "http://169.254.169.254/latest/"}, 403, "address_not_allowed")]
+    for body, status, code in bad:
+        response = client.post("/api/ingest", json=body)
+        assert (response.status_code, response.get_json()["error"]["code"]) == (status, code), body
+    assert client.post("/api/ingest", data="[1]", content_type="application/json"
+                       ).get_json()["error"]["code"] == "invalid_json"
+    assert client.get("/api/ingest/nope").status_code == 404
+
+    started = client.post("/api/ingest", json={"files": str(tutorial)})
+    assert started.status_code == 202
+    job_id = started.get_json()["id"]
+    deadline = time.monotonic() + 300
+    while True:
+        status = client.get(f"/api/ingest/{job_id}").get_json()
+        if status["state"] in ("done", "failed") or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
+    assert status["state"] == "done", status
+    assert status["progress"]["documents"] == 6 == status["progress"]["documents_total"]
+    assert status["progress"]["chunks_indexed"] == status["summary"]["chunks"] > 0
+    assert status["summary"]["added"] == 6 and status["summary"]["skipped"] == []
+    assert [j["id"] for j in client.get("/api/ingest").get_json()["jobs"]] == [job_id]
+
+
+# --- the CLI ---------------------------------------------------------------------------------
+
+
+def test_cli_ingests_lists_and_removes(tutorial: Path, tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from cli import main
+
+    runner = CliRunner()
+    env = {"HEARTH_DATA_DIR": str(tmp_path / "cli-data")}
+    result = runner.invoke(main, ["ingest", "files", str(tutorial)], env=env)
+    assert result.exit_code == 0, result.output
+    assert "6 seen, 6 added" in result.output
+    again = runner.invoke(main, ["ingest", "files", str(tutorial)], env=env)
+    assert "6 unchanged" in again.output and "0 embedded" in again.output
+
+    listed = runner.invoke(main, ["sources", "list", "--json"], env=env)
+    assert [s["source"] for s in json.loads(listed.output)] == [str(tutorial)]
+    removed = runner.invoke(main, ["sources", "remove", str(tutorial), "--yes"], env=env)
+    assert removed.exit_code == 0 and "chunks deleted" in removed.output
+    empty = runner.invoke(main, ["sources", "list"], env=env)
+    assert "Nothing ingested yet" in empty.output
+    missing = runner.invoke(main, ["ingest", "web", "http://127.0.0.1:9/"], env=env)
+    assert missing.exit_code == 1 and "cannot crawl" in missing.output
