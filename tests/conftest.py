@@ -207,18 +207,27 @@ def ollama_replay() -> Iterator[OllamaReplay]:
         yield replay
 
 
-@pytest.fixture(scope="session")
-def llama_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """A real llama.cpp OpenAI-compatible server with SmolLM2; yields its /v1 base URL."""
-    folder = tmp_path_factory.mktemp("llama-server")
+def start_llama_server(folder: Path) -> tuple[Server, str]:
+    """A real llama.cpp OpenAI-compatible server with SmolLM2, and its /v1 base URL."""
     port = free_port()
     server = Server([sys.executable, "-m", "llama_cpp.server",
                      "--model", str(MODELS / "SmolLM2-135M-Instruct.Q4_1.gguf"),
                      "--model_alias", "smollm2", "--host", "127.0.0.1", "--port", str(port),
-                     "--n_ctx", "2048", "--n_threads", "1"], folder / "log")
+                     "--n_ctx", "2048", "--n_threads", "1"], folder / "llama-server.log")
     url = f"http://127.0.0.1:{port}/v1"
     try:
         wait_until(lambda: http_ok(f"{url}/models"), "llama_cpp.server", proc=server.proc)
+    except BaseException:
+        server.stop()
+        raise
+    return server, url
+
+
+@pytest.fixture(scope="session")
+def llama_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """The session's llama.cpp server; yields its /v1 base URL."""
+    server, url = start_llama_server(tmp_path_factory.mktemp("llama-server"))
+    try:
         yield url
     finally:
         server.stop()

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from api import create_app
-from tests.conftest import MODELS, MongoServer, Server, free_port, http_ok, wait_until
+from tests.conftest import MongoServer, start_llama_server
 from tests.ollama_replay import OllamaReplay
 from tests.test_api import index, parse_sse
 
@@ -17,13 +16,7 @@ from tests.test_api import index, parse_sse
 @pytest.fixture
 def doomed_llama_server(tmp_path: Path) -> Any:
     """A llama.cpp server of this test's own, which the test kills mid-answer."""
-    port = free_port()
-    server = Server([sys.executable, "-m", "llama_cpp.server",
-                     "--model", str(MODELS / "SmolLM2-135M-Instruct.Q4_1.gguf"),
-                     "--model_alias", "smollm2", "--host", "127.0.0.1", "--port", str(port),
-                     "--n_ctx", "2048", "--n_threads", "1"], tmp_path / "llama.log")
-    url = f"http://127.0.0.1:{port}/v1"
-    wait_until(lambda: http_ok(f"{url}/models"), "llama_cpp.server", proc=server.proc)
+    server, url = start_llama_server(tmp_path)
     yield server, url
     server.stop()
 
