@@ -44,6 +44,7 @@ def web(url: str, max_depth: int | None, max_pages: int | None, include: tuple[s
     """Crawl the site at URL (same site only, robots.txt respected) and index its pages."""
     from ingest import web as crawler
     from ingest.pipeline import IngestError, ingest_web
+    from ingest.safety import GuardedTransport
 
     services = _services()
     options: dict[str, Any] = {
@@ -54,6 +55,8 @@ def web(url: str, max_depth: int | None, max_pages: int | None, include: tuple[s
                                                crawler.CONCURRENCY),
         "timeout_s": timeout_s or _setting(services, "crawl_timeout_s", crawler.TIMEOUT_S),
         "include": include, "exclude": exclude, "use_sitemap": sitemap,
+        # No private, loopback or metadata address unless HEARTH_INGEST_ALLOW_HOSTS lists it.
+        "transport": GuardedTransport(services.settings.ingest_allow_hosts),
     }
     try:
         summary = ingest_web(services, url, progress=True, **options)

@@ -358,6 +358,7 @@ def hearth_cli(settings: Settings, *args: str, cwd: Path) -> subprocess.Complete
         HEARTH_MONGODB_URI=str(settings.mongodb_uri),
         HEARTH_MONGODB_DB=settings.mongodb_db,
         HEARTH_OLLAMA_BASE_URL=settings.ollama_base_url,
+        HEARTH_INGEST_ALLOW_HOSTS="127.0.0.1",  # the test site is on loopback
         HF_HUB_OFFLINE="1",
     )
     hearth = str(Path(sys.executable).parent / "hearth")
