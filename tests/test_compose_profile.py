@@ -79,7 +79,12 @@ def services(compose_settings: Settings, embeddings: Any) -> Services:
 
 @pytest.fixture
 def client(compose_settings: Settings, services: Services) -> Any:
-    return create_app(compose_settings, services).test_client()
+    """The API as a compose user reaches it: API keys are on, and the key lives in MongoDB."""
+    assert compose_settings.auth_required
+    token, _ = services.keys.create(USER)
+    client = create_app(compose_settings, services).test_client()
+    client.environ_base["HTTP_AUTHORIZATION"] = f"Bearer {token}"
+    return client
 
 
 @pytest.fixture
