@@ -105,10 +105,9 @@ def history_messages(turns: Sequence[Turn]) -> list[BaseMessage]:
 
 
 def format_context(sources: Sequence[Source]) -> str:
-    """The passages, numbered by rank, best last: small models lean on the text nearest the
-    question, so the best passage sits just before it."""
+    """The passages, numbered by rank, best first."""
     blocks = []
-    for n, s in reversed(list(enumerate(sources, 1))):
+    for n, s in enumerate(sources, 1):
         where = s.source + (f", page {s.page}" if s.page else "")
         heading = f"[{n}] {s.title} ({where})" if s.title else f"[{n}] {where}"
         blocks.append(f"{heading}\n{s.snippet}")
