@@ -53,6 +53,14 @@ def test_a_correct_cited_answer_from_a_real_document(services: Services) -> None
     assert answer.timings["first_token_s"] < answer.timings["total_s"]
 
 
+def test_the_question_is_answered_not_echoed(services: Services) -> None:
+    # With the bare question as the last message, Qwen 0.5B replied with the question itself.
+    question = "How do I install a package with pip?"
+    answer = services.assistant.answer(question)
+    assert answer.answer.strip().lower() != question.lower()
+    assert "pip install" in answer.answer
+
+
 def test_a_follow_up_is_understood_in_context(services: Services) -> None:
     first_question = "How do I create a virtual environment?"
     first = services.assistant.answer(first_question)
