@@ -24,6 +24,7 @@ class OllamaReplay:
         self.answer = answer
         self.delay = delay  # seconds before each chat answer: a model that is slow
         self.requests: list[dict[str, Any]] = []
+        self.script: list[str] = []  # answers given one per chat, in turn, before ``answer``
         replay = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -70,19 +71,20 @@ class OllamaReplay:
 
             def _chat(self, body: dict[str, Any]) -> None:
                 time.sleep(replay.delay)
+                answer = replay.script.pop(0) if replay.script else replay.answer
                 stats = {"done_reason": "stop", "total_duration": 4883583458,
                          "load_duration": 1334875, "prompt_eval_count": 26,
                          "prompt_eval_duration": 342546000, "eval_count": 282,
                          "eval_duration": 4535599000}
                 if not body.get("stream", True):
                     self._send(200, {"model": body["model"], "created_at": CREATED_AT,
-                                     "message": {"role": "assistant", "content": replay.answer},
+                                     "message": {"role": "assistant", "content": answer},
                                      "done": True, **stats})
                     return
                 self.send_response(200)
                 self.send_header("Content-Type", "application/x-ndjson")
                 self.end_headers()
-                for word in replay.answer.split(" "):
+                for word in answer.split(" "):
                     piece = {"model": body["model"], "created_at": CREATED_AT,
                              "message": {"role": "assistant", "content": word + " "},
                              "done": False}

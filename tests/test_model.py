@@ -71,3 +71,33 @@ def test_sources_are_cited_once_per_document_page() -> None:
     assert [(s.source, s.page) for s in merged] == [("a.pdf", 2), ("a.pdf", 3), ("b.md", None)]
     assert merged[0].snippet == "alpha … beta"
     assert merged[0].chunk_id == "c1"
+
+
+def echoing_services(make_services: Any, ollama_replay: Any) -> Any:
+    services = make_services(llm_backend="ollama", ollama_base_url=ollama_replay.url)
+    services.vectorstore.langchain.add_texts(
+        ["To install a package, run python -m pip install followed by its name."],
+        metadatas=[{"source": "pip.md"}], ids=["1"])
+    return services
+
+
+def test_an_answer_that_only_echoes_the_question_is_generated_again(
+    make_services: Any, ollama_replay: Any
+) -> None:
+    services = echoing_services(make_services, ollama_replay)
+    ollama_replay.script = ["How do I install a package with pip?",
+                            "Run python -m pip install and the package's name."]
+    tokens = [e.text for e in services.assistant.stream("How do I install a package with pip?")
+              if not isinstance(e, Answer)]
+    assert "".join(tokens).strip() == "Run python -m pip install and the package's name."
+    assert len(ollama_replay.chats()) == 2
+
+
+def test_an_answer_that_starts_like_the_question_streams_whole_and_once(
+    make_services: Any, ollama_replay: Any
+) -> None:
+    services = echoing_services(make_services, ollama_replay)
+    ollama_replay.script = ["How do I install a package with pip? Run python -m pip install."]
+    answer = services.assistant.answer("How do I install a package with pip?")
+    assert answer.answer == "How do I install a package with pip? Run python -m pip install."
+    assert len(ollama_replay.chats()) == 1
