@@ -150,8 +150,7 @@ def ask_stream(client: Any, url: str, question: str) -> dict[str, Any]:
 
 
 def paired_phase(settings: dict[str, Any], llama: Any, prompts: list[list[Any]],
-                 warm_up: list[Any], questions: list[str], max_tokens: int,
-                 rounds: int) -> dict[str, list[dict[str, Any]]]:
+                 warm_up: list[Any], questions: list[str], rounds: int) -> dict[str, list[dict[str, Any]]]:
     """Each question through Hearth, then the same prompt through llama.cpp alone, in turn.
 
     Pairing each Hearth answer with a raw one taken right before or after it keeps the drift
@@ -166,7 +165,7 @@ def paired_phase(settings: dict[str, Any], llama: Any, prompts: list[list[Any]],
     with common.hearth_server(log, **settings) as server, httpx.Client(timeout=600) as client:
         url = server.url
         ask_json(client, url, WARM_UP)
-        llama.generate(warm_up, max_tokens)
+        llama.generate(warm_up)
         for _ in range(rounds):
             for mode, ask in (("json", ask_json), ("stream", ask_stream)):
                 for n, (question, messages) in enumerate(zip(questions, prompts, strict=True)):
@@ -176,7 +175,7 @@ def paired_phase(settings: dict[str, Any], llama: Any, prompts: list[list[Any]],
                         return {**answer, "cpu_s": server.cpu_seconds() - cpu}
 
                     def alone(m: list[Any] = messages) -> dict[str, Any]:
-                        return llama.generate(m, max_tokens)  # type: ignore[no-any-return]
+                        return llama.generate(m)  # type: ignore[no-any-return]
 
                     # Who goes first alternates, so that a trend on the machine favours neither.
                     if n % 2 == 0:
@@ -258,7 +257,7 @@ def pieces_phase(services: Any, questions: list[str]) -> list[dict[str, Any]]:
 # The profile
 
 
-def profile_answer(services: Any, question: str) -> dict[str, Any] | None:
+def profile_answer(services: Any, question: str, name: str) -> dict[str, Any] | None:
     """pyinstrument over the server side of one streamed answer (Flask app in process)."""
     try:
         from pyinstrument import Profiler
@@ -278,8 +277,8 @@ def profile_answer(services: Any, question: str) -> dict[str, Any] | None:
     response.close()
     session = profiler.stop()
     assert b"event: done" in body, body[-500:]
-    (RESULTS / "answer_path_profile.txt").write_text(profiler.output_text(unicode=True, show_all=False))
-    (RESULTS / "answer_path_profile.html").write_text(profiler.output_html())
+    (RESULTS / f"{name}_profile.txt").write_text(profiler.output_text(unicode=True, show_all=False))
+    (RESULTS / f"{name}_profile.html").write_text(profiler.output_html())
     by_package, top = self_time_by_package(session.root_frame())
     return {"duration_s": session.duration, "by_package": by_package, "top_outside_engines": top}
 
@@ -500,23 +499,22 @@ def main() -> None:
     warm_up, _ = services.assistant.build_prompt(
         WARM_UP, [h for h in services.assistant.retrieve(WARM_UP)
                   if h.score >= settings.min_relevance], [])
-    llama = common.RawEngine(services.llm, args.n_ctx, args.n_batch, n_threads)
+    llama = common.RawEngine(services.llm)
     print(f"Hearth over HTTP and llama.cpp alone, in turn: {len(questions)} questions x "
           f"{args.rounds} round(s), JSON then streamed ...", flush=True)
-    runs = paired_phase(values, llama, [p["messages"] for p in pieces], warm_up, questions,
-                        args.max_tokens, args.rounds)
+    runs = paired_phase(values, llama, [p["messages"] for p in pieces], warm_up, questions, args.rounds)
     llama.close()
 
+    name = "answer_path_quick" if args.quick else "answer_path"
     profile = None
     if not args.no_profile:
         print("profile: one streamed answer, server side, under pyinstrument ...", flush=True)
-        profile = profile_answer(services, questions[0])
+        profile = profile_answer(services, questions[0], name)
     result = summarise(runs, pieces, profile)
     result.update({"machine": info, "index": indexed, "args": {k: str(v) for k, v in vars(args).items()},
                    "n_threads": n_threads, "answers": {"hearth": [r["answer"] for r in runs["stream"]],
                                                        "raw": [r["answer"] for r in runs["raw_stream"]]}})
     report(result)
-    name = "answer_path_quick" if args.quick else "answer_path"
     path = common.save(name, result)
     import plots
 

@@ -235,12 +235,10 @@ def require_model(name: str) -> Path:
 # ---------------------------------------------------------------------------------------------
 # llama.cpp alone: the limit Hearth is measured against
 
-# Sampling that ChatLlamaCpp passes besides Hearth's settings (langchain_community defaults).
-LANGCHAIN_SAMPLING = {"top_p": 0.95, "top_k": 40, "repeat_penalty": 1.1}
-# Model parameters ChatLlamaCpp passes to llama_cpp.Llama besides Hearth's settings.
-LANGCHAIN_MODEL_PARAMS = {"seed": 0, "rope_freq_base": 10000.0, "rope_freq_scale": 1.0,
-                          "last_n_tokens_size": 64, "use_mmap": True, "use_mlock": False}
+# The Llama's context parameters the raw engine copies from Hearth's, and checks.
 CHECKED = ("n_ctx", "n_batch", "n_threads", "n_threads_batch", "rope_freq_base", "rope_freq_scale")
+# The sampling parameters the raw engine copies from Hearth's chat model (temperature is 0).
+SAMPLING = ("top_p", "top_k", "repeat_penalty")
 
 
 def as_dicts(messages: list[Any]) -> list[dict[str, str]]:
@@ -253,14 +251,15 @@ class RawEngine:
     Chroma, no Flask), built with the parameters Hearth's adapter gives it, and checked
     against them. ``generate`` sends it a prompt and gets its timings back."""
 
-    def __init__(self, hearth_llm: Any, n_ctx: int, n_batch: int, n_threads: int) -> None:
-        client = hearth_llm.chat_model.client
-        params = {"model_path": str(hearth_llm.model_path), "n_ctx": n_ctx, "n_batch": n_batch,
-                  "n_threads": n_threads, "n_gpu_layers": 0, "chat_format": client.chat_format,
-                  "verbose": False, **LANGCHAIN_MODEL_PARAMS}
-        for name, value in LANGCHAIN_SAMPLING.items():
-            if getattr(hearth_llm.chat_model, name) != value:
-                sys.exit(f"ChatLlamaCpp's {name} is no longer {value}: fix the bench")
+    def __init__(self, hearth_llm: Any) -> None:
+        # Everything is read from the Llama and the chat model Hearth built, so that the raw
+        # engine follows any change to Hearth's adapter.
+        client, chat_model = hearth_llm.chat_model.client, hearth_llm.chat_model
+        params = {"model_path": str(hearth_llm.model_path), "n_gpu_layers": 0, "verbose": False,
+                  "chat_format": client.chat_format, "last_n_tokens_size": client.last_n_tokens_size,
+                  "seed": chat_model.seed, **{f: getattr(client.context_params, f) for f in CHECKED}}
+        self.sampling = {"temperature": chat_model.temperature, "max_tokens": chat_model.max_tokens,
+                         **{name: getattr(chat_model, name) for name in SAMPLING}}
         self.proc = subprocess.Popen([sys.executable, __file__, "--raw-engine"], stdin=subprocess.PIPE,
                                      stdout=subprocess.PIPE, text=True)
         ready = self._call(params)
@@ -278,9 +277,9 @@ class RawEngine:
             raise RuntimeError(f"the raw engine exited with {self.proc.wait()}")
         return json.loads(line)  # type: ignore[no-any-return]
 
-    def generate(self, messages: list[Any], max_tokens: int) -> dict[str, Any]:
+    def generate(self, messages: list[Any]) -> dict[str, Any]:
         """Time to first token, total time, CPU seconds, the answer, for one prompt."""
-        return self._call({"messages": as_dicts(messages), "max_tokens": max_tokens})
+        return self._call({"messages": as_dicts(messages), "sampling": self.sampling})
 
     def close(self) -> None:
         if self.proc.poll() is None:
@@ -302,9 +301,8 @@ def raw_engine_process() -> None:
         started = time.perf_counter()
         first = None
         pieces: list[str] = []
-        for chunk in llama.create_chat_completion(request["messages"], stream=True, temperature=0.0,
-                                                  max_tokens=request["max_tokens"], stop=[],
-                                                  **LANGCHAIN_SAMPLING):
+        for chunk in llama.create_chat_completion(request["messages"], stream=True, stop=[],
+                                                  **request["sampling"]):
             text = chunk["choices"][0]["delta"].get("content") if chunk["choices"] else None
             if text:
                 first = first or time.perf_counter() - started

@@ -22,6 +22,7 @@ whether the queue served questions in arrival order.
 from __future__ import annotations
 
 import argparse
+import json
 import random
 import threading
 import time
@@ -68,6 +69,7 @@ class Record:
     first_token_at: float | None = None
     retry_after: str | None = None
     error: str | None = None
+    server: dict[str, float] = field(default_factory=dict)  # the answer's timings, from "done"
 
 
 @dataclass
@@ -136,6 +138,7 @@ class User:
                     elif event == "error":
                         raise RuntimeError(f"error event: {data[:100]}")
                     elif event == "done":
+                        record.server = json.loads(data).get("timings", {})
                         return
                 raise RuntimeError("the stream ended without a done event")
 
@@ -184,19 +187,17 @@ class RawAnswers:
     """llama.cpp alone on the prompts Hearth builds for the same questions, one after another:
     measured right before each level and after the last, as the machine drifts."""
 
-    def __init__(self, services: Any, max_tokens: int) -> None:
+    def __init__(self, services: Any) -> None:
         settings = services.settings
-        self.llama = common.RawEngine(services.llm, settings.llamacpp_n_ctx,
-                                      settings.llamacpp_n_batch, settings.n_threads)
-        self.max_tokens = max_tokens
+        self.llama = common.RawEngine(services.llm)
         self.prompts = []
         for question in QUESTIONS[:4]:
             hits = [h for h in services.assistant.retrieve(question) if h.score >= settings.min_relevance]
             self.prompts.append(services.assistant.build_prompt(question, hits, [])[0])
-        self.llama.generate(self.prompts[-1], max_tokens)  # warm-up
+        self.llama.generate(self.prompts[-1])  # warm-up
 
     def service_s(self) -> float:
-        return median([self.llama.generate(p, self.max_tokens)["total_s"] for p in self.prompts])
+        return median([self.llama.generate(p)["total_s"] for p in self.prompts])
 
 
 def idle_history(url: str, conversations: dict[int, list[str]], n: int = 100) -> float:
@@ -269,6 +270,12 @@ def summarise(records: list[Record], users: int, elapsed: float, stuck: int,
               or (r.status == 503 and r.kind != "question")]
     per_user = [sum(1 for r in admitted if r.user == n) for n in range(users)]
     bad, pairs = inversions(admitted)
+    # Inside the gate, before the model starts: embedding the question, Chroma, the prompt.
+    # The model idles meanwhile, so under load this is throughput lost.
+    in_gate = [r.server.get("retrieve_s", 0) + r.server.get("prompt_s", 0) + r.server.get("condense_s", 0)
+               for r in admitted if r.server]
+    queue_wait = [r.ttft_s - r.server["first_token_s"] for r in admitted
+                  if r.ttft_s is not None and "first_token_s" in r.server]
     # Admitted questions asked by a user within 3 s of their own previous answer ending: the
     # place in the queue that answer freed goes, most of the time, to whoever asks first.
     follow_ups = 0
@@ -291,7 +298,10 @@ def summarise(records: list[Record], users: int, elapsed: float, stuck: int,
                      "answers_per_user_jain": jain(per_user),
                      "users_answered": sum(1 for c in per_user if c), "most_answers_one_user": max(per_user),
                      "answered_within_3s_of_own_answer": follow_ups,
-                     "fifo_inversions": bad, "fifo_pairs": pairs},
+                     "fifo_inversions": bad, "fifo_pairs": pairs,
+                     "queue_wait_ms": pcts(queue_wait),
+                     "before_model_in_gate_ms": pcts(in_gate),
+                     "before_model_share_of_elapsed": sum(in_gate) / elapsed},
         "rate_limited_429": len(limited), "errors": len(errors), "stuck_users": stuck,
         "error_samples": sorted({f"{r.kind} {r.status} {r.error}" for r in errors})[:5],
     }
@@ -329,6 +339,10 @@ def report(result: dict[str, Any]) -> None:
               f"out of arrival order: {q['fifo_inversions']} of "
               f"{q['fifo_pairs']} pairs; server CPU {100 * lv['server_cpu_share']:.0f}% of one core; "
               f"history p50 ÷ idle: {slower:.1f}")
+        wait, before = q["queue_wait_ms"], q["before_model_in_gate_ms"]
+        print(f"  queue wait p50 {wait['p50'] / 1000:.1f} s, max {wait['max'] / 1000:.1f} s; inside the gate "
+              f"before the model starts (embedding, Chroma, prompt) p50 {before['p50']:.0f} ms = "
+              f"{100 * q['before_model_share_of_elapsed']:.1f}% of the level's time with the model idle")
         for sample in lv["error_samples"]:
             print(f"  error: {sample}")
 
@@ -357,7 +371,7 @@ def main() -> None:
     ingest_files(services, Path(args.corpus))
     conversations = seed_history(settings, max(levels))
     history_ms = in_process_history(settings, conversations) * 1000
-    raw = RawAnswers(services, args.max_tokens)
+    raw = RawAnswers(services)
     results = []
     with common.hearth_server(RESULTS / "load_server.log", **values) as server:
         idle_ms = idle_history(server.url, conversations) * 1000
