@@ -115,7 +115,7 @@ def generate(out: Path | None, count: int, seed: int, prompt_file: Path | None, 
         )
     skipped = ", ".join(f"{n} {why}" for why, n in report.skipped.most_common()) or "none"
     click.echo(f"{out}: {report.written} questions written, {report.resumed} already there, "
-               f"{report.failed} empty; {report.available} content chunks "
+               f"{report.failed} chunks gave no question; {report.available} content chunks "
                f"(boilerplate left out: {skipped})")
     if finetune:
         with _user_errors():

@@ -114,11 +114,15 @@ def iter_collection(collection: Any, page_size: int = 500) -> Iterator[Chunk]:
 
 
 def clean_question(text: str) -> str:
-    """The question alone: small models add labels, quotes and explanations."""
+    """The question alone, or "" when the reply holds none.
+
+    Small models add labels, quotes and explanations, and a 0.5B model answers with a heading
+    of the text or with the answer itself about a third of the time: only a line that asks
+    something is kept."""
     for line in (text or "").splitlines():
         line = re.sub(r"^\s*(\*\*)?\s*(question|q)\s*[:.-]\s*(\*\*)?", "", line, flags=re.I)
         line = line.strip().strip("*\"'`“”").strip()
-        if line:
+        if line.endswith("?"):
             return line
     return ""
 
@@ -176,8 +180,12 @@ def generate(
     boilerplate: BoilerplateFilter | None = None,
     limiter: RateLimiter | None = None,
     progress: bool = False,
+    attempts: int = 2,
 ) -> GenerateReport:
-    """Write one question a sampled chunk to `out` (JSONL), resuming what is already there."""
+    """Write `n` questions to `out` (JSONL), one a chunk, resuming what is already there.
+
+    Chunks are taken in an order fixed by the seed; each gets `attempts` tries to yield a
+    question, and one that gives none is counted in `failed` and replaced by the next."""
     if "{text}" not in prompt:
         raise ValueError("the question prompt must hold {text}, where the chunk goes")
     kept, skipped = content_chunks(chunks, boilerplate or BoilerplateFilter())
@@ -186,22 +194,41 @@ def generate(
         raise EvalDataError(
             f"none of the index's {found} chunks is content (all boilerplate: lower "
             "--min-words?)" if found else "the index is empty: ingest documents first")
-    sample = sample_chunks(kept, n, seed)
+    # The whole seeded order: a chunk that gives no question is replaced by the next one.
+    order = sample_chunks(kept, None, seed)
     done = {q.get("chunk_id") for q in read_jsonl(out)} if out.exists() else set()
-    report = GenerateReport(skipped=skipped, available=len(kept))
-    todo = [c for c in sample if c.id not in done]
-    report.resumed = len(sample) - len(todo)
+    report = GenerateReport(skipped=skipped, available=len(kept), resumed=len(done))
+    wanted = len(order) if n is None else max(0, n - len(done))
     limiter = limiter or RateLimiter()
+    bar = counter_bar(wanted, progress, "questions")
     with JsonlAppender(out) as writer:
-        for chunk in progress_bar(todo, progress, "questions"):
-            limiter.wait()
-            question = clean_question(write_question(prompt.format(text=chunk.text.strip())))
+        for chunk in order:
+            if report.written >= wanted:
+                break
+            if chunk.id in done:
+                continue
+            question = ""
+            for _ in range(attempts):
+                limiter.wait()
+                question = clean_question(write_question(prompt.format(text=chunk.text.strip())))
+                if question:
+                    break
             if not question:
                 report.failed += 1
                 continue
             writer.write(question_for(chunk, question).to_json())
             report.written += 1
+            bar.update(1)
+    bar.close()
     return report
+
+
+class _NoBar:
+    def update(self, n: int) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
 
 
 def progress_bar(items: list[Any], enabled: bool, unit: str) -> Iterable[Any]:
@@ -210,6 +237,15 @@ def progress_bar(items: list[Any], enabled: bool, unit: str) -> Iterable[Any]:
     from tqdm import tqdm
 
     return tqdm(items, unit=f" {unit}", dynamic_ncols=True)
+
+
+def counter_bar(total: int, enabled: bool, unit: str) -> Any:
+    """A progress bar advanced by hand (``update``, ``close``)."""
+    if not enabled:
+        return _NoBar()
+    from tqdm import tqdm
+
+    return tqdm(total=total, unit=f" {unit}", dynamic_ncols=True)
 
 
 def chat_model_writer(chat_model: Any) -> QuestionWriter:

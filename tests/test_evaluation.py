@@ -180,6 +180,12 @@ def test_the_sample_depends_on_the_seed_not_the_order() -> None:
     ('Question: "Did 2022 feel normal to you?"\nThis asks about...', "Did 2022 feel normal to you?"),
     ("\n**Q:** How was work?", "How was work?"),
     ("", ""),
+    # What a 0.5B model wrote for chunks of the Python tutorial: a heading, an answer, a number.
+    ("5. Data Structures — Python 3.11.2 documentation › 5.5. Dictionaries", ""),
+    ("The continue statement continues with the next iteration of the loop.", ""),
+    ("0.1", ""),
+    ("4.3. The range() Function\nHow do I iterate over a sequence of numbers?",
+     "How do I iterate over a sequence of numbers?"),
 ])
 def test_questions_are_cleaned(raw: str, question: str) -> None:
     assert clean_question(raw) == question
@@ -204,6 +210,16 @@ def test_generation_from_an_empty_index_says_what_to_do(tmp_path: Path) -> None:
         generate([], lambda p: "Q?", tmp_path / "q.jsonl")
     with pytest.raises(ValueError, match="all boilerplate"):
         generate([Chunk("a", "Too short.")], lambda p: "Q?", tmp_path / "q.jsonl")
+
+
+def test_a_chunk_that_gives_no_question_is_replaced_by_the_next(tmp_path: Path) -> None:
+    chunks = [Chunk(f"c{i}", f"{PROSE} Number {i}.") for i in range(6)]
+    replies = iter(["A heading", "Still a heading", "What is asked here?", "And here?", "Why?",
+                    "How about this one?"])
+    out = tmp_path / "q.jsonl"
+    report = generate(chunks, lambda p: next(replies), out, n=2, seed=3)
+    assert (report.written, report.failed) == (2, 1)  # the first chunk failed twice
+    assert [q.question for q in load_questions(out)] == ["What is asked here?", "And here?"]
 
 
 def test_generation_resumes_where_it_stopped(tmp_path: Path) -> None:
