@@ -193,7 +193,8 @@ def test_question_answer_and_history_through_ollama_mongodb_and_chroma(
     assert chat["options"]["num_predict"] == compose_settings.max_new_tokens
     system = chat["messages"][0]
     assert system["role"] == "system" and "red and white bands" in system["content"]
-    assert chat["messages"][-1] == {"role": "user", "content": question}
+    last = chat["messages"][-1]
+    assert last["role"] == "user" and last["content"].startswith(f"Question: {question}\n")
 
     # The turn is in MongoDB, and the API reads it back from there.
     conversation_id = body["conversation_id"]
