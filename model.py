@@ -245,12 +245,12 @@ class Assistant:
             yield Answer(self.settings.refusal, [], standalone, True, self.llm.name,
                          {"prompt_tokens": 0, "completion_tokens": 0}, timings)
             return
-        messages, used = self.build_prompt(question if not history else standalone,
-                                           relevant, history)
+        asked = question if not history else standalone
+        messages, used = self.build_prompt(asked, relevant, history)
         t = mark("prompt_s", t)
         usage = Generation()
         pieces: list[str] = []
-        for piece in self._generate(messages, question, usage):
+        for piece in self._generate(messages, asked, usage):
             if not pieces:
                 timings["first_token_s"] = round(time.perf_counter() - started, 4)
             pieces.append(piece)
