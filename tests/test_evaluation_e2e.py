@@ -19,7 +19,7 @@ from api import create_app
 from evaluation.cli import eval_cli
 from evaluation.records import RECORDS_FILE, load_questions, load_results, read_jsonl
 from services import Services
-from tests.conftest import MODELS, SMOLLM
+from tests.conftest import MODELS, QWEN, SMOLLM
 from tests.test_evaluation_origin import RAG, origin_file
 
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -82,10 +82,13 @@ def cli_env(monkeypatch: pytest.MonkeyPatch, indexed: Services) -> None:
         monkeypatch.setenv(f"HEARTH_{name}", value)
 
 
-def test_generate_run_compare(tmp_path: Path, cli_env: None, api_url: str) -> None:
+def test_generate_run_compare(tmp_path: Path, cli_env: None, api_url: str,
+                              monkeypatch: pytest.MonkeyPatch) -> None:
     dataset, finetune = tmp_path / "questions.jsonl", tmp_path / "finetune.jsonl"
 
-    # generate: three content chunks, never the footer or the one-liner.
+    # generate: three content chunks, never the footer or the one-liner. The questions are
+    # written by the default model: SmolLM2 writes statements, which are not kept.
+    monkeypatch.setenv("HEARTH_LLAMACPP_MODEL", QWEN)
     output = hearth_eval("generate", "-n", "3", "--seed", "1", "-o", str(dataset),
                          "--finetune", str(finetune))
     assert "3 questions written" in output
@@ -95,12 +98,13 @@ def test_generate_run_compare(tmp_path: Path, cli_env: None, api_url: str) -> No
     chunks = dict(blog_chunks(10))
     for q in questions:
         assert q.chunk_id in chunks and q.reference == chunks[q.chunk_id]
-        assert q.question and q.source == f"https://bjlkeng.io/{q.chunk_id}.html"
+        assert q.question.endswith("?") and q.source == f"https://bjlkeng.io/{q.chunk_id}.html"
     tuned = [json.loads(line) for line in finetune.read_text().splitlines()]
     assert tuned[0] == {"prompt": f"QUESTION: {questions[0].question}\n\n###\n\n",
                         "completion": f" {questions[0].reference} END"}
     assert "0 questions written, 3 already there" in hearth_eval(
         "generate", "-n", "3", "--seed", "1", "-o", str(dataset))
+    monkeypatch.setenv("HEARTH_LLAMACPP_MODEL", SMOLLM)
 
     # run in process, judged by the llama.cpp judge.
     run_a = tmp_path / "in-process"
