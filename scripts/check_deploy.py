@@ -19,6 +19,7 @@ import json
 import re
 import shlex
 import sys
+import tomllib
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -32,6 +33,7 @@ COMPOSE_FILES = ("docker-compose.yml", "docker-compose.gpu.yml")
 SCHEMA_PATH = Path("deploy/compose.schema.json")
 ENV_EXAMPLE = Path(".env.example")
 DOCKERFILE = Path("Dockerfile")
+PYPROJECT = Path("pyproject.toml")
 SETTINGS_PREFIX = "HEARTH_"
 
 LOOPBACK = {"127.0.0.1", "::1", "[::1]"}
@@ -452,6 +454,36 @@ def check_dockerfile(text: str) -> list[str]:
     return problems
 
 
+def project_sources(pyproject: str) -> list[str]:
+    """The modules (``config.py``) and packages (``ingest/``) that pyproject.toml installs."""
+    tool = tomllib.loads(pyproject).get("tool", {}).get("setuptools", {})
+    modules = [f"{name}.py" for name in tool.get("py-modules", [])]
+    found = tool.get("packages", {})
+    patterns = found.get("find", {}).get("include", []) if isinstance(found, dict) else found
+    packages = sorted({p.rstrip("*").rstrip(".").split(".")[0] + "/" for p in patterns})
+    return modules + packages
+
+
+def check_dockerfile_sources(text: str, pyproject: str) -> list[str]:
+    """Every module and package the project installs is copied in before it is installed:
+    a package left out installs nothing and fails only when the container starts."""
+    copied: list[str] = []
+    for keyword, rest in dockerfile_instructions(text):
+        if keyword == "COPY" and "--from" not in rest:
+            words = [w for w in shlex.split(rest) if not w.startswith("--")]
+            copied += [w.rstrip("/") for w in words[:-1]]
+
+    def covered(source: str) -> bool:
+        name = source.rstrip("/")
+        return any(c in (".", "./", name) or (source.endswith(".py") and c == "*.py") for c in copied)
+
+    return [
+        f"Dockerfile: {source} is part of the project (pyproject.toml) but never copied into the image"
+        for source in project_sources(pyproject)
+        if not covered(source)
+    ]
+
+
 # --- all of it -----------------------------------------------------------------------------
 
 
@@ -476,6 +508,7 @@ def run_checks(root: Path = ROOT) -> list[str]:
     )
     dockerfile = (root / DOCKERFILE).read_text(encoding="utf-8")
     problems += check_dockerfile(dockerfile)
+    problems += check_dockerfile_sources(dockerfile, (root / PYPROJECT).read_text(encoding="utf-8"))
     texts = {name: (root / name).read_text(encoding="utf-8") for name in docs}
     problems += check_setting_names(texts | {"Dockerfile": dockerfile})
     return problems

@@ -29,6 +29,7 @@ DEPLOY_FILES = [
     "docker-compose.gpu.yml",
     ".env.example",
     "Dockerfile",
+    "pyproject.toml",
     "deploy/compose.schema.json",
 ]
 
@@ -355,6 +356,23 @@ def test_a_build_stage_can_be_the_base_of_another() -> None:
 def test_a_single_stage_dockerfile_fails() -> None:
     text = 'FROM python:3.11.15-slim\nRUN pip install .\nUSER hearth\nCMD ["hearth", "serve"]\n'
     only_problem(check_deploy.check_dockerfile(text), "multi-stage")
+
+
+def test_every_module_and_package_is_copied_into_the_image() -> None:
+    sources = check_deploy.project_sources((ROOT / "pyproject.toml").read_text())
+    assert {"api.py", "config.py", "ingest/", "evaluation/", "webui/"} <= set(sources)
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    assert check_deploy.check_dockerfile_sources(dockerfile, (ROOT / "pyproject.toml").read_text()) == []
+
+
+def test_a_package_left_out_of_the_image_fails(deploy_copy: Path) -> None:
+    edit_text(deploy_copy / "Dockerfile", "COPY webui/ webui/\n", "")
+    only_problem(check_deploy.run_checks(deploy_copy), "webui/", "never copied")
+
+
+def test_a_new_package_must_be_copied_too(deploy_copy: Path) -> None:
+    edit_text(deploy_copy / "pyproject.toml", '"webui*"]', '"webui*", "plugins*"]')
+    only_problem(check_deploy.run_checks(deploy_copy), "plugins/", "never copied")
 
 
 def test_running_as_root_fails(deploy_copy: Path) -> None:
