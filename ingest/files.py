@@ -30,7 +30,8 @@ PARSER_VERSION = 1
 
 
 def find_files(root: Path, ignored: dict[str, int] | None = None) -> list[Path]:
-    """Readable files under ``root``, in a stable order; symlinked folders are not followed."""
+    """Readable files under ``root``, in a stable order; symlinked folders are not followed
+    (and ``load_folder`` skips a linked file whose target lies outside ``root``)."""
     found: list[Path] = []
     for folder, dirs, names in os.walk(root):
         dirs[:] = sorted(d for d in dirs if not d.startswith("."))
@@ -73,8 +74,12 @@ def load_folder(root: Path, *, progress: Progress | None = None,
     if progress:
         progress.begin("files parsed", total=len(files))
     options = f"char_margin={pdf_char_margin}"
+    inside = root.resolve()
     for path in files:
         name = str(path.relative_to(root))
+        if path.is_symlink() and not path.resolve().is_relative_to(inside):
+            yield Skipped(name, "a link to a file outside the folder: not followed")
+            continue
         try:
             key = _cache_key(path, options) if cache else ""
             cached = cache.get(key) if cache else None

@@ -212,6 +212,8 @@ def test_ingestion_is_for_admins_and_stays_inside_its_roots(make_services: Any,
     (root / "team" / "notes.md").write_text("# Notes\n\nThe office opens at nine.\n")
     (tmp_path / "private").mkdir()
     (root / "team" / "escape").symlink_to(tmp_path / "private")
+    (tmp_path / "private" / "vault.md").write_text("# Vault\n\nThe vault code is 4321.\n")
+    (root / "team" / "vault.md").symlink_to(tmp_path / "private" / "vault.md")
     services = make_services(auth=True, ingest_api=True, ingest_roots=[root])
     client = create_app(services.settings, services).test_client()
     ann = bearer(services.keys.create("ann")[0])
@@ -237,3 +239,7 @@ def test_ingestion_is_for_admins_and_stays_inside_its_roots(make_services: Any,
         time.sleep(0.1)
     assert job["state"] == "done", job
     assert job["summary"]["added"] == 1
+    # A linked file inside the root whose target is outside it is reported, never read.
+    assert [s["name"] for s in job["summary"]["skipped"]] == ["vault.md"], job["summary"]
+    assert "outside the folder" in job["summary"]["skipped"][0]["reason"]
+    assert all("4321" not in doc.page_content for doc, _, _ in services.vectorstore.search("vault code", 4))
