@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from config import Settings
-from history import HistoryError
+from history import HistoryError, mongo_client
 
 PREFIX = "hearth_"
 
@@ -105,9 +105,7 @@ class MongoKeys:
     def __init__(self, uri: str, db_name: str, timeout_s: float) -> None:
         import pymongo
 
-        ms = int(timeout_s * 1000)
-        client: pymongo.MongoClient[dict[str, Any]] = pymongo.MongoClient(
-            uri, serverSelectionTimeoutMS=ms, connectTimeoutMS=ms, appname="hearth")
+        client: pymongo.MongoClient[dict[str, Any]] = mongo_client(uri, timeout_s)
         self._coll = client[db_name]["api_keys"]
         self._errors = pymongo.errors.PyMongoError
 

@@ -106,7 +106,7 @@ class Settings(BaseSettings):
     openai_n_ctx: int = Field(4096, ge=512, description="context window of the served model")
     temperature: float = Field(0.2, ge=0.0, le=2.0)
     max_new_tokens: int = Field(256, ge=1, le=8192)
-    llm_timeout_s: float = Field(120.0, gt=0)
+    llm_timeout_s: float = Field(180.0, gt=0, description="longest one answer may take")
 
     # The conversation.
     persona: str = DEFAULT_PERSONA
@@ -126,6 +126,7 @@ class Settings(BaseSettings):
     # Vector store: embedded Chroma under data_dir unless a server URL is given.
     chroma_url: str | None = None
     chroma_collection: str = Field("hearth", min_length=3)
+    chroma_timeout_s: float = Field(60.0, gt=0, description="longest one call to a Chroma server")
 
     # Chat history: SQLite under data_dir unless a MongoDB URI is given.
     mongodb_uri: str | None = None

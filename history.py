@@ -198,6 +198,19 @@ class SQLiteHistory:
         ))
 
 
+def mongo_client(uri: str, timeout_s: float, op_timeout_s: float | None = None) -> Any:
+    """A MongoDB client on which no call waits forever: finding the server and connecting take
+    at most ``timeout_s``, one operation at most ``op_timeout_s`` (twice ``timeout_s`` unless
+    given: bulk writes of an ingest get longer)."""
+    import pymongo
+
+    ms = int(timeout_s * 1000)
+    return pymongo.MongoClient(
+        uri, serverSelectionTimeoutMS=ms, connectTimeoutMS=ms,
+        socketTimeoutMS=int((op_timeout_s or 2 * timeout_s) * 1000), appname="hearth",
+    )
+
+
 class MongoHistory:
     """One document per conversation; a turn is appended with one atomic ``$push``."""
 
@@ -205,11 +218,7 @@ class MongoHistory:
         import pymongo
 
         self.where = _redact(uri)
-        ms = int(timeout_s * 1000)
-        self._client: pymongo.MongoClient[dict[str, Any]] = pymongo.MongoClient(
-            uri, serverSelectionTimeoutMS=ms, connectTimeoutMS=ms, socketTimeoutMS=ms * 2,
-            appname="hearth",
-        )
+        self._client: pymongo.MongoClient[dict[str, Any]] = mongo_client(uri, timeout_s)
         self._coll = self._client[db_name]["conversations"]
         self._errors = pymongo.errors.PyMongoError
         self._duplicate = pymongo.errors.DuplicateKeyError

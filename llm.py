@@ -8,6 +8,7 @@ errors a user can act on instead of a connection traceback.
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Iterator, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
@@ -84,9 +85,14 @@ class LLM:
         """Yield the answer's text as it is generated; ``usage`` receives the token counts."""
         usage = usage if usage is not None else Generation()
         pieces: list[str] = []
+        # The whole answer gets llm_timeout_s: HTTP backends also time out a silent server, but
+        # only this stops a model in process (or a server) that goes on generating too slowly.
+        limit = self.settings.llm_timeout_s
+        deadline = time.monotonic() + limit
         with self._guard():
+            chunks = self.chat_model.stream(list(messages), stop=stop)
             try:
-                for chunk in self.chat_model.stream(list(messages), stop=stop):
+                for chunk in chunks:
                     if isinstance(chunk, AIMessageChunk) and chunk.usage_metadata:
                         usage.prompt_tokens = chunk.usage_metadata.get("input_tokens", 0)
                         usage.completion_tokens = chunk.usage_metadata.get("output_tokens", 0)
@@ -94,12 +100,19 @@ class LLM:
                     if text:
                         pieces.append(text)
                         yield text
+                    if time.monotonic() > deadline:
+                        raise LLMTimeout(f"{self.name} did not finish its answer in {limit:g} s "
+                                         "(HEARTH_LLM_TIMEOUT_S)")
             except LLMError:
                 raise
             except GeneratorExit:
                 raise
             except Exception as exc:  # translated: the caller sees an actionable error
                 raise self.translate(exc) from exc
+            finally:  # stop the engine before another generation may take the guard
+                close = getattr(chunks, "close", None)
+                if close is not None:
+                    close()
         if not usage.completion_tokens:  # the backend reported none: count them here
             usage.prompt_tokens = self.count_message_tokens(messages)
             usage.completion_tokens = self.count_tokens("".join(pieces))

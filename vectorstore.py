@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 from urllib.parse import urlparse
 
+import httpx
 from langchain_core.documents import Document
 from langchain_core.embeddings import Embeddings
 
@@ -29,12 +30,20 @@ class VectorStore:
             if settings.chroma_url:
                 url = urlparse(settings.chroma_url)
                 self.where = settings.chroma_url
+                timeout = httpx.Timeout(settings.chroma_timeout_s,
+                                        connect=min(settings.backend_timeout_s,
+                                                    settings.chroma_timeout_s))
+                # Chroma's client waits forever by default, opening included: a server that
+                # accepts and never answers must not hang Hearth, so ask it first, time-limited.
+                httpx.get(f"{settings.chroma_url.rstrip('/')}/api/v2/heartbeat",
+                          timeout=timeout).raise_for_status()
                 client = chromadb.HttpClient(
                     host=url.hostname or "127.0.0.1",
                     port=url.port or (443 if url.scheme == "https" else 8000),
                     ssl=url.scheme == "https",
                     settings=chroma_settings,
                 )
+                client._server._session.timeout = timeout  # type: ignore[attr-defined]
             else:
                 settings.chroma_path.mkdir(parents=True, exist_ok=True)
                 self.where = str(settings.chroma_path.resolve())

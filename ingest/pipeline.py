@@ -44,6 +44,8 @@ INDEX_BATCH = 128
 CHUNKING_VERSION = 1
 # The MongoDB collection that holds ingestion records (compose profile).
 RECORDS_COLLECTION = "ingest_records"
+# One MongoDB operation of an ingest (a bulk upsert of a batch's records) may take this long.
+INGEST_DB_TIMEOUT_S = 60.0
 
 
 class IngestError(Exception):
@@ -416,7 +418,8 @@ def record_manager(settings: Any, namespace: str) -> RecordManager:
 
 def _mongo_record_manager(settings: Any, namespace: str) -> RecordManager:
     from langchain_mongodb.indexes import MongoDBRecordManager
-    from pymongo import MongoClient
+
+    from history import mongo_client
 
     class NamespacedMongoRecordManager(MongoDBRecordManager):
         """One collection for all sources; each source is a namespace within it (the stock
@@ -431,8 +434,8 @@ def _mongo_record_manager(settings: Any, namespace: str) -> RecordManager:
             self._collection.create_index([("namespace", 1), ("group_id", 1)])
             self._collection.create_index([("namespace", 1), ("updated_at", 1)])
 
-    timeout_ms = int(getattr(settings, "backend_timeout_s", 5.0) * 1000)
-    client: Any = MongoClient(settings.mongodb_uri, serverSelectionTimeoutMS=timeout_ms)
+    client: Any = mongo_client(settings.mongodb_uri, getattr(settings, "backend_timeout_s", 5.0),
+                               op_timeout_s=INGEST_DB_TIMEOUT_S)
     return NamespacedMongoRecordManager(client[settings.mongodb_db][RECORDS_COLLECTION], namespace)
 
 

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from ingest.pipeline import (
+    INGEST_DB_TIMEOUT_S,
     RECORDS_COLLECTION,
     IngestError,
     files_namespace,
@@ -66,10 +67,10 @@ def _sql_rows(settings: Any) -> list[tuple[str, int, int, float]]:
 
 
 def _mongo_rows(settings: Any) -> list[tuple[str, int, int, float]]:
-    from pymongo import MongoClient
+    from history import mongo_client
 
-    timeout_ms = int(getattr(settings, "backend_timeout_s", 5.0) * 1000)
-    client: Any = MongoClient(settings.mongodb_uri, serverSelectionTimeoutMS=timeout_ms)
+    client: Any = mongo_client(settings.mongodb_uri, getattr(settings, "backend_timeout_s", 5.0),
+                               op_timeout_s=INGEST_DB_TIMEOUT_S)
     try:
         collection = client[settings.mongodb_db][RECORDS_COLLECTION]
         per_document = collection.aggregate([

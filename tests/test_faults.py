@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlparse
 
 import pytest
 
 from api import create_app
+from history import MongoHistory
 from tests.conftest import MongoServer, start_llama_server
 from tests.ollama_replay import OllamaReplay
+from tests.stall_proxy import StallProxy
 from tests.test_api import index, parse_sse
 
 
@@ -121,3 +125,76 @@ def test_an_unreadable_vector_store_names_its_path(make_services: Any, tmp_path:
     assert str(data / "chroma") in response.get_json()["error"]["message"]
     ready = client.get("/readyz").get_json()["checks"]["vector_store"]
     assert ready["ok"] is False and str(data / "chroma") in ready["error"]
+
+
+def test_a_model_in_process_past_its_time_is_stopped_and_nothing_is_stored(
+    make_services: Any
+) -> None:
+    """llama.cpp in process has no socket to time out: the answer's deadline stops it."""
+    services = make_services(llm_timeout_s=0.05, max_new_tokens=1000, temperature=0.0)
+    index(services)
+    client = create_app(services.settings, services).test_client()
+    question = {"question": "Tell me all about ingesting a folder of PDFs, step by step.",
+                "user_id": "ann"}
+    response = client.post("/api/question", json=question)
+    assert response.status_code == 504, response.get_json()
+    assert response.get_json()["error"]["code"] == "llm_timeout"
+    assert "HEARTH_LLM_TIMEOUT_S" in response.get_json()["error"]["message"]
+    started = time.monotonic()  # warm now (the first call also set up the engine)
+    assert client.post("/api/question", json=question).status_code == 504
+    assert time.monotonic() - started < 3  # not the 1,000 tokens it was allowed
+    # Streamed, the tokens already sent are followed by the error; the model and its queue
+    # slot were given back, so the same question runs (and is stopped) again at once.
+    events = parse_sse(client.post("/api/question", json={**question, "stream": True}).data)
+    assert "token" in [kind for kind, _ in events]
+    assert events[-1][0] == "error" and events[-1][1]["code"] == "llm_timeout"
+    assert client.get("/api/conversations?user_id=ann").get_json()["conversations"] == []
+
+
+def test_a_chroma_server_that_hangs_is_a_503_in_bounded_time(
+    make_services: Any, chroma_server: str
+) -> None:
+    """Chroma's client waits forever by default; Hearth's calls to it are time-limited."""
+    target = urlparse(chroma_server)
+    with StallProxy(target.hostname or "127.0.0.1", target.port or 8000) as proxy:
+        settings = {"chroma_url": proxy.url(), "chroma_collection": "hangs",
+                    "chroma_timeout_s": 1.0, "backend_timeout_s": 1.0}
+        services = make_services(**settings)
+        index(services)
+        client = create_app(services.settings, services).test_client()
+        question = {"question": "How do I ingest PDFs?", "user_id": "ann"}
+        assert client.post("/api/question", json=question).status_code == 200
+        proxy.stall()  # the server now reads every request and answers none
+        for opened in (client, create_app(make_services(**settings).settings,
+                                          make_services(**settings)).test_client()):
+            started = time.monotonic()  # searching an open store, then opening a new one
+            response = opened.post("/api/question", json=question)
+            assert response.status_code == 503, response.get_json()
+            assert response.get_json()["error"]["code"] == "vector_store_unavailable"
+            assert time.monotonic() - started < 10
+        conversations = client.get("/api/conversations?user_id=ann").get_json()["conversations"]
+        assert len(conversations) == 1  # the answered question; nothing of the failed ones
+
+
+def test_a_mongodb_that_hangs_is_a_503_in_bounded_time(
+    make_services: Any, mongo: MongoServer, mongo_server: str
+) -> None:
+    with StallProxy("127.0.0.1", mongo.port) as proxy:
+        services = make_services(
+            mongodb_uri=f"mongodb://127.0.0.1:{proxy.port}/?directConnection=true",
+            mongodb_db="hangs", backend_timeout_s=0.5)
+        index(services)
+        client = create_app(services.settings, services).test_client()
+        first = client.post("/api/question", json={"question": "How do I ingest PDFs?",
+                                                   "user_id": "ann"}).get_json()
+        proxy.stall()
+        started = time.monotonic()
+        response = client.post("/api/question", json={
+            "question": "And Word files?", "user_id": "ann",
+            "conversation_id": first["conversation_id"]})
+        assert response.status_code == 503, response.get_json()
+        assert response.get_json()["error"]["code"] == "history_unavailable"
+        assert time.monotonic() - started < 10
+    stored = MongoHistory(mongo_server, "hangs").get(first["conversation_id"])
+    assert stored is not None
+    assert [t.question for t in stored.turns] == ["How do I ingest PDFs?"]
