@@ -277,9 +277,11 @@ def ask() -> Response:
 
     def generate() -> Iterator[str]:
         event: Token | Answer = first
+        sent = 0
         try:
             while isinstance(event, Token):
                 yield sse("token", {"text": event.text})
+                sent += 1
                 event = next(events)
             store.add_turn(conversation_id, body.user_id, event.turn(body.question))
             out = answer_out(event, conversation_id)
@@ -290,6 +292,9 @@ def ask() -> Response:
         except ConversationNotFound:
             yield sse("error", {"code": "conversation_not_found",
                                 "message": f"no conversation {conversation_id!r}"})
+        except GeneratorExit:
+            log.info("the client left after %d tokens: generation stopped, nothing stored", sent)
+            raise
         finally:
             events.close()  # a client gone mid-stream stops the generation
             gate.release()
