@@ -170,6 +170,10 @@ class Assistant:
         )
         messages = CONDENSE_PROMPT.format_messages(conversation=conversation, question=question)
         rewritten = self.llm.complete(messages, stop=["\n"]).strip().strip('"').strip()
+        if question.rstrip().endswith("?") and not rewritten.endswith("?"):
+            # A small model sometimes starts answering instead ("To get the answer streamed,
+            # you can follow these steps:"), and would then be asked to answer its own words.
+            return question
         return rewritten or question
 
     def _budget(self) -> int:
@@ -245,12 +249,17 @@ class Assistant:
             yield Answer(self.settings.refusal, [], standalone, True, self.llm.name,
                          {"prompt_tokens": 0, "completion_tokens": 0}, timings)
             return
-        asked = question if not history else standalone
-        messages, used = self.build_prompt(asked, relevant, history)
+        asked, shown = (question if not history else standalone), history
+        if query != standalone:
+            # Not rewritten: with the earlier turns as messages, a 0.5B model repeats its last
+            # answer or the question; told what the follow-up follows, it answers it.
+            asked = f"{question} (This follows the earlier question: {history[-1].question})"
+            shown = ()
+        messages, used = self.build_prompt(asked, relevant, shown)
         t = mark("prompt_s", t)
         usage = Generation()
         pieces: list[str] = []
-        for piece in self._generate(messages, asked, usage):
+        for piece in self._generate(messages, standalone, usage):
             if not pieces:
                 timings["first_token_s"] = round(time.perf_counter() - started, 4)
             pieces.append(piece)

@@ -101,3 +101,35 @@ def test_an_answer_that_starts_like_the_question_streams_whole_and_once(
     answer = services.assistant.answer("How do I install a package with pip?")
     assert answer.answer == "How do I install a package with pip? Run python -m pip install."
     assert len(ollama_replay.chats()) == 1
+
+
+def test_a_follow_up_the_model_answers_instead_of_rewriting_is_asked_with_what_it_follows(
+    make_services: Any, ollama_replay: Any
+) -> None:
+    services = echoing_services(make_services, ollama_replay)
+    earlier = Turn("How do I install a package with pip?", "Run python -m pip install NAME.")
+    # The rewrite comes back as the start of an answer, not a question: it is not used.
+    ollama_replay.script = ["To upgrade it, you can follow these steps:",
+                            "Add --upgrade: python -m pip install --upgrade NAME."]
+    answer = services.assistant.answer("And how do I upgrade it?", [earlier])
+    assert answer.standalone_question == "And how do I upgrade it?"
+    assert answer.answer == "Add --upgrade: python -m pip install --upgrade NAME."
+    messages = ollama_replay.chats()[-1]["messages"]
+    assert [m["role"] for m in messages] == ["system", "user"]  # no turns to repeat
+    assert messages[-1]["content"].startswith(
+        "Question: And how do I upgrade it? (This follows the earlier question: "
+        "How do I install a package with pip?)")
+    assert "pip install" in messages[0]["content"]  # retrieved with the earlier question
+
+
+def test_a_rewritten_follow_up_is_asked_with_the_conversation(
+    make_services: Any, ollama_replay: Any
+) -> None:
+    services = echoing_services(make_services, ollama_replay)
+    earlier = Turn("How do I install a package with pip?", "Run python -m pip install NAME.")
+    ollama_replay.script = ["How do I upgrade a package with pip?", "Add --upgrade."]
+    answer = services.assistant.answer("And how do I upgrade it?", [earlier])
+    assert answer.standalone_question == "How do I upgrade a package with pip?"
+    messages = ollama_replay.chats()[-1]["messages"]
+    assert [m["role"] for m in messages] == ["system", "user", "assistant", "user"]
+    assert messages[-1]["content"].startswith("Question: How do I upgrade a package with pip?")

@@ -6,6 +6,7 @@ wrote. These tests take a minute or two on two cores: they are the ones that sho
 
 from __future__ import annotations
 
+import re
 import shutil
 from pathlib import Path
 from typing import Any
@@ -73,3 +74,35 @@ def test_a_follow_up_is_understood_in_context(services: Services) -> None:
 def test_a_question_the_documents_do_not_answer_is_refused(services: Services) -> None:
     answer = services.assistant.answer("What is the population of Lisbon?")
     assert answer.refused and answer.sources == []
+
+
+@pytest.fixture(scope="module")
+def hearth_docs(tmp_path_factory: pytest.TempPathFactory, embeddings: Any) -> Services:
+    """What ``make run`` serves on a fresh machine: Hearth's own docs/, the default model."""
+    from config import load_settings
+    from services import build_services
+    from tests.conftest import DOCS, MODELS
+
+    services = build_services(
+        load_settings(_env_file=None, data_dir=tmp_path_factory.mktemp("docs") / "data",
+                      models_dir=MODELS, llamacpp_model=QWEN),
+        embeddings=embeddings,
+    )
+    assert ingest_files(services, DOCS).added >= 10
+    return services
+
+
+def test_the_first_run_answers_from_hearths_own_docs(hearth_docs: Services) -> None:
+    question = "How do I ask Hearth a question?"
+    first = hearth_docs.assistant.answer(question)
+    assert not first.refused, first.answer
+    assert "/api/question" in first.answer or "question" in first.sources[0].snippet
+    assert any(Path(s.source).name in {"api.md", "asking-questions.md", "getting-started.md"}
+               for s in first.sources), [s.source for s in first.sources]
+    follow_up = hearth_docs.assistant.answer("And how do I get the answer streamed?",
+                                             [first.turn(question)])
+    assert not follow_up.refused, follow_up.answer
+    assert any("stream" in s.snippet.lower() for s in follow_up.sources)
+    # Answered from the docs: not the question echoed nor the first answer repeated, which is
+    # what a 0.5B model did when given the earlier turn as messages.
+    assert re.search(r"/api/question|\bstream\b|event-stream", follow_up.answer), follow_up.answer
