@@ -3,7 +3,8 @@
 Web: every request the crawler makes (robots.txt, the sitemap, each page and each redirect hop)
 goes through ``GuardedTransport``, which resolves the host and refuses loopback, private,
 link-local (cloud metadata at 169.254.169.254 included), multicast and reserved addresses,
-unless the host or its network is allow-listed (``HEARTH_INGEST_ALLOW_HOSTS``).
+unless the host or its network is allow-listed (``HEARTH_INGEST_ALLOW_HOSTS``); it then connects
+to the address it checked, so a name that resolves elsewhere the second time cannot get in.
 
 Files: a folder ingested through the API must lie under one of ``HEARTH_INGEST_ROOTS``, after
 ``..`` and symbolic links are resolved.
@@ -59,11 +60,15 @@ def resolve(host: str, port: int) -> list[Address]:
     return [ipaddress.ip_address(str(info[4][0]).split("%")[0]) for info in infos]
 
 
-def check_host(host: str, port: int, allow: tuple[set[str], list[Network]]) -> None:
+def check_host(host: str, port: int,
+               allow: tuple[set[str], list[Network]]) -> Address | None:
+    """The address to connect to, once every address of ``host`` is checked (None for a host
+    allow-listed by name); UnsafeTarget if one of them may not be reached."""
     hosts, networks = allow
     if host.lower() in hosts:
-        return
-    for address in resolve(host, port):
+        return None
+    addresses = resolve(host, port)
+    for address in addresses:
         if any(address in network for network in networks):
             continue
         why = forbidden(address)
@@ -72,6 +77,7 @@ def check_host(host: str, port: int, allow: tuple[set[str], list[Network]]) -> N
                 f"{host} is a {why} address ({address}): Hearth does not crawl inside your "
                 "network unless HEARTH_INGEST_ALLOW_HOSTS lists it"
             )
+    return addresses[0]
 
 
 class GuardedTransport(httpx.HTTPTransport):
@@ -85,8 +91,19 @@ class GuardedTransport(httpx.HTTPTransport):
         url = request.url
         if url.scheme not in ("http", "https"):
             raise UnsafeTarget(f"{url}: only http and https addresses can be ingested")
-        check_host(url.host, url.port or (443 if url.scheme == "https" else 80), self.allow)
-        return super().handle_request(request)
+        address = check_host(url.host, url.port or (443 if url.scheme == "https" else 80),
+                             self.allow)
+        if address is None or url.host == str(address):
+            return super().handle_request(request)
+        # Connect to the address just checked: resolving the name again could give another one
+        # (DNS rebinding). The Host header and the TLS server name stay the site's; the caller
+        # keeps the request it made, so redirects and page addresses use the name.
+        extensions = dict(request.extensions)
+        if url.scheme == "https":
+            extensions["sni_hostname"] = url.host
+        return super().handle_request(httpx.Request(
+            request.method, url.copy_with(host=str(address)), headers=request.headers,
+            stream=request.stream, extensions=extensions))
 
 
 def check_folder(folder: Path, roots: Sequence[Path]) -> Path:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -90,3 +91,54 @@ def test_folders_outside_the_roots_are_refused(tmp_path: Path) -> None:
             check_folder(attempt, [root])
     with pytest.raises(UnsafeTarget, match="HEARTH_INGEST_ROOTS"):
         check_folder(root, [])
+
+
+def serve(address: str, port: int, body: bytes, hosts: list[str]) -> ThreadingHTTPServer:
+    class Handler(BaseHTTPRequestHandler):
+        def log_message(self, *args: Any) -> None:
+            pass
+
+        def do_GET(self) -> None:
+            hosts.append(self.headers["Host"])
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+    server = ThreadingHTTPServer((address, port), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server
+
+
+def test_a_name_that_resolves_inside_the_network_the_second_time_does_not_get_in(
+    monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """DNS rebinding: the name passes the check with one address, then resolves to another.
+    127.0.0.1 stands for the public site (allow-listed by network); 127.0.0.2 is inside."""
+    seen_public: list[str] = []
+    seen_inside: list[str] = []
+    public = serve("127.0.0.1", 0, b"public page", seen_public)
+    port = public.server_address[1]
+    inside = serve("127.0.0.2", port, b"the router's admin page", seen_inside)
+    answers = iter(["127.0.0.1"])
+    real = socket.getaddrinfo
+
+    def rebinding(host: Any, *args: Any, **kwargs: Any) -> Any:
+        if host == "rebind.example":
+            host = next(answers, "127.0.0.2")  # the first answer, then the inside address
+        return real(host, *args, **kwargs)
+
+    monkeypatch.setattr(socket, "getaddrinfo", rebinding)
+    try:
+        with httpx.Client(transport=GuardedTransport(["127.0.0.1/32"])) as client:
+            response = client.get(f"http://rebind.example:{port}/page")
+        assert response.text == "public page"
+        assert str(response.url) == f"http://rebind.example:{port}/page"
+        assert seen_public == [f"rebind.example:{port}"] and seen_inside == []
+        with httpx.Client(transport=GuardedTransport(["127.0.0.1/32"])) as client, \
+                pytest.raises(UnsafeTarget):
+            client.get(f"http://rebind.example:{port}/page")  # it now resolves inside
+        assert seen_inside == []
+    finally:
+        public.shutdown()
+        inside.shutdown()
