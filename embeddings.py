@@ -27,7 +27,8 @@ def build_embeddings(settings: Settings) -> Embeddings:
         from langchain_ollama import OllamaEmbeddings
 
         return OllamaEmbeddings(
-            base_url=settings.ollama_base_url, model=settings.ollama_embedding_model
+            base_url=settings.ollama_base_url, model=settings.ollama_embedding_model,
+            client_kwargs={"timeout": settings.llm_timeout_s},
         )
     # Fail fast instead of trying a hub that cannot be reached (and never phone home).
     os.environ["HF_HUB_OFFLINE"] = "1"

@@ -170,6 +170,18 @@ def test_depth_and_page_limits_hold_and_the_order_is_stable(docs: Site) -> None:
     assert len(fetched) == 10  # five per crawl, no more
 
 
+def test_excluded_prefixes_are_neither_fetched_nor_indexed(docs: Site) -> None:
+    start = f"{docs.url}/tutorial/index.html"
+    docs.requests.clear()
+    pages, _, ignored = run_crawl(start, max_depth=1, use_sitemap=False, exclude=[
+        "/tutorial/class", f"{docs.url}/tutorial/errors.html"])  # a path prefix, or a URL's
+    sources = {p.source for p in pages}
+    assert f"{docs.url}/tutorial/venv.html" in sources
+    assert not {f"{docs.url}/tutorial/classes.html", f"{docs.url}/tutorial/errors.html"} & sources
+    assert not {"/tutorial/classes.html", "/tutorial/errors.html"} & set(docs.requests)
+    assert ignored["excluded links"] >= 2
+
+
 def test_each_page_keeps_its_main_text_title_and_url(docs: Site) -> None:
     crawler = Crawler(f"{docs.url}/library/stdtypes.html")
     result = crawler.fetch(f"{docs.url}/library/stdtypes.html")

@@ -133,3 +133,20 @@ def test_a_rewritten_follow_up_is_asked_with_the_conversation(
     messages = ollama_replay.chats()[-1]["messages"]
     assert [m["role"] for m in messages] == ["system", "user", "assistant", "user"]
     assert messages[-1]["content"].startswith("Question: How do I upgrade a package with pip?")
+
+
+def test_the_persona_word_budget_and_refusal_reach_the_prompt(
+    make_services: Any, ollama_replay: Any
+) -> None:
+    services = make_services(llm_backend="ollama", ollama_base_url=ollama_replay.url,
+                             persona="You are Pip, the help desk of the Acme printer team.",
+                             answer_words=30, refusal="Ask the Acme help desk instead.")
+    services.vectorstore.langchain.add_texts(
+        ["To install a package, run python -m pip install followed by its name."],
+        metadatas=[{"source": "pip.md"}], ids=["1"])
+    ollama_replay.script = ["Run python -m pip install NAME."]
+    services.assistant.answer("How do I install a package with pip?")
+    system = ollama_replay.chats()[-1]["messages"][0]["content"]
+    assert system.startswith("You are Pip, the help desk of the Acme printer team.\n")
+    assert "at most 30 words" in system
+    assert 'reply exactly "Ask the Acme help desk instead."' in system

@@ -45,3 +45,31 @@ def test_unreadable_store_names_the_path(make_settings: Any, embeddings: Any,
     (data / "chroma" / "chroma.sqlite3").write_bytes(b"this is not a database" * 100)
     with pytest.raises(VectorStoreError, match=str(data / "chroma")):
         VectorStore(make_settings(data_dir=data), embeddings).ping()
+
+
+def test_ollama_embeddings_come_from_the_configured_server_in_bounded_time(
+    make_settings: Any, ollama_replay: Any
+) -> None:
+    import time
+
+    import httpx
+
+    from embeddings import build_embeddings
+    from tests.stall_proxy import StallProxy
+
+    ollama_replay.models.append("nomic-embed-text")
+    settings = make_settings(embedding_backend="ollama", ollama_base_url=ollama_replay.url,
+                             llm_timeout_s=1.0)
+    vectors = build_embeddings(settings).embed_documents(["abc", "abcdefgh"])
+    assert vectors == [[3.0, 1.0, 0.5], [1.0, 1.0, 0.5]]  # the replay's: len % 7, 1, 0.5
+    assert ollama_replay.requests[-1]["path"] == "/api/embed"
+    assert ollama_replay.requests[-1]["body"]["model"] == "nomic-embed-text"
+    port = int(ollama_replay.url.rsplit(":", 1)[1])
+    with StallProxy("127.0.0.1", port) as proxy:
+        proxy.stall()  # an Ollama that takes the request and never answers
+        silent = build_embeddings(make_settings(embedding_backend="ollama",
+                                                ollama_base_url=proxy.url(), llm_timeout_s=1.0))
+        started = time.monotonic()
+        with pytest.raises(httpx.TimeoutException):
+            silent.embed_query("abc")
+        assert time.monotonic() - started < 5
