@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import socket
 import threading
 from collections.abc import Iterator
@@ -142,3 +143,43 @@ def test_a_name_that_resolves_inside_the_network_the_second_time_does_not_get_in
     finally:
         public.shutdown()
         inside.shutdown()
+
+
+@pytest.mark.skipif(shutil.which("openssl") is None, reason="needs the openssl command")
+def test_over_https_the_pinned_connection_still_checks_the_sites_certificate(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """Connecting to the checked address keeps the name for TLS: the certificate is verified
+    against rebind.example (not 127.0.0.1), and a certificate for another name is refused."""
+    import ssl
+    import subprocess
+
+    def certificate(name: str) -> tuple[Path, Path]:
+        cert, key = tmp_path / f"{name}.pem", tmp_path / f"{name}.key"
+        subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+                        "-subj", f"/CN={name}", "-addext", f"subjectAltName=DNS:{name}",
+                        "-keyout", str(key), "-out", str(cert)], check=True, capture_output=True)
+        return cert, key
+
+    seen: list[str] = []
+    real = socket.getaddrinfo
+    monkeypatch.setattr(socket, "getaddrinfo", lambda host, *a, **k: real(
+        "127.0.0.1" if host == "rebind.example" else host, *a, **k))
+    for name, works in (("rebind.example", True), ("another.example", False)):
+        cert, key = certificate(name)
+        server = serve("127.0.0.1", 0, b"public page", seen)
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.load_cert_chain(cert, key)
+        server.socket = context.wrap_socket(server.socket, server_side=True)
+        port = server.server_address[1]
+        trusted = ssl.create_default_context(cafile=str(cert))
+        try:
+            with httpx.Client(transport=GuardedTransport(["127.0.0.1/32"], verify=trusted)) as c:
+                if works:
+                    assert c.get(f"https://rebind.example:{port}/page").text == "public page"
+                else:
+                    with pytest.raises(httpx.ConnectError, match="(?i)certificate|hostname"):
+                        c.get(f"https://rebind.example:{port}/page")
+        finally:
+            server.shutdown()
+    assert len(seen) == 1 and seen[0].startswith("rebind.example:")  # the refused one: none
