@@ -19,7 +19,17 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-CATALOG_PATH = Path(__file__).resolve().parent / "models" / "catalog.json"
+HERE = Path(__file__).resolve().parent
+
+
+def catalog_path(here: Path = HERE, prefix: str = sys.prefix) -> Path:
+    """The packaged-model catalogue: in the checkout, else where an install put it (the
+    wheel's data files, under the environment's ``share/hearth``)."""
+    checkout = here / "models" / "catalog.json"
+    return checkout if checkout.is_file() else Path(prefix) / "share" / "hearth" / "catalog.json"
+
+
+CATALOG_PATH = catalog_path()
 CHUNK = 1 << 20
 
 

@@ -49,3 +49,37 @@ def test_resolve_says_how_to_fetch(tmp_path: Path) -> None:
     with pytest.raises(weights.ModelError, match="unknown packaged model 'gpt-9'"):
         weights.resolve_model_path("gpt-9", tmp_path)
     assert weights.resolve_model_path(SMOLLM, MODELS).is_file()
+
+
+def test_an_install_that_is_not_a_checkout_finds_the_catalogue(tmp_path: Path) -> None:
+    """The wheel carries models/catalog.json as a data file, and weights looks for it there
+    when it is not beside the code (the Docker image installs Hearth into a venv)."""
+    import subprocess
+    import sys
+    import zipfile
+
+    source = tmp_path / "source"
+    source.mkdir()
+    for name in ("pyproject.toml", "README.md", "constraints.txt"):
+        shutil.copy(weights.CATALOG_PATH.parents[1] / name, source / name)
+    for module in weights.CATALOG_PATH.parents[1].glob("*.py"):
+        shutil.copy(module, source / module.name)
+    for package in ("ingest", "evaluation", "webui"):
+        shutil.copytree(weights.CATALOG_PATH.parents[1] / package, source / package,
+                        ignore=shutil.ignore_patterns("__pycache__"))
+    (source / "models").mkdir()
+    shutil.copy(weights.CATALOG_PATH, source / "models" / "catalog.json")
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation",
+                    "-q", "-w", str(tmp_path / "dist"), str(source)], check=True)
+    [wheel] = (tmp_path / "dist").glob("hearth-*.whl")
+    with zipfile.ZipFile(wheel) as archive:
+        [member] = [n for n in archive.namelist() if n.endswith("data/share/hearth/catalog.json")]
+        assert archive.read(member) == weights.CATALOG_PATH.read_bytes()
+    # Installed: no models/ beside the modules, the catalogue under the environment's prefix.
+    prefix = tmp_path / "venv"
+    (prefix / "share" / "hearth").mkdir(parents=True)
+    shutil.copy(weights.CATALOG_PATH, prefix / "share" / "hearth" / "catalog.json")
+    found = weights.catalog_path(here=tmp_path / "site-packages", prefix=str(prefix))
+    assert found == prefix / "share" / "hearth" / "catalog.json"
+    assert weights.catalog(found) == weights.catalog()
+    assert weights.catalog_path() == weights.CATALOG_PATH  # a checkout uses its own
