@@ -28,6 +28,7 @@ COPY *.py ./
 COPY ingest/ ingest/
 COPY evaluation/ evaluation/
 COPY webui/ webui/
+COPY models/catalog.json models/
 # unstructured (PDFs) pulls in torchvision, whose PyPI build does not match the CPU torch and
 # breaks sentence-transformers; Hearth does not use it (as in scripts/bootstrap.sh).
 RUN pip install -c constraints.txt ".[ingest]" \

@@ -455,13 +455,15 @@ def check_dockerfile(text: str) -> list[str]:
 
 
 def project_sources(pyproject: str) -> list[str]:
-    """The modules (``config.py``) and packages (``ingest/``) that pyproject.toml installs."""
+    """The modules (``config.py``), packages (``ingest/``) and data files
+    (``models/catalog.json``) that pyproject.toml installs."""
     tool = tomllib.loads(pyproject).get("tool", {}).get("setuptools", {})
     modules = [f"{name}.py" for name in tool.get("py-modules", [])]
     found = tool.get("packages", {})
     patterns = found.get("find", {}).get("include", []) if isinstance(found, dict) else found
     packages = sorted({p.rstrip("*").rstrip(".").split(".")[0] + "/" for p in patterns})
-    return modules + packages
+    data = [file for files in tool.get("data-files", {}).values() for file in files]
+    return modules + packages + data
 
 
 def check_dockerfile_sources(text: str, pyproject: str) -> list[str]:
@@ -475,7 +477,9 @@ def check_dockerfile_sources(text: str, pyproject: str) -> list[str]:
 
     def covered(source: str) -> bool:
         name = source.rstrip("/")
-        return any(c in (".", "./", name) or (source.endswith(".py") and c == "*.py") for c in copied)
+        folders = {str(parent) for parent in Path(name).parents if str(parent) != "."}
+        return any(c in (".", "./", name) or c in folders or (source.endswith(".py") and c == "*.py")
+                   for c in copied)
 
     return [
         f"Dockerfile: {source} is part of the project (pyproject.toml) but never copied into the image"

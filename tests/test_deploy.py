@@ -375,6 +375,13 @@ def test_a_new_package_must_be_copied_too(deploy_copy: Path) -> None:
     only_problem(check_deploy.run_checks(deploy_copy), "plugins/", "never copied")
 
 
+def test_the_catalogue_must_be_copied_and_not_docker_ignored(deploy_copy: Path) -> None:
+    edit_text(deploy_copy / "Dockerfile", "COPY models/catalog.json models/\n", "")
+    only_problem(check_deploy.run_checks(deploy_copy), "models/catalog.json", "never copied")
+    ignore = (ROOT / ".dockerignore").read_text()
+    assert "models/\n!models/catalog.json\n" in ignore  # weights stay out, the catalogue in
+
+
 def test_running_as_root_fails(deploy_copy: Path) -> None:
     only_problem(dockerfile_problems(deploy_copy, "USER hearth", "USER root"), "root")
 
