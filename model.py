@@ -267,7 +267,9 @@ class Assistant:
         mark("generate_s", t)
         timings["total_s"] = round(time.perf_counter() - started, 4)
         text = "".join(pieces).strip()
-        refused = self.settings.refusal.rstrip(".").lower() in text.lower()
+        # A refusal is an answer that is the refusal; a real answer may quote it (the user guide
+        # does), and must keep its sources.
+        refused = _plain(text).startswith(_plain(self.settings.refusal))
         yield Answer(
             answer=text, sources=[] if refused else cited(used), standalone_question=standalone,
             refused=refused, model=self.llm.name,

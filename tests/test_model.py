@@ -150,3 +150,18 @@ def test_the_persona_word_budget_and_refusal_reach_the_prompt(
     assert system.startswith("You are Pip, the help desk of the Acme printer team.\n")
     assert "at most 30 words" in system
     assert 'reply exactly "Ask the Acme help desk instead."' in system
+
+
+def test_an_answer_that_quotes_the_refusal_is_not_one(
+    make_services: Any, ollama_replay: Any
+) -> None:
+    services = echoing_services(make_services, ollama_replay)
+    ollama_replay.script = [
+        'Run python -m pip install NAME. When the documents do not say, Hearth replies "I am not '
+        'programmed to answer that."',
+        "I am not programmed to answer that.",
+    ]
+    quoting = services.assistant.answer("How do I install a package with pip?")
+    assert not quoting.refused and [s.source for s in quoting.sources] == ["pip.md"]
+    refusing = services.assistant.answer("How do I install a package with pip?")
+    assert refusing.refused and refusing.sources == []
