@@ -165,8 +165,8 @@ def test_a_chroma_server_that_hangs_is_a_503_in_bounded_time(
         question = {"question": "How do I ingest PDFs?", "user_id": "ann"}
         assert client.post("/api/question", json=question).status_code == 200
         proxy.stall()  # the server now reads every request and answers none
-        for opened in (client, create_app(make_services(**settings).settings,
-                                          make_services(**settings)).test_client()):
+        fresh = make_services(**settings)  # one that opens the store after the stall
+        for opened in (client, create_app(fresh.settings, fresh).test_client()):
             started = time.monotonic()  # searching an open store, then opening a new one
             response = opened.post("/api/question", json=question)
             assert response.status_code == 503, response.get_json()

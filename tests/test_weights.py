@@ -58,17 +58,18 @@ def test_an_install_that_is_not_a_checkout_finds_the_catalogue(tmp_path: Path) -
     import sys
     import zipfile
 
+    from tests.test_deploy import ROOT, check_deploy
+
+    # What the Docker image copies before `pip install .`: what pyproject.toml installs.
     source = tmp_path / "source"
-    source.mkdir()
-    for name in ("pyproject.toml", "README.md", "constraints.txt"):
-        shutil.copy(weights.CATALOG_PATH.parents[1] / name, source / name)
-    for module in weights.CATALOG_PATH.parents[1].glob("*.py"):
-        shutil.copy(module, source / module.name)
-    for package in ("ingest", "evaluation", "webui"):
-        shutil.copytree(weights.CATALOG_PATH.parents[1] / package, source / package,
-                        ignore=shutil.ignore_patterns("__pycache__"))
-    (source / "models").mkdir()
-    shutil.copy(weights.CATALOG_PATH, source / "models" / "catalog.json")
+    for name in ["pyproject.toml", "README.md",
+                 *check_deploy.project_sources((ROOT / "pyproject.toml").read_text())]:
+        (source / name).parent.mkdir(parents=True, exist_ok=True)
+        if (ROOT / name).is_dir():
+            shutil.copytree(ROOT / name, source / name,
+                            ignore=shutil.ignore_patterns("__pycache__"))
+        else:
+            shutil.copy(ROOT / name, source / name)
     subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation",
                     "-q", "-w", str(tmp_path / "dist"), str(source)], check=True)
     [wheel] = (tmp_path / "dist").glob("hearth-*.whl")
