@@ -1,5 +1,5 @@
 # The two commands of the README. Each sets everything up on a fresh machine first.
-.PHONY: run test lint setup
+.PHONY: run test test-fast lint setup
 
 run:
 	scripts/bootstrap.sh run
@@ -11,6 +11,11 @@ test:
 	.venv/bin/mypy .
 	.venv/bin/pytest
 
+# The fast tier alone (logic, fakes named as such; seconds), once `make test` has set up .venv.
+test-fast:
+	.venv/bin/pytest -m "not real"
+
 lint:
 	.venv/bin/ruff check .
 	.venv/bin/mypy .
+	.venv/bin/lint-imports

@@ -271,7 +271,7 @@ def test_a_setting_missing_from_env_example_fails(deploy_copy: Path) -> None:
 
 
 def test_every_setting_in_config_is_documented() -> None:
-    from config import Settings
+    from hearth.config import Settings
 
     text = (ROOT / ".env.example").read_text()
     for field in Settings.model_fields:
@@ -360,7 +360,7 @@ def test_a_single_stage_dockerfile_fails() -> None:
 
 def test_every_module_and_package_is_copied_into_the_image() -> None:
     sources = check_deploy.project_sources((ROOT / "pyproject.toml").read_text())
-    assert {"api.py", "config.py", "ingest/", "evaluation/", "webui/"} <= set(sources)
+    assert {"*.py", "ingest/", "evaluation/", "webui/", "models/catalog.json"} <= set(sources)
     dockerfile = (ROOT / "Dockerfile").read_text()
     assert check_deploy.check_dockerfile_sources(dockerfile, (ROOT / "pyproject.toml").read_text()) == []
 
@@ -375,7 +375,7 @@ def test_a_source_left_out_of_the_image_fails(deploy_copy: Path, line: str, sour
 
 
 def test_a_new_package_must_be_copied_too(deploy_copy: Path) -> None:
-    edit_text(deploy_copy / "pyproject.toml", '"webui*"]', '"webui*", "plugins*"]')
+    edit_text(deploy_copy / "pyproject.toml", '"hearth.webui"]', '"hearth.webui", "hearth.plugins"]')
     only_problem(check_deploy.run_checks(deploy_copy), "plugins/", "never copied")
 
 
