@@ -16,12 +16,13 @@ from collections.abc import Iterator
 from typing import Any, Literal
 
 from flask import Blueprint, Flask, Response, request
-from pydantic import BaseModel, Field, field_validator
+from pydantic import BaseModel, Field, StrictBool, field_validator
 from werkzeug.exceptions import HTTPException
 
 from hearth import __version__
 from hearth.chat import Ask, Chat, Reply
 from hearth.config import Settings, load_settings
+from hearth.conversations import CONVERSATION_ID, USER_ID
 from hearth.errors import HearthError
 from hearth.ingest_api import ingest_blueprint
 from hearth.ingest_api import routes as ingest_routes
@@ -31,23 +32,25 @@ from hearth.openai_compat import routes as openai_routes
 from hearth.services import Services, build_services
 from hearth.web import (
     ErrorOut,
+    EvidenceOut,
+    GroundingOut,
     Route,
     SourceOut,
     acting_as,
-    authenticate,
-    build_limiter,
     build_openapi,
     chat,
     error_response,
     event_stream,
+    guard,
+    may_see_details,
     ok,
     principal,
     read_json,
-    retry_after,
     services,
     sse,
     user_key,
     wants_stream,
+    with_retry_after,
 )
 from hearth.webui import webui_blueprint
 
@@ -57,12 +60,14 @@ log = logging.getLogger("hearth.api")
 # Request and response schemas.
 class QuestionIn(BaseModel):
     question: str = Field(min_length=1, description="what the user asks")
-    user_id: str = Field(min_length=1, max_length=128, description="whose conversation this is")
+    user_id: str = Field(min_length=1, max_length=128, pattern=USER_ID,
+                         description="whose conversation this is")
     conversation_id: str | None = Field(
-        None, min_length=1, max_length=64,
+        None, pattern=CONVERSATION_ID,
         description="continue this conversation; omit to start a new one",
     )
-    stream: bool = Field(False, description="stream Server-Sent Events instead of one JSON body")
+    stream: StrictBool = Field(False, description="stream Server-Sent Events instead of one "
+                                                  "JSON body")
 
     @field_validator("question", "user_id")
     @classmethod
@@ -77,7 +82,7 @@ class Usage(BaseModel):
     completion_tokens: int
 
 
-class AnswerOut(BaseModel):
+class AnswerOut(GroundingOut):
     answer: str
     sources: list[SourceOut]
     conversation_id: str
@@ -87,7 +92,7 @@ class AnswerOut(BaseModel):
     timings: dict[str, float] = Field(description="seconds spent in each step")
 
 
-class TurnOut(BaseModel):
+class TurnOut(GroundingOut):
     question: str
     answer: str
     sources: list[SourceOut]
@@ -142,6 +147,8 @@ def answer_out(answer: Answer, conversation_id: str) -> AnswerOut:
         answer=answer.answer, sources=[SourceOut(**s.to_dict()) for s in answer.sources],
         conversation_id=conversation_id, usage=Usage(**answer.usage), refused=answer.refused,
         model=answer.model, timings=answer.timings,
+        evidence=[EvidenceOut(**e.to_dict()) for e in answer.evidence],
+        grounded=answer.grounded, unsupported=answer.unsupported,
     )
 
 
@@ -209,6 +216,11 @@ def healthz() -> Response:
 def readyz() -> Response:
     checks = services().readiness()
     ready = all(c["ok"] for c in checks.values())
+    if not may_see_details():
+        # Why a backend is down names its internal address: for administrators only.
+        checks = {name: {"ok": c["ok"]} if c["ok"] else
+                  {"ok": False, "error": "unavailable (an admin key shows why)"}
+                  for name, c in checks.items()}
     return ok(ReadyOut(ready=ready, checks={k: CheckOut(**v) for k, v in checks.items()}),
               200 if ready else 503)
 
@@ -235,8 +247,8 @@ USER_QUERY = {"name": "user_id", "in": "query", "schema": {"type": "string"}}
 def routes() -> list[Route]:
     return [
         Route("/api/question", "POST", ask, QuestionIn,
-              {200: AnswerOut, 400: ErrorOut, 404: ErrorOut, 413: ErrorOut, 503: ErrorOut,
-               504: ErrorOut},
+              {200: AnswerOut, 400: ErrorOut, 404: ErrorOut, 413: ErrorOut, 415: ErrorOut,
+               503: ErrorOut, 504: ErrorOut},
               "Ask a question; with stream=true or Accept: text/event-stream, the answer streams "
               "as SSE events token, sources, done (or error).", stream=SSE_EVENT),
         Route("/api/conversations", "GET", list_conversations, None,
@@ -274,10 +286,7 @@ def register_errors(app: Flask) -> None:
     def _hearth_error(exc: HearthError) -> Response:
         if exc.status >= 500:
             log.warning("%s: %s", exc.code, exc)
-        response = error_response(exc.status, exc.code, str(exc))
-        if (seconds := retry_after(exc)) is not None:
-            response.headers["Retry-After"] = str(seconds)
-        return response
+        return with_retry_after(error_response(exc.status, exc.code, str(exc)), exc)
 
     @app.errorhandler(HTTPException)
     def _http_error(exc: HTTPException) -> Response:
@@ -300,9 +309,7 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
     app.json.sort_keys = False  # type: ignore[attr-defined]
     app.extensions["hearth"] = hearth
     app.extensions["hearth.chat"] = Chat(hearth)
-    # Authentication runs before the rate limiter, which counts requests per key holder.
-    app.before_request(lambda: authenticate(settings, hearth))
-    limiter = build_limiter(app, settings)
+    limiter = guard(app, settings, hearth)
     questions = limiter.limit(settings.question_rate_limit, key_func=user_key)
     questions(openai_blueprint)
     for blueprint in (api_blueprint, openai_blueprint, webui_blueprint, ingest_blueprint):

@@ -27,6 +27,7 @@ from hearth.migrations import (
     sqlite_status,
 )
 from hearth.mongo import mongo_client
+from hearth.private import private_dir, private_file
 
 PREFIX = "hearth_"
 
@@ -118,9 +119,10 @@ class SQLiteKeys:
     def __init__(self, path: Path) -> None:
         self._lock = threading.Lock()
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
+            private_dir(path.parent)
             self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
             migrate_sqlite(self._db, path, STORE, MIGRATIONS)
+            private_file(path)
         except (OSError, sqlite3.Error) as exc:
             raise KeyStoreError(f"cannot open the key store at {path}: {exc}") from exc
 

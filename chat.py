@@ -17,7 +17,12 @@ from collections.abc import Callable, Generator, Iterator, Sequence
 from dataclasses import dataclass
 
 from hearth.auth import MissingUser, Principal
-from hearth.conversations import Conversation, ConversationNotFound, Turn
+from hearth.conversations import (
+    Conversation,
+    ConversationNotFound,
+    Turn,
+    valid_conversation_id,
+)
 from hearth.model import Answer, QuestionTooLong, Token
 from hearth.services import Services
 
@@ -178,6 +183,8 @@ class Chat:
                      user_id: str | None = None) -> Conversation:
         """A conversation the viewer may see (its owner, an admin, anyone with keys off),
         of ``user_id`` when given; anything else is indistinguishable from a missing one."""
+        if not valid_conversation_id(conversation_id):
+            raise ConversationNotFound(conversation_id)
         conversation = self.services.history.get(conversation_id)
         hidden = conversation is None or (
             viewer is not None and not viewer.admin and conversation.user_id != viewer.user_id

@@ -13,6 +13,7 @@ import click
 from hearth import __version__
 from hearth.config import LOOPBACK_HOSTS, ConfigError, Settings, load_settings
 from hearth.errors import HearthError
+from hearth.private import PRIVATE_UMASK
 
 if TYPE_CHECKING:
     from hearth.services import Services
@@ -40,6 +41,7 @@ def settings_or_exit() -> Settings:
 @click.option("-v", "--verbose", is_flag=True, help="log more")
 def main(verbose: bool) -> None:
     """Hearth: a private chatbot over your own documents."""
+    os.umask(PRIVATE_UMASK)  # what Hearth and its libraries write is this user's alone
     # Libraries that would otherwise report usage to their makers are told not to.
     os.environ.setdefault("ANONYMIZED_TELEMETRY", "False")
     os.environ.setdefault("DO_NOT_TRACK", "true")
@@ -68,10 +70,10 @@ def index_docs_if_empty(services: Services) -> None:
 @click.option("--index-docs/--no-index-docs", default=True,
               help="index the user guide in docs/ when the index is empty")
 def serve(host: str | None, port: int | None, index_docs: bool) -> None:
-    """Serve the API with a production WSGI server (gunicorn, threads)."""
-    from gunicorn.app.base import BaseApplication
-
+    """Serve the API with a production WSGI server (waitress: threads, and deadlines for slow
+    clients; see docs/security.md)."""
     from hearth.api import create_app
+    from hearth.server import build_server
     from hearth.services import build_services
 
     settings = settings_or_exit()
@@ -84,32 +86,19 @@ def serve(host: str | None, port: int | None, index_docs: bool) -> None:
         click.echo("API keys are off: anyone who can reach this machine's 127.0.0.1 can ask and "
                    "read every user's history. Set HEARTH_AUTH=true to require keys.", err=True)
 
-    class Server(BaseApplication):  # type: ignore[misc]
-        def load_config(self) -> None:
-            # One worker: the model lives in this process. Threads serve concurrent requests;
-            # each open stream holds one.
-            self.cfg.set("bind", f"{settings.host}:{settings.port}")
-            self.cfg.set("workers", 1)
-            self.cfg.set("worker_class", "gthread")
-            self.cfg.set("threads", settings.threads)
-            self.cfg.set("timeout", int(settings.llm_timeout_s) + 30)
-            self.cfg.set("accesslog", "-")
-            self.cfg.set("control_socket_disable", True)
-
-        def load(self) -> Any:
-            # Built in the worker, after the fork: torch and Chroma do not survive a fork.
-            services = build_services(settings)
-            if index_docs:
-                index_docs_if_empty(services)
-            try:
-                _ = services.llm  # load the model now rather than on the first question
-            except HearthError as exc:
-                log.error("%s", exc)  # /readyz says so too; the rest of the API still serves
-            return create_app(settings, services)
-
+    # One process: the model lives in it. Bound first, so that a port in use fails at once;
+    # connections wait in the listen queue while the model loads.
+    server = build_server(settings)
+    services = build_services(settings)
+    if index_docs:
+        index_docs_if_empty(services)
+    try:
+        _ = services.llm  # load the model now rather than on the first question
+    except HearthError as exc:
+        log.error("%s", exc)  # /readyz says so too; the rest of the API still serves
     click.echo(f"Hearth is serving at http://{settings.host}:{settings.port} "
                f"(model {settings.llm_backend.value}; Ctrl+C stops it)")
-    Server().run()
+    server.serve(create_app(settings, services))
 
 
 @main.command()
@@ -138,6 +127,13 @@ def ask(question: str, user_id: str | None, conversation_id: str | None) -> None
             page = f", page {s.page}" if s.page else ""
             title = f"{s.title} — " if s.title else ""
             click.echo(f"  [{n}] {title}{s.source}{page}")
+    if answer.evidence:
+        click.echo("\nEvidence:")
+        for e in answer.evidence:
+            click.echo(f"  [{e.source + 1}] “{' '.join(e.text.split())}”")
+    if not answer.grounded:
+        click.echo("\n(Not backed by the sources: check them before relying on this answer.)",
+                   err=True)
     t = answer.timings
     click.echo(f"\n({t.get('first_token_s', t['total_s']):.1f} s to first token, "
                f"{t['total_s']:.1f} s in all, {answer.model})", err=True)

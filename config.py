@@ -51,6 +51,8 @@ PROFILE_DEFAULTS: dict[Profile, dict[str, Any]] = {
         "mongodb_uri": "mongodb://mongo:27017/?directConnection=true",
         "chroma_url": "http://chroma:8000",
         "auth": True,
+        # The published port (127.0.0.1:8000 on the host) and the service name on the network.
+        "allowed_hosts": ["127.0.0.1", "localhost", "::1", "api"],
     },
 }
 
@@ -81,12 +83,30 @@ class Settings(BaseSettings):
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=1, le=65535)
     threads: int = Field(16, ge=1, le=512, description="server threads; each open stream holds one")
+    # Slow and idle clients (docs/security.md): each connection's deadlines, and how many may be
+    # open at once. Reading a request holds no thread; these bound the sockets and memory.
+    max_connections: int = Field(1000, ge=16, le=100_000, description="past it, new ones wait")
+    idle_timeout_s: float = Field(30.0, gt=0, description="a connection silent between requests")
+    header_timeout_s: float = Field(10.0, gt=0, description="a request's first byte to its headers' end")
+    body_timeout_s: float = Field(30.0, gt=0, description="the headers' end to the body's end")
+    send_timeout_s: float = Field(30.0, gt=0, description="a response the client stops reading")
     # API keys: always required when Hearth listens beyond loopback, whatever this says.
     auth: bool = False
+    # Host names (without port) that requests may name in their Host header; others are refused
+    # (DNS rebinding). /healthz and /readyz answer whatever the Host.
+    allowed_hosts: Annotated[list[str], NoDecode] = ["127.0.0.1", "localhost", "::1"]
+    # Origins (scheme://host:port) besides Hearth's own that may send state-changing requests.
+    allowed_origins: Annotated[list[str], NoDecode] = []
+    # Reverse proxies whose X-Forwarded-For names the client (addresses or networks).
+    trusted_proxies: Annotated[list[str], NoDecode] = []
 
     # Limits, per user (the API key's user, else the user_id, else the client address).
     rate_limit: str = Field("300/minute", description="all API requests (flask-limiter syntax)")
     question_rate_limit: str = Field("30/minute", description="questions, streamed or not")
+    client_rate_limit: str = Field("1200/minute", description="all API requests of one client "
+                                   "address, whatever user they name (many users may share one)")
+    auth_failure_rate_limit: str = Field("20/minute", description="requests with a bad API key "
+                                         "from one client address")
     max_concurrent_generations: int = Field(1, ge=1, le=64)
     max_queued_generations: int = Field(8, ge=0, le=1024)
     queue_timeout_s: float = Field(60.0, gt=0, description="longest wait for a free model")
@@ -151,6 +171,23 @@ class Settings(BaseSettings):
     ingest_allow_hosts: Annotated[list[str], NoDecode] = []
     # Folders under which the ingestion API may read files (comma-separated).
     ingest_roots: Annotated[list[Path], NoDecode] = []
+    # What one ingestion may read and unpack (docs/security.md): past a bound, a file or page
+    # is skipped with the reason; an API job past its memory or time ends, the server never.
+    ingest_max_file_bytes: int = Field(
+        100 * 2**20, ge=1024, description="a larger file is skipped, never opened")
+    ingest_max_unpacked_bytes: int = Field(
+        50 * 2**20, ge=1024,
+        description="what a .docx or a sitemap may unpack to; past it, it is skipped")
+    ingest_max_pdf_pages: int = Field(2000, ge=1, description="a PDF with more pages is skipped")
+    crawl_max_page_bytes: int = Field(
+        5 * 2**20, ge=1024,
+        description="a page or robots.txt, decoded (gzip, deflate); a larger page is skipped")
+    ingest_job_memory_mb: int = Field(
+        4096, ge=512, description="address space of an API job's reading process; past it "
+        "the job fails (ingest_out_of_memory)")
+    ingest_job_timeout_s: float = Field(
+        6 * 3600.0, gt=0, description="longest an API job may read its source; past it the "
+        "job fails (ingest_timeout)")
 
     # Evaluation: the judge model is chosen apart from the answering model.
     judge_backend: LLMBackend = LLMBackend.llamacpp
@@ -169,7 +206,8 @@ class Settings(BaseSettings):
             return values  # the field validator reports it, naming the variable
         return {**PROFILE_DEFAULTS[profile], **values}
 
-    @field_validator("ingest_allow_hosts", "ingest_roots", mode="before")
+    @field_validator("ingest_allow_hosts", "ingest_roots", "allowed_hosts", "allowed_origins",
+                     "trusted_proxies", mode="before")
     @classmethod
     def _comma_separated(cls, value: Any) -> Any:
         if isinstance(value, str):

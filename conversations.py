@@ -2,11 +2,22 @@
 
 from __future__ import annotations
 
+import re
 import time
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 from hearth.errors import HearthError
+
+# What a conversation id may be: letters, digits and . _ : - (no /, no control characters),
+# starting with a letter or digit, at most 64 characters.
+CONVERSATION_ID = r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,63}$"
+# A user id is any text of at most 128 characters without control characters or /.
+USER_ID = r"^[^\x00-\x1f\x7f/]{1,128}$"
+
+
+def valid_conversation_id(conversation_id: str) -> bool:
+    return re.fullmatch(CONVERSATION_ID, conversation_id) is not None
 
 
 class ConversationNotFound(HearthError):
@@ -31,6 +42,9 @@ class Turn:
     usage: dict[str, int] = field(default_factory=dict)
     standalone_question: str = ""
     created_at: float = field(default_factory=time.time)
+    evidence: list[dict[str, Any]] = field(default_factory=list)
+    grounded: bool = True
+    unsupported: list[str] = field(default_factory=list)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Turn:

@@ -27,6 +27,7 @@ from hearth.migrations import (
     sqlite_status,
 )
 from hearth.mongo import mongo_client, redact
+from hearth.private import private_dir, private_file
 
 
 class HistoryError(Unavailable):
@@ -77,6 +78,9 @@ def _v1_mongo(db: Any) -> None:
 STORE = "history"
 MIGRATIONS = [
     Migration(1, "conversations and turns as Hearth 0.1.0 stored them", _v1_sqlite, _v1_mongo),
+    # Turns gain evidence, grounded and unsupported; older turns read with the defaults. The
+    # version says so, so that a Hearth from before refuses the store instead of misreading it.
+    Migration(2, "turns carry their evidence and grounding verdict"),
 ]
 
 
@@ -85,13 +89,16 @@ class SQLiteHistory:
         self.where = str(path)
         self._lock = threading.Lock()
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
+            private_dir(path.parent)
             self._db = sqlite3.connect(
                 path, timeout=timeout_s, check_same_thread=False, isolation_level=None
             )
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA foreign_keys=ON")
+            # Deleted text is overwritten, not left in free pages (erasing a user's history).
+            self._db.execute("PRAGMA secure_delete=ON")
             migrate_sqlite(self._db, path, STORE, MIGRATIONS)
+            private_file(path)
         except (OSError, sqlite3.Error) as exc:
             raise HistoryError(f"cannot open the history store at {path}: {exc}") from exc
 
@@ -169,17 +176,21 @@ class SQLiteHistory:
 
         return self._run(read)  # type: ignore[no-any-return]
 
+    def _erase(self, sql: str, arg: str) -> int:
+        def erase(db: sqlite3.Connection) -> int:
+            deleted = int(db.execute(sql, (arg,)).rowcount)
+            # The write-ahead log still holds the deleted text until a checkpoint copies it
+            # over (with secure_delete) and truncates the log.
+            db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            return deleted
+
+        return int(self._run(erase))
+
     def delete(self, conversation_id: str) -> bool:
-        return bool(self._run(
-            lambda db: db.execute(
-                "DELETE FROM conversations WHERE id = ?", (conversation_id,)
-            ).rowcount
-        ))
+        return bool(self._erase("DELETE FROM conversations WHERE id = ?", conversation_id))
 
     def delete_user(self, user_id: str) -> int:
-        return int(self._run(
-            lambda db: db.execute("DELETE FROM conversations WHERE user_id = ?", (user_id,)).rowcount
-        ))
+        return self._erase("DELETE FROM conversations WHERE user_id = ?", user_id)
 
 
 class MongoHistory:

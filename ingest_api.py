@@ -19,7 +19,17 @@ from pydantic import BaseModel
 
 from hearth.errors import HearthError
 from hearth.ingest.jobs import IngestRequest, Jobs, prepare
-from hearth.web import ErrorOut, Route, error_response, principal, services, settings
+from hearth.web import (
+    ErrorOut,
+    Route,
+    body_bytes,
+    error_response,
+    is_json,
+    parse_json,
+    principal,
+    services,
+    settings,
+)
 
 ingest_blueprint = Blueprint("ingest", __name__)
 EXTENSION = "hearth.ingest_jobs"
@@ -77,7 +87,10 @@ def _allowed() -> Response | None:
 
 @ingest_blueprint.post("/api/ingest")
 def start_ingest() -> Response:
-    raw = request.get_json(silent=True)
+    if not is_json(request.mimetype):
+        return error_response(415, "unsupported_media_type", "send the body as JSON, with the "
+                              "header Content-Type: application/json")
+    raw = parse_json(body_bytes() or b"null")
     if not isinstance(raw, dict):
         return error_response(400, "invalid_json", "send a JSON object: {\"web\": URL} or "
                               "{\"files\": FOLDER}")
@@ -106,7 +119,8 @@ def list_jobs() -> Response:
 def routes() -> list[Route]:
     return [
         Route("/api/ingest", "POST", start_ingest, IngestRequest,
-              {202: IngestStartedOut, 400: ErrorOut, 403: ErrorOut},
+              {202: IngestStartedOut, 400: ErrorOut, 403: ErrorOut, 413: ErrorOut,
+               415: ErrorOut},
               "Start ingesting a site or a server folder in the background (HEARTH_INGEST_API; "
               "admins only when API keys are on)."),
         Route("/api/ingest", "GET", list_jobs, None, {200: JobListOut, 403: ErrorOut},

@@ -26,16 +26,17 @@ from collections.abc import Callable, Iterator
 from typing import Any, Literal
 
 from flask import Blueprint, Response
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, StrictBool
 from werkzeug.exceptions import HTTPException
 
 from hearth.chat import Ask, Reply
-from hearth.conversations import Turn
+from hearth.conversations import CONVERSATION_ID, USER_ID, Turn
 from hearth.errors import HearthError
 from hearth.model import Answer, Token
 from hearth.web import (
     HTTP_CODES,
     ApiError,
+    EvidenceOut,
     Route,
     SourceOut,
     acting_as,
@@ -43,9 +44,9 @@ from hearth.web import (
     event_stream,
     principal,
     read_json,
-    retry_after,
     settings,
     sse,
+    with_retry_after,
 )
 
 MODEL_ID = "hearth"
@@ -70,7 +71,7 @@ class OpenAIMessage(BaseModel):
 
 
 class OpenAIStreamOptions(BaseModel):
-    include_usage: bool = False
+    include_usage: StrictBool = False
 
 
 class OpenAIChatRequest(BaseModel):
@@ -78,14 +79,14 @@ class OpenAIChatRequest(BaseModel):
     messages: list[OpenAIMessage] = Field(
         min_length=1, description="the last one, the user's, is the question; earlier ones the "
                                   "conversation")
-    stream: bool = False
+    stream: StrictBool = False
     stream_options: OpenAIStreamOptions | None = None
     n: int = Field(1, ge=1, le=1, description="only one choice is generated")
-    user: str | None = Field(None, max_length=128,
+    user: str | None = Field(None, max_length=128, pattern=USER_ID,
                              description="the user id whose history the turn is stored in; "
                                          "omit it to store nothing")
     conversation_id: str | None = Field(
-        None, min_length=1, max_length=64,
+        None, pattern=CONVERSATION_ID,
         description="Hearth extension: store the turn in this conversation of the user")
 
 
@@ -114,6 +115,11 @@ class HearthExtras(BaseModel):
         description="Hearth extension: where the turn was stored (null without a user)")
     refused: bool = Field(description="Hearth extension: true when the documents do not hold "
                                       "the answer")
+    evidence: list[EvidenceOut] = Field(
+        description="Hearth extension: the sentences of the sources that support the answer")
+    grounded: bool = Field(description="Hearth extension: false when the answer names things "
+                                       "no source contains")
+    unsupported: list[str] = Field(description="Hearth extension: those spans")
 
 
 class OpenAIChatCompletion(HearthExtras):
@@ -139,7 +145,8 @@ class OpenAIChunkChoice(BaseModel):
 
 class OpenAIChatChunk(BaseModel):
     """One ``data:`` event of a stream. The chunk that carries ``finish_reason`` also carries
-    the Hearth extensions (sources, conversation_id, refused); the stream ends with
+    the Hearth extensions (sources, conversation_id, refused, evidence, grounded,
+    unsupported); the stream ends with
     ``data: [DONE]``."""
 
     id: str
@@ -151,6 +158,9 @@ class OpenAIChatChunk(BaseModel):
     sources: list[SourceOut] | None = None
     conversation_id: str | None = None
     refused: bool | None = None
+    evidence: list[EvidenceOut] | None = None
+    grounded: bool | None = None
+    unsupported: list[str] | None = None
 
 
 class OpenAIModel(BaseModel):
@@ -179,7 +189,8 @@ class OpenAIErrorOut(BaseModel):
 openai_blueprint = Blueprint("openai", __name__, url_prefix="/v1")
 
 ERROR_TYPES = {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
-               404: "not_found_error", 413: "invalid_request_error", 429: "rate_limit_error"}
+               404: "not_found_error", 413: "invalid_request_error",
+               415: "invalid_request_error", 429: "rate_limit_error"}
 
 
 def openai_error(status: int, code: str, message: str, param: str | None = None) -> Response:
@@ -194,10 +205,8 @@ def _hearth_error(exc: HearthError) -> Response:
     param = None
     if exc.code in ("missing_field", "invalid_field"):
         param = message.split(":", 1)[0]
-    response = openai_error(exc.status, exc.code, message, param)
-    if (seconds := retry_after(exc)) is not None:
-        response.headers["Retry-After"] = str(seconds)  # OpenAI's clients wait and retry
-    return response
+    # With Retry-After on a 503 busy, OpenAI's clients wait and retry.
+    return with_retry_after(openai_error(exc.status, exc.code, message, param), exc)
 
 
 @openai_blueprint.errorhandler(HTTPException)
@@ -271,8 +280,12 @@ def finish_reason(answer: Answer) -> Literal["stop", "length"]:
     return "length" if answer.usage.get("completion_tokens", 0) >= limit else "stop"
 
 
-def sources_of(answer: Answer) -> list[SourceOut]:
-    return [SourceOut(**s.to_dict()) for s in answer.sources]
+def extras(answer: Answer) -> dict[str, Any]:
+    """Hearth's extension fields of an answer: its sources, and what backs it."""
+    return {"sources": [SourceOut(**s.to_dict()) for s in answer.sources],
+            "refused": answer.refused, "grounded": answer.grounded,
+            "evidence": [EvidenceOut(**e.to_dict()) for e in answer.evidence],
+            "unsupported": answer.unsupported}
 
 
 @openai_blueprint.post("/chat/completions")
@@ -287,8 +300,7 @@ def chat_completions() -> Response:
             id=completion_id, created=created, model=answer.model,
             choices=[OpenAIChoice(message=OpenAIAnswerMessage(content=answer.answer),
                                   finish_reason=finish_reason(answer))],
-            usage=usage_of(answer), sources=sources_of(answer),
-            conversation_id=reply.conversation_id, refused=answer.refused,
+            usage=usage_of(answer), conversation_id=reply.conversation_id, **extras(answer),
         )
         return Response(out.model_dump_json(), mimetype="application/json")
 
@@ -311,8 +323,7 @@ def chat_completions() -> Response:
                 answer = event.answer
                 yield chunk(choices=[OpenAIChunkChoice(delta=OpenAIDelta(),
                                                        finish_reason=finish_reason(answer))],
-                            sources=sources_of(answer), conversation_id=event.conversation_id,
-                            refused=answer.refused)
+                            conversation_id=event.conversation_id, **extras(answer))
                 if include_usage:
                     yield chunk(choices=[], usage=usage_of(answer))
             yield sse("[DONE]")
@@ -357,7 +368,7 @@ def routes() -> list[Route]:
     return [
         Route("/v1/chat/completions", "POST", chat_completions, OpenAIChatRequest,
               {200: OpenAIChatCompletion, 400: OpenAIErrorOut, 404: OpenAIErrorOut,
-               413: OpenAIErrorOut, 429: OpenAIErrorOut, 503: OpenAIErrorOut,
+               413: OpenAIErrorOut, 415: OpenAIErrorOut, 429: OpenAIErrorOut, 503: OpenAIErrorOut,
                504: OpenAIErrorOut},
               "OpenAI-compatible chat completion over your documents. With stream=true, "
               "OpenAI's SSE chunks (OpenAIChatChunk) ending with data: [DONE]. Extra top-level "

@@ -11,6 +11,7 @@ from langchain_core.embeddings import Embeddings
 
 from hearth.config import Settings
 from hearth.errors import Unavailable
+from hearth.private import private_dir
 
 
 class VectorStoreError(Unavailable):
@@ -45,7 +46,7 @@ class VectorStore:
                 )
                 client._server._session.timeout = timeout  # type: ignore[attr-defined]
             else:
-                settings.chroma_path.mkdir(parents=True, exist_ok=True)
+                private_dir(settings.chroma_path)
                 self.where = str(settings.chroma_path.resolve())
                 client = chromadb.PersistentClient(
                     path=str(settings.chroma_path), settings=chroma_settings

@@ -8,14 +8,18 @@ Each face (``/api`` in ``api.py``, ``/v1`` in ``openai_compat.py``, ingestion jo
 
 from __future__ import annotations
 
+import contextlib
+import ipaddress
 import json
 import logging
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 from flask import Flask, Response, current_app, g, request, stream_with_context
 from flask_limiter import Limiter
+from limits import parse as parse_rate
 from pydantic import BaseModel, Field, ValidationError
 from pydantic.json_schema import models_json_schema
 
@@ -57,9 +61,12 @@ HTTP_CODES = {413: "body_too_large", 404: "not_found", 405: "method_not_allowed"
               429: "rate_limited"}
 
 
-def retry_after(exc: Exception) -> int | None:
+def with_retry_after(response: Response, exc: Exception) -> Response:
+    """An error that says when to try again (503 busy) says so in Retry-After."""
     value = getattr(exc, "retry_after", None)
-    return int(value) if value is not None else None
+    if value is not None:
+        g.retry_after = response.headers["Retry-After"] = str(int(value))
+    return response
 
 
 # -- responses and requests ----------------------------------------------------------------------
@@ -68,15 +75,45 @@ def ok(model: BaseModel, status: int = 200) -> Response:
     return Response(model.model_dump_json(), status=status, mimetype="application/json")
 
 
-def read_json(schema: type[BaseModel]) -> Any:
-    """The request body as ``schema``, or a 400 that names the field and what is wrong."""
-    raw = request.get_data(cache=False)
-    if not raw.strip():
-        raise ApiError(400, "invalid_json", "the request body is empty: send a JSON object")
+def is_json(mimetype: str) -> bool:
+    return mimetype == "application/json" or (
+        mimetype.startswith("application/") and mimetype.endswith("+json"))
+
+
+def body_bytes() -> bytes:
+    """The request body, or a 413 past HEARTH_MAX_BODY_BYTES, chunked uploads included (a
+    length-limited stream would cut those short silently)."""
+    limit = current_app.config["MAX_CONTENT_LENGTH"]
+    if request.content_length is not None:
+        return request.get_data(cache=False)  # Werkzeug answers 413 past the limit
+    raw = request.environ["wsgi.input"].read(limit + 1)
+    if len(raw) > limit:
+        raise ApiError(413, "body_too_large", f"the request body is over {limit} bytes")
+    return bytes(raw)
+
+
+def parse_json(raw: bytes) -> Any:
     try:
-        body = json.loads(raw)
+        return json.loads(raw)
     except (ValueError, UnicodeDecodeError) as exc:
         raise ApiError(400, "invalid_json", f"the request body is not valid JSON: {exc}") from None
+    except RecursionError:
+        raise ApiError(400, "invalid_json", "the request body nests too deeply") from None
+
+
+def read_json(schema: type[BaseModel]) -> Any:
+    """The request body as ``schema``, or a 4xx that names the field and what is wrong.
+
+    Only ``application/json`` is read: a web page on another site can send a ``text/plain``
+    body without asking the browser's leave (no CORS preflight), never a JSON one.
+    """
+    if not is_json(request.mimetype):
+        raise ApiError(415, "unsupported_media_type",
+                       "send the body as JSON, with the header Content-Type: application/json")
+    raw = body_bytes()
+    if not raw.strip():
+        raise ApiError(400, "invalid_json", "the request body is empty: send a JSON object")
+    body = parse_json(raw)
     if not isinstance(body, dict):
         raise ApiError(400, "invalid_json", "the request body must be a JSON object")
     try:
@@ -89,7 +126,9 @@ def read_json(schema: type[BaseModel]) -> Any:
 
 
 def wants_stream(asked: bool) -> bool:
-    return asked or "text/event-stream" in request.headers.get("Accept", "")
+    """``"stream": true``, or an Accept header that names text/event-stream with q > 0."""
+    return asked or any(kind == "text/event-stream" and quality > 0
+                        for kind, quality in request.accept_mimetypes)
 
 
 def sse(data: Any, event: str | None = None) -> str:
@@ -129,12 +168,97 @@ def acting_as(requested: str | None) -> str:
     return acting_user(principal(), requested)
 
 
+def may_see_details() -> bool:
+    """Whether this request may see the internals of the backends (their addresses): anyone
+    with keys off (one person on loopback); with keys on, an admin key, or the machine itself
+    (a health check inside the container, which sends no key)."""
+    hearth = services()
+    if not hearth.settings.auth_required:
+        return True
+    with contextlib.suppress(ValueError):
+        if ipaddress.ip_address(client_address(hearth.settings)).is_loopback:
+            return True
+    scheme, _, token = request.headers.get("Authorization", "").partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        return False
+    try:
+        who = hearth.keys.authenticate(token.strip())
+    except HearthError:
+        return False
+    return who is not None and who.admin
+
+
 def guarded(path: str) -> bool:
     """Routes that need an API key when keys are on."""
     return path.startswith(("/api/", "/v1/")) and path != "/api/openapi.json"
 
 
-def authenticate(settings: Settings, hearth: Services) -> Response | None:
+PROBES = ("/healthz", "/readyz")
+STATE_CHANGING = ("POST", "PUT", "PATCH", "DELETE")
+
+
+def host_allowed(host: str, allowed: list[str]) -> bool:
+    """Whether a Host header (name[:port]) names one of ``allowed`` (names, any port)."""
+    name = host.rsplit(":", 1)[0] if not host.endswith("]") else host
+    name = name.strip("[]").lower().rstrip(".")
+    return name in {a.strip("[]").lower() for a in allowed}
+
+
+def check_origin(settings: Settings) -> Response | None:
+    """Refuse what another web site may drive: a Host that Hearth does not serve (a DNS
+    rebinding page reaching 127.0.0.1 under its own name), and a state-changing request
+    whose Origin is not Hearth's own (a page elsewhere posting to it)."""
+    if request.path in PROBES:
+        return None  # probes that use a pod's address keep working
+    if not host_allowed(request.host, settings.allowed_hosts):
+        return error_response(400, "host_not_allowed",
+                              f"this server does not answer for the host {request.host!r}: "
+                              "add it to HEARTH_ALLOWED_HOSTS if you mean to reach Hearth by it")
+    origin = request.headers.get("Origin")
+    if origin is not None and request.method in STATE_CHANGING:
+        own = f"{request.scheme}://{request.host}".lower()
+        if origin.lower() != own and origin not in settings.allowed_origins:
+            return error_response(403, "origin_not_allowed",
+                                  f"requests from the web page at {origin!r} are not allowed: "
+                                  "add it to HEARTH_ALLOWED_ORIGINS if you trust it")
+    return None
+
+
+def client_address(settings: Settings) -> str:
+    """The client's address: the connection's, or, when it comes from a trusted proxy, the
+    nearest address in X-Forwarded-For that is not itself a trusted proxy."""
+    remote = request.remote_addr or ""
+    trusted = [ipaddress.ip_network(p, strict=False) for p in settings.trusted_proxies]
+
+    def is_trusted(address: str) -> bool:
+        try:
+            ip = ipaddress.ip_address(address.strip())
+        except ValueError:
+            return False
+        return any(ip in network for network in trusted)
+
+    if not trusted or not is_trusted(remote):
+        return remote
+    hops = [h.strip() for h in request.headers.get("X-Forwarded-For", "").split(",") if h.strip()]
+    for hop in reversed(hops):
+        if not is_trusted(hop):
+            return hop
+    return remote
+
+
+def too_many(limiter: Limiter, rate: str, scope: str, who: str, message: str) -> Response | None:
+    """A 429 once ``who`` has used up ``rate`` in ``scope``, counting this request."""
+    item = parse_rate(rate)
+    if limiter.limiter.hit(item, scope, who):
+        return None
+    reset, _ = limiter.limiter.get_window_stats(item, scope, who)
+    response = error_response(429, "rate_limited", message)
+    response.headers["Retry-After"] = str(max(1, int(reset - time.time()) + 1))
+    g.retry_after = response.headers["Retry-After"]
+    return response
+
+
+def authenticate(settings: Settings, hearth: Services, limiter: Limiter) -> Response | None:
     g.principal = None
     if not settings.auth_required or not guarded(request.path):
         return None
@@ -144,8 +268,34 @@ def authenticate(settings: Settings, hearth: Services) -> Response | None:
                               "'Authorization: Bearer <key>' (`hearth keys create --user NAME`)")
     g.principal = hearth.keys.authenticate(token.strip())
     if g.principal is None:
-        return error_response(401, "unauthorized", "this API key is not valid or was revoked")
+        # Bad keys are counted per address, so that keys cannot be guessed at speed.
+        return too_many(limiter, settings.auth_failure_rate_limit, "bad-key",
+                        client_address(settings),
+                        "too many requests with a bad API key from this address: wait") \
+            or error_response(401, "unauthorized", "this API key is not valid or was revoked")
     return None
+
+
+def limit_client(settings: Settings, limiter: Limiter) -> Response | None:
+    """One client address, whatever users it names, gets ``HEARTH_CLIENT_RATE_LIMIT``."""
+    if not guarded(request.path):
+        return None
+    return too_many(limiter, settings.client_rate_limit, "client", client_address(settings),
+                    "too many requests from this address: wait and try again")
+
+
+def named_user() -> str | None:
+    """The user a JSON body or the query names, read without failing on any body."""
+    named: Any = None
+    if is_json(request.mimetype) and request.content_length:
+        try:
+            body = json.loads(request.get_data(cache=True))
+        except (ValueError, UnicodeDecodeError, RecursionError):
+            body = None
+        if isinstance(body, dict):
+            named = body.get("user_id") or body.get("user")  # "user": the /v1 field
+    named = named or request.args.get("user_id")
+    return named if isinstance(named, str) else None
 
 
 def user_key() -> str:
@@ -153,23 +303,38 @@ def user_key() -> str:
     who = principal()
     if who is not None:
         return f"user:{who.user_id}"  # an admin acting for others spends the admin's limit
-    body = request.get_json(silent=True) if request.is_json else None
-    named = (body.get("user_id") or body.get("user")) if isinstance(body, dict) else None
-    named = named or request.args.get("user_id")  # "user": the OpenAI-compatible API's field
     try:
-        return f"user:{acting_user(None, named if isinstance(named, str) else None)}"
+        return f"user:{acting_user(None, named_user())}"
     except HearthError:
         return f"addr:{request.remote_addr}"
 
 
-def build_limiter(app: Flask, settings: Settings) -> Limiter:
-    """Per-user request rates (429 with Retry-After), from flask-limiter."""
-    return Limiter(
-        key_func=user_key, app=app, storage_uri="memory://",
+def guard(app: Flask, settings: Settings, hearth: Services) -> Limiter:
+    """Who may call at all, in order: the Host and Origin checks, the API key (bad keys
+    counted per address), the per-address limit, then flask-limiter's per-user limits."""
+    limiter = Limiter(
+        key_func=user_key, storage_uri="memory://",
         default_limits=[settings.rate_limit], headers_enabled=True,
         # Health checks are for machines that poll: never limit them.
-        default_limits_exempt_when=lambda: request.path in ("/healthz", "/readyz"),
+        default_limits_exempt_when=lambda: request.path in PROBES,
     )
+    app.before_request(lambda: check_origin(settings))
+    app.before_request(lambda: authenticate(settings, hearth, limiter))
+    app.before_request(lambda: limit_client(settings, limiter))
+
+    @app.after_request
+    def _retry_after(response: Response) -> Response:
+        # Registered before the limiter's own hook, so it runs after it: the limiter adds its
+        # Retry-After to every response; only a refusal should carry one, and a 503 busy its own.
+        ours = g.get("retry_after")
+        if ours is not None:
+            response.headers["Retry-After"] = ours
+        elif response.status_code != 429:
+            response.headers.pop("Retry-After", None)
+        return response
+
+    limiter.init_app(app)
+    return limiter
 
 
 # -- schemas every face shares ----------------------------------------------------------------
@@ -182,6 +347,24 @@ class SourceOut(BaseModel):
     snippet: str = Field(description="the text of the document that the answer drew on")
     chunk_id: str
     score: float = Field(description="cosine similarity of the chunk to the question")
+
+
+class EvidenceOut(BaseModel):
+    source: int = Field(description="index of the source (in sources) the sentence is from")
+    text: str = Field(description="a sentence of that source's snippet that supports the answer")
+    start: int = Field(description="where the sentence starts in the snippet (characters)")
+    end: int
+    score: float
+
+
+class GroundingOut(BaseModel):
+    """What backs an answer: evidence sentences, and the grounding check's verdict."""
+
+    evidence: list[EvidenceOut] = Field(
+        description="the sentences of the sources that support the answer, best first")
+    grounded: bool = Field(description="false when the answer names things (numbers, code, "
+                                       "commands) that no source contains, or strays from them")
+    unsupported: list[str] = Field(description="the answer's spans that no source contains")
 
 
 # -- route tables and the OpenAPI document -------------------------------------------------------

@@ -192,7 +192,7 @@ def paired_phase(settings: dict[str, Any], llama: Any, prompts: list[list[Any]],
 
 
 def http_round_trip(client: Any, url: str, n: int = 50) -> dict[str, float]:
-    """The cost of one HTTP exchange with gunicorn and Flask: GET /healthz (median of n)."""
+    """The cost of one HTTP exchange with the server and Flask: GET /healthz (median of n)."""
     times = []
     for _ in range(n):
         started = time.perf_counter()
@@ -390,7 +390,7 @@ def summarise(runs: dict[str, list[dict[str, Any]]], pieces: list[dict[str, Any]
                                                        for p in pieces])),
         "prompt building": median([p["prompt_s"] for p in pieces]),
         "history write (SQLite)": median([p["history_write_s"] for p in pieces]),
-        "HTTP exchange (gunicorn)": runs["http"][0]["healthz_s"],
+        "HTTP exchange (server)": runs["http"][0]["healthz_s"],
     }
     if profile:
         framework = ("LangChain", "Flask, Werkzeug, flask-limiter", "pydantic",

@@ -72,7 +72,7 @@ def machine() -> dict[str, Any]:
     except OSError:
         pass
     versions = {}
-    for package in ("llama_cpp", "chromadb", "sentence_transformers", "torch", "flask", "gunicorn"):
+    for package in ("llama_cpp", "chromadb", "sentence_transformers", "torch", "flask", "waitress"):
         try:
             versions[package] = __import__(package).__version__
         except Exception:  # noqa: BLE001 - a missing package is reported as such
@@ -107,7 +107,7 @@ class Server:
         self.url, self.proc = url, proc
 
     def cpu_seconds(self) -> float:
-        """User + system CPU seconds of gunicorn's master and its worker, all threads."""
+        """User + system CPU seconds of the server process, all threads."""
         import psutil
 
         master = psutil.Process(self.proc.pid)
@@ -137,7 +137,7 @@ def cpu_seconds() -> float:
 
 @contextmanager
 def hearth_server(log: Path, timeout_s: float = 600.0, **settings: Any) -> Iterator[Server]:
-    """A real `hearth serve` (gunicorn, one gthread worker) on 127.0.0.1.
+    """A real `hearth serve` (waitress, one process) on 127.0.0.1.
 
     It runs from an empty folder so that no developer's ``.env`` applies; every path given in
     ``settings`` must be absolute.

@@ -9,10 +9,13 @@
 - ``records``: the record managers (SQLite or MongoDB) and their schema version.
 - ``cache``: the parse cache, so unchanged files and pages are not parsed again.
 - ``progress``: counts for job status; bars on a terminal, plain lines elsewhere.
-- ``safety``: where ingestion may reach (public addresses, folders under the allowed roots).
+- ``safety``: where ingestion may reach (globally routable addresses, folders under the allowed
+  roots).
 - ``pipeline``: the orchestration: a loader's documents, chunked and indexed incrementally.
 - ``sources``: what was ingested, listed and removed.
 - ``jobs``: the request that starts a background ingestion, and the job runner (the HTTP face
   lives in the web layer).
+- ``worker``: a job's reading (loader, parser, chunker) in a child process bounded in memory
+  and time; the server indexes what it read.
 - ``cli``: ``hearth ingest web|files`` and ``hearth sources list|remove``.
 """

@@ -8,9 +8,13 @@ them into chunks and reports a ``Summary``.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from hearth.config import Settings
 from hearth.errors import HearthError
+
+if TYPE_CHECKING:
+    from langchain_core.documents import Document
 
 
 class IngestError(HearthError):
@@ -19,6 +23,32 @@ class IngestError(HearthError):
 
     code = "ingest_failed"
     status = 400
+
+
+@dataclass(frozen=True)
+class ReadLimits:
+    """How much one ingestion may read: a file, what a .docx or a sitemap unpacks to, a PDF's
+    pages, a web page decoded. No defaults here: they are the settings' (``of``)."""
+
+    file_bytes: int
+    unpacked_bytes: int
+    pdf_pages: int
+    page_bytes: int
+
+    @classmethod
+    def of(cls, settings: Settings | None = None) -> ReadLimits:
+        """The bounds of ``settings``; config.py's defaults when none are given."""
+        if settings is None:
+            fields = Settings.model_fields
+            values = {name: fields[name].default for name in _LIMIT_SETTINGS.values()}
+        else:
+            values = {name: getattr(settings, name) for name in _LIMIT_SETTINGS.values()}
+        return cls(**{mine: values[theirs] for mine, theirs in _LIMIT_SETTINGS.items()})
+
+
+_LIMIT_SETTINGS = {"file_bytes": "ingest_max_file_bytes",
+                   "unpacked_bytes": "ingest_max_unpacked_bytes",
+                   "pdf_pages": "ingest_max_pdf_pages", "page_bytes": "crawl_max_page_bytes"}
 
 
 @dataclass
@@ -43,6 +73,14 @@ class Parsed:
 class Skipped:
     name: str
     reason: str
+
+
+@dataclass
+class Chunked:
+    """A document already split into chunks (by an API job's reading process)."""
+
+    source: str
+    docs: list[Document]
 
 
 @dataclass

@@ -3,6 +3,13 @@
 Every file becomes a ``Parsed`` document or a ``Skipped`` notice with the reason; one bad file
 never stops the walk. Hidden files and folders (``.git``) are left alone; files of other types
 are counted in the summary's ``ignored``.
+
+Reading is bounded (``ReadLimits``, from the settings), so no file can take the process's
+memory or hang it: what is not a regular file (a FIFO named ``notes.txt``, a socket, a device)
+is skipped before it is opened; a file larger than ``HEARTH_INGEST_MAX_FILE_BYTES`` is skipped
+before it is read; a .docx (a zip) that unpacks past ``HEARTH_INGEST_MAX_UNPACKED_BYTES`` and a
+PDF of more than ``HEARTH_INGEST_MAX_PDF_PAGES`` pages are skipped. Running out of memory
+anyway stops the ingestion (``MemoryError``): it is not one bad file.
 """
 
 from __future__ import annotations
@@ -10,13 +17,15 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+import stat
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from hearth.ingest.cache import ParseCache
-from hearth.ingest.documents import Block, IngestError, Parsed, Skipped
+from hearth.ingest.documents import Block, IngestError, Parsed, ReadLimits, Skipped
 from hearth.ingest.progress import Progress
 
 KINDS = {
@@ -26,7 +35,9 @@ KINDS = {
     ".html": "html", ".htm": "html",
     ".docx": "docx",
 }
-MAX_TEXT_BYTES = 50 * 1024 * 1024  # a larger "text" file is data, not a document
+_KINDS_OF_FILE = ((stat.S_ISFIFO, "a FIFO"), (stat.S_ISSOCK, "a socket"),
+                  (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
+                  (stat.S_ISDIR, "a folder"))
 # Bump when parsing changes, so cached results of the old parser are not reused.
 PARSER_VERSION = 1
 
@@ -49,10 +60,59 @@ def find_files(root: Path, ignored: dict[str, int] | None = None) -> list[Path]:
     return found
 
 
-def _cache_key(path: Path, options: str) -> str:
+class ChangedWhileRead(Exception):
+    """A file that changed between its check and its read: grown past the bound, or no longer
+    a regular file."""
+
+
+def _unreadable(path: Path, limit: int) -> str | None:
+    """Why ``path`` is not read at all, found without opening it: not a regular file (opening
+    a FIFO blocks until someone writes to it), or larger than ``limit``."""
+    info = os.stat(path)
+    if not stat.S_ISREG(info.st_mode):
+        kind = next((what for test, what in _KINDS_OF_FILE if test(info.st_mode)), "special")
+        return f"not a regular file ({kind}): not opened"
+    if info.st_size > limit:
+        return f"larger than {_mib(limit)} (HEARTH_INGEST_MAX_FILE_BYTES)"
+    return None
+
+
+def _mib(n: int) -> str:
+    return f"{n / 2**20:.3g} MiB"
+
+
+@contextmanager
+def _open_regular(path: Path) -> Iterator[BinaryIO]:
+    """The file, opened without blocking and only if it is a regular file: it could have been
+    swapped for a FIFO since it was checked."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    with os.fdopen(fd, "rb") as f:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise ChangedWhileRead("not a regular file any more")
+        yield f
+
+
+def _read(path: Path, limit: int) -> bytes:
+    """The whole file, in one read of the size it has (so no piece is copied twice), at most
+    ``limit`` bytes: ChangedWhileRead past it, should it have grown since it was checked."""
+    with _open_regular(path) as f:
+        size = os.fstat(f.fileno()).st_size
+        data = f.read(min(size, limit) + 1)
+        if len(data) > size:
+            data += f.read(limit + 1 - len(data))
+    if len(data) > limit:
+        raise ChangedWhileRead(f"grew past {_mib(limit)} while read")
+    return data
+
+
+def _cache_key(path: Path, options: str, limit: int) -> str:
     digest = hashlib.sha256(f"files|{PARSER_VERSION}|{options}|".encode())
-    with path.open("rb") as f:
+    read = 0
+    with _open_regular(path) as f:
         for block in iter(lambda: f.read(1 << 20), b""):
+            read += len(block)
+            if read > limit:
+                raise ChangedWhileRead(f"grew past {_mib(limit)} while read")
             digest.update(block)
     return digest.hexdigest()
 
@@ -71,7 +131,10 @@ def _to_cache(item: Parsed | Skipped) -> dict[str, Any]:
 
 def load_folder(root: Path, *, progress: Progress | None = None,
                 ignored: dict[str, int] | None = None, cache: ParseCache | None = None,
-                pdf_char_margin: float) -> Iterator[Parsed | Skipped]:
+                pdf_char_margin: float,
+                limits: ReadLimits | None = None) -> Iterator[Parsed | Skipped]:
+    """Every file of ``root`` parsed or skipped; ``limits`` left out: config.py's defaults."""
+    limits = limits or ReadLimits.of()
     files = find_files(root, ignored)
     if progress:
         progress.begin("files parsed", total=len(files))
@@ -83,32 +146,36 @@ def load_folder(root: Path, *, progress: Progress | None = None,
             yield Skipped(name, "a link to a file outside the folder: not followed")
             continue
         try:
-            key = _cache_key(path, options) if cache else ""
+            why = _unreadable(path, limits.file_bytes)
+            if why:
+                yield Skipped(name, why)
+                continue
+            key = _cache_key(path, options, limits.file_bytes) if cache else ""
             cached = cache.get(key) if cache else None
             if cached is not None:
                 yield _from_cache(cached, str(path), name)
                 continue
-            item = parse_file(path, name, pdf_char_margin=pdf_char_margin)
+            item = parse_file(path, name, pdf_char_margin=pdf_char_margin, limits=limits)
             if cache:
                 cache.put(key, _to_cache(item))
             yield item
-        except IngestError:
+        except (IngestError, MemoryError):
             raise
         except Exception as exc:  # one unreadable file never stops the others
             yield Skipped(name, f"could not be read: {type(exc).__name__}: {exc}"[:240])
 
 
-def parse_file(path: Path, name: str, *, pdf_char_margin: float) -> Parsed | Skipped:
+def parse_file(path: Path, name: str, *, pdf_char_margin: float,
+               limits: ReadLimits | None = None) -> Parsed | Skipped:
+    limits = limits or ReadLimits.of()
     kind = KINDS[path.suffix.lower()]
     if kind == "pdf":
         from hearth.ingest.pdf import parse_pdf
 
-        return parse_pdf(path, name, char_margin=pdf_char_margin)
+        return parse_pdf(path, name, char_margin=pdf_char_margin, max_pages=limits.pdf_pages)
     if kind == "docx":
-        return _docx(path, name)
-    if path.stat().st_size > MAX_TEXT_BYTES:
-        return Skipped(name, f"larger than {MAX_TEXT_BYTES // 2**20} MiB")
-    raw = path.read_bytes()
+        return _docx(path, name, limits.unpacked_bytes)
+    raw = _read(path, limits.file_bytes)
     if kind == "html":
         from hearth.ingest.html import parse_html
 
@@ -139,12 +206,39 @@ def _markdown(path: Path, text: str) -> Parsed:
     return Parsed(str(path), title or path.stem, blocks, "markdown")
 
 
-def _docx(path: Path, name: str) -> Parsed | Skipped:
+def _unpacks_past(path: Path, limit: int) -> str | None:
+    """Why a .docx (a zip) is not opened: its parts unpack past ``limit`` (a zip bomb), by the
+    sizes its directory declares or, since those can lie, by unpacking each part in pieces that
+    are counted and dropped. (zipfile itself stops a part at its declared size, with a CRC
+    error: the second count keeps the bound whatever reads the zip.)"""
+    import zipfile
+
+    why = f"unpacks to more than {_mib(limit)} (HEARTH_INGEST_MAX_UNPACKED_BYTES)"
+    with zipfile.ZipFile(path) as archive:
+        members = archive.infolist()
+        if sum(member.file_size for member in members) > limit:
+            return why
+        unpacked = 0
+        for member in members:
+            with archive.open(member) as part:
+                while piece := part.read(1 << 16):
+                    unpacked += len(piece)
+                    if unpacked > limit:
+                        return why
+    return None
+
+
+def _docx(path: Path, name: str, max_unpacked: int) -> Parsed | Skipped:
     import docx
     from docx.table import Table
 
     try:
+        too_big = _unpacks_past(path, max_unpacked)
+        if too_big:
+            return Skipped(name, too_big)
         document: Any = docx.Document(str(path))
+    except MemoryError:
+        raise
     except Exception as exc:
         return Skipped(name, f"corrupt Word file: {type(exc).__name__}: {exc}"[:240])
     blocks: list[Block] = []

@@ -5,7 +5,10 @@ confined by ``ingest.safety`` (no private, loopback or metadata address unless
 ``HEARTH_INGEST_ALLOW_HOSTS`` lists it; the crawl limits of the settings) or a folder under
 ``HEARTH_INGEST_ROOTS``. ``Jobs`` runs them one at a time on a single worker thread (ingestion
 is CPU-bound, and two runs on one source must not interleave); their state lives in memory, so
-it is lost on restart (the index itself is not: a restarted ingestion converges). The HTTP face
+it is lost on restart (the index itself is not: a restarted ingestion converges). Each job reads
+its source in a process of its own, bounded in memory and time (``ingest.worker``; the crawl's
+guard is rebuilt there from ``HEARTH_INGEST_ALLOW_HOSTS``), and the server indexes what it read
+once it is all read: a job that fails reading changes nothing in the index. The HTTP face
 (``POST /api/ingest``, ``GET /api/ingest[/<id>]``) lives in the web layer.
 """
 
@@ -30,10 +33,11 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from hearth.config import Settings
 from hearth.errors import HearthError
 from hearth.ingest.documents import IngestError, Summary
-from hearth.ingest.pipeline import ingest_files, ingest_web
+from hearth.ingest.pipeline import run
 from hearth.ingest.progress import Progress
 from hearth.ingest.safety import GuardedTransport, check_folder, check_host
 from hearth.ingest.web import site_namespace
+from hearth.ingest.worker import read_in_child, spooled
 
 if TYPE_CHECKING:
     from hearth.services import Services
@@ -220,13 +224,9 @@ class Jobs:
 
     def _run(self, job: Job) -> None:
         job.state, job.started_at = "running", time.time()
+        spool = self.services.settings.data_dir / "ingest-jobs" / f"{job.id}.jsonl"
         try:
-            if job.kind == "web":
-                job.summary = ingest_web(self.services, job.target, progress=job.progress,
-                                         **job.options)
-            else:
-                job.summary = ingest_files(self.services, Path(job.target),
-                                           progress=job.progress, **job.options)
+            job.summary = self._ingest(job, spool)
             job.state = "done"
         except HearthError as exc:  # said in words a user can act on: no traceback
             job.state, job.error = "failed", {"code": exc.code, "message": str(exc)}
@@ -235,4 +235,18 @@ class Jobs:
             job.state = "failed"
             job.error = {"code": "internal_error", "message": f"{type(exc).__name__}: {exc}"}
         finally:
+            spool.unlink(missing_ok=True)
             job.finished_at = time.time()
+
+    def _ingest(self, job: Job, spool: Path) -> Summary:
+        """Read in a child process, then index what it read, here (the one writer)."""
+        options = {k: v for k, v in job.options.items() if k != "transport"}
+        read = read_in_child(self.services.settings, job.kind, job.target, options, spool,
+                             job.progress)
+        progress = job.progress
+        progress.update({**progress.to_dict(), "phase": "indexing", "documents": 0, "chunks": 0})
+        try:
+            return run(self.services, read.namespace, spooled(spool), progress=progress,
+                       summary=Summary(source=read.namespace, ignored=read.ignored))
+        finally:
+            progress.finish()

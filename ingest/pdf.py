@@ -3,7 +3,8 @@
 What goes wrong with PDFs, and what this module does about it:
 
 - encrypted, corrupt, or scanned (no text layer) PDFs are ``Skipped`` with the reason, never
-  indexed as empty documents;
+  indexed as empty documents; so is a PDF of more than ``max_pages`` pages
+  (``HEARTH_INGEST_MAX_PDF_PAGES``), before any page is parsed;
 - ``unstructured`` quietly returns nothing when it cannot download its spaCy model: it is
   pointed at the packaged model, and a PDF with a text layer that still comes back empty stops
   the ingestion with an error instead of being taken for a scan;
@@ -38,7 +39,7 @@ class OutlineEntry:
     title: str
 
 
-def parse_pdf(path: Path, name: str, *, char_margin: float) -> Parsed | Skipped:
+def parse_pdf(path: Path, name: str, *, char_margin: float, max_pages: int) -> Parsed | Skipped:
     from pypdf import PdfReader
 
     try:
@@ -50,10 +51,14 @@ def parse_pdf(path: Path, name: str, *, char_margin: float) -> Parsed | Skipped:
         return Skipped(name, f"corrupt PDF: {_one_line(exc)}")
     if pages == 0:
         return Skipped(name, "corrupt PDF: no pages")
+    if pages > max_pages:
+        return Skipped(name, f"{pages} pages, more than {max_pages} (HEARTH_INGEST_MAX_PDF_PAGES)")
     outline = _outline(reader)
 
     try:
         elements = _partition(path, char_margin)
+    except MemoryError:
+        raise
     except Exception as exc:
         return Skipped(name, f"could not be parsed: {_one_line(exc)}")
     kept = [e for e in elements if type(e).__name__ not in DROPPED and (e.text or "").strip()]

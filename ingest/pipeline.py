@@ -12,7 +12,10 @@ idempotent:
 - a run killed part-way leaves records that the next run either refreshes or deletes, and
   chunk ids are content hashes (Chroma upserts), so the next run converges to a clean one.
 
-Options a caller leaves out (crawl limits, the PDF char margin) come from the settings.
+Options a caller leaves out (crawl limits, the PDF char margin) come from the settings, and so
+do the bounds on what a source may make Hearth read (``ReadLimits``). ``read_source`` is the
+reading half alone (loader, parse cache): an API job runs it in a process of its own
+(``ingest.worker``) and hands ``run`` the chunks it made (``Chunked``).
 """
 
 from __future__ import annotations
@@ -21,12 +24,13 @@ import json
 import logging
 import time
 from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from hearth.ingest.cache import ParseCache, parse_cache_dir
 from hearth.ingest.chunking import chunker_for
-from hearth.ingest.documents import IngestError, Parsed, Skipped, Summary
+from hearth.ingest.documents import Chunked, IngestError, Parsed, ReadLimits, Skipped, Summary
 from hearth.ingest.files import load_folder
 from hearth.ingest.progress import Progress
 from hearth.ingest.records import close_records, record_manager
@@ -36,6 +40,7 @@ if TYPE_CHECKING:
     import httpx
     from langchain_core.documents import Document
 
+    from hearth.config import Settings
     from hearth.services import Services
 
 log = logging.getLogger(__name__)
@@ -52,10 +57,11 @@ def indexed_documents(store: Any, namespace: str) -> dict[str, str]:
     return {str(m["source"]): str(m.get("doc_hash", "")) for m in found["metadatas"] if m}
 
 
-def run(services: Services, namespace: str, items: Iterable[Parsed | Skipped], *,
+def run(services: Services, namespace: str, items: Iterable[Parsed | Chunked | Skipped], *,
         progress: Progress | None = None, summary: Summary | None = None,
         batch_size: int = INDEX_BATCH) -> Summary:
-    """Index everything ``items`` yields as the whole content of source ``namespace``."""
+    """Index everything ``items`` yields as the whole content of source ``namespace``
+    (documents chunked here, or already)."""
     from langchain_core.indexing import index
 
     progress = progress or Progress()
@@ -78,7 +84,7 @@ def run(services: Services, namespace: str, items: Iterable[Parsed | Skipped], *
             if item.source in indexed:
                 summary.seen -= 1  # the same page reached by two URLs
                 continue
-            docs = chunker.split(item, namespace)
+            docs = item.docs if isinstance(item, Chunked) else chunker.split(item, namespace)
             if not docs:
                 summary.skipped.append(Skipped(item.source, "no text"))
                 continue
@@ -137,6 +143,61 @@ def files_namespace(root: Path) -> str:
     return str(Path(root).expanduser().resolve())
 
 
+@dataclass
+class Reading:
+    """A source being read: its namespace, its documents as the loader yields them, and its
+    parse cache (to prune once the run has succeeded)."""
+
+    namespace: str
+    items: Iterator[Parsed | Skipped]
+    cache: ParseCache
+
+
+def read_files(settings: Settings, root: Path, *, progress: Progress, ignored: dict[str, int],
+               pdf_char_margin: float | None = None) -> Reading:
+    """A folder's documents, read within the settings' bounds; IngestError if it is not there."""
+    namespace = files_namespace(root)
+    if not Path(namespace).is_dir():
+        raise IngestError(f"no folder at {namespace}")
+    cache = ParseCache(parse_cache_dir(settings, namespace))
+    items = load_folder(
+        Path(namespace), progress=progress, ignored=ignored, cache=cache,
+        pdf_char_margin=pdf_char_margin or settings.pdf_char_margin,
+        limits=ReadLimits.of(settings))
+    return Reading(namespace, items, cache)
+
+
+def read_web(settings: Settings, url: str, *, progress: Progress, ignored: dict[str, int],
+             max_depth: int | None = None, max_pages: int | None = None,
+             concurrency: int | None = None, timeout_s: float | None = None,
+             include: Sequence[str] = (), exclude: Sequence[str] = (), use_sitemap: bool = True,
+             transport: httpx.BaseTransport | None = None) -> Reading:
+    """A site's pages, crawled from ``url`` within the settings' bounds (limits left out are
+    the settings', ``HEARTH_CRAWL_*``)."""
+    namespace = site_namespace(url)
+    cache = ParseCache(parse_cache_dir(settings, namespace))
+    items = crawl(
+        namespace, progress=progress, ignored=ignored, cache=cache,
+        max_depth=settings.crawl_max_depth if max_depth is None else max_depth,
+        max_pages=max_pages or settings.crawl_max_pages,
+        concurrency=concurrency or settings.crawl_concurrency,
+        timeout_s=timeout_s or settings.crawl_timeout_s,
+        include=include, exclude=exclude, use_sitemap=use_sitemap, transport=transport,
+        limits=ReadLimits.of(settings))
+    return Reading(namespace, items, cache)
+
+
+def _ingest(services: Services, reading: Reading, progress: Progress, summary: Summary,
+            batch_size: int) -> Summary:
+    try:
+        summary = run(services, reading.namespace, reading.items, progress=progress,
+                      summary=summary, batch_size=batch_size)
+        reading.cache.prune()
+        return summary
+    finally:
+        progress.finish()
+
+
 def ingest_files(services: Services, root: Path, *, progress: Progress | None = None,
                  batch_size: int = INDEX_BATCH, pdf_char_margin: float | None = None) -> Summary:
     """Ingest a folder, recursively: PDF, Markdown, text, HTML and Word files.
@@ -144,53 +205,24 @@ def ingest_files(services: Services, root: Path, *, progress: Progress | None = 
     Re-running it embeds only what changed and removes what was deleted from the folder.
     ``pdf_char_margin`` left out: ``HEARTH_PDF_CHAR_MARGIN``.
     """
-    namespace = files_namespace(root)
-    if not Path(namespace).is_dir():
-        raise IngestError(f"no folder at {namespace}")
     progress = progress or Progress()
-    if pdf_char_margin is None:
-        pdf_char_margin = services.settings.pdf_char_margin
-    summary = Summary(source=namespace)
-    cache = ParseCache(parse_cache_dir(services.settings, namespace))
-    try:
-        files = load_folder(Path(namespace), progress=progress, ignored=summary.ignored,
-                            cache=cache, pdf_char_margin=pdf_char_margin)
-        summary = run(services, namespace, files, progress=progress, summary=summary,
-                      batch_size=batch_size)
-        cache.prune()
-        return summary
-    finally:
-        progress.finish()
+    summary = Summary(source=files_namespace(root))
+    reading = read_files(services.settings, root, progress=progress, ignored=summary.ignored,
+                         pdf_char_margin=pdf_char_margin)
+    return _ingest(services, reading, progress, summary, batch_size)
 
 
 def ingest_web(services: Services, url: str, *, progress: Progress | None = None,
-               batch_size: int = INDEX_BATCH, max_depth: int | None = None,
-               max_pages: int | None = None, concurrency: int | None = None,
-               timeout_s: float | None = None, include: Sequence[str] = (),
-               exclude: Sequence[str] = (), use_sitemap: bool = True,
-               transport: httpx.BaseTransport | None = None) -> Summary:
-    """Crawl a website from ``url`` and ingest its pages (see ``ingest.web.Crawler``).
+               batch_size: int = INDEX_BATCH, **options: Any) -> Summary:
+    """Crawl a website from ``url`` and ingest its pages (see ``ingest.web.Crawler``, and
+    ``read_web`` for the options).
 
     Limits left out come from the settings (``HEARTH_CRAWL_*``); ``transport`` is the one
     every request goes through (``ingest.safety.GuardedTransport`` keeps a crawl out of
     private addresses).
     """
-    settings = services.settings
-    namespace = site_namespace(url)
     progress = progress or Progress()
-    summary = Summary(source=namespace)
-    cache = ParseCache(parse_cache_dir(settings, namespace))
-    try:
-        pages = crawl(
-            namespace, progress=progress, ignored=summary.ignored, cache=cache,
-            max_depth=settings.crawl_max_depth if max_depth is None else max_depth,
-            max_pages=max_pages or settings.crawl_max_pages,
-            concurrency=concurrency or settings.crawl_concurrency,
-            timeout_s=timeout_s or settings.crawl_timeout_s,
-            include=include, exclude=exclude, use_sitemap=use_sitemap, transport=transport)
-        summary = run(services, namespace, pages, progress=progress, summary=summary,
-                      batch_size=batch_size)
-        cache.prune()
-        return summary
-    finally:
-        progress.finish()
+    summary = Summary(source=site_namespace(url))
+    reading = read_web(services.settings, url, progress=progress, ignored=summary.ignored,
+                       **options)
+    return _ingest(services, reading, progress, summary, batch_size)

@@ -44,6 +44,13 @@ class Progress:
     def finish(self) -> None:
         self.phase = "done"
 
+    def update(self, counts: dict[str, Any]) -> None:
+        """Take the counts of another ``Progress`` (``to_dict``): an API job's reading process
+        reports them."""
+        self.phase, self.unit = counts["phase"], counts["unit"]
+        self.documents, self.documents_total = counts["documents"], counts["documents_total"]
+        self.chunks, self.indexed = counts["chunks"], counts["chunks_indexed"]
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "phase": self.phase, "unit": self.unit, "documents": self.documents,

@@ -1,10 +1,25 @@
 """Where ingestion may reach: public web addresses, and files under configured folders.
 
 Web: every request the crawler makes (robots.txt, the sitemap, each page and each redirect hop)
-goes through ``GuardedTransport``, which resolves the host and refuses loopback, private,
-link-local (cloud metadata at 169.254.169.254 included), multicast and reserved addresses,
-unless the host or its network is allow-listed (``HEARTH_INGEST_ALLOW_HOSTS``); it then connects
-to the address it checked, so a name that resolves elsewhere the second time cannot get in.
+goes through ``GuardedTransport``, which resolves the host and refuses it unless every address
+it resolves to is globally routable, or the host or its network is allow-listed
+(``HEARTH_INGEST_ALLOW_HOSTS``); it then connects to the address it checked, so a name that
+resolves elsewhere the second time cannot get in.
+
+The rule (``forbidden``), for IPv4 and IPv6 alike:
+
+- an address is refused unless ``ipaddress`` calls it global (``is_global``): loopback,
+  private, link-local (cloud metadata at 169.254.169.254), shared address space
+  (100.64.0.0/10, carrier-grade NAT, where some clouds keep metadata services and VPNs live),
+  benchmarking, documentation, reserved, unspecified, unique-local and the like;
+- and also what ``is_global`` wrongly calls global: multicast (224.0.0.0/4, ff00::/8), the
+  IETF protocol block 192.0.0.0/24, the 6to4 relay anycast 192.88.99.0/24, site-local
+  fec0::/10 and local-use NAT64 64:ff9b:1::/48;
+- an IPv6 address that carries an IPv4 address is judged by that IPv4 address: IPv4-mapped
+  (::ffff:0:0/96), NAT64 (64:ff9b::/96) and 6to4 (2002::/16); IPv4-compatible addresses
+  (::/96, deprecated) and Teredo (2001::/32, whose embedded addresses are obfuscated) are
+  refused outright;
+- an allow-listed network admits an address in it, or whose embedded IPv4 address is in it.
 
 Files: a folder ingested through the API must lie under one of ``HEARTH_INGEST_ROOTS``, after
 ``..`` and symbolic links are resolved.
@@ -57,16 +72,61 @@ def parse_allow_list(entries: Sequence[str]) -> tuple[set[str], list[Network]]:
     return hosts, networks
 
 
+# Ranges ipaddress calls global although no public site lives there.
+_NOT_GLOBAL: tuple[tuple[Network, str], ...] = tuple(
+    (ipaddress.ip_network(net), why) for net, why in (
+        ("100.64.0.0/10", "shared address space (carrier-grade NAT)"),
+        ("192.0.0.0/24", "IETF protocol assignment"),
+        ("192.88.99.0/24", "6to4 relay anycast"),
+        ("224.0.0.0/4", "multicast"),
+        ("ff00::/8", "multicast"),
+        ("fec0::/10", "site-local"),
+        ("64:ff9b:1::/48", "local-use NAT64"),
+        ("2001::/32", "Teredo tunnel"),
+        ("::/96", "IPv4-compatible (deprecated)"),
+    ))
+_NAT64 = ipaddress.IPv6Network("64:ff9b::/96")
+_6TO4 = ipaddress.IPv6Network("2002::/16")
+
+
+def embedded_ipv4(address: Address) -> tuple[ipaddress.IPv4Address, str] | None:
+    """The IPv4 address an IPv6 address reaches (IPv4-mapped, NAT64, 6to4), with the kind."""
+    if isinstance(address, ipaddress.IPv4Address):
+        return None
+    if address.ipv4_mapped:
+        return address.ipv4_mapped, "IPv4-mapped"
+    if address in _NAT64:
+        return ipaddress.IPv4Address(int(address) & 0xFFFFFFFF), "NAT64"
+    if address.sixtofour:
+        return address.sixtofour, "6to4"
+    return None
+
+
 def forbidden(address: Address) -> str | None:
-    """Why an address is off-limits, or None for a public one."""
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped:
-        address = address.ipv4_mapped
-    for test, why in ((address.is_loopback, "loopback"), (address.is_link_local, "link-local"),
-                      (address.is_private, "private"), (address.is_multicast, "multicast"),
-                      (address.is_reserved, "reserved"), (address.is_unspecified, "unspecified")):
+    """Why an address is off-limits, or None for a globally routable one (the rule is in the
+    module's docstring)."""
+    if address.is_loopback or address.is_unspecified:
+        return "loopback" if address.is_loopback else "unspecified"
+    inner = embedded_ipv4(address)
+    if inner is not None:
+        why = forbidden(inner[0])
+        return f"{inner[1]} form of a {why} address ({inner[0]})" if why else None
+    for network, why in _NOT_GLOBAL:
+        if address.version == network.version and address in network:
+            return why
+    if address.is_global:
+        return None
+    for test, why in ((address.is_link_local, "link-local"), (address.is_reserved, "reserved"),
+                      (address.is_private, "private")):
         if test:
             return why
-    return None
+    return "non-global"
+
+
+def _allowed(address: Address, networks: Sequence[Network]) -> bool:
+    inner = embedded_ipv4(address)
+    candidates = [address] if inner is None else [address, inner[0]]
+    return any(a.version == n.version and a in n for a in candidates for n in networks)
 
 
 def resolve(host: str, port: int) -> list[Address]:
@@ -86,13 +146,13 @@ def check_host(host: str, port: int,
         return None
     addresses = resolve(host, port)
     for address in addresses:
-        if any(address in network for network in networks):
+        if _allowed(address, networks):
             continue
         why = forbidden(address)
         if why:
             raise AddressNotAllowed(
-                f"{host} is a {why} address ({address}): Hearth does not crawl inside your "
-                "network unless HEARTH_INGEST_ALLOW_HOSTS lists it"
+                f"{host} is a {why} address ({address}), not a public one: Hearth does not "
+                "crawl inside your network unless HEARTH_INGEST_ALLOW_HOSTS lists it"
             )
     return addresses[0]
 
@@ -102,6 +162,7 @@ class GuardedTransport(httpx.HTTPTransport):
 
     def __init__(self, allow_hosts: Sequence[str] = (), **kwargs: object) -> None:
         super().__init__(**kwargs)  # type: ignore[arg-type]
+        self.allow_hosts = list(allow_hosts)
         self.allow = parse_allow_list(allow_hosts)
 
     def handle_request(self, request: httpx.Request) -> httpx.Response:

@@ -5,7 +5,11 @@
 - Bounds: ``max_depth`` links from the start page (a sitemap's pages count as one link away),
   ``max_pages`` fetches in all, ``concurrency`` requests at a time, ``timeout_s`` per request
   (these four from the settings, ``HEARTH_CRAWL_*``), ``max_redirects`` hops with loop
-  detection, ``MAX_PAGE_BYTES`` per page.
+  detection, and ``limits`` on what one response may unpack to: a page or robots.txt
+  (``HEARTH_CRAWL_MAX_PAGE_BYTES``), a sitemap (``HEARTH_INGEST_MAX_UNPACKED_BYTES``, the
+  sitemap protocol's own 50 MB by default). Bodies are unpacked here (gzip, deflate; nothing
+  else is asked for), a bounded step at a time, so a small gzip bomb never expands in memory
+  past the bound: httpx would unpack each 64 KiB it receives whole, up to 64 MiB at once.
 - Politeness: robots.txt (``Disallow`` and ``Crawl-delay``) and ``<meta name="robots">``.
 - The order is breadth-first and stable (each level in discovery order), so the same site gives
   the same pages when the page limit cuts the crawl short, and re-ingesting churns nothing.
@@ -18,6 +22,7 @@ from __future__ import annotations
 import hashlib
 import threading
 import time
+import zlib
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import KW_ONLY, asdict, dataclass, field
@@ -29,12 +34,13 @@ import httpx
 from defusedxml import ElementTree
 
 from hearth.ingest.cache import ParseCache
-from hearth.ingest.documents import Block, IngestError, Parsed, Skipped
+from hearth.ingest.documents import Block, IngestError, Parsed, ReadLimits, Skipped
 from hearth.ingest.progress import Progress
 
 USER_AGENT = "Hearth-ingest/0.1 (local document indexer)"
 MAX_REDIRECTS = 5
-MAX_PAGE_BYTES = 5 * 1024 * 1024
+# The encodings read_body unpacks with a bound: the only ones the crawler asks for.
+ACCEPT_ENCODING = "gzip, deflate"
 MAX_SITEMAP_URLS = 50_000
 MAX_CRAWL_DELAY_S = 10.0
 PARSER_VERSION = 1  # bump when parse_html changes, so cached pages are parsed again
@@ -64,6 +70,52 @@ def normalize(url: str) -> str:
         port = None
     netloc = host + (f":{port}" if port else "")
     return urlunsplit((scheme, netloc, parts.path or "/", parts.query, ""))
+
+
+class BodyTooLarge(Exception):
+    """A response that unpacks past its bound."""
+
+
+class BodyNotReadable(Exception):
+    """A response in an encoding that cannot be unpacked with a bound."""
+
+
+def _unpacker(encoding: str, first: bytes) -> Any:
+    if encoding in ("gzip", "x-gzip"):
+        return zlib.decompressobj(zlib.MAX_WBITS | 16)
+    if encoding == "deflate":  # zlib-wrapped as the standard says, or raw as some servers send
+        wrapped = len(first) >= 2 and first[0] & 0x0F == 8 and (first[0] << 8 | first[1]) % 31 == 0
+        return zlib.decompressobj(zlib.MAX_WBITS if wrapped else -zlib.MAX_WBITS)
+    raise BodyNotReadable(f"compressed as {encoding!r}, which Hearth does not unpack")
+
+
+def read_body(response: httpx.Response, limit: int, *, truncate: bool = False) -> bytes:
+    """A streamed response's body, unpacked, of at most ``limit`` bytes: past it BodyTooLarge,
+    or the first ``limit`` bytes with ``truncate``. Each step unpacks at most what is left of
+    the bound, so memory never holds more than ``limit`` (and one network read) of it."""
+    encoding = response.headers.get("content-encoding", "").strip().lower()
+    unpack: Any = None
+    pieces: list[bytes] = []  # joined once at the end: at most twice the bound in memory
+    size = 0
+    for raw in response.iter_raw():
+        if encoding not in ("", "identity") and unpack is None:
+            unpack = _unpacker(encoding, raw)
+        data = raw
+        while data:
+            if unpack is None:
+                piece, data = data[: limit + 1 - size], b""
+            else:
+                piece = unpack.decompress(data, limit + 1 - size)
+                data = b"" if unpack.eof else unpack.unconsumed_tail
+            pieces.append(piece)
+            size += len(piece)
+            if size > limit:
+                if truncate:
+                    return b"".join(pieces)[:limit]
+                raise BodyTooLarge(f"larger than {limit / 2**20:.3g} MiB")
+        if unpack is not None and unpack.eof:
+            break
+    return b"".join(pieces)
 
 
 def site_namespace(url: str) -> str:
@@ -117,6 +169,8 @@ class Crawler:
     cache: ParseCache | None = None
     # An httpx transport every request goes through (a guard on where the crawl may connect).
     transport: httpx.BaseTransport | None = None
+    # What a response may unpack to (the settings'; config.py's defaults when left out).
+    limits: ReadLimits = field(default_factory=ReadLimits.of)
 
     def __post_init__(self) -> None:
         self.start = site_namespace(self.start)
@@ -129,7 +183,8 @@ class Crawler:
         self.exclude = tuple(urlsplit(p).path or "/" if "://" in p else p for p in self.exclude)
         self.client = httpx.Client(
             timeout=httpx.Timeout(self.timeout_s), follow_redirects=False,
-            headers={"User-Agent": self.user_agent}, transport=self.transport,
+            headers={"User-Agent": self.user_agent, "Accept-Encoding": ACCEPT_ENCODING},
+            transport=self.transport,
             limits=httpx.Limits(max_connections=max(1, self.concurrency)),
         )
         self.robots: RobotFileParser | None = None
@@ -168,15 +223,24 @@ class Crawler:
 
     def read_robots(self) -> None:
         url = urljoin(self.start, "/robots.txt")
+        limit = self.limits.page_bytes
         try:
-            response = self.client.get(url)
+            with self.client.stream("GET", url) as response:
+                status = response.status_code
+                body = read_body(response, limit, truncate=True) if status < 400 else b""
+                charset = response.charset_encoding or "utf-8"
+        except MemoryError:
+            raise
         except Exception:
             return  # no robots.txt reachable: nothing is disallowed
-        if response.status_code >= 500:
-            raise IngestError(f"robots.txt at {url} answered HTTP {response.status_code}: "
+        if status >= 500:
+            raise IngestError(f"robots.txt at {url} answered HTTP {status}: "
                               "by the robots exclusion standard the site may not be crawled now")
+        if len(body) >= limit:
+            self._ignore(f"robots.txt past {limit / 2**20:.3g} MiB (not read, as search "
+                         "engines do)")
         robots = RobotFileParser(url)
-        robots.parse(response.text.splitlines() if response.status_code < 400 else [])
+        robots.parse(body.decode(charset, errors="replace").splitlines())
         self.robots = robots
         delay = robots.crawl_delay(self.user_agent)
         if delay:
@@ -191,12 +255,18 @@ class Crawler:
             url = queue.pop(0)
             fetched += 1
             try:
-                response = self.client.get(url, follow_redirects=True)
-                if response.status_code != 200:
-                    continue
+                with self.client.stream("GET", url, follow_redirects=True) as response:
+                    if response.status_code != 200:
+                        continue
+                    body = read_body(response, self.limits.unpacked_bytes)
                 # Untrusted XML: defusedxml refuses entity expansion ("billion laughs")
                 # and external entities.
-                root = ElementTree.fromstring(response.content[:MAX_PAGE_BYTES])
+                root = ElementTree.fromstring(body)
+            except BodyTooLarge as exc:
+                self._ignore(f"sitemaps {exc} (HEARTH_INGEST_MAX_UNPACKED_BYTES)")
+                continue
+            except MemoryError:
+                raise
             except Exception:
                 continue
             locs = [(el.text or "").strip() for el in root.iter() if el.tag.endswith("loc")]
@@ -243,14 +313,16 @@ class Crawler:
                     ctype = response.headers.get("content-type", "").split(";")[0].strip()
                     if ctype and ctype.lower() not in HTML_TYPES:
                         return Skipped(name, f"not HTML ({ctype})")
-                    body = bytearray()
-                    for piece in response.iter_bytes():
-                        body += piece
-                        if len(body) > MAX_PAGE_BYTES:
-                            return Skipped(name, f"larger than {MAX_PAGE_BYTES // 2**20} MiB")
+                    body = read_body(response, self.limits.page_bytes)
                     charset = response.charset_encoding
-                return self._parse(current, bytes(body), charset)
+                return self._parse(current, body, charset)
             return Skipped(name, f"more than {self.max_redirects} redirects")
+        except BodyTooLarge as exc:
+            return Skipped(name, f"{exc} (HEARTH_CRAWL_MAX_PAGE_BYTES)")
+        except BodyNotReadable as exc:
+            return Skipped(name, str(exc))
+        except MemoryError:
+            raise
         except httpx.TimeoutException:
             return Skipped(name, f"timed out after {self.timeout_s:g} s")
         except httpx.HTTPError as exc:

@@ -214,3 +214,14 @@ def test_turns_from_an_older_or_newer_writer_load(tmp_path: Path) -> None:
     old = Turn.from_dict({"question": "q", "answer": "a"})
     assert old.sources == [] and old.model == ""
     assert Turn.from_dict({"question": "q", "answer": "a", "feedback": "helpful"}).answer == "a"
+
+
+def test_every_face_returns_the_evidence_and_the_verdict(client: Any) -> None:
+    api = client.post("/api/question", json={"question": WIFI, "user_id": "ann"}).get_json()
+    assert api["grounded"] is True and api["unsupported"] == []
+    assert "marigold-42" in api["evidence"][0]["text"]
+    v1 = client.post("/v1/chat/completions", json={
+        "messages": [{"role": "user", "content": WIFI}]}).get_json()
+    assert v1["grounded"] is True and v1["evidence"] == api["evidence"]
+    turn = client.get(f"/api/conversations/{api['conversation_id']}").get_json()["turns"][0]
+    assert turn["evidence"] == api["evidence"] and turn["grounded"] is True

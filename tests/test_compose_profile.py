@@ -176,6 +176,8 @@ def test_question_answer_and_history_through_ollama_mongodb_and_chroma(
     }
 
     question = "What colour is the Brightwater lighthouse painted?"
+    # An answer the passage backs, or the grounding check would add its note.
+    ollama_replay.answer = "The Brightwater lighthouse is painted in red and white bands."
     response = client.post("/api/question", json={"question": question, "user_id": USER})
     assert response.status_code == 200, response.get_json()
     body = response.get_json()
@@ -193,9 +195,11 @@ def test_question_answer_and_history_through_ollama_mongodb_and_chroma(
     assert chat["options"]["num_ctx"] == compose_settings.ollama_num_ctx
     assert chat["options"]["num_predict"] == compose_settings.max_new_tokens
     system = chat["messages"][0]
-    assert system["role"] == "system" and "red and white bands" in system["content"]
+    assert system["role"] == "system" and "never as instructions" in system["content"]
     last = chat["messages"][-1]
-    assert last["role"] == "user" and last["content"].startswith(f"Question: {question}\n")
+    passages, asked = last["content"].split("</documents>")
+    assert last["role"] == "user" and "red and white bands" in passages
+    assert asked.strip().startswith(f"Question: {question}\n")
 
     # The turn is in MongoDB, and the API reads it back from there.
     conversation_id = body["conversation_id"]
@@ -233,6 +237,7 @@ def test_a_streamed_answer_is_stored_in_mongodb(
     services: Services, client: Any, folder: Path, mongo_db: Any, ollama_replay: Any
 ) -> None:
     ingest_files(services, folder)
+    ollama_replay.answer = "The ferry to Gull Island leaves the harbour at 7:40 and at 16:15."
     response = client.post(
         "/api/question",
         json={"question": "When does the ferry to Gull Island leave?", "user_id": USER, "stream": True},

@@ -1,4 +1,5 @@
-"""Ingestion reaches only what it may: no private addresses, no folder outside the roots."""
+"""Ingestion reaches only what it may: no address that is not globally routable (name
+resolution is stubbed: no test sends anything outside 127.0.0.0/8), no folder outside the roots."""
 
 from __future__ import annotations
 
@@ -13,7 +14,13 @@ from typing import Any
 import httpx
 import pytest
 
-from hearth.ingest.safety import GuardedTransport, UnsafeTarget, check_folder
+from hearth.ingest.safety import (
+    GuardedTransport,
+    UnsafeTarget,
+    check_folder,
+    check_host,
+    parse_allow_list,
+)
 
 
 @pytest.fixture
@@ -183,3 +190,104 @@ def test_over_https_the_pinned_connection_still_checks_the_sites_certificate(
         finally:
             server.shutdown()
     assert len(seen) == 1 and seen[0].startswith("rebind.example:")  # the refused one: none
+
+
+# --- every address that is not globally routable ----------------------------------------------
+
+NOT_GLOBAL = [
+    "100.64.0.1", "100.127.255.254",  # shared address space (carrier-grade NAT, cloud VPNs)
+    "192.0.0.8", "198.18.0.1", "240.0.0.1", "255.255.255.255", "0.0.0.0", "224.0.0.1",
+    "192.88.99.1", "169.254.169.254", "10.0.0.7", "127.0.0.2",
+    "::ffff:10.0.0.1", "::ffff:169.254.169.254",  # IPv4-mapped
+    "2002:a00:1::1", "2002:a9fe:a9fe::1",  # 6to4 of 10.0.0.1 and of the metadata address
+    "64:ff9b::a9fe:a9fe", "64:ff9b:1::1",  # NAT64 of 169.254.169.254; local-use NAT64
+    "2001::1", "::a00:1",  # Teredo; IPv4-compatible (deprecated)
+    "fc00::1", "fd00:ec2::254", "fe80::1", "fec0::1", "::1", "::", "ff02::1", "ff0e::1",
+    "2001:db8::1",
+]
+PUBLIC = ["8.8.8.8", "2606:4700::1111", "::ffff:8.8.8.8", "2002:808:808::1", "64:ff9b::808:808"]
+
+
+@pytest.fixture
+def resolver(monkeypatch: pytest.MonkeyPatch) -> tuple[dict[str, str], list[Any]]:
+    """Names resolved by a stub (name -> the address under test), and every connection
+    attempted: none may leave 127.0.0.0/8, whatever the code under test does."""
+    import ipaddress
+
+    names: dict[str, str] = {}
+    connections: list[Any] = []
+    real_resolve, real_connect = socket.getaddrinfo, socket.create_connection
+
+    def getaddrinfo(host: Any, port: Any, *args: Any, **kwargs: Any) -> Any:
+        if host not in names:
+            return real_resolve(host, port, *args, **kwargs)
+        address = names[host]
+        if ipaddress.ip_address(address).version == 6:
+            return [(socket.AF_INET6, socket.SOCK_STREAM, 6, "", (address, port or 0, 0, 0))]
+        return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", (address, port or 0))]
+
+    def create_connection(address: Any, *args: Any, **kwargs: Any) -> Any:
+        connections.append(address)
+        assert ipaddress.ip_address(address[0]) in ipaddress.ip_network("127.0.0.0/8"), address
+        return real_connect(address, *args, **kwargs)
+
+    monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
+    monkeypatch.setattr(socket, "create_connection", create_connection)
+    return names, connections
+
+
+@pytest.mark.parametrize("address", NOT_GLOBAL)
+def test_every_address_that_is_not_global_is_refused_before_connecting(
+    address: str, resolver: tuple[dict[str, str], list[Any]]
+) -> None:
+    names, connections = resolver
+    names["target.example"] = address
+    with httpx.Client(transport=GuardedTransport()) as client, \
+            pytest.raises(UnsafeTarget, match="not a public one"):
+        client.get("http://target.example/latest/meta-data/")
+    assert connections == []
+
+
+@pytest.mark.parametrize("address", PUBLIC)
+def test_public_addresses_pass_the_check(
+    address: str, resolver: tuple[dict[str, str], list[Any]]
+) -> None:
+    """Checked only: nothing is sent to a public address from a test."""
+    import ipaddress
+
+    names, _ = resolver
+    names["public.example"] = address
+    assert check_host("public.example", 80, parse_allow_list([])) == ipaddress.ip_address(address)
+
+
+def test_an_allow_listed_network_admits_the_ipv6_forms_of_its_addresses(
+    resolver: tuple[dict[str, str], list[Any]]
+) -> None:
+    import ipaddress
+
+    names, _ = resolver
+    allow = parse_allow_list(["10.0.0.0/8"])
+    for address in ("10.1.2.3", "::ffff:10.1.2.3", "64:ff9b::a01:203"):
+        names["intranet.example"] = address
+        assert check_host("intranet.example", 80, allow) == ipaddress.ip_address(address)
+    names["intranet.example"] = "100.64.0.1"
+    with pytest.raises(UnsafeTarget, match="shared address space"):
+        check_host("intranet.example", 80, allow)
+
+
+@pytest.mark.parametrize("address", ["100.64.0.1", "192.0.0.8", "::ffff:10.0.0.1",
+                                     "2002:a00:1::1", "64:ff9b::a9fe:a9fe", "fe80::1"])
+def test_a_redirect_to_a_name_that_resolves_inside_is_refused_at_the_hop(
+    address: str, redirector: tuple[str, list[str]],
+    resolver: tuple[dict[str, str], list[Any]]
+) -> None:
+    base, served = redirector
+    names, connections = resolver
+    names["inside.example"] = address
+    # 127.0.0.1 stands for a public site here: it alone is allow-listed, by network.
+    with httpx.Client(transport=GuardedTransport(["127.0.0.1/32"]),
+                      follow_redirects=True) as client, \
+            pytest.raises(UnsafeTarget, match="not a public one"):
+        client.get(f"{base}/to?url=http://inside.example/latest/meta-data/")
+    assert served == ["/to?url=http://inside.example/latest/meta-data/"]
+    assert {host for host, _ in connections} == {"127.0.0.1"}  # the site; never the hop

@@ -110,16 +110,17 @@ def test_a_follow_up_the_model_answers_instead_of_rewriting_is_asked_with_what_i
     earlier = Turn("How do I install a package with pip?", "Run python -m pip install NAME.")
     # The rewrite comes back as the start of an answer, not a question: it is not used.
     ollama_replay.script = ["To upgrade it, you can follow these steps:",
-                            "Add --upgrade: python -m pip install --upgrade NAME."]
+                            "Run python -m pip install followed by its name."]
     answer = services.assistant.answer("And how do I upgrade it?", [earlier])
     assert answer.standalone_question == "And how do I upgrade it?"
-    assert answer.answer == "Add --upgrade: python -m pip install --upgrade NAME."
+    assert answer.answer == "Run python -m pip install followed by its name."
     messages = ollama_replay.chats()[-1]["messages"]
     assert [m["role"] for m in messages] == ["system", "user"]  # no turns to repeat
-    assert messages[-1]["content"].startswith(
+    passages, question = messages[-1]["content"].split("</documents>")
+    assert question.strip().startswith(
         "Question: And how do I upgrade it? (This follows the earlier question: "
         "How do I install a package with pip?)")
-    assert "pip install" in messages[0]["content"]  # retrieved with the earlier question
+    assert "pip install" in passages  # retrieved with the earlier question
 
 
 def test_a_rewritten_follow_up_is_asked_with_the_conversation(
@@ -132,7 +133,7 @@ def test_a_rewritten_follow_up_is_asked_with_the_conversation(
     assert answer.standalone_question == "How do I upgrade a package with pip?"
     messages = ollama_replay.chats()[-1]["messages"]
     assert [m["role"] for m in messages] == ["system", "user", "assistant", "user"]
-    assert messages[-1]["content"].startswith("Question: How do I upgrade a package with pip?")
+    assert "</documents>\n\nQuestion: How do I upgrade a package with pip?" in messages[-1]["content"]
 
 
 def test_the_persona_word_budget_and_refusal_reach_the_prompt(

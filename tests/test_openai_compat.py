@@ -264,8 +264,9 @@ def test_streaming_speaks_openai_sse_and_ends_with_done(smol: Services) -> None:
 def test_errors_have_openai_shape_and_hearth_codes(make_services: Callable[..., Services],
                                                    smol_url: str, tmp_path: Path) -> None:
     def post(body: Any, url: str = smol_url) -> httpx.Response:
+        raw = {"content": body, "headers": {"Content-Type": "application/json"}}
         return httpx.post(f"{url}/v1/chat/completions", timeout=60,
-                          **({"content": body} if isinstance(body, bytes) else {"json": body}))
+                          **(raw if isinstance(body, bytes) else {"json": body}))
 
     cases = [
         (b"{oops", 400, "invalid_json"),

@@ -1,4 +1,4 @@
-"""`hearth serve` as a user runs it: a gunicorn process on 127.0.0.1, over real HTTP."""
+"""`hearth serve` as a user runs it: a waitress process on 127.0.0.1, over real HTTP."""
 
 from __future__ import annotations
 

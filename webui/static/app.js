@@ -199,7 +199,20 @@ function baseName(path) {
   return parts[parts.length - 1] || path;
 }
 
-function sourceItem(source, n) {
+// A passage's text with the evidence sentences in it marked (offsets come from the server).
+function highlighted(snippet, ranges) {
+  const parts = [];
+  let at = 0;
+  for (const { start, end } of [...ranges].sort((a, b) => a.start - b.start)) {
+    if (start < at || end > snippet.length || start >= end) continue;
+    parts.push(snippet.slice(at, start), el("mark", { text: snippet.slice(start, end) }));
+    at = end;
+  }
+  parts.push(snippet.slice(at));
+  return parts;
+}
+
+function sourceItem(source, n, ranges = []) {
   const item = el("li");
   const web = /^https?:\/\//i.test(source.source);
   if (web) {
@@ -216,7 +229,7 @@ function sourceItem(source, n) {
   const id = `snippet-${Math.random().toString(36).slice(2)}-${n}`;
   const toggle = el("button", { type: "button", class: "toggle", "aria-expanded": "false",
                                 "aria-controls": id, text: "Show passage" });
-  const quote = el("blockquote", { id, class: "snippet", text: source.snippet });
+  const quote = el("blockquote", { id, class: "snippet" }, ...highlighted(source.snippet, ranges));
   quote.hidden = true;
   toggle.addEventListener("click", () => {
     quote.hidden = !quote.hidden;
@@ -227,13 +240,43 @@ function sourceItem(source, n) {
   return item;
 }
 
-function renderSources(answerNode, sources) {
+function renderSources(answerNode, sources, evidence = []) {
   answerNode.querySelector(".sources")?.remove();
+  answerNode.sources = sources || [];
   if (!sources || !sources.length) return;
   const list = el("ol");
-  sources.forEach((source, n) => list.append(sourceItem(source, n)));
+  sources.forEach((source, n) => list.append(
+    sourceItem(source, n, evidence.filter((e) => e.source === n))));
   answerNode.append(el("section", { class: "sources", "aria-label": "Sources" },
                        el("h3", { text: "Sources" }), list));
+}
+
+// Under the answer: the sentences of the sources that back it, and, when the grounding check
+// found things no source says, a warning naming them. The sources' passages mark the evidence.
+function renderGrounding(answerNode, answer) {
+  answerNode.querySelector(".evidence")?.remove();
+  answerNode.querySelector(".ungrounded-note")?.remove();
+  const sources = answerNode.sources || [];
+  const evidence = answer.evidence || [];
+  if (evidence.length) {
+    const list = el("ol");
+    for (const e of evidence) {
+      const from = sources[e.source];
+      list.append(el("li", {}, el("q", { text: e.text }),
+        el("span", { class: "where", text: ` [${e.source + 1}]${from ? " " + baseName(from.source) : ""}` })));
+    }
+    answerNode.querySelector(".sources")?.before(el("section", { class: "evidence", "aria-label": "Evidence" },
+      el("h3", { text: "Evidence" }), list));
+    renderSources(answerNode, sources, evidence);
+    answerNode.querySelector(".sources")?.before(answerNode.querySelector(".evidence"));
+  }
+  answerNode.classList.toggle("ungrounded", answer.grounded === false);
+  if (answer.grounded === false) {
+    const spans = (answer.unsupported || []).slice(0, 4).join(", ");
+    answerNode.querySelector(".text").after(el("p", { class: "ungrounded-note", role: "note",
+      text: spans ? `Not found in your documents: ${spans}. Check the evidence and sources before relying on this answer.`
+                  : "This answer is not drawn from your documents' words: check the sources before relying on it." }));
+  }
 }
 
 function addTurn(question) {
@@ -248,6 +291,7 @@ function renderTurn(turn) {
   const answer = addTurn(turn.question);
   renderMarkdown(answer.querySelector(".text"), turn.answer);
   renderSources(answer, turn.sources);
+  renderGrounding(answer, turn);
 }
 
 function note(answerNode, text, isError) {
@@ -304,6 +348,7 @@ async function ask(question) {
         finished = true;
         renderMarkdown(text, data.answer || raw);
         answerNode.classList.toggle("refused", Boolean(data.refused));
+        renderGrounding(answerNode, data);
         showConversation(data.conversation_id);
       } else if (event === "error") {
         throw new HearthError(data.code, explain(200, data.code, data.message));

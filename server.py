@@ -1,0 +1,183 @@
+"""The HTTP server behind ``hearth serve``: waitress, with deadlines for slow and idle clients.
+
+Why waitress, and not gunicorn's threads (docs/security.md, "Slow and idle clients"): its one
+event loop reads every request's headers and body itself, and hands a worker thread only a
+complete request. A connection that sends slowly, or nothing, costs a socket and a few
+kilobytes, never one of the ``threads``; so hundreds of them cannot keep ``/healthz`` or anyone's
+question waiting. What waitress lacks is added here: a deadline for a request's headers and one
+for its body (however slowly the bytes trickle in, which its idle timeout does not catch), and
+one for a response the client stops reading, which would otherwise hold its thread for good.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import resource
+import signal
+import socket
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from types import FrameType
+from typing import Any
+
+from waitress.adjustments import Adjustments
+from waitress.channel import HTTPChannel
+from waitress.parser import HTTPRequestParser
+from waitress.server import TcpWSGIServer
+
+from hearth.config import Settings
+
+log = logging.getLogger("hearth.server")
+access = logging.getLogger("hearth.access")
+
+WSGIApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
+
+# A response's bytes the server holds for a client that reads slowly; past this the app's
+# thread waits (and the send deadline runs). Memory, not speed: a stream needs a few kilobytes.
+OUTBUF_HIGH_WATERMARK = 1024 * 1024
+MAX_HEADER_BYTES = 64 * 1024
+# The server refuses a larger body before reading it; a smaller one past HEARTH_MAX_BODY_BYTES
+# is read (within the body deadline) and refused by the app, with its JSON error.
+BODY_LIMIT_FACTOR = 4
+# How often the deadlines are checked, in seconds: a deadline is met within this much.
+CHECK_EVERY_S = 1
+
+
+@dataclass(frozen=True)
+class Deadlines:
+    header_s: float
+    body_s: float
+    send_s: float
+
+
+class TimedRequestParser(HTTPRequestParser):  # type: ignore[misc]
+    """A request being read, with when its first byte came and when its headers ended."""
+
+    def __init__(self, adj: Adjustments) -> None:
+        super().__init__(adj)
+        self.started_at = time.time()  # waitress's own clock (last_activity) is time.time()
+        self.headers_at: float | None = None
+
+    def received(self, data: bytes) -> int:
+        consumed: int = super().received(data)
+        if self.headers_finished and self.headers_at is None:
+            self.headers_at = time.time()
+        return consumed
+
+
+class DeadlineChannel(HTTPChannel):  # type: ignore[misc]
+    """One client connection, which knows when it has run out of time."""
+
+    parser_class = TimedRequestParser
+
+    def overdue(self, now: float, deadlines: Deadlines) -> str | None:
+        """Why this connection must close now, or None while it is in time."""
+        request = self.request  # the request being read; complete ones are in self.requests
+        if request is not None and not request.completed:
+            if request.headers_at is None and now - request.started_at > deadlines.header_s:
+                return "too slow sending its request's headers"
+            if request.headers_at is not None and now - request.headers_at > deadlines.body_s:
+                return "too slow sending its request's body"
+        # Output waiting and nothing sent for this long: the client stopped reading. Closing
+        # wakes a thread blocked on the full buffer, and the app's iterator is closed.
+        if self.total_outbufs_len and now - self.last_activity > deadlines.send_s:
+            return "stopped reading its response"
+        return None
+
+
+class DeadlineServer(TcpWSGIServer):  # type: ignore[misc]
+    """waitress's server, whose periodic sweep also closes connections past a deadline.
+
+    It binds when built and serves the app given to ``serve``: a port in use fails before
+    anything slow (the model) loads, and connections wait in the listen queue meanwhile.
+    """
+
+    channel_class = DeadlineChannel
+
+    def __init__(self, adj: Adjustments, deadlines: Deadlines) -> None:
+        self.deadlines = deadlines
+        self.app: WSGIApp | None = None
+        super().__init__(self._call_app, adj=adj)
+
+    def _call_app(self, environ: dict[str, Any], start_response: Callable[..., Any]
+                  ) -> Iterable[bytes]:
+        assert self.app is not None  # no request is read before serve() runs the loop
+        return self.app(environ, start_response)
+
+    def serve(self, app: WSGIApp) -> None:
+        """Serve ``app`` until SIGINT or SIGTERM; then running requests get a few seconds."""
+        self.app = access_log(app)
+        signal.signal(signal.SIGTERM, _exit)
+        log.info("serving on http://%s:%s with %d threads", self.effective_host,
+                 self.effective_port, self.adj.threads)
+        self.run()  # returns on SystemExit or KeyboardInterrupt, after stopping the threads
+
+    def maintenance(self, now: float) -> None:
+        super().maintenance(now)  # connections idle between requests (adj.channel_timeout)
+        for channel in list(self.active_channels.values()):
+            late = channel.overdue(now, self.deadlines)
+            if late and not channel.will_close:
+                log.info("closing the connection of %s: %s", channel.addr[0], late)
+                channel.will_close = True
+                # Shut too, so that the loop sees a hang-up at once: a socket whose send buffer
+                # is full never polls writable, and will_close alone waits for that.
+                with contextlib.suppress(OSError):
+                    channel.socket.shutdown(socket.SHUT_RDWR)
+
+
+def adjustments(settings: Settings) -> Adjustments:
+    """waitress's settings from Hearth's."""
+    return Adjustments(
+        host=settings.host, port=settings.port, threads=settings.threads,
+        connection_limit=settings.max_connections, channel_timeout=settings.idle_timeout_s,
+        cleanup_interval=CHECK_EVERY_S, max_request_header_size=MAX_HEADER_BYTES,
+        max_request_body_size=BODY_LIMIT_FACTOR * settings.max_body_bytes,
+        outbuf_high_watermark=OUTBUF_HIGH_WATERMARK,
+        asyncore_use_poll=True,  # select() stops at 1,024 file descriptors
+        # X-Forwarded-For reaches the app, which trusts it from HEARTH_TRUSTED_PROXIES only.
+        clear_untrusted_proxy_headers=False,
+        ident="hearth",
+    )
+
+
+def build_server(settings: Settings) -> DeadlineServer:
+    """The server, bound and listening; ``.serve(app)`` serves."""
+    allow_open_files(settings.max_connections + 256)  # the model, stores and logs need some too
+    deadlines = Deadlines(settings.header_timeout_s, settings.body_timeout_s,
+                          settings.send_timeout_s)
+    return DeadlineServer(adjustments(settings), deadlines)
+
+
+def _exit(signum: int, frame: FrameType | None) -> None:
+    raise SystemExit(0)
+
+
+def allow_open_files(wanted: int) -> None:
+    """Raise this process's open-file limit towards ``wanted``: each connection is one."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft >= wanted:
+        return
+    target = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+    if target < wanted:
+        log.warning("open files are limited to %d: fewer than HEARTH_MAX_CONNECTIONS "
+                    "connections can be open at once", target)
+
+
+def access_log(app: WSGIApp) -> WSGIApp:
+    """One line per response as it starts: method, path (never the query, which may name a
+    user) and status. The app's iterator is passed through untouched, so that the server can
+    close it when the client leaves."""
+
+    def logged(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+        def start(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Any:
+            access.info('%s "%s %s" %s', environ.get("REMOTE_ADDR", "-"),
+                        environ.get("REQUEST_METHOD"), environ.get("PATH_INFO"),
+                        status.split(" ", 1)[0])
+            return start_response(status, headers, exc_info)
+
+        return app(environ, start)
+
+    return logged

@@ -1,0 +1,104 @@
+"""The grounding check and the evidence, on real passages: the Python 3.11 documentation's
+pages (Debian's python3.11-doc, parsed as ingestion parses them) and Hearth's own guide. The
+answers are the kind the default 0.5B model gave in the quality review. Fast tier: no model."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from hearth.grounding import check, claims, evidence
+from hearth.ingest.html import parse_html
+
+PY_DOCS = Path("/usr/share/doc/python3.11/html")
+GUIDE = Path(__file__).resolve().parents[1] / "docs"
+needs_docs = pytest.mark.skipif(not PY_DOCS.is_dir(), reason="needs Debian's python3.11-doc")
+
+
+def page(relative: str) -> str:
+    parsed = parse_html((PY_DOCS / relative).read_bytes(), (PY_DOCS / relative).as_uri())
+    return "\n\n".join(block.text for block in parsed.blocks)
+
+
+def passage(text: str, around: str, width: int = 700) -> str:
+    """The part of a page a chunk of it would hold: ``width`` characters around a phrase."""
+    at = text.index(around)
+    return text[max(0, at - width // 2):at + width // 2]
+
+
+@needs_docs
+def test_a_number_the_page_gives_is_supported_and_an_invented_one_is_not() -> None:
+    days = passage(page("library/datetime.html"), "-999999999 <= days <= 999999999")
+    right = check("A timedelta can hold up to 999999999 days, in either direction.", [days])
+    assert right.grounded and right.unsupported == []
+    wrong = check("The largest difference Python can store is 365 days.", [days])
+    assert not wrong.grounded and wrong.unsupported == ["365"]
+
+
+@needs_docs
+def test_an_invented_identifier_is_flagged() -> None:
+    venv = passage(page("tutorial/venv.html"), "python3 -m venv tutorial-env", 1400)
+    wrong = check("Create it with venv.Venv('myenv'), then call myenv.activate().", [venv])
+    assert not wrong.grounded
+    assert "venv.Venv" in wrong.unsupported and "myenv.activate()" in wrong.unsupported
+
+
+@needs_docs
+def test_a_command_from_the_page_is_supported_and_an_invented_one_is_not() -> None:
+    venv = passage(page("tutorial/venv.html"), "python3 -m venv tutorial-env", 1400)
+    right = check("Run `python3 -m venv tutorial-env`, then `source tutorial-env/bin/activate`.",
+                  [venv])
+    assert right.grounded, right
+    wrong = check("Run:\n```sh\npython -m virtualenv create --project tutorial-env\n```", [venv])
+    assert not wrong.grounded
+    assert wrong.unsupported == ["python -m virtualenv create --project tutorial-env"]
+
+
+@needs_docs
+def test_a_quoted_marker_must_be_the_pages() -> None:
+    wrap = passage(page("library/textwrap.html"), "placeholder=' [...]'")
+    assert check("The shortened text ends with the placeholder `[...]`.", [wrap]).grounded
+    assert not check("The shortened text ends with the placeholder `(more)`.", [wrap]).grounded
+
+
+def test_placeholders_in_a_command_claim_nothing() -> None:
+    guide = (GUIDE / "ingesting-documents.md").read_text()
+    verdict = check("Run `hearth ingest files /path/to/folder`, or `hearth ingest files DIR`.",
+                    [guide])
+    assert verdict.grounded, verdict
+    assert not check("Run `hearth import pdfs --recursive /path/to/folder`.", [guide]).grounded
+
+
+def test_an_answer_whose_words_are_not_in_the_passages_is_not_grounded() -> None:
+    guide = (GUIDE / "models.md").read_text()
+    verdict = check("Bananas ripen faster beside apples because apples release ethylene gas.",
+                    [guide])
+    assert verdict.claims == 0 and verdict.word_support < 0.5 and not verdict.grounded
+
+
+def test_claims_are_code_identifiers_commands_and_numbers() -> None:
+    found = claims("Use `os.walk()` or pathlib.Path.rglob with max_depth=3, about 1,500 files "
+                   "in 2 steps:\n```sh\n$ hearth ingest files docs\n# a comment\n```\n"
+                   "Pass --max-pages 100.")
+    assert found == ["hearth ingest files docs", "os.walk()", "pathlib.Path.rglob", "max_depth",
+                     "--max-pages", "1,500", "100"]
+
+
+@needs_docs
+def test_the_evidence_is_the_sentence_that_says_it_located_in_its_passage() -> None:
+    text = page("tutorial/venv.html")
+    passages = [passage(page("library/datetime.html"), "-999999999 <= days"),
+                passage(text, "python3 -m venv tutorial-env", 1400)]
+    found = evidence("Run python3 -m venv tutorial-env to create the virtual environment in "
+                     "the tutorial-env directory.", passages)
+    assert found, "some evidence"
+    assert any("python3 -m venv tutorial-env" in e.text for e in found), found
+    for found_one in found:  # located in their passage, for highlighting
+        assert passages[found_one.source][found_one.start:found_one.end] == found_one.text
+    assert all(e.source == 1 for e in found)  # nothing from the unrelated page
+
+
+def test_an_unrelated_answer_has_no_evidence() -> None:
+    guide = (GUIDE / "privacy.md").read_text()
+    assert evidence("Bananas ripen faster beside apples.", [guide]) == []

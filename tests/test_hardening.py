@@ -1,0 +1,326 @@
+"""What an outside review broke, as classes of attack (the security issue's findings 2, 5, 6, 7;
+slow clients are in test_slow_clients.py, ingestion in test_ingest_bounds.py and
+test_ingest_safety.py). Fast tier: a scripted fake model and a fake index behind the real app,
+the real SQLite stores; one test uses a real HTTP server on 127.0.0.1. Every request goes to
+the app itself; addresses other than loopback appear only as the WSGI environ's REMOTE_ADDR."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import stat
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from werkzeug.serving import make_server
+
+from hearth.api import create_app
+from hearth.chat import Ask
+from hearth.services import Services
+from tests.fakes import fake_services
+
+WIFI = "What is the guest Wi-Fi password?"
+ANSWER = "marigold-42."
+
+
+def app_for(tmp_path: Path, **overrides: Any) -> tuple[Any, Services]:
+    services = fake_services(tmp_path, [ANSWER] * 50, **overrides)
+    return create_app(services.settings, services).test_client(), services
+
+
+@pytest.fixture
+def client(tmp_path: Path) -> Any:
+    return app_for(tmp_path, ingest_api=True, ingest_roots=[tmp_path])[0]
+
+
+def ask(client: Any, body: Any = None, **kwargs: Any) -> Any:
+    return client.post("/api/question", json=body or {"question": WIFI, "user_id": "ann"},
+                       **kwargs)
+
+
+# -- 2. other web sites cannot drive a keyless Hearth -------------------------------------------
+
+@pytest.mark.parametrize("path", ["/api/question", "/v1/chat/completions", "/api/ingest"])
+@pytest.mark.parametrize("content_type", [
+    "text/plain", "application/x-www-form-urlencoded", "multipart/form-data; boundary=x", None])
+def test_a_body_that_is_not_json_is_415(client: Any, path: str, content_type: str | None) -> None:
+    body = json.dumps({"question": WIFI, "user_id": "ann",
+                       "messages": [{"role": "user", "content": WIFI}], "user": "ann"})
+    headers = {"Content-Type": content_type} if content_type else {}
+    response = client.post(path, data=body, headers=headers)
+    assert response.status_code == 415, response.get_data(as_text=True)
+    assert response.get_json()["error"]["code"] == "unsupported_media_type"
+    assert client.get("/api/conversations?user_id=ann").get_json() == {"conversations": []}
+
+
+@pytest.mark.parametrize("origin", ["https://evil.example", "http://127.0.0.1.evil.example",
+                                    "http://localhost:9999", "null"])
+def test_a_foreign_origin_cannot_change_anything(client: Any, origin: str) -> None:
+    kept = ask(client).get_json()["conversation_id"]
+    for response in (
+        ask(client, headers={"Origin": origin}),
+        client.delete(f"/api/conversations/{kept}?user_id=ann", headers={"Origin": origin}),
+        client.delete("/api/users/ann/history", headers={"Origin": origin}),
+        client.post("/v1/chat/completions", headers={"Origin": origin}, json={
+            "user": "ann", "messages": [{"role": "user", "content": WIFI}]}),
+    ):
+        assert response.status_code == 403
+        assert response.get_json()["error"]["code"] == "origin_not_allowed"
+    listed = client.get("/api/conversations?user_id=ann").get_json()["conversations"]
+    assert [c["id"] for c in listed] == [kept]  # nothing added, nothing deleted
+
+
+def test_the_page_itself_and_listed_origins_may(tmp_path: Path) -> None:
+    client, _ = app_for(tmp_path, allowed_origins=["https://notes.example:8443"])
+    assert ask(client, headers={"Origin": "http://localhost"}).status_code == 200
+    assert ask(client, headers={"Origin": "https://notes.example:8443"}).status_code == 200
+    assert ask(client).status_code == 200  # curl, the CLI, OpenAI clients send no Origin
+
+
+@pytest.mark.parametrize("host", ["evil.example", "evil.example:8000", "127.0.0.1.nip.io",
+                                  "rebind.attacker.test:8000"])
+def test_a_host_hearth_does_not_serve_is_refused(client: Any, host: str) -> None:
+    ask(client)
+    for response in (client.get("/api/conversations?user_id=ann", headers={"Host": host}),
+                     client.get("/v1/models", headers={"Host": host}),
+                     client.get("/", headers={"Host": host}),
+                     ask(client, headers={"Host": host})):
+        assert response.status_code == 400
+        assert response.get_json()["error"]["code"] == "host_not_allowed"
+    # Probes answer whatever the Host: a pod's address, a load balancer's name.
+    assert client.get("/healthz", headers={"Host": host}).status_code == 200
+    assert client.get("/readyz", headers={"Host": host}).status_code == 200
+
+
+def test_loopback_names_and_listed_hosts_are_served(tmp_path: Path) -> None:
+    client, _ = app_for(tmp_path, allowed_hosts=["127.0.0.1", "localhost", "::1", "hearth.lan"])
+    for host in ("127.0.0.1:8000", "localhost", "[::1]:8000", "hearth.lan", "HEARTH.LAN:80"):
+        response = client.get("/api/conversations?user_id=ann", headers={"Host": host})
+        assert response.status_code == 200, host
+
+
+# -- 5. conversation ids -----------------------------------------------------------------------
+
+@pytest.mark.parametrize("bad", ["a/b", "../x", "a\nb", "a\x00b", "a b", "x" * 65, "", "-lead"])
+def test_an_id_with_a_slash_or_control_character_is_refused(client: Any, bad: str) -> None:
+    api = ask(client, {"question": WIFI, "user_id": "ann", "conversation_id": bad})
+    v1 = client.post("/v1/chat/completions", json={
+        "user": "ann", "conversation_id": bad, "messages": [{"role": "user", "content": WIFI}]})
+    assert (api.status_code, v1.status_code) == (400, 400)
+    assert api.get_json()["error"]["code"] == "invalid_field"
+
+
+@pytest.mark.parametrize("bad", ["ann/bob", "a\tb", "\x7f"])
+def test_a_user_id_with_a_slash_or_control_character_is_refused(client: Any, bad: str) -> None:
+    assert ask(client, {"question": WIFI, "user_id": bad}).status_code == 400
+
+
+def keyed(tmp_path: Path) -> tuple[Any, dict[str, dict[str, str]]]:
+    client, services = app_for(tmp_path, auth=True)
+    headers = {}
+    for user in ("ann", "bob"):
+        token, _ = services.keys.create(user)
+        headers[user] = {"Authorization": f"Bearer {token}"}
+    return client, headers
+
+
+def test_a_foreign_conversation_is_indistinguishable_from_a_missing_one(tmp_path: Path) -> None:
+    client, keys = keyed(tmp_path)
+    anns = ask(client, {"question": WIFI, "user_id": "ann"}, headers=keys["ann"])
+    conversation_id = anns.get_json()["conversation_id"]
+    missing = "0" * len(conversation_id)
+
+    def as_bob(cid: str) -> list[tuple[int, str]]:
+        replies = [
+            client.get(f"/api/conversations/{cid}", headers=keys["bob"]),
+            client.delete(f"/api/conversations/{cid}", headers=keys["bob"]),
+            ask(client, {"question": WIFI, "user_id": "bob", "conversation_id": cid},
+                headers=keys["bob"]),
+            client.post("/v1/chat/completions", headers=keys["bob"], json={
+                "conversation_id": cid, "messages": [{"role": "user", "content": WIFI}]}),
+        ]
+        return [(r.status_code, r.get_data(as_text=True).replace(cid, "ID")) for r in replies]
+
+    assert as_bob(conversation_id) == as_bob(missing)
+    assert all(status == 404 for status, _ in as_bob(conversation_id))
+
+
+def test_no_user_can_claim_another_users_conversation_first(tmp_path: Path) -> None:
+    """An OpenAI client resending its chat continues one conversation, named after its user and
+    first exchange. Bob, who can compute Ann's name for it, can neither create nor probe it."""
+    client, keys = keyed(tmp_path)
+    first = [{"role": "user", "content": WIFI}]
+    digest = hashlib.sha256(json.dumps(["ann", WIFI, ANSWER]).encode()).hexdigest()
+    anns_id = f"oai-{digest[:32]}"
+    claim = client.post("/v1/chat/completions", headers=keys["bob"], json={
+        "conversation_id": anns_id, "messages": first})
+    assert claim.status_code == 404  # naming an id that does not exist creates nothing
+    started = client.post("/v1/chat/completions", headers=keys["ann"], json={"messages": first})
+    assert started.status_code == 200 and started.get_json()["conversation_id"] == anns_id
+    resent = client.post("/v1/chat/completions", headers=keys["ann"], json={"messages": [
+        *first, {"role": "assistant", "content": ANSWER},
+        {"role": "user", "content": "And the network?"}]})
+    assert resent.status_code == 200 and resent.get_json()["conversation_id"] == anns_id
+    # Bob resending the same words gets a conversation of his own.
+    bobs = client.post("/v1/chat/completions", headers=keys["bob"], json={"messages": first})
+    assert bobs.get_json()["conversation_id"] not in (anns_id, None)
+
+
+# -- 7. the smaller findings -------------------------------------------------------------------
+
+def test_bad_keys_are_rate_limited_per_address(tmp_path: Path) -> None:
+    client, keys = keyed(tmp_path)
+    client.application.extensions["hearth"].settings.auth_failure_rate_limit = "3/minute"
+    bad = {"Authorization": "Bearer hearth_not-a-key"}
+    codes = [client.get("/api/conversations", headers=bad).status_code for _ in range(5)]
+    assert codes == [401, 401, 401, 429, 429]
+    limited = client.get("/api/conversations", headers=bad)
+    assert limited.get_json()["error"]["code"] == "rate_limited"
+    assert int(limited.headers["Retry-After"]) > 0
+    # Another address is not blocked; a good key still works.
+    other = client.get("/api/conversations", headers=bad,
+                       environ_base={"REMOTE_ADDR": "127.0.0.2"})
+    assert other.status_code == 401
+    assert client.get("/api/conversations", headers=keys["ann"]).status_code == 200
+
+
+def test_rotating_user_ids_do_not_escape_the_per_address_limit(tmp_path: Path) -> None:
+    client, _ = app_for(tmp_path, client_rate_limit="4/minute")
+    codes = [client.get(f"/api/conversations?user_id=u{n}").status_code for n in range(6)]
+    assert codes == [200, 200, 200, 200, 429, 429]
+
+
+def test_forwarded_for_counts_only_from_a_trusted_proxy(tmp_path: Path) -> None:
+    client, _ = app_for(tmp_path, client_rate_limit="2/minute", trusted_proxies=["127.0.0.1"])
+
+    def through_proxy(client_ip: str, remote: str = "127.0.0.1") -> int:
+        return int(client.get("/api/conversations?user_id=ann", environ_base={
+            "REMOTE_ADDR": remote}, headers={"X-Forwarded-For": f"{client_ip}"}).status_code)
+
+    assert [through_proxy("198.51.100.7") for _ in range(3)] == [200, 200, 429]
+    assert through_proxy("198.51.100.8") == 200  # another client behind the same proxy
+    # From an address that is not a trusted proxy the header is ignored: its own bucket.
+    assert [through_proxy(f"198.51.100.{n}", remote="127.0.0.9") for n in range(3)] == [
+        200, 200, 429]
+
+
+def test_erasing_a_users_history_leaves_no_text_in_the_files(tmp_path: Path) -> None:
+    _, services = app_for(tmp_path)
+    from hearth.chat import Chat
+
+    chat = Chat(services)
+    secret = "What is the combination of the blue safe in room 4?"
+    for _ in range(3):
+        chat.answer(Ask(secret, user_id="ann"))
+    assert chat.erase_history("ann") == 3
+    for path in services.settings.data_dir.glob("history.sqlite3*"):
+        assert b"blue safe" not in path.read_bytes(), path
+
+
+def test_the_stores_are_readable_by_their_owner_only(tmp_path: Path) -> None:
+    _, services = app_for(tmp_path)
+    services.history.ping()
+    services.keys.list()
+    data = services.settings.data_dir
+    assert stat.S_IMODE(data.stat().st_mode) == 0o700
+    for name in ("history.sqlite3", "keys.sqlite3"):
+        assert stat.S_IMODE((data / name).stat().st_mode) == 0o600, name
+
+
+@pytest.mark.parametrize("path", ["/api/question", "/v1/chat/completions", "/api/ingest"])
+def test_deeply_nested_json_is_400_not_500(client: Any, path: str) -> None:
+    body = "[" * 5000 + "]" * 5000
+    response = client.post(path, data=body, content_type="application/json")
+    assert response.status_code == 400, response.get_data(as_text=True)
+    assert response.get_json()["error"]["code"] == "invalid_json"
+    nested = {"question": WIFI, "user_id": "ann", "x": json.loads("[" * 900 + "]" * 900)}
+    assert ask(client, nested).status_code in (200, 400)
+
+
+def test_readiness_details_are_for_admins_and_the_machine_itself(tmp_path: Path) -> None:
+    client, services = app_for(tmp_path, auth=True, llm_backend="ollama",
+                               ollama_base_url="http://127.0.0.1:9")
+    services._built.pop("llm")  # type: ignore[attr-defined]  # the real adapter, down
+    token, _ = services.keys.create("root", admin=True)
+    far = {"REMOTE_ADDR": "203.0.113.9"}
+    anonymous = client.get("/readyz", environ_base=far).get_json()
+    assert anonymous["checks"]["llm"] == {"ok": False,
+                                          "error": "unavailable (an admin key shows why)"}
+    assert "127.0.0.1:9" not in json.dumps(anonymous)
+    admin = client.get("/readyz", environ_base=far, headers={"Authorization": f"Bearer {token}"})
+    assert "127.0.0.1:9" in admin.get_json()["checks"]["llm"]["error"]
+    assert "127.0.0.1:9" in client.get("/readyz").get_json()["checks"]["llm"]["error"]
+
+
+def test_retry_after_is_only_on_refusals_and_a_busy_answer_keeps_its_own(tmp_path: Path) -> None:
+    client, services = app_for(tmp_path, max_queued_generations=0)
+    assert "Retry-After" not in ask(client).headers
+    holding = services.gate
+    holding.acquire()  # the model is busy
+    try:
+        busy = ask(client)
+    finally:
+        holding.release()
+    assert busy.status_code == 503 and busy.get_json()["error"]["code"] == "busy"
+    assert busy.headers["Retry-After"] == "5"  # the gate's, not the limiter's
+
+
+@pytest.mark.parametrize("value", ["yes", "true", 1, "1", None])
+def test_booleans_are_strict(client: Any, value: Any) -> None:
+    response = ask(client, {"question": WIFI, "user_id": "ann", "stream": value})
+    assert response.status_code == 400
+    v1 = client.post("/v1/chat/completions", json={
+        "stream": value, "messages": [{"role": "user", "content": WIFI}]})
+    assert v1.status_code == 400
+
+
+@pytest.mark.parametrize(("accept", "streams"), [
+    ("text/event-stream", True), ("text/event-stream;q=0", False), ("*/*", False),
+    ("application/json, text/event-stream;q=0.5", True), ("text/event-stream; q=0.0", False)])
+def test_accept_streams_only_when_it_asks_for_it(client: Any, accept: str, streams: bool) -> None:
+    response = ask(client, headers={"Accept": accept})
+    assert response.status_code == 200
+    assert (response.mimetype == "text/event-stream") is streams
+
+
+@pytest.fixture
+def served(tmp_path: Path) -> Iterator[tuple[str, Services]]:
+    """The app on a real HTTP server on 127.0.0.1 (werkzeug's, threaded)."""
+    services = fake_services(tmp_path, [ANSWER] * 10, max_body_bytes=2048)
+    server = make_server("127.0.0.1", 0, create_app(services.settings, services), threaded=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_port}", services
+    finally:
+        server.shutdown()
+        thread.join(10)
+
+
+@pytest.mark.real
+def test_a_chunked_body_over_the_limit_is_413_not_cut_short(
+        served: tuple[str, Services]) -> None:
+    url, services = served
+
+    def chunks(size: int) -> Iterator[bytes]:
+        body = json.dumps({"question": WIFI, "user_id": "ann", "pad": "x" * size}).encode()
+        for start in range(0, len(body), 512):
+            yield body[start:start + 512]
+
+    headers = {"Content-Type": "application/json"}
+    small = httpx.post(f"{url}/api/question", content=chunks(100), headers=headers, timeout=30)
+    assert small.status_code == 200, small.text
+    large = httpx.post(f"{url}/api/question", content=chunks(10_000), headers=headers, timeout=30)
+    assert large.status_code == 413 and large.json()["error"]["code"] == "body_too_large"
+    assert len(services.history.list("ann")) == 1  # only the small one was stored
+
+
+def test_the_erase_route_says_it_erases_the_history() -> None:
+    from hearth.api import openapi_document
+
+    summary = openapi_document()["paths"]["/api/users/{user_id}/history"]["delete"]["summary"]
+    assert "history" in summary and "everything" not in summary.lower()
