@@ -180,6 +180,77 @@ def run(dataset: Path, url: str | None, headers: tuple[str, ...], limit: int | N
 
 
 @eval_cli.command()
+@click.argument("sets", nargs=-1, required=True,
+                type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--url", help="answer through a running Hearth API (default: in process)")
+@click.option("--header", "headers", multiple=True, metavar="'NAME: VALUE'",
+              help="HTTP header for --url (repeatable), e.g. an Authorization header")
+@click.option("--user", help="--url: ask every question as this user (default: a fresh user "
+                             "each question)")
+@click.option("--limit", type=click.IntRange(min=1), help="only the first LIMIT questions")
+@click.option("--sample", type=click.IntRange(min=1), help="a random sample of SAMPLE questions")
+@click.option("--seed", type=int, default=0, show_default=True, help="fixes the sample")
+@click.option("--retrieval-only", is_flag=True,
+              help="no generation: retrieval ranks and facts in the top passages (in process)")
+@click.option("-k", "ks", type=click.IntRange(min=1), multiple=True, default=(1, 4),
+              show_default=True, help="hit@k to report (repeatable)")
+@click.option("--depth", type=click.IntRange(min=1), default=10, show_default=True,
+              help="chunks retrieved for the retrieval ranks (in process)")
+@click.option("-o", "--out", type=click.Path(file_okay=False, path_type=Path),
+              help="run folder; an existing one is resumed (default eval-runs/TIME-facts)")
+@click.option("--name", help="a label for this run (default: facts or facts-retrieval)")
+def facts(sets: tuple[Path, ...], url: str | None, headers: tuple[str, ...], user: str | None,
+          limit: int | None, sample: int | None, seed: int, retrieval_only: bool,
+          ks: tuple[int, ...], depth: int, out: Path | None, name: str | None) -> None:
+    """Score Hearth on key-fact question SETS (evaluation/sets/*.jsonl): hit@k and MRR of the
+    expected page, key-fact recall, refusals, wrong answers, latency; overall and per corpus."""
+    from hearth.evaluation import keyfacts
+    from hearth.evaluation.records import RECORDS_FILE
+    from hearth.evaluation.report import SUMMARY_FILE
+
+    if retrieval_only and url:
+        raise click.UsageError("--retrieval-only runs in process; it cannot use --url")
+    settings = _settings()
+    previous = _previous_config(out)
+    name = name or previous.get("name") or ("facts-retrieval" if retrieval_only else "facts")
+    run_dir = _run_dir(out, name)
+    with _user_errors():
+        questions = keyfacts.select(keyfacts.load_fact_sets(sets), sample=sample, seed=seed,
+                                    limit=limit)
+        config: dict[str, Any] = {
+            "name": name, "sets": [str(s) for s in sets], "questions": len(questions),
+            "sample": sample, "seed": seed, "limit": limit,
+            "mode": "retrieval" if retrieval_only else "answer", "hit_ks": sorted(set(ks)),
+            "started_at": previous.get("started_at") or time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        }
+        answerer: Any
+        if url:
+            answerer = keyfacts.UrlAnswerer(url, settings.refusal, headers=_parse_headers(headers),
+                                            user_id=user, timeout_s=settings.llm_timeout_s + 60)
+            config |= {"answerer": url}
+        else:
+            from hearth.services import build_services
+
+            services = build_services(settings)
+            answerer = keyfacts.InProcessAnswerer(services, depth=depth,
+                                                  retrieval_only=retrieval_only)
+            config |= {"answerer": "in process", "top_k": settings.top_k,
+                       "min_relevance": settings.min_relevance, "retrieval_depth": depth,
+                       "vector_store": settings.chroma_url or str(settings.chroma_path)}
+            if not retrieval_only:
+                config["model"] = services.llm.name
+        records_path = run_dir / RECORDS_FILE
+        if records_path.exists():
+            click.echo(f"Resuming the run in {run_dir}", err=True)
+        records = keyfacts.run_facts(questions, answerer, mode=config["mode"],
+                                     records_path=records_path, progress=True)
+    summary = keyfacts.summarize_facts(records, ks)
+    keyfacts.write_facts_report(run_dir, records, summary, config, title=f"Key facts: {name}")
+    click.echo((run_dir / SUMMARY_FILE).read_text(encoding="utf-8"))
+    click.echo(f"Report: {run_dir}", err=True)
+
+
+@eval_cli.command()
 @click.argument("file", type=click.Path(exists=True, path_type=Path))
 @click.option("--judge/--no-judge", default=False, show_default=True,
               help="also rate the answers with the judge (ratings already there are kept)")

@@ -1,0 +1,422 @@
+"""`hearth eval facts`: scoring Hearth on the key-fact sets (evaluation/keyfacts.py).
+
+The fast tier scores hand-made records and runs the runner over the chat service with the fake
+model and a fake index (tests/fakes.py) whose sources are named like the Python docs' files.
+The `real` test ingests three real pages with the real embedding model.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+import pytest
+from click.testing import CliRunner
+
+from hearth.evaluation import keyfacts as kf
+from hearth.evaluation.cli import eval_cli
+from hearth.evaluation.records import EvalDataError
+from hearth.evaluation.run import TooManyErrors
+from tests.fakes import fake_services
+
+REPO = Path(__file__).resolve().parents[1]
+SETS = REPO / "evaluation" / "sets"
+PY_DOCS = Path("/usr/share/doc/python3.11/html")
+HTML = "/usr/share/doc/python3.11/html/"
+
+
+def question(**fields: Any) -> kf.FactQuestion:
+    base: dict[str, Any] = {"id": "q", "question": "?", "answerable": True,
+                            "corpus": "python-docs", "source": "library/datetime.html"}
+    return kf.FactQuestion(**(base | fields))
+
+
+# --- loading the sets ----------------------------------------------------------------------------
+
+
+def test_the_shipped_sets_load_mixed_and_in_order() -> None:
+    questions = kf.load_fact_sets(sorted(SETS.glob("*.jsonl")))
+    assert len(questions) == 119 + 47 + 25
+    by_corpus = {q.corpus for q in questions}
+    assert by_corpus == {"python-docs", "r-manuals", "unanswerable"}
+    unanswerable = [q for q in questions if not q.answerable]
+    assert len(unanswerable) == 25 and all(not q.key_facts for q in unanswerable)
+    r = next(q for q in questions if q.id == "r-data-1")
+    assert (r.source, r.page, r.key_facts) == ("R-data.pdf", 9, ["col.names = NA"])
+
+
+def test_loading_rejects_duplicate_ids_and_answerable_questions_without_facts(
+        tmp_path: Path) -> None:
+    a, b = tmp_path / "a.jsonl", tmp_path / "b.jsonl"
+    line = {"id": "x", "question": "q?", "answerable": True, "source": "a.html",
+            "key_facts": ["f"]}
+    a.write_text(json.dumps(line) + "\n")
+    b.write_text(json.dumps(line) + "\n")
+    with pytest.raises(EvalDataError, match="already used"):
+        kf.load_fact_sets([a, b])
+    b.write_text(json.dumps(line | {"id": "y", "key_facts": []}) + "\n")
+    with pytest.raises(EvalDataError, match="key_facts"):
+        kf.load_fact_sets([a, b])
+    with pytest.raises(EvalDataError, match="not found"):
+        kf.load_fact_sets([tmp_path / "missing.jsonl"])
+
+
+def test_a_sample_is_fixed_by_its_seed_and_keeps_file_order() -> None:
+    questions = [question(id=str(n)) for n in range(20)]
+    one = kf.select(questions, sample=5, seed=3)
+    assert [q.id for q in one] == [q.id for q in kf.select(questions, sample=5, seed=3)]
+    assert [int(q.id) for q in one] == sorted(int(q.id) for q in one)
+    assert [q.id for q in kf.select(questions, sample=5, seed=3, limit=2)] == \
+        [q.id for q in one[:2]]
+    assert [q.id for q in kf.select(questions, limit=3)] == ["0", "1", "2"]
+
+
+# --- where a source points -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("location", [
+    HTML + "library/datetime.html",
+    HTML + "library/datetime.html#datetime.MAXYEAR",
+    "file://" + HTML + "library/datetime.html",
+    "https://docs.python.org/3.11/library/datetime.html#module-datetime",
+    "http://127.0.0.1:8080/library/datetime.html",
+    "library/datetime.html",
+    HTML + "_sources/library/datetime.rst.txt",  # the page's reST source, shipped beside it
+])
+def test_an_html_source_hits_its_page_by_path_or_url(location: str) -> None:
+    assert kf.match_source(question(), location, None) == "page"
+
+
+@pytest.mark.parametrize("location", [
+    HTML + "library/time.html",
+    HTML + "library/xdatetime.html",   # not a path segment
+    HTML + "mylibrary/datetime.html",
+    "https://docs.python.org/3.11/library/",
+    HTML + "_sources/library/time.rst.txt",
+])
+def test_other_html_sources_miss(location: str) -> None:
+    assert kf.match_source(question(), location, None) is None
+
+
+def test_alt_sources_count_and_a_folder_url_names_its_index() -> None:
+    q = question(source="tutorial/venv.html", alt_sources=["library/venv.html"])
+    assert kf.match_source(q, HTML + "library/venv.html", None) == "page"
+    assert kf.match_source(question(source="library/index.html"),
+                           "https://docs.python.org/3.11/library/", None) == "page"
+
+
+def test_a_pdf_hits_only_its_exact_page_and_else_counts_a_document_hit() -> None:
+    q = question(corpus="r-manuals", source="R-data.pdf", page=9)
+    assert kf.match_source(q, "/docs/R/R-data.pdf", 9) == "page"
+    assert kf.match_source(q, "/docs/R/R-data.pdf", 10) == "document"
+    assert kf.match_source(q, "/docs/R/R-data.pdf", None) == "document"
+    assert kf.match_source(q, "/docs/R/R-exts.pdf", 9) is None
+    assert kf.match_source(q, "/docs/R/xR-data.pdf", 9) is None
+
+
+def test_ranks_are_the_first_page_and_document_hits() -> None:
+    q = question(corpus="r-manuals", source="R-exts.pdf", page=20)
+    sources = [{"source": "/m/R-admin.pdf", "page": 20}, {"source": "/m/R-exts.pdf", "page": 3},
+               {"source": "/m/R-exts.pdf", "page": 20}]
+    assert kf.ranks(q, sources) == (3, 2)
+    assert kf.ranks(q, sources[:2]) == (None, 2)
+    assert kf.ranks(q, []) == (None, None)
+
+
+# --- key facts -----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("fact", "answer"), [
+    ("col.names = NA", "Call write.table(x, col.names=NA)."),
+    ("col.names = NA", "use `col.names = NA`"),
+    ("R (>=", "Depends: R(>= 4.1.0)"),
+    ("fill = TRUE", "pass FILL=true"),
+    ("python -m venv", "Run  python\n -m   venv  .venv"),
+    ("MAXYEAR", "It is datetime.MAXYEAR, i.e. 9999."),
+    ("%f", "Use the %f directive."),
+    ("UTF-8-BOM", "fileEncoding = \u201cUTF\u20118\u2011BOM\u201d"),  # curly quotes, hyphens
+    ("10,000", "at most 10000 rows"),
+    ("semicolon", "fields separated by semicolons"),
+])
+def test_a_fact_is_found_whatever_the_spacing_case_and_typography(fact: str, answer: str) -> None:
+    assert kf.fact_present(fact, answer)
+
+
+@pytest.mark.parametrize(("fact", "answer"), [
+    ("5", "at most 15 retries"),    # a short fact stands as a whole word
+    ("rb", "verbose output"),
+    ("else", "elsewhere"),
+    ("999999999", "9999999999"),    # numbers too
+    ("col.names = NA", "col.names = TRUE"),
+])
+def test_a_fact_inside_another_word_or_number_is_not_found(fact: str, answer: str) -> None:
+    assert not kf.fact_present(fact, answer)
+
+
+def test_normalised_text_drops_space_beside_punctuation() -> None:
+    assert kf.normalize_text("  Col.Names  =  NA ,  x ( y )") == "col.names=na,x(y)"
+
+
+# --- scoring records and the summary -------------------------------------------------------------
+
+
+def answered(id_: str, corpus: str, *, facts: list[str] | None = None, answer: str = "",
+             sources: list[tuple[str, int | None]] | None = None, refused: bool = False,
+             retrieved: list[tuple[str, int | None]] | None = None, passages: list[str] | None = None,
+             latency: float | None = 1.0, first: float | None = None, grounded: bool | None = None,
+             source: str | None = None, page: int | None = None, error: str | None = None,
+             mode: str = "answer") -> dict[str, Any]:
+    answerable = corpus != "unanswerable"
+    record: dict[str, Any] = {
+        "id": id_, "question": "?", "answerable": answerable, "corpus": corpus,
+        "source": source, "page": page, "key_facts": facts or [], "alt_sources": [],
+        "mode": mode, "hypothesis": answer, "refused": refused, "grounded": grounded,
+        "sources": [{"source": s, "page": p} for s, p in sources or []]
+        if mode == "answer" else None,
+        "retrieved": None if retrieved is None else [{"source": s, "page": p}
+                                                     for s, p in retrieved],
+        "passages": passages, "latency_s": latency, "first_token_s": first,
+    }
+    if error:
+        record = {k: record[k] for k in ("id", "question", "answerable", "corpus", "source",
+                                         "page", "key_facts", "alt_sources", "mode")}
+        record["error"] = error
+    return kf.score_fact_record(record)
+
+
+def tiny_set() -> list[dict[str, Any]]:
+    dt = "library/datetime.html"
+    return [
+        # right page first, both facts: a correct answer
+        answered("p1", "python-docs", source=dt, facts=["MAXYEAR", "9999"],
+                 answer="date.max is MAXYEAR, 9999.", sources=[(HTML + dt, None)],
+                 retrieved=[(HTML + dt, None), (HTML + "a.html", None)],
+                 passages=["MAXYEAR is 9999"], latency=1.0, first=0.2),
+        # right page second, one fact of two: a wrong answer presented
+        answered("p2", "python-docs", source=dt, facts=["%f", "microsecond"],
+                 answer="Use %f.", sources=[(HTML + "time.html", None), (HTML + dt, None)],
+                 retrieved=[(HTML + "time.html", None), (HTML + "x.html", None),
+                            (HTML + "y.html", None), (HTML + dt, None)],
+                 passages=["%f"], latency=2.0, first=0.4),
+        # refused although answerable: a false refusal, no sources, no facts
+        answered("p3", "python-docs", source=dt, facts=["timedelta"], refused=True,
+                 answer="I am not programmed to answer that.", retrieved=[(HTML + "z.html", None)],
+                 passages=["nothing"], latency=3.0),
+        # R: the right file at another page (a document hit only), fact present
+        answered("r1", "r-manuals", source="R-data.pdf", page=9, facts=["col.names = NA"],
+                 answer="Set col.names=NA.", sources=[("/m/R-data.pdf", 10)], latency=4.0),
+        # unanswerable: one refused, one answered
+        answered("u1", "unanswerable", refused=True, latency=0.5),
+        answered("u2", "unanswerable", answer="Sure: use Path.walk().",
+                 sources=[(HTML + "library/os.html", None)], latency=0.5),
+        # an error: counted, left out of every figure
+        answered("e1", "python-docs", source=dt, facts=["x"], error="RuntimeError: boom"),
+    ]
+
+
+def value(figure: dict[str, Any] | None) -> float | None:
+    return None if figure is None else figure["value"]
+
+
+def test_every_summary_figure_is_computed_on_a_tiny_set() -> None:
+    summary = kf.summarize_facts(tiny_set(), ks=(1, 4))
+    overall, py, r, un = (summary["groups"][n] for n in
+                          ("overall", "python-docs", "r-manuals", "unanswerable"))
+    assert (overall["questions"], overall["answerable"], overall["unanswerable"],
+            overall["errors"]) == (7, 4, 2, 1)
+    # answer's sources: p1 rank 1, p2 rank 2, p3 none, r1 none (document only)
+    assert overall["hit@1"] == {"value": 0.25, "hits": 1, "n": 4}
+    assert value(overall["hit@4"]) == 0.5
+    assert value(overall["doc_hit@1"]) == 0.5 and value(overall["doc_hit@4"]) == 0.75
+    assert value(overall["mrr"]) == pytest.approx((1 + 0.5 + 0 + 0) / 4)
+    # retrieval ranks exist for the three python questions only
+    assert py["retrieval_hit@1"] == {"value": 1 / 3, "hits": 1, "n": 3}
+    assert value(py["retrieval_hit@4"]) == pytest.approx(2 / 3)
+    assert value(py["retrieval_mrr"]) == pytest.approx((1 + 0.25 + 0) / 3)
+    assert "retrieval_hit@1" not in r
+    # facts: p1 2/2, p2 1/2, p3 refused 0/1, r1 1/1
+    assert value(overall["fact_recall"]) == pytest.approx((1 + 0.5 + 0 + 1) / 4)
+    assert overall["all_facts"] == {"value": 0.5, "hits": 2, "n": 4}
+    assert value(py["facts_retrievable"]) == pytest.approx((1 + 0.5 + 0) / 3)
+    # refusals
+    assert un["refusal_rate_unanswerable"] == {"value": 0.5, "hits": 1, "n": 2}
+    assert overall["refusal_rate_unanswerable"] == un["refusal_rate_unanswerable"]
+    assert overall["false_refusals"] == {"value": 0.25, "hits": 1, "n": 4}
+    assert py["false_refusals"]["hits"] == 1 and r["false_refusals"]["hits"] == 0
+    assert py["refusal_rate_unanswerable"] is None
+    # wrong answers presented: p2 only (p3 refused, p1 and r1 complete); u2 answered
+    assert overall["wrong_presented"] == {"value": 0.25, "hits": 1, "n": 4}
+    assert un["unanswerable_presented"] == {"value": 0.5, "hits": 1, "n": 2}
+    # latency over the six answered: 0.5 0.5 1 2 3 4
+    assert overall["latency_s"]["median"] == pytest.approx(1.5)
+    assert overall["latency_s"]["p90"] == pytest.approx(3.5)
+    assert overall["first_token_s"] == {"median": pytest.approx(0.3),
+                                        "p90": pytest.approx(0.38), "n": 2}
+    assert summary["errors"] == [{"id": "e1", "error": "RuntimeError: boom"}]
+    assert summary["grounding_verdict"] is False
+    table = kf.summary_table(summary)
+    assert kf.NO_VERDICT_LABEL in table and "| hit@4 (expected page among the answer's sources) " \
+        "| 0.500 (2/4) |" in table
+    assert "e1" in table
+
+
+def test_a_grounding_verdict_counts_only_answers_presented_as_grounded() -> None:
+    dt = "library/datetime.html"
+    records = [
+        answered("a", "python-docs", source=dt, facts=["x", "y"], answer="x", grounded=True),
+        answered("b", "python-docs", source=dt, facts=["x", "y"], answer="x", grounded=False),
+        answered("c", "python-docs", source=dt, facts=["x"], answer="x", grounded=True),
+    ]
+    records += [answered("u1", "unanswerable", answer="Sure.", grounded=False),
+                answered("u2", "unanswerable", answer="Sure.", grounded=True)]
+    assert [r["scores"]["wrong_presented"] for r in records[:3]] == [True, False, False]
+    summary = kf.summarize_facts(records)
+    assert summary["grounding_verdict"] is True
+    assert summary["groups"]["overall"]["wrong_presented"]["hits"] == 1
+    assert summary["groups"]["overall"]["unanswerable_presented"] == {"value": 0.5, "hits": 1,
+                                                                      "n": 2}
+    assert kf.VERDICT_LABEL in kf.summary_table(summary)
+
+
+def test_a_retrieval_only_record_has_ranks_and_retrievable_facts_but_no_answer_figures() -> None:
+    dt = "library/datetime.html"
+    records = [
+        answered("a", "python-docs", source=dt, facts=["9999"], mode="retrieval",
+                 retrieved=[(HTML + dt, None)], passages=["MAXYEAR is 9999."]),
+        answered("u", "unanswerable", mode="retrieval", retrieved=[], passages=[], refused=True),
+    ]
+    summary = kf.summarize_facts(records)
+    overall = summary["groups"]["overall"]
+    assert value(overall["retrieval_hit@1"]) == 1.0 and value(overall["facts_retrievable"]) == 1.0
+    assert "hit@1" not in overall and overall["fact_recall"] is None
+    assert overall["wrong_presented"] is None and overall["unanswerable_presented"] is None
+    table = kf.summary_table(summary)
+    assert "declined by the relevance gate" in table and kf.NO_VERDICT_LABEL not in table
+
+
+# --- the runner over the chat service (fake model, fake index) -----------------------------------
+
+PASSAGES = {
+    HTML + "library/datetime.html": "The largest year a date object holds is MAXYEAR, 9999.",
+    HTML + "library/secrets.html": "secrets.token_hex returns a random text string in hexadecimal.",
+}
+QUESTIONS = [
+    question(id="py-1", question="What is the largest year a date object holds?",
+             key_facts=["MAXYEAR", "9999"]),
+    question(id="py-2", question="Which secrets function returns a random hexadecimal string?",
+             source="library/secrets.html", key_facts=["token_hex"]),
+    kf.FactQuestion("un-1", "Zebra quokka wombat?", False, "unanswerable"),
+]
+
+
+def test_the_runner_answers_through_the_chat_service_and_scores(tmp_path: Path) -> None:
+    services = fake_services(tmp_path, replies=["The largest year is MAXYEAR, that is 9999.",
+                                                "Use secrets.token_urlsafe."],
+                             passages=PASSAGES)
+    answerer = kf.InProcessAnswerer(services, depth=4)
+    records = kf.run_facts(QUESTIONS, answerer, records_path=tmp_path / "run" / "records.jsonl")
+    assert [r["id"] for r in records] == ["py-1", "py-2", "un-1"]
+    py1, py2, un1 = records
+    assert py1["scores"]["answer_rank"] == 1 and py1["scores"]["retrieval_rank"] == 1
+    assert py1["scores"]["all_facts"] and not py1["scores"]["wrong_presented"]
+    assert py2["scores"]["retrieval_rank"] == 1 and py2["scores"]["fact_recall"] == 0
+    assert py2["scores"]["facts_retrievable"] == 1.0  # retrieval found it, generation lost it
+    # a wrong answer is presented unless the chain's grounding verdict flags it
+    assert py2["scores"]["wrong_presented"] is (py2.get("grounded") is not False)
+    assert un1["refused"] is True and un1["sources"] == []  # no passage is relevant
+    summary = kf.summarize_facts(records)
+    assert summary["groups"]["overall"]["refusal_rate_unanswerable"]["value"] == 1.0
+    assert summary["groups"]["python-docs"]["hit@1"]["value"] == 1.0
+
+
+def test_a_run_resumes_and_retries_only_failed_questions(tmp_path: Path) -> None:
+    path = tmp_path / "records.jsonl"
+    asked: list[str] = []
+
+    def flaky(q: kf.FactQuestion) -> dict[str, Any]:
+        asked.append(q.id)
+        if q.id == "py-2" and asked.count("py-2") == 1:
+            raise RuntimeError("model went away")
+        return {"hypothesis": "MAXYEAR 9999", "refused": False, "sources": [],
+                "retrieved": None, "passages": None, "latency_s": 0.1}
+
+    first = kf.run_facts(QUESTIONS, flaky, records_path=path)
+    assert first[1]["error"] == "RuntimeError: model went away" and first[1]["scores"] == {}
+    assert kf.summarize_facts(first)["groups"]["overall"]["errors"] == 1
+    second = kf.run_facts(QUESTIONS, flaky, records_path=path)
+    assert asked == ["py-1", "py-2", "un-1", "py-2"]
+    assert not second[1].get("error")
+    # a run in another mode asks everything again
+    kf.run_facts(QUESTIONS[:1], flaky, mode="retrieval", records_path=path)
+    assert asked[-1] == "py-1"
+
+
+def test_a_row_of_failures_stops_the_run(tmp_path: Path) -> None:
+    def down(q: kf.FactQuestion) -> dict[str, Any]:
+        raise ConnectionError("refused")
+
+    with pytest.raises(TooManyErrors):
+        kf.run_facts(QUESTIONS, down, records_path=tmp_path / "r.jsonl", max_consecutive_errors=2)
+    assert len((tmp_path / "r.jsonl").read_text().splitlines()) == 2
+
+
+def test_retrieval_only_never_builds_the_model_and_applies_the_relevance_gate(
+        tmp_path: Path) -> None:
+    services = fake_services(tmp_path, passages=PASSAGES)
+    answerer = kf.InProcessAnswerer(services, retrieval_only=True)
+    records = kf.run_facts(QUESTIONS, answerer, mode=answerer.mode)
+    assert "llm" not in services._built or services._built["llm"].prompts == []
+    assert [r["refused"] for r in records] == [False, False, True]
+    assert records[0]["scores"]["retrieval_rank"] == 1 and "fact_recall" not in records[0]["scores"]
+    assert records[0]["scores"]["facts_retrievable"] == 1.0
+
+
+def test_the_cli_runs_in_process_and_writes_the_report(tmp_path: Path,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    import hearth.services
+
+    services = fake_services(tmp_path, replies=["MAXYEAR is 9999."], passages=PASSAGES)
+    monkeypatch.setattr(hearth.services, "build_services", lambda settings: services)
+    sets = tmp_path / "set.jsonl"
+    sets.write_text("".join(json.dumps(q.to_json()) + "\n" for q in QUESTIONS))
+    out = tmp_path / "run"
+    result = CliRunner().invoke(eval_cli, ["facts", str(sets), "--retrieval-only", "-o", str(out)])
+    assert result.exit_code == 0, result.output
+    assert "hit@1 (retrieval ranks)" in result.output
+    document = json.loads((out / "results.json").read_text())
+    assert document["kind"] == kf.FACTS_RESULTS_KIND and len(document["records"]) == 3
+    assert document["config"]["mode"] == "retrieval"
+    assert (out / "summary.md").read_text() in result.output
+    result = CliRunner().invoke(eval_cli, ["facts", str(sets), "--retrieval-only",
+                                           "--url", "http://127.0.0.1:1"])
+    assert result.exit_code == 2 and "--retrieval-only" in result.output
+
+
+# --- real: three real pages, the real embedding model --------------------------------------------
+
+REAL_PAGES = ["library/tomllib.html", "library/secrets.html", "library/copy.html"]
+
+
+@pytest.mark.real
+@pytest.mark.skipif(not PY_DOCS.is_dir(), reason="needs Debian's python3.11-doc")
+def test_a_retrieval_only_run_over_three_real_pages(tmp_path: Path, make_services: Any) -> None:
+    from hearth.ingest.pipeline import ingest_files
+
+    docs = tmp_path / "html"
+    for page in REAL_PAGES:
+        (docs / page).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(PY_DOCS / page, docs / page)
+    services = make_services()
+    ingest_files(services, docs)
+    questions = [q for q in kf.load_fact_sets([SETS / "python-docs.jsonl"])
+                 if q.source in REAL_PAGES]
+    assert 3 <= len(questions) <= 5
+    answerer = kf.InProcessAnswerer(services, retrieval_only=True)
+    records = kf.run_facts(questions, answerer, mode=answerer.mode)
+    assert not any(r.get("error") for r in records)
+    assert all(r["retrieved"][0]["source"].startswith(str(docs)) for r in records)
+    summary = kf.summarize_facts(records)["groups"]["overall"]
+    assert summary["retrieval_hit@4"]["n"] == len(questions)
+    assert summary["retrieval_hit@4"]["value"] > 0
