@@ -47,15 +47,22 @@ RUN --mount=type=bind,from=torch-wheels,target=/torch-wheels \
         pip install --index-url "$TORCH_INDEX_URL" torch==2.13.0; \
     fi
 
-# The whole build context (.dockerignore keeps tests, data, weights, caches and .git out), so
-# that every module and package pyproject.toml installs is there, however the tree is laid
-# out; installed as a wheel, not editable: /src is not in the final image.
-COPY . /src
+# The dependencies first, read from pyproject.toml alone (its dependencies and the `ingest`
+# extra), so that this long layer is rebuilt only when they change, not on every code change.
 # unstructured (PDFs) pulls in torchvision, whose PyPI build does not match the CPU torch and
 # breaks sentence-transformers; Hearth does not use it (as in scripts/bootstrap.sh).
+COPY pyproject.toml constraints.txt /src/
 RUN --mount=type=cache,target=/root/.cache/pip \
-    pip install -c /src/constraints.txt "/src[ingest]" \
+    python -c "import tomllib; p = tomllib.load(open('/src/pyproject.toml', 'rb'))['project']; \
+print('\n'.join(p['dependencies'] + p['optional-dependencies']['ingest']))" >/tmp/requirements.txt \
+    && pip install -c /src/constraints.txt -r /tmp/requirements.txt \
     && if pip show torchvision >/dev/null 2>&1; then pip uninstall -y torchvision; fi
+
+# Then Hearth itself, from the whole build context (.dockerignore keeps tests, data, weights,
+# caches and .git out), so that every module and package pyproject.toml installs is there,
+# however the tree is laid out; as a wheel, not editable: /src is not in the final image.
+COPY . /src
+RUN pip install --no-deps /src
 
 
 FROM ${BASE_IMAGE}
