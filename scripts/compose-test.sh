@@ -254,6 +254,9 @@ cleanup() {
 trap cleanup EXIT
 
 ensure_docker
+# The GPU override cannot run here (no GPU): it is checked statically, as Compose reads it.
+docker compose -f docker-compose.yml -f docker-compose.gpu.yml config -q \
+    || fail "docker-compose.gpu.yml does not merge with docker-compose.yml"
 ensure_host_artifacts
 build_local_bases
 build_standins
