@@ -64,7 +64,8 @@ apt_install() {
 # --- what the test needs on the host --------------------------------------------------------
 
 ensure_docker() {
-    command -v docker >/dev/null || apt_install docker.io
+    # dockerd, not docker: a machine may have a docker client alone (here /usr/local/bin/docker).
+    command -v dockerd >/dev/null || apt_install docker.io
     if ! docker info >/dev/null 2>&1; then
         step "starting dockerd"
         as_root sh -c 'nohup dockerd >/var/log/dockerd.log 2>&1 &'
