@@ -16,10 +16,33 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-from config import Settings
-from history import HistoryError, mongo_client
+from hearth.config import Settings
+from hearth.errors import HearthError, Unavailable
+from hearth.migrations import (
+    Migration,
+    StoreVersion,
+    migrate_mongo,
+    migrate_sqlite,
+    mongo_status,
+    sqlite_status,
+)
+from hearth.mongo import mongo_client
 
 PREFIX = "hearth_"
+
+
+class KeyStoreError(Unavailable):
+    code = "key_store_unavailable"
+
+
+class Forbidden(HearthError):
+    code = "forbidden"
+    status = 403
+
+
+class MissingUser(HearthError):
+    code = "missing_field"
+    status = 400
 
 
 @dataclass(frozen=True)
@@ -37,6 +60,19 @@ class Principal:
 
     user_id: str
     admin: bool
+
+
+def acting_user(principal: Principal | None, requested: str | None) -> str:
+    """The one rule for whom a request acts: with a key, its user, or the user it names when
+    the key is an admin's; without keys (one person on loopback), the user it names."""
+    requested = requested.strip() if requested else None
+    if principal is None:
+        if not requested:
+            raise MissingUser("user_id: the user is required")
+        return requested
+    if requested and requested != principal.user_id and not principal.admin:
+        raise Forbidden(f"this API key may act only for user {principal.user_id!r}")
+    return requested or principal.user_id
 
 
 def new_token() -> str:
@@ -58,26 +94,42 @@ class KeyStore(Protocol):
     def revoke(self, key_id: str) -> bool: ...
 
 
+def _v1_sqlite(db: sqlite3.Connection) -> None:
+    db.execute(
+        "CREATE TABLE IF NOT EXISTS api_keys (hash TEXT PRIMARY KEY, id TEXT NOT NULL, "
+        "user_id TEXT NOT NULL, admin INTEGER NOT NULL, created_at REAL NOT NULL, "
+        "revoked_at REAL)"
+    )
+
+
+def _v1_mongo(db: Any) -> None:
+    db["api_keys"].create_index("id")
+
+
+STORE = "API keys"
+MIGRATIONS = [Migration(1, "API keys as Hearth 0.1.0 stored them", _v1_sqlite, _v1_mongo)]
+
+
+def keys_path(settings: Settings) -> Path:
+    return settings.data_dir / "keys.sqlite3"
+
+
 class SQLiteKeys:
     def __init__(self, path: Path) -> None:
         self._lock = threading.Lock()
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
-            self._db.execute(
-                "CREATE TABLE IF NOT EXISTS api_keys (hash TEXT PRIMARY KEY, id TEXT NOT NULL, "
-                "user_id TEXT NOT NULL, admin INTEGER NOT NULL, created_at REAL NOT NULL, "
-                "revoked_at REAL)"
-            )
+            migrate_sqlite(self._db, path, STORE, MIGRATIONS)
         except (OSError, sqlite3.Error) as exc:
-            raise HistoryError(f"cannot open the key store at {path}: {exc}") from exc
+            raise KeyStoreError(f"cannot open the key store at {path}: {exc}") from exc
 
     def _rows(self, sql: str, args: tuple[Any, ...] = ()) -> list[Any]:
         with self._lock:
             try:
                 return self._db.execute(sql, args).fetchall()
             except sqlite3.Error as exc:
-                raise HistoryError(f"key store failed: {exc}") from exc
+                raise KeyStoreError(f"key store failed: {exc}") from exc
 
     def add(self, key: Key, hashed: str) -> None:
         self._rows("INSERT INTO api_keys VALUES (?, ?, ?, ?, ?, NULL)",
@@ -106,14 +158,19 @@ class MongoKeys:
         import pymongo
 
         client: pymongo.MongoClient[dict[str, Any]] = mongo_client(uri, timeout_s)
-        self._coll = client[db_name]["api_keys"]
+        self._db = client[db_name]
+        self._coll = self._db["api_keys"]
         self._errors = pymongo.errors.PyMongoError
+        self._migrated = False
 
     def _run(self, fn: Any) -> Any:
         try:
+            if not self._migrated:
+                migrate_mongo(self._db, STORE, "api_keys", MIGRATIONS)
+                self._migrated = True
             return fn(self._coll)
         except self._errors as exc:
-            raise HistoryError(f"key store (MongoDB) failed: {exc}") from exc
+            raise KeyStoreError(f"key store (MongoDB) failed: {exc}") from exc
 
     @staticmethod
     def _key(doc: dict[str, Any]) -> Key:
@@ -166,4 +223,15 @@ class Keys:
 def build_keys(settings: Settings) -> Keys:
     if settings.mongodb_uri:
         return Keys(MongoKeys(settings.mongodb_uri, settings.mongodb_db, settings.backend_timeout_s))
-    return Keys(SQLiteKeys(settings.data_dir / "keys.sqlite3"))
+    return Keys(SQLiteKeys(keys_path(settings)))
+
+
+def keys_status(settings: Settings) -> StoreVersion:
+    """The key store's schema version, read without changing anything."""
+    if settings.mongodb_uri:
+        client = mongo_client(settings.mongodb_uri, settings.backend_timeout_s)
+        try:
+            return mongo_status(client[settings.mongodb_db], STORE, "api_keys", MIGRATIONS)
+        finally:
+            client.close()
+    return sqlite_status(keys_path(settings), STORE, MIGRATIONS)

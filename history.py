@@ -11,60 +11,26 @@ from __future__ import annotations
 import json
 import sqlite3
 import threading
-import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Protocol
 
-from config import Settings
+from hearth.config import Settings
+from hearth.conversations import Conversation, ConversationNotFound, Turn, title_of
+from hearth.errors import Unavailable
+from hearth.migrations import (
+    Migration,
+    StoreVersion,
+    migrate_mongo,
+    migrate_sqlite,
+    mongo_status,
+    sqlite_status,
+)
+from hearth.mongo import mongo_client, redact
 
 
-class HistoryError(Exception):
+class HistoryError(Unavailable):
     code = "history_unavailable"
-    status = 503
-
-
-class ConversationNotFound(Exception):
-    """No such conversation for this user (another user's counts as none)."""
-
-
-@dataclass
-class Turn:
-    question: str
-    answer: str
-    sources: list[dict[str, Any]] = field(default_factory=list)
-    model: str = ""
-    timings: dict[str, float] = field(default_factory=dict)
-    usage: dict[str, int] = field(default_factory=dict)
-    standalone_question: str = ""
-    created_at: float = field(default_factory=time.time)
-
-
-@dataclass
-class Conversation:
-    id: str
-    user_id: str
-    title: str
-    created_at: float
-    updated_at: float
-    turns: list[Turn] = field(default_factory=list)
-    # Set when the conversation is listed without its turns.
-    turn_count: int | None = None
-
-    def summary(self) -> dict[str, Any]:
-        return {
-            "id": self.id, "user_id": self.user_id, "title": self.title,
-            "created_at": self.created_at, "updated_at": self.updated_at,
-            "turn_count": len(self.turns) if self.turn_count is None else self.turn_count,
-        }
-
-    def to_dict(self) -> dict[str, Any]:
-        return {**self.summary(), "turns": [asdict(t) for t in self.turns]}
-
-
-def title_of(question: str) -> str:
-    line = " ".join(question.split())
-    return line if len(line) <= 80 else line[:77].rstrip() + "..."
 
 
 class HistoryStore(Protocol):
@@ -78,7 +44,8 @@ class HistoryStore(Protocol):
     def delete_user(self, user_id: str) -> int: ...
 
 
-SCHEMA = """
+# The schema of Hearth 0.1.0 (55fd47f), adopted as version 1.
+SCHEMA_V1 = """
 CREATE TABLE IF NOT EXISTS conversations (
     id TEXT PRIMARY KEY,
     user_id TEXT NOT NULL,
@@ -96,6 +63,23 @@ CREATE TABLE IF NOT EXISTS turns (
 """
 
 
+
+def _v1_sqlite(db: sqlite3.Connection) -> None:
+    for statement in SCHEMA_V1.split(";"):
+        if statement.strip():
+            db.execute(statement)
+
+
+def _v1_mongo(db: Any) -> None:
+    db["conversations"].create_index([("user_id", 1), ("updated_at", -1)])
+
+
+STORE = "history"
+MIGRATIONS = [
+    Migration(1, "conversations and turns as Hearth 0.1.0 stored them", _v1_sqlite, _v1_mongo),
+]
+
+
 class SQLiteHistory:
     def __init__(self, path: Path, timeout_s: float = 5.0) -> None:
         self.where = str(path)
@@ -107,7 +91,7 @@ class SQLiteHistory:
             )
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA foreign_keys=ON")
-            self._db.executescript(SCHEMA)
+            migrate_sqlite(self._db, path, STORE, MIGRATIONS)
         except (OSError, sqlite3.Error) as exc:
             raise HistoryError(f"cannot open the history store at {path}: {exc}") from exc
 
@@ -154,7 +138,7 @@ class SQLiteHistory:
 
     def _conversation(self, db: sqlite3.Connection, row: tuple[Any, ...]) -> Conversation:
         turns = [
-            Turn(**json.loads(body))
+            Turn.from_dict(json.loads(body))
             for (body,) in db.execute(
                 "SELECT body FROM turns WHERE conversation_id = ? ORDER BY position", (row[0],)
             )
@@ -198,37 +182,25 @@ class SQLiteHistory:
         ))
 
 
-def mongo_client(uri: str, timeout_s: float, op_timeout_s: float | None = None) -> Any:
-    """A MongoDB client on which no call waits forever: finding the server and connecting take
-    at most ``timeout_s``, one operation at most ``op_timeout_s`` (twice ``timeout_s`` unless
-    given: bulk writes of an ingest get longer)."""
-    import pymongo
-
-    ms = int(timeout_s * 1000)
-    return pymongo.MongoClient(
-        uri, serverSelectionTimeoutMS=ms, connectTimeoutMS=ms,
-        socketTimeoutMS=int((op_timeout_s or 2 * timeout_s) * 1000), appname="hearth",
-    )
-
-
 class MongoHistory:
     """One document per conversation; a turn is appended with one atomic ``$push``."""
 
     def __init__(self, uri: str, db_name: str, timeout_s: float = 5.0) -> None:
         import pymongo
 
-        self.where = _redact(uri)
+        self.where = redact(uri)
         self._client: pymongo.MongoClient[dict[str, Any]] = mongo_client(uri, timeout_s)
-        self._coll = self._client[db_name]["conversations"]
+        self._db = self._client[db_name]
+        self._coll = self._db["conversations"]
         self._errors = pymongo.errors.PyMongoError
         self._duplicate = pymongo.errors.DuplicateKeyError
-        self._indexed = False
+        self._migrated = False
 
     def _run(self, fn: Any) -> Any:
         try:
-            if not self._indexed:
-                self._coll.create_index([("user_id", 1), ("updated_at", -1)])
-                self._indexed = True
+            if not self._migrated:  # on first use: a database that is down fails a request
+                migrate_mongo(self._db, STORE, "conversations", MIGRATIONS)
+                self._migrated = True
             return fn(self._coll)
         except self._errors as exc:
             if isinstance(exc, self._duplicate):
@@ -261,7 +233,7 @@ class MongoHistory:
         return Conversation(
             id=doc["_id"], user_id=doc["user_id"], title=doc["title"],
             created_at=doc["created_at"], updated_at=doc["updated_at"],
-            turns=[Turn(**t) for t in doc.get("turns", [])],
+            turns=[Turn.from_dict(t) for t in doc.get("turns", [])],
         )
 
     def get(self, conversation_id: str) -> Conversation | None:
@@ -292,15 +264,18 @@ class MongoHistory:
         return int(self._run(lambda coll: coll.delete_many({"user_id": user_id}).deleted_count))
 
 
-def _redact(uri: str) -> str:
-    """A MongoDB URI without its password, for messages and logs."""
-    if "@" not in uri:
-        return uri
-    scheme, rest = uri.split("://", 1)
-    return f"{scheme}://***@{rest.split('@', 1)[1]}"
-
-
 def build_history(settings: Settings) -> HistoryStore:
     if settings.mongodb_uri:
         return MongoHistory(settings.mongodb_uri, settings.mongodb_db, settings.backend_timeout_s)
     return SQLiteHistory(settings.history_path, settings.backend_timeout_s)
+
+
+def history_status(settings: Settings) -> StoreVersion:
+    """The history store's schema version, read without changing anything."""
+    if settings.mongodb_uri:
+        client = mongo_client(settings.mongodb_uri, settings.backend_timeout_s)
+        try:
+            return mongo_status(client[settings.mongodb_db], STORE, "conversations", MIGRATIONS)
+        finally:
+            client.close()
+    return sqlite_status(settings.history_path, STORE, MIGRATIONS)

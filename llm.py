@@ -18,15 +18,15 @@ import httpx
 from langchain_core.language_models.chat_models import BaseChatModel
 from langchain_core.messages import AIMessageChunk, BaseMessage
 
-from config import LLMBackend, Settings
-from weights import ModelError, catalog, packaged, resolve_model_path
+from hearth.config import LLMBackend, Settings
+from hearth.errors import Unavailable
+from hearth.weights import ModelError, catalog, packaged, resolve_model_path
 
 
-class LLMError(Exception):
+class LLMError(Unavailable):
     """The language model cannot answer; ``code`` and ``status`` say how the API reports it."""
 
     code = "llm_unavailable"
-    status = 503
 
 
 class LLMTimeout(LLMError):

@@ -19,10 +19,11 @@ from langchain_core.documents import Document
 from langchain_core.messages import AIMessage, BaseMessage, HumanMessage
 from langchain_core.prompts import ChatPromptTemplate, MessagesPlaceholder
 
-from config import Settings
-from history import Turn
-from llm import LLM, Generation
-from vectorstore import VectorStore
+from hearth.config import Settings
+from hearth.conversations import Turn
+from hearth.errors import HearthError
+from hearth.llm import LLM, Generation
+from hearth.vectorstore import VectorStore
 
 SNIPPET_CHARS = 600
 # Tokens kept free beyond the answer itself: template markers the counter may miss.
@@ -56,7 +57,7 @@ ANSWER_PROMPT = ChatPromptTemplate.from_messages([
 ])
 
 
-class QuestionTooLong(Exception):
+class QuestionTooLong(HearthError):
     code = "question_too_long"
     status = 413
 

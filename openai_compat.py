@@ -22,17 +22,31 @@ import hashlib
 import json
 import time
 import uuid
-from collections.abc import Generator, Iterator
-from typing import Any, Literal, cast
+from collections.abc import Callable, Iterator
+from typing import Any, Literal
 
-from flask import Blueprint, Response, stream_with_context
+from flask import Blueprint, Response
 from pydantic import BaseModel, Field
 from werkzeug.exceptions import HTTPException
 
-from api import BACKEND_ERRORS, ApiError, SourceOut, acting_user, principal, read_json, services
-from history import ConversationNotFound, HistoryStore, Turn
-from model import Answer, Token
-from throttle import Busy
+from hearth.chat import Ask, Reply
+from hearth.conversations import Turn
+from hearth.errors import HearthError
+from hearth.model import Answer, Token
+from hearth.web import (
+    HTTP_CODES,
+    ApiError,
+    Route,
+    SourceOut,
+    acting_as,
+    chat,
+    event_stream,
+    principal,
+    read_json,
+    retry_after,
+    settings,
+    sse,
+)
 
 MODEL_ID = "hearth"
 
@@ -174,37 +188,22 @@ def openai_error(status: int, code: str, message: str, param: str | None = None)
     return Response(body.model_dump_json(), status=status, mimetype="application/json")
 
 
-@openai_blueprint.errorhandler(ApiError)
-def _api_error(exc: ApiError) -> Response:
-    param = exc.message.split(":", 1)[0] if exc.code in ("missing_field", "invalid_field") else None
-    return openai_error(exc.status, exc.code, exc.message, param)
-
-
-@openai_blueprint.errorhandler(ConversationNotFound)
-def _not_found(exc: ConversationNotFound) -> Response:
-    return openai_error(404, "conversation_not_found", f"no conversation {exc}")
+@openai_blueprint.errorhandler(HearthError)
+def _hearth_error(exc: HearthError) -> Response:
+    message = str(exc)
+    param = None
+    if exc.code in ("missing_field", "invalid_field"):
+        param = message.split(":", 1)[0]
+    response = openai_error(exc.status, exc.code, message, param)
+    if (seconds := retry_after(exc)) is not None:
+        response.headers["Retry-After"] = str(seconds)  # OpenAI's clients wait and retry
+    return response
 
 
 @openai_blueprint.errorhandler(HTTPException)
 def _http_error(exc: HTTPException) -> Response:
-    code = {413: "body_too_large", 405: "method_not_allowed", 429: "rate_limited"}.get(
-        exc.code or 500, "http_error")
+    code = HTTP_CODES.get(exc.code or 500, "http_error")
     return openai_error(exc.code or 500, code, exc.description or exc.name)
-
-
-def _backend_error(exc: Any) -> Response:
-    return openai_error(exc.status, exc.code, str(exc))
-
-
-for _error in BACKEND_ERRORS:
-    openai_blueprint.register_error_handler(_error, _backend_error)
-
-
-@openai_blueprint.errorhandler(Busy)
-def _busy(exc: Busy) -> Response:
-    response = openai_error(exc.status, exc.code, str(exc))
-    response.headers["Retry-After"] = str(exc.retry_after)  # OpenAI's clients wait and retry
-    return response
 
 
 def split_messages(messages: list[OpenAIMessage]) -> tuple[str, list[Turn]]:
@@ -237,30 +236,28 @@ def derived_conversation_id(user_id: str, first: Turn) -> str:
     return f"oai-{digest[:32]}"
 
 
-def conversation_for(body: OpenAIChatRequest, user: str | None, turns: list[Turn],
-                     answer: Turn) -> str | None:
-    if user is None:
-        return None
-    if body.conversation_id:
-        return body.conversation_id
-    return derived_conversation_id(user, turns[0] if turns else answer)
-
-
 def request_user(body: OpenAIChatRequest) -> str | None:
     """The ``user`` field; with API keys on, the key's user (an admin's key may name another)."""
     if body.user is None and principal() is None:
         return None
-    return acting_user(body.user)
+    return acting_as(body.user)
 
 
-def check_owner(store: HistoryStore, conversation_id: str, user_id: str | None) -> None:
-    """A conversation named in the request is the user's own, or not there yet."""
-    if user_id is None:
-        raise ApiError(400, "missing_field", "user: a conversation_id needs the user it belongs to")
-    conversation = store.get(conversation_id)
-    if conversation is not None and conversation.user_id != user_id:
-        raise ApiError(404, "conversation_not_found",
-                       f"no conversation {conversation_id!r} for user {user_id!r}")
+def ask_of(body: OpenAIChatRequest) -> Ask:
+    """The chat service's question: the last message, the turns before it, and where the turn
+    is stored: the request's conversation_id (which must exist), else one named after the
+    user and the chat's first exchange, so that a client resending the whole chat on every
+    turn continues one conversation."""
+    user = request_user(body)
+    question, turns = split_messages(body.messages)
+    if user is None or body.conversation_id is not None:
+        return Ask(question=question, user_id=user, conversation_id=body.conversation_id,
+                   turns=turns)
+    named = user
+    new_id: str | Callable[[Turn], str] = (
+        derived_conversation_id(named, turns[0]) if turns
+        else lambda first: derived_conversation_id(named, first))
+    return Ask(question=question, user_id=user, turns=turns, new_conversation_id=new_id)
 
 
 def usage_of(answer: Answer) -> OpenAIUsage:
@@ -270,7 +267,7 @@ def usage_of(answer: Answer) -> OpenAIUsage:
 
 
 def finish_reason(answer: Answer) -> Literal["stop", "length"]:
-    limit = services().settings.max_new_tokens
+    limit = settings().max_new_tokens
     return "length" if answer.usage.get("completion_tokens", 0) >= limit else "stop"
 
 
@@ -281,83 +278,51 @@ def sources_of(answer: Answer) -> list[SourceOut]:
 @openai_blueprint.post("/chat/completions")
 def chat_completions() -> Response:
     body: OpenAIChatRequest = read_json(OpenAIChatRequest)
-    user = request_user(body)
-    question, turns = split_messages(body.messages)
-    limit = services().settings.max_question_chars
-    if len(question) > limit:
-        raise ApiError(413, "question_too_long",
-                       f"the question has {len(question)} characters; the limit is {limit}")
-    store = services().history
-    if user is not None:
-        store.ping()  # a history store that is down fails now, before the model spends any time
-    if body.conversation_id:
-        check_owner(store, body.conversation_id, user)
+    ask = ask_of(body)
     completion_id, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
-
-    def remember(answer: Answer) -> str | None:
-        turn = answer.turn(question)
-        conversation_id = conversation_for(body, user, turns, turn)
-        if conversation_id is not None and user is not None:
-            store.add_turn(conversation_id, user, turn)
-        return conversation_id
-
-    gate = services().gate
     if not body.stream:
-        with gate.slot():
-            answer = services().assistant.answer(question, turns)
-        conversation_id = remember(answer)
+        reply = chat().answer(ask)
+        answer = reply.answer
         out = OpenAIChatCompletion(
             id=completion_id, created=created, model=answer.model,
             choices=[OpenAIChoice(message=OpenAIAnswerMessage(content=answer.answer),
                                   finish_reason=finish_reason(answer))],
             usage=usage_of(answer), sources=sources_of(answer),
-            conversation_id=conversation_id, refused=answer.refused,
+            conversation_id=reply.conversation_id, refused=answer.refused,
         )
         return Response(out.model_dump_json(), mimetype="application/json")
 
-    gate.acquire()  # released when the stream ends, however it ends
-    try:
-        events = cast(Generator[Token | Answer, None, None],
-                      services().assistant.stream(question, turns))
-        # The first event is pulled before the response starts, so a model that is down is
-        # a 503 with a JSON body rather than a stream that opens and fails.
-        first = next(events)
-        model_name = services().llm.name
-    except BaseException:
-        gate.release()
-        raise
+    stream = chat().stream(ask)
+    model_name = chat().services.llm.name
     include_usage = bool(body.stream_options and body.stream_options.include_usage)
 
     def chunk(**fields: Any) -> str:
         data = OpenAIChatChunk(id=completion_id, created=created, model=model_name, **fields)
-        return f"data: {json.dumps(chunk_json(data))}\n\n"
+        return sse(chunk_json(data))
 
-    def generate() -> Iterator[str]:
-        event: Token | Answer = first
+    def events() -> Iterator[str]:
         try:
             yield chunk(choices=[OpenAIChunkChoice(delta=OpenAIDelta(role="assistant", content=""))])
-            while isinstance(event, Token):
-                yield chunk(choices=[OpenAIChunkChoice(delta=OpenAIDelta(content=event.text))])
-                event = next(events)
-            conversation_id = remember(event)
-            yield chunk(choices=[OpenAIChunkChoice(delta=OpenAIDelta(),
-                                                   finish_reason=finish_reason(event))],
-                        sources=sources_of(event), conversation_id=conversation_id,
-                        refused=event.refused)
-            if include_usage:
-                yield chunk(choices=[], usage=usage_of(event))
-            yield "data: [DONE]\n\n"
-        except BACKEND_ERRORS as exc:
+            for event in stream:
+                if isinstance(event, Token):
+                    yield chunk(choices=[OpenAIChunkChoice(delta=OpenAIDelta(content=event.text))])
+                    continue
+                assert isinstance(event, Reply)
+                answer = event.answer
+                yield chunk(choices=[OpenAIChunkChoice(delta=OpenAIDelta(),
+                                                       finish_reason=finish_reason(answer))],
+                            sources=sources_of(answer), conversation_id=event.conversation_id,
+                            refused=answer.refused)
+                if include_usage:
+                    yield chunk(choices=[], usage=usage_of(answer))
+            yield sse("[DONE]")
+        except HearthError as exc:
             # OpenAI's clients raise an APIError on a chunk that holds an error.
             yield error_event(exc.status, exc.code, str(exc))
-        except ConversationNotFound as exc:
-            yield error_event(404, "conversation_not_found", f"no conversation {exc}")
         finally:
-            events.close()  # a client gone mid-stream stops the generation
-            gate.release()
+            stream.close()
 
-    return Response(stream_with_context(generate()), mimetype="text/event-stream",
-                    headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+    return event_stream(events())
 
 
 def chunk_json(chunk: OpenAIChatChunk) -> dict[str, Any]:
@@ -370,7 +335,7 @@ def chunk_json(chunk: OpenAIChatChunk) -> dict[str, Any]:
 
 def error_event(status: int, code: str, message: str) -> str:
     body = OpenAIErrorBody(message=message, type=ERROR_TYPES.get(status, "server_error"), code=code)
-    return f"data: {OpenAIErrorOut(error=body).model_dump_json()}\n\n"
+    return sse(OpenAIErrorOut(error=body).model_dump_json())
 
 
 @openai_blueprint.get("/models")
@@ -379,14 +344,24 @@ def list_models() -> Response:
     return Response(out.model_dump_json(), mimetype="application/json")
 
 
-# (path, method, view, request schema, {status: response schema}, summary), as api.ROUTES.
-ROUTES: list[tuple[str, str, Any, type[BaseModel] | None, dict[int, type[BaseModel]], str]] = [
-    ("/v1/chat/completions", "POST", chat_completions, OpenAIChatRequest,
-     {200: OpenAIChatCompletion, 400: OpenAIErrorOut, 404: OpenAIErrorOut, 413: OpenAIErrorOut,
-      429: OpenAIErrorOut, 503: OpenAIErrorOut, 504: OpenAIErrorOut},
-     "OpenAI-compatible chat completion over your documents. With stream=true, OpenAI's SSE "
-     "chunks (OpenAIChatChunk) ending with data: [DONE]. Extra top-level fields: sources, "
-     "conversation_id, refused."),
-    ("/v1/models", "GET", list_models, None, {200: OpenAIModelList},
-     "OpenAI-compatible model list: one model, hearth."),
-]
+# One chunk of a streamed /v1 completion, as OpenAI sends them; the last data is [DONE].
+OPENAI_SSE_EVENT = {
+    "type": "object",
+    "required": ["data"],
+    "properties": {"data": {"type": "string", "description": "a chat.completion.chunk as JSON, "
+                                                         "or [DONE]"}},
+}
+
+
+def routes() -> list[Route]:
+    return [
+        Route("/v1/chat/completions", "POST", chat_completions, OpenAIChatRequest,
+              {200: OpenAIChatCompletion, 400: OpenAIErrorOut, 404: OpenAIErrorOut,
+               413: OpenAIErrorOut, 429: OpenAIErrorOut, 503: OpenAIErrorOut,
+               504: OpenAIErrorOut},
+              "OpenAI-compatible chat completion over your documents. With stream=true, "
+              "OpenAI's SSE chunks (OpenAIChatChunk) ending with data: [DONE]. Extra top-level "
+              "fields: sources, conversation_id, refused.", stream=OPENAI_SSE_EVENT),
+        Route("/v1/models", "GET", list_models, None, {200: OpenAIModelList},
+              "OpenAI-compatible model list: one model, hearth."),
+    ]

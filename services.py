@@ -1,6 +1,6 @@
 """The components Hearth runs on, each built once, on first use, from the settings.
 
-The API, the CLI and the tests reach the LLM, the embeddings, the vector store and the history
+The chat service, the CLI and the tests reach the LLM, the embeddings, the vector store and the history
 store through one ``Services`` object: nothing is built at import time, and a component that
 cannot be built (a model not fetched, a database down) fails only the requests that need it.
 """
@@ -13,14 +13,15 @@ from typing import Any, TypeVar
 
 from langchain_core.embeddings import Embeddings
 
-from auth import Keys, build_keys
-from config import Settings
-from embeddings import build_embeddings
-from history import HistoryError, HistoryStore, build_history
-from llm import LLM, LLMError, build_llm
-from model import Assistant
-from throttle import Gate
-from vectorstore import VectorStore, VectorStoreError
+from hearth.auth import Keys, build_keys
+from hearth.config import Settings
+from hearth.embeddings import build_embeddings
+from hearth.errors import HearthError
+from hearth.history import HistoryStore, build_history
+from hearth.llm import LLM, build_llm
+from hearth.model import Assistant
+from hearth.throttle import Gate
+from hearth.vectorstore import VectorStore
 
 T = TypeVar("T")
 
@@ -80,7 +81,7 @@ class Services:
             try:
                 check()
                 report[name] = {"ok": True}
-            except (LLMError, VectorStoreError, HistoryError) as exc:
+            except HearthError as exc:
                 report[name] = {"ok": False, "error": str(exc)}
         return report
 

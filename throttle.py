@@ -1,24 +1,21 @@
-"""Limits that keep one user, or many, from exhausting the one model.
+"""The gate in front of the model, which keeps many users from exhausting it.
 
-Per-user request rates come from flask-limiter (429 with Retry-After). Generations pass through
-a gate: at most ``max_concurrent_generations`` run at once and at most ``max_queued_generations``
-wait, first come first served; past that, or after ``queue_timeout_s`` in the queue, the answer
-is 503 with Retry-After rather than an ever-growing backlog.
+Generations pass through a gate: at most ``max_concurrent_generations`` run at once and at
+most ``max_queued_generations`` wait, first come first served; past that, or after
+``queue_timeout_s`` in the queue, the answer is 503 with Retry-After rather than an
+ever-growing backlog.
 """
 
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 
-from flask import Flask, g, request
-from flask_limiter import Limiter
-
-from config import Settings
+from hearth.errors import HearthError
 
 
-class Busy(Exception):
+class Busy(HearthError):
     code = "busy"
     status = 503
 
@@ -30,7 +27,6 @@ class Busy(Exception):
 class Gate:
     def __init__(self, concurrent: int, queued: int, timeout_s: float) -> None:
         self.concurrent, self.queued, self.timeout_s = concurrent, queued, timeout_s
-        self._slots = threading.Semaphore(concurrent)
         self._lock = threading.Lock()
         self._turns = threading.Condition(self._lock)
         self._waiting: list[object] = []  # tickets, in arrival order
@@ -69,28 +65,3 @@ class Gate:
         finally:
             self.release()
 
-
-def user_key() -> str:
-    """Whom a request counts against: the key's user, else the user_id it names, else its address."""
-    principal = getattr(g, "principal", None)
-    if principal is not None:
-        return f"user:{principal.user_id}"
-    body = request.get_json(silent=True) if request.is_json else None
-    named = (body.get("user_id") or body.get("user")) if isinstance(body, dict) else None
-    user_id = named or request.args.get("user_id")  # "user": the OpenAI-compatible API's field
-    if isinstance(user_id, str) and user_id.strip():
-        return f"user:{user_id.strip()}"
-    return f"addr:{request.remote_addr}"
-
-
-def build_limiter(app: Flask, settings: Settings) -> Limiter:
-    return Limiter(
-        key_func=user_key, app=app, storage_uri="memory://",
-        default_limits=[settings.rate_limit], headers_enabled=True,
-        # Health checks are for machines that poll: never limit them.
-        default_limits_exempt_when=lambda: request.path in ("/healthz", "/readyz"),
-    )
-
-
-def limited(limiter: Limiter, rate: str) -> Callable[[Callable[..., object]], Callable[..., object]]:
-    return limiter.limit(rate, key_func=user_key)

@@ -9,12 +9,12 @@ import httpx
 from langchain_core.documents import Document
 from langchain_core.embeddings import Embeddings
 
-from config import Settings
+from hearth.config import Settings
+from hearth.errors import Unavailable
 
 
-class VectorStoreError(Exception):
+class VectorStoreError(Unavailable):
     code = "vector_store_unavailable"
-    status = 503
 
 
 class VectorStore:

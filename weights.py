@@ -22,14 +22,8 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 
 
-def catalog_path(here: Path = HERE, prefix: str = sys.prefix) -> Path:
-    """The packaged-model catalogue: in the checkout, else where an install put it (the
-    wheel's data files, under the environment's ``share/hearth``)."""
-    checkout = here / "models" / "catalog.json"
-    return checkout if checkout.is_file() else Path(prefix) / "share" / "hearth" / "catalog.json"
-
-
-CATALOG_PATH = catalog_path()
+# Beside the code in a checkout and in an install alike (package data of `hearth`).
+CATALOG_PATH = HERE / "models" / "catalog.json"
 CHUNK = 1 << 20
 
 

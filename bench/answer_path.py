@@ -92,7 +92,7 @@ def hearth_settings(args: argparse.Namespace, data_dir: Path) -> dict[str, Any]:
 
 
 def index_corpus(services: Any, corpus: Path) -> dict[str, Any]:
-    from ingest.pipeline import ingest_files
+    from hearth.ingest.pipeline import ingest_files
 
     started = time.perf_counter()
     summary = ingest_files(services, corpus)
@@ -217,7 +217,8 @@ def timed(fn: Callable[[], Any], repeat: int = 5) -> tuple[float, Any]:
 
 def pieces_phase(services: Any, questions: list[str]) -> list[dict[str, Any]]:
     """Each step Hearth takes besides generating, timed alone (median of 5), and the prompt."""
-    from history import SQLiteHistory, Turn
+    from hearth.conversations import Turn
+    from hearth.history import SQLiteHistory
 
     assistant = services.assistant
     embeddings = services.embeddings
@@ -265,7 +266,7 @@ def profile_answer(services: Any, question: str, name: str) -> dict[str, Any] | 
         print("(no profile: install pyinstrument into the venv: .venv/bin/pip install "
               "-c constraints.txt pyinstrument)")
         return None
-    from api import create_app
+    from hearth.api import create_app
 
     app = create_app(services.settings, services)
     client = app.test_client()
@@ -476,8 +477,8 @@ def main() -> None:
     common.require_model(args.model)
     if not args.corpus.is_dir():
         sys.exit(f"no corpus at {args.corpus}: install python3.11-doc (apt-get install python3.11-doc)")
-    from config import load_settings
-    from services import build_services
+    from hearth.config import load_settings
+    from hearth.services import build_services
 
     info = common.machine()
     questions = QUESTIONS[:args.questions]

@@ -224,7 +224,7 @@ def load(name: str) -> dict[str, Any] | None:
 
 def require_model(name: str) -> Path:
     """The model file, or an exit with the command that fetches it."""
-    from weights import ModelError, resolve_model_path
+    from hearth.weights import ModelError, resolve_model_path
 
     try:
         return resolve_model_path(name, MODELS)

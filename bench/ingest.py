@@ -47,7 +47,7 @@ def serve(folder: Path) -> tuple[ThreadingHTTPServer, str]:
 
 def raw_embedding(services: Any, namespace: str) -> tuple[int, float, float]:
     """The same chunks embedded again, in batches of the size ingestion uses."""
-    from ingest.pipeline import INDEX_BATCH
+    from hearth.ingest.pipeline import INDEX_BATCH
 
     texts = services.vectorstore.collection.get(where={"root": namespace},
                                                 include=["documents"])["documents"]
@@ -93,9 +93,9 @@ def main() -> None:
 
     from pypdf import PdfReader
 
-    from config import load_settings
-    from ingest.pipeline import ingest_files, ingest_web
-    from services import build_services
+    from hearth.config import load_settings
+    from hearth.ingest.pipeline import ingest_files, ingest_web
+    from hearth.services import build_services
 
     missing = [p for p in (PY_DOCS, args.pdf) if not p.exists()]
     if missing:

@@ -147,8 +147,9 @@ class User:
 
 def seed_history(settings: Any, users: int) -> dict[int, list[str]]:
     """Three conversations of two turns for each user, written straight to the SQLite store."""
-    from history import Turn, build_history
-    from model import Source
+    from hearth.conversations import Turn
+    from hearth.history import build_history
+    from hearth.model import Source
 
     store = build_history(settings)
     answer = "A list comprehension builds a list from an iterable in one expression. " * 4
@@ -171,7 +172,7 @@ def seed_history(settings: Any, users: int) -> dict[int, list[str]]:
 
 def in_process_history(settings: Any, conversations: dict[int, list[str]], n: int = 200) -> float:
     """One history read (list, then one conversation) in process: SQLite without HTTP."""
-    from history import build_history
+    from hearth.history import build_history
 
     store = build_history(settings)
     times = []
@@ -351,9 +352,9 @@ def main() -> None:
     args = parse_args()
     common.omp_passive(not args.omp_default)
     common.require_model(args.model)
-    from config import load_settings
-    from ingest.pipeline import ingest_files
-    from services import build_services
+    from hearth.config import load_settings
+    from hearth.ingest.pipeline import ingest_files
+    from hearth.services import build_services
 
     info = common.machine()
     levels = [int(x) for x in args.users.split(",")]

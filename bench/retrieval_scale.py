@@ -67,8 +67,8 @@ def parse_args() -> argparse.Namespace:
 
 
 def store_at(folder: Path, embeddings: Any) -> Any:
-    from config import load_settings
-    from vectorstore import VectorStore
+    from hearth.config import load_settings
+    from hearth.vectorstore import VectorStore
 
     settings = load_settings(_env_file=None, data_dir=folder, chroma_collection="bench")
     return VectorStore(settings, embeddings)

@@ -7,38 +7,32 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
+
+if TYPE_CHECKING:
+    from hearth.config import Settings
 
 DEFAULT_RUNS_DIR = Path("eval-runs")
 
 
-def _settings() -> Any:
-    from config import ConfigError, load_settings
+def _settings() -> Settings:
+    from hearth.config import load_settings
 
-    try:
-        return load_settings()
-    except ConfigError as exc:
-        raise click.ClickException(str(exc)) from None
+    return load_settings()  # a bad setting is one clean line (hearth.cli.HearthGroup)
 
 
 @contextmanager
 def _user_errors() -> Iterator[None]:
     """Errors a user can act on become one line, not a traceback."""
-    from evaluation.judge import JudgeError
-    from evaluation.records import EvalDataError
-    from evaluation.run import TooManyErrors
+    from hearth.errors import HearthError
+    from hearth.evaluation.judge import JudgeError
+    from hearth.evaluation.records import EvalDataError
+    from hearth.evaluation.run import TooManyErrors
+    from hearth.weights import ModelError
 
-    actionable: tuple[type[Exception], ...] = (EvalDataError, JudgeError, TooManyErrors)
-    try:
-        from llm import LLMError
-        from vectorstore import VectorStoreError
-        from weights import ModelError
-
-        actionable += (LLMError, VectorStoreError, ModelError)
-    except ImportError:  # pragma: no cover - the core is always there in an install
-        pass
+    actionable = (EvalDataError, JudgeError, TooManyErrors, HearthError, ModelError)
     try:
         yield
     except actionable as exc:
@@ -65,7 +59,7 @@ def _judge_options(command: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def _build_judge(settings: Any, backend: str | None, model: str | None, url: str | None) -> Any:
-    from evaluation.judge import build_judge
+    from hearth.evaluation.judge import build_judge
 
     click.echo(f"Loading the judge {model or settings.judge_model} "
                f"({backend or settings.judge_backend.value}) ...", err=True)
@@ -96,9 +90,9 @@ def generate(out: Path | None, count: int, seed: int, prompt_file: Path | None, 
     """Write a question for each of COUNT sampled chunks of the index (resumable)."""
     from langchain_core.messages import HumanMessage
 
-    from evaluation import generate as gen
-    from evaluation.records import load_questions, write_finetune
-    from services import build_services
+    from hearth.evaluation import generate as gen
+    from hearth.evaluation.records import load_questions, write_finetune
+    from hearth.services import build_services
 
     settings = _settings()
     out = out or settings.data_dir / "eval" / "questions.jsonl"
@@ -143,10 +137,10 @@ def run(dataset: Path, url: str | None, headers: tuple[str, ...], limit: int | N
         judge_backend: str | None, judge_model: str | None, judge_url: str | None,
         ks: tuple[int, ...], depth: int, out: Path | None, name: str | None, plots: bool) -> None:
     """Answer every question of DATASET through Hearth and score the answers."""
-    from evaluation.records import RECORDS_FILE, load_questions
-    from evaluation.report import write_run_report
-    from evaluation.run import ApiAnswerer, AssistantAnswerer, run_eval
-    from evaluation.scoring import summarize
+    from hearth.evaluation.records import RECORDS_FILE, load_questions
+    from hearth.evaluation.report import write_run_report
+    from hearth.evaluation.run import ApiAnswerer, ChatAnswerer, run_eval
+    from hearth.evaluation.scoring import summarize
 
     settings = _settings()
     previous = _previous_config(out)  # a run being resumed keeps its name and start
@@ -164,10 +158,11 @@ def run(dataset: Path, url: str | None, headers: tuple[str, ...], limit: int | N
                                         timeout_s=settings.llm_timeout_s + 60)
             config |= {"answerer": url}
         else:
-            from services import build_services
+            from hearth.chat import Chat
+            from hearth.services import build_services
 
             services = build_services(settings)
-            answerer = AssistantAnswerer(services.assistant, depth=depth)
+            answerer = ChatAnswerer(Chat(services), depth=depth)
             config |= {"answerer": "in process", "model": services.llm.name,
                        "top_k": settings.top_k, "min_relevance": settings.min_relevance,
                        "retrieval_depth": depth}
@@ -203,10 +198,10 @@ def score(file: Path, judge: bool, judge_backend: str | None, judge_model: str |
     distribution over "0".."10" under any key, or a number under a key naming a judge
     (gpt4, judge, rating, ...), as in the origin's measure-results-*.json.
     """
-    from evaluation.records import load_results
-    from evaluation.report import write_run_report
-    from evaluation.run import rescore
-    from evaluation.scoring import summarize
+    from hearth.evaluation.records import load_results
+    from hearth.evaluation.report import write_run_report
+    from hearth.evaluation.run import rescore
+    from hearth.evaluation.scoring import summarize
 
     settings = _settings() if judge else None
     name = file.stem if file.is_file() else file.name
@@ -232,10 +227,10 @@ def score(file: Path, judge: bool, judge_backend: str | None, judge_model: str |
 @click.option("--plots/--no-plots", default=True, show_default=True)
 def compare(run_a: Path, run_b: Path, tie_margin: float, out: Path | None, plots: bool) -> None:
     """Wins, ties and losses of RUN_A against RUN_B per judge, and the metric deltas."""
-    from evaluation.compare import compare as compare_runs
-    from evaluation.records import load_results
-    from evaluation.report import COMPARE_FILE, write_comparison_report
-    from evaluation.scoring import score_record
+    from hearth.evaluation.compare import compare as compare_runs
+    from hearth.evaluation.records import load_results
+    from hearth.evaluation.report import COMPARE_FILE, write_comparison_report
+    from hearth.evaluation.scoring import score_record
 
     loaded = []
     with _user_errors():
@@ -260,7 +255,7 @@ def compare(run_a: Path, run_b: Path, tie_margin: float, out: Path | None, plots
 
 
 def _previous_config(run_dir: Path | None) -> dict[str, Any]:
-    from evaluation.records import RESULTS_FILE
+    from hearth.evaluation.records import RESULTS_FILE
 
     if run_dir is None or not (run_dir / RESULTS_FILE).is_file():
         return {}
@@ -281,7 +276,7 @@ def _parse_headers(headers: tuple[str, ...]) -> dict[str, str]:
 
 
 def _echo_summary(run_dir: Path) -> None:
-    from evaluation.report import SUMMARY_FILE
+    from hearth.evaluation.report import SUMMARY_FILE
 
     click.echo((run_dir / SUMMARY_FILE).read_text(encoding="utf-8"))
     click.echo(f"Report: {run_dir}", err=True)

@@ -6,7 +6,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from evaluation.scoring import flatten, judge_names, summarize
+from hearth.evaluation.scoring import flatten, judge_names, summarize
 
 
 @dataclass

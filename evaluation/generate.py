@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from evaluation.records import EvalDataError, JsonlAppender, Question, read_jsonl
+from hearth.evaluation.records import EvalDataError, JsonlAppender, Question, read_jsonl
 
 QUESTION_PROMPT = (
     "Write a concise question in as few words as possible to the author in the second person "
@@ -223,6 +223,46 @@ def generate(
     return report
 
 
+class Bar:
+    """Progress on stderr: a rich bar on a terminal; elsewhere (a log file, CI, `docker compose
+    run`) a plain line every ``every_s`` seconds and at the end, so a long run shows signs of
+    life. Advanced by hand (``update``, ``close``)."""
+
+    def __init__(self, total: int, unit: str, every_s: float = 10.0) -> None:
+        import sys
+
+        self.total, self.unit, self.every_s, self.done = total, unit, every_s, 0
+        self._started = self._said = time.monotonic()
+        self._rich: Any = None
+        if sys.stderr.isatty():
+            from rich.console import Console
+            from rich.progress import Progress
+
+            self._rich = Progress(console=Console(stderr=True))
+            self._task = self._rich.add_task(unit, total=total)
+            self._rich.start()
+
+    def update(self, n: int) -> None:
+        self.done += n
+        if self._rich is not None:
+            self._rich.update(self._task, completed=self.done)
+        elif time.monotonic() - self._said >= self.every_s:
+            self._say()
+
+    def _say(self) -> None:
+        import sys
+
+        self._said = time.monotonic()
+        print(f"{self.unit}: {self.done}/{self.total} ({self._said - self._started:.0f} s)",
+              file=sys.stderr, flush=True)
+
+    def close(self) -> None:
+        if self._rich is not None:
+            self._rich.stop()
+        else:
+            self._say()
+
+
 class _NoBar:
     def update(self, n: int) -> None:
         pass
@@ -232,29 +272,19 @@ class _NoBar:
 
 
 def progress_bar(items: list[Any], enabled: bool, unit: str) -> Iterable[Any]:
+    """``items``, advancing a progress bar as each is taken."""
     if not enabled:
-        return items
-    from tqdm import tqdm
+        yield from items
+        return
+    bar = Bar(len(items), unit)
+    try:
+        for item in items:
+            yield item
+            bar.update(1)
+    finally:
+        bar.close()
 
-    return tqdm(items, unit=f" {unit}", dynamic_ncols=True)
 
-
-def counter_bar(total: int, enabled: bool, unit: str) -> Any:
+def counter_bar(total: int, enabled: bool, unit: str) -> Bar | _NoBar:
     """A progress bar advanced by hand (``update``, ``close``)."""
-    if not enabled:
-        return _NoBar()
-    from tqdm import tqdm
-
-    return tqdm(total=total, unit=f" {unit}", dynamic_ncols=True)
-
-
-def chat_model_writer(chat_model: Any) -> QuestionWriter:
-    """A QuestionWriter over a LangChain chat model (Hearth's answering LLM by default)."""
-    from langchain_core.messages import HumanMessage
-
-    def write(prompt: str) -> str:
-        reply = chat_model.invoke([HumanMessage(content=prompt)])
-        content = reply.content
-        return content if isinstance(content, str) else str(content)
-
-    return write
+    return Bar(total, unit) if enabled else _NoBar()

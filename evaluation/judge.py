@@ -18,10 +18,10 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
-from evaluation.records import RATINGS
+from hearth.evaluation.records import RATINGS, expected_rating
 
 if TYPE_CHECKING:
-    from config import Settings
+    from hearth.config import Settings
 
 JUDGE_SYSTEM = "You are a helpful assistant."
 JUDGE_PROMPT = (
@@ -66,14 +66,6 @@ def judge_messages(question: str, reference: str, hypothesis: str,
 
 
 # --- the expected value ----------------------------------------------------------------------
-
-
-def expected_rating(distribution: Mapping[str, float]) -> float | None:
-    """Sum of rating x probability over "0".."10", renormalised; None without any mass."""
-    total = sum(distribution.values())
-    if total <= 0:
-        return None
-    return sum(int(r) * p for r, p in distribution.items()) / total
 
 
 def rating_of_token(token: str) -> str | None:
@@ -308,7 +300,7 @@ def _raise_for_status(response: Any, url: str) -> None:
 def build_judge(settings: Settings, *, backend: str | None = None, model: str | None = None,
                 base_url: str | None = None) -> Judge:
     """The judge the settings name (HEARTH_JUDGE_*), apart from the answering model."""
-    from config import LLMBackend
+    from hearth.config import LLMBackend
 
     kind = LLMBackend(backend or settings.judge_backend)
     model = model or settings.judge_model
@@ -322,7 +314,7 @@ def build_judge(settings: Settings, *, backend: str | None = None, model: str | 
 
 
 def load_llamacpp_judge(settings: Settings, model: str) -> LlamaCppJudge:
-    from weights import resolve_model_path
+    from hearth.weights import resolve_model_path
 
     path = resolve_model_path(model, settings.models_dir)
     try:

@@ -208,10 +208,16 @@ def question_from_finetune_prompt(prompt: str) -> str:
     return text.removesuffix("\n\n###\n\n").strip()
 
 
+def expected_rating(distribution: Mapping[str, float]) -> float | None:
+    """Sum of rating x probability over "0".."10", renormalised; None without any mass."""
+    total = sum(distribution.values())
+    if total <= 0:
+        return None
+    return sum(int(r) * p for r, p in distribution.items()) / total
+
+
 def judgement_from_value(value: Any) -> dict[str, Any] | None:
     """A stored rating: a distribution over "0".."10" (expected value) or a plain number."""
-    from evaluation.judge import expected_rating
-
     if isinstance(value, Mapping) and value and set(value) <= set(RATINGS):
         distribution = {str(k): float(v) for k, v in value.items()}
         return {

@@ -9,9 +9,9 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from evaluation.compare import Comparison
-from evaluation.records import ROUGE_IMPLEMENTATIONS, write_results
-from evaluation.scoring import (
+from hearth.evaluation.compare import Comparison
+from hearth.evaluation.records import ROUGE_IMPLEMENTATIONS, write_results
+from hearth.evaluation.scoring import (
     ROUGE_SCORE_TYPES,
     ROUGE_TYPES,
     flatten,

@@ -1,7 +1,7 @@
 """Answer a dataset through Hearth and score every answer.
 
 An `Answerer` turns a question into an `Answered` (the answer, the ranked chunk ids that
-retrieval found, refusal, latency, tokens). Two exist: Hearth in process (its Assistant)
+retrieval found, refusal, latency, tokens). Two exist: Hearth in process (its chat service)
 and a running Hearth API by URL. Records are appended to `records.jsonl` as they are made,
 so an interrupted run resumes where it stopped.
 """
@@ -14,10 +14,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from evaluation.generate import progress_bar
-from evaluation.judge import Judge
-from evaluation.records import JsonlAppender, Question, read_jsonl
-from evaluation.scoring import score_record
+from hearth.chat import Ask, Chat
+from hearth.evaluation.generate import progress_bar
+from hearth.evaluation.judge import Judge
+from hearth.evaluation.records import JsonlAppender, Question, read_jsonl
+from hearth.evaluation.scoring import score_record
 
 
 @dataclass
@@ -34,22 +35,23 @@ class Answered:
 Answerer = Callable[[str], Answered]
 
 
-class AssistantAnswerer:
-    """Hearth in process: `Assistant.answer` for the answer, `Assistant.retrieve` for ranks.
+class ChatAnswerer:
+    """Hearth in process: the chat service answers (as every face asks, but storing nothing),
+    and the chain's retrieval ranks.
 
     Retrieval is ranked apart from the answer, `depth` chunks deep, so hit@k can look
     further than the chunks that made it into the prompt.
     """
 
-    def __init__(self, assistant: Any, depth: int = 10) -> None:
-        self.assistant = assistant
+    def __init__(self, chat: Chat, depth: int = 10) -> None:
+        self.chat = chat
         self.depth = depth
 
     def __call__(self, question: str) -> Answered:
         started = time.perf_counter()
-        answer = self.assistant.answer(question)
+        answer = self.chat.answer(Ask(question, store=False)).answer
         latency = time.perf_counter() - started
-        ranked = self.assistant.retrieve(question, k=self.depth)
+        ranked = self.chat.services.assistant.retrieve(question, k=self.depth)
         usage = dict(getattr(answer, "usage", None) or {})
         timings = dict(getattr(answer, "timings", None) or {})
         return Answered(

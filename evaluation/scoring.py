@@ -16,7 +16,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from functools import lru_cache
 from typing import Any
 
-from evaluation.records import ROUGE_IMPLEMENTATIONS
+from hearth.evaluation.records import ROUGE_IMPLEMENTATIONS
 
 ROUGE_SCORE_TYPES = ("rouge1", "rouge2", "rougeL")
 ROUGE_TYPES = ("rouge-1", "rouge-2", "rouge-l")

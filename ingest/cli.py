@@ -1,26 +1,36 @@
 """``hearth ingest web|files`` and ``hearth sources list|remove``.
 
-Options left out fall back to the settings (``HEARTH_CRAWL_*``, ``HEARTH_PDF_CHAR_MARGIN``),
-then to the defaults in ``ingest.web`` and ``ingest.pdf``. Heavy imports happen inside commands.
+Options left out come from the settings (``HEARTH_CRAWL_*``, ``HEARTH_PDF_CHAR_MARGIN``). A bad
+setting, and any failure Hearth can explain, is a clean error message, not a traceback. Heavy
+imports happen inside commands.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 import click
 
-
-def _services() -> Any:
-    from config import load_settings
-    from services import build_services
-
-    return build_services(load_settings())
+if TYPE_CHECKING:
+    from hearth.config import Settings
+    from hearth.services import Services
 
 
-def _setting(services: Any, name: str, default: Any) -> Any:
-    return getattr(services.settings, name, default)
+def _settings() -> Settings:
+    """The settings, or a clean error naming each bad ``HEARTH_*`` variable."""
+    from hearth.config import ConfigError, load_settings
+
+    try:
+        return load_settings()
+    except ConfigError as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+def _services() -> Services:
+    from hearth.services import build_services
+
+    return build_services(_settings())
 
 
 @click.group("ingest")
@@ -30,37 +40,37 @@ def ingest_cli() -> None:
 
 @ingest_cli.command("web")
 @click.argument("url")
-@click.option("--max-depth", type=click.IntRange(0), help="links to follow from the start page")
-@click.option("--max-pages", type=click.IntRange(1), help="pages to fetch at most")
+@click.option("--max-depth", type=click.IntRange(0),
+              help="links to follow from the start page (default: HEARTH_CRAWL_MAX_DEPTH)")
+@click.option("--max-pages", type=click.IntRange(1),
+              help="pages to fetch at most (default: HEARTH_CRAWL_MAX_PAGES)")
 @click.option("--include", multiple=True,
               help="path prefix to crawl (repeatable; default: the start URL's folder)")
 @click.option("--exclude", multiple=True, help="path prefix not to crawl (repeatable)")
-@click.option("--concurrency", type=click.IntRange(1, 32), help="requests at a time")
-@click.option("--timeout", "timeout_s", type=click.FloatRange(0.1), help="seconds per request")
+@click.option("--concurrency", type=click.IntRange(1, 32),
+              help="requests at a time (default: HEARTH_CRAWL_CONCURRENCY)")
+@click.option("--timeout", "timeout_s", type=click.FloatRange(0.1),
+              help="seconds per request (default: HEARTH_CRAWL_TIMEOUT_S)")
 @click.option("--sitemap/--no-sitemap", default=True, help="also read the site's sitemap.xml")
 def web(url: str, max_depth: int | None, max_pages: int | None, include: tuple[str, ...],
         exclude: tuple[str, ...], concurrency: int | None, timeout_s: float | None,
         sitemap: bool) -> None:
     """Crawl the site at URL (same site only, robots.txt respected) and index its pages."""
-    from ingest import web as crawler
-    from ingest.pipeline import IngestError, ingest_web
-    from ingest.safety import GuardedTransport
+    from hearth.errors import HearthError
+    from hearth.ingest.pipeline import ingest_web
+    from hearth.ingest.progress import progress_for
+    from hearth.ingest.safety import GuardedTransport
 
     services = _services()
-    options: dict[str, Any] = {
-        "max_depth": max_depth if max_depth is not None
-        else _setting(services, "crawl_max_depth", crawler.MAX_DEPTH),
-        "max_pages": max_pages or _setting(services, "crawl_max_pages", crawler.MAX_PAGES),
-        "concurrency": concurrency or _setting(services, "crawl_concurrency",
-                                               crawler.CONCURRENCY),
-        "timeout_s": timeout_s or _setting(services, "crawl_timeout_s", crawler.TIMEOUT_S),
-        "include": include, "exclude": exclude, "use_sitemap": sitemap,
-        # No private, loopback or metadata address unless HEARTH_INGEST_ALLOW_HOSTS lists it.
-        "transport": GuardedTransport(services.settings.ingest_allow_hosts),
-    }
     try:
-        summary = ingest_web(services, url, progress=True, **options)
-    except IngestError as exc:
+        # Limits left out (None) are the settings' (ingest_web reads them).
+        summary = ingest_web(
+            services, url, progress=progress_for(True), max_depth=max_depth,
+            max_pages=max_pages, concurrency=concurrency, timeout_s=timeout_s,
+            include=include, exclude=exclude, use_sitemap=sitemap,
+            # No private, loopback or metadata address unless HEARTH_INGEST_ALLOW_HOSTS lists it.
+            transport=GuardedTransport(services.settings.ingest_allow_hosts))
+    except HearthError as exc:
         raise click.ClickException(str(exc)) from None
     click.echo(str(summary))
 
@@ -68,16 +78,19 @@ def web(url: str, max_depth: int | None, max_pages: int | None, include: tuple[s
 @ingest_cli.command("files")
 @click.argument("folder", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.option("--pdf-char-margin", type=click.FloatRange(0.1),
-              help="pdfminer char_margin: high keeps table rows whole, 2 suits two-column text")
+              help="pdfminer char_margin: high keeps table rows whole, 2 suits two-column text "
+              "(default: HEARTH_PDF_CHAR_MARGIN)")
 def files(folder: Path, pdf_char_margin: float | None) -> None:
     """Index FOLDER recursively: PDF, Markdown, text, HTML and Word (.docx) files."""
-    from ingest.pipeline import IngestError, ingest_files
+    from hearth.errors import HearthError
+    from hearth.ingest.pipeline import ingest_files
+    from hearth.ingest.progress import progress_for
 
     services = _services()
-    margin = pdf_char_margin or _setting(services, "pdf_char_margin", None)
     try:
-        summary = ingest_files(services, folder, progress=True, pdf_char_margin=margin)
-    except IngestError as exc:
+        summary = ingest_files(services, folder, progress=progress_for(True),
+                               pdf_char_margin=pdf_char_margin)
+    except HearthError as exc:
         raise click.ClickException(str(exc)) from None
     click.echo(str(summary))
 
@@ -93,10 +106,13 @@ def list_command(as_json: bool) -> None:
     """Each source with its documents, chunks and last ingest time."""
     import json
 
-    from config import load_settings
-    from ingest.sources import list_sources
+    from hearth.errors import HearthError
+    from hearth.ingest.sources import list_sources
 
-    found = list_sources(load_settings())
+    try:
+        found = list_sources(_settings())
+    except HearthError as exc:
+        raise click.ClickException(str(exc)) from None
     if as_json:
         click.echo(json.dumps([s.to_dict() for s in found], indent=2))
         return
@@ -115,15 +131,15 @@ def list_command(as_json: bool) -> None:
 @click.option("--yes", is_flag=True, help="do not ask for confirmation")
 def remove_command(source: str, yes: bool) -> None:
     """Remove SOURCE (a folder or start URL, as listed) and all its chunks from the index."""
-    from ingest.pipeline import IngestError
-    from ingest.sources import remove_source, resolve
+    from hearth.errors import HearthError
+    from hearth.ingest.sources import remove_source, resolve
 
     services = _services()
     try:
         namespace = resolve(services.settings, source)
-    except IngestError as exc:
+        if not yes:
+            click.confirm(f"Remove {namespace} and all its chunks from the index?", abort=True)
+        _, deleted = remove_source(services, namespace)
+    except HearthError as exc:
         raise click.ClickException(str(exc)) from None
-    if not yes:
-        click.confirm(f"Remove {namespace} and all its chunks from the index?", abort=True)
-    _, deleted = remove_source(services, namespace)
     click.echo(f"Removed {namespace}: {deleted} chunks deleted.")

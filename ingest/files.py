@@ -15,7 +15,9 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from ingest.pipeline import Block, IngestError, ParseCache, Parsed, Progress, Skipped
+from hearth.ingest.cache import ParseCache
+from hearth.ingest.documents import Block, IngestError, Parsed, Skipped
+from hearth.ingest.progress import Progress
 
 KINDS = {
     ".pdf": "pdf",
@@ -69,7 +71,7 @@ def _to_cache(item: Parsed | Skipped) -> dict[str, Any]:
 
 def load_folder(root: Path, *, progress: Progress | None = None,
                 ignored: dict[str, int] | None = None, cache: ParseCache | None = None,
-                pdf_char_margin: float | None = None) -> Iterator[Parsed | Skipped]:
+                pdf_char_margin: float) -> Iterator[Parsed | Skipped]:
     files = find_files(root, ignored)
     if progress:
         progress.begin("files parsed", total=len(files))
@@ -96,19 +98,19 @@ def load_folder(root: Path, *, progress: Progress | None = None,
             yield Skipped(name, f"could not be read: {type(exc).__name__}: {exc}"[:240])
 
 
-def parse_file(path: Path, name: str, *, pdf_char_margin: float | None = None) -> Parsed | Skipped:
+def parse_file(path: Path, name: str, *, pdf_char_margin: float) -> Parsed | Skipped:
     kind = KINDS[path.suffix.lower()]
     if kind == "pdf":
-        from ingest.pdf import PDF_CHAR_MARGIN, parse_pdf
+        from hearth.ingest.pdf import parse_pdf
 
-        return parse_pdf(path, name, char_margin=pdf_char_margin or PDF_CHAR_MARGIN)
+        return parse_pdf(path, name, char_margin=pdf_char_margin)
     if kind == "docx":
         return _docx(path, name)
     if path.stat().st_size > MAX_TEXT_BYTES:
         return Skipped(name, f"larger than {MAX_TEXT_BYTES // 2**20} MiB")
     raw = path.read_bytes()
     if kind == "html":
-        from ingest.html import parse_html
+        from hearth.ingest.html import parse_html
 
         page = parse_html(raw, path.as_uri())
         return Parsed(str(path), page.title or path.stem, page.blocks, kind)

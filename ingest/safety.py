@@ -19,12 +19,29 @@ from pathlib import Path
 
 import httpx
 
+from hearth.errors import HearthError
+
 Address = ipaddress.IPv4Address | ipaddress.IPv6Address
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
-class UnsafeTarget(Exception):
+class UnsafeTarget(HearthError):
     """An address or path that ingestion must not reach."""
+
+    code = "target_not_allowed"
+    status = 403
+
+
+class AddressNotAllowed(UnsafeTarget):
+    """A web address ingestion must not reach (private, loopback, not http or https)."""
+
+    code = "address_not_allowed"
+
+
+class FolderNotAllowed(UnsafeTarget):
+    """A folder outside ``HEARTH_INGEST_ROOTS``."""
+
+    code = "folder_not_allowed"
 
 
 def parse_allow_list(entries: Sequence[str]) -> tuple[set[str], list[Network]]:
@@ -63,7 +80,7 @@ def resolve(host: str, port: int) -> list[Address]:
 def check_host(host: str, port: int,
                allow: tuple[set[str], list[Network]]) -> Address | None:
     """The address to connect to, once every address of ``host`` is checked (None for a host
-    allow-listed by name); UnsafeTarget if one of them may not be reached."""
+    allow-listed by name); AddressNotAllowed if one of them may not be reached."""
     hosts, networks = allow
     if host.lower() in hosts:
         return None
@@ -73,7 +90,7 @@ def check_host(host: str, port: int,
             continue
         why = forbidden(address)
         if why:
-            raise UnsafeTarget(
+            raise AddressNotAllowed(
                 f"{host} is a {why} address ({address}): Hearth does not crawl inside your "
                 "network unless HEARTH_INGEST_ALLOW_HOSTS lists it"
             )
@@ -90,7 +107,7 @@ class GuardedTransport(httpx.HTTPTransport):
     def handle_request(self, request: httpx.Request) -> httpx.Response:
         url = request.url
         if url.scheme not in ("http", "https"):
-            raise UnsafeTarget(f"{url}: only http and https addresses can be ingested")
+            raise AddressNotAllowed(f"{url}: only http and https addresses can be ingested")
         address = check_host(url.host, url.port or (443 if url.scheme == "https" else 80),
                              self.allow)
         if address is None or url.host == str(address):
@@ -107,13 +124,13 @@ class GuardedTransport(httpx.HTTPTransport):
 
 
 def check_folder(folder: Path, roots: Sequence[Path]) -> Path:
-    """The folder, resolved, if it lies under one of ``roots``; UnsafeTarget otherwise."""
+    """The folder, resolved, if it lies under one of ``roots``; FolderNotAllowed otherwise."""
     if not roots:
-        raise UnsafeTarget("no folder may be ingested through the API until "
+        raise FolderNotAllowed("no folder may be ingested through the API until "
                            "HEARTH_INGEST_ROOTS names the folders that may be")
     resolved = folder.expanduser().resolve()
     for root in roots:
         if resolved.is_relative_to(root.expanduser().resolve()):
             return resolved
     allowed = ", ".join(str(r) for r in roots)
-    raise UnsafeTarget(f"{folder} is outside the folders that may be ingested ({allowed})")
+    raise FolderNotAllowed(f"{folder} is outside the folders that may be ingested ({allowed})")

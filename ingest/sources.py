@@ -8,19 +8,26 @@ query over its table (SQLite) or collection (MongoDB), with no bookkeeping of ou
 from __future__ import annotations
 
 import shutil
+import sqlite3
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from ingest.pipeline import (
+from hearth.config import Settings
+from hearth.ingest.cache import parse_cache_dir
+from hearth.ingest.documents import IngestError
+from hearth.ingest.pipeline import files_namespace, remove
+from hearth.ingest.records import (
     INGEST_DB_TIMEOUT_S,
     RECORDS_COLLECTION,
-    IngestError,
-    files_namespace,
-    parse_cache_dir,
-    remove,
+    records_path,
 )
+from hearth.ingest.web import site_namespace
+from hearth.mongo import mongo_client
+
+if TYPE_CHECKING:
+    from hearth.services import Services
 
 
 @dataclass
@@ -36,8 +43,9 @@ class Source:
                 "chunks": self.chunks, "last_ingest": self.last_ingest.isoformat()}
 
 
-def list_sources(settings: Any) -> list[Source]:
-    rows = _mongo_rows(settings) if getattr(settings, "mongodb_uri", None) else _sql_rows(settings)
+def list_sources(settings: Settings) -> list[Source]:
+    rows = (_mongo_rows(settings, settings.mongodb_uri) if settings.mongodb_uri
+            else _sqlite_rows(records_path(settings)))
     return sorted(
         (Source(source=ns, kind="web" if ns.startswith(("http://", "https://")) else "files",
                 documents=int(docs), chunks=int(chunks),
@@ -47,30 +55,23 @@ def list_sources(settings: Any) -> list[Source]:
     )
 
 
-def _sql_rows(settings: Any) -> list[tuple[str, int, int, float]]:
-    from sqlalchemy import create_engine, inspect, text
-
-    url = settings.record_manager_url
-    if url.startswith("sqlite:///") and not Path(url.removeprefix("sqlite:///")).exists():
+def _sqlite_rows(path: Path) -> list[tuple[str, int, int, float]]:
+    if not path.is_file():
         return []  # nothing ingested yet: do not create the file just to list it
-    engine = create_engine(settings.record_manager_url)
+    db = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)
     try:
-        if not inspect(engine).has_table("upsertion_record"):
+        if db.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' "
+                      "AND name = 'upsertion_record'").fetchone() is None:
             return []
-        with engine.connect() as conn:
-            result = conn.execute(text(
-                "SELECT namespace, COUNT(*), COUNT(DISTINCT group_id), MAX(updated_at) "
-                "FROM upsertion_record GROUP BY namespace"))
-            return [(r[0], r[1], r[2], r[3]) for r in result]
+        return [(r[0], r[1], r[2], r[3]) for r in db.execute(
+            "SELECT namespace, COUNT(*), COUNT(DISTINCT group_id), MAX(updated_at) "
+            "FROM upsertion_record GROUP BY namespace")]
     finally:
-        engine.dispose()
+        db.close()
 
 
-def _mongo_rows(settings: Any) -> list[tuple[str, int, int, float]]:
-    from history import mongo_client
-
-    client: Any = mongo_client(settings.mongodb_uri, getattr(settings, "backend_timeout_s", 5.0),
-                               op_timeout_s=INGEST_DB_TIMEOUT_S)
+def _mongo_rows(settings: Settings, uri: str) -> list[tuple[str, int, int, float]]:
+    client: Any = mongo_client(uri, settings.backend_timeout_s, op_timeout_s=INGEST_DB_TIMEOUT_S)
     try:
         collection = client[settings.mongodb_db][RECORDS_COLLECTION]
         per_document = collection.aggregate([
@@ -87,13 +88,11 @@ def _mongo_rows(settings: Any) -> list[tuple[str, int, int, float]]:
         client.close()
 
 
-def resolve(settings: Any, source: str) -> str:
+def resolve(settings: Settings, source: str) -> str:
     """The namespace a user means by ``source``: as listed, a URL, or a folder path."""
     known = {s.source for s in list_sources(settings)}
     candidates = [source]
     if source.startswith(("http://", "https://")):
-        from ingest.web import site_namespace
-
         candidates.append(site_namespace(source))
     else:
         candidates.append(files_namespace(Path(source)))
@@ -103,7 +102,7 @@ def resolve(settings: Any, source: str) -> str:
     raise IngestError(f"no source {source!r} in the index (`hearth sources list` shows them)")
 
 
-def remove_source(services: Any, source: str) -> tuple[str, int]:
+def remove_source(services: Services, source: str) -> tuple[str, int]:
     """Remove every chunk of a source from the index; returns (namespace, chunks deleted)."""
     namespace = resolve(services.settings, source)
     deleted = remove(services, namespace)

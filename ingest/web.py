@@ -3,8 +3,9 @@
 - Scope: the start URL's host (and port); paths under the ``include`` prefixes (default: the
   start URL's folder) and not under an ``exclude`` prefix. Other links are counted, not followed.
 - Bounds: ``max_depth`` links from the start page (a sitemap's pages count as one link away),
-  ``max_pages`` fetches in all, ``concurrency`` requests at a time, ``timeout_s`` per request,
-  ``max_redirects`` hops with loop detection, ``MAX_PAGE_BYTES`` per page.
+  ``max_pages`` fetches in all, ``concurrency`` requests at a time, ``timeout_s`` per request
+  (these four from the settings, ``HEARTH_CRAWL_*``), ``max_redirects`` hops with loop
+  detection, ``MAX_PAGE_BYTES`` per page.
 - Politeness: robots.txt (``Disallow`` and ``Crawl-delay``) and ``<meta name="robots">``.
 - The order is breadth-first and stable (each level in discovery order), so the same site gives
   the same pages when the page limit cuts the crawl short, and re-ingesting churns nothing.
@@ -17,21 +18,21 @@ from __future__ import annotations
 import hashlib
 import threading
 import time
-import xml.etree.ElementTree as ET
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import KW_ONLY, asdict, dataclass, field
 from typing import Any
 from urllib.parse import urljoin, urlsplit, urlunsplit
 from urllib.robotparser import RobotFileParser
 
-from ingest.pipeline import Block, IngestError, ParseCache, Parsed, Progress, Skipped
+import httpx
+from defusedxml import ElementTree
+
+from hearth.ingest.cache import ParseCache
+from hearth.ingest.documents import Block, IngestError, Parsed, Skipped
+from hearth.ingest.progress import Progress
 
 USER_AGENT = "Hearth-ingest/0.1 (local document indexer)"
-MAX_DEPTH = 3
-MAX_PAGES = 500
-CONCURRENCY = 4
-TIMEOUT_S = 10.0
 MAX_REDIRECTS = 5
 MAX_PAGE_BYTES = 5 * 1024 * 1024
 MAX_SITEMAP_URLS = 50_000
@@ -89,7 +90,7 @@ def _site(url: str) -> tuple[str, int | None]:
 class _Fetched:
     url: str  # after redirects
     title: str
-    blocks: list[Any]
+    blocks: list[Block]
     links: list[str]
     noindex: bool
     nofollow: bool
@@ -97,13 +98,17 @@ class _Fetched:
 
 @dataclass
 class Crawler:
+    """One crawl from ``start``. The limits have no defaults here: callers take them from
+    the settings (``HEARTH_CRAWL_*``), where they are defined."""
+
     start: str
-    max_depth: int = MAX_DEPTH
-    max_pages: int = MAX_PAGES
+    _: KW_ONLY
+    max_depth: int
+    max_pages: int
+    concurrency: int
+    timeout_s: float
     include: Sequence[str] = ()
     exclude: Sequence[str] = ()
-    concurrency: int = CONCURRENCY
-    timeout_s: float = TIMEOUT_S
     max_redirects: int = MAX_REDIRECTS
     use_sitemap: bool = True
     respect_robots: bool = True
@@ -111,11 +116,9 @@ class Crawler:
     ignored: dict[str, int] = field(default_factory=dict)
     cache: ParseCache | None = None
     # An httpx transport every request goes through (a guard on where the crawl may connect).
-    transport: Any = None
+    transport: httpx.BaseTransport | None = None
 
     def __post_init__(self) -> None:
-        import httpx
-
         self.start = site_namespace(self.start)
         self.site = _site(self.start)
         if not self.include:
@@ -191,7 +194,9 @@ class Crawler:
                 response = self.client.get(url, follow_redirects=True)
                 if response.status_code != 200:
                     continue
-                root = ET.fromstring(response.content[:MAX_PAGE_BYTES])
+                # Untrusted XML: defusedxml refuses entity expansion ("billion laughs")
+                # and external entities.
+                root = ElementTree.fromstring(response.content[:MAX_PAGE_BYTES])
             except Exception:
                 continue
             locs = [(el.text or "").strip() for el in root.iter() if el.tag.endswith("loc")]
@@ -213,8 +218,6 @@ class Crawler:
             self._last_request = time.monotonic()
 
     def fetch(self, url: str) -> _Fetched | Skipped | None:
-        import httpx
-
         name = url if url not in self.referrer else f"{url} (linked from {self.referrer[url]})"
         chain = [url]
         current = url
@@ -256,7 +259,7 @@ class Crawler:
             return Skipped(name, f"{type(exc).__name__}: {exc}"[:240])
 
     def _parse(self, url: str, body: bytes, charset: str | None) -> _Fetched:
-        from ingest.html import parse_html
+        from hearth.ingest.html import parse_html
 
         key = hashlib.sha256(f"web|{PARSER_VERSION}|{url}|{charset}|".encode() + body).hexdigest()
         cached = self.cache.get(key) if self.cache else None
@@ -357,8 +360,11 @@ class Crawler:
             yield Parsed(result.url, result.title or result.url, result.blocks, "web")
 
 
-def crawl(start_url: str, *, progress: Progress | None = None,
+def crawl(start_url: str, *, max_depth: int, max_pages: int, concurrency: int,
+          timeout_s: float, progress: Progress | None = None,
           ignored: dict[str, int] | None = None, **options: Any) -> Iterator[Parsed | Skipped]:
     """Crawl a site (see ``Crawler`` for the options); yields its pages in a stable order."""
-    crawler = Crawler(start_url, ignored=ignored if ignored is not None else {}, **options)
+    crawler = Crawler(start_url, max_depth=max_depth, max_pages=max_pages,
+                      concurrency=concurrency, timeout_s=timeout_s,
+                      ignored=ignored if ignored is not None else {}, **options)
     return crawler.pages(progress)

@@ -285,7 +285,7 @@ def settings_class() -> Any:
     """config.Settings of this repository (the script runs from anywhere)."""
     if str(ROOT) not in sys.path:
         sys.path.insert(0, str(ROOT))
-    from config import Settings
+    from hearth.config import Settings
 
     return Settings
 
@@ -459,15 +459,25 @@ def check_dockerfile(text: str) -> list[str]:
 
 
 def project_sources(pyproject: str) -> list[str]:
-    """The modules (``config.py``), packages (``ingest/``) and data files
-    (``models/catalog.json``) that pyproject.toml installs."""
+    """What pyproject.toml installs, as paths of the checkout: the root's modules (``*.py``,
+    the root being the package ``hearth``), the subpackages (``ingest/``) and the package data
+    (``models/catalog.json``)."""
     tool = tomllib.loads(pyproject).get("tool", {}).get("setuptools", {})
-    modules = [f"{name}.py" for name in tool.get("py-modules", [])]
-    found = tool.get("packages", {})
-    patterns = found.get("find", {}).get("include", []) if isinstance(found, dict) else found
-    packages = sorted({p.rstrip("*").rstrip(".").split(".")[0] + "/" for p in patterns})
-    data = [file for files in tool.get("data-files", {}).values() for file in files]
-    return modules + packages + data
+    package_dir = tool.get("package-dir", {})
+
+    def folder(package: str) -> str:
+        top, *rest = package.split(".")
+        return str(Path(package_dir.get(top, top), *rest))
+
+    sources = []
+    for package in tool.get("packages", []):
+        where = folder(package)
+        sources.append("*.py" if where == "." else f"{where}/")
+    for package, files in tool.get("package-data", {}).items():
+        where = folder(package)
+        sources += [str(Path(where, f)) for f in files
+                    if where == "." and "*" not in f]  # data inside a subpackage comes with it
+    return sources
 
 
 def dockerignore_patterns(text: str) -> list[tuple[bool, str]]:
@@ -525,12 +535,19 @@ def check_dockerignore(dockerignore: str, pyproject: str) -> list[str]:
     context as a whole, so an exclusion here is what would leave a package out)."""
     rules = dockerignore_patterns(dockerignore)
     required = project_sources(pyproject) + ["pyproject.toml", "README.md", "constraints.txt"]
+
+    def left_out(source: str) -> bool:
+        if source == "*.py":  # the root is the package: its modules, __init__.py first of all
+            return dockerignore_excludes(rules, "__init__.py")
+        return dockerignore_excludes(rules, source.rstrip("/")) or (
+            source.endswith("/") and dockerignore_excludes(rules, source + "__init__.py")
+        )
+
     return [
         f".dockerignore leaves {source} out of the build context, "
         "but the image installs it (pyproject.toml)"
         for source in required
-        if dockerignore_excludes(rules, source.rstrip("/"))
-        or (source.endswith("/") and dockerignore_excludes(rules, source + "__init__.py"))
+        if left_out(source)
     ]
 
 

@@ -22,9 +22,9 @@ from typing import Any
 import httpx
 import pytest
 
-from config import Settings, load_settings
-from embeddings import build_embeddings
-from services import Services, build_services
+from hearth.config import Settings, load_settings
+from hearth.embeddings import build_embeddings
+from hearth.services import Services, build_services
 from tests.ollama_replay import OllamaReplay
 
 REPO = Path(__file__).resolve().parents[1]
@@ -33,6 +33,21 @@ MODELS = REPO / "models"
 DOCS = REPO / "docs"
 SMOLLM = "smollm2-135m-instruct-q4_1"
 QWEN = "qwen2.5-coder-0.5b-instruct-q4_k_m"
+
+
+# Fixtures that bring a real part: a test that uses one is in the real tier, not the fast one.
+REAL_FIXTURES = {"embeddings", "smollm", "make_services", "chroma_server", "mongo", "mongo_server",
+                 "llama_server", "ollama_replay"}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Two tiers: `pytest -m "not real"` runs the logic in seconds (fakes allowed and named);
+    `real` tests use real parts (models, servers, documents); `slow` ones are also real."""
+    for item in items:
+        uses = set(getattr(item, "fixturenames", ()))
+        if (uses & REAL_FIXTURES or item.get_closest_marker("slow")) \
+                and not item.get_closest_marker("real"):
+            item.add_marker(pytest.mark.real)
 
 
 @pytest.fixture(autouse=True)
@@ -66,7 +81,7 @@ def make_settings(tmp_path: Path) -> Callable[..., Settings]:
 @pytest.fixture(scope="session")
 def smollm(tmp_path_factory: pytest.TempPathFactory) -> Any:
     """SmolLM2-135M in process: tiny and fast, for plumbing (its answers are poor)."""
-    from llm import LlamaCppLLM
+    from hearth.llm import LlamaCppLLM
 
     return LlamaCppLLM(load_settings(
         _env_file=None, models_dir=MODELS, llamacpp_model=SMOLLM, llamacpp_n_ctx=2048,

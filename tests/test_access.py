@@ -11,10 +11,10 @@ from typing import Any
 
 import pytest
 
-from api import create_app
+from hearth.api import create_app
+from hearth.throttle import Busy, Gate
 from tests.conftest import BIN
 from tests.test_api import index
-from throttle import Busy, Gate
 
 
 @pytest.fixture

@@ -8,8 +8,8 @@ from typing import Any
 import jsonschema
 import pytest
 
-from api import create_app, openapi_document
-from services import Services
+from hearth.api import create_app, openapi_document
+from hearth.services import Services
 from tests.conftest import closed_port_url
 
 DOCS = [

@@ -29,10 +29,11 @@ import pytest
 from chromadb.config import Settings as ChromaSettings
 from werkzeug.serving import make_server
 
-from api import create_app
-from config import EmbeddingBackend, LLMBackend, Profile, Settings
-from ingest.pipeline import RECORDS_COLLECTION, ingest_files
-from services import Services, build_services
+from hearth.api import create_app
+from hearth.config import EmbeddingBackend, LLMBackend, Profile, Settings
+from hearth.ingest.pipeline import ingest_files
+from hearth.ingest.records import RECORDS_COLLECTION
+from hearth.services import Services, build_services
 
 ROOT = Path(__file__).resolve().parents[1]
 USER = "ann"

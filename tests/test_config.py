@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from config import ConfigError, LLMBackend, Profile, load_settings
+from hearth.config import ConfigError, LLMBackend, Profile, load_settings
 
 
 def test_embedded_defaults() -> None:

@@ -272,7 +272,7 @@ def test_a_setting_missing_from_env_example_fails(deploy_copy: Path) -> None:
 
 
 def test_every_setting_in_config_is_documented() -> None:
-    from config import Settings
+    from hearth.config import Settings
 
     text = (ROOT / ".env.example").read_text()
     for field in Settings.model_fields:
@@ -363,7 +363,7 @@ def test_a_single_stage_dockerfile_fails() -> None:
 
 def test_every_module_and_package_is_copied_into_the_image() -> None:
     sources = check_deploy.project_sources((ROOT / "pyproject.toml").read_text())
-    assert {"api.py", "config.py", "ingest/", "evaluation/", "webui/"} <= set(sources)
+    assert {"*.py", "ingest/", "evaluation/", "webui/", "models/catalog.json"} <= set(sources)
     dockerfile = (ROOT / "Dockerfile").read_text()
     assert check_deploy.check_dockerfile_sources(dockerfile, (ROOT / "pyproject.toml").read_text()) == []
 
@@ -388,7 +388,7 @@ def test_a_source_left_out_of_the_image_fails(deploy_copy: Path) -> None:
     ("node_modules/\n", "node_modules/\nwebui/\n", "webui/"),  # a package
     ("node_modules/\n", "node_modules/\ningest/**\n", "ingest/"),  # its contents
     ("!models/catalog.json\n", "", "models/catalog.json"),  # a data file of the wheel
-    ("node_modules/\n", "node_modules/\n*.py\n", "config.py"),  # a top-level module
+    ("node_modules/\n", "node_modules/\n*.py\n", "*.py"),  # the root package's modules
 ])
 def test_a_source_the_dockerignore_leaves_out_fails(
     deploy_copy: Path, old: str, new: str, source: str
@@ -409,7 +409,7 @@ def test_dockerignore_matching_follows_docker() -> None:
 
 
 def test_a_new_package_must_reach_the_image_too(deploy_copy: Path) -> None:
-    edit_text(deploy_copy / "pyproject.toml", '"webui*"]', '"webui*", "plugins*"]')
+    edit_text(deploy_copy / "pyproject.toml", '"hearth.webui"]', '"hearth.webui", "hearth.plugins"]')
     assert check_deploy.run_checks(deploy_copy) == []  # the whole context is copied
     edit_text(deploy_copy / ".dockerignore", "node_modules/\n", "node_modules/\nplugins/\n")
     only_problem(check_deploy.run_checks(deploy_copy), "plugins/", ".dockerignore leaves")

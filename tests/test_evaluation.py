@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from evaluation.compare import compare, tally
-from evaluation.generate import (
+from hearth.evaluation.compare import compare, tally
+from hearth.evaluation.generate import (
     BoilerplateFilter,
     Chunk,
     RateLimiter,
@@ -18,13 +18,13 @@ from evaluation.generate import (
     generate,
     sample_chunks,
 )
-from evaluation.judge import (
+from hearth.evaluation.judge import (
     expected_rating,
     judgement_from_token_steps,
     parse_rating,
     rating_distribution,
 )
-from evaluation.records import (
+from hearth.evaluation.records import (
     JsonlAppender,
     Question,
     finetune_example,
@@ -34,7 +34,7 @@ from evaluation.records import (
     read_jsonl,
     write_finetune,
 )
-from evaluation.scoring import (
+from hearth.evaluation.scoring import (
     flatten,
     rank_of,
     retrieval_summary,

@@ -15,10 +15,10 @@ import pytest
 from click.testing import CliRunner
 from werkzeug.serving import make_server
 
-from api import create_app
-from evaluation.cli import eval_cli
-from evaluation.records import RECORDS_FILE, load_questions, load_results, read_jsonl
-from services import Services
+from hearth.api import create_app
+from hearth.evaluation.cli import eval_cli
+from hearth.evaluation.records import RECORDS_FILE, load_questions, load_results, read_jsonl
+from hearth.services import Services
 from tests.conftest import MODELS, QWEN, SMOLLM
 from tests.test_evaluation_origin import RAG, origin_file
 

@@ -14,10 +14,10 @@ from typing import Any
 import pytest
 from click.testing import CliRunner
 
-from config import load_settings
-from evaluation.cli import eval_cli
-from evaluation.judge import JUDGE_PROMPT, LlamaCppJudge, OllamaJudge, OpenAIJudge, build_judge
-from evaluation.records import RATINGS
+from hearth.config import load_settings
+from hearth.evaluation.cli import eval_cli
+from hearth.evaluation.judge import JUDGE_PROMPT, LlamaCppJudge, OllamaJudge, OpenAIJudge, build_judge
+from hearth.evaluation.records import RATINGS
 from tests.conftest import MODELS, SMOLLM
 from tests.ollama_replay import OllamaReplay
 
@@ -38,6 +38,7 @@ def judge(tmp_path_factory: pytest.TempPathFactory) -> LlamaCppJudge:
     return built
 
 
+@pytest.mark.real  # SmolLM2 through llama.cpp
 def test_expected_value_from_real_llamacpp_logprobs(judge: LlamaCppJudge) -> None:
     judgement = judge.rate(QUESTION, REFERENCE, HYPOTHESIS)
     assert judgement.method == "logprobs"
@@ -71,6 +72,7 @@ def test_expected_value_from_real_llamacpp_logprobs(judge: LlamaCppJudge) -> Non
     assert judgement.mass == pytest.approx(sum(mass.values()), rel=1e-6)
 
 
+@pytest.mark.real  # SmolLM2 through llama.cpp
 def test_ten_written_as_two_tokens_takes_the_mass_of_a_1_followed_by_0(
         judge: LlamaCppJudge) -> None:
     assert judge.ten_splits  # SmolLM2 spells numbers digit by digit

@@ -1,8 +1,8 @@
 """The origin's published evaluation, reproduced from its own result files.
 
 The files are the bjlkengbot repository's `finetune/measure-results-*.json` (669 questions,
-RAG vs the best fine-tuned model), kept in shared/data/bjlkengbot beside the repository (CI
-clones it there); BJLKENGBOT_DATA_DIR points elsewhere. `hearth eval score` and
+RAG vs the best fine-tuned model), vendored with their MIT licence in evaluation/origin/;
+BJLKENGBOT_DATA_DIR points elsewhere. `hearth eval score` and
 `hearth eval compare` must give the tables of the blog post "LLM Fun: Building a Q&A Bot
 of Myself".
 """
@@ -17,19 +17,22 @@ from typing import Any
 import pytest
 from click.testing import CliRunner
 
-from evaluation.cli import eval_cli
-from evaluation.records import load_results
-from evaluation.scoring import rouge_package_scores, rouge_score_scores
+from hearth.evaluation.cli import eval_cli
+from hearth.evaluation.records import load_results
+from hearth.evaluation.scoring import rouge_package_scores, rouge_score_scores
+
+pytestmark = pytest.mark.real  # the origin's real published results: 2 x 669 answers scored
 
 ORIGIN = Path(os.environ.get("BJLKENGBOT_DATA_DIR")
-              or Path(__file__).resolve().parents[1].parent / "shared" / "data" / "bjlkengbot")
+              or Path(__file__).resolve().parents[1] / "evaluation" / "origin")
 RAG = ORIGIN / "measure-results-qa-gpt.json"
 FINETUNED = ORIGIN / "measure-results-finetune-gpt.json"
 
 
 def origin_file(path: Path) -> Path:
-    assert path.is_file(), (f"the origin's results are not at {path}: clone shared/ beside the "
-                            "repository or set BJLKENGBOT_DATA_DIR")
+    assert path.is_file(), (f"the origin's results are not at {path}: they ship in "
+                            "evaluation/origin/ "
+                            "(or set BJLKENGBOT_DATA_DIR)")
     return path
 
 
@@ -131,7 +134,7 @@ def test_published_wins_ties_and_losses(scored: dict[str, Path], tmp_path: Path)
 def test_compare_reads_the_published_files_directly(tmp_path: Path) -> None:
     a, _ = load_results(origin_file(RAG))
     b, _ = load_results(origin_file(FINETUNED))
-    from evaluation.compare import tally
+    from hearth.evaluation.compare import tally
 
     pairs = list(zip(a, b, strict=True))
     t = tally(pairs, "gpt4")

@@ -9,8 +9,8 @@ from urllib.parse import urlparse
 
 import pytest
 
-from api import create_app
-from history import MongoHistory
+from hearth.api import create_app
+from hearth.history import MongoHistory
 from tests.conftest import MongoServer, start_llama_server
 from tests.ollama_replay import OllamaReplay
 from tests.stall_proxy import StallProxy

@@ -17,7 +17,7 @@ from schemathesis.checks import (
     status_code_conformance,
 )
 
-from api import create_app
+from hearth.api import create_app
 from tests.test_api import index
 
 CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance,

@@ -8,11 +8,12 @@ from typing import Any
 
 import pytest
 
-from history import ConversationNotFound, HistoryError, MongoHistory, SQLiteHistory, Turn
+from hearth.conversations import ConversationNotFound, Turn
+from hearth.history import HistoryError, MongoHistory, SQLiteHistory
 from tests.conftest import MongoServer, closed_port_url
 
 
-@pytest.fixture(params=["sqlite", "mongodb"])
+@pytest.fixture(params=["sqlite", pytest.param("mongodb", marks=pytest.mark.real)])
 def store(request: Any, tmp_path: Path) -> Any:
     if request.param == "sqlite":
         return SQLiteHistory(tmp_path / "history.sqlite3")

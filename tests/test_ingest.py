@@ -24,18 +24,13 @@ from typing import Any
 import pytest
 from langchain_core.embeddings import Embeddings
 
-from ingest.files import load_folder
-from ingest.pipeline import (
-    CHUNK_TOKENS,
-    Chunker,
-    IngestError,
-    Parsed,
-    close_records,
-    ingest_files,
-    record_manager,
-)
-from ingest.sources import list_sources, remove_source
-from services import Services, build_services
+from hearth.ingest.chunking import chunker_for
+from hearth.ingest.documents import IngestError, Parsed
+from hearth.ingest.files import load_folder
+from hearth.ingest.pipeline import ingest_files
+from hearth.ingest.records import close_records, record_manager
+from hearth.ingest.sources import list_sources, remove_source
+from hearth.services import Services, build_services
 
 REPO = Path(__file__).resolve().parents[1]
 PY_DOCS = Path("/usr/share/doc/python3.11/html")
@@ -105,9 +100,9 @@ def chunks(services: Services, root: Path | str) -> list[dict[str, Any]]:
 
 def expected_chunks(services: Services, root: Path) -> set[tuple[str, str]]:
     """(source, content hash) of every chunk one clean run makes, computed without indexing."""
-    chunker = Chunker()
+    chunker = chunker_for(services.settings)
     out: set[tuple[str, str]] = set()
-    for item in load_folder(root):
+    for item in load_folder(root, pdf_char_margin=30.0):
         if isinstance(item, Parsed):
             out |= {(d.metadata["source"], d.metadata["hash"]) for d in chunker.split(item, str(root))}
     return out
@@ -140,10 +135,11 @@ def test_reingest_of_an_unchanged_folder_embeds_nothing(
 def test_every_chunk_fits_the_model_window_and_carries_its_metadata(
         services: Services, tutorial: Path) -> None:
     ingest_files(services, tutorial)
-    chunker = Chunker()
+    chunker = chunker_for(services.settings)
+    assert chunker.max_tokens == 256  # all-MiniLM-L6-v2's window
     stored = chunks(services, tutorial)
     for chunk in stored:
-        assert chunker.count(chunk["text"]) <= CHUNK_TOKENS, chunk["text"][:80]
+        assert chunker.count(chunk["text"]) <= chunker.max_tokens, chunk["text"][:80]
         assert Path(chunk["source"]).parent == tutorial
         assert {"title", "page", "section", "hash", "doc_hash", "root"} <= set(chunk)
     # The tutorial's pages are longer than one window: they were split, with overlap.
@@ -191,9 +187,9 @@ def test_a_changed_file_is_replaced_and_a_deleted_file_disappears(
 KILLER = textwrap.dedent("""
     import os, signal, sys
     from pathlib import Path
-    from config import load_settings
-    from services import build_services
-    from ingest.pipeline import ingest_files
+    from hearth.config import load_settings
+    from hearth.services import build_services
+    from hearth.ingest.pipeline import ingest_files
 
     services = build_services(load_settings(_env_file=None, data_dir=Path(sys.argv[1])))
     store = services.vectorstore.langchain
@@ -406,13 +402,44 @@ def test_mongodb_record_manager_in_the_compose_profile(
 
 
 def _client(services: Services) -> Any:
-    from api import create_app
-    from ingest.jobs import ingest_blueprint
+    from hearth.api import create_app
 
-    app = create_app(services.settings, services)
-    if "ingest" not in app.blueprints:  # until api.py registers it
-        app.register_blueprint(ingest_blueprint)
-    return app.test_client()
+    return create_app(services.settings, services).test_client()
+
+
+def test_a_request_to_ingest_is_checked_before_a_job_starts(
+        make_settings: Callable[..., Any], tmp_path: Path) -> None:
+    from hearth.errors import HearthError
+    from hearth.ingest.jobs import prepare
+    from hearth.ingest.safety import GuardedTransport
+
+    tutorial = tmp_path / "roots" / "tutorial"
+    tutorial.mkdir(parents=True)
+    settings = make_settings(ingest_roots=[tutorial.parent], crawl_max_pages=7,
+                             ingest_allow_hosts=["example.org"])
+    bad = [({"files": str(tutorial), "web": "http://127.0.0.1/"}, 400, "invalid_request"),
+           ({}, 400, "invalid_request"), ({"web": "ftp://example.org/"}, 400, "invalid_request"),
+           ({"files": str(tutorial / "nope")}, 400, "not_a_folder"),
+           ({"files": str(tutorial), "options": {"max_pages": 3}}, 400, "invalid_request"),
+           ({"web": "https://example.org/", "options": {"pdf_char_margin": 2}}, 400,
+            "invalid_request"),
+           ({"files": "/etc"}, 403, "folder_not_allowed"),
+           ({"files": str(tutorial / ".." / "..")}, 403, "folder_not_allowed"),
+           ({"web": "http://127.0.0.1:9/"}, 403, "address_not_allowed"),
+           ({"web": "http://169.254.169.254/latest/"}, 403, "address_not_allowed")]
+    for body, status, code in bad:
+        with pytest.raises(HearthError) as caught:
+            prepare(settings, body)
+        assert (caught.value.status, caught.value.code) == (status, code), body
+
+    assert prepare(settings, {"files": str(tutorial / ".")}) == ("files", str(tutorial), {})
+    kind, target, options = prepare(settings, {"web": "HTTPS://Example.org:443/docs/",
+                                               "options": {"max_depth": 1}})
+    assert (kind, target) == ("web", "https://example.org/docs/")
+    assert isinstance(options.pop("transport"), GuardedTransport)
+    assert options == {"max_depth": 1, "max_pages": 7, "include": [], "exclude": [],
+                       "use_sitemap": True, "concurrency": settings.crawl_concurrency,
+                       "timeout_s": settings.crawl_timeout_s}
 
 
 def test_ingest_api_is_off_unless_enabled(services: Services, tutorial: Path) -> None:
@@ -462,10 +489,11 @@ def test_ingest_api_runs_a_job_and_reports_progress_and_summary(
 # --- the CLI ---------------------------------------------------------------------------------
 
 
+@pytest.mark.real  # the real embedding model over the real tutorial
 def test_cli_ingests_lists_and_removes(tutorial: Path, tmp_path: Path) -> None:
     from click.testing import CliRunner
 
-    from cli import main
+    from hearth.cli import main
 
     runner = CliRunner()
     env = {"HEARTH_DATA_DIR": str(tmp_path / "cli-data")}

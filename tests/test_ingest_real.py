@@ -18,10 +18,12 @@ from typing import Any
 
 import pytest
 
-from config import load_settings
-from ingest.pipeline import Chunker, Summary, ingest_files, ingest_web
-from model import Source, cited, to_source
-from services import Services, build_services
+from hearth.config import load_settings
+from hearth.ingest.chunking import chunker_for
+from hearth.ingest.documents import Summary
+from hearth.ingest.pipeline import ingest_files, ingest_web
+from hearth.model import Source, cited, to_source
+from hearth.services import Services, build_services
 from tests.test_ingest import CountingEmbeddings, chunks
 from tests.test_ingest_web import Site
 
@@ -82,7 +84,7 @@ def test_the_real_site_and_pdf_are_ingested_whole(corpus: Corpus) -> None:
     pdf_chunks = chunks(corpus.services, corpus.pdfs)
     pages = {c["page"] for c in pdf_chunks}
     assert min(pages) >= 1 and max(pages) >= 75  # the manual has 81 pages
-    chunker = Chunker()
+    chunker = chunker_for(corpus.services.settings)
     for chunk in pdf_chunks + chunks(corpus.services, corpus.start):
         assert chunker.count(chunk["text"]) <= 256
     # Sections come from the PDF's outline; running heads and page numbers are dropped.
@@ -135,7 +137,7 @@ def test_reingesting_the_real_site_and_pdf_embeds_nothing(corpus: Corpus) -> Non
 def test_hearth_ask_answers_from_the_site_and_the_pdf_citing_them(corpus: Corpus) -> None:
     from click.testing import CliRunner
 
-    from cli import main
+    from hearth.cli import main
 
     env = {"HEARTH_DATA_DIR": str(corpus.services.settings.data_dir),
            "HEARTH_MODELS_DIR": str(REPO / "models"), "HEARTH_MAX_NEW_TOKENS": "80"}

@@ -13,7 +13,7 @@ from typing import Any
 import httpx
 import pytest
 
-from ingest.safety import GuardedTransport, UnsafeTarget, check_folder
+from hearth.ingest.safety import GuardedTransport, UnsafeTarget, check_folder
 
 
 @pytest.fixture

@@ -22,14 +22,19 @@ from typing import Any
 
 import pytest
 
-from ingest.pipeline import IngestError, Parsed, Skipped, ingest_web
-from ingest.web import Crawler, crawl
-from services import Services
+from hearth.config import load_settings
+from hearth.ingest.documents import IngestError, Parsed, Skipped
+from hearth.ingest.pipeline import ingest_web
+from hearth.ingest.web import Crawler, crawl
+from hearth.services import Services
 from tests.test_ingest import CountingEmbeddings, chunks, search_sources
 
 PY_DOCS = Path("/usr/share/doc/python3.11/html")
-pytestmark = pytest.mark.skipif(
-    not PY_DOCS.is_dir(), reason="needs Debian's python3.11-doc (apt-get install python3.11-doc)")
+pytestmark = [
+    pytest.mark.real,  # a real HTTP server on 127.0.0.1 and real pages
+    pytest.mark.skipif(not PY_DOCS.is_dir(),
+                       reason="needs Debian's python3.11-doc (apt-get install python3.11-doc)"),
+]
 
 
 class Site:
@@ -117,9 +122,18 @@ def docs(elsewhere: Site) -> Iterator[Site]:
     site.close()
 
 
+def crawl_options(**given: Any) -> dict[str, Any]:
+    """The crawl limits of the default settings (the crawler has none of its own), and
+    ``given``."""
+    settings = load_settings(_env_file=None)
+    return {"max_depth": settings.crawl_max_depth, "max_pages": settings.crawl_max_pages,
+            "concurrency": settings.crawl_concurrency, "timeout_s": settings.crawl_timeout_s,
+            **given}
+
+
 def run_crawl(start: str, **options: Any) -> tuple[list[Parsed], list[Skipped], dict[str, int]]:
     ignored: dict[str, int] = {}
-    items = list(crawl(start, ignored=ignored, **options))
+    items = list(crawl(start, ignored=ignored, **crawl_options(**options)))
     return ([i for i in items if isinstance(i, Parsed)],
             [i for i in items if isinstance(i, Skipped)], ignored)
 
@@ -183,7 +197,7 @@ def test_excluded_prefixes_are_neither_fetched_nor_indexed(docs: Site) -> None:
 
 
 def test_each_page_keeps_its_main_text_title_and_url(docs: Site) -> None:
-    crawler = Crawler(f"{docs.url}/library/stdtypes.html")
+    crawler = Crawler(f"{docs.url}/library/stdtypes.html", **crawl_options())
     result = crawler.fetch(f"{docs.url}/library/stdtypes.html")
     assert not isinstance(result, Skipped)
     assert result.url == f"{docs.url}/library/stdtypes.html"
@@ -202,9 +216,9 @@ def test_each_page_keeps_its_main_text_title_and_url(docs: Site) -> None:
 
 def test_a_start_page_that_cannot_be_fetched_stops_before_anything_changes(docs: Site) -> None:
     with pytest.raises(IngestError, match="HTTP 404"):
-        list(crawl(f"{docs.url}/tutorial/missing.html"))
+        list(crawl(f"{docs.url}/tutorial/missing.html", **crawl_options()))
     with pytest.raises(IngestError, match="not a web address"):
-        list(crawl("file:///etc/passwd"))
+        list(crawl("file:///etc/passwd", **crawl_options()))
 
 
 @pytest.fixture
@@ -224,7 +238,7 @@ def small_site(tmp_path: Path) -> Iterator[tuple[Site, Path]]:
 
 def test_recrawl_embeds_nothing_replaces_changed_pages_and_drops_lost_ones(
         small_site: tuple[Site, Path], make_settings: Callable[..., Any], embeddings: Any) -> None:
-    from services import build_services
+    from hearth.services import build_services
 
     site, root = small_site
     counting = CountingEmbeddings(embeddings)

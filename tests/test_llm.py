@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 from langchain_core.messages import HumanMessage, SystemMessage
 
-from llm import Generation, LlamaCppLLM, LLMError, OllamaLLM, OpenAILLM, build_llm
+from hearth.llm import Generation, LlamaCppLLM, LLMError, OllamaLLM, OpenAILLM, build_llm
 from tests.conftest import closed_port_url
 
 MESSAGES = [SystemMessage("Answer in one short sentence."), HumanMessage("What colour is the sky?")]

@@ -6,8 +6,8 @@ from typing import Any
 
 import pytest
 
-from history import Turn
-from model import Answer, Assistant, QuestionTooLong, Source, cited
+from hearth.conversations import Turn
+from hearth.model import Answer, Assistant, QuestionTooLong, Source, cited
 from tests.conftest import closed_port_url
 
 

@@ -23,19 +23,13 @@ import pytest
 from flask import Flask
 from werkzeug.serving import make_server
 
-import api
-from api import create_app
-from config import load_settings
-from history import Turn
-from ingest.pipeline import ingest_files
-from openai_compat import (
-    ROUTES,
-    OpenAIChatChunk,
-    OpenAIMessage,
-    openai_blueprint,
-    split_messages,
-)
-from services import Services, build_services
+from hearth import api
+from hearth.api import create_app
+from hearth.config import load_settings
+from hearth.conversations import Turn
+from hearth.ingest.pipeline import ingest_files
+from hearth.openai_compat import OpenAIChatChunk, OpenAIMessage, split_messages
+from hearth.services import Services, build_services
 from tests.conftest import MODELS, QWEN, closed_port_url, free_port
 
 GUIDE = """# Acme office handbook
@@ -52,10 +46,7 @@ To install the printer driver, run setup.exe from the driver folder and restart 
 
 
 def make_app(services: Services) -> Flask:
-    app = create_app(services.settings, services)
-    if "openai" not in app.blueprints:  # until api.create_app registers it
-        app.register_blueprint(openai_blueprint)
-    return app
+    return create_app(services.settings, services)
 
 
 @contextmanager
@@ -200,19 +191,27 @@ def test_a_chat_resent_whole_continues_one_conversation(smol: Services, smol_url
 def test_a_named_conversation_belongs_to_its_user(smol: Services, smol_url: str) -> None:
     client = client_for(smol_url)
     messages = [{"role": "user", "content": QUESTION}]
-    done = client.chat.completions.create(model="hearth", user="ann", messages=messages,  # type: ignore[arg-type]
-                                          extra_body={"conversation_id": "ann-wifi"})
-    assert (done.model_extra or {})["conversation_id"] == "ann-wifi"
-    assert smol.history.get("ann-wifi").user_id == "ann"  # type: ignore[union-attr]
+    done = client.chat.completions.create(model="hearth", user="ann", messages=messages)  # type: ignore[arg-type]
+    conversation_id = (done.model_extra or {})["conversation_id"]
+    assert smol.history.get(conversation_id).user_id == "ann"  # type: ignore[union-attr]
+    again = client.chat.completions.create(model="hearth", user="ann", messages=messages,  # type: ignore[arg-type]
+                                           extra_body={"conversation_id": conversation_id})
+    assert (again.model_extra or {})["conversation_id"] == conversation_id
     with pytest.raises(openai.NotFoundError) as raised:
         client.chat.completions.create(model="hearth", user="bob", messages=messages,  # type: ignore[arg-type]
-                                       extra_body={"conversation_id": "ann-wifi"})
+                                       extra_body={"conversation_id": conversation_id})
     assert raised.value.code == "conversation_not_found"
     with pytest.raises(openai.BadRequestError) as raised:
         client.chat.completions.create(model="hearth", messages=messages,  # type: ignore[arg-type]
-                                       extra_body={"conversation_id": "ann-wifi"})
+                                       extra_body={"conversation_id": conversation_id})
     assert raised.value.code == "missing_field" and "user" in raised.value.message
-    assert len(smol.history.get("ann-wifi").turns) == 1  # type: ignore[union-attr]
+    # As on /api: a conversation that does not exist is not created by naming it.
+    with pytest.raises(openai.NotFoundError) as raised:
+        client.chat.completions.create(model="hearth", user="ann", messages=messages,  # type: ignore[arg-type]
+                                       extra_body={"conversation_id": "ann-wifi"})
+    assert raised.value.code == "conversation_not_found"
+    assert smol.history.get("ann-wifi") is None
+    assert len(smol.history.get(conversation_id).turns) == 2  # type: ignore[union-attr]
 
 
 def test_without_a_user_nothing_is_stored(smol: Services) -> None:
@@ -225,6 +224,7 @@ def test_without_a_user_nothing_is_stored(smol: Services) -> None:
     assert body["conversation_id"] is None and body["object"] == "chat.completion"
     assert body["choices"][0]["message"]["role"] == "assistant"
     assert body["sources"][0]["source"].endswith("office.md")
+    assert smol.history.list("ann") == [] and smol.history.list("") == []
     with sqlite3.connect(smol.settings.history_path) as db:
         assert db.execute("SELECT COUNT(*) FROM conversations").fetchone() == (0,)
 
@@ -326,11 +326,8 @@ def test_earlier_messages_become_the_conversation() -> None:
     assert question == "Thanks.\nAnd on Saturdays?"
 
 
-def test_the_routes_are_in_the_openapi_document(monkeypatch: pytest.MonkeyPatch,
-                                                smol: Services) -> None:
+def test_the_routes_are_in_the_openapi_document(smol: Services) -> None:
     app = make_app(smol)
-    if "/v1/models" not in api.openapi_document()["paths"]:  # until api documents them itself
-        monkeypatch.setattr(api, "ROUTES", [*api.ROUTES, *ROUTES])
     spec = api.openapi_document()
     jsonschema.Draft202012Validator.check_schema({"$defs": spec["components"]["schemas"]})
     served = {(r.rule, m.lower()) for r in app.url_map.iter_rules() if r.endpoint.startswith("openai.")

@@ -17,6 +17,8 @@ import pytest
 
 from tests.conftest import MODELS, SMOLLM, free_port
 
+pytestmark = pytest.mark.real  # real servers, models or a browser
+
 FLOW = Path(__file__).with_name("network_flow.py")
 ADDRESS = re.compile(r'sin6?_port=htons\((\d+)\).*?(?:inet_addr\("([^"]+)"\)|inet_pton\(AF_INET6, "([^"]+)")')
 

@@ -13,8 +13,8 @@ from typing import Any
 
 import pytest
 
-from ingest.pipeline import ingest_files
-from services import Services
+from hearth.ingest.pipeline import ingest_files
+from hearth.services import Services
 from tests.conftest import QWEN
 
 TUTORIAL = Path("/usr/share/doc/python3.11/html/tutorial")
@@ -27,8 +27,8 @@ pytestmark = [
 
 @pytest.fixture(scope="module")
 def services(tmp_path_factory: pytest.TempPathFactory, embeddings: Any) -> Services:
-    from config import load_settings
-    from services import build_services
+    from hearth.config import load_settings
+    from hearth.services import build_services
     from tests.conftest import MODELS
 
     root = tmp_path_factory.mktemp("quality")
@@ -79,8 +79,8 @@ def test_a_question_the_documents_do_not_answer_is_refused(services: Services) -
 @pytest.fixture(scope="module")
 def hearth_docs(tmp_path_factory: pytest.TempPathFactory, embeddings: Any) -> Services:
     """What ``make run`` serves on a fresh machine: Hearth's own docs/, the default model."""
-    from config import load_settings
-    from services import build_services
+    from hearth.config import load_settings
+    from hearth.services import build_services
     from tests.conftest import DOCS, MODELS
 
     services = build_services(

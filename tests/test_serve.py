@@ -13,6 +13,8 @@ import pytest
 
 from tests.conftest import BIN, MODELS, SMOLLM, Server, free_port, http_ok, wait_until
 
+pytestmark = pytest.mark.real  # real servers, models or a browser
+
 GUIDE = """# Printing
 
 ## Installing the printer driver

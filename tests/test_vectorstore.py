@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from vectorstore import VectorStore, VectorStoreError
+from hearth.vectorstore import VectorStore, VectorStoreError
 
 TEXTS = ["The printer driver installs with setup.exe.", "Bananas are a yellow tropical fruit."]
 
@@ -54,7 +54,7 @@ def test_ollama_embeddings_come_from_the_configured_server_in_bounded_time(
 
     import httpx
 
-    from embeddings import build_embeddings
+    from hearth.embeddings import build_embeddings
     from tests.stall_proxy import StallProxy
 
     ollama_replay.models.append("nomic-embed-text")

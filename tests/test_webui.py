@@ -17,11 +17,13 @@ from typing import Any
 import httpx
 import pytest
 
-from api import create_app
-from config import Settings
-from services import build_services
+from hearth.api import create_app
+from hearth.config import Settings
+from hearth.services import build_services
+from hearth.webui import STATIC, webui_blueprint
 from tests.conftest import BIN, MODELS, REPO, SMOLLM, Server, free_port, http_ok, wait_until
-from webui import STATIC, webui_blueprint
+
+pytestmark = pytest.mark.real  # real servers, models or a browser
 
 CHROMIUM = Path("/usr/bin/chromium")
 ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",

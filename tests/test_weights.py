@@ -7,8 +7,10 @@ from pathlib import Path
 
 import pytest
 
-import weights
+from hearth import weights
 from tests.conftest import MODELS, SMOLLM
+
+pytestmark = pytest.mark.real  # real servers, models or a browser
 
 
 def test_catalog_lists_the_default_and_the_test_models() -> None:
@@ -49,38 +51,3 @@ def test_resolve_says_how_to_fetch(tmp_path: Path) -> None:
     with pytest.raises(weights.ModelError, match="unknown packaged model 'gpt-9'"):
         weights.resolve_model_path("gpt-9", tmp_path)
     assert weights.resolve_model_path(SMOLLM, MODELS).is_file()
-
-
-def test_an_install_that_is_not_a_checkout_finds_the_catalogue(tmp_path: Path) -> None:
-    """The wheel carries models/catalog.json as a data file, and weights looks for it there
-    when it is not beside the code (the Docker image installs Hearth into a venv)."""
-    import subprocess
-    import sys
-    import zipfile
-
-    from tests.test_deploy import ROOT, check_deploy
-
-    # What the Docker image copies before `pip install .`: what pyproject.toml installs.
-    source = tmp_path / "source"
-    for name in ["pyproject.toml", "README.md",
-                 *check_deploy.project_sources((ROOT / "pyproject.toml").read_text())]:
-        (source / name).parent.mkdir(parents=True, exist_ok=True)
-        if (ROOT / name).is_dir():
-            shutil.copytree(ROOT / name, source / name,
-                            ignore=shutil.ignore_patterns("__pycache__"))
-        else:
-            shutil.copy(ROOT / name, source / name)
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation",
-                    "-q", "-w", str(tmp_path / "dist"), str(source)], check=True)
-    [wheel] = (tmp_path / "dist").glob("hearth-*.whl")
-    with zipfile.ZipFile(wheel) as archive:
-        [member] = [n for n in archive.namelist() if n.endswith("data/share/hearth/catalog.json")]
-        assert archive.read(member) == weights.CATALOG_PATH.read_bytes()
-    # Installed: no models/ beside the modules, the catalogue under the environment's prefix.
-    prefix = tmp_path / "venv"
-    (prefix / "share" / "hearth").mkdir(parents=True)
-    shutil.copy(weights.CATALOG_PATH, prefix / "share" / "hearth" / "catalog.json")
-    found = weights.catalog_path(here=tmp_path / "site-packages", prefix=str(prefix))
-    assert found == prefix / "share" / "hearth" / "catalog.json"
-    assert weights.catalog(found) == weights.catalog()
-    assert weights.catalog_path() == weights.CATALOG_PATH  # a checkout uses its own

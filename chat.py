@@ -1,0 +1,195 @@
+"""The chat service: the one place where a question becomes an answer and a stored turn.
+
+Every face asks through here: ``/api/question`` (JSON and SSE), ``/v1/chat/completions`` (JSON
+and stream), ``hearth ask`` and the evaluation runner. For each question it checks the
+question's length and who may continue the conversation, names a new conversation, takes a
+place in the generation queue, runs the chain, and stores exactly one complete turn — or none,
+when the answer fails, the client leaves, or nothing is to be stored (no user, or the
+evaluation runner). Conversations are read and deleted here too, under the same rule of who
+may see them, so the faces never touch the history store.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import Callable, Generator, Iterator, Sequence
+from dataclasses import dataclass
+
+from hearth.auth import MissingUser, Principal
+from hearth.conversations import Conversation, ConversationNotFound, Turn
+from hearth.model import Answer, QuestionTooLong, Token
+from hearth.services import Services
+
+log = logging.getLogger("hearth.chat")
+
+
+@dataclass(frozen=True)
+class Ask:
+    question: str
+    # Whose history the turn goes into; None stores nothing (OpenAI clients without `user`).
+    user_id: str | None = None
+    # Continue this conversation: it must exist and be the user's, else ConversationNotFound.
+    conversation_id: str | None = None
+    # The conversation so far when the face carries it (OpenAI clients resend every message);
+    # None reads it from the stored conversation.
+    turns: Sequence[Turn] | None = None
+    # The id a new conversation gets (default: a random one), or how to name it from its first
+    # turn; when an id given up front exists and is the user's, the turn is added to it.
+    new_conversation_id: str | Callable[[Turn], str] | None = None
+    # False: answer only (the evaluation runner), whoever asks.
+    store: bool = True
+
+
+@dataclass
+class Reply:
+    answer: Answer
+    conversation_id: str | None  # where the turn was stored; None when nothing was
+
+
+@dataclass
+class _Prepared:
+    ask: Ask
+    turns: Sequence[Turn]
+    conversation_id: str | None
+
+
+class ReplyStream:
+    """The answer's tokens as they come, then the Reply. The model's place in the queue is held
+    until the stream ends or is closed, however it ends; a closed stream stores nothing."""
+
+    def __init__(self, events: Generator[Token | Reply, None, None],
+                 release: Callable[[], None]) -> None:
+        self._events = events
+        self._release = release
+        self._released = False
+
+    def __iter__(self) -> Iterator[Token | Reply]:
+        return self
+
+    def __next__(self) -> Token | Reply:
+        try:
+            return next(self._events)
+        except BaseException:
+            self.close()
+            raise
+
+    def close(self) -> None:
+        try:
+            self._events.close()
+        finally:
+            if not self._released:
+                self._released = True
+                self._release()
+
+
+class Chat:
+    def __init__(self, services: Services) -> None:
+        self.services = services
+        self.settings = services.settings
+
+    # -- asking --------------------------------------------------------------------------------
+
+    def _prepare(self, ask: Ask) -> _Prepared:
+        limit = self.settings.max_question_chars
+        if len(ask.question) > limit:
+            raise QuestionTooLong(f"the question has {len(ask.question)} characters; the limit "
+                                  f"is {limit}")
+        storing = ask.store and ask.user_id is not None
+        if not storing:
+            if ask.conversation_id is not None and ask.store:
+                raise MissingUser("user: a conversation_id needs the user it belongs to")
+            return _Prepared(ask, ask.turns or (), None)
+        assert ask.user_id is not None
+        store = self.services.history
+        store.ping()  # a history store that is down fails now, before the model spends any time
+        if ask.conversation_id is not None:
+            conversation = store.get(ask.conversation_id)
+            if conversation is None or conversation.user_id != ask.user_id:
+                raise ConversationNotFound(ask.conversation_id, ask.user_id)
+            turns = conversation.turns if ask.turns is None else ask.turns
+            return _Prepared(ask, turns, ask.conversation_id)
+        name = ask.new_conversation_id
+        if isinstance(name, str):
+            existing = store.get(name)
+            if existing is not None and existing.user_id != ask.user_id:
+                raise ConversationNotFound(name, ask.user_id)
+            return _Prepared(ask, ask.turns or (), name)
+        return _Prepared(ask, ask.turns or (), None if callable(name) else uuid.uuid4().hex)
+
+    def _save(self, prepared: _Prepared, answer: Answer) -> Reply:
+        ask = prepared.ask
+        if not ask.store or ask.user_id is None:
+            return Reply(answer, None)
+        turn = answer.turn(ask.question)
+        conversation_id = prepared.conversation_id
+        if conversation_id is None:
+            assert callable(ask.new_conversation_id)
+            conversation_id = ask.new_conversation_id(turn)
+        self.services.history.add_turn(conversation_id, ask.user_id, turn)
+        return Reply(answer, conversation_id)
+
+    def answer(self, ask: Ask) -> Reply:
+        """The whole answer, stored."""
+        prepared = self._prepare(ask)
+        with self.services.gate.slot():
+            answer = self.services.assistant.answer(ask.question, prepared.turns)
+        return self._save(prepared, answer)
+
+    def stream(self, ask: Ask) -> ReplyStream:
+        """Tokens, then the Reply once the turn is stored.
+
+        The first event is computed before this returns, so a model or store that is down
+        raises here, where a face can still answer with an error status instead of a stream
+        that opens and fails.
+        """
+        prepared = self._prepare(ask)
+        gate = self.services.gate
+        gate.acquire()
+        try:
+            events = self.services.assistant.stream(ask.question, prepared.turns)
+            first = next(events)
+        except BaseException:
+            gate.release()
+            raise
+        return ReplyStream(self._relay(prepared, events, first), gate.release)
+
+    def _relay(self, prepared: _Prepared, events: Generator[Token | Answer, None, None],
+               first: Token | Answer) -> Generator[Token | Reply, None, None]:
+        event, sent = first, 0
+        try:
+            while isinstance(event, Token):
+                yield event
+                sent += 1
+                event = next(events)
+            yield self._save(prepared, event)
+        except GeneratorExit:
+            log.info("the client left after %d tokens: generation stopped, nothing stored", sent)
+            raise
+        finally:
+            events.close()  # a client gone mid-stream stops the generation
+
+    # -- reading and deleting ------------------------------------------------------------------
+
+    def conversations(self, user_id: str) -> list[Conversation]:
+        return self.services.history.list(user_id)
+
+    def conversation(self, conversation_id: str, viewer: Principal | None,
+                     user_id: str | None = None) -> Conversation:
+        """A conversation the viewer may see (its owner, an admin, anyone with keys off),
+        of ``user_id`` when given; anything else is indistinguishable from a missing one."""
+        conversation = self.services.history.get(conversation_id)
+        hidden = conversation is None or (
+            viewer is not None and not viewer.admin and conversation.user_id != viewer.user_id
+        ) or (user_id is not None and conversation.user_id != user_id)
+        if hidden or conversation is None:
+            raise ConversationNotFound(conversation_id)
+        return conversation
+
+    def delete_conversation(self, conversation_id: str, viewer: Principal | None,
+                            user_id: str | None = None) -> bool:
+        self.conversation(conversation_id, viewer, user_id)
+        return self.services.history.delete(conversation_id)
+
+    def erase_history(self, user_id: str) -> int:
+        return self.services.history.delete_user(user_id)

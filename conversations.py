@@ -1,0 +1,67 @@
+"""A conversation and its turns, as Hearth stores and shows them (the stores: ``history``)."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any
+
+from hearth.errors import HearthError
+
+
+class ConversationNotFound(HearthError):
+    """No such conversation for this user (another user's counts as none)."""
+
+    code = "conversation_not_found"
+    status = 404
+
+    def __init__(self, conversation_id: str, user_id: str | None = None) -> None:
+        super().__init__(f"no conversation {conversation_id!r}"
+                         + (f" for user {user_id!r}" if user_id else ""))
+        self.conversation_id = conversation_id
+
+
+@dataclass
+class Turn:
+    question: str
+    answer: str
+    sources: list[dict[str, Any]] = field(default_factory=list)
+    model: str = ""
+    timings: dict[str, float] = field(default_factory=dict)
+    usage: dict[str, int] = field(default_factory=dict)
+    standalone_question: str = ""
+    created_at: float = field(default_factory=time.time)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Turn:
+        """A stored turn: the fields this version knows; a field a later migration added and
+        this version dropped would be ignored rather than fail every read."""
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+
+@dataclass
+class Conversation:
+    id: str
+    user_id: str
+    title: str
+    created_at: float
+    updated_at: float
+    turns: list[Turn] = field(default_factory=list)
+    # Set when the conversation is listed without its turns.
+    turn_count: int | None = None
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "id": self.id, "user_id": self.user_id, "title": self.title,
+            "created_at": self.created_at, "updated_at": self.updated_at,
+            "turn_count": len(self.turns) if self.turn_count is None else self.turn_count,
+        }
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**self.summary(), "turns": [asdict(t) for t in self.turns]}
+
+
+def title_of(question: str) -> str:
+    line = " ".join(question.split())
+    return line if len(line) <= 80 else line[:77].rstrip() + "..."

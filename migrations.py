@@ -1,0 +1,155 @@
+"""Schema versions of the stores Hearth owns, and the numbered migrations between them.
+
+Every store records the version of its schema: a SQLite file in ``PRAGMA user_version``, a
+MongoDB store in one document of the ``hearth_schema`` collection. When a store opens, the
+migrations it lacks are applied in order, each in its own transaction, and recorded. A SQLite
+file is copied (``NAME.vN.bak`` beside it) before the first migration changes it. A store
+written by a newer Hearth is refused with a message, never changed.
+
+Version 0 is a store from before versions were recorded (Hearth 0.1.0, commit 55fd47f): its
+migration 1 adopts that schema as it is.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from hearth.errors import SchemaError
+
+SCHEMA_COLLECTION = "hearth_schema"
+
+
+@dataclass(frozen=True)
+class Migration:
+    version: int
+    description: str
+    sqlite: Callable[[sqlite3.Connection], None] | None = None
+    mongo: Callable[[Any], None] | None = None  # given the database
+
+
+@dataclass(frozen=True)
+class StoreVersion:
+    store: str
+    where: str
+    version: int | None  # None: the store does not exist yet
+    latest: int
+
+    @property
+    def state(self) -> str:
+        if self.version is None:
+            return "not created yet"
+        if self.version > self.latest:
+            return "written by a newer Hearth: refused"
+        if self.version < self.latest:
+            return f"needs migrations {self.version + 1}..{self.latest} (applied when it opens)"
+        return "up to date"
+
+
+def _check(store: str, where: str, current: int, migrations: Sequence[Migration]) -> int:
+    versions = [m.version for m in migrations]
+    if versions != list(range(1, len(versions) + 1)):
+        raise ValueError(f"{store}: migrations must be numbered 1, 2, ... in order")
+    latest = versions[-1] if versions else 0
+    if current > latest:
+        raise SchemaError(
+            f"the {store} at {where} has schema version {current}, written by a newer Hearth "
+            f"(this one knows versions up to {latest}): upgrade Hearth, or restore the copy "
+            "kept before that upgrade")
+    return latest
+
+
+def sqlite_version(db: sqlite3.Connection) -> int:
+    return int(db.execute("PRAGMA user_version").fetchone()[0])
+
+
+def _has_tables(db: sqlite3.Connection) -> bool:
+    return db.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' LIMIT 1").fetchone() is not None
+
+
+def backup_path(path: Path, version: int) -> Path:
+    return path.with_name(f"{path.name}.v{version}.bak")
+
+
+def migrate_sqlite(db: sqlite3.Connection, path: Path, store: str,
+                   migrations: Sequence[Migration]) -> list[int]:
+    """Bring the SQLite store open on ``db`` to the latest version; returns what was applied.
+
+    ``db`` must be in autocommit mode (``isolation_level=None``).
+    """
+    current = sqlite_version(db)
+    latest = _check(store, str(path), current, migrations)
+    if current == latest:
+        return []
+    if _has_tables(db):
+        # A copy before anything changes: the way back if an upgrade goes wrong.
+        target = backup_path(path, current)
+        with sqlite3.connect(target) as copy:
+            db.backup(copy)
+        copy.close()
+        target.chmod(0o600)
+    applied = []
+    for migration in migrations[current:]:
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            if migration.sqlite is not None:
+                migration.sqlite(db)
+            db.execute(f"PRAGMA user_version = {migration.version:d}")
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        applied.append(migration.version)
+    return applied
+
+
+def sqlite_status(path: Path, store: str, migrations: Sequence[Migration]) -> StoreVersion:
+    latest = migrations[-1].version if migrations else 0
+    if not path.is_file():
+        return StoreVersion(store, str(path), None, latest)
+    db = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)
+    try:
+        return StoreVersion(store, str(path), sqlite_version(db), latest)
+    finally:
+        db.close()
+
+
+def mongo_version(db: Any, store: str) -> int | None:
+    doc = db[SCHEMA_COLLECTION].find_one({"_id": store})
+    return int(doc["version"]) if doc else None
+
+
+def migrate_mongo(db: Any, store: str, collection: str,
+                  migrations: Sequence[Migration]) -> list[int]:
+    """The same for a MongoDB store (a collection of ``db``). No copy is made: back MongoDB up
+    with its own tools (``mongodump``) before an upgrade."""
+    recorded = mongo_version(db, store)
+    if recorded is None:
+        # Before versions were recorded, or new: a collection there is a version-0 store.
+        recorded = 0
+    _check(store, f"{db.name}.{collection}", recorded, migrations)
+    applied = []
+    for migration in migrations[recorded:]:
+        if migration.mongo is not None:
+            migration.mongo(db)
+        # $max: two workers starting at once both record it, and neither goes back.
+        db[SCHEMA_COLLECTION].update_one(
+            {"_id": store},
+            {"$max": {"version": migration.version},
+             "$set": {"migrated_at": time.time(), "description": migration.description}},
+            upsert=True)
+        applied.append(migration.version)
+    return applied
+
+
+def mongo_status(db: Any, store: str, collection: str,
+                 migrations: Sequence[Migration]) -> StoreVersion:
+    latest = migrations[-1].version if migrations else 0
+    version = mongo_version(db, store)
+    if version is None and collection in db.list_collection_names():
+        version = 0
+    return StoreVersion(store, f"{db.name}.{collection}", version, latest)

@@ -1,0 +1,92 @@
+"""The chain's logic, step by step (fast tier: a scripted fake model, a fake index; the real
+model's behaviour is in test_model.py and test_quality.py)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from hearth.conversations import Turn
+from hearth.model import Answer, Assistant, Token
+from tests.fakes import FakeLLM, fake_services
+
+PIP = {"pip.md": "To install a package, run python -m pip install followed by its name."}
+QUESTION = "How do I install a package with pip?"
+
+
+def assistant(tmp_path: Path, *replies: str, **overrides: object) -> tuple[Assistant, FakeLLM]:
+    services = fake_services(tmp_path, replies, passages=overrides.pop("passages", PIP),  # type: ignore[arg-type]
+                             **overrides)
+    llm = services.llm
+    assert isinstance(llm, FakeLLM)
+    return services.assistant, llm
+
+
+def test_nothing_relevant_refuses_without_calling_the_model(tmp_path: Path) -> None:
+    chain, llm = assistant(tmp_path, "never", min_relevance=0.5)
+    answer = chain.answer("Which VPN client does the office use?")
+    assert (answer.answer, answer.refused, answer.sources) == (
+        "I am not programmed to answer that.", True, [])
+    assert llm.prompts == []
+
+
+def test_an_echo_of_the_question_is_generated_again_and_never_shown(tmp_path: Path) -> None:
+    chain, llm = assistant(tmp_path, QUESTION, "Run python -m pip install NAME.")
+    tokens = [e.text for e in chain.stream(QUESTION) if isinstance(e, Token)]
+    assert "".join(tokens) == "Run python -m pip install NAME."
+    assert len(llm.prompts) == 2
+
+
+def test_an_answer_that_starts_like_the_question_streams_once(tmp_path: Path) -> None:
+    reply = QUESTION + " Run python -m pip install."
+    chain, llm = assistant(tmp_path, reply)
+    assert chain.answer(QUESTION).answer == reply and len(llm.prompts) == 1
+
+
+def test_a_rewrite_that_is_not_a_question_is_not_used(tmp_path: Path) -> None:
+    chain, llm = assistant(tmp_path, "To upgrade it, you can follow these steps:",
+                           "Add --upgrade.")
+    earlier = Turn(QUESTION, "Run python -m pip install NAME.")
+    answer = chain.answer("And how do I upgrade it?", [earlier])
+    assert answer.standalone_question == "And how do I upgrade it?"
+    asked = llm.prompts[-1]
+    assert [m.type for m in asked] == ["system", "human"]  # no turns to repeat
+    assert str(asked[-1].content).startswith(
+        "Question: And how do I upgrade it? (This follows the earlier question: " + QUESTION)
+
+
+def test_a_rewritten_follow_up_is_asked_with_the_conversation(tmp_path: Path) -> None:
+    chain, llm = assistant(tmp_path, "How do I upgrade a package with pip?", "Add --upgrade.")
+    answer = chain.answer("And how do I upgrade it?", [Turn(QUESTION, "Run pip install.")])
+    assert answer.standalone_question == "How do I upgrade a package with pip?"
+    assert [m.type for m in llm.prompts[-1]] == ["system", "human", "ai", "human"]
+
+
+def test_the_history_is_trimmed_oldest_first_to_fit_the_window(tmp_path: Path) -> None:
+    chain, llm = assistant(tmp_path, n_ctx=1024)
+    long = "word " * 60
+    history = [Turn(f"question {n} {long}", f"answer {n} {long}") for n in range(30)]
+    messages, used = chain.build_prompt("What now?", chain.retrieve(QUESTION), history)
+    assert llm.count_message_tokens(messages) <= llm.n_ctx - chain.settings.max_new_tokens
+    kept = [str(m.content) for m in messages[1:-1]][::2]
+    assert 0 < len(kept) < 30
+    assert kept == [t.question for t in history[-len(kept):]]  # the newest, in order
+    assert used  # the passages come first
+
+
+def test_the_persona_word_budget_and_refusal_reach_the_prompt(tmp_path: Path) -> None:
+    chain, llm = assistant(tmp_path, "Run pip.", persona="You are Ada.", answer_words=42,
+                           refusal="No idea.")
+    chain.answer(QUESTION)
+    system = str(llm.prompts[-1][0].content)
+    assert system.startswith("You are Ada.") and "at most 42 words" in system
+    assert '"No idea."' in system and "python -m pip install" in system
+
+
+def test_an_answer_that_quotes_the_refusal_keeps_its_sources(tmp_path: Path) -> None:
+    chain, _ = assistant(tmp_path, 'Hearth says "I am not programmed to answer that." when '
+                                   "your documents lack the answer.")
+    answer = chain.answer(QUESTION)
+    assert isinstance(answer, Answer) and not answer.refused and answer.sources
+    chain, _ = assistant(tmp_path, "I am not programmed to answer that.")
+    refused = chain.answer(QUESTION)
+    assert refused.refused and refused.sources == []

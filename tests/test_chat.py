@@ -1,0 +1,216 @@
+"""The chat service: who may continue a conversation, one complete turn stored or none, the
+queue, and the same behaviour on every face (fast tier: a scripted fake model and a fake
+index; the history store is a real SQLite file)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from hearth.api import create_app
+from hearth.auth import MissingUser, Principal
+from hearth.chat import Ask, Chat, Reply
+from hearth.conversations import ConversationNotFound, Turn
+from hearth.history import HistoryError
+from hearth.llm import LLMError
+from hearth.model import QuestionTooLong, Token
+from hearth.throttle import Busy
+from tests.fakes import FakeLLM, fake_services
+
+WIFI = "What is the guest Wi-Fi password?"
+
+
+def chat_with(tmp_path: Path, *replies: str, **overrides: Any) -> Chat:
+    return Chat(fake_services(tmp_path, replies, **overrides))
+
+
+def turns_of(chat: Chat, user: str) -> list[list[str]]:
+    store = chat.services.history
+    return [[t.question for t in store.get(c.id).turns]  # type: ignore[union-attr]
+            for c in store.list(user)]
+
+
+def test_an_answer_is_stored_as_one_turn_of_a_new_conversation(tmp_path: Path) -> None:
+    chat = chat_with(tmp_path, "The password is marigold-42.")
+    reply = chat.answer(Ask(WIFI, user_id="ann"))
+    assert reply.answer.answer == "The password is marigold-42."
+    assert reply.answer.sources[0].source == "wifi.md"
+    assert reply.conversation_id and turns_of(chat, "ann") == [[WIFI]]
+
+
+def test_a_follow_up_reads_the_stored_conversation(tmp_path: Path) -> None:
+    chat = chat_with(tmp_path, "marigold-42.", "What is the guest Wi-Fi network called?",
+                     "AcmeGuest.")
+    first = chat.answer(Ask(WIFI, user_id="ann"))
+    second = chat.answer(Ask("And the network's name?", user_id="ann",
+                             conversation_id=first.conversation_id))
+    assert second.conversation_id == first.conversation_id
+    assert second.answer.standalone_question == "What is the guest Wi-Fi network called?"
+    assert turns_of(chat, "ann") == [[WIFI, "And the network's name?"]]
+    llm = chat.services.llm
+    assert isinstance(llm, FakeLLM)
+    assert "marigold-42." in llm.prompts[1][-1].content  # the condense prompt had the turn
+
+
+@pytest.mark.parametrize("owner", [None, "bob"])
+def test_an_unknown_or_foreign_conversation_is_not_found_before_the_model_runs(
+        tmp_path: Path, owner: str | None) -> None:
+    chat = chat_with(tmp_path, "bob's answer", "never generated")
+    conversation_id = "nope"
+    if owner:
+        conversation_id = str(chat.answer(Ask(WIFI, user_id=owner)).conversation_id)
+    llm = chat.services.llm
+    assert isinstance(llm, FakeLLM)
+    calls = len(llm.prompts)
+    for ask in (chat.answer, chat.stream):
+        with pytest.raises(ConversationNotFound) as raised:
+            ask(Ask(WIFI, user_id="ann", conversation_id=conversation_id))
+        assert raised.value.status == 404 and raised.value.code == "conversation_not_found"
+    assert len(llm.prompts) == calls
+    assert turns_of(chat, "ann") == []
+
+
+def test_a_conversation_id_without_a_user_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(MissingUser):
+        chat_with(tmp_path).answer(Ask(WIFI, conversation_id="abc"))
+
+
+def test_without_a_user_or_when_told_not_to_nothing_is_stored(tmp_path: Path) -> None:
+    chat = chat_with(tmp_path, "marigold-42.", "marigold-42.")
+    assert chat.answer(Ask(WIFI)).conversation_id is None
+    assert chat.answer(Ask(WIFI, user_id="ann", store=False)).conversation_id is None
+    assert turns_of(chat, "ann") == []
+
+
+def test_a_question_over_the_limit_is_refused_before_anything_else(tmp_path: Path) -> None:
+    chat = chat_with(tmp_path, max_question_chars=20)
+    with pytest.raises(QuestionTooLong) as raised:
+        chat.answer(Ask(WIFI, user_id="ann"))
+    assert raised.value.status == 413 and "limit is 20" in str(raised.value)
+
+
+def test_a_stream_yields_tokens_then_the_stored_reply(tmp_path: Path) -> None:
+    chat = chat_with(tmp_path, "marigold-42.")
+    events = list(chat.stream(Ask(WIFI, user_id="ann")))
+    assert "".join(e.text for e in events if isinstance(e, Token)) == "marigold-42."
+    assert isinstance(events[-1], Reply) and events[-1].conversation_id
+    assert turns_of(chat, "ann") == [[WIFI]]
+    assert chat.services.gate.running == 0
+
+
+def test_a_stream_closed_midway_stores_nothing_and_frees_the_model(tmp_path: Path) -> None:
+    chat = chat_with(tmp_path, "The password of the guest network is marigold-42.")
+    stream = chat.stream(Ask(WIFI, user_id="ann"))
+    assert chat.services.gate.running == 1
+    assert isinstance(next(stream), Token)
+    stream.close()
+    stream.close()  # twice is harmless: the place is released once
+    assert chat.services.gate.running == 0
+    assert turns_of(chat, "ann") == []
+
+
+def test_a_model_failing_mid_answer_stores_nothing_and_frees_the_model(tmp_path: Path) -> None:
+    chat = chat_with(tmp_path, "The password of the guest network is marigold-42.",
+                     fail_after=5)
+    with pytest.raises(LLMError):
+        chat.answer(Ask(WIFI, user_id="ann"))
+    with pytest.raises(LLMError):
+        list(chat.stream(Ask(WIFI, user_id="ann")))
+    assert chat.services.gate.running == 0
+    assert turns_of(chat, "ann") == []
+
+
+def test_a_history_store_that_is_down_fails_before_the_model_runs(tmp_path: Path) -> None:
+    chat = chat_with(tmp_path, "never generated")
+    chat.services.history._db.close()  # type: ignore[attr-defined]
+    with pytest.raises(HistoryError):
+        chat.answer(Ask(WIFI, user_id="ann"))
+    llm = chat.services.llm
+    assert isinstance(llm, FakeLLM) and llm.prompts == []
+
+
+def test_a_full_queue_is_busy(tmp_path: Path) -> None:
+    chat = chat_with(tmp_path, "marigold-42.", max_queued_generations=0)
+    holding = chat.stream(Ask(WIFI, user_id="ann"))
+    with pytest.raises(Busy) as raised:
+        chat.answer(Ask(WIFI, user_id="bob"))
+    assert raised.value.status == 503 and raised.value.retry_after > 0
+    holding.close()
+    assert chat.answer(Ask(WIFI, user_id="bob")).conversation_id
+
+
+def test_who_may_see_a_conversation(tmp_path: Path) -> None:
+    chat = chat_with(tmp_path, "marigold-42.")
+    conversation_id = str(chat.answer(Ask(WIFI, user_id="ann")).conversation_id)
+    ann, bob, admin = Principal("ann", False), Principal("bob", False), Principal("root", True)
+    assert chat.conversation(conversation_id, ann).user_id == "ann"
+    assert chat.conversation(conversation_id, admin).user_id == "ann"
+    assert chat.conversation(conversation_id, None).user_id == "ann"  # keys off
+    for viewer, user in ((bob, None), (None, "bob"), (admin, "bob")):
+        with pytest.raises(ConversationNotFound):
+            chat.conversation(conversation_id, viewer, user)
+    with pytest.raises(ConversationNotFound):
+        chat.delete_conversation(conversation_id, bob)
+    assert chat.delete_conversation(conversation_id, ann)
+    assert chat.conversations("ann") == []
+
+
+# -- every face asks through the chat service, and behaves alike ---------------------------------
+
+@pytest.fixture
+def client(tmp_path: Path) -> Any:
+    services = fake_services(tmp_path, ["marigold-42."] * 10)
+    return create_app(services.settings, services).test_client()
+
+
+def test_an_unknown_conversation_is_404_on_every_face(client: Any) -> None:
+    api = client.post("/api/question", json={"question": WIFI, "user_id": "ann",
+                                              "conversation_id": "nope"})
+    assert api.status_code == 404 and api.get_json()["error"]["code"] == "conversation_not_found"
+    v1 = client.post("/v1/chat/completions", json={
+        "user": "ann", "conversation_id": "nope",
+        "messages": [{"role": "user", "content": WIFI}]})
+    assert v1.status_code == 404
+    assert v1.get_json()["error"]["code"] == "conversation_not_found"
+    assert v1.get_json()["error"]["type"] == "not_found_error"  # OpenAI's shape
+    listed = client.get("/api/conversations?user_id=ann").get_json()
+    assert listed == {"conversations": []}
+
+
+def test_the_api_streams_and_stores_one_turn(client: Any) -> None:
+    response = client.post("/api/question", json={"question": WIFI, "user_id": "ann",
+                                                   "stream": True})
+    events = [block.split("\n") for block in response.get_data(as_text=True).strip().split("\n\n")]
+    names = [lines[0].removeprefix("event: ") for lines in events]
+    assert names[-2:] == ["sources", "done"] and set(names[:-2]) == {"token"}
+    done = json.loads(events[-1][1].removeprefix("data: "))
+    conversation = client.get(f"/api/conversations/{done['conversation_id']}?user_id=ann")
+    assert [t["answer"] for t in conversation.get_json()["turns"]] == ["marigold-42."]
+
+
+def test_v1_continues_a_resent_chat_in_one_conversation(client: Any) -> None:
+    messages: list[dict[str, str]] = [{"role": "user", "content": WIFI}]
+    first = client.post("/v1/chat/completions", json={"user": "ann", "messages": messages})
+    body = first.get_json()
+    messages += [{"role": "assistant", "content": body["choices"][0]["message"]["content"]},
+                 {"role": "user", "content": "And the network?"}]
+    second = client.post("/v1/chat/completions", json={"user": "ann", "messages": messages})
+    assert second.get_json()["conversation_id"] == body["conversation_id"]
+    conversation = client.get(f"/api/conversations/{body['conversation_id']}?user_id=ann")
+    assert [t["question"] for t in conversation.get_json()["turns"]] == [WIFI, "And the network?"]
+
+
+def test_health_names_the_version(client: Any) -> None:
+    from hearth import __version__
+
+    assert client.get("/healthz").get_json() == {"status": "ok", "version": __version__}
+
+
+def test_turns_from_an_older_or_newer_writer_load(tmp_path: Path) -> None:
+    # A stored turn missing fields a later version added, or carrying one this version lacks.
+    old = Turn.from_dict({"question": "q", "answer": "a"})
+    assert old.sources == [] and old.model == ""
+    assert Turn.from_dict({"question": "q", "answer": "a", "feedback": "helpful"}).answer == "a"

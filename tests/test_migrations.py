@@ -1,0 +1,199 @@
+"""Schema versions and migrations: stores written by Hearth 0.1.0 (main at 55fd47f, in
+tests/fixtures/main-55fd47f) open, migrate and keep every turn, key and ingestion record; a
+store from a newer Hearth is refused untouched; a copy of a SQLite store is kept before a
+migration changes it. SQLite tests are real files (fast tier); MongoDB ones use the real wire
+server (real tier)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sqlite3
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from click.testing import CliRunner
+
+from hearth.auth import build_keys
+from hearth.cli import main
+from hearth.config import Settings, load_settings
+from hearth.errors import SchemaError
+from hearth.history import MongoHistory, SQLiteHistory, build_history
+from hearth.ingest.records import close_records, record_manager
+from hearth.migrations import Migration, backup_path, migrate_sqlite, sqlite_version
+
+FIXTURE = Path(__file__).parent / "fixtures" / "main-55fd47f"
+TOKENS = json.loads((FIXTURE / "tokens.json").read_text())
+STORES = ("history.sqlite3", "keys.sqlite3", "ingest-records.sqlite3")
+
+
+@pytest.fixture
+def old_data(tmp_path: Path) -> Settings:
+    data = tmp_path / "data"
+    data.mkdir()
+    for name in STORES:
+        shutil.copy(FIXTURE / name, data / name)
+    return load_settings(_env_file=None, data_dir=data)
+
+
+def version_of(path: Path) -> int:
+    with sqlite3.connect(path) as db:
+        return sqlite_version(db)
+
+
+def test_the_fixture_is_from_before_versions(old_data: Settings) -> None:
+    assert [version_of(old_data.data_dir / name) for name in STORES] == [0, 0, 0]
+
+
+def test_the_history_of_0_1_0_keeps_every_turn(old_data: Settings) -> None:
+    store = build_history(old_data)
+    ann = store.list("ann")
+    assert sorted(c.id for c in ann) == ["conv-ann-1", "conv-ann-2"]
+    first = store.get("conv-ann-1")
+    assert first is not None
+    assert [t.question for t in first.turns] == ["How do I ingest a folder of PDFs?",
+                                                 "And a website?"]
+    assert first.turns[0].sources[0]["chunk_id"] == "chunk-1"
+    assert first.turns[1].usage == {"prompt_tokens": 500, "completion_tokens": 20}
+    assert [t.answer for t in store.get("conv-bob-1").turns] == [  # type: ignore[union-attr]
+        "In data/history.sqlite3."]
+    path = old_data.history_path
+    assert version_of(path) == 1
+    # The copy made before the migration is the old store, whole.
+    copy = backup_path(path, 0)
+    assert version_of(copy) == 0
+    with sqlite3.connect(copy) as db:
+        assert db.execute("SELECT COUNT(*) FROM turns").fetchone() == (4,)
+    # A new turn goes on after the old ones.
+    from hearth.conversations import Turn
+
+    store.add_turn("conv-ann-1", "ann", Turn("Third?", "Yes."))
+    assert len(store.get("conv-ann-1").turns) == 3  # type: ignore[union-attr]
+
+
+def test_the_keys_of_0_1_0_still_authenticate(old_data: Settings) -> None:
+    keys = build_keys(old_data)
+    ann = keys.authenticate(TOKENS["ann"])
+    root = keys.authenticate(TOKENS["root"])
+    assert ann is not None and (ann.user_id, ann.admin) == ("ann", False)
+    assert root is not None and (root.user_id, root.admin) == ("root", True)
+    assert keys.authenticate(TOKENS["bob"]) is None  # revoked then, revoked now
+    assert len(keys.list()) == 3
+    assert version_of(old_data.data_dir / "keys.sqlite3") == 1
+    assert backup_path(old_data.data_dir / "keys.sqlite3", 0).is_file()
+
+
+def test_the_ingestion_records_of_0_1_0_are_kept(old_data: Settings) -> None:
+    manager = record_manager(old_data, "/docs")
+    try:
+        assert sorted(manager.list_keys()) == ["k1", "k2", "k3"]
+        assert sorted(manager.list_keys(group_ids=["/docs/a.md"])) == ["k1", "k2"]
+    finally:
+        close_records(manager)
+    path = old_data.data_dir / "ingest-records.sqlite3"
+    assert version_of(path) == 1 and backup_path(path, 0).is_file()
+
+
+@pytest.mark.parametrize("name", STORES)
+def test_a_store_from_a_newer_hearth_is_refused_untouched(old_data: Settings, name: str) -> None:
+    path = old_data.data_dir / name
+    with sqlite3.connect(path) as db:
+        db.execute("PRAGMA user_version = 99")
+    before = path.read_bytes()
+    opens: dict[str, Callable[[], Any]] = {
+        "history.sqlite3": lambda: build_history(old_data),
+        "keys.sqlite3": lambda: build_keys(old_data),
+        "ingest-records.sqlite3": lambda: record_manager(old_data, "/docs"),
+    }
+    with pytest.raises(SchemaError, match="newer Hearth") as raised:
+        opens[name]()
+    assert raised.value.status == 503
+    assert path.read_bytes() == before
+    assert not list(path.parent.glob(f"{name}.*.bak"))
+
+
+def test_a_new_store_starts_at_the_latest_version_with_no_copy(tmp_path: Path) -> None:
+    path = tmp_path / "history.sqlite3"
+    SQLiteHistory(path)
+    assert version_of(path) == 1 and not list(tmp_path.glob("*.bak"))
+
+
+def test_migrations_apply_in_order_each_in_a_transaction(tmp_path: Path) -> None:
+    path = tmp_path / "store.sqlite3"
+    db = sqlite3.connect(path, isolation_level=None)
+    steps = [
+        Migration(1, "a table", sqlite=lambda d: d.execute("CREATE TABLE t (x INTEGER)")),
+        Migration(2, "a row", sqlite=lambda d: d.execute("INSERT INTO t VALUES (1)")),
+    ]
+    assert migrate_sqlite(db, path, "test store", steps[:1]) == [1]
+    assert not backup_path(path, 0).exists()  # it was empty: nothing to keep
+
+    def fails(d: sqlite3.Connection) -> None:
+        d.execute("INSERT INTO t VALUES (2)")
+        raise RuntimeError("a migration that fails half-way")
+
+    with pytest.raises(RuntimeError):
+        migrate_sqlite(db, path, "test store", [*steps, Migration(3, "broken", sqlite=fails)])
+    # Migration 2 is in; the failed 3 left nothing behind, and the version says so.
+    assert sqlite_version(db) == 2
+    assert db.execute("SELECT x FROM t").fetchall() == [(1,)]
+    assert backup_path(path, 1).is_file()  # the copy taken before migration 2
+    with pytest.raises(ValueError, match="numbered"):
+        migrate_sqlite(db, path, "test store", [steps[1]])
+
+
+def test_hearth_migrate_shows_then_applies(old_data: Settings,
+                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HEARTH_DATA_DIR", str(old_data.data_dir))
+    status = CliRunner().invoke(main, ["migrate", "--status"])
+    assert status.exit_code == 0, status.output
+    assert status.output.count("schema 0 of 1: needs migrations 1..1") == 3, status.output
+    assert [version_of(old_data.data_dir / n) for n in STORES] == [0, 0, 0]  # only looked
+    applied = CliRunner().invoke(main, ["migrate"])
+    assert applied.exit_code == 0, applied.output
+    assert applied.output.count("schema 1 of 1: up to date") == 3, applied.output
+
+
+def test_a_bad_setting_is_one_clean_line_in_every_group(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HEARTH_TOP_K", "many")
+    for command in (["migrate", "--status"], ["sources", "list"], ["keys", "list"],
+                    ["eval", "generate"], ["ingest", "files", "."], ["doctor"]):
+        result = CliRunner().invoke(main, command)
+        assert result.exit_code == 1, (command, result.output)
+        assert "HEARTH_TOP_K" in result.output and "Traceback" not in result.output, command
+        assert not isinstance(result.exception, Exception) or isinstance(
+            result.exception, SystemExit), (command, result.exception)
+
+
+@pytest.mark.real
+def test_mongodb_stores_of_0_1_0_migrate(mongo_server: str, tmp_path: Path) -> None:
+    import pymongo
+
+    documents = json.loads((FIXTURE / "mongo.json").read_text())
+    client: Any = pymongo.MongoClient(mongo_server)
+    db = client["old_main"]
+    for name in ("conversations", "api_keys", "ingest_records"):
+        db[name].insert_many(documents[name])
+    settings = load_settings(_env_file=None, data_dir=tmp_path, mongodb_uri=mongo_server,
+                             mongodb_db="old_main")
+    history = build_history(settings)
+    assert isinstance(history, MongoHistory)
+    conversation = history.get("conv-ann-1")
+    assert conversation is not None and len(conversation.turns) == 2
+    assert [c.id for c in history.list("bob")] == ["conv-bob-1"]
+    principal = build_keys(settings).authenticate(documents["tokens"]["root"])
+    assert principal is not None and principal.admin
+    manager = record_manager(settings, "/docs")
+    try:
+        assert sorted(manager.list_keys()) == ["k1", "k2"]
+    finally:
+        close_records(manager)
+    versions = {d["_id"]: d["version"] for d in db["hearth_schema"].find()}
+    assert versions == {"history": 1, "API keys": 1, "ingestion records": 1}
+    # A newer writer's store is refused.
+    db["hearth_schema"].update_one({"_id": "history"}, {"$set": {"version": 7}})
+    with pytest.raises(SchemaError, match="newer Hearth"):
+        build_history(settings).get("conv-ann-1")
+    client.close()
