@@ -1,5 +1,5 @@
 # The two commands of the README. Each sets everything up on a fresh machine first.
-.PHONY: run test test-fast lint setup
+.PHONY: run test test-fast lint setup compose-test
 
 run:
 	scripts/bootstrap.sh run
@@ -19,3 +19,8 @@ lint:
 	.venv/bin/ruff check .
 	.venv/bin/mypy .
 	.venv/bin/lint-imports
+
+# The Docker stack, built and started for real (docker compose up), with stand-ins for the
+# images no registry serves here; not part of `test`. See scripts/compose-test.sh.
+compose-test:
+	scripts/compose-test.sh

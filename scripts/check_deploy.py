@@ -7,7 +7,8 @@ the files: the compose files against the Compose Specification's JSON schema (ve
 deploy/), `depends_on` targets that do not exist, services without health checks, ports
 published beyond 127.0.0.1, images that float (`latest`, no tag), settings of config.py that
 `.env.example` does not document (or documents with a wrong default), and a Dockerfile that is
-single-stage, runs as root, keeps compilers or does not run `hearth serve`.
+single-stage, runs as root, keeps compilers or does not run `hearth serve`, and a build context
+(.dockerignore) that leaves out a package the image installs.
 Each check returns a list of problems; an empty list means it passed.
 """
 
@@ -33,6 +34,7 @@ COMPOSE_FILES = ("docker-compose.yml", "docker-compose.gpu.yml")
 SCHEMA_PATH = Path("deploy/compose.schema.json")
 ENV_EXAMPLE = Path(".env.example")
 DOCKERFILE = Path("Dockerfile")
+DOCKERIGNORE = Path(".dockerignore")
 PYPROJECT = Path("pyproject.toml")
 SETTINGS_PREFIX = "HEARTH_"
 
@@ -406,6 +408,7 @@ def check_dockerfile(text: str) -> list[str]:
     args: dict[str, str] = {}
     stages: list[list[tuple[str, str]]] = []
     stage_names: set[str] = set()
+    unpinned: set[str] = set()
     for keyword, rest in instructions:
         if keyword == "ARG" and not stages:
             name, _, default = rest.partition("=")
@@ -414,7 +417,8 @@ def check_dockerfile(text: str) -> list[str]:
             words = [w for w in rest.split() if not w.startswith("--")]
             image = interpolate(words[0], args) if words else ""
             local = image.lower() in stage_names or image == "scratch"
-            if not local and not image_is_pinned(image):
+            if not local and not image_is_pinned(image) and image not in unpinned:
+                unpinned.add(image)  # once, though every stage may use it (ARG BASE_IMAGE)
                 problems.append(
                     f"Dockerfile: FROM {image!r} is not pinned: use an exact version tag "
                     "(python:3.11.15-slim-bookworm) or a digest"
@@ -476,9 +480,81 @@ def project_sources(pyproject: str) -> list[str]:
     return sources
 
 
+def dockerignore_patterns(text: str) -> list[tuple[bool, str]]:
+    """(is an exception ``!``, pattern) of each rule of a .dockerignore, in order."""
+    rules = []
+    for raw in text.splitlines():
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        negate = line.startswith("!")
+        pattern = line[1:].strip() if negate else line
+        pattern = re.sub(r"/+", "/", pattern).strip("/")
+        if pattern.startswith("./"):
+            pattern = pattern[2:]
+        if pattern:
+            rules.append((negate, pattern))
+    return rules
+
+
+def _dockerignore_regex(pattern: str) -> re.Pattern[str]:
+    """Go's filepath.Match with Docker's ``**`` (any number of folders), as a regex."""
+    out = ""
+    i = 0
+    while i < len(pattern):
+        if pattern.startswith("**", i):
+            i += 2
+            if pattern.startswith("/", i):
+                i += 1
+                out += "(?:.*/)?"
+            else:
+                out += ".*"
+            continue
+        char = pattern[i]
+        out += {"*": "[^/]*", "?": "[^/]"}.get(char, re.escape(char))
+        i += 1
+    return re.compile(out + r"\Z")
+
+
+def dockerignore_excludes(rules: list[tuple[bool, str]], path: str) -> bool:
+    """Whether the build context leaves ``path`` out. A rule matches a path or a folder above
+    it; the last rule that matches decides, as in Docker."""
+    path = path.strip("/")
+    parts = path.split("/")
+    candidates = ["/".join(parts[: n + 1]) for n in range(len(parts))]
+    excluded = False
+    for negate, pattern in rules:
+        regex = _dockerignore_regex(pattern)
+        if any(regex.match(candidate) for candidate in candidates):
+            excluded = not negate
+    return excluded
+
+
+def check_dockerignore(dockerignore: str, pyproject: str) -> list[str]:
+    """The build context holds every source the project installs (the Dockerfile copies the
+    context as a whole, so an exclusion here is what would leave a package out)."""
+    rules = dockerignore_patterns(dockerignore)
+    required = project_sources(pyproject) + ["pyproject.toml", "README.md", "constraints.txt"]
+
+    def left_out(source: str) -> bool:
+        if source == "*.py":  # the root is the package: its modules, __init__.py first of all
+            return dockerignore_excludes(rules, "__init__.py")
+        return dockerignore_excludes(rules, source.rstrip("/")) or (
+            source.endswith("/") and dockerignore_excludes(rules, source + "__init__.py")
+        )
+
+    return [
+        f".dockerignore leaves {source} out of the build context, "
+        "but the image installs it (pyproject.toml)"
+        for source in required
+        if left_out(source)
+    ]
+
+
 def check_dockerfile_sources(text: str, pyproject: str) -> list[str]:
     """Every module and package the project installs is copied in before it is installed:
-    a package left out installs nothing and fails only when the container starts."""
+    a package left out installs nothing and fails only when the container starts. Copying
+    the whole context (``COPY . /src``) copies them all; .dockerignore is checked apart."""
     copied: list[str] = []
     for keyword, rest in dockerfile_instructions(text):
         if keyword == "COPY" and "--from" not in rest:
@@ -522,7 +598,10 @@ def run_checks(root: Path = ROOT) -> list[str]:
     )
     dockerfile = (root / DOCKERFILE).read_text(encoding="utf-8")
     problems += check_dockerfile(dockerfile)
-    problems += check_dockerfile_sources(dockerfile, (root / PYPROJECT).read_text(encoding="utf-8"))
+    pyproject = (root / PYPROJECT).read_text(encoding="utf-8")
+    problems += check_dockerfile_sources(dockerfile, pyproject)
+    if (root / DOCKERIGNORE).exists():
+        problems += check_dockerignore((root / DOCKERIGNORE).read_text(encoding="utf-8"), pyproject)
     texts = {name: (root / name).read_text(encoding="utf-8") for name in docs}
     problems += check_setting_names(texts | {"Dockerfile": dockerfile})
     return problems

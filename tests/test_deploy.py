@@ -29,6 +29,7 @@ DEPLOY_FILES = [
     "docker-compose.gpu.yml",
     ".env.example",
     "Dockerfile",
+    ".dockerignore",
     "pyproject.toml",
     "deploy/compose.schema.json",
 ]
@@ -332,7 +333,9 @@ def test_the_dockerfile_passes() -> None:
 def test_an_unpinned_base_image_fails(deploy_copy: Path, image: str) -> None:
     only_problem(
         dockerfile_problems(
-            deploy_copy, "FROM python:3.11.15-slim-bookworm AS build", f"FROM {image} AS build"
+            deploy_copy,
+            "ARG BASE_IMAGE=python:3.11.15-slim-bookworm",
+            f"ARG BASE_IMAGE={image}",
         ),
         f"FROM '{image}' is not pinned",
     )
@@ -365,18 +368,51 @@ def test_every_module_and_package_is_copied_into_the_image() -> None:
     assert check_deploy.check_dockerfile_sources(dockerfile, (ROOT / "pyproject.toml").read_text()) == []
 
 
-@pytest.mark.parametrize(("line", "source"), [
-    ("COPY webui/ webui/\n", "webui/"),  # a package
-    ("COPY models/catalog.json models/\n", "models/catalog.json"),  # a data file of the wheel
+def test_the_image_copies_the_whole_build_context() -> None:
+    # The layout of the sources may change (modules, packages, one root package): the build
+    # stage copies the context as a whole and installs it, rather than listing files.
+    instructions = check_deploy.dockerfile_instructions((ROOT / "Dockerfile").read_text())
+    assert ("COPY", ". /src") in instructions
+
+
+def test_a_source_left_out_of_the_image_fails(deploy_copy: Path) -> None:
+    edit_text(deploy_copy / "Dockerfile", "COPY . /src\n", "COPY README.md /src/\n")
+    problems = check_deploy.run_checks(deploy_copy)
+    sources = check_deploy.project_sources((deploy_copy / "pyproject.toml").read_text())
+    assert len(problems) == len(sources), problems
+    assert all("never copied" in p for p in problems), problems
+    assert any("webui/" in p for p in problems) and any("models/catalog.json" in p for p in problems)
+
+
+@pytest.mark.parametrize(("old", "new", "source"), [
+    ("node_modules/\n", "node_modules/\nwebui/\n", "webui/"),  # a package
+    ("node_modules/\n", "node_modules/\ningest/**\n", "ingest/"),  # its contents
+    ("!models/catalog.json\n", "", "models/catalog.json"),  # a data file of the wheel
+    ("node_modules/\n", "node_modules/\n*.py\n", "*.py"),  # the root package's modules
 ])
-def test_a_source_left_out_of_the_image_fails(deploy_copy: Path, line: str, source: str) -> None:
-    edit_text(deploy_copy / "Dockerfile", line, "")
-    only_problem(check_deploy.run_checks(deploy_copy), source, "never copied")
+def test_a_source_the_dockerignore_leaves_out_fails(
+    deploy_copy: Path, old: str, new: str, source: str
+) -> None:
+    edit_text(deploy_copy / ".dockerignore", old, new)
+    problems = check_deploy.run_checks(deploy_copy)
+    assert problems and all(".dockerignore leaves" in p for p in problems), problems
+    assert any(source in p for p in problems), problems
 
 
-def test_a_new_package_must_be_copied_too(deploy_copy: Path) -> None:
+def test_dockerignore_matching_follows_docker() -> None:
+    rules = check_deploy.dockerignore_patterns("models/\n!models/catalog.json\n**/__pycache__/\n*.gguf\n")
+    excluded = check_deploy.dockerignore_excludes
+    assert excluded(rules, "models/x.gguf") and not excluded(rules, "models/catalog.json")
+    assert excluded(rules, "ingest/__pycache__/a.pyc") and excluded(rules, "__pycache__")
+    assert excluded(rules, "a.gguf") and not excluded(rules, "sub/a.gguf")  # `*` stops at `/`
+    assert not excluded(rules, "ingest/files.py")
+
+
+def test_a_new_package_must_reach_the_image_too(deploy_copy: Path) -> None:
     edit_text(deploy_copy / "pyproject.toml", '"hearth.webui"]', '"hearth.webui", "hearth.plugins"]')
-    only_problem(check_deploy.run_checks(deploy_copy), "plugins/", "never copied")
+    assert check_deploy.run_checks(deploy_copy) == []  # the whole context is copied
+    edit_text(deploy_copy / ".dockerignore", "node_modules/\n", "node_modules/\nplugins/\n")
+    only_problem(check_deploy.run_checks(deploy_copy), "plugins/", ".dockerignore leaves")
 
 
 def test_running_as_root_fails(deploy_copy: Path) -> None:
@@ -407,14 +443,15 @@ def test_another_command_fails(deploy_copy: Path) -> None:
 
 
 @pytest.mark.parametrize(
-    "install", ['".[ingest,llamacpp]"', '".[ingest]" llama-cpp-python==0.3.36', '".[llamacpp]"']
+    "install",
+    ['"/src[ingest,llamacpp]"', '"/src[ingest]" llama-cpp-python==0.3.36', '"/src[llamacpp]"'],
 )
 def test_building_llama_cpp_fails(deploy_copy: Path, install: str) -> None:
     only_problem(
         dockerfile_problems(
             deploy_copy,
-            'RUN pip install -c constraints.txt ".[ingest]"',
-            f"RUN pip install -c constraints.txt {install}",
+            "pip install --no-deps /src",
+            f"pip install {install}",
         ),
         "llama-cpp-python",
     )
