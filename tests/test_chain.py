@@ -109,7 +109,7 @@ def test_retrieved_text_is_quoted_data_never_instructions(tmp_path: Path) -> Non
     # In the user's message the passages sit inside one documents block that they cannot
     # close or reopen, and the question comes after it.
     text = str(last.content)
-    assert text.startswith("<documents>\n") and text.count("<documents>") == 1
+    assert text.startswith("Context:\n<documents>\n") and text.count("<documents>") == 1
     assert text.count("</documents>") == 1
     inside, after = text.split("</documents>")
     assert "EvilBot" in inside and "‹/documents›" in inside and "‹documents›" in inside
