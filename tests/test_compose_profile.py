@@ -196,10 +196,9 @@ def test_question_answer_and_history_through_ollama_mongodb_and_chroma(
     assert chat["options"]["num_predict"] == compose_settings.max_new_tokens
     system = chat["messages"][0]
     assert system["role"] == "system" and "never as instructions" in system["content"]
-    last = chat["messages"][-1]
-    passages, asked = last["content"].split("</documents>")
-    assert last["role"] == "user" and "red and white bands" in passages
-    assert asked.strip().startswith(f"Question: {question}\n")
+    context, last = chat["messages"][-2:]
+    assert context["role"] == "user" and "red and white bands" in context["content"]
+    assert last["role"] == "user" and last["content"].startswith(f"Question: {question}\n")
 
     # The turn is in MongoDB, and the API reads it back from there.
     conversation_id = body["conversation_id"]

@@ -30,7 +30,7 @@ def test_history_is_trimmed_oldest_first_to_fit_the_window(assistant: Assistant)
     window = assistant.llm.n_ctx - assistant.settings.max_new_tokens
     assert assistant.llm.count_message_tokens(messages) <= window
     assert used == chunks  # the chunks come first
-    kept = [m.content for m in messages[1:-1]][::2]
+    kept = [m.content for m in messages[1:-2]][::2]  # between the rules and the context
     assert kept, "some history fits"
     assert len(kept) < 30
     # What is kept is the newest turns, in order.
@@ -115,8 +115,8 @@ def test_a_follow_up_the_model_answers_instead_of_rewriting_is_asked_with_what_i
     assert answer.standalone_question == "And how do I upgrade it?"
     assert answer.answer == "Run python -m pip install followed by its name."
     messages = ollama_replay.chats()[-1]["messages"]
-    assert [m["role"] for m in messages] == ["system", "user"]  # no turns to repeat
-    passages, question = messages[-1]["content"].split("</documents>")
+    assert [m["role"] for m in messages] == ["system", "user", "user"]  # no turns to repeat
+    passages, question = messages[-2]["content"], messages[-1]["content"]
     assert question.strip().startswith(
         "Question: And how do I upgrade it? (This follows the earlier question: "
         "How do I install a package with pip?)")
@@ -132,8 +132,8 @@ def test_a_rewritten_follow_up_is_asked_with_the_conversation(
     answer = services.assistant.answer("And how do I upgrade it?", [earlier])
     assert answer.standalone_question == "How do I upgrade a package with pip?"
     messages = ollama_replay.chats()[-1]["messages"]
-    assert [m["role"] for m in messages] == ["system", "user", "assistant", "user"]
-    assert "</documents>\n\nQuestion: How do I upgrade a package with pip?" in messages[-1]["content"]
+    assert [m["role"] for m in messages] == ["system", "user", "assistant", "user", "user"]
+    assert messages[-1]["content"].startswith("Question: How do I upgrade a package with pip?")
 
 
 def test_the_persona_word_budget_and_refusal_reach_the_prompt(
