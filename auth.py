@@ -23,8 +23,7 @@ from hearth.migrations import (
     StoreVersion,
     migrate_mongo,
     migrate_sqlite,
-    mongo_status,
-    sqlite_status,
+    store_status,
 )
 from hearth.mongo import mongo_client
 from hearth.private import private_dir, private_file
@@ -230,10 +229,4 @@ def build_keys(settings: Settings) -> Keys:
 
 def keys_status(settings: Settings) -> StoreVersion:
     """The key store's schema version, read without changing anything."""
-    if settings.mongodb_uri:
-        client = mongo_client(settings.mongodb_uri, settings.backend_timeout_s)
-        try:
-            return mongo_status(client[settings.mongodb_db], STORE, "api_keys", MIGRATIONS)
-        finally:
-            client.close()
-    return sqlite_status(keys_path(settings), STORE, MIGRATIONS)
+    return store_status(settings, STORE, "api_keys", keys_path(settings), MIGRATIONS)

@@ -23,8 +23,7 @@ from hearth.migrations import (
     StoreVersion,
     migrate_mongo,
     migrate_sqlite,
-    mongo_status,
-    sqlite_status,
+    store_status,
 )
 from hearth.mongo import mongo_client, redact
 from hearth.private import private_dir, private_file
@@ -283,10 +282,4 @@ def build_history(settings: Settings) -> HistoryStore:
 
 def history_status(settings: Settings) -> StoreVersion:
     """The history store's schema version, read without changing anything."""
-    if settings.mongodb_uri:
-        client = mongo_client(settings.mongodb_uri, settings.backend_timeout_s)
-        try:
-            return mongo_status(client[settings.mongodb_db], STORE, "conversations", MIGRATIONS)
-        finally:
-            client.close()
-    return sqlite_status(settings.history_path, STORE, MIGRATIONS)
+    return store_status(settings, STORE, "conversations", settings.history_path, MIGRATIONS)

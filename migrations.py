@@ -19,7 +19,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from hearth.config import Settings
 from hearth.errors import SchemaError
+from hearth.mongo import mongo_client
 
 SCHEMA_COLLECTION = "hearth_schema"
 
@@ -153,3 +155,16 @@ def mongo_status(db: Any, store: str, collection: str,
     if version is None and collection in db.list_collection_names():
         version = 0
     return StoreVersion(store, f"{db.name}.{collection}", version, latest)
+
+
+def store_status(settings: Settings, store: str, collection: str, path: Path,
+                 migrations: Sequence[Migration]) -> StoreVersion:
+    """A store's schema version where the settings keep it (MongoDB when a URI is set, else
+    the SQLite file at ``path``), read without changing or creating anything."""
+    if settings.mongodb_uri:
+        client = mongo_client(settings.mongodb_uri, settings.backend_timeout_s)
+        try:
+            return mongo_status(client[settings.mongodb_db], store, collection, migrations)
+        finally:
+            client.close()
+    return sqlite_status(path, store, migrations)

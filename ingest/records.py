@@ -19,8 +19,7 @@ from hearth.migrations import (
     StoreVersion,
     migrate_mongo,
     migrate_sqlite,
-    mongo_status,
-    sqlite_status,
+    store_status,
 )
 from hearth.mongo import mongo_client
 
@@ -60,14 +59,8 @@ def records_path(settings: Settings) -> Path:
 
 def records_status(settings: Settings) -> StoreVersion:
     """The ingestion records' schema version, read without changing (or creating) anything."""
-    if settings.mongodb_uri:
-        client = mongo_client(settings.mongodb_uri, settings.backend_timeout_s)
-        try:
-            return mongo_status(client[settings.mongodb_db], STORE, RECORDS_COLLECTION,
-                                RECORDS_MIGRATIONS)
-        finally:
-            client.close()
-    return sqlite_status(records_path(settings), STORE, RECORDS_MIGRATIONS)
+    return store_status(settings, STORE, RECORDS_COLLECTION, records_path(settings),
+                        RECORDS_MIGRATIONS)
 
 
 def migrate_records(settings: Settings) -> list[int]:
