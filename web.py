@@ -210,7 +210,10 @@ def check_origin(settings: Settings) -> Response | None:
     whose Origin is not Hearth's own (a page elsewhere posting to it)."""
     if request.path in PROBES:
         return None  # probes that use a pod's address keep working
-    if not host_allowed(request.host, settings.allowed_hosts):
+    served = [*settings.allowed_hosts]
+    if settings.host not in ("0.0.0.0", "::"):
+        served.append(settings.host)  # the address `hearth serve --host` was given
+    if not host_allowed(request.host, served):
         return error_response(400, "host_not_allowed",
                               f"this server does not answer for the host {request.host!r}: "
                               "add it to HEARTH_ALLOWED_HOSTS if you mean to reach Hearth by it")
