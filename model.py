@@ -23,7 +23,7 @@ from hearth.config import Settings
 from hearth.conversations import Turn
 from hearth.errors import HearthError
 from hearth.grounding import Evidence, Verdict, check, evidence
-from hearth.llm import LLM, Generation
+from hearth.llm import LLM, Generation, LLMError
 from hearth.vectorstore import VectorStore
 
 SNIPPET_CHARS = 600
@@ -316,6 +316,10 @@ class Assistant:
             yield Token(piece)
         mark("generate_s", t)
         text = "".join(pieces).strip()
+        if not text:
+            # Not an answer: a server that cut the generation off (llama.cpp's server does when
+            # another request arrives, unless told not to) must not leave an empty turn.
+            raise LLMError(f"{self.llm.name} returned an empty answer: try again")
         # A refusal is an answer that is the refusal; a real answer may quote it (the user guide
         # does), and must keep its sources.
         refused = _plain(text).startswith(_plain(self.settings.refusal))

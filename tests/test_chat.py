@@ -225,3 +225,10 @@ def test_every_face_returns_the_evidence_and_the_verdict(client: Any) -> None:
     assert v1["grounded"] is True and v1["evidence"] == api["evidence"]
     turn = client.get(f"/api/conversations/{api['conversation_id']}").get_json()["turns"][0]
     assert turn["evidence"] == api["evidence"] and turn["grounded"] is True
+
+
+def test_an_empty_generation_is_an_error_and_stores_nothing(tmp_path: Path) -> None:
+    chat = chat_with(tmp_path, "   ")
+    with pytest.raises(LLMError, match="empty answer"):
+        chat.answer(Ask(WIFI, user_id="ann"))
+    assert turns_of(chat, "ann") == [] and chat.services.gate.running == 0
