@@ -43,7 +43,8 @@ from hearth.chat import Ask, Chat
 from hearth.evaluation.generate import progress_bar
 from hearth.evaluation.records import RESULTS_FILE, EvalDataError, JsonlAppender, read_jsonl
 from hearth.evaluation.report import SUMMARY_FILE
-from hearth.evaluation.run import TooManyErrors
+from hearth.evaluation.run import ErrorStreak
+from hearth.evaluation.scoring import _percentile
 from hearth.model import Assistant, Source
 from hearth.services import Services
 
@@ -447,7 +448,7 @@ def run_facts(
     todo = [q for q in questions
             if not ((r := done.get(q.id)) and not r.get("error") and r.get("mode") == mode)]
     writer = JsonlAppender(records_path) if records_path is not None else None
-    errors_in_row = 0
+    streak = ErrorStreak(max_consecutive_errors)
     try:
         for question in progress_bar(todo, progress, "questions"):
             record: dict[str, Any] = question.to_json() | {"mode": mode}
@@ -459,13 +460,7 @@ def run_facts(
             done[question.id] = record
             if writer is not None:
                 writer.write(record)
-            if record.get("error"):
-                errors_in_row += 1
-                if errors_in_row >= max_consecutive_errors:
-                    raise TooManyErrors(f"{errors_in_row} questions in a row failed, the last "
-                                        f"with {record['error']}")
-            else:
-                errors_in_row = 0
+            streak.count(record)
     finally:
         if writer is not None:
             writer.close()
@@ -476,16 +471,6 @@ def run_facts(
 
 
 # --- the summary ---------------------------------------------------------------------------
-
-
-def _percentile(values: Sequence[float], q: float) -> float | None:
-    if not values:
-        return None
-    ordered = sorted(values)
-    position = (len(ordered) - 1) * q  # linear interpolation, as numpy's default
-    low = int(position)
-    high = min(low + 1, len(ordered) - 1)
-    return ordered[low] + (ordered[high] - ordered[low]) * (position - low)
 
 
 def _share(hits: int, n: int) -> dict[str, Any] | None:

@@ -109,6 +109,24 @@ class TooManyErrors(RuntimeError):
     """Every question of a row failed: the answerer is down, not one question odd."""
 
 
+class ErrorStreak:
+    """Stops a run, with ``TooManyErrors``, once ``limit`` records in a row hold an error."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit, self.in_row = limit, 0
+
+    def count(self, record: dict[str, Any]) -> bool:
+        """Count ``record``; True when it holds no error."""
+        if not record.get("error"):
+            self.in_row = 0
+            return True
+        self.in_row += 1
+        if self.in_row >= self.limit:
+            raise TooManyErrors(f"{self.in_row} questions in a row failed, the last with "
+                                f"{record['error']}")
+        return False
+
+
 def answer_record(question: Question, answerer: Answerer) -> dict[str, Any]:
     record: dict[str, Any] = question.to_json()
     try:
@@ -154,19 +172,12 @@ def run_eval(
         done = {str(r["id"]): r for r in read_jsonl(records_path)}
     todo = [q for q in questions if q.id not in done]
     writer = JsonlAppender(records_path) if records_path is not None else None
-    errors_in_row = 0
+    streak = ErrorStreak(max_consecutive_errors)
     try:
         for question in progress_bar(todo, progress, "answers"):
             record = score_record(answer_record(question, answerer))
-            if record.get("error"):
-                errors_in_row += 1
-                if errors_in_row >= max_consecutive_errors:
-                    raise TooManyErrors(f"{errors_in_row} questions in a row failed, the last "
-                                        f"with {record['error']}")
-            else:
-                errors_in_row = 0
-                if judge is not None:
-                    judge_record(record, judge)
+            if streak.count(record) and judge is not None:
+                judge_record(record, judge)
             done[question.id] = record
             if writer is not None:
                 writer.write(record)
