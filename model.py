@@ -13,6 +13,7 @@ from __future__ import annotations
 import time
 from collections.abc import Generator, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
+from pathlib import PurePath
 from typing import Any
 
 from langchain_core.documents import Document
@@ -131,11 +132,20 @@ def history_messages(turns: Sequence[Turn]) -> list[BaseMessage]:
     return messages
 
 
+def label(source: str) -> str:
+    """How a passage's origin is named to the model: a web page by its address, a file by its
+    name alone. A file's full path says nothing about its content, leaks the machine's layout
+    into the answer, and a small model turns ``/check/work/main/docs`` into a made-up URL."""
+    if "://" in source:
+        return source
+    return PurePath(source).name or source
+
+
 def format_context(sources: Sequence[Source]) -> str:
     """The passages, numbered by rank, best first."""
     blocks = []
     for n, s in enumerate(sources, 1):
-        where = s.source + (f", page {s.page}" if s.page else "")
+        where = label(s.source) + (f", page {s.page}" if s.page else "")
         heading = f"[{n}] {s.title} ({where})" if s.title else f"[{n}] {where}"
         blocks.append(f"{heading}\n{s.snippet}")
     return "\n\n".join(blocks)
@@ -326,7 +336,8 @@ class Assistant:
         verdict = Verdict(True, [], 0, 1.0)
         found: list[Evidence] = []
         if not refused:
-            verdict = check(text, [s.snippet for s in used])
+            # Checked against what the model was shown: a passage's heading names its file.
+            verdict = check(text, [format_context([s]) for s in used])
             found = evidence(text, [s.snippet for s in merged(used)])
             if not verdict.grounded:
                 note = unsupported_note(verdict)
