@@ -13,13 +13,14 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Iterator
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from flask import Blueprint, Flask, Response, request
 from pydantic import BaseModel, Field, StrictBool, field_validator
 from werkzeug.exceptions import HTTPException
 
 from hearth import __version__
+from hearth.access import NAME as COLLECTION_NAME
 from hearth.chat import Ask, Chat, Reply
 from hearth.config import Settings, load_settings
 from hearth.conversations import CONVERSATION_ID, USER_ID
@@ -46,6 +47,7 @@ from hearth.web import (
     ok,
     principal,
     read_json,
+    reads_everything,
     services,
     sse,
     user_key,
@@ -58,6 +60,20 @@ log = logging.getLogger("hearth.api")
 
 
 # Request and response schemas.
+class CollectionOut(BaseModel):
+    name: str
+    description: str
+    public: bool = Field(description="read by everyone; otherwise by its owner and readers")
+    owner: str | None = Field(description="the user whose own collection this is")
+    created_at: float
+    readers: list[str] | None = Field(
+        None, description="the users it is granted to (shown to its owner and administrators)")
+
+
+class CollectionListOut(BaseModel):
+    collections: list[CollectionOut]
+
+
 class QuestionIn(BaseModel):
     question: str = Field(min_length=1, description="what the user asks")
     user_id: str = Field(min_length=1, max_length=128, pattern=USER_ID,
@@ -68,6 +84,11 @@ class QuestionIn(BaseModel):
     )
     stream: StrictBool = Field(False, description="stream Server-Sent Events instead of one "
                                                   "JSON body")
+    collections: list[Annotated[str, Field(pattern=COLLECTION_NAME)]] | None = Field(
+        None, min_length=1, max_length=64,
+        description="read only these collections (each one the user may read, else 403 "
+                    "collection_forbidden); omit to read what the conversation read so far, "
+                    "or for a new one every collection the user may read")
 
     @field_validator("question", "user_id")
     @classmethod
@@ -155,8 +176,9 @@ def answer_out(answer: Answer, conversation_id: str) -> AnswerOut:
 @api_blueprint.post("/api/question")
 def ask() -> Response:
     body: QuestionIn = read_json(QuestionIn)
-    question = Ask(question=body.question, user_id=acting_as(body.user_id),
-                   conversation_id=body.conversation_id)
+    user_id = acting_as(body.user_id)
+    question = Ask(question=body.question, user_id=user_id, conversation_id=body.conversation_id,
+                   collections=body.collections, everything=reads_everything(user_id))
     if not wants_stream(body.stream):
         reply = chat().answer(question)
         assert reply.conversation_id is not None  # a user's question is always stored
@@ -179,6 +201,16 @@ def ask() -> Response:
             stream.close()
 
     return event_stream(events())
+
+
+@api_blueprint.get("/api/collections")
+def list_collections() -> Response:
+    user_id = acting_as(request.args.get("user_id", "").strip() or None)
+    admin = reads_everything(user_id)
+    readable = services().access.readable(user_id, everything=admin)
+    # Who else reads a collection is the business of its owner and the administrators.
+    return ok(CollectionListOut(collections=[
+        CollectionOut(**c.to_dict(readers=admin or c.owner == user_id)) for c in readable]))
 
 
 @api_blueprint.get("/api/conversations")
@@ -251,6 +283,10 @@ def routes() -> list[Route]:
                503: ErrorOut, 504: ErrorOut},
               "Ask a question; with stream=true or Accept: text/event-stream, the answer streams "
               "as SSE events token, sources, done (or error).", stream=SSE_EVENT),
+        Route("/api/collections", "GET", list_collections, None,
+              {200: CollectionListOut, 400: ErrorOut, 503: ErrorOut},
+              "The collections a user may read (query parameter user_id): what a question may "
+              "name in collections.", query=[{**USER_QUERY, "required": True}]),
         Route("/api/conversations", "GET", list_conversations, None,
               {200: ConversationListOut, 400: ErrorOut, 503: ErrorOut},
               "A user's conversations, newest first (query parameter user_id).",

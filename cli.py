@@ -106,14 +106,21 @@ def serve(host: str | None, port: int | None, index_docs: bool) -> None:
 @click.option("--user", "user_id", default=None, help="remember the turn in this user's history")
 @click.option("--conversation", "conversation_id", default=None,
               help="continue a conversation of --user")
-def ask(question: str, user_id: str | None, conversation_id: str | None) -> None:
+@click.option("--collection", "collections", multiple=True,
+              help="read only this collection (repeatable; default: every collection, or with "
+                   "--user what that user may read)")
+def ask(question: str, user_id: str | None, conversation_id: str | None,
+        collections: tuple[str, ...]) -> None:
     """Answer QUESTION in the terminal, streaming, with its sources."""
     from hearth.chat import Ask, Chat, Reply
     from hearth.services import build_services
 
     chat = Chat(build_services(settings_or_exit()))
     reply = None
-    for event in chat.stream(Ask(question, user_id=user_id, conversation_id=conversation_id)):
+    # The operator at the terminal reads everything; asking as a user reads as that user does.
+    asked = Ask(question, user_id=user_id, conversation_id=conversation_id,
+                collections=collections or None, everything=user_id is None)
+    for event in chat.stream(asked):
         if isinstance(event, Reply):
             reply = event
         else:
@@ -126,7 +133,8 @@ def ask(question: str, user_id: str | None, conversation_id: str | None) -> None
         for n, s in enumerate(answer.sources, 1):
             page = f", page {s.page}" if s.page else ""
             title = f"{s.title} — " if s.title else ""
-            click.echo(f"  [{n}] {title}{s.source}{page}")
+            shelf = "" if s.collection == "default" else f" ({s.collection})"
+            click.echo(f"  [{n}] {title}{s.source}{page}{shelf}")
     if answer.evidence:
         click.echo("\nEvidence:")
         for e in answer.evidence:
@@ -298,9 +306,9 @@ def doctor() -> None:
 def register_plugins() -> None:
     """Commands that live beside their concept: ingestion, sources, evaluation."""
     from hearth.evaluation.cli import eval_cli
-    from hearth.ingest.cli import ingest_cli, sources_cli
+    from hearth.ingest.cli import collections_cli, ingest_cli, sources_cli
 
-    for group in (ingest_cli, sources_cli, eval_cli):
+    for group in (ingest_cli, sources_cli, collections_cli, eval_cli):
         main.add_command(group)
 
 

@@ -46,6 +46,7 @@ class JobOut(BaseModel):
     id: str
     kind: Literal["web", "files"]
     target: str
+    collection: str
     state: Literal["queued", "running", "done", "failed"]
     progress: dict[str, Any]
     summary: dict[str, Any] | None
@@ -96,6 +97,7 @@ def start_ingest() -> Response:
                               "{\"files\": FOLDER}")
     try:
         kind, target, options = prepare(settings(), raw)
+        services().access.get(options["collection"])  # 404 collection_not_found
     except HearthError as exc:  # invalid_request, not_a_folder, address/folder_not_allowed
         return error_response(exc.status, exc.code, str(exc))
     job = jobs().submit(kind, target, options)
@@ -119,10 +121,10 @@ def list_jobs() -> Response:
 def routes() -> list[Route]:
     return [
         Route("/api/ingest", "POST", start_ingest, IngestRequest,
-              {202: IngestStartedOut, 400: ErrorOut, 403: ErrorOut, 413: ErrorOut,
-               415: ErrorOut},
-              "Start ingesting a site or a server folder in the background (HEARTH_INGEST_API; "
-              "admins only when API keys are on)."),
+              {202: IngestStartedOut, 400: ErrorOut, 403: ErrorOut, 404: ErrorOut,
+               413: ErrorOut, 415: ErrorOut},
+              "Start ingesting a site or a server folder into a collection (default: default) "
+              "in the background (HEARTH_INGEST_API; admins only when API keys are on)."),
         Route("/api/ingest", "GET", list_jobs, None, {200: JobListOut, 403: ErrorOut},
               "The ingestion jobs, newest first."),
         Route("/api/ingest/<job_id>", "GET", ingest_status, None,

@@ -168,6 +168,13 @@ def acting_as(requested: str | None) -> str:
     return acting_user(principal(), requested)
 
 
+def reads_everything(user_id: str | None) -> bool:
+    """Whether a question acting for ``user_id`` reads every collection: an administrator's
+    key acting for its own user (an administrator acting for another user reads as they do)."""
+    holder = principal()
+    return holder is not None and holder.admin and holder.user_id == user_id
+
+
 def may_see_details() -> bool:
     """Whether this request may see the internals of the backends (their addresses): anyone
     with keys off (one person on loopback); with keys on, an admin key, or the machine itself
@@ -350,6 +357,7 @@ class SourceOut(BaseModel):
     snippet: str = Field(description="the text of the document that the answer drew on")
     chunk_id: str
     score: float = Field(description="cosine similarity of the chunk to the question")
+    collection: str = Field("default", description="the collection the document belongs to")
 
 
 class EvidenceOut(BaseModel):

@@ -432,14 +432,19 @@ def test_a_request_to_ingest_is_checked_before_a_job_starts(
             prepare(settings, body)
         assert (caught.value.status, caught.value.code) == (status, code), body
 
-    assert prepare(settings, {"files": str(tutorial / ".")}) == ("files", str(tutorial), {})
+    assert prepare(settings, {"files": str(tutorial / ".")}) == (
+        "files", str(tutorial), {"collection": "default"})
     kind, target, options = prepare(settings, {"web": "HTTPS://Example.org:443/docs/",
                                                "options": {"max_depth": 1}})
     assert (kind, target) == ("web", "https://example.org/docs/")
     assert isinstance(options.pop("transport"), GuardedTransport)
     assert options == {"max_depth": 1, "max_pages": 7, "include": [], "exclude": [],
                        "use_sitemap": True, "concurrency": settings.crawl_concurrency,
-                       "timeout_s": settings.crawl_timeout_s}
+                       "timeout_s": settings.crawl_timeout_s, "collection": "default"}
+    assert prepare(settings, {"files": str(tutorial), "collection": "team"})[2] == {
+        "collection": "team"}
+    with pytest.raises(HearthError, match="collection"):
+        prepare(settings, {"files": str(tutorial), "collection": "../etc"})
 
 
 def test_ingest_api_is_off_unless_enabled(services: Services, tutorial: Path) -> None:

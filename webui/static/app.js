@@ -226,6 +226,10 @@ function sourceItem(source, n, ranges = []) {
   }
   if (source.page) item.append(el("span", { class: "where", text: `, page ${source.page}` }));
   if (source.section) item.append(el("span", { class: "where", text: ` · ${source.section}` }));
+  if (source.collection && source.collection !== "default") {
+    item.append(el("span", { class: "collection", title: "the collection it is in",
+                             text: ` [${source.collection}]` }));
+  }
   const id = `snippet-${Math.random().toString(36).slice(2)}-${n}`;
   const toggle = el("button", { type: "button", class: "toggle", "aria-expanded": "false",
                                 "aria-controls": id, text: "Show passage" });
