@@ -339,6 +339,13 @@ class Access:
         self.store.update(changed)
         return changed
 
+    def forget_reader(self, user_id: str) -> int:
+        """Take ``user_id`` off every collection's readers; returns how many it read."""
+        granted = [c for c in self.store.all() if user_id in c.readers]
+        for collection in granted:
+            self.revoke(collection.name, [user_id])
+        return len(granted)
+
     def forget(self, name: str) -> bool:
         """Remove the collection from the registry (its chunks go first: ``remove_collection``)."""
         return self.store.delete(name)

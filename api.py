@@ -22,6 +22,8 @@ from werkzeug.exceptions import HTTPException
 from hearth import __version__
 from hearth.access import NAME as COLLECTION_NAME
 from hearth.chat import Ask, Chat, Reply
+from hearth.collections_api import collections_blueprint
+from hearth.collections_api import routes as collections_routes
 from hearth.config import Settings, load_settings
 from hearth.conversations import CONVERSATION_ID, USER_ID
 from hearth.errors import HearthError
@@ -60,20 +62,6 @@ log = logging.getLogger("hearth.api")
 
 
 # Request and response schemas.
-class CollectionOut(BaseModel):
-    name: str
-    description: str
-    public: bool = Field(description="read by everyone; otherwise by its owner and readers")
-    owner: str | None = Field(description="the user whose own collection this is")
-    created_at: float
-    readers: list[str] | None = Field(
-        None, description="the users it is granted to (shown to its owner and administrators)")
-
-
-class CollectionListOut(BaseModel):
-    collections: list[CollectionOut]
-
-
 class QuestionIn(BaseModel):
     question: str = Field(min_length=1, description="what the user asks")
     user_id: str = Field(min_length=1, max_length=128, pattern=USER_ID,
@@ -203,16 +191,6 @@ def ask() -> Response:
     return event_stream(events())
 
 
-@api_blueprint.get("/api/collections")
-def list_collections() -> Response:
-    user_id = acting_as(request.args.get("user_id", "").strip() or None)
-    admin = reads_everything(user_id)
-    readable = services().access.readable(user_id, everything=admin)
-    # Who else reads a collection is the business of its owner and the administrators.
-    return ok(CollectionListOut(collections=[
-        CollectionOut(**c.to_dict(readers=admin or c.owner == user_id)) for c in readable]))
-
-
 @api_blueprint.get("/api/conversations")
 def list_conversations() -> Response:
     user_id = acting_as(request.args.get("user_id", "").strip() or None)
@@ -283,10 +261,6 @@ def routes() -> list[Route]:
                503: ErrorOut, 504: ErrorOut},
               "Ask a question; with stream=true or Accept: text/event-stream, the answer streams "
               "as SSE events token, sources, done (or error).", stream=SSE_EVENT),
-        Route("/api/collections", "GET", list_collections, None,
-              {200: CollectionListOut, 400: ErrorOut, 503: ErrorOut},
-              "The collections a user may read (query parameter user_id): what a question may "
-              "name in collections.", query=[{**USER_QUERY, "required": True}]),
         Route("/api/conversations", "GET", list_conversations, None,
               {200: ConversationListOut, 400: ErrorOut, 503: ErrorOut},
               "A user's conversations, newest first (query parameter user_id).",
@@ -310,7 +284,7 @@ def routes() -> list[Route]:
 
 def all_routes() -> list[Route]:
     """Every face's route table."""
-    return [*routes(), *openai_routes(), *ingest_routes()]
+    return [*routes(), *openai_routes(), *ingest_routes(), *collections_routes()]
 
 
 def openapi_document() -> dict[str, Any]:
@@ -348,7 +322,8 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
     limiter = guard(app, settings, hearth)
     questions = limiter.limit(settings.question_rate_limit, key_func=user_key)
     questions(openai_blueprint)
-    for blueprint in (api_blueprint, openai_blueprint, webui_blueprint, ingest_blueprint):
+    for blueprint in (api_blueprint, openai_blueprint, webui_blueprint, ingest_blueprint,
+                      collections_blueprint):
         app.register_blueprint(blueprint)
     # Questions, on every face, have their own limit instead of the general one.
     app.view_functions["api.ask"] = questions(app.view_functions["api.ask"])

@@ -259,6 +259,29 @@ def keys_revoke(key_id: str) -> None:
     click.echo(f"revoked {key_id}")
 
 
+@main.group()
+def users() -> None:
+    """What Hearth holds about each user."""
+
+
+@users.command("erase")
+@click.argument("user_id")
+@click.option("--yes", is_flag=True, help="do not ask for confirmation")
+def users_erase(user_id: str, yes: bool) -> None:
+    """Erase USER_ID: conversations, own collections and uploads, grants and API keys."""
+    from hearth.chat import Chat
+    from hearth.services import build_services
+    from hearth.users import erase_user
+
+    chat = Chat(build_services(settings_or_exit()))
+    if not yes:
+        click.confirm(f"Erase everything Hearth holds about {user_id!r}? This cannot be undone.",
+                      abort=True)
+    erased = erase_user(chat, user_id)
+    click.echo(f"Erased {user_id}: " + ", ".join(f"{n} {what}"
+                                                 for what, n in erased.to_dict().items()))
+
+
 @main.command()
 @click.option("--status", is_flag=True, help="only show each store's schema version")
 def migrate(status: bool) -> None:

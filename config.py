@@ -189,6 +189,15 @@ class Settings(BaseSettings):
         6 * 3600.0, gt=0, description="longest an API job may read its source; past it the "
         "job fails (ingest_timeout)")
 
+    # Uploads into collections (POST /api/collections/<name>/documents).
+    uploads: bool = Field(True, description="users may upload documents into their collections")
+    upload_max_file_bytes: int = Field(20 * 2**20, ge=1024, description="a larger file is refused")
+    upload_max_files: int = Field(20, ge=1, le=1000, description="files in one request at most")
+    upload_max_request_bytes: int = Field(
+        50 * 2**20, ge=1024, description="one upload request's files together")
+    upload_max_user_bytes: int = Field(
+        200 * 2**20, ge=1024, description="what one user's uploads may take in all")
+
     # Evaluation: the judge model is chosen apart from the answering model.
     judge_backend: LLMBackend = LLMBackend.llamacpp
     judge_model: str = "qwen2.5-coder-1.5b-instruct-q4_k_m"

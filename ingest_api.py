@@ -11,20 +11,19 @@ admin keys only. What a job may reach is bounded by ``ingest.safety`` (see ``ing
 
 from __future__ import annotations
 
-import threading
-from typing import Any, Literal
-
-from flask import Blueprint, Response, current_app, request
+from flask import Blueprint, Response, request
 from pydantic import BaseModel
 
 from hearth.errors import HearthError
-from hearth.ingest.jobs import IngestRequest, Jobs, prepare
+from hearth.ingest.jobs import IngestRequest, prepare
 from hearth.web import (
     ErrorOut,
+    JobOut,
     Route,
     body_bytes,
     error_response,
     is_json,
+    jobs,
     parse_json,
     principal,
     services,
@@ -32,8 +31,6 @@ from hearth.web import (
 )
 
 ingest_blueprint = Blueprint("ingest", __name__)
-EXTENSION = "hearth.ingest_jobs"
-_create_lock = threading.Lock()
 
 
 class IngestStartedOut(BaseModel):
@@ -42,31 +39,8 @@ class IngestStartedOut(BaseModel):
     url: str
 
 
-class JobOut(BaseModel):
-    id: str
-    kind: Literal["web", "files"]
-    target: str
-    collection: str
-    state: Literal["queued", "running", "done", "failed"]
-    progress: dict[str, Any]
-    summary: dict[str, Any] | None
-    error: dict[str, str] | None
-    created_at: str | None
-    started_at: str | None
-    finished_at: str | None
-
-
 class JobListOut(BaseModel):
     jobs: list[JobOut]
-
-
-def jobs() -> Jobs:
-    """The app's job runner, made on first use."""
-    app: Any = current_app
-    with _create_lock:
-        if EXTENSION not in app.extensions:
-            app.extensions[EXTENSION] = Jobs(services())
-        return app.extensions[EXTENSION]  # type: ignore[no-any-return]
 
 
 def _json(model: BaseModel, status: int = 200) -> Response:

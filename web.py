@@ -12,10 +12,11 @@ import contextlib
 import ipaddress
 import json
 import logging
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 from flask import Flask, Response, current_app, g, request, stream_with_context
 from flask_limiter import Limiter
@@ -28,6 +29,7 @@ from hearth.auth import Principal, acting_user
 from hearth.chat import Chat
 from hearth.config import Settings
 from hearth.errors import HearthError
+from hearth.ingest.jobs import Jobs
 from hearth.services import Services
 
 log = logging.getLogger("hearth.api")
@@ -154,6 +156,18 @@ def chat() -> Chat:
 
 def settings() -> Settings:
     return services().settings
+
+
+_jobs_lock = threading.Lock()
+
+
+def jobs() -> Jobs:
+    """The app's ingestion job runner (API ingests and uploads), made on first use."""
+    app: Any = current_app
+    with _jobs_lock:
+        if "hearth.ingest_jobs" not in app.extensions:
+            app.extensions["hearth.ingest_jobs"] = Jobs(services())
+        return app.extensions["hearth.ingest_jobs"]  # type: ignore[no-any-return]
 
 
 # -- who is acting -------------------------------------------------------------------------------
@@ -360,6 +374,20 @@ class SourceOut(BaseModel):
     collection: str = Field("default", description="the collection the document belongs to")
 
 
+class JobOut(BaseModel):
+    id: str
+    kind: Literal["web", "files"]
+    target: str
+    collection: str
+    state: Literal["queued", "running", "done", "failed"]
+    progress: dict[str, Any]
+    summary: dict[str, Any] | None
+    error: dict[str, str] | None
+    created_at: str | None
+    started_at: str | None
+    finished_at: str | None
+
+
 class EvidenceOut(BaseModel):
     source: int = Field(description="index of the source (in sources) the sentence is from")
     text: str = Field(description="a sentence of that source's snippet that supports the answer")
@@ -392,6 +420,7 @@ class Route:
     summary: str
     stream: dict[str, Any] | None = None  # the text/event-stream schema of a 200, if it streams
     query: list[dict[str, Any]] = field(default_factory=list)  # query parameters
+    body: dict[str, Any] | None = None  # a request body that is not JSON: its content map
 
 
 def build_openapi(routes: list[Route]) -> dict[str, Any]:
@@ -415,6 +444,8 @@ def build_openapi(routes: list[Route]) -> dict[str, Any]:
         if route.request is not None:
             operation["requestBody"] = {"required": True, "content": {"application/json": {
                 "schema": {"$ref": f"#/components/schemas/{route.request.__name__}"}}}}
+        elif route.body is not None:
+            operation["requestBody"] = {"required": True, "content": route.body}
         for status, model in route.responses.items():
             content: dict[str, Any] = {"application/json": {"schema": (
                 {"type": "object"} if model is None

@@ -19,7 +19,7 @@ import logging
 import threading
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -205,12 +205,16 @@ class Jobs:
     def __init__(self, services: Services) -> None:
         self.services = services
         self._jobs: dict[str, Job] = {}
+        self._on_done: dict[str, Callable[[Job], None] | None] = {}
         self._lock = threading.Lock()
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ingest")
 
-    def submit(self, kind: JobKind, target: str, options: dict[str, Any]) -> Job:
-        """Queue a job (``prepare`` makes its arguments); it runs after those before it."""
+    def submit(self, kind: JobKind, target: str, options: dict[str, Any],
+               on_done: Callable[[Job], None] | None = None) -> Job:
+        """Queue a job (``prepare`` makes its arguments); it runs after those before it, and
+        ``on_done`` is called with it when it has ended, done or failed."""
         job = Job(id=uuid.uuid4().hex, kind=kind, target=target, options=options)
+        self._on_done[job.id] = on_done
         with self._lock:
             self._jobs[job.id] = job
             for old in list(self._jobs)[:-KEPT_JOBS]:
@@ -243,6 +247,12 @@ class Jobs:
         finally:
             spool.unlink(missing_ok=True)
             job.finished_at = time.time()
+            done = self._on_done.pop(job.id, None)
+            if done is not None:
+                try:
+                    done(job)
+                except Exception:
+                    log.exception("after ingestion job %s", job.id)
 
     def _ingest(self, job: Job, spool: Path) -> Summary:
         """Read in a child process, then index what it read, here (the one writer)."""

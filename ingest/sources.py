@@ -24,6 +24,7 @@ from hearth.ingest.records import (
     RECORDS_COLLECTION,
     records_path,
 )
+from hearth.ingest.uploads import Uploads
 from hearth.ingest.web import site_namespace
 from hearth.mongo import mongo_client
 
@@ -134,5 +135,6 @@ def remove_collection(services: Services, name: str) -> int:
     deleted = sum(remove_source(services, s.source, name)[1]
                   for s in list_sources(services.settings, name))
     services.vectorstore.drop(name)
+    Uploads(services).forget_collection(name)
     access.forget(name)
     return deleted
