@@ -110,6 +110,8 @@ class TurnOut(GroundingOut):
     usage: dict[str, int]
     standalone_question: str
     created_at: float
+    collections: list[str] = Field(
+        description="the collections the question read; a follow-up reads the same ones")
 
 
 class ConversationSummaryOut(BaseModel):
