@@ -49,6 +49,9 @@ class CollectionOut(BaseModel):
 
 class CollectionListOut(BaseModel):
     collections: list[CollectionOut]
+    enforced: bool = Field(description="true with API keys on; false: user_id is only a label "
+                                       "that anyone may set, so private collections protect "
+                                       "nothing")
 
 
 class DocumentOut(BaseModel):
@@ -119,7 +122,8 @@ def list_collections() -> Response:
     readable = services().access.readable(user_id, everything=admin)
     # Who else reads a collection is the business of its owner and the administrators.
     return ok(CollectionListOut(collections=[_collection_out(c, user_id, admin)
-                                             for c in readable]))
+                                             for c in readable],
+                                enforced=settings().auth_required))
 
 
 @collections_blueprint.get("/api/collections/<name>/documents")
