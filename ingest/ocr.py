@@ -47,9 +47,10 @@ def unavailable() -> str | None:
 
 
 def dpi_for(width_pt: float, height_pt: float) -> int:
-    """The resolution to render a page of that size (in points, 1/72 in) at."""
+    """The resolution to render a page of that size (in points, 1/72 in) at: ``DPI``, or less
+    for a page whose image would pass ``MAX_SIDE_PX`` a side."""
     longest = max(width_pt, height_pt, 1.0)
-    return max(36, min(DPI, int(MAX_SIDE_PX * 72 / longest)))
+    return max(1, min(DPI, int(MAX_SIDE_PX * 72 / longest)))
 
 
 def read_page(path: Path, page: int, *, dpi: int, timeout_s: float) -> str:

@@ -188,6 +188,15 @@ def test_the_bounds_are_settings(make_settings: Callable[..., Any]) -> None:
                      timeout_s=2).pages())
 
 
+def test_ocr_renders_a_page_at_300_dpi_and_no_page_past_5000_pixels_a_side() -> None:
+    from hearth.ingest.ocr import MAX_SIDE_PX, dpi_for
+
+    assert dpi_for(612, 792) == 300  # US Letter
+    for width, height in [(14400, 14400), (14400, 3), (3, 14400)]:  # the largest PDF pages
+        longest_px = max(width, height) / 72 * dpi_for(width, height)
+        assert longest_px <= MAX_SIDE_PX == 5000
+
+
 # --- API jobs, in their own process ------------------------------------------------------------
 
 
