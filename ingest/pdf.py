@@ -3,7 +3,7 @@
 What goes wrong with PDFs, and what this module does about it:
 
 - encrypted or corrupt PDFs are ``Skipped`` with the reason, never indexed as empty
-  documents; so is a PDF of more than ``max_pages`` pages (``HEARTH_INGEST_MAX_PDF_PAGES``),
+  documents; so is a PDF of more than ``limits.pdf_pages`` pages (``HEARTH_INGEST_MAX_PDF_PAGES``),
   before any page is parsed;
 - scanned pages: a page whose text layer has next to no text (``OCR_BELOW_CHARS``) but shows a
   picture is read by OCR (``ingest.ocr``), at most ``HEARTH_INGEST_OCR_MAX_PAGES`` pages of a
