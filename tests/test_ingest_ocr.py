@@ -39,9 +39,10 @@ from tests.test_ingest import chunks
 from tests.test_ingest_bounds import _client, _wait
 
 R_INTRO = Path("/usr/share/R/doc/manual/R-intro.pdf")
-# R-intro's page 12 ("1.11 Data permanency and removing objects": rm, .RData) and page 18
-# ("2.4 Generating regular sequences"), both text only.
-REMOVING_OBJECTS, SEQUENCES = 12, 18
+# R-intro's page 12 ("1.11 Data permanency and removing objects": rm, .RData), page 13 (two
+# lines: quick to OCR) and page 18 ("2.4 Generating regular sequences"), all text only.
+REMOVING_OBJECTS, SHORT, SEQUENCES = 12, 13, 18
+SHORT_TEXT = "be quite hard to decide what they might be when the several analyses"
 NO_TESSERACT = "no text layer, and OCR is not available: tesseract is not installed " \
                "(apt-get install tesseract-ocr)"
 
@@ -198,7 +199,7 @@ def test_without_tesseract_a_scanned_page_is_skipped_with_the_reason_then_read_b
         monkeypatch: pytest.MonkeyPatch) -> None:
     folder = tmp_path / "docs"
     folder.mkdir()
-    page = scan(REMOVING_OBJECTS, tmp_path / "page12.pdf")
+    page = scan(SHORT, tmp_path / "page13.pdf")
     manual([10, 11, page], folder / "mixed.pdf")  # two text pages, then a scanned one
     shutil.copy(page, folder / "scan.pdf")
     services = build_services(make_settings(ingest_api=True, ingest_roots=[tmp_path]),
@@ -228,14 +229,14 @@ def test_without_tesseract_a_scanned_page_is_skipped_with_the_reason_then_read_b
     second = status["summary"]
     assert (second["updated"], second["ocr_pages"], second["skipped_pages"]) == (1, 1, [])
     page3 = " ".join(c["text"] for c in chunks(services, folder) if c["page"] == 3)
-    assert "To remove objects the function rm is available" in " ".join(page3.split())
+    assert SHORT_TEXT in " ".join(page3.split())
 
 
 # --- bounds and bad pages --------------------------------------------------------------------
 
 
 def test_ocr_is_bounded_in_pages_and_time_and_a_bad_page_loses_nothing(tmp_path: Path) -> None:
-    two_scans = manual([scan(REMOVING_OBJECTS, tmp_path / "a.pdf"),
+    two_scans = manual([scan(SHORT, tmp_path / "a.pdf"),
                         scan(SEQUENCES, tmp_path / "b.pdf")], tmp_path / "two.pdf")
     limits = ReadLimits.of()
 
@@ -246,6 +247,7 @@ def test_ocr_is_bounded_in_pages_and_time_and_a_bad_page_loses_nothing(tmp_path:
     assert capped.skipped_pages == [SkippedPages("two.pdf", [2], (
         "no text layer, past HEARTH_INGEST_OCR_MAX_PAGES (1 page of a document read by OCR)"))]
     assert {b.page for b in capped.blocks} == {1}
+    assert SHORT_TEXT in " ".join(" ".join(b.text for b in capped.blocks).split())
 
     # Past HEARTH_INGEST_OCR_TIMEOUT_S a page is skipped, and read again next time.
     started = time.monotonic()
@@ -255,11 +257,12 @@ def test_ocr_is_bounded_in_pages_and_time_and_a_bad_page_loses_nothing(tmp_path:
     assert isinstance(late, SkippedForNow)
     assert late.reason == "OCR took longer than 0.05 s (HEARTH_INGEST_OCR_TIMEOUT_S)"
 
-    # A scanned page whose picture is broken: said, and the text pages are kept.
+    # A scanned page whose picture is broken (its JPEG data overwritten past the header, the
+    # PDF around it intact): said, and the text pages are kept.
     data = (tmp_path / "a.pdf").read_bytes()
-    start = data.index(b"stream") + 400
+    start, end = data.index(b"stream") + 400, data.index(b"endstream") - 16
     (tmp_path / "broken.pdf").write_bytes(
-        data[:start] + bytes(range(256)) * 200 + data[start + 256 * 200:])
+        data[:start] + (bytes(range(256)) * (end // 256 + 1))[:end - start] + data[end:])
     mixed = manual([10, tmp_path / "broken.pdf"], tmp_path / "mixed.pdf")
     parsed = parse_pdf(mixed, "mixed.pdf", char_margin=30.0, limits=limits)
     assert isinstance(parsed, Parsed) and {b.page for b in parsed.blocks} == {1}
