@@ -314,6 +314,7 @@ def doctor() -> None:
     embedder = embedding_model(settings)
     click.echo(f"embeddings: {embedder.name} (reads {embedder.max_tokens} tokens)")
     click.echo(f"API keys: {'required' if settings.auth_required else 'off (loopback only)'}")
+    click.echo(f"OCR of scanned PDFs: {_ocr_state(settings)}")  # ingestion runs either way
     failed = False
     for store in store_versions(settings):
         version = "-" if store.version is None else store.version
@@ -324,6 +325,16 @@ def doctor() -> None:
         click.echo(f"{name}: " + ("ready" if check["ok"] else f"NOT READY: {check['error']}"))
     if failed:
         sys.exit(1)
+
+
+def _ocr_state(settings: Settings) -> str:
+    from hearth.ingest.ocr import unavailable
+
+    if settings.ingest_ocr_max_pages == 0:
+        return "off (HEARTH_INGEST_OCR_MAX_PAGES=0)"
+    missing = unavailable()
+    return f"NOT AVAILABLE: {missing.removeprefix('OCR is not available: ')}" if missing \
+        else "ready (tesseract, pdftoppm)"
 
 
 def register_plugins() -> None:

@@ -179,6 +179,13 @@ class Settings(BaseSettings):
         50 * 2**20, ge=1024,
         description="what a .docx or a sitemap may unpack to; past it, it is skipped")
     ingest_max_pdf_pages: int = Field(2000, ge=1, description="a PDF with more pages is skipped")
+    # OCR of PDF pages without a text layer (scans), with Debian's tesseract-ocr: bounded per
+    # page in time, and per document in pages, as a page takes seconds (ingest/ocr.py).
+    ingest_ocr_max_pages: int = Field(
+        100, ge=0, description="pages of one PDF read by OCR at most; the others are skipped. "
+        "0 turns OCR off")
+    ingest_ocr_timeout_s: float = Field(
+        60.0, gt=0, description="longest OCR of one page may take; past it the page is skipped")
     crawl_max_page_bytes: int = Field(
         5 * 2**20, ge=1024,
         description="a page or robots.txt, decoded (gzip, deflate); a larger page is skipped")

@@ -102,6 +102,8 @@ def run(services: Services, namespace: str, items: Iterable[Parsed | Chunked | S
             if item.source in indexed:
                 summary.seen -= 1  # the same page reached by two URLs
                 continue
+            summary.ocr_pages += item.ocr_pages
+            summary.skipped_pages += item.skipped_pages
             docs = item.docs if isinstance(item, Chunked) else chunker.split(item, namespace)
             if not docs:
                 summary.skipped.append(Skipped(item.source, "no text"))
