@@ -25,6 +25,7 @@ from hearth.conversations import (
 )
 from hearth.model import Answer, QuestionTooLong, Token
 from hearth.services import Services
+from hearth.throttle import Hold
 
 log = logging.getLogger("hearth.chat")
 
@@ -155,12 +156,19 @@ class Chat:
         self.services.history.add_turn(conversation_id, ask.user_id, turn)
         return Reply(answer, conversation_id)
 
+    def _hold(self, ask: Ask) -> Hold:
+        """The question's place at the gate, by user: anonymous questions share one."""
+        return Hold(self.services.gate, ask.user_id or "")
+
     def answer(self, ask: Ask) -> Reply:
         """The whole answer, stored."""
         prepared = self._prepare(ask)
-        with self.services.gate.slot():
+        hold = self._hold(ask)
+        try:
             answer = self.services.assistant.answer(ask.question, prepared.turns,
-                                                    prepared.collections)
+                                                    prepared.collections, hold.take)
+        finally:
+            hold.release()
         return self._save(prepared, answer)
 
     def stream(self, ask: Ask) -> ReplyStream:
@@ -171,16 +179,15 @@ class Chat:
         that opens and fails.
         """
         prepared = self._prepare(ask)
-        gate = self.services.gate
-        gate.acquire()
+        hold = self._hold(ask)
         try:
             events = self.services.assistant.stream(ask.question, prepared.turns,
-                                                    prepared.collections)
+                                                    prepared.collections, hold.take)
             first = next(events)
         except BaseException:
-            gate.release()
+            hold.release()
             raise
-        return ReplyStream(self._relay(prepared, events, first), gate.release)
+        return ReplyStream(self._relay(prepared, events, first), hold.release)
 
     def _relay(self, prepared: _Prepared, events: Generator[Token | Answer, None, None],
                first: Token | Answer) -> Generator[Token | Reply, None, None]:

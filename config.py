@@ -109,6 +109,8 @@ class Settings(BaseSettings):
                                          "from one client address")
     max_concurrent_generations: int = Field(1, ge=1, le=64)
     max_queued_generations: int = Field(8, ge=0, le=1024)
+    max_queued_per_user: int = Field(
+        3, ge=1, le=1024, description="questions one user may have waiting or being answered")
     queue_timeout_s: float = Field(60.0, gt=0, description="longest wait for a free model")
 
     # LLM.

@@ -11,7 +11,7 @@ streams out token by token, followed by the sources it was drawn from.
 from __future__ import annotations
 
 import time
-from collections.abc import Generator, Iterator, Sequence
+from collections.abc import Callable, Generator, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import PurePath
 from typing import Any
@@ -289,10 +289,12 @@ class Assistant:
 
     def stream(
         self, question: str, history: Sequence[Turn] = (),
-        collections: Sequence[str] = (DEFAULT,),
+        collections: Sequence[str] = (DEFAULT,), hold: Callable[[], None] = lambda: None,
     ) -> Generator[Token | Answer, None, None]:
         """Yield the answer's tokens as they come, then the finished Answer, read from
-        ``collections`` only."""
+        ``collections`` only. ``hold`` is called before the model is first used (the chat
+        service takes its place at the gate then): a first question is retrieved and its
+        prompt built before, a follow-up is rewritten by the model first."""
         started = time.perf_counter()
         timings: dict[str, float] = {}
 
@@ -301,6 +303,8 @@ class Assistant:
             timings[name] = round(now - since, 4)
             return now
 
+        if history:
+            hold()
         standalone = self.condense(question, history)
         t = mark("condense_s", started)
         query = standalone
@@ -326,6 +330,8 @@ class Assistant:
             shown = ()
         messages, used = self.build_prompt(asked, relevant, shown)
         t = mark("prompt_s", t)
+        hold()
+        t = mark("queue_s", t)
         usage = Generation()
         pieces: list[str] = []
         for piece in self._generate(messages, standalone, usage):
@@ -385,8 +391,9 @@ class Assistant:
             return
 
     def answer(self, question: str, history: Sequence[Turn] = (),
-               collections: Sequence[str] = (DEFAULT,)) -> Answer:
-        for event in self.stream(question, history, collections):
+               collections: Sequence[str] = (DEFAULT,),
+               hold: Callable[[], None] = lambda: None) -> Answer:
+        for event in self.stream(question, history, collections, hold):
             if isinstance(event, Answer):
                 return event
         raise RuntimeError("the answer stream ended without an answer")  # pragma: no cover

@@ -68,7 +68,8 @@ class Services:
     def gate(self) -> Gate:
         s = self.settings
         return self._once("gate", lambda: Gate(s.max_concurrent_generations,
-                                               s.max_queued_generations, s.queue_timeout_s))
+                                               s.max_queued_generations, s.queue_timeout_s,
+                                               s.max_queued_per_user))
 
     @property
     def assistant(self) -> Assistant:

@@ -136,17 +136,19 @@ def test_rate_limit_answers_429_with_retry_after(make_services: Any) -> None:
 
 def test_a_full_queue_answers_503_with_retry_after(make_services: Any) -> None:
     services = make_services(max_queued_generations=0)
+    index(services)  # a question nothing answers is refused without waiting for the model
     client = create_app(services.settings, services).test_client()
-    services.gate.acquire()  # the model is busy with someone else's question
+    services.gate.acquire("bob")  # the model is busy with someone else's question
+    question = {"question": "How do I ingest PDFs?", "user_id": "ann"}
     try:
-        response = client.post("/api/question", json={"question": "Anything?", "user_id": "ann"})
+        response = client.post("/api/question", json=question)
         assert response.status_code == 503
         assert response.get_json()["error"]["code"] == "busy"
         # flask-limiter keeps the later of the gate's hint and its own window's reset.
         assert int(response.headers["Retry-After"]) >= 5
     finally:
-        services.gate.release()
-    ok = client.post("/api/question", json={"question": "Anything?", "user_id": "ann"})
+        services.gate.release("bob")
+    ok = client.post("/api/question", json=question)
     assert ok.status_code == 200
 
 
@@ -173,9 +175,71 @@ def test_the_queue_is_first_come_first_served_and_bounded() -> None:
         slow.acquire()
 
 
+def waiting_threads(gate: Gate, users: list[str], order: list[str]) -> list[threading.Thread]:
+    """One thread per question, each arriving after the one before, recording when it gets
+    the model (and releasing it at once)."""
+    threads = []
+    for user in users:
+        thread = threading.Thread(target=lambda user=user: (
+            gate.acquire(user), order.append(user), gate.release(user)))
+        thread.start()
+        threads.append(thread)
+        time.sleep(0.1)  # arrive in order
+    return threads
+
+
+def test_the_queue_is_served_round_robin_by_user() -> None:
+    gate = Gate(concurrent=1, queued=8, timeout_s=10, per_user=4)
+    gate.acquire("zed")
+    order: list[str] = []
+    threads = waiting_threads(gate, ["ann", "ann", "ann", "bob", "cat", "ann"], order)
+    gate.release("zed")
+    for thread in threads:
+        thread.join()
+    # Ann's four questions do not keep Bob and Cat waiting four answers.
+    assert order == ["ann", "bob", "cat", "ann", "ann", "ann"]
+
+
+def test_one_user_cannot_hold_every_place() -> None:
+    gate = Gate(concurrent=1, queued=8, timeout_s=10, per_user=2)
+    gate.acquire("ann")
+    order: list[str] = []
+    threads = waiting_threads(gate, ["ann"], order)
+    with pytest.raises(Busy, match="you already have 2 questions"):
+        gate.acquire("ann")
+    threads += waiting_threads(gate, ["bob"], order)  # others still get in
+    gate.release("ann")
+    for thread in threads:
+        thread.join()
+    assert order == ["bob", "ann"]
+
+
+def test_a_freed_place_goes_to_the_user_turned_away() -> None:
+    """Ann's answer ends and she asks again at once; Bob, turned away while the queue was full,
+    comes back after his Retry-After: the place is his, not Ann's."""
+    gate = Gate(concurrent=1, queued=1, timeout_s=10)
+    gate.acquire("ann")
+    order: list[str] = []
+    threads = waiting_threads(gate, ["cat"], order)
+    with pytest.raises(Busy) as refused:
+        gate.acquire("bob")
+    assert refused.value.retry_after > 0
+    gate.release("ann")
+    for thread in threads:
+        thread.join()
+    gate.acquire("dan")  # the model is busy again; one place is left in the queue
+    with pytest.raises(Busy):
+        gate.acquire("ann")  # kept for Bob
+    threads = waiting_threads(gate, ["bob"], order)
+    gate.release("dan")
+    for thread in threads:
+        thread.join()
+    assert order == ["cat", "bob"]
+
+
 def test_concurrent_questions_of_one_user_are_all_stored_in_order(make_services: Any) -> None:
     services = make_services(question_rate_limit="1000/minute", rate_limit="1000/minute",
-                             max_queued_generations=16)
+                             max_queued_generations=16, max_queued_per_user=8)
     client = create_app(services.settings, services).test_client()
     first = client.post("/api/question", json={"question": "0:start", "user_id": "ann"})
     cid = first.get_json()["conversation_id"]
