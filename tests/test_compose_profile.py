@@ -432,3 +432,31 @@ def test_a_private_collection_on_the_chroma_server_and_mongodb(
         settings=ChromaSettings(anonymized_telemetry=False)).list_collections()]
     assert f"{compose_settings.chroma_collection}--harbour" not in names
     assert mongo_db["collections"].find_one({"_id": "harbour"}) is None
+
+
+def test_an_upload_reaches_the_chroma_server(
+    compose_settings: Settings, services: Services, client: Any, mongo_db: Any
+) -> None:
+    """Uploads in the compose profile: the user's own collection registered in MongoDB, the
+    file indexed by the job into a Chroma collection of its own on the server, and removed."""
+    import io
+    import time
+
+    started = client.post("/api/collections/mine/documents", content_type="multipart/form-data",
+                          data={"files": [(io.BytesIO(LIGHTHOUSE.encode()), "lighthouse.md")]})
+    assert started.status_code == 202, started.get_data(as_text=True)
+    body = started.get_json()
+    deadline = time.monotonic() + 180
+    while (job := client.get(body["job"]["url"]).get_json())["state"] not in ("done", "failed"):
+        assert time.monotonic() < deadline, job
+        time.sleep(0.5)
+    assert job["state"] == "done", job
+    mine = body["collection"]
+    assert mongo_db["collections"].find_one({"_id": mine})["owner"] == USER
+    hits = services.assistant.retrieve("What colour does the lighthouse flash?",
+                                       collections=[mine])
+    assert hits and hits[0].collection == mine and hits[0].source.endswith("lighthouse.md")
+    doc = body["documents"][0]["id"]
+    assert client.delete(f"/api/collections/mine/documents/{doc}").status_code == 200
+    assert services.assistant.retrieve("What colour does the lighthouse flash?",
+                                       collections=[mine]) == []
