@@ -9,7 +9,8 @@ ever-growing backlog.
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 from hearth.errors import HearthError
@@ -31,6 +32,13 @@ class Gate:
         self._turns = threading.Condition(self._lock)
         self._waiting: list[object] = []  # tickets, in arrival order
         self.running = 0
+        # Told how long each question that queued waited, served or not (the metrics).
+        self.waited: list[Callable[[float], None]] = []
+
+    @property
+    def waiting(self) -> int:
+        """Questions in the queue now."""
+        return len(self._waiting)
 
     def acquire(self) -> None:
         """Wait for a slot in arrival order, or raise Busy."""
@@ -40,17 +48,20 @@ class Gate:
                 raise Busy(f"the model is busy: {self.running} answering, {len(self._waiting)} "
                            "waiting; try again shortly", retry_after=5)
             self._waiting.append(ticket)
+            queued = time.perf_counter()
             free = self._turns.wait_for(
                 lambda: self._waiting[0] is ticket and self.running < self.concurrent,
                 timeout=self.timeout_s,
             )
             self._waiting.remove(ticket)
-            if not free:
-                self._turns.notify_all()
-                raise Busy(f"no model was free within {self.timeout_s:.0f} s; try again shortly",
-                           retry_after=int(self.timeout_s // 2) or 1)
-            self.running += 1
+            if free:
+                self.running += 1
             self._turns.notify_all()
+        for observe in self.waited:
+            observe(time.perf_counter() - queued)
+        if not free:
+            raise Busy(f"no model was free within {self.timeout_s:.0f} s; try again shortly",
+                       retry_after=int(self.timeout_s // 2) or 1)
 
     def release(self) -> None:
         with self._lock:

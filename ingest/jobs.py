@@ -19,7 +19,7 @@ import logging
 import threading
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -201,6 +201,7 @@ class Jobs:
         self._jobs: dict[str, Job] = {}
         self._lock = threading.Lock()
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ingest")
+        self.finished: list[Callable[[Job], None]] = []  # told of each job done or failed
 
     def submit(self, kind: JobKind, target: str, options: dict[str, Any]) -> Job:
         """Queue a job (``prepare`` makes its arguments); it runs after those before it."""
@@ -237,6 +238,8 @@ class Jobs:
         finally:
             spool.unlink(missing_ok=True)
             job.finished_at = time.time()
+            for observe in self.finished:
+                observe(job)
 
     def _ingest(self, job: Job, spool: Path) -> Summary:
         """Read in a child process, then index what it read, here (the one writer)."""
