@@ -19,6 +19,7 @@ from pydantic import BaseModel
 
 from hearth.errors import HearthError
 from hearth.ingest.jobs import IngestRequest, Jobs, prepare
+from hearth.monitoring import job_observers
 from hearth.web import (
     ErrorOut,
     Route,
@@ -64,7 +65,8 @@ def jobs() -> Jobs:
     app: Any = current_app
     with _create_lock:
         if EXTENSION not in app.extensions:
-            app.extensions[EXTENSION] = Jobs(services())
+            runner = app.extensions[EXTENSION] = Jobs(services())
+            runner.finished += job_observers(app)
         return app.extensions[EXTENSION]  # type: ignore[no-any-return]
 
 
