@@ -35,6 +35,7 @@ from prometheus_client import (
     Counter,
     Gauge,
     Histogram,
+    disable_created_metrics,
     generate_latest,
     start_http_server,
 )
@@ -66,6 +67,9 @@ class Metrics:
     """Every metric Hearth exports, in a registry of this app's own (never the global one)."""
 
     def __init__(self) -> None:
+        # No *_created series (each counter's start time): they double the exposition, and
+        # Prometheus reads a restart from the counters themselves. A process-wide switch.
+        disable_created_metrics()
         r = self.registry = CollectorRegistry()
         self.requests = Counter(
             "hearth_http_requests", "HTTP requests answered, by route template, method and status",
