@@ -7,9 +7,10 @@ real SQLite history store (no model: the model's time is what the cost is compar
 
 1. each piece against the same work without it, in alternating blocks: a request's count and
    duration, and every before- and after-request hook of the app (Flask's request context,
-   no view), metrics off and on; a history-store call through the timing wrapper (a real SQLite store); a streamed
-   answer of 128 tokens through the chat service's wrapper, with the answer's records
-   (outcome, first token, generation, retrieval, tokens); a wait in the queue;
+   no view), metrics off and on; a history-store call through the timing wrapper (a real
+   SQLite store); a streamed answer of 128 tokens through the chat service's wrapper, with
+   the answer's records (outcome, first token, generation, retrieval, tokens); a wait in
+   the queue;
 2. whole requests through the app (Flask's test client), metrics off and on: ``GET /healthz``
    and ``GET /api/conversations`` (one history call), to show that the machine's spread hides
    the pieces;
