@@ -222,14 +222,17 @@ def test_json_log_lines_carry_the_request_id(tmp_path: Path, waitress: Any) -> N
     app, services = app_for(tmp_path, port=free_port())
     url = waitress(app, services.settings)
     stream = io.StringIO()
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
     logs.configure(logging.INFO, "json")
-    logging.getLogger().handlers[0].setStream(stream)  # type: ignore[attr-defined]
+    root.handlers[0].setStream(stream)  # type: ignore[attr-defined]
     try:
         response = httpx.post(f"{url}/api/question", json={"question": WIFI, "user_id": "ann"},
                               timeout=30)
         logging.getLogger("hearth.test").info("outside any request")
     finally:
-        logging.basicConfig(force=True)
+        root.handlers[:] = handlers
+        root.setLevel(level)
     request_id = response.headers["X-Request-Id"]
     lines = [json.loads(line) for line in stream.getvalue().splitlines()]
     access = [x for x in lines if x["logger"] == "hearth.access"]
