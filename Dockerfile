@@ -80,8 +80,11 @@ ENV PATH=/opt/venv/bin:$PATH \
 
 # Shared libraries (no compilers) that PDF ingestion loads: unstructured imports OpenCV, whose
 # wheel links libGL and GLib (ImportError: libGL.so.1 without them); libmagic for file types.
+# And the OCR of scanned PDF pages (ingest/ocr.py): poppler's pdftoppm renders a page,
+# tesseract reads it, in English.
 RUN apt-get update \
     && apt-get install -y --no-install-recommends libgl1 libglib2.0-0 libmagic1 \
+        poppler-utils tesseract-ocr tesseract-ocr-eng \
     && rm -rf /var/lib/apt/lists/*
 
 # A fixed uid, so that bind-mounted folders can be made readable to it (docs/docker.md).

@@ -13,14 +13,17 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Iterator
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from flask import Blueprint, Flask, Response, current_app, request
 from pydantic import BaseModel, Field, StrictBool, field_validator
 from werkzeug.exceptions import HTTPException
 
 from hearth import __version__
+from hearth.access import NAME as COLLECTION_NAME
 from hearth.chat import Ask, Reply
+from hearth.collections_api import collections_blueprint
+from hearth.collections_api import routes as collections_routes
 from hearth.config import Settings, load_settings
 from hearth.conversations import CONVERSATION_ID, USER_ID
 from hearth.errors import HearthError
@@ -47,6 +50,7 @@ from hearth.web import (
     ok,
     principal,
     read_json,
+    reads_everything,
     services,
     sse,
     user_key,
@@ -69,6 +73,11 @@ class QuestionIn(BaseModel):
     )
     stream: StrictBool = Field(False, description="stream Server-Sent Events instead of one "
                                                   "JSON body")
+    collections: list[Annotated[str, Field(pattern=COLLECTION_NAME)]] | None = Field(
+        None, min_length=1, max_length=64,
+        description="read only these collections (each one the user may read, else 403 "
+                    "collection_forbidden); omit to read what the conversation read so far, "
+                    "or for a new one every collection the user may read")
 
     @field_validator("question", "user_id")
     @classmethod
@@ -102,6 +111,8 @@ class TurnOut(GroundingOut):
     usage: dict[str, int]
     standalone_question: str
     created_at: float
+    collections: list[str] = Field(
+        description="the collections the question read; a follow-up reads the same ones")
 
 
 class ConversationSummaryOut(BaseModel):
@@ -156,8 +167,9 @@ def answer_out(answer: Answer, conversation_id: str) -> AnswerOut:
 @api_blueprint.post("/api/question")
 def ask() -> Response:
     body: QuestionIn = read_json(QuestionIn)
-    question = Ask(question=body.question, user_id=acting_as(body.user_id),
-                   conversation_id=body.conversation_id)
+    user_id = acting_as(body.user_id)
+    question = Ask(question=body.question, user_id=user_id, conversation_id=body.conversation_id,
+                   collections=body.collections, everything=reads_everything(user_id))
     if not wants_stream(body.stream):
         reply = chat().answer(question)
         assert reply.conversation_id is not None  # a user's question is always stored
@@ -276,7 +288,7 @@ def routes() -> list[Route]:
 
 def all_routes() -> list[Route]:
     """Every face's route table."""
-    return [*routes(), *openai_routes(), *ingest_routes()]
+    return [*routes(), *openai_routes(), *ingest_routes(), *collections_routes()]
 
 
 def openapi_document() -> dict[str, Any]:
@@ -315,7 +327,8 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
     limiter = guard(app, settings, hearth)
     questions = limiter.limit(settings.question_rate_limit, key_func=user_key)
     questions(openai_blueprint)
-    for blueprint in (api_blueprint, openai_blueprint, webui_blueprint, ingest_blueprint):
+    for blueprint in (api_blueprint, openai_blueprint, webui_blueprint, ingest_blueprint,
+                      collections_blueprint):
         app.register_blueprint(blueprint)
     # Questions, on every face, have their own limit instead of the general one.
     app.view_functions["api.ask"] = questions(app.view_functions["api.ask"])

@@ -92,6 +92,7 @@ class KeyStore(Protocol):
     def find(self, hashed: str) -> Key | None: ...
     def all(self) -> list[Key]: ...
     def revoke(self, key_id: str) -> bool: ...
+    def delete_user(self, user_id: str) -> int: ...
 
 
 def _v1_sqlite(db: sqlite3.Connection) -> None:
@@ -153,6 +154,11 @@ class SQLiteKeys:
                 (time.time(), key_id))
         return cursor.rowcount > 0
 
+    def delete_user(self, user_id: str) -> int:
+        with self._lock:
+            return self._db.execute("DELETE FROM api_keys WHERE user_id = ?",
+                                    (user_id,)).rowcount
+
 
 class MongoKeys:
     def __init__(self, uri: str, db_name: str, timeout_s: float) -> None:
@@ -194,6 +200,9 @@ class MongoKeys:
                                                    {"$set": {"revoked_at": time.time()}}))
         return bool(result.modified_count)
 
+    def delete_user(self, user_id: str) -> int:
+        return int(self._run(lambda c: c.delete_many({"user_id": user_id})).deleted_count)
+
 
 class Keys:
     def __init__(self, store: KeyStore) -> None:
@@ -219,6 +228,10 @@ class Keys:
 
     def revoke(self, key_id: str) -> bool:
         return self.store.revoke(key_id)
+
+    def delete_user(self, user_id: str) -> int:
+        """Every key of a user, gone (not only revoked): erasing a user."""
+        return self.store.delete_user(user_id)
 
 
 def build_keys(settings: Settings) -> Keys:

@@ -44,6 +44,12 @@ class Ask:
     new_conversation_id: str | Callable[[Turn], str] | None = None
     # False: answer only (the evaluation runner), whoever asks.
     store: bool = True
+    # The collections to read, each of which the user must be able to read; None: those the
+    # conversation read so far (still readable), or for a new one all the user may read.
+    collections: Sequence[str] | None = None
+    # Read every collection whoever the user is: an administrator, the operator at the
+    # terminal, the evaluation runner.
+    everything: bool = False
 
 
 @dataclass
@@ -57,6 +63,7 @@ class _Prepared:
     ask: Ask
     turns: Sequence[Turn]
     conversation_id: str | None
+    collections: Sequence[str] = ()
 
 
 class ReplyStream:
@@ -96,6 +103,20 @@ class Chat:
     # -- asking --------------------------------------------------------------------------------
 
     def _prepare(self, ask: Ask) -> _Prepared:
+        prepared = self._conversation_of(ask)
+        prepared.collections = self._collections(ask, prepared.turns)
+        return prepared
+
+    def _collections(self, ask: Ask, turns: Sequence[Turn]) -> list[str]:
+        """What the question reads. Checked on every question, so a grant revoked since the
+        conversation began is gone from its next follow-up."""
+        access = self.services.access
+        if ask.collections is not None or not turns:
+            return access.choose(ask.user_id, ask.collections, everything=ask.everything)
+        readable = {c.name for c in access.readable(ask.user_id, everything=ask.everything)}
+        return [c for c in turns[-1].collections if c in readable]
+
+    def _conversation_of(self, ask: Ask) -> _Prepared:
         limit = self.settings.max_question_chars
         if len(ask.question) > limit:
             raise QuestionTooLong(f"the question has {len(ask.question)} characters; the limit "
@@ -138,7 +159,8 @@ class Chat:
         """The whole answer, stored."""
         prepared = self._prepare(ask)
         with self.services.gate.slot():
-            answer = self.services.assistant.answer(ask.question, prepared.turns)
+            answer = self.services.assistant.answer(ask.question, prepared.turns,
+                                                    prepared.collections)
         return self._save(prepared, answer)
 
     def stream(self, ask: Ask) -> ReplyStream:
@@ -152,7 +174,8 @@ class Chat:
         gate = self.services.gate
         gate.acquire()
         try:
-            events = self.services.assistant.stream(ask.question, prepared.turns)
+            events = self.services.assistant.stream(ask.question, prepared.turns,
+                                                    prepared.collections)
             first = next(events)
         except BaseException:
             gate.release()

@@ -112,14 +112,21 @@ def serve(host: str | None, port: int | None, index_docs: bool) -> None:
 @click.option("--user", "user_id", default=None, help="remember the turn in this user's history")
 @click.option("--conversation", "conversation_id", default=None,
               help="continue a conversation of --user")
-def ask(question: str, user_id: str | None, conversation_id: str | None) -> None:
+@click.option("--collection", "collections", multiple=True,
+              help="read only this collection (repeatable; default: every collection, or with "
+                   "--user what that user may read)")
+def ask(question: str, user_id: str | None, conversation_id: str | None,
+        collections: tuple[str, ...]) -> None:
     """Answer QUESTION in the terminal, streaming, with its sources."""
     from hearth.chat import Ask, Chat, Reply
     from hearth.services import build_services
 
     chat = Chat(build_services(settings_or_exit()))
     reply = None
-    for event in chat.stream(Ask(question, user_id=user_id, conversation_id=conversation_id)):
+    # The operator at the terminal reads everything; asking as a user reads as that user does.
+    asked = Ask(question, user_id=user_id, conversation_id=conversation_id,
+                collections=collections or None, everything=user_id is None)
+    for event in chat.stream(asked):
         if isinstance(event, Reply):
             reply = event
         else:
@@ -132,7 +139,8 @@ def ask(question: str, user_id: str | None, conversation_id: str | None) -> None
         for n, s in enumerate(answer.sources, 1):
             page = f", page {s.page}" if s.page else ""
             title = f"{s.title} — " if s.title else ""
-            click.echo(f"  [{n}] {title}{s.source}{page}")
+            shelf = "" if s.collection == "default" else f" ({s.collection})"
+            click.echo(f"  [{n}] {title}{s.source}{page}{shelf}")
     if answer.evidence:
         click.echo("\nEvidence:")
         for e in answer.evidence:
@@ -257,6 +265,29 @@ def keys_revoke(key_id: str) -> None:
     click.echo(f"revoked {key_id}")
 
 
+@main.group()
+def users() -> None:
+    """What Hearth holds about each user."""
+
+
+@users.command("erase")
+@click.argument("user_id")
+@click.option("--yes", is_flag=True, help="do not ask for confirmation")
+def users_erase(user_id: str, yes: bool) -> None:
+    """Erase USER_ID: conversations, own collections and uploads, grants and API keys."""
+    from hearth.chat import Chat
+    from hearth.services import build_services
+    from hearth.users import erase_user
+
+    chat = Chat(build_services(settings_or_exit()))
+    if not yes:
+        click.confirm(f"Erase everything Hearth holds about {user_id!r}? This cannot be undone.",
+                      abort=True)
+    erased = erase_user(chat, user_id)
+    click.echo(f"Erased {user_id}: " + ", ".join(f"{n} {what}"
+                                                 for what, n in erased.to_dict().items()))
+
+
 @main.command()
 @click.option("--status", is_flag=True, help="only show each store's schema version")
 def migrate(status: bool) -> None:
@@ -289,6 +320,7 @@ def doctor() -> None:
     embedder = embedding_model(settings)
     click.echo(f"embeddings: {embedder.name} (reads {embedder.max_tokens} tokens)")
     click.echo(f"API keys: {'required' if settings.auth_required else 'off (loopback only)'}")
+    click.echo(f"OCR of scanned PDFs: {_ocr_state(settings)}")  # ingestion runs either way
     failed = False
     for store in store_versions(settings):
         version = "-" if store.version is None else store.version
@@ -301,12 +333,22 @@ def doctor() -> None:
         sys.exit(1)
 
 
+def _ocr_state(settings: Settings) -> str:
+    from hearth.ingest.ocr import unavailable
+
+    if settings.ingest_ocr_max_pages == 0:
+        return "off (HEARTH_INGEST_OCR_MAX_PAGES=0)"
+    missing = unavailable()
+    return f"NOT AVAILABLE: {missing.removeprefix('OCR is not available: ')}" if missing \
+        else "ready (tesseract, pdftoppm)"
+
+
 def register_plugins() -> None:
     """Commands that live beside their concept: ingestion, sources, evaluation."""
     from hearth.evaluation.cli import eval_cli
-    from hearth.ingest.cli import ingest_cli, sources_cli
+    from hearth.ingest.cli import collections_cli, ingest_cli, sources_cli
 
-    for group in (ingest_cli, sources_cli, eval_cli):
+    for group in (ingest_cli, sources_cli, collections_cli, eval_cli):
         main.add_command(group)
 
 

@@ -198,6 +198,13 @@ class Settings(BaseSettings):
         50 * 2**20, ge=1024,
         description="what a .docx or a sitemap may unpack to; past it, it is skipped")
     ingest_max_pdf_pages: int = Field(2000, ge=1, description="a PDF with more pages is skipped")
+    # OCR of PDF pages without a text layer (scans), with Debian's tesseract-ocr: bounded per
+    # page in time, and per document in pages, as a page takes seconds (ingest/ocr.py).
+    ingest_ocr_max_pages: int = Field(
+        100, ge=0, description="pages of one PDF read by OCR at most; the others are skipped. "
+        "0 turns OCR off")
+    ingest_ocr_timeout_s: float = Field(
+        60.0, gt=0, description="longest OCR of one page may take; past it the page is skipped")
     crawl_max_page_bytes: int = Field(
         5 * 2**20, ge=1024,
         description="a page or robots.txt, decoded (gzip, deflate); a larger page is skipped")
@@ -207,6 +214,15 @@ class Settings(BaseSettings):
     ingest_job_timeout_s: float = Field(
         6 * 3600.0, gt=0, description="longest an API job may read its source; past it the "
         "job fails (ingest_timeout)")
+
+    # Uploads into collections (POST /api/collections/<name>/documents).
+    uploads: bool = Field(True, description="users may upload documents into their collections")
+    upload_max_file_bytes: int = Field(20 * 2**20, ge=1024, description="a larger file is refused")
+    upload_max_files: int = Field(20, ge=1, le=1000, description="files in one request at most")
+    upload_max_request_bytes: int = Field(
+        50 * 2**20, ge=1024, description="one upload request's files together")
+    upload_max_user_bytes: int = Field(
+        200 * 2**20, ge=1024, description="what one user's uploads may take in all")
 
     # Evaluation: the judge model is chosen apart from the answering model.
     judge_backend: LLMBackend = LLMBackend.llamacpp

@@ -45,6 +45,8 @@ class Turn:
     evidence: list[dict[str, Any]] = field(default_factory=list)
     grounded: bool = True
     unsupported: list[str] = field(default_factory=list)
+    # The collections the question read; a turn from before collections read ``default``.
+    collections: list[str] = field(default_factory=lambda: ["default"])
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Turn:

@@ -80,6 +80,9 @@ MIGRATIONS = [
     # Turns gain evidence, grounded and unsupported; older turns read with the defaults. The
     # version says so, so that a Hearth from before refuses the store instead of misreading it.
     Migration(2, "turns carry their evidence and grounding verdict"),
+    # Turns gain the collections they read, and each source its collection; a turn from
+    # before reads as asked over ``default``, which held everything then.
+    Migration(3, "turns carry the collections they were asked over"),
 ]
 
 

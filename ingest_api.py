@@ -11,21 +11,19 @@ admin keys only. What a job may reach is bounded by ``ingest.safety`` (see ``ing
 
 from __future__ import annotations
 
-import threading
-from typing import Any, Literal
-
-from flask import Blueprint, Response, current_app, request
+from flask import Blueprint, Response, request
 from pydantic import BaseModel
 
 from hearth.errors import HearthError
-from hearth.ingest.jobs import IngestRequest, Jobs, prepare
-from hearth.monitoring import job_observers
+from hearth.ingest.jobs import IngestRequest, prepare
 from hearth.web import (
     ErrorOut,
+    JobOut,
     Route,
     body_bytes,
     error_response,
     is_json,
+    jobs,
     parse_json,
     principal,
     services,
@@ -33,8 +31,6 @@ from hearth.web import (
 )
 
 ingest_blueprint = Blueprint("ingest", __name__)
-EXTENSION = "hearth.ingest_jobs"
-_create_lock = threading.Lock()
 
 
 class IngestStartedOut(BaseModel):
@@ -43,31 +39,8 @@ class IngestStartedOut(BaseModel):
     url: str
 
 
-class JobOut(BaseModel):
-    id: str
-    kind: Literal["web", "files"]
-    target: str
-    state: Literal["queued", "running", "done", "failed"]
-    progress: dict[str, Any]
-    summary: dict[str, Any] | None
-    error: dict[str, str] | None
-    created_at: str | None
-    started_at: str | None
-    finished_at: str | None
-
-
 class JobListOut(BaseModel):
     jobs: list[JobOut]
-
-
-def jobs() -> Jobs:
-    """The app's job runner, made on first use."""
-    app: Any = current_app
-    with _create_lock:
-        if EXTENSION not in app.extensions:
-            runner = app.extensions[EXTENSION] = Jobs(services())
-            runner.finished += job_observers(app)
-        return app.extensions[EXTENSION]  # type: ignore[no-any-return]
 
 
 def _json(model: BaseModel, status: int = 200) -> Response:
@@ -98,6 +71,7 @@ def start_ingest() -> Response:
                               "{\"files\": FOLDER}")
     try:
         kind, target, options = prepare(settings(), raw)
+        services().access.get(options["collection"])  # 404 collection_not_found
     except HearthError as exc:  # invalid_request, not_a_folder, address/folder_not_allowed
         return error_response(exc.status, exc.code, str(exc))
     job = jobs().submit(kind, target, options)
@@ -121,10 +95,10 @@ def list_jobs() -> Response:
 def routes() -> list[Route]:
     return [
         Route("/api/ingest", "POST", start_ingest, IngestRequest,
-              {202: IngestStartedOut, 400: ErrorOut, 403: ErrorOut, 413: ErrorOut,
-               415: ErrorOut},
-              "Start ingesting a site or a server folder in the background (HEARTH_INGEST_API; "
-              "admins only when API keys are on)."),
+              {202: IngestStartedOut, 400: ErrorOut, 403: ErrorOut, 404: ErrorOut,
+               413: ErrorOut, 415: ErrorOut},
+              "Start ingesting a site or a server folder into a collection (default: default) "
+              "in the background (HEARTH_INGEST_API; admins only when API keys are on)."),
         Route("/api/ingest", "GET", list_jobs, None, {200: JobListOut, 403: ErrorOut},
               "The ingestion jobs, newest first."),
         Route("/api/ingest/<job_id>", "GET", ingest_status, None,

@@ -20,6 +20,7 @@ from langchain_core.documents import Document
 from langchain_core.messages import AIMessage, BaseMessage, HumanMessage
 from langchain_core.prompts import ChatPromptTemplate, MessagesPlaceholder
 
+from hearth.access import DEFAULT
 from hearth.config import Settings
 from hearth.conversations import Turn
 from hearth.errors import HearthError
@@ -84,6 +85,7 @@ class Source:
     snippet: str
     chunk_id: str
     score: float
+    collection: str = DEFAULT  # the collection it was read from
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -103,6 +105,8 @@ class Answer:
     evidence: list[Evidence] = field(default_factory=list)
     grounded: bool = True
     unsupported: list[str] = field(default_factory=list)
+    # The collections the question read: a follow-up reads the same ones.
+    collections: list[str] = field(default_factory=lambda: [DEFAULT])
 
     def turn(self, question: str) -> Turn:
         return Turn(
@@ -111,7 +115,7 @@ class Answer:
             timings=self.timings, usage=self.usage,
             standalone_question=self.standalone_question,
             evidence=[e.to_dict() for e in self.evidence], grounded=self.grounded,
-            unsupported=self.unsupported,
+            unsupported=self.unsupported, collections=list(self.collections),
         )
 
 
@@ -162,14 +166,15 @@ def to_source(doc: Document, score: float, chunk_id: str) -> Source:
         snippet=doc.page_content[:SNIPPET_CHARS * 4],
         chunk_id=chunk_id,
         score=round(score, 4),
+        collection=str(meta.get("collection") or DEFAULT),
     )
 
 
 def merged(sources: Sequence[Source]) -> list[Source]:
     """One entry per source document and page, best chunk first, their texts joined."""
-    found: dict[tuple[str, int | None], Source] = {}
+    found: dict[tuple[str, str, int | None], Source] = {}
     for s in sources:
-        key = (s.source, s.page)
+        key = (s.collection, s.source, s.page)
         if key in found:
             first = found[key]
             found[key] = Source(**{**first.to_dict(), "snippet": first.snippet + " … " + s.snippet})
@@ -216,9 +221,10 @@ class Assistant:
         self.vectorstore = vectorstore
         self.settings = settings
 
-    def retrieve(self, question: str, k: int | None = None) -> list[Source]:
-        """The k nearest chunks, best first, each with its similarity score."""
-        hits = self.vectorstore.search(question, k or self.settings.top_k)
+    def retrieve(self, question: str, k: int | None = None,
+                 collections: Sequence[str] = (DEFAULT,)) -> list[Source]:
+        """The k nearest chunks of ``collections``, best first, each with its similarity."""
+        hits = self.vectorstore.search(question, k or self.settings.top_k, collections)
         return [to_source(doc, score, chunk_id) for doc, score, chunk_id in hits]
 
     def condense(self, question: str, history: Sequence[Turn]) -> str:
@@ -282,9 +288,11 @@ class Assistant:
         return render(used, turns), used
 
     def stream(
-        self, question: str, history: Sequence[Turn] = ()
+        self, question: str, history: Sequence[Turn] = (),
+        collections: Sequence[str] = (DEFAULT,),
     ) -> Generator[Token | Answer, None, None]:
-        """Yield the answer's tokens as they come, then the finished Answer."""
+        """Yield the answer's tokens as they come, then the finished Answer, read from
+        ``collections`` only."""
         started = time.perf_counter()
         timings: dict[str, float] = {}
 
@@ -300,14 +308,15 @@ class Assistant:
             # A small model often returns the follow-up unchanged: then the previous question
             # carries the context that retrieval needs.
             query = f"{history[-1].question} {question}"
-        hits = self.retrieve(query)
+        hits = self.retrieve(query, collections=collections)
         t = mark("retrieve_s", t)
         relevant = [h for h in hits if h.score >= self.settings.min_relevance]
         if not relevant:
             timings["total_s"] = round(time.perf_counter() - started, 4)
             yield Token(self.settings.refusal)
             yield Answer(self.settings.refusal, [], standalone, True, self.llm.name,
-                         {"prompt_tokens": 0, "completion_tokens": 0}, timings)
+                         {"prompt_tokens": 0, "completion_tokens": 0}, timings,
+                         collections=list(collections))
             return
         asked, shown = (question if not history else standalone), history
         if query != standalone:
@@ -350,7 +359,7 @@ class Assistant:
             usage={"prompt_tokens": usage.prompt_tokens,
                    "completion_tokens": usage.completion_tokens},
             timings=timings, evidence=found, grounded=verdict.grounded,
-            unsupported=verdict.unsupported,
+            unsupported=verdict.unsupported, collections=list(collections),
         )
 
     def _generate(
@@ -375,8 +384,9 @@ class Assistant:
             yield from stream
             return
 
-    def answer(self, question: str, history: Sequence[Turn] = ()) -> Answer:
-        for event in self.stream(question, history):
+    def answer(self, question: str, history: Sequence[Turn] = (),
+               collections: Sequence[str] = (DEFAULT,)) -> Answer:
+        for event in self.stream(question, history, collections):
             if isinstance(event, Answer):
                 return event
         raise RuntimeError("the answer stream ended without an answer")  # pragma: no cover

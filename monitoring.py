@@ -352,6 +352,7 @@ def instrument(app: Flask, settings: Settings, services: Services) -> Chat:
     if metrics is not None:
         metrics.watch(services)
         app.extensions[EXTENSION] = metrics
+        app.extensions["hearth.job_observers"] = [metrics.job_finished]  # web.jobs() adds them
 
         @app.after_request
         def _count(response: Response) -> Response:
@@ -377,11 +378,6 @@ def readiness_seen(app: Flask, checks: dict[str, dict[str, Any]]) -> None:
     metrics: Metrics | None = app.extensions.get(EXTENSION)
     if metrics is not None and metrics.backends is not None:
         metrics.backends.seen(checks)
-
-
-def job_observers(app: Flask) -> list[Callable[[Any], None]]:
-    metrics: Metrics | None = app.extensions.get(EXTENSION)
-    return [metrics.job_finished] if metrics is not None else []
 
 
 def serve_metrics(app: Flask, settings: Settings) -> Any:

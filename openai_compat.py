@@ -44,6 +44,7 @@ from hearth.web import (
     event_stream,
     principal,
     read_json,
+    reads_everything,
     settings,
     sse,
     with_retry_after,
@@ -75,7 +76,10 @@ class OpenAIStreamOptions(BaseModel):
 
 
 class OpenAIChatRequest(BaseModel):
-    model: str = Field(MODEL_ID, description="accepted and ignored: Hearth answers with its model")
+    model: str = Field(MODEL_ID, max_length=200, description=(
+        "hearth/<collection> reads that collection only (403 collection_forbidden if the user "
+        "may not read it); hearth, or any other name, reads every collection the user may "
+        "read. Hearth answers with its own LLM either way."))
     messages: list[OpenAIMessage] = Field(
         min_length=1, description="the last one, the user's, is the question; earlier ones the "
                                   "conversation")
@@ -252,6 +256,12 @@ def request_user(body: OpenAIChatRequest) -> str | None:
     return acting_as(body.user)
 
 
+def collections_of(model: str) -> list[str] | None:
+    """The collection a model name picks (``hearth/<collection>``), or None for all."""
+    prefix = f"{MODEL_ID}/"
+    return [model[len(prefix):]] if model.startswith(prefix) else None
+
+
 def ask_of(body: OpenAIChatRequest) -> Ask:
     """The chat service's question: the last message, the turns before it, and where the turn
     is stored: the request's conversation_id (which must exist), else one named after the
@@ -259,14 +269,16 @@ def ask_of(body: OpenAIChatRequest) -> Ask:
     turn continues one conversation."""
     user = request_user(body)
     question, turns = split_messages(body.messages)
+    reading = {"collections": collections_of(body.model), "everything": reads_everything(user)}
     if user is None or body.conversation_id is not None:
         return Ask(question=question, user_id=user, conversation_id=body.conversation_id,
-                   turns=turns)
+                   turns=turns, **reading)
     named = user
     new_id: str | Callable[[Turn], str] = (
         derived_conversation_id(named, turns[0]) if turns
         else lambda first: derived_conversation_id(named, first))
-    return Ask(question=question, user_id=user, turns=turns, new_conversation_id=new_id)
+    return Ask(question=question, user_id=user, turns=turns, new_conversation_id=new_id,
+               **reading)
 
 
 def usage_of(answer: Answer) -> OpenAIUsage:
@@ -351,7 +363,15 @@ def error_event(status: int, code: str, message: str) -> str:
 
 @openai_blueprint.get("/models")
 def list_models() -> Response:
-    out = OpenAIModelList(data=[OpenAIModel(id=MODEL_ID, created=int(time.time()), owned_by="hearth")])
+    """``hearth`` (every collection the key may read), then ``hearth/<collection>`` for each of
+    them: a client such as Open WebUI shows each knowledge base as a model to pick."""
+    holder = principal()
+    user = holder.user_id if holder is not None else None
+    readable = chat().services.access.readable(user, everything=reads_everything(user))
+    out = OpenAIModelList(data=[
+        OpenAIModel(id=MODEL_ID, created=0, owned_by="hearth"),
+        *(OpenAIModel(id=f"{MODEL_ID}/{c.name}", created=int(c.created_at), owned_by="hearth")
+          for c in readable)])
     return Response(out.model_dump_json(), mimetype="application/json")
 
 
@@ -374,5 +394,6 @@ def routes() -> list[Route]:
               "OpenAI's SSE chunks (OpenAIChatChunk) ending with data: [DONE]. Extra top-level "
               "fields: sources, conversation_id, refused.", stream=OPENAI_SSE_EVENT),
         Route("/v1/models", "GET", list_models, None, {200: OpenAIModelList},
-              "OpenAI-compatible model list: one model, hearth."),
+              "OpenAI-compatible model list: hearth (every collection the key may read) and "
+              "hearth/<collection> for each of them."),
     ]

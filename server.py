@@ -133,7 +133,9 @@ def adjustments(settings: Settings) -> Adjustments:
         host=settings.host, port=settings.port, threads=settings.threads,
         connection_limit=settings.max_connections, channel_timeout=settings.idle_timeout_s,
         cleanup_interval=CHECK_EVERY_S, max_request_header_size=MAX_HEADER_BYTES,
-        max_request_body_size=BODY_LIMIT_FACTOR * settings.max_body_bytes,
+        max_request_body_size=max(BODY_LIMIT_FACTOR * settings.max_body_bytes,
+                                  settings.upload_max_request_bytes + settings.max_body_bytes
+                                  if settings.uploads else 0),
         outbuf_high_watermark=OUTBUF_HIGH_WATERMARK,
         asyncore_use_poll=True,  # select() stops at 1,024 file descriptors
         # X-Forwarded-For reaches the app, which trusts it from HEARTH_TRUSTED_PROXIES only.

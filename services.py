@@ -13,6 +13,7 @@ from typing import Any, TypeVar
 
 from langchain_core.embeddings import Embeddings
 
+from hearth.access import Access, build_access
 from hearth.auth import Keys, build_keys
 from hearth.config import Settings
 from hearth.embeddings import build_embeddings
@@ -70,6 +71,10 @@ class Services:
     @property
     def keys(self) -> Keys:
         return self._once("keys", lambda: build_keys(self.settings))
+
+    @property
+    def access(self) -> Access:
+        return self._once("access", lambda: build_access(self.settings))
 
     @property
     def gate(self) -> Gate:

@@ -6,6 +6,7 @@ Each store migrates itself when it opens (see ``migrations``); ``hearth migrate`
 
 from __future__ import annotations
 
+from hearth.access import build_access, collections_status
 from hearth.auth import build_keys, keys_status
 from hearth.config import Settings
 from hearth.history import build_history, history_status
@@ -15,11 +16,13 @@ from hearth.migrations import StoreVersion
 
 def store_versions(settings: Settings) -> list[StoreVersion]:
     """The schema version of every store, read without changing anything."""
-    return [history_status(settings), keys_status(settings), records_status(settings)]
+    return [history_status(settings), keys_status(settings), collections_status(settings),
+            records_status(settings)]
 
 
 def migrate(settings: Settings) -> None:
     """Open every store, which brings each to this version's schema."""
     build_history(settings).ping()
     build_keys(settings).list()
+    build_access(settings).all()
     migrate_records(settings)

@@ -12,10 +12,11 @@ import contextlib
 import ipaddress
 import json
 import logging
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 from flask import Flask, Response, current_app, g, request, stream_with_context
 from flask_limiter import Limiter
@@ -28,6 +29,7 @@ from hearth.auth import Principal, acting_user
 from hearth.chat import Chat
 from hearth.config import Settings
 from hearth.errors import HearthError
+from hearth.ingest.jobs import Jobs
 from hearth.services import Services
 
 log = logging.getLogger("hearth.api")
@@ -156,6 +158,20 @@ def settings() -> Settings:
     return services().settings
 
 
+_jobs_lock = threading.Lock()
+
+
+def jobs() -> Jobs:
+    """The app's ingestion job runner (API ingests and uploads), made on first use."""
+    app: Any = current_app
+    with _jobs_lock:
+        if "hearth.ingest_jobs" not in app.extensions:
+            runner = app.extensions["hearth.ingest_jobs"] = Jobs(services())
+            # Told of each job that ends (the metrics, when they are on: monitoring.py).
+            runner.finished += app.extensions.get("hearth.job_observers", [])
+        return app.extensions["hearth.ingest_jobs"]  # type: ignore[no-any-return]
+
+
 # -- who is acting -------------------------------------------------------------------------------
 
 def principal() -> Principal | None:
@@ -166,6 +182,13 @@ def principal() -> Principal | None:
 def acting_as(requested: str | None) -> str:
     """The user this request acts for (``auth.acting_user`` with the request's key)."""
     return acting_user(principal(), requested)
+
+
+def reads_everything(user_id: str | None) -> bool:
+    """Whether a question acting for ``user_id`` reads every collection: an administrator's
+    key acting for its own user (an administrator acting for another user reads as they do)."""
+    holder = principal()
+    return holder is not None and holder.admin and holder.user_id == user_id
 
 
 def may_see_details() -> bool:
@@ -350,6 +373,21 @@ class SourceOut(BaseModel):
     snippet: str = Field(description="the text of the document that the answer drew on")
     chunk_id: str
     score: float = Field(description="cosine similarity of the chunk to the question")
+    collection: str = Field("default", description="the collection the document belongs to")
+
+
+class JobOut(BaseModel):
+    id: str
+    kind: Literal["web", "files"]
+    target: str
+    collection: str
+    state: Literal["queued", "running", "done", "failed"]
+    progress: dict[str, Any]
+    summary: dict[str, Any] | None
+    error: dict[str, str] | None
+    created_at: str | None
+    started_at: str | None
+    finished_at: str | None
 
 
 class EvidenceOut(BaseModel):
@@ -384,6 +422,7 @@ class Route:
     summary: str
     stream: dict[str, Any] | None = None  # the text/event-stream schema of a 200, if it streams
     query: list[dict[str, Any]] = field(default_factory=list)  # query parameters
+    body: dict[str, Any] | None = None  # a request body that is not JSON: its content map
 
 
 def build_openapi(routes: list[Route]) -> dict[str, Any]:
@@ -407,6 +446,8 @@ def build_openapi(routes: list[Route]) -> dict[str, Any]:
         if route.request is not None:
             operation["requestBody"] = {"required": True, "content": {"application/json": {
                 "schema": {"$ref": f"#/components/schemas/{route.request.__name__}"}}}}
+        elif route.body is not None:
+            operation["requestBody"] = {"required": True, "content": route.body}
         for status, model in route.responses.items():
             content: dict[str, Any] = {"application/json": {"schema": (
                 {"type": "object"} if model is None

@@ -108,7 +108,7 @@ def main() -> None:
         failures = 0
         for case in CASES:
             started = time.perf_counter()
-            reply = chat.answer(Ask(case.question, store=False)).answer
+            reply = chat.answer(Ask(case.question, store=False, everything=True)).answer
             sources = [s.source for s in reply.sources]
             injected = sorted({Path(s).name.split("-", 1)[0] for s in sources
                                if Path(s).name.split("-", 1)[0] in INJECTIONS})

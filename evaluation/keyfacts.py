@@ -311,7 +311,7 @@ class InProcessAnswerer:
         result: dict[str, Any] = {}
         if self.chat is not None:
             started = time.perf_counter()
-            answer = self.chat.answer(Ask(question.question, store=False)).answer
+            answer = self.chat.answer(Ask(question.question, store=False, everything=True)).answer
             latency = time.perf_counter() - started
             timings = dict(getattr(answer, "timings", None) or {})
             usage = dict(getattr(answer, "usage", None) or {})

@@ -49,7 +49,7 @@ class ChatAnswerer:
 
     def __call__(self, question: str) -> Answered:
         started = time.perf_counter()
-        answer = self.chat.answer(Ask(question, store=False)).answer
+        answer = self.chat.answer(Ask(question, store=False, everything=True)).answer
         latency = time.perf_counter() - started
         ranked = self.chat.services.assistant.retrieve(question, k=self.depth)
         usage = dict(getattr(answer, "usage", None) or {})

@@ -28,12 +28,15 @@ class IngestError(HearthError):
 @dataclass(frozen=True)
 class ReadLimits:
     """How much one ingestion may read: a file, what a .docx or a sitemap unpacks to, a PDF's
-    pages, a web page decoded. No defaults here: they are the settings' (``of``)."""
+    pages, a web page decoded, the pages of a PDF read by OCR and how long each may take. No
+    defaults here: they are the settings' (``of``)."""
 
     file_bytes: int
     unpacked_bytes: int
     pdf_pages: int
     page_bytes: int
+    ocr_pages: int
+    ocr_page_s: float
 
     @classmethod
     def of(cls, settings: Settings | None = None) -> ReadLimits:
@@ -48,7 +51,8 @@ class ReadLimits:
 
 _LIMIT_SETTINGS = {"file_bytes": "ingest_max_file_bytes",
                    "unpacked_bytes": "ingest_max_unpacked_bytes",
-                   "pdf_pages": "ingest_max_pdf_pages", "page_bytes": "crawl_max_page_bytes"}
+                   "pdf_pages": "ingest_max_pdf_pages", "page_bytes": "crawl_max_page_bytes",
+                   "ocr_pages": "ingest_ocr_max_pages", "ocr_page_s": "ingest_ocr_timeout_s"}
 
 
 @dataclass
@@ -62,11 +66,26 @@ class Block:
 
 
 @dataclass
+class SkippedPages:
+    """Pages of an indexed document that are not in the index, and why (a scanned page that
+    OCR could not read)."""
+
+    name: str
+    pages: list[int]
+    reason: str
+
+
+@dataclass
 class Parsed:
     source: str  # a file's absolute path or a page's URL: what answers cite
     title: str
     blocks: list[Block]
     kind: str  # "web", "pdf", "markdown", "text", "html", "docx"
+    ocr_pages: int = 0  # pages whose text OCR read (a scanned PDF's)
+    skipped_pages: list[SkippedPages] = field(default_factory=list)
+    # False when a page was passed over for a reason that may not hold next time (OCR not
+    # installed, a page that took too long): the parse cache does not keep it.
+    lasting: bool = True
 
 
 @dataclass
@@ -75,17 +94,27 @@ class Skipped:
     reason: str
 
 
+class SkippedForNow(Skipped):
+    """Skipped for a reason that may not hold next time (OCR not installed, a page that took
+    too long): the parse cache does not keep it, so the next run tries again."""
+
+
 @dataclass
 class Chunked:
     """A document already split into chunks (by an API job's reading process)."""
 
     source: str
     docs: list[Document]
+    ocr_pages: int = 0
+    skipped_pages: list[SkippedPages] = field(default_factory=list)
 
 
 @dataclass
 class Summary:
-    """What one ingestion did. Documents are pages or files; ``seen`` counts them all."""
+    """What one ingestion did. Documents are pages or files; ``seen`` counts them all.
+    ``ocr_pages`` counts the pages of the documents seen whose text OCR read (this run or,
+    for an unchanged file, an earlier one); ``skipped_pages`` the pages of indexed documents
+    left out, with the reason."""
 
     source: str
     seen: int = 0
@@ -101,6 +130,8 @@ class Summary:
     chunks_added: int = 0
     chunks_unchanged: int = 0
     chunks_deleted: int = 0
+    ocr_pages: int = 0
+    skipped_pages: list[SkippedPages] = field(default_factory=list)
     seconds: float = 0.0
 
     def to_dict(self) -> dict[str, Any]:
@@ -124,7 +155,32 @@ class Summary:
             for reason, names in by_reason.items():
                 shown = ", ".join(names[:5]) + (f" and {len(names) - 5} more" if names[5:] else "")
                 lines.append(f"    {reason}: {shown}")
+        if self.ocr_pages or self.skipped_pages:
+            skipped = sum(len(item.pages) for item in self.skipped_pages)
+            lines.append(f"  pages:     {self.ocr_pages} read by OCR, {skipped} skipped")
+        if self.skipped_pages:
+            lines.append("  pages skipped:")
+            pages_by_reason: dict[str, list[str]] = {}
+            for part in self.skipped_pages:
+                pages_by_reason.setdefault(part.reason, []).append(
+                    f"{part.name} {page_list(part.pages)}")
+            for reason, names in pages_by_reason.items():
+                shown = "; ".join(names[:5]) + (f" and {len(names) - 5} more" if names[5:] else "")
+                lines.append(f"    {reason}: {shown}")
         if self.ignored:
             counts = ", ".join(f"{n} {what}" for what, n in self.ignored.items())
             lines.append(f"  ignored: {counts}")
         return "\n".join(lines)
+
+
+def page_list(pages: list[int]) -> str:
+    """Pages as a reader writes them: "p. 3", "pp. 2, 5-9"."""
+    runs: list[str] = []
+    ordered = sorted(set(pages))
+    start = 0
+    for i, page in enumerate(ordered):
+        if i + 1 == len(ordered) or ordered[i + 1] != page + 1:
+            first = ordered[start]
+            runs.append(str(page) if first == page else f"{first}-{page}")
+            start = i + 1
+    return ("p. " if len(ordered) == 1 else "pp. ") + ", ".join(runs)

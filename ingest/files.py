@@ -10,6 +10,10 @@ is skipped before it is opened; a file larger than ``HEARTH_INGEST_MAX_FILE_BYTE
 before it is read; a .docx (a zip) that unpacks past ``HEARTH_INGEST_MAX_UNPACKED_BYTES`` and a
 PDF of more than ``HEARTH_INGEST_MAX_PDF_PAGES`` pages are skipped. Running out of memory
 anyway stops the ingestion (``MemoryError``): it is not one bad file.
+
+What is parsed is kept in the parse cache, except a result that may change by itself: a PDF
+whose scanned pages were skipped because OCR is not installed, or took too long, is parsed
+again next time.
 """
 
 from __future__ import annotations
@@ -18,14 +22,22 @@ import hashlib
 import os
 import re
 import stat
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any, BinaryIO
 
 from hearth.ingest.cache import ParseCache
-from hearth.ingest.documents import Block, IngestError, Parsed, ReadLimits, Skipped
+from hearth.ingest.documents import (
+    Block,
+    IngestError,
+    Parsed,
+    ReadLimits,
+    Skipped,
+    SkippedForNow,
+    SkippedPages,
+)
 from hearth.ingest.progress import Progress
 
 KINDS = {
@@ -39,7 +51,8 @@ _KINDS_OF_FILE = ((stat.S_ISFIFO, "a FIFO"), (stat.S_ISSOCK, "a socket"),
                   (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
                   (stat.S_ISDIR, "a folder"))
 # Bump when parsing changes, so cached results of the old parser are not reused.
-PARSER_VERSION = 1
+# 2: scanned PDF pages are read by OCR (version 1 cached them as skipped).
+PARSER_VERSION = 2
 
 
 def find_files(root: Path, ignored: dict[str, int] | None = None) -> list[Path]:
@@ -120,13 +133,21 @@ def _cache_key(path: Path, options: str, limit: int) -> str:
 def _from_cache(data: dict[str, Any], source: str, name: str) -> Parsed | Skipped:
     if "skipped" in data:
         return Skipped(name, data["skipped"])
-    return Parsed(source, data["title"], [Block(**b) for b in data["blocks"]], data["kind"])
+    return Parsed(source, data["title"], [Block(**b) for b in data["blocks"]], data["kind"],
+                  ocr_pages=data.get("ocr_pages", 0),
+                  skipped_pages=[SkippedPages(**p) for p in data.get("skipped_pages", [])])
 
 
 def _to_cache(item: Parsed | Skipped) -> dict[str, Any]:
     if isinstance(item, Skipped):
         return {"skipped": item.reason}
-    return {"title": item.title, "kind": item.kind, "blocks": [asdict(b) for b in item.blocks]}
+    return {"title": item.title, "kind": item.kind, "blocks": [asdict(b) for b in item.blocks],
+            "ocr_pages": item.ocr_pages, "skipped_pages": [asdict(p) for p in item.skipped_pages]}
+
+
+def _lasting(item: Parsed | Skipped) -> bool:
+    """Whether parsing again would give the same result (what the parse cache keeps)."""
+    return not isinstance(item, SkippedForNow) and (isinstance(item, Skipped) or item.lasting)
 
 
 def load_folder(root: Path, *, progress: Progress | None = None,
@@ -138,7 +159,9 @@ def load_folder(root: Path, *, progress: Progress | None = None,
     files = find_files(root, ignored)
     if progress:
         progress.begin("files parsed", total=len(files))
-    options = f"char_margin={pdf_char_margin}"
+    # A change of the OCR page cap changes what a scanned PDF gives; its timeout does not
+    # (a page that took too long is not cached).
+    options = f"char_margin={pdf_char_margin}|ocr_pages={limits.ocr_pages}"
     inside = root.resolve()
     for path in files:
         name = str(path.relative_to(root))
@@ -155,8 +178,9 @@ def load_folder(root: Path, *, progress: Progress | None = None,
             if cached is not None:
                 yield _from_cache(cached, str(path), name)
                 continue
-            item = parse_file(path, name, pdf_char_margin=pdf_char_margin, limits=limits)
-            if cache:
+            item = parse_file(path, name, pdf_char_margin=pdf_char_margin, limits=limits,
+                              on_ocr_page=progress.page_read_by_ocr if progress else None)
+            if cache and _lasting(item):
                 cache.put(key, _to_cache(item))
             yield item
         except (IngestError, MemoryError):
@@ -166,13 +190,16 @@ def load_folder(root: Path, *, progress: Progress | None = None,
 
 
 def parse_file(path: Path, name: str, *, pdf_char_margin: float,
-               limits: ReadLimits | None = None) -> Parsed | Skipped:
+               limits: ReadLimits | None = None,
+               on_ocr_page: Callable[[], None] | None = None) -> Parsed | Skipped:
+    """One file, parsed; ``on_ocr_page`` is told of each scanned PDF page OCR has read."""
     limits = limits or ReadLimits.of()
     kind = KINDS[path.suffix.lower()]
     if kind == "pdf":
         from hearth.ingest.pdf import parse_pdf
 
-        return parse_pdf(path, name, char_margin=pdf_char_margin, max_pages=limits.pdf_pages)
+        return parse_pdf(path, name, char_margin=pdf_char_margin, limits=limits,
+                         on_ocr_page=on_ocr_page)
     if kind == "docx":
         return _docx(path, name, limits.unpacked_bytes)
     raw = _read(path, limits.file_bytes)

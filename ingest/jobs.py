@@ -30,6 +30,8 @@ from urllib.parse import urlsplit
 import httpx
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from hearth.access import DEFAULT
+from hearth.access import NAME as COLLECTION_NAME
 from hearth.config import Settings
 from hearth.errors import HearthError
 from hearth.ingest.documents import IngestError, Summary
@@ -100,6 +102,8 @@ class IngestRequest(BaseModel):
     options: CrawlOptions | FileOptions = Field(
         default_factory=lambda: CrawlOptions.model_validate({}),
         description="crawl options with \"web\", file options with \"files\"")
+    collection: str = Field(DEFAULT, pattern=COLLECTION_NAME,
+                            description="the collection to ingest into (it must exist)")
 
     @model_validator(mode="after")
     def _one_source(self) -> IngestRequest:
@@ -136,6 +140,7 @@ def prepare(settings: Settings,
             f"{'.'.join(map(str, e['loc'])) or 'body'}: {e['msg']}" for e in exc.errors()
         )) from None
     options = req.options.model_dump(exclude_none=True)
+    options["collection"] = req.collection
     if req.web is not None:
         try:
             target = site_namespace(req.web)
@@ -181,7 +186,8 @@ class Job:
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "id": self.id, "kind": self.kind, "target": self.target, "state": self.state,
+            "id": self.id, "kind": self.kind, "target": self.target,
+            "collection": self.options.get("collection", DEFAULT), "state": self.state,
             "progress": self.progress.to_dict(),
             "summary": self.summary.to_dict() if self.summary else None,
             "error": self.error, "created_at": _iso(self.created_at),
@@ -199,13 +205,17 @@ class Jobs:
     def __init__(self, services: Services) -> None:
         self.services = services
         self._jobs: dict[str, Job] = {}
+        self._on_done: dict[str, Callable[[Job], None] | None] = {}
         self._lock = threading.Lock()
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ingest")
         self.finished: list[Callable[[Job], None]] = []  # told of each job done or failed
 
-    def submit(self, kind: JobKind, target: str, options: dict[str, Any]) -> Job:
-        """Queue a job (``prepare`` makes its arguments); it runs after those before it."""
+    def submit(self, kind: JobKind, target: str, options: dict[str, Any],
+               on_done: Callable[[Job], None] | None = None) -> Job:
+        """Queue a job (``prepare`` makes its arguments); it runs after those before it, and
+        ``on_done`` is called with it when it has ended, done or failed."""
         job = Job(id=uuid.uuid4().hex, kind=kind, target=target, options=options)
+        self._on_done[job.id] = on_done
         with self._lock:
             self._jobs[job.id] = job
             for old in list(self._jobs)[:-KEPT_JOBS]:
@@ -238,18 +248,27 @@ class Jobs:
         finally:
             spool.unlink(missing_ok=True)
             job.finished_at = time.time()
+            done = self._on_done.pop(job.id, None)
+            if done is not None:
+                try:
+                    done(job)
+                except Exception:
+                    log.exception("after ingestion job %s", job.id)
             for observe in self.finished:
                 observe(job)
 
     def _ingest(self, job: Job, spool: Path) -> Summary:
         """Read in a child process, then index what it read, here (the one writer)."""
-        options = {k: v for k, v in job.options.items() if k != "transport"}
+        options = {k: v for k, v in job.options.items() if k not in ("transport", "collection")}
+        collection = job.options.get("collection", DEFAULT)
+        self.services.access.get(collection)  # gone since the job was queued: fail now
         read = read_in_child(self.services.settings, job.kind, job.target, options, spool,
                              job.progress)
         progress = job.progress
         progress.update({**progress.to_dict(), "phase": "indexing", "documents": 0, "chunks": 0})
         try:
-            return run(self.services, read.namespace, spooled(spool), progress=progress,
+            return run(self.services, read.namespace, spooled(spool), collection=collection,
+                       progress=progress,
                        summary=Summary(source=read.namespace, ignored=read.ignored))
         finally:
             progress.finish()

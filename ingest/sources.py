@@ -14,15 +14,17 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from hearth.access import DEFAULT
 from hearth.config import Settings
 from hearth.ingest.cache import parse_cache_dir
 from hearth.ingest.documents import IngestError
-from hearth.ingest.pipeline import files_namespace, remove
+from hearth.ingest.pipeline import files_namespace, remove, split_namespace
 from hearth.ingest.records import (
     INGEST_DB_TIMEOUT_S,
     RECORDS_COLLECTION,
     records_path,
 )
+from hearth.ingest.uploads import Uploads
 from hearth.ingest.web import site_namespace
 from hearth.mongo import mongo_client
 
@@ -37,22 +39,28 @@ class Source:
     documents: int
     chunks: int
     last_ingest: datetime
+    collection: str = DEFAULT
 
     def to_dict(self) -> dict[str, Any]:
-        return {"source": self.source, "kind": self.kind, "documents": self.documents,
-                "chunks": self.chunks, "last_ingest": self.last_ingest.isoformat()}
+        return {"source": self.source, "collection": self.collection, "kind": self.kind,
+                "documents": self.documents, "chunks": self.chunks,
+                "last_ingest": self.last_ingest.isoformat()}
 
 
-def list_sources(settings: Settings) -> list[Source]:
+def list_sources(settings: Settings, collection: str | None = None) -> list[Source]:
+    """Every source, or those of one collection."""
     rows = (_mongo_rows(settings, settings.mongodb_uri) if settings.mongodb_uri
             else _sqlite_rows(records_path(settings)))
-    return sorted(
-        (Source(source=ns, kind="web" if ns.startswith(("http://", "https://")) else "files",
+    found = []
+    for namespace, chunks, docs, last in rows:
+        within, source = split_namespace(namespace)
+        if collection is None or within == collection:
+            found.append(Source(
+                source=source, collection=within,
+                kind="web" if source.startswith(("http://", "https://")) else "files",
                 documents=int(docs), chunks=int(chunks),
-                last_ingest=datetime.fromtimestamp(float(last), tz=UTC))
-         for ns, chunks, docs, last in rows),
-        key=lambda s: s.source,
-    )
+                last_ingest=datetime.fromtimestamp(float(last), tz=UTC)))
+    return sorted(found, key=lambda s: (s.collection, s.source))
 
 
 def _sqlite_rows(path: Path) -> list[tuple[str, int, int, float]]:
@@ -88,9 +96,10 @@ def _mongo_rows(settings: Settings, uri: str) -> list[tuple[str, int, int, float
         client.close()
 
 
-def resolve(settings: Settings, source: str) -> str:
-    """The namespace a user means by ``source``: as listed, a URL, or a folder path."""
-    known = {s.source for s in list_sources(settings)}
+def resolve(settings: Settings, source: str, collection: str = DEFAULT) -> str:
+    """The source a user means by ``source`` in ``collection``: as listed, a URL, or a folder
+    path."""
+    known = {s.source for s in list_sources(settings, collection)}
     candidates = [source]
     if source.startswith(("http://", "https://")):
         candidates.append(site_namespace(source))
@@ -99,12 +108,33 @@ def resolve(settings: Settings, source: str) -> str:
     for candidate in candidates:
         if candidate in known:
             return candidate
-    raise IngestError(f"no source {source!r} in the index (`hearth sources list` shows them)")
+    raise IngestError(f"no source {source!r} in collection {collection!r} "
+                      "(`hearth sources list` shows them)")
 
 
-def remove_source(services: Services, source: str) -> tuple[str, int]:
-    """Remove every chunk of a source from the index; returns (namespace, chunks deleted)."""
-    namespace = resolve(services.settings, source)
-    deleted = remove(services, namespace)
-    shutil.rmtree(parse_cache_dir(services.settings, namespace), ignore_errors=True)
+def remove_source(services: Services, source: str,
+                  collection: str = DEFAULT) -> tuple[str, int]:
+    """Remove every chunk of a source from a collection; returns (source, chunks deleted)."""
+    namespace = resolve(services.settings, source, collection)
+    deleted = remove(services, namespace, collection)
+    if not any(s.source == namespace for s in list_sources(services.settings)):
+        # Its parse cache serves every collection that ingests it: kept while one does.
+        shutil.rmtree(parse_cache_dir(services.settings, namespace), ignore_errors=True)
     return namespace, deleted
+
+
+def remove_collection(services: Services, name: str) -> int:
+    """Delete a collection: its sources' chunks and records, its Chroma collection, then its
+    entry (so that a failure part-way leaves a collection that can be deleted again, never
+    chunks that no collection names). Returns the chunks deleted."""
+    access = services.access
+    access.get(name)
+    if name == DEFAULT:
+        raise IngestError("the default collection stays: remove its sources with "
+                          "`hearth sources remove` instead")
+    deleted = sum(remove_source(services, s.source, name)[1]
+                  for s in list_sources(services.settings, name))
+    services.vectorstore.drop(name)
+    Uploads(services).forget_collection(name)
+    access.forget(name)
+    return deleted

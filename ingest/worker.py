@@ -26,14 +26,14 @@ import multiprocessing
 import signal
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
 from hearth.config import Settings
 from hearth.errors import HearthError
-from hearth.ingest.documents import Chunked, IngestError, Skipped
+from hearth.ingest.documents import Chunked, IngestError, Skipped, SkippedPages
 from hearth.ingest.progress import Progress
 
 log = logging.getLogger(__name__)
@@ -155,7 +155,9 @@ def spooled(spool: Path) -> Iterator[Chunked | Skipped]:
                 yield Skipped(*entry["skipped"])
             else:
                 yield Chunked(entry["source"], [Document(page_content=text, metadata=meta)
-                                                for text, meta in entry["docs"]])
+                                                for text, meta in entry["docs"]],
+                              ocr_pages=entry["ocr_pages"],
+                              skipped_pages=[SkippedPages(**p) for p in entry["skipped_pages"]])
 
 
 # -- the child's side ----------------------------------------------------------------------------
@@ -185,6 +187,10 @@ class _Reporting(Progress):
 
     def chunked(self, n: int) -> None:
         super().chunked(n)
+        self.report()
+
+    def page_read_by_ocr(self) -> None:
+        super().page_read_by_ocr()
         self.report()
 
 
@@ -246,7 +252,9 @@ def _read(settings: Settings, kind: str, target: str, options: dict[str, Any], s
                 docs = chunker.split(item, reading.namespace)
                 progress.chunked(len(docs))
                 entry = {"source": item.source,
-                         "docs": [[d.page_content, d.metadata] for d in docs]}
+                         "docs": [[d.page_content, d.metadata] for d in docs],
+                         "ocr_pages": item.ocr_pages,
+                         "skipped_pages": [asdict(p) for p in item.skipped_pages]}
             out.write(json.dumps(entry) + "\n")
     reading.cache.prune()
     return Read(reading.namespace, spool, ignored)

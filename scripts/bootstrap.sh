@@ -53,6 +53,9 @@ if .venv/bin/python -m pip show -q torchvision >/dev/null 2>&1; then
     "${PIP[@]}" uninstall -q -y torchvision
 fi
 
+# OCR of scanned PDF pages: poppler's pdftoppm renders a page, tesseract reads it (ingest/ocr.py).
+apt_install poppler-utils tesseract-ocr tesseract-ocr-eng
+
 step "fetching the default model"
 .venv/bin/hearth models fetch
 

@@ -3,6 +3,7 @@ stores; the model is a server that is down, which doctor must report)."""
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import pytest
@@ -30,7 +31,11 @@ def test_doctor_names_what_runs_and_what_is_not_ready(tmp_path: Path,
     assert "model: openai local-model" in lines
     assert "embeddings: all-MiniLM-L6-v2 (reads 256 tokens)" in lines
     assert "API keys: off (loopback only)" in lines
-    assert "history: schema - of 2, not created yet" in lines
+    ocr = next(line for line in lines if line.startswith("OCR of scanned PDFs: "))
+    installed = shutil.which("tesseract") and shutil.which("pdftoppm")
+    assert ocr.endswith("ready (tesseract, pdftoppm)" if installed else "(apt-get install "), ocr
+    assert "history: schema - of 3, not created yet" in lines
+    assert "collections: schema - of 1, not created yet" in lines
     assert "vector_store: ready" in lines and "history_store: ready" in lines
     # (stderr is mixed in: the embedding model's loading bar may share the line)
     assert "llm: NOT READY: the OpenAI-compatible server" in result.output

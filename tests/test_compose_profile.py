@@ -33,6 +33,7 @@ from hearth.api import create_app
 from hearth.config import EmbeddingBackend, LLMBackend, Profile, Settings
 from hearth.ingest.pipeline import ingest_files
 from hearth.ingest.records import RECORDS_COLLECTION
+from hearth.ingest.sources import remove_collection
 from hearth.services import Services, build_services
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -403,3 +404,31 @@ def test_the_documented_reingest_commands_fill_the_compose_backends(
     }
     namespaces = set(mongo_db[RECORDS_COLLECTION].distinct("namespace"))
     assert namespaces == {str(folder.resolve()), site}
+
+
+def test_a_private_collection_on_the_chroma_server_and_mongodb(
+    compose_settings: Settings, services: Services, client: Any, folder: Path, mongo_db: Any
+) -> None:
+    """Collections in the compose profile: the registry in MongoDB (every API worker sees the
+    same grants), the chunks in a Chroma collection of their own on the server."""
+    services.access.create("harbour", "the harbour office's notes", readers=["someone-else"])
+    ingest_files(services, folder, collection="harbour")
+    assert mongo_db["collections"].find_one({"_id": "harbour"})["readers"] == ["someone-else"]
+    assert mongo_db[RECORDS_COLLECTION].count_documents(
+        {"namespace": f"harbour|{folder.resolve()}"}) == 2
+    question = {"question": "What colour does the lighthouse flash?", "user_id": USER}
+    refused = client.post("/api/question", json={**question, "collections": ["harbour"]})
+    assert refused.status_code == 403
+    plain = client.post("/api/question", json=question)
+    assert plain.status_code == 200 and plain.get_json()["sources"] == []
+    services.access.grant("harbour", [USER])
+    granted = client.post("/api/question", json={**question, "collections": ["harbour"]})
+    assert granted.status_code == 200, granted.get_data(as_text=True)
+    assert {s["collection"] for s in granted.get_json()["sources"]} == {"harbour"}
+    assert remove_collection(services, "harbour") == 2
+    names = [c.name for c in chromadb.HttpClient(
+        host=urlparse(compose_settings.chroma_url or "").hostname or "127.0.0.1",
+        port=urlparse(compose_settings.chroma_url or "").port or 8000,
+        settings=ChromaSettings(anonymized_telemetry=False)).list_collections()]
+    assert f"{compose_settings.chroma_collection}--harbour" not in names
+    assert mongo_db["collections"].find_one({"_id": "harbour"}) is None

@@ -25,9 +25,11 @@ import pytest
 from langchain_core.embeddings import Embeddings
 
 from hearth.ingest.chunking import chunker_for
-from hearth.ingest.documents import IngestError, Parsed
+from hearth.ingest.documents import IngestError, Parsed, SkippedPages, Summary
 from hearth.ingest.files import load_folder
+from hearth.ingest.pdf import OCR_OFF
 from hearth.ingest.pipeline import ingest_files
+from hearth.ingest.progress import Progress
 from hearth.ingest.records import close_records, record_manager
 from hearth.ingest.sources import list_sources, remove_source
 from hearth.services import Services, build_services
@@ -271,6 +273,24 @@ def _scanned_pdf(target: Path) -> None:
     image.save(target, "PDF", resolution=100.0)
 
 
+def test_the_summary_counts_pages_read_by_ocr_and_lists_skipped_pages_by_reason() -> None:
+    summary = Summary(source="/docs", seen=2, added=2, ocr_pages=4, skipped_pages=[
+        SkippedPages("a.pdf", [7, 3, 4, 5], "too slow"), SkippedPages("b.pdf", [2], "too slow"),
+        SkippedPages("b.pdf", [9], "broken")])
+    text = str(summary)
+    assert "  pages:     4 read by OCR, 6 skipped" in text
+    assert "    too slow: a.pdf pp. 3-5, 7; b.pdf p. 2" in text
+    assert "    broken: b.pdf p. 9" in text
+    assert summary.to_dict()["skipped_pages"][0] == {"name": "a.pdf", "pages": [7, 3, 4, 5],
+                                                     "reason": "too slow"}
+    assert "pages:" not in str(Summary(source="/docs", seen=1, added=1))
+    progress = Progress()
+    progress.page_read_by_ocr()
+    assert "1 pages read by OCR" not in progress.line()  # one page: said as such
+    assert ", 1 page read by OCR, " in progress.line()
+    assert progress.to_dict()["ocr_pages"] == 1
+
+
 @needs_libtasn1
 def test_bad_pdfs_are_reported_by_name_with_the_reason(
         services: Services, tmp_path: Path) -> None:
@@ -284,18 +304,21 @@ def test_bad_pdfs_are_reported_by_name_with_the_reason(
     (folder / "notes.txt").write_text("Readable notes next to the broken PDFs.\n")
     (folder / "photo.png").write_bytes(b"\x89PNG\r\n")
 
+    # OCR turned off: the scanned page is skipped with the reason (tests/test_ingest_ocr.py
+    # has it read).
+    services.settings = services.settings.model_copy(update={"ingest_ocr_max_pages": 0})
     summary = ingest_files(services, folder)
 
     reasons = {s.name: s.reason for s in summary.skipped}
     assert reasons["locked.pdf"] == "encrypted: needs a password"
-    assert reasons["scanned.pdf"] == "no text layer: needs OCR"
+    assert reasons["scanned.pdf"] == OCR_OFF
     assert reasons["broken.pdf"].startswith("corrupt PDF")
     assert reasons[os.path.join("sub", "truncated.pdf")].startswith(("corrupt PDF", "could not"))
     assert summary.seen == 6 and summary.added == 2  # restricted.pdf (no user password), notes
     assert summary.ignored == {".png files": 1}
     indexed = {Path(c["source"]).name for c in chunks(services, folder)}
     assert indexed == {"restricted.pdf", "notes.txt"}
-    assert "no text layer: needs OCR: scanned.pdf" in str(summary)
+    assert f"{OCR_OFF}: scanned.pdf" in str(summary)
 
 
 def test_markdown_html_and_word_files_keep_titles_sections_and_tables(
@@ -432,14 +455,19 @@ def test_a_request_to_ingest_is_checked_before_a_job_starts(
             prepare(settings, body)
         assert (caught.value.status, caught.value.code) == (status, code), body
 
-    assert prepare(settings, {"files": str(tutorial / ".")}) == ("files", str(tutorial), {})
+    assert prepare(settings, {"files": str(tutorial / ".")}) == (
+        "files", str(tutorial), {"collection": "default"})
     kind, target, options = prepare(settings, {"web": "HTTPS://Example.org:443/docs/",
                                                "options": {"max_depth": 1}})
     assert (kind, target) == ("web", "https://example.org/docs/")
     assert isinstance(options.pop("transport"), GuardedTransport)
     assert options == {"max_depth": 1, "max_pages": 7, "include": [], "exclude": [],
                        "use_sitemap": True, "concurrency": settings.crawl_concurrency,
-                       "timeout_s": settings.crawl_timeout_s}
+                       "timeout_s": settings.crawl_timeout_s, "collection": "default"}
+    assert prepare(settings, {"files": str(tutorial), "collection": "team"})[2] == {
+        "collection": "team"}
+    with pytest.raises(HearthError, match="collection"):
+        prepare(settings, {"files": str(tutorial), "collection": "../etc"})
 
 
 def test_ingest_api_is_off_unless_enabled(services: Services, tutorial: Path) -> None:

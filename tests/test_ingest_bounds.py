@@ -29,7 +29,7 @@ from hearth.services import Services, build_services
 
 MiB = 2**20
 SMALL = ReadLimits(file_bytes=1 * MiB, unpacked_bytes=1 * MiB, pdf_pages=3,
-                   page_bytes=256 * 1024)
+                   page_bytes=256 * 1024, ocr_pages=1, ocr_page_s=10.0)
 
 
 def _bomb(size: int, wbits: int) -> bytes:
@@ -176,14 +176,25 @@ def test_a_folder_of_bombs_and_a_fifo_is_read_within_bounds(tmp_path: Path) -> N
 
 
 def test_the_bounds_are_settings(make_settings: Callable[..., Any]) -> None:
-    settings = make_settings(ingest_max_file_bytes=2 * MiB, ingest_max_pdf_pages=7)
+    settings = make_settings(ingest_max_file_bytes=2 * MiB, ingest_max_pdf_pages=7,
+                             ingest_ocr_max_pages=3, ingest_ocr_timeout_s=5)
     limits = ReadLimits.of(settings)
     assert (limits.file_bytes, limits.pdf_pages) == (2 * MiB, 7)
+    assert (limits.ocr_pages, limits.ocr_page_s) == (3, 5.0)
     defaults = ReadLimits.of()
-    assert defaults == ReadLimits(100 * MiB, 50 * MiB, 2000, 5 * MiB)
+    assert defaults == ReadLimits(100 * MiB, 50 * MiB, 2000, 5 * MiB, 100, 60.0)
     with pytest.raises(IngestError, match="cannot crawl"):
         list(Crawler("http://127.0.0.1:9/", max_depth=0, max_pages=1, concurrency=1,
                      timeout_s=2).pages())
+
+
+def test_ocr_renders_a_page_at_300_dpi_and_no_page_past_5000_pixels_a_side() -> None:
+    from hearth.ingest.ocr import MAX_SIDE_PX, dpi_for
+
+    assert dpi_for(612, 792) == 300  # US Letter
+    for width, height in [(14400, 14400), (14400, 3), (3, 14400)]:  # the largest PDF pages
+        longest_px = max(width, height) / 72 * dpi_for(width, height)
+        assert longest_px <= MAX_SIDE_PX == 5000
 
 
 # --- API jobs, in their own process ------------------------------------------------------------

@@ -297,6 +297,63 @@ def test_readable_on_a_phone_sized_screen(
     page.screenshot(path=str(ARTIFACTS / "webui-phone.png"))
 
 
+def test_upload_choose_collections_ask_and_export(
+        browser: Any, hearth: Hearth, requests_made: list[Any], tmp_path: Path) -> None:
+    """My documents: uploaded with a progress bar, indexed, asked about alone (the collections
+    chosen are sent and remembered), removed; the conversation exported in both formats. At a
+    phone's width the sidebar that holds them fits."""
+    from playwright.sync_api import expect
+
+    note = tmp_path / "kayak.md"
+    note.write_text("# The kayak\n\nThe kayak is stored in the boathouse; the paddle hangs "
+                    "on the hook marked K7.\n")
+    bad = tmp_path / "setup.pdf"
+    bad.write_bytes(b"MZ" + b"\0" * 64)
+    page = open_page(browser, hearth, requests_made, viewport={"width": 390, "height": 844},
+                     is_mobile=True, has_touch=True)
+    sign_in(page, "Eve")
+    page.get_by_role("button", name="Conversations").click()
+    page.locator("#upload-files").set_input_files([str(note), str(bad)])
+    expect(page.locator("#upload-status")).to_contain_text("setup.pdf: not a PDF")
+    expect(page.locator("#upload-status")).to_have_text(
+        "Your documents are ready to ask about.", timeout=TIMEOUT_MS)
+    expect(page.locator("#documents li")).to_have_count(1)
+    expect(page.locator("#documents li .state")).to_have_text("ready")
+    assert page.evaluate("document.documentElement.scrollWidth") <= 390
+    # Ask only in my documents: the request names that collection, and the source says so.
+    labels = page.locator("#collections label")
+    expect(labels).to_have_text(["default", "My documents"])
+    page.locator("#collections input[value=default]").uncheck()
+    page.get_by_role("button", name="Close").click()  # the list covers the header on a phone
+    answer = ask(page, "Where does the kayak paddle hang?")
+    finished(page)
+    expect(answer.locator(".sources li").first).to_contain_text("kayak")
+    sent = [r.post_data_json for r in requests_made
+            if r.url.endswith("/api/question") and r.method == "POST"]
+    mine = [c["name"] for c in httpx.get(f"{hearth.url}/api/collections",
+                                         params={"user_id": "Eve"}).json()["collections"]
+            if c["mine"]]
+    assert sent[-1]["collections"] == mine, sent[-1]
+    # Reopened, the conversation reads what it read.
+    page.reload()
+    page.get_by_role("button", name="Conversations").click()
+    expect(page.locator("#collections input[value=default]")).not_to_be_checked()
+    # Export, Markdown and JSON, sources included.
+    page.get_by_role("button", name="Close").click()
+    with page.expect_download() as markdown:
+        page.get_by_role("button", name="Export Markdown").click()
+    text = Path(markdown.value.path()).read_text()
+    assert text.startswith("# Where does the kayak paddle hang?") and "kayak.md" in text
+    with page.expect_download() as exported:
+        page.get_by_role("button", name="Export JSON").click()
+    assert '"turns"' in Path(exported.value.path()).read_text()
+    # Removed: gone from the list.
+    page.get_by_role("button", name="Conversations").click()
+    page.once("dialog", lambda dialog: dialog.accept())
+    page.get_by_role("button", name="Remove document: kayak.md").click()
+    expect(page.locator("#documents li")).to_have_count(0)
+
+
 def test_rate_limited_is_said_so(browser: Any, hearth: Hearth, requests_made: list[Any]) -> None:
     from playwright.sync_api import expect
 

@@ -16,6 +16,8 @@ const state = {
   conversationId: null,  // the conversation on screen; null for a new one
   controller: null,      // the AbortController of the answer being streamed
   conversations: [],
+  collections: [],       // those the user may read: [{name, description, mine, ...}]
+  chosen: null,          // the names this conversation reads; null: every one
 };
 
 // Errors the user can act on: what went wrong, and what to do.
@@ -226,6 +228,10 @@ function sourceItem(source, n, ranges = []) {
   }
   if (source.page) item.append(el("span", { class: "where", text: `, page ${source.page}` }));
   if (source.section) item.append(el("span", { class: "where", text: ` · ${source.section}` }));
+  if (source.collection && source.collection !== "default") {
+    item.append(el("span", { class: "collection", title: "the collection it is in",
+                             text: ` [${source.collection}]` }));
+  }
   const id = `snippet-${Math.random().toString(36).slice(2)}-${n}`;
   const toggle = el("button", { type: "button", class: "toggle", "aria-expanded": "false",
                                 "aria-controls": id, text: "Show passage" });
@@ -332,6 +338,8 @@ async function ask(question) {
   try {
     const body = { question, user_id: store.user, stream: true };
     if (state.conversationId) body.conversation_id = state.conversationId;
+    const chosen = chosenCollections();
+    if (chosen) body.collections = chosen;
     const response = await api("/api/question", {
       method: "POST", body: JSON.stringify(body), signal: controller.signal,
       headers: { "Content-Type": "application/json", Accept: "text/event-stream" },
@@ -381,6 +389,7 @@ function stop() {
 // Conversations.
 function showConversation(id) {
   state.conversationId = id;
+  $("#export").hidden = !id;
   history.replaceState(null, "", id ? `#c=${encodeURIComponent(id)}` : location.pathname);
   for (const item of document.querySelectorAll("#conversations li")) {
     const current = item.dataset.id === id;
@@ -433,6 +442,9 @@ async function openConversation(id) {
     const conversation = await response.json();
     clearMessages();
     conversation.turns.forEach(renderTurn);
+    const last = conversation.turns[conversation.turns.length - 1];
+    state.chosen = last && last.collections ? last.collections : null;
+    renderCollections();
     showConversation(conversation.id);
     $("#messages").scrollTop = $("#messages").scrollHeight;
     $("#question").focus();
@@ -448,6 +460,8 @@ async function openConversation(id) {
 function newConversation() {
   if (state.controller) stop();
   clearMessages();
+  state.chosen = null;
+  renderCollections();
   showConversation(null);
   closeList();
   $("#question").focus();
@@ -517,7 +531,201 @@ function saveSettings(event) {
   showUser();
   if (changedUser) newConversation();
   loadConversations();
+  loadDocuments().then(loadCollections);
   $("#question").focus();
+}
+
+// Collections: which this conversation reads.
+function collectionLabel(c) {
+  return c.mine ? "My documents" : c.name;
+}
+
+function renderCollections() {
+  const list = $("#collections");
+  list.replaceChildren(...state.collections.map((c) => {
+    const box = el("input", { type: "checkbox", value: c.name, id: `col-${c.name}` });
+    box.checked = !state.chosen || state.chosen.includes(c.name);
+    box.addEventListener("change", () => {
+      const checked = [...document.querySelectorAll("#collections input:checked")].map((b) => b.value);
+      state.chosen = checked.length === state.collections.length ? null : checked;
+    });
+    return el("li", {}, box, el("label", { for: `col-${c.name}`, title: c.description || c.name,
+                                           text: collectionLabel(c) }));
+  }));
+}
+
+function chosenCollections() {
+  if (!state.chosen) return null;
+  const known = new Set(state.collections.map((c) => c.name));
+  const chosen = state.chosen.filter((name) => known.has(name));
+  return chosen.length ? chosen : null;
+}
+
+async function loadCollections() {
+  if (!store.user) return;
+  try {
+    const response = await api(`/api/collections?${userQuery()}`);
+    state.collections = (await response.json()).collections;
+  } catch (error) {
+    listStatus(error.message, true);
+    return;
+  }
+  renderCollections();
+}
+
+// My documents: upload, follow, list, delete.
+function uploadStatus(text, isError = false) {
+  const status = $("#upload-status");
+  status.textContent = text;
+  status.classList.toggle("error", isError);
+}
+
+const STATES = { queued: "indexing…", indexed: "ready", failed: "failed" };
+
+async function loadDocuments() {
+  if (!store.user) return [];
+  let documents;
+  try {
+    const response = await api(`/api/collections/mine/documents?${userQuery()}`);
+    documents = (await response.json()).documents;
+  } catch (error) {
+    uploadStatus(error.message, true);
+    return [];
+  }
+  $("#documents").replaceChildren(...documents.map((d) => {
+    const remove = el("button", { type: "button", class: "delete", title: "Remove",
+                                  "aria-label": `Remove document: ${d.name}`, text: "✕" });
+    remove.addEventListener("click", () => removeDocument(d));
+    const info = el("span", { class: "doc" }, el("span", { class: "title", text: d.name }),
+      el("small", { class: `state ${d.state}`, title: d.error || "",
+                    text: d.error ? `${STATES[d.state]}: ${d.error}` : STATES[d.state] }));
+    const item = el("li", {}, info, remove);
+    item.dataset.id = d.id;
+    return item;
+  }));
+  return documents;
+}
+
+// XMLHttpRequest, not fetch: only it reports how much of the upload has been sent.
+function send(files) {
+  return new Promise((resolve, reject) => {
+    const form = new FormData();
+    for (const file of files) form.append("files", file, file.name);
+    const request = new XMLHttpRequest();
+    request.open("POST", `/api/collections/mine/documents?${userQuery()}`);
+    for (const [name, value] of Object.entries(headers())) request.setRequestHeader(name, value);
+    const bar = $("#upload-progress");
+    bar.hidden = false;
+    bar.value = 0;
+    request.upload.addEventListener("progress", (event) => {
+      if (event.lengthComputable) bar.value = Math.round((100 * event.loaded) / event.total);
+    });
+    request.addEventListener("load", () => {
+      let body = {};
+      try { body = JSON.parse(request.responseText); } catch { /* not JSON */ }
+      if (request.status === 202) resolve(body);
+      else {
+        const error = body.error || {};
+        reject(new HearthError(error.code || "http_error",
+                               explain(request.status, error.code, error.message || request.statusText)));
+      }
+    });
+    request.addEventListener("error", () => reject(new HearthError("unreachable", UNREACHABLE)));
+    request.send(form);
+  });
+}
+
+async function upload(files) {
+  if (!store.user) { openSettings(); return; }
+  if (!files.length) return;
+  uploadStatus(`Uploading ${files.length} ${files.length === 1 ? "file" : "files"}…`);
+  let started;
+  try {
+    started = await send(files);
+  } catch (error) {
+    $("#upload-progress").hidden = true;
+    uploadStatus(error.message, true);
+    return;
+  }
+  const refused = started.refused.map((r) => `${r.name}: ${r.reason}`);
+  uploadStatus(`Indexing ${started.documents.length} of ${files.length}…` +
+               (refused.length ? ` Refused: ${refused.join("; ")}` : ""), refused.length > 0);
+  await loadDocuments();
+  await loadCollections();
+  for (;;) {
+    await new Promise((done) => setTimeout(done, 1000));
+    let job;
+    try {
+      job = await (await api(`${started.job.url}?${userQuery()}`)).json();
+    } catch (error) {
+      uploadStatus(error.message, true);
+      break;
+    }
+    const bar = $("#upload-progress");
+    const { chunks = 0, chunks_indexed: indexed = 0 } = job.progress || {};
+    bar.hidden = false;
+    if (chunks) bar.value = Math.round((100 * indexed) / chunks);
+    if (job.state === "done" || job.state === "failed") {
+      bar.hidden = true;
+      const shown = await loadDocuments();
+      const failed = shown.filter((d) => d.job === started.job.id && d.state === "failed");
+      uploadStatus(failed.length ? `Could not read: ${failed.map((d) => `${d.name} (${d.error})`).join("; ")}`
+                                 : "Your documents are ready to ask about.", failed.length > 0);
+      break;
+    }
+  }
+}
+
+async function removeDocument(doc) {
+  if (!confirm(`Remove “${doc.name}”? Hearth will no longer answer from it.`)) return;
+  try {
+    await api(`/api/collections/mine/documents/${encodeURIComponent(doc.id)}?${userQuery()}`,
+              { method: "DELETE" });
+    uploadStatus(`Removed ${doc.name}.`);
+  } catch (error) {
+    uploadStatus(error.message, true);
+  }
+  await loadDocuments();
+}
+
+// Export the conversation on screen, with its sources.
+function download(name, type, text) {
+  const link = el("a", { href: URL.createObjectURL(new Blob([text], { type })), download: name });
+  document.body.append(link);
+  link.click();
+  link.remove();
+  setTimeout(() => URL.revokeObjectURL(link.href), 1000);
+}
+
+function asMarkdown(conversation) {
+  const lines = [`# ${conversation.title}`, ""];
+  for (const turn of conversation.turns) {
+    lines.push(`## ${turn.question}`, "", turn.answer, "");
+    if (turn.sources.length) {
+      lines.push("Sources:", "");
+      turn.sources.forEach((s, n) => {
+        const where = [s.title, s.page ? `page ${s.page}` : "", s.collection && s.collection !== "default" ? `collection ${s.collection}` : ""]
+          .filter(Boolean).join(", ");
+        lines.push(`${n + 1}. ${s.source}${where ? ` (${where})` : ""}`);
+        lines.push(`   > ${s.snippet.replace(/\s+/g, " ").trim()}`);
+      });
+      lines.push("");
+    }
+  }
+  return lines.join("\n");
+}
+
+async function exportConversation(format) {
+  if (!state.conversationId) return;
+  try {
+    const response = await api(`/api/conversations/${encodeURIComponent(state.conversationId)}?${userQuery()}`);
+    const conversation = await response.json();
+    const stem = `hearth-${conversation.id}`;
+    if (format === "json") download(`${stem}.json`, "application/json", JSON.stringify(conversation, null, 2));
+    else download(`${stem}.md`, "text/markdown", asMarkdown(conversation));
+  } catch (error) {
+    listStatus(error.message, true);
+  }
 }
 
 function showUser() {
@@ -544,9 +752,24 @@ function start() {
   $("#new-conversation").addEventListener("click", newConversation);
   $("#erase-history").addEventListener("click", eraseHistory);
   $("#toggle-list").addEventListener("click", toggleList);
+  $("#close-list").addEventListener("click", closeList);
   $("#open-settings").addEventListener("click", openSettings);
   $("#settings-form").addEventListener("submit", saveSettings);
   $("#settings-cancel").addEventListener("click", () => $("#settings").close());
+  $("#export-md").addEventListener("click", () => exportConversation("md"));
+  $("#export-json").addEventListener("click", () => exportConversation("json"));
+  $("#upload-files").addEventListener("change", (event) => {
+    upload([...event.target.files]);
+    event.target.value = "";
+  });
+  const zone = $("#dropzone");
+  zone.addEventListener("dragover", (event) => { event.preventDefault(); zone.classList.add("over"); });
+  zone.addEventListener("dragleave", () => zone.classList.remove("over"));
+  zone.addEventListener("drop", (event) => {
+    event.preventDefault();
+    zone.classList.remove("over");
+    upload([...event.dataTransfer.files]);
+  });
   $("#settings").addEventListener("cancel", (event) => { if (!store.user) event.preventDefault(); });
   document.addEventListener("keydown", (event) => {
     if (event.key === "Escape" && $("#sidebar").classList.contains("open")) closeList();
@@ -558,7 +781,9 @@ function start() {
     return;
   }
   const match = /^#c=(.+)$/.exec(location.hash);
-  if (match) openConversation(decodeURIComponent(match[1]));
+  loadDocuments().then(loadCollections).then(() => {
+    if (match) openConversation(decodeURIComponent(match[1]));
+  });
   loadConversations();
   $("#question").focus();
 }

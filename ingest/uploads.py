@@ -1,0 +1,352 @@
+"""Documents that users upload into collections: checked, stored under safe names, indexed by a
+background job, and removable one by one.
+
+Each user has a private collection of their own (``mine`` in the API), created on first use; a
+user uploads into it, and into any collection they own; administrators into any. A file is
+checked by its content as well as its name (a PDF starts as one, a .docx is a Word archive
+that does not unpack past the ingestion bound, text is UTF-8 without NUL bytes), refused past
+the size bounds, and stored as ``<id>-<safe name>`` under the data folder, beside a small JSON
+record of what it was (``uploads/<collection>/files`` and ``.../records``). The collection's
+files folder is then ingested like any folder, by an ingestion job (read in a child process),
+so only what changed is embedded. Removing a document deletes its chunks from the index
+before it returns; a job that fails removes what it added.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import shutil
+import time
+import zipfile
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import IO, TYPE_CHECKING, Any
+
+from hearth.access import Collection, CollectionForbidden, CollectionNotFound
+from hearth.auth import Forbidden
+from hearth.errors import HearthError
+from hearth.ingest.files import KINDS
+from hearth.ingest.pipeline import files_namespace, records_namespace
+from hearth.ingest.records import close_records, record_manager
+from hearth.private import private_dir
+
+if TYPE_CHECKING:
+    from hearth.ingest.jobs import Job, Jobs
+    from hearth.services import Services
+
+MINE = "mine"  # how a user names their own collection in the API
+DOCUMENT_ID = r"^[0-9a-f]{16}$"
+READ_BLOCK = 1 << 16
+
+
+class UploadsDisabled(HearthError):
+    code = "uploads_disabled"
+    status = 403
+
+
+class UploadTooLarge(HearthError):
+    code = "upload_too_large"
+    status = 413
+
+
+class DocumentNotFound(HearthError):
+    code = "document_not_found"
+    status = 404
+
+
+@dataclass
+class Uploaded:
+    id: str
+    collection: str
+    name: str  # as the user named it (cleaned for display)
+    file: str  # the stored file's name, under the collection's files folder
+    kind: str
+    bytes: int
+    sha256: str
+    uploader: str | None
+    uploaded_at: float
+    state: str = "queued"  # queued, indexed, failed
+    error: str | None = None
+    job: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class Refused:
+    name: str
+    reason: str
+
+
+def own_collection(user_id: str) -> str:
+    """The name of a user's own collection: derived from the user id (any text) by a hash, so
+    that it is a valid name and says nothing about the user to those who cannot read it."""
+    return "u-" + hashlib.sha256(user_id.encode()).hexdigest()[:20]
+
+
+def display_name(name: str) -> str:
+    """A file name as the user gave it, without folders, control characters or excess."""
+    name = name.replace("\\", "/").rsplit("/", 1)[-1]
+    name = "".join(ch for ch in name if ch.isprintable()).strip() or "unnamed"
+    if len(name) <= 200:
+        return name
+    suffix = Path(name).suffix[:16]
+    return name[:200 - len(suffix)] + suffix
+
+
+def safe_stem(name: str) -> str:
+    stem = Path(name).stem
+    return (re.sub(r"[^A-Za-z0-9._-]+", "-", stem).strip("-._") or "document")[:60]
+
+
+def check_content(kind: str, path: Path, unpacked_limit: int) -> str | None:
+    """Why the file at ``path`` is not what its name says, or None when it is."""
+    with path.open("rb") as f:
+        head = f.read(4096)
+    if kind == "pdf":
+        return None if head.lstrip(b"\r\n\t \x00")[:5] == b"%PDF-" else "not a PDF (its content " \
+            "does not start like one)"
+    if kind == "docx":
+        try:
+            with zipfile.ZipFile(path) as archive:
+                names = set(archive.namelist())
+                unpacked = sum(i.file_size for i in archive.infolist())
+        except (zipfile.BadZipFile, OSError, ValueError):
+            return "not a Word document (.docx is a zip archive; this is not one)"
+        if "word/document.xml" not in names:
+            return "not a Word document (no word/document.xml inside)"
+        if unpacked > unpacked_limit:
+            return (f"it unpacks to {unpacked} bytes, over the limit of {unpacked_limit} "
+                    "(HEARTH_INGEST_MAX_UNPACKED_BYTES)")
+        return None
+    # Markdown, text, HTML: text, not a binary renamed.
+    if b"\x00" in head:
+        return "not a text file (it holds NUL bytes: a binary file renamed?)"
+    try:
+        head.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        if exc.start < len(head) - 4:  # not merely a character cut at the block's end
+            return "not a UTF-8 text file"
+    return None
+
+
+class Uploads:
+    def __init__(self, services: Services) -> None:
+        self.services = services
+        self.settings = services.settings
+        self.root = self.settings.data_dir / "uploads"
+
+    # -- where ---------------------------------------------------------------------------------
+
+    def files_dir(self, collection: str) -> Path:
+        return self.root / collection / "files"
+
+    def records_dir(self, collection: str) -> Path:
+        return self.root / collection / "records"
+
+    # -- who -----------------------------------------------------------------------------------
+
+    def own(self, user_id: str) -> Collection:
+        """The user's own collection, created on first use."""
+        access = self.services.access
+        name = own_collection(user_id)
+        try:
+            return access.get(name)
+        except CollectionNotFound:
+            try:
+                return access.create(name, f"{user_id}'s uploads", owner=user_id)
+            except HearthError:  # created meanwhile by another request
+                return access.get(name)
+
+    def resolve(self, name: str, user_id: str | None, *, admin: bool) -> Collection:
+        """The collection ``name`` (``mine``: the user's own), readable by the user."""
+        if name == MINE:
+            if user_id is None:
+                raise CollectionForbidden(name)
+            return self.own(user_id)
+        readable = self.services.access.readable(user_id, everything=admin)
+        found = next((c for c in readable if c.name == name), None)
+        if found is None:
+            raise CollectionForbidden(name)
+        return found
+
+    def writable(self, name: str, user_id: str | None, *, admin: bool) -> Collection:
+        """A collection the user may add to and remove from: their own, or any for admins."""
+        if not self.settings.uploads:
+            raise UploadsDisabled("uploads are off (HEARTH_UPLOADS=false)")
+        collection = self.resolve(name, user_id, admin=admin)
+        if not admin and (user_id is None or collection.owner != user_id):
+            raise Forbidden(f"only its owner and administrators add documents to collection "
+                            f"{collection.name!r}; upload into your own: {MINE}")
+        return collection
+
+    # -- what ----------------------------------------------------------------------------------
+
+    def documents(self, collection: str) -> list[Uploaded]:
+        folder = self.records_dir(collection)
+        found = []
+        for path in sorted(folder.glob("*.json")) if folder.is_dir() else []:
+            try:
+                found.append(Uploaded(**json.loads(path.read_text())))
+            except (OSError, ValueError, TypeError):
+                continue  # being written, or not ours
+        return sorted(found, key=lambda d: d.uploaded_at)
+
+    def user_bytes(self, user_id: str | None) -> int:
+        if not self.root.is_dir():
+            return 0
+        return sum(d.bytes for c in self.root.iterdir() for d in self.documents(c.name)
+                   if d.uploader == user_id)
+
+    def _save_record(self, doc: Uploaded) -> None:
+        folder = private_dir(self.records_dir(doc.collection))
+        partial = folder / f".{doc.id}.json.part"
+        partial.write_text(json.dumps(doc.to_dict()))
+        os.replace(partial, folder / f"{doc.id}.json")
+
+    # -- adding --------------------------------------------------------------------------------
+
+    def add(self, collection: Collection, files: Iterable[tuple[str, IO[bytes]]],
+            uploader: str | None, jobs: Jobs) -> tuple[list[Uploaded], list[Refused], Job | None]:
+        """Store each acceptable file and queue one job that indexes them; the others are
+        refused with their reason. Nothing is stored for a refused file."""
+        s = self.settings
+        files = list(files)
+        if len(files) > s.upload_max_files:
+            raise UploadTooLarge(f"{len(files)} files in one request; the limit is "
+                                 f"{s.upload_max_files} (HEARTH_UPLOAD_MAX_FILES)")
+        target = private_dir(self.files_dir(collection.name))
+        known = {d.sha256: d for d in self.documents(collection.name)}
+        room = s.upload_max_user_bytes - self.user_bytes(uploader)
+        accepted: list[Uploaded] = []
+        refused: list[Refused] = []
+        for raw_name, stream in files:
+            name = display_name(raw_name)
+            kind = KINDS.get(Path(name).suffix.lower())
+            if kind is None:
+                refused.append(Refused(name, "not a supported type: PDF, Markdown (.md), text "
+                                             "(.txt), HTML or Word (.docx)"))
+                continue
+            staged = target / f".upload-{os.urandom(8).hex()}.part"
+            try:
+                size, digest = self._receive(stream, staged, min(s.upload_max_file_bytes, room))
+                if size is None:
+                    limit = min(s.upload_max_file_bytes, room)
+                    refused.append(Refused(name, f"over {limit} bytes: the limit "
+                                           + ("for one file (HEARTH_UPLOAD_MAX_FILE_BYTES)"
+                                              if limit == s.upload_max_file_bytes else
+                                              "left of your uploads in all "
+                                              "(HEARTH_UPLOAD_MAX_USER_BYTES)")))
+                    continue
+                if size == 0:
+                    refused.append(Refused(name, "the file is empty"))
+                    continue
+                if digest in known:
+                    refused.append(Refused(name, f"the same file is already in this collection "
+                                                 f"as {known[digest].name!r}"))
+                    continue
+                why = check_content(kind, staged, s.ingest_max_unpacked_bytes)
+                if why:
+                    refused.append(Refused(name, why))
+                    continue
+                doc_id = digest[:16]
+                stored = f"{doc_id}-{safe_stem(name)}{Path(name).suffix.lower()}"
+                doc = Uploaded(doc_id, collection.name, name, stored, kind, size, digest,
+                               uploader, time.time())
+                os.replace(staged, target / stored)
+                known[digest] = doc
+                room -= size
+                accepted.append(doc)
+            finally:
+                staged.unlink(missing_ok=True)
+        if not accepted:
+            return accepted, refused, None
+        job = jobs.submit("files", files_namespace(target), {"collection": collection.name},
+                          on_done=self._finished)
+        for doc in accepted:
+            doc.job = job.id
+            self._save_record(doc)
+        return accepted, refused, job
+
+    @staticmethod
+    def _receive(stream: IO[bytes], path: Path, limit: int) -> tuple[int | None, str]:
+        """Copy ``stream`` to ``path`` up to ``limit`` bytes: (size, sha256), or (None, "")
+        past the limit (the rest is not read)."""
+        digest, size = hashlib.sha256(), 0
+        with path.open("wb") as out:
+            while block := stream.read(READ_BLOCK):
+                size += len(block)
+                if size > limit:
+                    return None, ""
+                digest.update(block)
+                out.write(block)
+        return size, digest.hexdigest()
+
+    def _finished(self, job: Job) -> None:
+        """Each document the job was for: indexed, or failed with why (and then removed, so
+        that nothing of it stays in search)."""
+        collection = str(job.options.get("collection"))
+        skipped = {Path(s.name).name: s.reason
+                   for s in (job.summary.skipped if job.summary else [])}
+        for doc in self.documents(collection):
+            if doc.job != job.id:
+                continue
+            if job.state == "done" and doc.file not in skipped:
+                doc.state, doc.error = "indexed", None
+                self._save_record(doc)
+                continue
+            doc.state = "failed"
+            doc.error = skipped.get(doc.file) or (job.error or {}).get("message", "failed")
+            self._unindex(doc)
+            (self.files_dir(collection) / doc.file).unlink(missing_ok=True)
+            self._save_record(doc)
+
+    # -- removing ------------------------------------------------------------------------------
+
+    def _unindex(self, doc: Uploaded) -> int:
+        """Delete a document's chunks from the index and its records: at once, not at the next
+        ingest of the folder."""
+        folder = files_namespace(self.files_dir(doc.collection))
+        source = str(Path(folder) / doc.file)
+        records = record_manager(self.settings, records_namespace(doc.collection, folder))
+        try:
+            keys = records.list_keys(group_ids=[source])
+            if keys:
+                self.services.vectorstore.writer(doc.collection).delete(ids=keys)
+                records.delete_keys(keys)
+        finally:
+            close_records(records)
+        return len(keys)
+
+    def remove(self, collection: str, doc_id: str) -> Uploaded:
+        if not re.fullmatch(DOCUMENT_ID, doc_id):
+            raise DocumentNotFound(f"no document {doc_id[:40]!r} in collection {collection!r}")
+        record = self.records_dir(collection) / f"{doc_id}.json"
+        try:
+            doc = Uploaded(**json.loads(record.read_text()))
+        except (OSError, ValueError, TypeError):
+            raise DocumentNotFound(
+                f"no document {doc_id!r} in collection {collection!r}") from None
+        (self.files_dir(collection) / doc.file).unlink(missing_ok=True)
+        self._unindex(doc)
+        record.unlink(missing_ok=True)
+        return doc
+
+    def remove_uploads_of(self, uploader: str) -> int:
+        """Every document ``uploader`` uploaded, in whatever collection."""
+        removed = 0
+        for folder in list(self.root.iterdir()) if self.root.is_dir() else []:
+            for doc in self.documents(folder.name):
+                if doc.uploader == uploader:
+                    self.remove(folder.name, doc.id)
+                    removed += 1
+        return removed
+
+    def forget_collection(self, collection: str) -> None:
+        """The files of a collection that was deleted."""
+        shutil.rmtree(self.root / collection, ignore_errors=True)

@@ -1,0 +1,226 @@
+"""Uploads into one's own collection, and erasing a user: real parts throughout (the embedding
+model, Chroma on disk, the SQLite stores, SmolLM2, the ingestion job reading in its own
+process, a page cut from a real R manual), driven through the Flask app as a client would."""
+
+from __future__ import annotations
+
+import io
+import re
+import time
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import pytest
+from click.testing import CliRunner
+
+from hearth.api import create_app
+from hearth.cli import main
+from hearth.ingest.uploads import own_collection
+from hearth.services import Services
+
+MiB = 2**20
+R_DATA = Path("/usr/share/R/doc/manual/R-data.pdf")
+NOTE = ("# Ann's bike\n\nThe lock of Ann's bike opens with the combination wombat-4096. "
+        "It is chained to the rack by the library.\n")
+
+
+def bearer(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
+def real_pdf_pages(first: int, count: int) -> tuple[bytes, str]:
+    """Pages of a real manual as a PDF of their own, and a sentence that is on them."""
+    from pypdf import PdfReader, PdfWriter
+
+    reader = PdfReader(R_DATA)
+    writer = PdfWriter()
+    for page in reader.pages[first:first + count]:
+        writer.add_page(page)
+    out = io.BytesIO()
+    writer.write(out)
+    text = " ".join(p.extract_text() or "" for p in reader.pages[first:first + count])
+    sentences = [s.strip() for s in re.split(r"(?<=[.!?])\s+", " ".join(text.split()))
+                 if 80 < len(s.strip()) < 300]
+    return out.getvalue(), sentences[0]
+
+
+@pytest.fixture
+def app(make_services: Any) -> Any:
+    services: Services = make_services(auth=True, question_rate_limit="1000/minute",
+                                       upload_max_file_bytes=MiB)
+    keys = {name: services.keys.create(name, admin=(name == "root"))[0]
+            for name in ("ann", "bob", "root")}
+    return create_app(services.settings, services).test_client(), keys, services
+
+
+def upload(client: Any, token: str, files: list[tuple[str, bytes]], collection: str = "mine",
+           **headers: str) -> Any:
+    data = {"files": [(io.BytesIO(content), name) for name, content in files]}
+    return client.post(f"/api/collections/{collection}/documents", data=data,
+                       content_type="multipart/form-data", headers={**bearer(token), **headers})
+
+
+def wait_for(client: Any, token: str, url: str) -> dict[str, Any]:
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline:
+        job = client.get(url, headers=bearer(token)).get_json()
+        if job["state"] in ("done", "failed"):
+            return job  # type: ignore[no-any-return]
+        time.sleep(0.5)
+    raise AssertionError(f"the job at {url} did not end")
+
+
+def test_a_user_uploads_asks_removes_and_others_see_nothing(app: Any) -> None:
+    client, keys, services = app
+    pdf, sentence = real_pdf_pages(8, 2)
+    started = upload(client, keys["ann"], [("bike.md", NOTE.encode()), ("R data.pdf", pdf)])
+    assert started.status_code == 202, started.get_data(as_text=True)
+    body = started.get_json()
+    mine = own_collection("ann")
+    assert body["collection"] == mine and body["refused"] == []
+    assert [(d["name"], d["state"]) for d in body["documents"]] == [
+        ("bike.md", "queued"), ("R data.pdf", "queued")]
+    job = wait_for(client, keys["ann"], body["job"]["url"])
+    assert job["state"] == "done", job
+    listed = client.get("/api/collections/mine/documents", headers=bearer(keys["ann"]))
+    assert [d["state"] for d in listed.get_json()["documents"]] == ["indexed", "indexed"]
+    stored = services.settings.data_dir / "uploads" / mine / "files"
+    assert sorted(p.name for p in stored.iterdir()) == sorted(
+        f"{d['id']}-{stem}" for d, stem in zip(body["documents"], ("bike.md", "R-data.pdf"),
+                                               strict=True))
+    # Ann's question reads her upload (the real PDF page, too), named by collection.
+    hits = services.assistant.retrieve(sentence, collections=[mine])
+    assert hits and hits[0].source.endswith("R-data.pdf") and hits[0].collection == mine
+    asked = client.post("/api/question", headers=bearer(keys["ann"]), json={
+        "question": "What is the combination of the lock of Ann's bike?", "user_id": "ann"})
+    assert any("wombat-4096" in s["snippet"] and s["collection"] == mine
+               for s in asked.get_json()["sources"])
+    # Bob reads none of it, by any road.
+    as_bob = bearer(keys["bob"])
+    bob = client.post("/api/question", headers=as_bob, json={
+        "question": "What is the combination of the lock of Ann's bike?", "user_id": "bob"})
+    assert bob.status_code == 200 and "wombat" not in bob.get_data(as_text=True)
+    bike = body["documents"][0]["id"]
+    for method, url in (("get", f"/api/collections/{mine}/documents"),
+                        ("delete", f"/api/collections/{mine}/documents/{bike}"),
+                        ("get", body["job"]["url"].replace("/mine/", f"/{mine}/"))):
+        refused = getattr(client, method)(url, headers=as_bob)
+        assert refused.status_code == 403, (method, url)
+        assert "wombat" not in refused.get_data(as_text=True)
+    assert upload(client, keys["bob"], [("x.md", b"# x\n\nhello")], collection=mine
+                  ).status_code == 403
+    assert client.get("/api/collections/mine/documents", headers=as_bob
+                      ).get_json()["documents"] == []
+    # Removed: out of search before the response.
+    removed = client.delete(f"/api/collections/mine/documents/{bike}", headers=bearer(keys["ann"]))
+    assert removed.status_code == 200 and removed.get_json()["removed"]["name"] == "bike.md"
+    after = services.assistant.retrieve("combination of the lock of Ann's bike",
+                                        collections=[mine])
+    assert all("wombat" not in h.snippet for h in after)
+    assert client.delete(f"/api/collections/mine/documents/{bike}",
+                         headers=bearer(keys["ann"])).status_code == 404
+
+
+def docx_bomb(declared_small: bool) -> bytes:
+    out = io.BytesIO()
+    with zipfile.ZipFile(out, "w", zipfile.ZIP_DEFLATED) as archive:
+        archive.writestr("[Content_Types].xml", "<Types/>")
+        with archive.open("word/document.xml", "w", force_zip64=True) as part:
+            for _ in range(64):
+                part.write(b"\0" * MiB)
+    data = bytearray(out.getvalue())
+    if declared_small:  # the directory lies: 1,000 bytes
+        for signature, offset in ((b"PK\x01\x02", 24), (b"PK\x03\x04", 22)):
+            start = data.find(signature, data.find(signature) + 1)
+            data[start + offset:start + offset + 4] = (1000).to_bytes(4, "little")
+    return bytes(data)
+
+
+def test_bad_uploads_are_refused_with_reasons_and_leave_nothing(app: Any) -> None:
+    client, keys, services = app
+    ann = keys["ann"]
+    elf = b"\x7fELF\x02\x01\x01" + b"\0" * 200
+    cases = {
+        "empty.md": b"",
+        "empty.pdf": b"",
+        "big.pdf": b"%PDF-1.4\n" + b"0" * (MiB + 1),
+        "setup.pdf": elf,
+        "notes.txt": elf,
+        "tool.exe": b"MZ" + b"\0" * 100,
+        "bomb.docx": docx_bomb(declared_small=False),
+        "plain.docx": b"PK\x03\x04 not really a zip",
+    }
+    response = upload(client, ann, list(cases.items()))
+    assert response.status_code == 400
+    error = response.get_json()["error"]
+    assert error["code"] == "upload_refused"
+    for name, reason in (("empty.md", "empty"), ("empty.pdf", "empty"), ("big.pdf", "over"),
+                         ("setup.pdf", "not a PDF"), ("notes.txt", "NUL bytes"),
+                         ("tool.exe", "not a supported type"), ("bomb.docx", "unpacks to"),
+                         ("plain.docx", "not a Word document")):
+        assert re.search(rf"{re.escape(name)}: [^;]*{reason}", error["message"]), (name, error)
+    files = services.settings.data_dir / "uploads" / own_collection("ann") / "files"
+    assert not files.exists() or list(files.iterdir()) == []
+    # Names: folders and control characters do not reach the disk, a long name is cut.
+    named = upload(client, ann, [("../../etc/evil.md", b"# a\n\nOne."),
+                                 ("nul\x00byte.md", b"# b\n\nTwo."),
+                                 ("x" * 500 + ".md", b"# c\n\nThree."),
+                                 ("again.md", b"# a\n\nOne.")])
+    assert named.status_code == 202, named.get_data(as_text=True)
+    out = named.get_json()
+    assert [d["name"] for d in out["documents"]] == ["evil.md", "nulbyte.md", "x" * 197 + ".md"]
+    assert out["refused"] == [{"name": "again.md", "reason": "the same file is already in this "
+                               "collection as 'evil.md'"}]
+    assert all(p.parent == files and len(p.name) < 100 for p in files.iterdir())
+    assert wait_for(client, ann, out["job"]["url"])["state"] == "done"
+    # A bomb whose directory lies passes the check and is stopped while read: the document
+    # fails, and nothing of it is left on disk or in search.
+    liar = upload(client, ann, [("liar.docx", docx_bomb(declared_small=True))])
+    assert liar.status_code == 202
+    wait_for(client, ann, liar.get_json()["job"]["url"])
+    listed = {d["name"]: d for d in client.get("/api/collections/mine/documents",
+                                               headers=bearer(ann)).get_json()["documents"]}
+    assert listed["liar.docx"]["state"] == "failed" and listed["liar.docx"]["error"]
+    assert not any(p.name.endswith("liar.docx") for p in files.iterdir())
+    # Too many files, or not multipart: clear errors; the app answers the next request.
+    many = upload(client, ann, [(f"n{i}.md", b"# n\n\nx") for i in range(1000)])
+    assert many.status_code == 413 and many.get_json()["error"]["code"] in (
+        "upload_too_large", "body_too_large")
+    assert client.post("/api/collections/mine/documents", headers=bearer(ann),
+                       json={"files": []}).status_code == 415
+    assert client.get("/healthz").status_code == 200
+
+
+def test_another_site_cannot_upload(app: Any) -> None:
+    client, keys, _ = app
+    response = upload(client, keys["ann"], [("a.md", b"# a\n\nx")],
+                      Origin="http://evil.example")
+    assert response.status_code == 403
+    assert response.get_json()["error"]["code"] == "origin_not_allowed"
+
+
+def test_erasing_a_user_leaves_nothing_of_them(app: Any, tmp_path: Path) -> None:
+    client, keys, services = app
+    services.access.create("team", readers=["ann", "bob"])
+    asked = client.post("/api/question", headers=bearer(keys["ann"]), json={
+        "question": "Where is the bike?", "user_id": "ann"})
+    assert asked.status_code == 200
+    started = upload(client, keys["ann"], [("bike.md", NOTE.encode())])
+    wait_for(client, keys["ann"], started.get_json()["job"]["url"])
+    assert client.delete("/api/users/ann", headers=bearer(keys["bob"])).status_code == 403
+    erased = client.delete("/api/users/ann", headers=bearer(keys["ann"]))
+    assert erased.get_json() == {"conversations": 1, "collections": 1, "documents": 1,
+                                 "grants": 1, "keys": 1}
+    assert client.get("/api/collections", headers=bearer(keys["ann"])).status_code == 401
+    assert services.access.get("team").readers == ("bob",)
+    assert not (services.settings.data_dir / "uploads" / own_collection("ann")).exists()
+    assert services.assistant.retrieve("combination of the lock of Ann's bike",
+                                       collections=[own_collection("ann")]) == []
+    # The same from the terminal.
+    services.keys.create("carol")
+    services.access.grant("team", ["carol"])
+    result = CliRunner().invoke(main, ["users", "erase", "carol", "--yes"],
+                                env={"HEARTH_DATA_DIR": str(services.settings.data_dir)})
+    assert result.exit_code == 0, result.output
+    assert "1 grants" in result.output and "1 keys" in result.output
