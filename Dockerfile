@@ -48,13 +48,13 @@ RUN --mount=type=bind,from=torch-wheels,target=/torch-wheels \
     fi
 
 # The dependencies first, read from pyproject.toml alone (its dependencies and the `ingest`
-# extra), so that this long layer is rebuilt only when they change, not on every code change.
+# and `otel` extras: traces stay off until HEARTH_OTLP_ENDPOINT names a collector), so that this long layer is rebuilt only when they change, not on every code change.
 # unstructured (PDFs) pulls in torchvision, whose PyPI build does not match the CPU torch and
 # breaks sentence-transformers; Hearth does not use it (as in scripts/bootstrap.sh).
 COPY pyproject.toml constraints.txt /src/
 RUN --mount=type=cache,target=/root/.cache/pip \
     python -c "import tomllib; p = tomllib.load(open('/src/pyproject.toml', 'rb'))['project']; \
-print('\n'.join(p['dependencies'] + p['optional-dependencies']['ingest']))" >/tmp/requirements.txt \
+print('\n'.join(p['dependencies'] + p['optional-dependencies']['ingest'] + p['optional-dependencies']['otel']))" >/tmp/requirements.txt \
     && pip install -c /src/constraints.txt -r /tmp/requirements.txt \
     && if pip show torchvision >/dev/null 2>&1; then pip uninstall -y torchvision; fi
 

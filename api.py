@@ -15,13 +15,13 @@ import logging
 from collections.abc import Iterator
 from typing import Annotated, Any, Literal
 
-from flask import Blueprint, Flask, Response, request
+from flask import Blueprint, Flask, Response, current_app, request
 from pydantic import BaseModel, Field, StrictBool, field_validator
 from werkzeug.exceptions import HTTPException
 
 from hearth import __version__
 from hearth.access import NAME as COLLECTION_NAME
-from hearth.chat import Ask, Chat, Reply
+from hearth.chat import Ask, Reply
 from hearth.collections_api import collections_blueprint
 from hearth.collections_api import routes as collections_routes
 from hearth.config import Settings, load_settings
@@ -30,6 +30,7 @@ from hearth.errors import HearthError
 from hearth.ingest_api import ingest_blueprint
 from hearth.ingest_api import routes as ingest_routes
 from hearth.model import Answer, Token
+from hearth.monitoring import instrument, readiness_seen
 from hearth.openai_compat import openai_blueprint
 from hearth.openai_compat import routes as openai_routes
 from hearth.services import Services, build_services
@@ -227,6 +228,7 @@ def healthz() -> Response:
 @api_blueprint.get("/readyz")
 def readyz() -> Response:
     checks = services().readiness()
+    readiness_seen(current_app, checks)
     ready = all(c["ok"] for c in checks.values())
     if not may_see_details():
         # Why a backend is down names its internal address: for administrators only.
@@ -320,7 +322,8 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
     app.json.sort_keys = False  # type: ignore[attr-defined]
     app.extensions["hearth"] = hearth
-    app.extensions["hearth.chat"] = Chat(hearth)
+    # First, so that even the guard's refusals carry a request id and are counted.
+    app.extensions["hearth.chat"] = instrument(app, settings, hearth)
     limiter = guard(app, settings, hearth)
     questions = limiter.limit(settings.question_rate_limit, key_func=user_key)
     questions(openai_blueprint)

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from hearth import __version__
+from hearth import __version__, logs
 from hearth.config import LOOPBACK_HOSTS, ConfigError, Settings, load_settings
 from hearth.errors import HearthError
 from hearth.private import PRIVATE_UMASK
@@ -45,10 +45,7 @@ def main(verbose: bool) -> None:
     # Libraries that would otherwise report usage to their makers are told not to.
     os.environ.setdefault("ANONYMIZED_TELEMETRY", "False")
     os.environ.setdefault("DO_NOT_TRACK", "true")
-    logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    logs.configure(logging.DEBUG if verbose else logging.INFO)
 
 
 def index_docs_if_empty(services: Services) -> None:
@@ -73,12 +70,14 @@ def serve(host: str | None, port: int | None, index_docs: bool) -> None:
     """Serve the API with a production WSGI server (waitress: threads, and deadlines for slow
     clients; see docs/security.md)."""
     from hearth.api import create_app
+    from hearth.monitoring import serve_metrics
     from hearth.server import build_server
     from hearth.services import build_services
 
     settings = settings_or_exit()
     settings = settings.model_copy(update={k: v for k, v in
                                            {"host": host, "port": port}.items() if v})
+    logs.configure(logging.getLogger().level, settings.log_format.value)
     if settings.host not in LOOPBACK_HOSTS:
         log.warning("listening on %s: reachable from other machines; API keys are required",
                     settings.host)
@@ -90,6 +89,13 @@ def serve(host: str | None, port: int | None, index_docs: bool) -> None:
     # connections wait in the listen queue while the model loads.
     server = build_server(settings)
     services = build_services(settings)
+    app = create_app(settings, services)
+    try:
+        serve_metrics(app, settings)
+    except OSError as exc:
+        raise click.ClickException(f"the metrics cannot listen on {settings.metrics_host}:"
+                                   f"{settings.metrics_port} ({exc.strerror}): choose another "
+                                   "HEARTH_METRICS_PORT") from None
     if index_docs:
         index_docs_if_empty(services)
     try:
@@ -98,7 +104,7 @@ def serve(host: str | None, port: int | None, index_docs: bool) -> None:
         log.error("%s", exc)  # /readyz says so too; the rest of the API still serves
     click.echo(f"Hearth is serving at http://{settings.host}:{settings.port} "
                f"(model {settings.llm_backend.value}; Ctrl+C stops it)")
-    server.serve(create_app(settings, services))
+    server.serve(app)
 
 
 @main.command()

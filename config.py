@@ -31,6 +31,11 @@ class LLMBackend(StrEnum):
     openai = "openai"
 
 
+class LogFormat(StrEnum):
+    text = "text"
+    json = "json"
+
+
 class EmbeddingBackend(StrEnum):
     sentence_transformers = "sentence-transformers"
     ollama = "ollama"
@@ -99,6 +104,20 @@ class Settings(BaseSettings):
     allowed_origins: Annotated[list[str], NoDecode] = []
     # Reverse proxies whose X-Forwarded-For names the client (addresses or networks).
     trusted_proxies: Annotated[list[str], NoDecode] = []
+
+    # Monitoring (docs/monitoring.md). Metrics are off unless turned on; with a port of their
+    # own they leave the API's port, and that listener serves nothing else.
+    metrics: bool = Field(False, description="count and time requests and answers; serve "
+                          "them at /metrics in Prometheus' text format")
+    metrics_port: int = Field(0, ge=0, le=65535, description="0: /metrics on the API's port "
+                              "(admin key or loopback when keys are on); else a listener of "
+                              "its own on metrics_host, metrics only, no key")
+    metrics_host: str = Field("127.0.0.1", description="address of the metrics listener")
+    log_format: LogFormat = Field(LogFormat.text, description="json: one JSON object a line")
+    # OpenTelemetry traces: nothing is sent anywhere unless an endpoint is named here.
+    otlp_endpoint: str | None = Field(None, description="OTLP/HTTP collector, e.g. "
+                                      "http://otel-collector:4318; empty: no traces")
+    otel_service_name: str = Field("hearth", min_length=1)
 
     # Limits, per user (the API key's user, else the user_id, else the client address).
     rate_limit: str = Field("300/minute", description="all API requests (flask-limiter syntax)")
@@ -232,7 +251,7 @@ class Settings(BaseSettings):
             return [part.strip() for part in value.split(",") if part.strip()]
         return value
 
-    @field_validator("chroma_url", "mongodb_uri", "judge_base_url",
+    @field_validator("chroma_url", "mongodb_uri", "judge_base_url", "otlp_endpoint",
                      mode="before")
     @classmethod
     def _blank_is_none(cls, value: Any) -> Any:

@@ -32,13 +32,25 @@ class Services:
         """``ready`` holds components already built (an embedding model shared by tests)."""
         self.settings = settings
         self._built: dict[str, Any] = dict(ready)
+        self._wrappers: dict[str, Callable[[Any], Any]] = {}
         self._lock = threading.RLock()
 
     def _once(self, name: str, build: Callable[[], T]) -> T:
         with self._lock:
             if name not in self._built:
-                self._built[name] = build()
+                built = build()
+                wrap = self._wrappers.get(name)
+                self._built[name] = wrap(built) if wrap else built
             return self._built[name]  # type: ignore[no-any-return]
+
+    def wrap(self, name: str, wrapper: Callable[[Any], Any]) -> None:
+        """Put ``wrapper(component)`` in the component's place, now if it is built, else when
+        it is: the metrics time the history store's calls this way."""
+        with self._lock:
+            if name in self._built:
+                self._built[name] = wrapper(self._built[name])
+            else:
+                self._wrappers[name] = wrapper
 
     @property
     def llm(self) -> LLM:

@@ -26,7 +26,7 @@ from __future__ import annotations
 import itertools
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
@@ -66,9 +66,12 @@ class Gate:
         self._owed: dict[str, float] = {}  # user -> until when a place is kept for them
         self._numbers = itertools.count()
         self.running = 0
+        # Told how long each question that queued waited, served or not (the metrics).
+        self.waited: list[Callable[[float], None]] = []
 
     @property
     def waiting(self) -> int:
+        """Questions in the queue now."""
         return len(self._waiting)
 
     def _next(self) -> _Ticket | None:
@@ -105,19 +108,23 @@ class Gate:
             ticket = _Ticket(user, next(self._numbers))
             self._waiting.append(ticket)
             self._held[user] = self._held.get(user, 0) + 1
+            queued = time.perf_counter()
             free = self._turns.wait_for(
                 lambda: self.running < self.concurrent and self._next() is ticket,
                 timeout=self.timeout_s,
             )
             self._waiting.remove(ticket)
-            if not free:
+            if free:
+                self.running += 1
+                self._served[user] = time.monotonic()
+            else:
                 self._drop(user)
-                self._turns.notify_all()
-                raise Busy(f"no model was free within {self.timeout_s:.0f} s; try again shortly",
-                           retry_after=int(self.timeout_s // 2) or 1)
-            self.running += 1
-            self._served[user] = time.monotonic()
             self._turns.notify_all()
+        for observe in self.waited:
+            observe(time.perf_counter() - queued)
+        if not free:
+            raise Busy(f"no model was free within {self.timeout_s:.0f} s; try again shortly",
+                       retry_after=int(self.timeout_s // 2) or 1)
 
     def _drop(self, user: str) -> None:
         self._held[user] -= 1

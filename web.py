@@ -166,7 +166,9 @@ def jobs() -> Jobs:
     app: Any = current_app
     with _jobs_lock:
         if "hearth.ingest_jobs" not in app.extensions:
-            app.extensions["hearth.ingest_jobs"] = Jobs(services())
+            runner = app.extensions["hearth.ingest_jobs"] = Jobs(services())
+            # Told of each job that ends (the metrics, when they are on: monitoring.py).
+            runner.finished += app.extensions.get("hearth.job_observers", [])
         return app.extensions["hearth.ingest_jobs"]  # type: ignore[no-any-return]
 
 

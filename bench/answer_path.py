@@ -69,6 +69,9 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=0, help="llama.cpp threads (0: Hearth's default)")
     p.add_argument("--corpus", type=Path, default=common.PY_DOCS / "tutorial")
     p.add_argument("--no-profile", action="store_true", help="skip the pyinstrument profile")
+    p.add_argument("--metrics", action="store_true",
+                   help="serve with HEARTH_METRICS=true (results *_metrics.json; the pieces' "
+                        "own cost: bench/metrics_cost.py)")
     args = p.parse_args()
     args.model = args.model or (common.SMOLLM if args.quick else common.QWEN)
     args.questions = args.questions or (2 if args.quick else 4)
@@ -88,6 +91,7 @@ def hearth_settings(args: argparse.Namespace, data_dir: Path) -> dict[str, Any]:
         "llamacpp_n_threads": args.threads, "temperature": 0, "max_new_tokens": args.max_tokens,
         # The bench asks faster than a person: no rate limit may refuse it.
         "rate_limit": "100000/minute", "question_rate_limit": "100000/minute",
+        "metrics": args.metrics,
     }
 
 
@@ -188,6 +192,11 @@ def paired_phase(settings: dict[str, Any], llama: Any, prompts: list[list[Any]],
                           f"({hearth['cpu_s']:6.2f} s CPU), raw {raw['total_s']:6.2f} s "
                           f"({raw['cpu_s']:6.2f} s CPU)", flush=True)
         out["http"] = [http_round_trip(client, url)]
+        if settings.get("metrics"):  # what the server counted: every answer, by outcome
+            scraped = client.get(f"{url}/metrics").text
+            out["metrics"] = [{"questions": [line for line in scraped.splitlines()
+                                             if line.startswith("hearth_questions_total")]}]
+            print("  /metrics: " + "; ".join(out["metrics"][0]["questions"]), flush=True)
     return out
 
 
@@ -506,7 +515,7 @@ def main() -> None:
     runs = paired_phase(values, llama, [p["messages"] for p in pieces], warm_up, questions, args.rounds)
     llama.close()
 
-    name = "answer_path_quick" if args.quick else "answer_path"
+    name = ("answer_path_quick" if args.quick else "answer_path") + ("_metrics" if args.metrics else "")
     profile = None
     if not args.no_profile:
         print("profile: one streamed answer, server side, under pyinstrument ...", flush=True)
@@ -519,7 +528,7 @@ def main() -> None:
     path = common.save(name, result)
     import plots
 
-    png = plots.answer_path(result, RESULTS if args.quick else None)
+    png = plots.answer_path(result, RESULTS if args.quick or args.metrics else None)
     print(f"\nresults: {path}\nplot: {png}")
 
 

@@ -208,6 +208,7 @@ class Jobs:
         self._on_done: dict[str, Callable[[Job], None] | None] = {}
         self._lock = threading.Lock()
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ingest")
+        self.finished: list[Callable[[Job], None]] = []  # told of each job done or failed
 
     def submit(self, kind: JobKind, target: str, options: dict[str, Any],
                on_done: Callable[[Job], None] | None = None) -> Job:
@@ -253,6 +254,8 @@ class Jobs:
                     done(job)
                 except Exception:
                     log.exception("after ingestion job %s", job.id)
+            for observe in self.finished:
+                observe(job)
 
     def _ingest(self, job: Job, spool: Path) -> Summary:
         """Read in a child process, then index what it read, here (the one writer)."""

@@ -7,14 +7,17 @@ the files: the compose files against the Compose Specification's JSON schema (ve
 deploy/), `depends_on` targets that do not exist, services without health checks, ports
 published beyond 127.0.0.1, images that float (`latest`, no tag), settings of config.py that
 `.env.example` does not document (or documents with a wrong default), and a Dockerfile that is
-single-stage, runs as root, keeps compilers or does not run `hearth serve`, and a build context
-(.dockerignore) that leaves out a package the image installs.
+single-stage, runs as root, keeps compilers or does not run `hearth serve`, a build context
+(.dockerignore) that leaves out a package the image installs; and deploy/kubernetes/ against
+Kubernetes' own schemas (kubernetes-validate's bundled copies, offline), its names wired
+together, its probes and its settings the same as the compose file's.
 Each check returns a list of problems; an empty list means it passed.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import io
 import json
 import re
@@ -36,6 +39,7 @@ ENV_EXAMPLE = Path(".env.example")
 DOCKERFILE = Path("Dockerfile")
 DOCKERIGNORE = Path(".dockerignore")
 PYPROJECT = Path("pyproject.toml")
+KUBERNETES = Path("deploy/kubernetes")
 SETTINGS_PREFIX = "HEARTH_"
 
 LOOPBACK = {"127.0.0.1", "::1", "[::1]"}
@@ -574,6 +578,207 @@ def check_dockerfile_sources(text: str, pyproject: str) -> list[str]:
     ]
 
 
+# --- Kubernetes ----------------------------------------------------------------------------
+
+# The oldest Kubernetes release the manifests promise to fit, and the newest whose schemas
+# kubernetes-validate bundles.
+KUBERNETES_VERSIONS = ("1.30.0", "1.37.0")
+
+
+def load_documents(path: Path) -> list[dict[str, Any]]:
+    return [doc for doc in yaml.safe_load_all(path.read_text(encoding="utf-8")) if doc]
+
+
+def kubernetes_objects(folder: Path) -> tuple[dict[str, Any], dict[Path, list[dict[str, Any]]]]:
+    """The kustomization and, by file, the objects it lists as resources."""
+    kustomization = load_yaml(folder / "kustomization.yaml")
+    files = {}
+    for name in kustomization.get("resources") or []:
+        if (folder / name).is_file():
+            files[folder / name] = load_documents(folder / name)
+    return kustomization, files
+
+
+def check_kubernetes_schemas(docs: dict[Path, list[dict[str, Any]]], root: Path) -> list[str]:
+    """Every object against Kubernetes' own schemas (strict: an unknown field is an error),
+    offline, for each release in KUBERNETES_VERSIONS."""
+    problems = []
+    for path, objects in docs.items():
+        for obj in objects:
+            label = f"{path.relative_to(root)}: {obj.get('kind')} {obj.get('metadata', {}).get('name')}"
+            problem = _kubernetes_problem(json.dumps(obj, sort_keys=True))
+            if problem:
+                problems.append(f"{label}: {problem}")
+    return problems
+
+
+@functools.lru_cache(maxsize=256)
+def _kubernetes_problem(obj_json: str) -> str | None:
+    """What Kubernetes' schemas say is wrong with one object (JSON), or None. Remembered:
+    loading a schema takes tens of milliseconds, and the tests check the same objects often."""
+    import kubernetes_validate
+
+    obj = json.loads(obj_json)
+    for version in KUBERNETES_VERSIONS:
+        try:
+            kubernetes_validate.validate(obj, version, strict=True)
+        except kubernetes_validate.ValidationError as exc:
+            where = "/".join(str(p) for p in exc.path) or "(top)"
+            return f"{where}: {exc.message} (Kubernetes {version})"
+        except (kubernetes_validate.SchemaNotFoundError,
+                kubernetes_validate.InvalidSchemaError) as exc:
+            return f"no schema to check it against ({exc})"
+    return None
+
+
+def _by_kind(objects: list[dict[str, Any]], kind: str) -> dict[str, dict[str, Any]]:
+    return {o["metadata"]["name"]: o for o in objects if o.get("kind") == kind}
+
+
+def _selects(selector: Mapping[str, str], labels: Mapping[str, str]) -> bool:
+    return bool(selector) and all(labels.get(k) == v for k, v in selector.items())
+
+
+def check_kubernetes_wiring(objects: list[dict[str, Any]]) -> list[str]:
+    """What the schemas cannot see: the names that tie the objects together, the probes, the
+    resources, and ports that agree with the settings."""
+    problems = []
+    deployments = _by_kind(objects, "Deployment")
+    configs = _by_kind(objects, "ConfigMap")
+    secrets = _by_kind(objects, "Secret")
+    if len(deployments) != 1:
+        return [f"kubernetes: expected one Deployment (the API), found {sorted(deployments)}"]
+    name, deployment = next(iter(deployments.items()))
+    pod = deployment["spec"]["template"]
+    labels = pod["metadata"].get("labels") or {}
+    if not _selects(deployment["spec"]["selector"].get("matchLabels") or {}, labels):
+        problems.append(f"Deployment {name}: its selector does not select its own pods")
+    settings: dict[str, str] = {}
+    containers = pod["spec"]["containers"]
+    container = containers[0]
+    for source in container.get("envFrom") or []:
+        if "configMapRef" in source:
+            ref = source["configMapRef"]["name"]
+            if ref not in configs:
+                problems.append(f"Deployment {name}: reads ConfigMap {ref!r}, which is not defined")
+            else:
+                settings.update(configs[ref].get("data") or {})
+        if "secretRef" in source and source["secretRef"]["name"] not in secrets:
+            problems.append(f"Deployment {name}: reads Secret {source['secretRef']['name']!r}, "
+                            "which is not defined")
+    ports = {p.get("name"): p["containerPort"] for p in container.get("ports") or []}
+    if str(ports.get("http")) != settings.get("HEARTH_PORT"):
+        problems.append(f"Deployment {name}: its port `http` ({ports.get('http')}) is not "
+                        f"HEARTH_PORT ({settings.get('HEARTH_PORT')})")
+    if settings.get("HEARTH_METRICS_PORT", "0") != "0" and \
+            str(ports.get("metrics")) != settings["HEARTH_METRICS_PORT"]:
+        problems.append(f"Deployment {name}: its port `metrics` ({ports.get('metrics')}) is not "
+                        f"HEARTH_METRICS_PORT ({settings['HEARTH_METRICS_PORT']})")
+    for probe, path in (("livenessProbe", "/healthz"), ("readinessProbe", "/readyz")):
+        get = (container.get(probe) or {}).get("httpGet") or {}
+        if get.get("path") != path or get.get("port") not in ("http", ports.get("http")):
+            problems.append(f"Deployment {name}: {probe} must GET {path} on the port `http`")
+    requests = (container.get("resources") or {}).get("requests") or {}
+    for resource in ("cpu", "memory"):
+        if resource not in requests:
+            problems.append(f"Deployment {name}: no {resource} request (the autoscaler and the "
+                            "scheduler need one)")
+    for svc_name, service in _by_kind(objects, "Service").items():
+        spec = service["spec"]
+        if spec.get("type") == "ExternalName":
+            continue
+        if not _selects(spec.get("selector") or {}, labels):
+            problems.append(f"Service {svc_name}: its selector matches no pod of {name}")
+        for port in spec.get("ports") or []:
+            target = port.get("targetPort", port["port"])
+            if target not in ports and target not in ports.values():
+                problems.append(f"Service {svc_name}: targetPort {target!r} is no port of {name}")
+    autoscalers = _by_kind(objects, "HorizontalPodAutoscaler")
+    if not autoscalers:
+        problems.append("kubernetes: no HorizontalPodAutoscaler")
+    for hpa_name, hpa in autoscalers.items():
+        target = hpa["spec"]["scaleTargetRef"]
+        if (target.get("kind"), target.get("name")) != ("Deployment", name):
+            problems.append(f"HorizontalPodAutoscaler {hpa_name}: scales {target.get('kind')} "
+                            f"{target.get('name')!r}, not the Deployment {name!r}")
+    for pdb_name, pdb in _by_kind(objects, "PodDisruptionBudget").items():
+        if not _selects(pdb["spec"]["selector"].get("matchLabels") or {}, labels):
+            problems.append(f"PodDisruptionBudget {pdb_name}: selects no pod of {name}")
+    return problems
+
+
+def check_kubernetes_settings(objects: list[dict[str, Any]], compose: Mapping[str, Any]
+                              ) -> list[str]:
+    """The ConfigMaps and Secrets hold settings config.py accepts, and the API's container
+    gets what docker-compose.yml fixes for its api service (profile, address, port, data)."""
+    from pydantic import ValidationError
+
+    known = {SETTINGS_PREFIX + name.upper(): name for name in settings_fields()}
+    problems = []
+    values: dict[str, str] = {}
+    for obj in objects:
+        if obj.get("kind") not in ("ConfigMap", "Secret"):
+            continue
+        data = {**(obj.get("data") or {}), **(obj.get("stringData") or {})}
+        for key, value in data.items():
+            if key not in known:
+                problems.append(f"{obj['kind']} {obj['metadata']['name']}: {key} is not a "
+                                "setting in config.py")
+            else:
+                values[known[key]] = value
+    try:
+        settings_class()(_env_file=None, **values)
+    except ValidationError as exc:
+        problems.append(f"kubernetes: a setting config.py rejects: {exc}")
+    api = (compose.get("services") or {}).get("api") or {}
+    for variable, wanted in sorted((api.get("environment") or {}).items()):
+        field = known.get(variable)
+        if field is None or "$" in str(wanted):
+            continue  # read from .env, its default config.py's (check_env_example)
+        if field not in values:
+            problems.append(f"kubernetes: the compose api service sets {variable}={wanted!r}, "
+                            "the manifests do not")
+        elif not _same_value(field, wanted, values[field]):
+            problems.append(f"kubernetes: {variable} is {values[field]!r}, but {wanted!r} "
+                            "in docker-compose.yml")
+    return problems
+
+
+def check_kubernetes(root: Path, compose: Mapping[str, Any]) -> list[str]:
+    folder = root / KUBERNETES
+    if not (folder / "kustomization.yaml").is_file():
+        return [f"{KUBERNETES}/kustomization.yaml is missing"]
+    kustomization, docs = kubernetes_objects(folder)
+    listed = {folder / name for name in kustomization.get("resources") or []}
+    problems = [f"{KUBERNETES}/kustomization.yaml lists {p.name}, which does not exist"
+                for p in sorted(listed) if not p.is_file()]
+    problems += [f"{KUBERNETES}/{p.name} is not in kustomization.yaml's resources"
+                 for p in sorted(folder.glob("*.yaml"))
+                 if p.name != "kustomization.yaml" and p not in listed]
+    objects = [obj for objs in docs.values() for obj in objs]
+    base = {(o.get("kind"), o.get("metadata", {}).get("name")) for o in objects}
+    patches: dict[Path, list[dict[str, Any]]] = {}
+    for component in sorted(folder.glob("components/*/kustomization.yaml")):
+        spec = load_yaml(component)
+        for patch in spec.get("patches") or []:
+            path = component.parent / patch["path"]
+            if not path.is_file():
+                problems.append(f"{component.relative_to(root)}: patch {patch['path']} is missing")
+                continue
+            patches[path] = load_documents(path)
+            for obj in patches[path]:
+                if (obj.get("kind"), obj.get("metadata", {}).get("name")) not in base:
+                    problems.append(f"{path.relative_to(root)}: patches {obj.get('kind')} "
+                                    f"{obj.get('metadata', {}).get('name')!r}, which the base lacks")
+    problems += check_kubernetes_schemas({**docs, **patches}, root)
+    problems += check_kubernetes_wiring(objects)
+    problems += check_kubernetes_settings(objects, compose)
+    for path, objs in patches.items():  # each component, applied alone, must fit as well
+        problems += [f"{path.relative_to(root)}: {p}" for p in
+                     check_kubernetes_settings(objs, {})]
+    return problems
+
+
 # --- all of it -----------------------------------------------------------------------------
 
 
@@ -604,6 +809,7 @@ def run_checks(root: Path = ROOT) -> list[str]:
         problems += check_dockerignore((root / DOCKERIGNORE).read_text(encoding="utf-8"), pyproject)
     texts = {name: (root / name).read_text(encoding="utf-8") for name in docs}
     problems += check_setting_names(texts | {"Dockerfile": dockerfile})
+    problems += check_kubernetes(root, base)
     return problems
 
 
@@ -617,7 +823,7 @@ def main(argv: list[str] | None = None) -> int:
     if not problems:
         print(
             "deployment files pass: schema, depends_on, healthchecks, ports, pins, "
-            ".env.example, Dockerfile"
+            ".env.example, Dockerfile, Kubernetes manifests"
         )
     return 1 if problems else 0
 

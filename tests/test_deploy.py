@@ -52,6 +52,7 @@ def deploy_copy(tmp_path: Path) -> Path:
     for name in DEPLOY_FILES:
         (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy(ROOT / name, tmp_path / name)
+    shutil.copytree(ROOT / "deploy/kubernetes", tmp_path / "deploy/kubernetes")
     return tmp_path
 
 
@@ -597,3 +598,103 @@ def test_the_model_pull_fetches_the_embedder_only_for_ollama_embeddings(
 def test_a_failed_pull_fails_the_one_shot_service(fake_ollama_cli: Any) -> None:
     code, calls = fake_ollama_cli(HEARTH_OLLAMA_MODEL="broken")
     assert code != 0 and calls == ["show broken", "pull broken"]
+
+
+# --- Kubernetes (deploy/kubernetes/) -------------------------------------------------------
+
+K8S = Path("deploy/kubernetes")
+
+
+def k8s_problems(root: Path) -> list[str]:
+    compose = check_deploy.load_yaml(root / "docker-compose.yml")
+    return check_deploy.check_kubernetes(root, compose)
+
+
+def edit_k8s(root: Path, name: str, kind: str, change: Callable[[dict[str, Any]], None]) -> None:
+    """Change the object of ``kind`` in the manifest file ``name``."""
+    path = root / K8S / name
+    docs = list(yaml.safe_load_all(path.read_text()))
+    change(next(d for d in docs if d["kind"] == kind))
+    path.write_text(yaml.safe_dump_all(docs, sort_keys=False))
+
+
+def api_container(deployment: dict[str, Any]) -> dict[str, Any]:
+    return deployment["spec"]["template"]["spec"]["containers"][0]  # type: ignore[no-any-return]
+
+
+def test_the_manifests_are_what_the_issue_asks_for() -> None:
+    _, docs = check_deploy.kubernetes_objects(ROOT / K8S)
+    objects = {(o["kind"], o["metadata"]["name"]): o for objs in docs.values() for o in objs}
+    container = api_container(objects[("Deployment", "hearth")])
+    assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"
+    assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
+    assert {"cpu", "memory"} <= set(container["resources"]["requests"])
+    assert [s.get("configMapRef", s.get("secretRef"))["name"] for s in container["envFrom"]] \
+        == ["hearth-config", "hearth-secrets"]
+    assert ("HorizontalPodAutoscaler", "hearth") in objects and ("Service", "hearth") in objects
+    external = {name: o["spec"]["externalName"] for (kind, name), o in objects.items()
+                if kind == "Service" and o["spec"].get("type") == "ExternalName"}
+    assert set(external) == {"hearth-llm", "hearth-chroma", "hearth-mongo"}
+    config = objects[("ConfigMap", "hearth-config")]["data"]
+    assert config["HEARTH_OLLAMA_BASE_URL"].startswith("http://hearth-llm:")
+    assert config["HEARTH_CHROMA_URL"].startswith("http://hearth-chroma:")
+    assert "hearth-mongo" in objects[("Secret", "hearth-secrets")]["stringData"]["HEARTH_MONGODB_URI"]
+    # The client-facing Service does not carry the metrics port.
+    assert [p["name"] for p in objects[("Service", "hearth")]["spec"]["ports"]] == ["http"]
+    assert {p.parent.name for p in (ROOT / K8S).glob("components/*/kustomization.yaml")} \
+        == {"vllm", "mongodb-replica-set"}
+
+
+def test_a_misspelt_field_fails_kubernetes_schema(deploy_copy: Path) -> None:
+    def typo(deployment: dict[str, Any]) -> None:
+        api_container(deployment)["readinesProbe"] = api_container(deployment).pop("readinessProbe")
+
+    edit_k8s(deploy_copy, "deployment.yaml", "Deployment", typo)
+    problems = k8s_problems(deploy_copy)
+    assert any("readinesProbe" in p and "deployment.yaml" in p for p in problems), problems
+    assert any("readinessProbe must GET /readyz" in p for p in problems), problems
+
+
+def test_a_wrong_type_fails_kubernetes_schema(deploy_copy: Path) -> None:
+    edit_k8s(deploy_copy, "hpa.yaml", "HorizontalPodAutoscaler",
+             lambda hpa: hpa["spec"].update(minReplicas="two"))
+    only_problem(k8s_problems(deploy_copy), "hpa.yaml", "minReplicas", "'two'")
+
+
+def test_liveness_on_readyz_fails(deploy_copy: Path) -> None:
+    edit_k8s(deploy_copy, "deployment.yaml", "Deployment",
+             lambda d: api_container(d)["livenessProbe"]["httpGet"].update(path="/readyz"))
+    only_problem(k8s_problems(deploy_copy), "livenessProbe must GET /healthz")
+
+
+def test_a_service_that_selects_no_pod_fails(deploy_copy: Path) -> None:
+    edit_k8s(deploy_copy, "service.yaml", "Service",
+             lambda s: s["spec"]["selector"].update({"app.kubernetes.io/name": "hearht"}))
+    only_problem(k8s_problems(deploy_copy), "Service hearth:", "matches no pod")
+
+
+def test_a_port_that_is_not_the_settings_fails(deploy_copy: Path) -> None:
+    edit_text(deploy_copy / K8S / "configmap.yaml", 'HEARTH_PORT: "8000"', 'HEARTH_PORT: "8080"')
+    problems = k8s_problems(deploy_copy)
+    assert any("is not HEARTH_PORT" in p for p in problems), problems
+    assert any("HEARTH_PORT is '8080', but '8000' in docker-compose.yml" in p for p in problems)
+
+
+def test_a_misspelt_setting_in_a_configmap_or_component_fails(deploy_copy: Path) -> None:
+    edit_text(deploy_copy / K8S / "configmap.yaml", "HEARTH_LOG_FORMAT:", "HEARTH_LOGFORMAT:")
+    only_problem(k8s_problems(deploy_copy), "HEARTH_LOGFORMAT is not a setting")
+    edit_text(deploy_copy / K8S / "configmap.yaml", "HEARTH_LOGFORMAT:", "HEARTH_LOG_FORMAT:")
+    edit_text(deploy_copy / K8S / "components/vllm/configmap.yaml", "HEARTH_LLM_BACKEND: openai",
+              "HEARTH_LLM_BACKEND: vllm")
+    only_problem(k8s_problems(deploy_copy), "components/vllm/configmap.yaml", "llm_backend")
+
+
+def test_a_patch_of_an_object_the_base_lacks_fails(deploy_copy: Path) -> None:
+    edit_text(deploy_copy / K8S / "components/vllm/external-services.yaml", "name: hearth-llm",
+              "name: hearth-vllm")
+    only_problem(k8s_problems(deploy_copy), "patches Service 'hearth-vllm'")
+
+
+def test_a_manifest_left_out_of_the_kustomization_fails(deploy_copy: Path) -> None:
+    edit_text(deploy_copy / K8S / "kustomization.yaml", "  - pdb.yaml\n", "")
+    only_problem(k8s_problems(deploy_copy), "pdb.yaml is not in kustomization.yaml")

@@ -30,14 +30,22 @@ def served_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def served(served_root: Path) -> Iterator[str]:
+def metrics_port() -> int:
+    return free_port()
+
+
+@pytest.fixture(scope="module")
+def served(served_root: Path, metrics_port: int) -> Iterator[str]:
     root = served_root
     (root / "guide").mkdir()
     (root / "guide" / "printing.md").write_text(GUIDE)
     port = free_port()
     env = {**os.environ, "HEARTH_DATA_DIR": str(root / "data"), "HEARTH_MODELS_DIR": str(MODELS),
            "HEARTH_DOCS_DIR": str(root / "guide"), "HEARTH_LLAMACPP_MODEL": SMOLLM,
-           "HEARTH_PORT": str(port), "HEARTH_MAX_NEW_TOKENS": "1000", "HEARTH_THREADS": "4"}
+           "HEARTH_PORT": str(port), "HEARTH_MAX_NEW_TOKENS": "1000", "HEARTH_THREADS": "4",
+           # As an operator runs it: metrics on a port of their own, logs for a collector.
+           "HEARTH_METRICS": "true", "HEARTH_METRICS_PORT": str(metrics_port),
+           "HEARTH_LOG_FORMAT": "json"}
     server = Server([str(BIN / "hearth"), "serve"], root / "log", env=env, cwd=root)
     url = f"http://127.0.0.1:{port}"
     try:
@@ -120,3 +128,40 @@ def test_invalid_setting_stops_the_command_naming_it(tmp_path: Path) -> None:
                             text=True, cwd=tmp_path, env={**os.environ, "HEARTH_TOP_K": "lots"})
     assert result.returncode != 0
     assert "HEARTH_TOP_K" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_metrics_and_logs_follow_a_question(served: str, served_root: Path,
+                                            metrics_port: int) -> None:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    def scrape() -> dict[tuple[str, str], float]:
+        text = httpx.get(f"http://127.0.0.1:{metrics_port}/metrics", timeout=30).text
+        return {(s.name, json.dumps(s.labels, sort_keys=True)): s.value
+                for family in text_string_to_metric_families(text) for s in family.samples}
+
+    def delta(name: str, **labels: str) -> float:
+        key = (name, json.dumps(labels, sort_keys=True))
+        return after.get(key, 0.0) - before.get(key, 0.0)
+
+    assert httpx.get(f"{served}/metrics").status_code == 404  # not on the API's port
+    before = scrape()
+    response = httpx.post(f"{served}/api/question", timeout=120, json={
+        "question": "How do I install the printer driver?", "user_id": "dora"})
+    assert response.status_code == 200
+    after = scrape()
+    assert delta("hearth_http_requests_total", route="/api/question", method="POST",
+                 status="200") == 1
+    outcome = "refused" if response.json()["refused"] else "answered"
+    assert delta("hearth_questions_total", outcome=outcome, mode="whole") == 1
+    assert delta("hearth_retrieval_duration_seconds_count") == 1
+    assert after[("hearth_backend_up", json.dumps({"backend": "llm"}))] == 1
+    assert "dora" not in json.dumps(list(after))
+
+    request_id = response.headers["X-Request-Id"]
+    lines = [json.loads(x) for x in (served_root / "log").read_text().splitlines()
+             if x.startswith("{")]
+    assert any(x["logger"] == "hearth.access" and x["request_id"] == request_id
+               and "/api/question" in x["message"] for x in lines)
+    listening = subprocess.run(["ss", "-ltnH", f"sport = :{metrics_port}"], capture_output=True,
+                               text=True).stdout
+    assert {line.split()[3] for line in listening.splitlines()} == {f"127.0.0.1:{metrics_port}"}
