@@ -11,7 +11,8 @@ gate is fair between users, not only first come first served:
   waiting one whose user was served longest ago, so a user with ten questions queued does not
   delay a user with one by ten answers;
 - **a place freed goes to who was turned away, not to who asks next**: a user refused because
-  the queue was full is owed a place for a while (Retry-After and a grace period); while places
+  the queue was full is owed a place, in the order they were turned away, for a while (their
+  Retry-After, which says about when their place comes up, and a grace period); while places
   are owed, a newcomer takes a place only if one is left beyond them. Without this, a place
   freed by an answer goes to the user whose answer just ended (asking again at once) while
   the refused wait out their Retry-After: at 64 users, 19 got every answer (Jain's index 0.23).
@@ -32,8 +33,9 @@ from dataclasses import dataclass, field
 
 from hearth.errors import HearthError
 
-# How long past its Retry-After a refused user's place stays owed.
-GRACE_S = 5.0
+# How long past its Retry-After a refused user's place stays owed: long enough for a person
+# who reads the refusal, or does something else first, to ask again.
+GRACE_S = 20.0
 BUSY_RETRY_S = 5
 
 
@@ -65,6 +67,8 @@ class Gate:
         self._served: dict[str, float] = {}  # user -> when they last took the model
         self._owed: dict[str, float] = {}  # user -> until when a place is kept for them
         self._numbers = itertools.count()
+        self._started: dict[str, list[float]] = {}  # user -> when their running ones started
+        self._service_s = float(BUSY_RETRY_S)  # how long a question holds the model, on average
         self.running = 0
         # Told how long each question that queued waited, served or not (the metrics).
         self.waited: list[Callable[[float], None]] = []
@@ -81,17 +85,25 @@ class Gate:
         return min(self._waiting, key=lambda t: (self._served.get(t.user, 0.0), t.number))
 
     def _admissible(self, user: str, now: float) -> bool:
+        """Whether ``user`` may take a place now. Places free are kept for the users turned
+        away, longest-waiting first (up to half the queue, so that the queue still feeds the
+        model if they do not come back); a newcomer gets one left beyond them."""
         for who, until in list(self._owed.items()):
             if until < now:
                 del self._owed[who]
-        used = self.running + len(self._waiting)
-        places = self.concurrent + self.queued
+        if self.running < self.concurrent and not self._waiting:
+            return True  # the model would idle: whoever asks takes it
+        free = self.concurrent + self.queued - self.running - len(self._waiting)
         if user in self._owed:
-            return used < places
-        # Places owed to users turned away are kept for them, up to half the queue, so that
-        # the queue still feeds the model if they do not come back.
+            return list(self._owed).index(user) < free
         kept = min(len(self._owed), max(1, self.queued // 2)) if self.queued else 0
-        return used + kept < places
+        return kept < free
+
+    def _retry_after(self, user: str) -> int:
+        """When a user turned away should come back: about when their place comes up."""
+        ahead = list(self._owed).index(user) if user in self._owed else len(self._owed)
+        turn = max(self._service_s, 0.5) * (ahead + 1) / self.concurrent
+        return max(1, min(BUSY_RETRY_S, round(turn)))
 
     def acquire(self, user: str = "") -> None:
         """Wait for the model, fairly between users, or raise Busy."""
@@ -101,9 +113,11 @@ class Gate:
                 raise Busy(f"you already have {self._held[user]} questions waiting or being "
                            "answered; ask again when one is answered", retry_after=BUSY_RETRY_S)
             if not self._admissible(user, now):
-                self._owed.setdefault(user, now + BUSY_RETRY_S + GRACE_S)
+                self._owed.setdefault(user, 0.0)  # keeps its place in line if already there
+                retry = self._retry_after(user)
+                self._owed[user] = now + retry + GRACE_S
                 raise Busy(f"the model is busy: {self.running} answering, {len(self._waiting)} "
-                           "waiting; try again shortly", retry_after=BUSY_RETRY_S)
+                           "waiting; try again shortly", retry_after=retry)
             self._owed.pop(user, None)
             ticket = _Ticket(user, next(self._numbers))
             self._waiting.append(ticket)
@@ -117,6 +131,7 @@ class Gate:
             if free:
                 self.running += 1
                 self._served[user] = time.monotonic()
+                self._started[user] = self._started.get(user, []) + [time.monotonic()]
             else:
                 self._drop(user)
             self._turns.notify_all()
@@ -135,6 +150,12 @@ class Gate:
         with self._lock:
             self.running -= 1
             self._drop(user)
+            started = self._started.get(user)
+            if started:
+                took = time.monotonic() - started.pop(0)
+                self._service_s += 0.2 * (took - self._service_s)  # a moving average
+                if not started:
+                    del self._started[user]
             if len(self._served) > 10_000:  # forget users long gone
                 for who in sorted(self._served, key=self._served.__getitem__)[:5_000]:
                     self._served.pop(who)

@@ -272,7 +272,8 @@ def test_retry_after_is_only_on_refusals_and_a_busy_answer_keeps_its_own(tmp_pat
     finally:
         holding.release()
     assert busy.status_code == 503 and busy.get_json()["error"]["code"] == "busy"
-    assert busy.headers["Retry-After"] == "5"  # the gate's, not the limiter's
+    # The gate's estimate of when a place comes up (1-5 s), not the limiter's window (60 s).
+    assert 1 <= int(busy.headers["Retry-After"]) <= 5
 
 
 @pytest.mark.parametrize("value", ["yes", "true", 1, "1", None])
