@@ -37,6 +37,8 @@ from hearth.services import Services, build_services
 from hearth.web import (
     ErrorOut,
     EvidenceOut,
+    FeedbackIn,
+    FeedbackOut,
     GroundingOut,
     Route,
     SourceOut,
@@ -113,6 +115,8 @@ class TurnOut(GroundingOut):
     created_at: float
     collections: list[str] = Field(
         description="the collections the question read; a follow-up reads the same ones")
+    feedback: dict[str, Any] | None = Field(
+        None, description="the user's mark on the answer: rating (helpful or wrong), comment, at")
 
 
 class ConversationSummaryOut(BaseModel):
@@ -215,6 +219,22 @@ def delete_conversation(conversation_id: str) -> Response:
     return ok(DeletedOut(deleted=int(deleted)))
 
 
+class ApiFeedbackIn(FeedbackIn):
+    user_id: str | None = Field(None, min_length=1, max_length=128, pattern=USER_ID,
+                                description="whose conversation it is (with a key: the key's "
+                                            "user)")
+
+
+@api_blueprint.post("/api/conversations/<conversation_id>/feedback")
+def give_feedback(conversation_id: str) -> Response:
+    body: ApiFeedbackIn = read_json(ApiFeedbackIn)
+    position, turn = chat().feedback(conversation_id, body.turn, acting_as(body.user_id),
+                                     body.rating, body.comment)
+    assert turn.feedback is not None
+    return ok(FeedbackOut(conversation_id=conversation_id, turn=position,
+                          rating=turn.feedback["rating"], comment=turn.feedback["comment"]))
+
+
 @api_blueprint.delete("/api/users/<user_id>/history")
 def delete_user_history(user_id: str) -> Response:
     return ok(DeletedOut(deleted=chat().erase_history(acting_as(user_id))))
@@ -275,6 +295,11 @@ def routes() -> list[Route]:
         Route("/api/conversations/<conversation_id>", "DELETE", delete_conversation, None,
               {200: DeletedOut, 404: ErrorOut, 503: ErrorOut}, "Delete one conversation.",
               query=[{**USER_QUERY, "required": False}]),
+        Route("/api/conversations/<conversation_id>/feedback", "POST", give_feedback,
+              ApiFeedbackIn, {200: FeedbackOut, 400: ErrorOut, 404: ErrorOut, 413: ErrorOut,
+                              415: ErrorOut, 503: ErrorOut},
+              "Mark an answer helpful or wrong (turn: its position, from 0; the last if "
+              "omitted); marking it again replaces the mark."),
         Route("/api/users/<user_id>/history", "DELETE", delete_user_history, None,
               {200: DeletedOut, 503: ErrorOut},
               "Erase a user's conversation history (every conversation and turn)."),

@@ -12,6 +12,7 @@ may see them, so the faces never touch the history store.
 from __future__ import annotations
 
 import logging
+import time
 import uuid
 from collections.abc import Callable, Generator, Iterator, Sequence
 from dataclasses import dataclass
@@ -23,11 +24,17 @@ from hearth.conversations import (
     Turn,
     valid_conversation_id,
 )
+from hearth.errors import HearthError
 from hearth.model import Answer, QuestionTooLong, Token
 from hearth.services import Services
 from hearth.throttle import Hold
 
 log = logging.getLogger("hearth.chat")
+
+
+class TurnNotFound(HearthError):
+    code = "turn_not_found"
+    status = 404
 
 
 @dataclass(frozen=True)
@@ -105,12 +112,15 @@ class Chat:
 
     def _prepare(self, ask: Ask) -> _Prepared:
         prepared = self._conversation_of(ask)
-        prepared.collections = self._collections(ask, prepared.turns)
+        # Turns a face carries (OpenAI clients resend the chat) do not say what they read.
+        stored = () if ask.turns is not None else prepared.turns
+        prepared.collections = self._collections(ask, stored)
         return prepared
 
     def _collections(self, ask: Ask, turns: Sequence[Turn]) -> list[str]:
-        """What the question reads. Checked on every question, so a grant revoked since the
-        conversation began is gone from its next follow-up."""
+        """What the question reads: those named, else what the stored conversation read so
+        far, else all the user may read. Checked on every question, so a grant revoked since
+        the conversation began is gone from its next follow-up."""
         access = self.services.access
         if ask.collections is not None or not turns:
             return access.choose(ask.user_id, ask.collections, everything=ask.everything)
@@ -230,3 +240,25 @@ class Chat:
 
     def erase_history(self, user_id: str) -> int:
         return self.services.history.delete_user(user_id)
+
+    # -- feedback ------------------------------------------------------------------------------
+
+    def feedback(self, conversation_id: str, turn: int | None, user_id: str, rating: str,
+                 comment: str = "") -> tuple[int, Turn]:
+        """Mark an answer of the user's conversation helpful or wrong (``turn``: its position,
+        from 0; None: the last); marking it again replaces the mark. Returns (position, turn)."""
+        conversation = self.conversation(conversation_id, None, user_id)
+        position = len(conversation.turns) - 1 if turn is None else turn
+        if not 0 <= position < len(conversation.turns):
+            raise TurnNotFound(f"conversation {conversation_id!r} has no turn {turn} (it has "
+                               f"{len(conversation.turns)}, counted from 0)")
+        mark = {"rating": rating, "comment": comment.strip(), "at": time.time()}
+        if not self.services.history.set_feedback(conversation_id, position, mark):
+            raise TurnNotFound(f"conversation {conversation_id!r} has no turn {position}")
+        marked = conversation.turns[position]
+        marked.feedback = mark
+        return position, marked
+
+    def marked_turns(self) -> Sequence[tuple[Conversation, int]]:
+        """Every answer a user marked, with its conversation (for ``hearth eval feedback``)."""
+        return self.services.history.marked()

@@ -47,6 +47,8 @@ class Turn:
     unsupported: list[str] = field(default_factory=list)
     # The collections the question read; a turn from before collections read ``default``.
     collections: list[str] = field(default_factory=lambda: ["default"])
+    # The user's verdict on the answer: {"rating": "helpful" | "wrong", "comment", "at"}.
+    feedback: dict[str, Any] | None = None
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Turn:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import sqlite3
 import threading
+from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Protocol
@@ -42,6 +43,9 @@ class HistoryStore(Protocol):
     def list(self, user_id: str) -> list[Conversation]: ...
     def delete(self, conversation_id: str) -> bool: ...
     def delete_user(self, user_id: str) -> int: ...
+    def set_feedback(self, conversation_id: str, position: int,
+                     feedback: dict[str, Any]) -> bool: ...
+    def marked(self) -> Sequence[tuple[Conversation, int]]: ...
 
 
 # The schema of Hearth 0.1.0 (55fd47f), adopted as version 1.
@@ -83,6 +87,7 @@ MIGRATIONS = [
     # Turns gain the collections they read, and each source its collection; a turn from
     # before reads as asked over ``default``, which held everything then.
     Migration(3, "turns carry the collections they were asked over"),
+    Migration(4, "turns carry the user's feedback on the answer"),
 ]
 
 
@@ -194,6 +199,42 @@ class SQLiteHistory:
     def delete_user(self, user_id: str) -> int:
         return self._erase("DELETE FROM conversations WHERE user_id = ?", user_id)
 
+    def set_feedback(self, conversation_id: str, position: int,
+                     feedback: dict[str, Any]) -> bool:
+        def write(db: sqlite3.Connection) -> bool:
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                row = db.execute("SELECT body FROM turns WHERE conversation_id = ? AND "
+                                 "position = ?", (conversation_id, position)).fetchone()
+                if row is not None:
+                    body = {**json.loads(row[0]), "feedback": feedback}
+                    db.execute("UPDATE turns SET body = ? WHERE conversation_id = ? AND "
+                               "position = ?", (json.dumps(body), conversation_id, position))
+                db.execute("COMMIT")
+                return row is not None
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+
+        return bool(self._run(write))
+
+    def marked(self) -> Sequence[tuple[Conversation, int]]:
+        """Every turn with feedback: its conversation, and its position there."""
+        def read(db: sqlite3.Connection) -> Sequence[tuple[Conversation, int]]:
+            rows = db.execute(
+                "SELECT DISTINCT conversation_id FROM turns WHERE body LIKE '%\"feedback\": {%'"
+            ).fetchall()
+            found = []
+            for (conversation_id,) in rows:
+                row = db.execute("SELECT * FROM conversations WHERE id = ?",
+                                 (conversation_id,)).fetchone()
+                conversation = self._conversation(db, row)
+                found += [(conversation, n) for n, t in enumerate(conversation.turns)
+                          if t.feedback]
+            return found
+
+        return self._run(read)  # type: ignore[no-any-return]
+
 
 class MongoHistory:
     """One document per conversation; a turn is appended with one atomic ``$push``."""
@@ -275,6 +316,21 @@ class MongoHistory:
 
     def delete_user(self, user_id: str) -> int:
         return int(self._run(lambda coll: coll.delete_many({"user_id": user_id}).deleted_count))
+
+    def set_feedback(self, conversation_id: str, position: int,
+                     feedback: dict[str, Any]) -> bool:
+        result = self._run(lambda coll: coll.update_one(
+            {"_id": conversation_id, f"turns.{position}": {"$exists": True}},
+            {"$set": {f"turns.{position}.feedback": feedback}}))
+        return bool(result.matched_count)
+
+    def marked(self) -> Sequence[tuple[Conversation, int]]:
+        docs = self._run(lambda coll: list(coll.find({"turns.feedback": {"$type": "object"}})))
+        found = []
+        for doc in docs:
+            conversation = self._conversation(doc)
+            found += [(conversation, n) for n, t in enumerate(conversation.turns) if t.feedback]
+        return found
 
 
 def build_history(settings: Settings) -> HistoryStore:

@@ -37,6 +37,8 @@ from hearth.web import (
     HTTP_CODES,
     ApiError,
     EvidenceOut,
+    FeedbackIn,
+    FeedbackOut,
     Route,
     SourceOut,
     acting_as,
@@ -361,6 +363,24 @@ def error_event(status: int, code: str, message: str) -> str:
     return sse(OpenAIErrorOut(error=body).model_dump_json())
 
 
+class OpenAIFeedbackIn(FeedbackIn):
+    conversation_id: str = Field(pattern=CONVERSATION_ID,
+                                 description="the conversation_id of the completion")
+    user: str | None = Field(None, min_length=1, max_length=128, pattern=USER_ID)
+
+
+@openai_blueprint.post("/feedback")
+def feedback() -> Response:
+    """Hearth's extension: mark a completion's answer helpful or wrong."""
+    body: OpenAIFeedbackIn = read_json(OpenAIFeedbackIn)
+    position, turn = chat().feedback(body.conversation_id, body.turn, acting_as(body.user),
+                                     body.rating, body.comment)
+    assert turn.feedback is not None
+    out = FeedbackOut(conversation_id=body.conversation_id, turn=position,
+                      rating=turn.feedback["rating"], comment=turn.feedback["comment"])
+    return Response(out.model_dump_json(), mimetype="application/json")
+
+
 @openai_blueprint.get("/models")
 def list_models() -> Response:
     """``hearth`` (every collection the key may read), then ``hearth/<collection>`` for each of
@@ -393,6 +413,11 @@ def routes() -> list[Route]:
               "OpenAI-compatible chat completion over your documents. With stream=true, "
               "OpenAI's SSE chunks (OpenAIChatChunk) ending with data: [DONE]. Extra top-level "
               "fields: sources, conversation_id, refused.", stream=OPENAI_SSE_EVENT),
+        Route("/v1/feedback", "POST", feedback, OpenAIFeedbackIn,
+              {200: FeedbackOut, 400: OpenAIErrorOut, 404: OpenAIErrorOut, 413: OpenAIErrorOut,
+               415: OpenAIErrorOut},
+              "Hearth's extension: mark the answer of a completion (its conversation_id; turn "
+              "from 0, the last if omitted) helpful or wrong."),
         Route("/v1/models", "GET", list_models, None, {200: OpenAIModelList},
               "OpenAI-compatible model list: hearth (every collection the key may read) and "
               "hearth/<collection> for each of them."),

@@ -390,6 +390,21 @@ class JobOut(BaseModel):
     finished_at: str | None
 
 
+class FeedbackIn(BaseModel):
+    rating: Literal["helpful", "wrong"] = Field(description="what the user thinks of the answer")
+    comment: str = Field("", max_length=2000, description="what was wrong, or right")
+    turn: int | None = Field(None, ge=0, le=100_000,
+                             description="the answer's position in the conversation, from 0; "
+                                         "omit for the last")
+
+
+class FeedbackOut(BaseModel):
+    conversation_id: str
+    turn: int
+    rating: Literal["helpful", "wrong"]
+    comment: str
+
+
 class EvidenceOut(BaseModel):
     source: int = Field(description="index of the source (in sources) the sentence is from")
     text: str = Field(description="a sentence of that source's snippet that supports the answer")

@@ -351,3 +351,40 @@ def _echo_summary(run_dir: Path) -> None:
 
     click.echo((run_dir / SUMMARY_FILE).read_text(encoding="utf-8"))
     click.echo(f"Report: {run_dir}", err=True)
+
+
+@eval_cli.command("feedback")
+@click.option("--rating", type=click.Choice(["wrong", "helpful", "all"]), default="wrong",
+              show_default=True, help="which marked answers to export")
+@click.option("-o", "--out", type=click.Path(dir_okay=False, path_type=Path),
+              help="JSONL to write (default: standard output)")
+def feedback(rating: str, out: Path | None) -> None:
+    """Answers users marked, as candidate questions for an evaluation set.
+
+    Each line has the evaluation sets' fields (id, question, answerable, source, key_facts)
+    with key_facts left empty for you to fill from the source, and the answer, the user's
+    rating and comment, and the sources it cited, to decide with. See evaluation/sets/README.md.
+    """
+    from hearth.chat import Chat
+    from hearth.services import build_services
+
+    chat = Chat(build_services(_settings()))
+    lines = []
+    for conversation, position in chat.marked_turns():
+        turn = conversation.turns[position]
+        assert turn.feedback is not None
+        if rating != "all" and turn.feedback.get("rating") != rating:
+            continue
+        lines.append(json.dumps({
+            "id": f"feedback-{conversation.id}-{position}", "question": turn.question,
+            "answerable": True, "source": turn.sources[0]["source"] if turn.sources else None,
+            "key_facts": [], "answer": turn.answer, "rating": turn.feedback.get("rating"),
+            "comment": turn.feedback.get("comment", ""),
+            "cited": [s.get("source") for s in turn.sources], "asked_at": turn.created_at,
+        }))
+    text = "".join(line + "\n" for line in lines)
+    if out is None:
+        click.echo(text, nl=False)
+    else:
+        out.write_text(text)
+        click.echo(f"{len(lines)} marked answers written to {out}", err=True)

@@ -211,3 +211,16 @@ def test_the_collections_commands(make_settings: Any, embeddings: Any, tmp_path:
     assert list_sources(settings) == []
     refused = runner.invoke(main, ["collections", "delete", "default", "--yes"])
     assert refused.exit_code == 1 and "default collection stays" in refused.output
+
+
+def test_an_openai_follow_up_reads_every_collection_the_key_may_read(family: Any) -> None:
+    """An OpenAI client resends the chat: its earlier turns say nothing of collections, so the
+    follow-up reads what the key may read, not only the default collection."""
+    client, keys, _ = family
+    reply = client.post("/v1/chat/completions", headers=bearer(keys["ann"]), json={
+        "model": "hearth", "messages": [
+            {"role": "user", "content": "Where is the garden shed key?"},
+            {"role": "assistant", "content": "On the hook by the back door."},
+            {"role": "user", "content": QUESTION}]})
+    assert reply.status_code == 200, reply.get_data(as_text=True)
+    assert "ann-notes" in {s["collection"] for s in reply.get_json()["sources"]}

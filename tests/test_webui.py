@@ -334,6 +334,16 @@ def test_upload_choose_collections_ask_and_export(
                                          params={"user_id": "Eve"}).json()["collections"]
             if c["mine"]]
     assert sent[-1]["collections"] == mine, sent[-1]
+    # Marked wrong, with a comment: kept with the turn.
+    page.once("dialog", lambda dialog: dialog.accept("the hook is K7, it said K1"))
+    answer.get_by_role("button", name="👎 Wrong").click()
+    expect(answer.locator(".thanks")).to_contain_text("Marked wrong")
+    conversation = httpx.get(f"{hearth.url}/api/conversations",
+                             params={"user_id": "Eve"}).json()["conversations"][0]["id"]
+    turn = httpx.get(f"{hearth.url}/api/conversations/{conversation}",
+                     params={"user_id": "Eve"}).json()["turns"][0]
+    assert turn["feedback"]["rating"] == "wrong"
+    assert turn["feedback"]["comment"] == "the hook is K7, it said K1"
     # Reopened, the conversation reads what it read.
     page.reload()
     page.get_by_role("button", name="Conversations").click()

@@ -298,6 +298,37 @@ function renderTurn(turn) {
   renderMarkdown(answer.querySelector(".text"), turn.answer);
   renderSources(answer, turn.sources);
   renderGrounding(answer, turn);
+  feedbackBar(answer, turn.feedback);
+}
+
+// Helpful or wrong: marked on the stored turn (its position among the stored answers).
+function feedbackBar(answerNode, given = null) {
+  answerNode.dataset.stored = "1";
+  const status = el("span", { class: "thanks", role: "status" });
+  const buttons = [["helpful", "👍 Helpful"], ["wrong", "👎 Wrong"]].map(([rating, label]) => {
+    const button = el("button", { type: "button", class: `mark ${rating}`, text: label,
+                                  "aria-pressed": String(Boolean(given && given.rating === rating)) });
+    button.addEventListener("click", () => mark(answerNode, rating, buttons, status));
+    return button;
+  });
+  if (given) status.textContent = given.rating === "wrong" ? "Marked wrong." : "Marked helpful.";
+  answerNode.append(el("div", { class: "feedback" }, ...buttons, status));
+}
+
+async function mark(answerNode, rating, buttons, status) {
+  if (!state.conversationId) return;
+  const turn = [...document.querySelectorAll("#messages .answer[data-stored]")].indexOf(answerNode);
+  const comment = rating === "wrong" ? (prompt("What was wrong? (optional)") || "") : "";
+  try {
+    await api(`/api/conversations/${encodeURIComponent(state.conversationId)}/feedback`, {
+      method: "POST", headers: { "Content-Type": "application/json" },
+      body: JSON.stringify({ user_id: store.user, turn, rating, comment }),
+    });
+    buttons.forEach((b) => b.setAttribute("aria-pressed", String(b.classList.contains(rating))));
+    status.textContent = rating === "wrong" ? "Marked wrong: thank you." : "Marked helpful: thank you.";
+  } catch (error) {
+    status.textContent = error.message;
+  }
 }
 
 function note(answerNode, text, isError) {
@@ -358,6 +389,7 @@ async function ask(question) {
         answerNode.classList.toggle("refused", Boolean(data.refused));
         renderGrounding(answerNode, data);
         showConversation(data.conversation_id);
+        feedbackBar(answerNode);
       } else if (event === "error") {
         throw new HearthError(data.code, explain(200, data.code, data.message));
       }
