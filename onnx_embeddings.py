@@ -47,6 +47,7 @@ MIN_COSINE = {False: 0.99, True: 0.98}  # by int8
 INT8 = {"method": "onnxruntime.quantization.quantize_dynamic", "weight_type": "QInt8",
         "per_channel": True}
 CHUNK = 1 << 20
+REQUIRED = ("files", "source_files", "max_seq_length", "dimension", "tolerance")
 
 
 class OnnxModelError(Unavailable):
@@ -184,6 +185,9 @@ def read_manifest(folder: Path) -> dict[str, Any]:
         files = manifest["files"]
         if manifest.get("format") != FORMAT or not isinstance(files, dict):
             raise ValueError(f"format {manifest.get('format')!r}, expected {FORMAT}")
+        missing = [key for key in REQUIRED if key not in manifest]
+        if missing:
+            raise ValueError(f"no {', '.join(missing)}")
     except FileNotFoundError:
         raise damaged(folder, f"no {MANIFEST}") from None
     except (ValueError, KeyError, TypeError) as exc:
@@ -233,31 +237,48 @@ def export(source: Path, folder: Path, *, int8: bool, name: str,
     folder.parent.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=f".{folder.name}-", dir=folder.parent))
     try:
-        started = time.monotonic()
-        reference, versions = _torch_export(source, work, recipe,
-                                            list(passages or sample_passages(source)))
-        if int8:
-            _quantize(work)
-        shutil.copyfile(source / TOKENIZER_FILE, work / TOKENIZER_FILE)
-        manifest: dict[str, Any] = {
-            "format": FORMAT, "model": name, "runtime": "onnx-int8" if int8 else "onnx",
-            "opset": OPSET, "quantization": INT8 if int8 else None,
-            "max_seq_length": recipe.max_seq_length, "dimension": recipe.dimension,
-            "pooling": "mean", "normalize": True,
-            "source": str(source), "source_files": hashes,
-            "files": {n: sha256_of(work / n) for n in (MODEL_FILE, TOKENIZER_FILE)},
-            "exported_with": versions,
-            "created_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        }
-        (work / MANIFEST).write_text(json.dumps(manifest, indent=2), encoding="utf-8")
-        manifest["tolerance"] = _tolerance(work, reference, int8)
-        manifest["export_s"] = round(time.monotonic() - started, 1)
-        (work / MANIFEST).write_text(json.dumps(manifest, indent=2), encoding="utf-8")
-        if folder.exists():
-            shutil.rmtree(folder)
-        work.rename(folder)
+        return _export(source, folder, work, recipe, hashes, int8=int8, name=name,
+                       passages=passages)
+    except ImportError as exc:
+        raise OnnxModelError(f"exporting {name} to ONNX needs {exc.name or 'a package'}: "
+                             "install Hearth's onnx extra (pip install -e '.[onnx]')") from None
+    except OnnxModelError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - torch's exporter, the quantizer, a full disk
+        raise OnnxModelError(f"could not export {name} to ONNX: {first_line(exc)}") from None
     finally:
         shutil.rmtree(work, ignore_errors=True)
+
+
+def _export(source: Path, folder: Path, work: Path, recipe: Recipe, hashes: dict[str, str], *,
+            int8: bool, name: str, passages: Sequence[str] | None) -> dict[str, Any]:
+    started = time.monotonic()
+    reference, versions = _torch_export(source, work, recipe,
+                                        list(passages or sample_passages(source)))
+    if int8:
+        _quantize(work)
+    shutil.copyfile(source / TOKENIZER_FILE, work / TOKENIZER_FILE)
+    manifest: dict[str, Any] = {
+        "format": FORMAT, "model": name, "runtime": "onnx-int8" if int8 else "onnx",
+        "opset": OPSET, "quantization": INT8 if int8 else None,
+        "max_seq_length": recipe.max_seq_length, "dimension": recipe.dimension,
+        "pooling": "mean", "normalize": True,
+        "source": str(source), "source_files": hashes,
+        "files": {n: sha256_of(work / n) for n in (MODEL_FILE, TOKENIZER_FILE)},
+        "exported_with": versions,
+        "created_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+    manifest["tolerance"] = _tolerance(work, manifest, reference, int8)
+    manifest["export_s"] = round(time.monotonic() - started, 1)
+    (work / MANIFEST).write_text(json.dumps(manifest, indent=2), encoding="utf-8")
+    if folder.exists():
+        shutil.rmtree(folder)
+    try:
+        work.rename(folder)
+    except OSError:
+        if not (folder / MANIFEST).is_file():
+            raise
+        return read_manifest(folder)  # another process exported it meanwhile
     return manifest
 
 
@@ -329,11 +350,12 @@ class Silence(logging.Filter):
         return False
 
 
-def _tolerance(work: Path, reference: tuple[list[str], Any], int8: bool) -> dict[str, Any]:
+def _tolerance(work: Path, manifest: dict[str, Any], reference: tuple[list[str], Any],
+               int8: bool) -> dict[str, Any]:
     """Cosine similarity of the export's vectors to the torch model's; below the bound, the
     export fails."""
     passages, expected = reference
-    cosines = (OnnxEmbeddings(work)._embed(passages) * expected).sum(axis=1)
+    cosines = (OnnxEmbeddings(work, manifest=manifest)._embed(passages) * expected).sum(axis=1)
     least = float(cosines.min())
     if least < MIN_COSINE[int8]:
         raise OnnxModelError(f"the ONNX export's vectors are too far from the torch model's "

@@ -73,12 +73,14 @@ def export_like(folder: Path, model: bytes, manifest: dict[str, Any] | None = No
     (folder / "tokenizer.json").write_bytes((Path(minilm_path()) / "tokenizer.json").read_bytes())
     files = {n: sha256_of(folder / n) for n in (MODEL_FILE, "tokenizer.json")}
     (folder / MANIFEST).write_text(json.dumps(
-        {"format": 1, "max_seq_length": 256, "dimension": 384, "files": files} | (manifest or {})))
+        {"format": 1, "max_seq_length": 256, "dimension": 384, "files": files,
+         "source_files": {}, "tolerance": {}} | (manifest or {})))
 
 
 @pytest.mark.parametrize(("damage", "why"), [
     (lambda f: (f / MANIFEST).unlink(), "no manifest.json"),
     (lambda f: (f / MANIFEST).write_text("{not json"), "unreadable manifest.json"),
+    (lambda f: (f / MANIFEST).write_text('{"format": 1, "files": {}}'), "no source_files"),
     (lambda f: (f / MODEL_FILE).write_bytes(b"changed"), "model.onnx does not match the sha256"),
     (lambda f: (f / "tokenizer.json").unlink(), "tokenizer.json is missing"),
     (lambda f: None, "ONNX Runtime cannot load it"),  # the manifest vouches for a bad file
