@@ -136,8 +136,12 @@ class OnnxEmbeddings(Embeddings):
         self.batch_size = batch_size
         self._tokenizer = load_tokenizer(self.folder / TOKENIZER_FILE,
                                          self.manifest["max_seq_length"])
+        options = ort.SessionOptions()
+        # Idle threads sleep instead of spinning: the cores are shared with llama.cpp (and, on
+        # a busy machine, with other jobs); measured 10-20% more chunks per CPU second there.
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         try:
-            self._session = ort.InferenceSession(str(self.folder / MODEL_FILE),
+            self._session = ort.InferenceSession(str(self.folder / MODEL_FILE), options,
                                                  providers=["CPUExecutionProvider"])
         except Exception as exc:  # noqa: BLE001 - ONNX Runtime raises its own kinds, all fatal here
             raise damaged(self.folder, f"ONNX Runtime cannot load it ({first_line(exc)})") from None
