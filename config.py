@@ -41,6 +41,14 @@ class EmbeddingBackend(StrEnum):
     ollama = "ollama"
 
 
+class EmbeddingRuntime(StrEnum):
+    """What runs the sentence-transformers model: torch, or ONNX Runtime on an export of it."""
+
+    torch = "torch"
+    onnx = "onnx"
+    onnx_int8 = "onnx-int8"
+
+
 DEFAULT_PERSONA = (
     "You are Hearth, a helpful assistant that answers questions about the user's own documents."
 )
@@ -162,6 +170,9 @@ class Settings(BaseSettings):
 
     # Embeddings.
     embedding_backend: EmbeddingBackend = EmbeddingBackend.sentence_transformers
+    # The same all-MiniLM-L6-v2 under ONNX Runtime (exported once into models_dir/embeddings/):
+    # faster on a CPU, the same vectors within a stated tolerance (docs/models.md).
+    embedding_runtime: EmbeddingRuntime = EmbeddingRuntime.torch
     ollama_embedding_model: str = "nomic-embed-text"
     ollama_embedding_max_tokens: int = Field(2048, ge=64, description="tokens it reads at most")
 

