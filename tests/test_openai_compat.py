@@ -334,7 +334,8 @@ def test_the_routes_are_in_the_openapi_document(smol: Services) -> None:
     jsonschema.Draft202012Validator.check_schema({"$defs": spec["components"]["schemas"]})
     served = {(r.rule, m.lower()) for r in app.url_map.iter_rules() if r.endpoint.startswith("openai.")
               for m in r.methods - {"HEAD", "OPTIONS"}}
-    assert served == {("/v1/chat/completions", "post"), ("/v1/models", "get")}
+    assert served == {("/v1/chat/completions", "post"), ("/v1/models", "get"),
+                      ("/v1/feedback", "post")}
     assert served <= {(p, m) for p, ops in spec["paths"].items() for m in ops}
 
     client = app.test_client()
