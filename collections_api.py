@@ -17,7 +17,7 @@ from flask import Blueprint, Response, request
 from pydantic import BaseModel, Field
 
 from hearth.access import Collection
-from hearth.ingest.uploads import MINE, Refused, Uploaded, Uploads
+from hearth.ingest.uploads import MINE, Uploaded, Uploads
 from hearth.users import erase_user
 from hearth.web import (
     ApiError,
@@ -186,9 +186,6 @@ def upload_job(name: str, job_id: str) -> Response:
 def erase(user_id: str) -> Response:
     return ok(ErasedOut(**erase_user(chat(), acting_as(user_id)).to_dict()))
 
-
-# Kept for the type checker: Refused is what uploads.add reports, shown as RefusedOut.
-_ = Refused
 
 USER_QUERY = {"name": "user_id", "in": "query", "schema": {"type": "string"}}
 UPLOAD_BODY = {
