@@ -15,7 +15,6 @@ optimum is not used: it downgrades transformers here and breaks sentence-transfo
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import shutil
@@ -30,6 +29,7 @@ from typing import Any
 from langchain_core.embeddings import Embeddings
 
 from hearth.errors import Unavailable
+from hearth.weights import sha256_of
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +46,6 @@ INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 MIN_COSINE = {False: 0.99, True: 0.98}  # by int8
 INT8 = {"method": "onnxruntime.quantization.quantize_dynamic", "weight_type": "QInt8",
         "per_channel": True}
-CHUNK = 1 << 20
 REQUIRED = ("files", "source_files", "max_seq_length", "dimension", "tolerance")
 
 
@@ -58,14 +57,6 @@ class OnnxModelError(Unavailable):
 
 def export_folder(models_dir: Path, name: str, int8: bool) -> Path:
     return Path(models_dir) / "embeddings" / f"{name}-onnx{'-int8' if int8 else ''}"
-
-
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        while block := fh.read(CHUNK):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def source_hashes(source: Path) -> dict[str, str]:
