@@ -176,9 +176,9 @@ def upload_job(name: str, job_id: str) -> Response:
     user_id = _user()
     collection = Uploads(services()).writable(name, user_id, admin=reads_everything(user_id))
     job = jobs().get(job_id)
-    if job is None or job.options.get("collection") != collection.name:
+    if job is None or job.collection != collection.name:
         raise ApiError(404, "job_not_found", f"no job {job_id[:40]!r} for collection {name!r} "
-                       "(jobs are kept in memory: a restarted server forgets them)")
+                       "(the latest 100 jobs are kept)")
     return ok(JobOut(**job.to_dict()))
 
 

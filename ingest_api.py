@@ -82,8 +82,8 @@ def start_ingest() -> Response:
 def ingest_status(job_id: str) -> Response:
     job = jobs().get(job_id)
     if job is None:
-        return error_response(404, "job_not_found", f"no ingestion job {job_id} (jobs are "
-                              "kept in memory: a restarted server forgets them)")
+        return error_response(404, "job_not_found", f"no ingestion job {job_id[:40]!r} (the "
+                              "latest 100 jobs are kept)")
     return _json(JobOut(**job.to_dict()))
 
 

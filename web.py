@@ -21,6 +21,8 @@ from typing import Any, Literal
 from flask import Flask, Response, current_app, g, request, stream_with_context
 from flask_limiter import Limiter
 from limits import parse as parse_rate
+from limits.storage import MemoryStorage
+from limits.strategies import MovingWindowRateLimiter, RateLimiter
 from pydantic import BaseModel, Field, ValidationError
 from pydantic.json_schema import models_json_schema
 
@@ -273,11 +275,21 @@ def client_address(settings: Settings) -> str:
 
 
 def too_many(limiter: Limiter, rate: str, scope: str, who: str, message: str) -> Response | None:
-    """A 429 once ``who`` has used up ``rate`` in ``scope``, counting this request."""
+    """A 429 once ``who`` has used up ``rate`` in ``scope``, counting this request: in the
+    shared store when it answers, else in this process's memory (said once in the log)."""
     item = parse_rate(rate)
-    if limiter.limiter.hit(item, scope, who):
+    counters = limiter.limiter
+    try:
+        allowed = counters.hit(item, scope, who)
+    except Exception as exc:  # the storage's own errors: MongoDB away, say
+        fallback: RateLimiter = current_app.extensions["hearth.limits_fallback"]
+        if counters is not fallback:
+            log.warning("rate-limit store unreachable, counting in memory: %s", exc)
+        counters = fallback
+        allowed = counters.hit(item, scope, who)
+    if allowed:
         return None
-    reset, _ = limiter.limiter.get_window_stats(item, scope, who)
+    reset, _ = counters.get_window_stats(item, scope, who)
     response = error_response(429, "rate_limited", message)
     response.headers["Retry-After"] = str(max(1, int(reset - time.time()) + 1))
     g.retry_after = response.headers["Retry-After"]
@@ -335,15 +347,32 @@ def user_key() -> str:
         return f"addr:{request.remote_addr}"
 
 
+def limits_storage(settings: Settings) -> tuple[str, dict[str, Any]]:
+    """Where rate-limit counters live: MongoDB when Hearth has one, so that every API worker
+    counts against the same limits (a moving window: the MongoDB test server breaks the
+    sliding-window counter), else this process's memory."""
+    if not settings.mongodb_uri:
+        return "memory://", {}
+    ms = int(settings.backend_timeout_s * 1000)
+    return settings.mongodb_uri, {
+        "database_name": settings.mongodb_db, "counter_collection_name": "rate_limit_counters",
+        "window_collection_name": "rate_limit_windows", "serverSelectionTimeoutMS": ms,
+        "connectTimeoutMS": ms, "socketTimeoutMS": 2 * ms, "appname": "hearth"}
+
+
 def guard(app: Flask, settings: Settings, hearth: Services) -> Limiter:
     """Who may call at all, in order: the Host and Origin checks, the API key (bad keys
     counted per address), the per-address limit, then flask-limiter's per-user limits."""
+    uri, options = limits_storage(settings)
     limiter = Limiter(
-        key_func=user_key, storage_uri="memory://",
+        key_func=user_key, storage_uri=uri, storage_options=options, strategy="moving-window",
         default_limits=[settings.rate_limit], headers_enabled=True,
+        # With the store away, count in memory (per process) rather than fail every request.
+        in_memory_fallback_enabled=True,
         # Health checks are for machines that poll: never limit them.
         default_limits_exempt_when=lambda: request.path in PROBES,
     )
+    app.extensions["hearth.limits_fallback"] = MovingWindowRateLimiter(MemoryStorage())
     app.before_request(lambda: check_origin(settings))
     app.before_request(lambda: authenticate(settings, hearth, limiter))
     app.before_request(lambda: limit_client(settings, limiter))

@@ -3,9 +3,13 @@
 ``prepare`` checks a request (``IngestRequest``) and turns it into what a job runs: a crawl
 confined by ``ingest.safety`` (no private, loopback or metadata address unless
 ``HEARTH_INGEST_ALLOW_HOSTS`` lists it; the crawl limits of the settings) or a folder under
-``HEARTH_INGEST_ROOTS``. ``Jobs`` runs them one at a time on a single worker thread (ingestion
-is CPU-bound, and two runs on one source must not interleave); their state lives in memory, so
-it is lost on restart (the index itself is not: a restarted ingestion converges). Each job reads
+``HEARTH_INGEST_ROOTS``. ``Jobs`` runs them one at a time on a single worker thread of the
+server that was asked (ingestion is CPU-bound, and two runs on one source must not interleave),
+and writes each job's state and progress to a ``JobStore`` every second: MongoDB's
+``ingest_jobs`` when ``HEARTH_MONGODB_URI`` is set, so that any API worker answers for any job,
+else ``jobs.sqlite3`` in the data folder. A job whose server stopped before it ended is reported
+failed (``worker_lost``) once its record has not been refreshed for ``STALE_S``; the index
+itself converges when the job is run again. Each job reads
 its source in a process of its own, bounded in memory and time (``ingest.worker``; the crawl's
 guard is rebuilt there from ``HEARTH_INGEST_ALLOW_HOSTS``), and the server indexes what it read
 once it is all read: a job that fails reading changes nothing in the index. The HTTP face
@@ -15,7 +19,9 @@ once it is all read: a job that fails reading changes nothing in the index. The 
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
+import sqlite3
 import threading
 import time
 import uuid
@@ -24,7 +30,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 from urllib.parse import urlsplit
 
 import httpx
@@ -33,19 +39,22 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from hearth.access import DEFAULT
 from hearth.access import NAME as COLLECTION_NAME
 from hearth.config import Settings
-from hearth.errors import HearthError
+from hearth.errors import HearthError, Unavailable
 from hearth.ingest.documents import IngestError, Summary
 from hearth.ingest.pipeline import run
 from hearth.ingest.progress import Progress
 from hearth.ingest.safety import GuardedTransport, check_folder, check_host
 from hearth.ingest.web import site_namespace
 from hearth.ingest.worker import read_in_child, spooled
+from hearth.mongo import mongo_client
 
 if TYPE_CHECKING:
     from hearth.services import Services
 
 log = logging.getLogger(__name__)
 KEPT_JOBS = 100
+REPORT_EVERY_S = 1.0  # how often a running job's progress reaches the store
+STALE_S = 30.0  # a queued or running job not refreshed for this long: its server is gone
 
 JobKind = Literal["web", "files"]
 
@@ -184,10 +193,14 @@ class Job:
     started_at: float | None = None
     finished_at: float | None = None
 
+    @property
+    def collection(self) -> str:
+        return str(self.options.get("collection", DEFAULT))
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "id": self.id, "kind": self.kind, "target": self.target,
-            "collection": self.options.get("collection", DEFAULT), "state": self.state,
+            "collection": self.collection, "state": self.state,
             "progress": self.progress.to_dict(),
             "summary": self.summary.to_dict() if self.summary else None,
             "error": self.error, "created_at": _iso(self.created_at),
@@ -195,43 +208,202 @@ class Job:
         }
 
 
+@dataclass(frozen=True)
+class JobView:
+    """A job as the store last recorded it, by whichever server runs it."""
+
+    record: dict[str, Any]
+
+    @property
+    def id(self) -> str:
+        return str(self.record["id"])
+
+    @property
+    def state(self) -> str:
+        return str(self.record["state"])
+
+    @property
+    def collection(self) -> str:
+        return str(self.record["collection"])
+
+    def to_dict(self) -> dict[str, Any]:
+        return dict(self.record)
+
+
 def _iso(ts: float | None) -> str | None:
     return datetime.fromtimestamp(ts, tz=UTC).isoformat() if ts else None
 
 
-class Jobs:
-    """The app's ingestion jobs: one worker thread, the latest ``KEPT_JOBS`` remembered."""
+class JobStoreError(Unavailable):
+    """The job store cannot be read or written."""
 
-    def __init__(self, services: Services) -> None:
+    code = "job_store_unavailable"
+
+
+class JobStore(Protocol):
+    """Where jobs' records live, as ``Job.to_dict`` writes them, with when each was written
+    (``seen``: seconds since the epoch) and when it was made (``created``)."""
+
+    def save(self, record: dict[str, Any], created: float, seen: float) -> None: ...
+    def get(self, job_id: str) -> tuple[dict[str, Any], float] | None: ...
+    def recent(self, limit: int) -> list[tuple[dict[str, Any], float]]: ...
+    def prune(self, keep: int) -> None: ...
+
+
+class SQLiteJobs:
+    """Jobs in ``jobs.sqlite3`` in the data folder: one server's, kept across its restarts."""
+
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None,
+                                   timeout=10)
+        self._lock = threading.Lock()
+        with self._lock:
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("CREATE TABLE IF NOT EXISTS jobs (id TEXT PRIMARY KEY, "
+                             "created REAL NOT NULL, seen REAL NOT NULL, record TEXT NOT NULL)")
+
+    def _rows(self, sql: str, args: tuple[Any, ...] = ()) -> list[Any]:
+        try:
+            with self._lock:
+                return self._db.execute(sql, args).fetchall()
+        except sqlite3.Error as exc:
+            raise JobStoreError(f"the job store failed: {exc}") from exc
+
+    def save(self, record: dict[str, Any], created: float, seen: float) -> None:
+        self._rows("INSERT INTO jobs (id, created, seen, record) VALUES (?, ?, ?, ?) "
+                   "ON CONFLICT(id) DO UPDATE SET seen = excluded.seen, record = excluded.record",
+                   (record["id"], created, seen, json.dumps(record)))
+
+    def get(self, job_id: str) -> tuple[dict[str, Any], float] | None:
+        rows = self._rows("SELECT record, seen FROM jobs WHERE id = ?", (job_id,))
+        return (json.loads(rows[0][0]), rows[0][1]) if rows else None
+
+    def recent(self, limit: int) -> list[tuple[dict[str, Any], float]]:
+        return [(json.loads(r), seen) for r, seen in self._rows(
+            "SELECT record, seen FROM jobs ORDER BY created DESC LIMIT ?", (limit,))]
+
+    def prune(self, keep: int) -> None:
+        self._rows("DELETE FROM jobs WHERE id NOT IN "
+                   "(SELECT id FROM jobs ORDER BY created DESC LIMIT ?) "
+                   "AND json_extract(record, '$.state') IN ('done', 'failed')", (keep,))
+
+
+class MongoJobs:
+    """Jobs in MongoDB's ``ingest_jobs``: every API worker reads what any of them runs."""
+
+    def __init__(self, uri: str, db_name: str, timeout_s: float) -> None:
+        import pymongo
+
+        self._coll = mongo_client(uri, timeout_s)[db_name]["ingest_jobs"]
+        self._errors = pymongo.errors.PyMongoError
+
+    def _run(self, fn: Callable[[Any], Any]) -> Any:
+        try:
+            return fn(self._coll)
+        except self._errors as exc:
+            raise JobStoreError(f"the job store (MongoDB) failed: {exc}") from exc
+
+    def save(self, record: dict[str, Any], created: float, seen: float) -> None:
+        self._run(lambda c: c.replace_one(
+            {"_id": record["id"]},
+            {"_id": record["id"], "created": created, "seen": seen, "record": record},
+            upsert=True))
+
+    def get(self, job_id: str) -> tuple[dict[str, Any], float] | None:
+        doc = self._run(lambda c: c.find_one({"_id": job_id}))
+        return (doc["record"], doc["seen"]) if doc else None
+
+    def recent(self, limit: int) -> list[tuple[dict[str, Any], float]]:
+        return [(d["record"], d["seen"]) for d in self._run(
+            lambda c: list(c.find().sort("created", -1).limit(limit)))]
+
+    def prune(self, keep: int) -> None:
+        old = [d["_id"] for d in self._run(lambda c: list(
+            c.find({}, {"_id": 1}).sort("created", -1).skip(keep)))]
+        if old:
+            self._run(lambda c: c.delete_many(
+                {"_id": {"$in": old}, "record.state": {"$in": ["done", "failed"]}}))
+
+
+def build_job_store(settings: Settings) -> JobStore:
+    if settings.mongodb_uri:
+        return MongoJobs(settings.mongodb_uri, settings.mongodb_db, settings.backend_timeout_s)
+    return SQLiteJobs(settings.data_dir / "jobs.sqlite3")
+
+
+def _as_seen(record: dict[str, Any], seen: float, now: float) -> JobView:
+    """A stored job, failed with ``worker_lost`` if its server stopped reporting on it."""
+    if record["state"] in ("queued", "running") and now - seen > STALE_S:
+        record = {**record, "state": "failed", "error": {
+            "code": "worker_lost", "message": "the server running this job stopped before it "
+            "ended; nothing it read was half-indexed: start the job again"}}
+    return JobView(record)
+
+
+class Jobs:
+    """The app's ingestion jobs: those this server runs, on one worker thread, and every job
+    of the store (the latest ``KEPT_JOBS`` ended ones kept), whichever server runs it."""
+
+    def __init__(self, services: Services, store: JobStore | None = None) -> None:
         self.services = services
-        self._jobs: dict[str, Job] = {}
+        self.store = store or build_job_store(services.settings)
+        self._jobs: dict[str, Job] = {}  # run here, until they end and are saved
         self._on_done: dict[str, Callable[[Job], None] | None] = {}
         self._lock = threading.Lock()
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ingest")
+        self._reporter: threading.Thread | None = None
         self.finished: list[Callable[[Job], None]] = []  # told of each job done or failed
 
     def submit(self, kind: JobKind, target: str, options: dict[str, Any],
                on_done: Callable[[Job], None] | None = None) -> Job:
         """Queue a job (``prepare`` makes its arguments); it runs after those before it, and
-        ``on_done`` is called with it when it has ended, done or failed."""
+        ``on_done`` is called with it when it has ended, done or failed. Raises
+        ``JobStoreError`` (nothing queued) when the store cannot record it."""
         job = Job(id=uuid.uuid4().hex, kind=kind, target=target, options=options)
+        self._save(job)
+        self.store.prune(KEPT_JOBS)
         self._on_done[job.id] = on_done
         with self._lock:
             self._jobs[job.id] = job
-            for old in list(self._jobs)[:-KEPT_JOBS]:
-                if self._jobs[old].state in ("done", "failed"):
-                    del self._jobs[old]
+            if self._reporter is None:
+                self._reporter = threading.Thread(target=self._report, name="ingest-report",
+                                                  daemon=True)
+                self._reporter.start()
         self._pool.submit(self._run, job)
         return job
 
-    def get(self, job_id: str) -> Job | None:
+    def get(self, job_id: str) -> Job | JobView | None:
         with self._lock:
-            return self._jobs.get(job_id)
+            job = self._jobs.get(job_id)
+        if job is not None:
+            return job
+        found = self.store.get(job_id)
+        return _as_seen(*found, time.time()) if found else None
 
-    def all(self) -> list[Job]:
+    def all(self) -> list[Job | JobView]:
         """Every job remembered, the most recent first."""
+        now = time.time()
         with self._lock:
-            return sorted(self._jobs.values(), key=lambda j: j.created_at, reverse=True)
+            mine = dict(self._jobs)
+        return [mine.get(record["id"]) or _as_seen(record, seen, now)
+                for record, seen in self.store.recent(KEPT_JOBS)]
+
+    def _save(self, job: Job) -> None:
+        self.store.save(job.to_dict(), job.created_at, time.time())
+
+    def _report(self) -> None:
+        """Write the progress of the jobs running here, so that other servers can follow them
+        and see that this one is alive."""
+        while True:
+            time.sleep(REPORT_EVERY_S)
+            with self._lock:
+                live = list(self._jobs.values())
+            for job in live:
+                try:
+                    self._save(job)
+                except JobStoreError as exc:
+                    log.warning("ingestion job %s: progress not recorded: %s", job.id, exc)
 
     def _run(self, job: Job) -> None:
         job.state, job.started_at = "running", time.time()
@@ -254,13 +426,29 @@ class Jobs:
                     done(job)
                 except Exception:
                     log.exception("after ingestion job %s", job.id)
+            self._finish(job)
             for observe in self.finished:
                 observe(job)
+
+    def _finish(self, job: Job) -> None:
+        """Record the job's end, retrying while the store is away: until then it is answered
+        from here, and other servers see it running."""
+        for attempt in range(30):
+            try:
+                self._save(job)
+                break
+            except JobStoreError as exc:
+                log.warning("ingestion job %s: end not recorded yet (%s)", job.id, exc)
+                time.sleep(min(10.0, 0.5 * 2 ** attempt))
+        else:
+            return
+        with self._lock:
+            self._jobs.pop(job.id, None)
 
     def _ingest(self, job: Job, spool: Path) -> Summary:
         """Read in a child process, then index what it read, here (the one writer)."""
         options = {k: v for k, v in job.options.items() if k not in ("transport", "collection")}
-        collection = job.options.get("collection", DEFAULT)
+        collection = job.collection
         self.services.access.get(collection)  # gone since the job was queued: fail now
         read = read_in_child(self.services.settings, job.kind, job.target, options, spool,
                              job.progress)

@@ -1,0 +1,105 @@
+"""What several API workers share (issue: beyond one process): rate-limit counters and
+ingestion jobs live in MongoDB when Hearth has one, so two apps over one real MongoDB wire
+server (secantusdb) agree; without one, jobs live in the data folder and survive a restart.
+The scale-out test (tests/test_scale_out.py) does the same through real processes behind a
+real reverse proxy."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+from hearth.api import create_app
+from hearth.ingest.jobs import STALE_S, Jobs, MongoJobs, SQLiteJobs
+from tests.conftest import closed_port_url
+
+
+def _wait_done(client: Any, url: str) -> dict[str, Any]:
+    for _ in range(900):
+        job = client.get(url).get_json()
+        if job["state"] in ("done", "failed"):
+            return dict(job)
+        time.sleep(0.1)
+    raise AssertionError(f"job not done: {job}")
+
+
+def test_rate_limits_hold_across_workers_sharing_mongodb(make_services: Any,
+                                                         mongo_server: str) -> None:
+    db = f"limits-{uuid.uuid4().hex[:8]}"
+    workers = [create_app(s.settings, s).test_client() for s in (
+        make_services(mongodb_uri=mongo_server, mongodb_db=db, rate_limit="3/minute")
+        for _ in range(2))]
+    reads = [workers[i % 2].get("/api/conversations?user_id=ann").status_code
+             for i in range(4)]
+    assert reads == [200, 200, 200, 429]  # the fourth is refused on the other worker
+    refused = workers[0].get("/api/conversations?user_id=ann")
+    assert refused.status_code == 429 and int(refused.headers["Retry-After"]) > 0
+    assert workers[1].get("/api/conversations?user_id=bob").status_code == 200
+
+
+def test_rate_limits_fall_back_to_memory_when_mongodb_is_away(make_services: Any) -> None:
+    # Nothing listens there: the limits are counted per process, and requests still answer.
+    dead = closed_port_url("mongodb") + "?directConnection=true"
+    services = make_services(mongodb_uri=dead, backend_timeout_s=0.3, rate_limit="2/minute")
+    client = create_app(services.settings, services).test_client()
+    codes = [client.get("/api/openapi.json").status_code for _ in range(3)]
+    assert codes == [200, 200, 429]
+
+
+def test_a_job_started_on_one_worker_is_followed_on_another(make_services: Any,
+                                                            mongo_server: str,
+                                                            tmp_path: Path) -> None:
+    root = tmp_path / "docs"
+    root.mkdir()
+    (root / "notes.md").write_text("# Notes\n\nThe office opens at nine.\n")
+    db = f"jobs-{uuid.uuid4().hex[:8]}"
+    one, two = (make_services(mongodb_uri=mongo_server, mongodb_db=db, ingest_api=True,
+                              ingest_roots=[root], data_dir=tmp_path / f"data{i}")
+                for i in range(2))
+    first, second = (create_app(s.settings, s).test_client() for s in (one, two))
+    started = first.post("/api/ingest", json={"files": str(root)})
+    assert started.status_code == 202
+    job = _wait_done(second, started.get_json()["url"])
+    assert job["state"] == "done" and job["summary"]["added"] == 1, job
+    listed = second.get("/api/ingest").get_json()["jobs"]
+    assert [j["id"] for j in listed] == [job["id"]]
+    assert second.get("/api/ingest/" + "0" * 32).status_code == 404
+
+
+def test_jobs_survive_a_restart_in_the_embedded_profile(make_services: Any,
+                                                        tmp_path: Path) -> None:
+    root = tmp_path / "docs"
+    root.mkdir()
+    (root / "notes.md").write_text("# Notes\n\nThe office opens at nine.\n")
+    services = make_services(ingest_api=True, ingest_roots=[root])
+    client = create_app(services.settings, services).test_client()
+    started = client.post("/api/ingest", json={"files": str(root)}).get_json()
+    assert _wait_done(client, started["url"])["state"] == "done"
+    # A new server over the same data folder (a restart) still answers for the job.
+    again = create_app(services.settings, services).test_client()
+    assert again.get(started["url"]).get_json()["state"] == "done"
+    assert (services.settings.data_dir / "jobs.sqlite3").is_file()
+
+
+def test_a_job_whose_worker_stopped_is_reported_failed(make_services: Any, mongo_server: str,
+                                                       tmp_path: Path) -> None:
+    services = make_services()
+    stores = [SQLiteJobs(tmp_path / "jobs.sqlite3"),
+              MongoJobs(mongo_server, f"stale-{uuid.uuid4().hex[:8]}", 2.0)]
+    for store in stores:
+        record = {"id": "a" * 32, "kind": "files", "target": "/srv/docs",
+                  "collection": "default", "state": "running", "progress": {},
+                  "summary": None, "error": None, "created_at": None, "started_at": None,
+                  "finished_at": None}
+        now = time.time()
+        store.save(record, now - 100, now - STALE_S - 1)  # its server went quiet
+        store.save({**record, "id": "b" * 32}, now - 50, now)  # this one's is alive
+        jobs = Jobs(services, store)
+        lost = jobs.get("a" * 32)
+        assert lost is not None and lost.state == "failed"
+        assert lost.to_dict()["error"]["code"] == "worker_lost"
+        alive = jobs.get("b" * 32)
+        assert alive is not None and alive.state == "running"
+        assert [j.id for j in jobs.all()] == ["b" * 32, "a" * 32]  # newest first
