@@ -6,7 +6,10 @@ erasing everything Hearth holds about a user.
   collection the user owns (``mine``: their own, made on first use), indexed by a job;
 - ``GET /api/collections/<name>/documents``, ``DELETE .../documents/<id>``: list, remove;
 - ``GET /api/collections/<name>/jobs/<id>``: the progress of an upload's indexing;
-- ``DELETE /api/users/<id>``: the user's history, collections, uploads, grants and keys.
+- ``DELETE /api/users/<id>``: the user's history, collections, uploads, grants and keys;
+- ``GET /api/keys``, ``POST /api/keys``, ``DELETE /api/keys/<id>``: API keys, with API keys on
+  (an administrator's for anyone, a user's own otherwise); a key revoked through one API worker
+  is refused by every worker at once, as they all read the same key store.
 """
 
 from __future__ import annotations
@@ -17,6 +20,8 @@ from flask import Blueprint, Response, request
 from pydantic import BaseModel, Field
 
 from hearth.access import Collection
+from hearth.auth import Key
+from hearth.conversations import USER_ID
 from hearth.ingest.uploads import MINE, Uploaded, Uploads
 from hearth.users import erase_user
 from hearth.web import (
@@ -28,6 +33,8 @@ from hearth.web import (
     chat,
     jobs,
     ok,
+    principal,
+    read_json,
     reads_everything,
     services,
     settings,
@@ -101,8 +108,52 @@ class ErasedOut(BaseModel):
     keys: int
 
 
+class KeyOut(BaseModel):
+    id: str = Field(description="the key's public id (not the key itself)")
+    user_id: str
+    admin: bool
+    created_at: float
+    revoked_at: float | None
+
+
+class KeyListOut(BaseModel):
+    keys: list[KeyOut]
+
+
+class KeyIn(BaseModel):
+    user_id: str = Field(min_length=1, max_length=128, pattern=USER_ID,
+                         description="the user the key acts for")
+    admin: bool = Field(False, description="an administrator's key: every collection, "
+                                           "ingestion, every user's keys")
+
+
+class KeyCreatedOut(BaseModel):
+    key: str = Field(description="the key itself: shown once, never stored by Hearth")
+    id: str
+    user_id: str
+    admin: bool
+
+
+class RevokedOut(BaseModel):
+    revoked: KeyOut
+
+
 def _user() -> str:
     return acting_as(request.args.get("user_id", "").strip() or None)
+
+
+def _key_holder() -> tuple[str, bool]:
+    """Who manages keys: the acting key's user, and whether it is an administrator's."""
+    holder = principal()
+    if holder is None:
+        raise ApiError(403, "forbidden", "API keys are managed over HTTP only with API keys on "
+                       "(HEARTH_AUTH=true); on the server, use `hearth keys`")
+    return holder.user_id, holder.admin
+
+
+def _key_out(key: Key) -> KeyOut:
+    return KeyOut(id=key.id, user_id=key.user_id, admin=key.admin,
+                  created_at=key.created_at, revoked_at=key.revoked_at)
 
 
 def _collection_out(c: Collection, user_id: str, admin: bool) -> CollectionOut:
@@ -187,6 +238,35 @@ def erase(user_id: str) -> Response:
     return ok(ErasedOut(**erase_user(chat(), acting_as(user_id)).to_dict()))
 
 
+@collections_blueprint.get("/api/keys")
+def list_keys() -> Response:
+    user_id, admin = _key_holder()
+    return ok(KeyListOut(keys=[_key_out(k) for k in services().keys.list()
+                               if admin or k.user_id == user_id]))
+
+
+@collections_blueprint.post("/api/keys")
+def create_key() -> Response:
+    _, admin = _key_holder()
+    if not admin:
+        raise ApiError(403, "forbidden", "only an administrator's key may create keys")
+    wanted = read_json(KeyIn)
+    token, key = services().keys.create(wanted.user_id, admin=wanted.admin)
+    return ok(KeyCreatedOut(key=token, id=key.id, user_id=key.user_id, admin=key.admin), 201)
+
+
+@collections_blueprint.delete("/api/keys/<key_id>")
+def revoke_key(key_id: str) -> Response:
+    user_id, admin = _key_holder()
+    keys = services().keys
+    found = [k for k in keys.list() if k.id == key_id and (admin or k.user_id == user_id)]
+    if not found:  # another user's key reads as no key at all
+        raise ApiError(404, "key_not_found", f"no key {key_id[:40]!r} of yours")
+    keys.revoke(key_id)
+    revoked = [k for k in keys.list() if k.id == key_id]
+    return ok(RevokedOut(revoked=_key_out(revoked[0] if revoked else found[0])))
+
+
 USER_QUERY = {"name": "user_id", "in": "query", "schema": {"type": "string"}}
 UPLOAD_BODY = {
     "multipart/form-data": {"schema": {
@@ -223,4 +303,14 @@ def routes() -> list[Route]:
               {200: ErasedOut, 400: ErrorOut, 503: ErrorOut},
               "Erase everything Hearth holds about a user (the user, or an admin): "
               "conversations, own collections and uploads, grants and API keys."),
+        Route("/api/keys", "GET", list_keys, None, {200: KeyListOut},
+              "API keys (never the keys themselves): every user's for an administrator, the "
+              "caller's own otherwise. With API keys on only."),
+        Route("/api/keys", "POST", create_key, KeyIn,
+              {201: KeyCreatedOut, 400: ErrorOut, 415: ErrorOut},
+              "Create an API key for a user (administrators only); the key is in the answer, "
+              "once."),
+        Route("/api/keys/<key_id>", "DELETE", revoke_key, None, {200: RevokedOut, 404: ErrorOut},
+              "Revoke a key (an administrator: anyone's; a user: their own). Every API worker "
+              "refuses it from the next request."),
     ]

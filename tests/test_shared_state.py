@@ -103,3 +103,37 @@ def test_a_job_whose_worker_stopped_is_reported_failed(make_services: Any, mongo
         alive = jobs.get("b" * 32)
         assert alive is not None and alive.state == "running"
         assert [j.id for j in jobs.all()] == ["b" * 32, "a" * 32]  # newest first
+
+
+def test_a_key_revoked_through_one_worker_is_refused_by_the_others(make_services: Any,
+                                                                   mongo_server: str) -> None:
+    db = f"keys-{uuid.uuid4().hex[:8]}"
+    one, two = (make_services(auth=True, mongodb_uri=mongo_server, mongodb_db=db)
+                for _ in range(2))
+    first, second = (create_app(s.settings, s).test_client() for s in (one, two))
+    root = {"Authorization": "Bearer " + one.keys.create("root", admin=True)[0]}
+    made = first.post("/api/keys", json={"user_id": "ann"}, headers=root)
+    assert made.status_code == 201, made.get_json()
+    ann = {"Authorization": "Bearer " + made.get_json()["key"]}
+    assert second.get("/api/conversations", headers=ann).status_code == 200
+    # Ann sees her own keys only, and may not make keys.
+    listed = second.get("/api/keys", headers=ann).get_json()["keys"]
+    assert [k["user_id"] for k in listed] == ["ann"]
+    assert second.post("/api/keys", json={"user_id": "ann", "admin": True},
+                       headers=ann).status_code == 403
+    root_id = next(k["id"] for k in first.get("/api/keys", headers=root).get_json()["keys"]
+                   if k["user_id"] == "root")
+    assert second.delete(f"/api/keys/{root_id}", headers=ann).status_code == 404
+    revoked = second.delete(f"/api/keys/{made.get_json()['id']}", headers=root)
+    assert revoked.status_code == 200 and revoked.get_json()["revoked"]["revoked_at"]
+    refused = first.get("/api/conversations", headers=ann)
+    assert refused.status_code == 401 and refused.get_json()["error"]["code"] == "unauthorized"
+    bad = first.post("/api/keys", json={"user_id": "a/b"}, headers=root)
+    assert bad.status_code == 400
+
+
+def test_keys_are_not_managed_over_http_without_api_keys(make_services: Any) -> None:
+    services = make_services()
+    client = create_app(services.settings, services).test_client()
+    refused = client.post("/api/keys", json={"user_id": "ann"})
+    assert refused.status_code == 403 and "hearth keys" in refused.get_json()["error"]["message"]
