@@ -67,4 +67,11 @@ if [ "$purpose" = test ]; then
     # (driven by Playwright at /usr/bin/chromium; never `playwright install`, which downloads one).
     apt_install python3.11-doc libtasn1-doc r-doc-pdf strace chromium
     .venv/bin/hearth models fetch smollm2-135m-instruct-q4_1
+    # The scale-out test: HAProxy in front of several workers, and llama.cpp's own server
+    # (parallel slots), built once into the cache like the llama-cpp-python wheel.
+    apt_install haproxy cmake ninja-build
+    if [ ! -x "$CACHE/llama-server-$LLAMA_VERSION-native-off/llama-server" ]; then
+        step "building llama-server $LLAMA_VERSION (10-25 minutes, once)"
+    fi
+    scripts/build-llama-server.sh .venv/bin/python >/dev/null
 fi
