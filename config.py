@@ -189,6 +189,9 @@ class Settings(BaseSettings):
     context_neighbours: int = Field(
         1, ge=0, le=4, description="chunks of the same page before and after each passage "
         "added to the model's context when the window has room")
+    context_neighbour_tokens: int = Field(
+        600, ge=0, le=32768, description="tokens the neighbours may add to the context in "
+        "all, best passage first (each one delays the answer's first token); 0: none")
     max_question_chars: int = Field(4000, ge=10)
     max_body_bytes: int = Field(64 * 1024, ge=1024)
 

@@ -320,18 +320,25 @@ class Assistant:
             room -= cost
         turns = self._fit_history(history, room)
         room -= self.llm.count_message_tokens(history_messages(turns))
-        # What room is left after the passages and the history goes to their neighbours, the
-        # best passage's first: a fact often sits just before or after the chunk that matched.
-        for n, source in enumerate(used):
+        used = self.widen(used, min(room, s.context_neighbour_tokens), self.llm.count_tokens)
+        return render(used, turns), used
+
+    def widen(self, sources: Sequence[Source], budget: int,
+              count: Callable[[str], int]) -> list[Source]:
+        """The passages, each widened with its neighbours while their added tokens (``count``)
+        fit in ``budget``, the best passage first: a fact often sits just before or after the
+        chunk that matched. Each added token of context delays the first token of the answer,
+        hence the budget (``HEARTH_CONTEXT_NEIGHBOUR_TOKENS``)."""
+        widened = list(sources)
+        for n, source in enumerate(widened):
             wider = self.widened(source)
             if wider is source:
                 continue
-            cost = (self.llm.count_tokens(format_context([wider]))
-                    - self.llm.count_tokens(format_context([source])))
-            if 0 < cost <= room:
-                used[n] = wider
-                room -= cost
-        return render(used, turns), used
+            cost = count(format_context([wider])) - count(format_context([source]))
+            if 0 < cost <= budget:
+                widened[n] = wider
+                budget -= cost
+        return widened
 
     def stream(
         self, question: str, history: Sequence[Turn] = (),
