@@ -50,12 +50,12 @@ class EmbeddingRuntime(StrEnum):
 
 
 class RetrievalMode(StrEnum):
-    """How passages are found (hearth.retrieval): by meaning, by words, or both fused."""
+    """How passages are found (hearth.retrieval): by meaning and words fused, or by meaning
+    alone. Keyword-only and reciprocal-rank fusion were measured worse (docs/evaluation.md):
+    the ablation script runs them, the settings do not offer them."""
 
-    dense = "dense"
-    keyword = "keyword"
     hybrid = "hybrid"
-    rrf = "rrf"
+    dense = "dense"
 
 
 DEFAULT_PERSONA = (
@@ -177,7 +177,7 @@ class Settings(BaseSettings):
     # Retrieval (docs/evaluation.md has the measurements behind these defaults).
     retrieval: RetrievalMode = Field(
         RetrievalMode.hybrid, description="hybrid: dense and keyword (BM25) fused by weight; "
-        "dense: embeddings only; keyword: BM25 only; rrf: reciprocal-rank fusion")
+        "dense: embeddings only (for a data folder on NFS, where SQLite cannot lock)")
     keyword_weight: float = Field(
         0.15, ge=0.0, le=2.0, description="hybrid: weight of the keyword side's BM25 (scaled "
         "to the question's best) added to the cosine similarity")
