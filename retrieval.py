@@ -88,8 +88,10 @@ def retrieve(store: VectorStore, question: str, k: int, collections: Sequence[st
 
 def _with_similarity(store: VectorStore, vector: Sequence[float], hits: Sequence[Hit]
                      ) -> list[Hit]:
+    """The hits with their cosine similarity; one the vector store does not hold (a keyword
+    index left behind by a vector store deleted by hand) is dropped, never shown."""
     scores = store.similarities(vector, [_key(h) for h in hits])
-    return [(doc, scores.get(chunk_id, 0.0), chunk_id) for doc, _, chunk_id in hits]
+    return [(doc, scores[chunk_id], chunk_id) for doc, _, chunk_id in hits if chunk_id in scores]
 
 
 def _weighted(store: VectorStore, vector: Sequence[float], dense: Sequence[Hit],
@@ -98,7 +100,8 @@ def _weighted(store: VectorStore, vector: Sequence[float], dense: Sequence[Hit],
     missing = [_key(h) for h in words if _key(h) not in similarity]
     if missing:
         found = store.similarities(vector, missing)
-        similarity |= {key: found.get(key[1], 0.0) for key in missing}
+        similarity |= {key: found[key[1]] for key in missing if key[1] in found}
+    words = [h for h in words if _key(h) in similarity]  # held by the vector store
     best = max((h[1] for h in words), default=0.0)
     keyword = {_key(h): h[1] / best for h in words} if best > 0 else {}
     chunks: dict[tuple[str, str], Hit] = {}
@@ -118,12 +121,11 @@ def _rrf(store: VectorStore, vector: Sequence[float], dense: Sequence[Hit],
             key = _key(hit)
             fused[key] = fused.get(key, 0.0) + 1.0 / (RRF_K + rank)
             chunks.setdefault(key, hit)
-    ranked = sorted(fused, key=lambda key: -fused[key])[:k]
     similarity = {_key(h): h[1] for h in dense}
-    top = [chunks[key] for key in ranked]
-    scored = _with_similarity(store, vector, [h for h in top if _key(h) not in similarity])
+    scored = _with_similarity(store, vector, [h for h in words if _key(h) not in similarity])
     similarity |= {_key(h): h[1] for h in scored}
-    return [(doc, similarity[_key((doc, s, i))], i) for doc, s, i in top]
+    ranked = [key for key in sorted(fused, key=lambda key: -fused[key]) if key in similarity]
+    return [(chunks[key][0], similarity[key], key[1]) for key in ranked[:k]]
 
 
 def with_neighbours(store: VectorStore, hit: Hit, before: int, after: int) -> str:

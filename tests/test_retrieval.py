@@ -214,3 +214,19 @@ def test_the_prompt_takes_neighbours_within_their_token_budget(make_services: An
             added = (services.llm.count_tokens(used[0].snippet)
                      - services.llm.count_tokens(hits[0].snippet))
             assert 0 < added <= budget
+
+
+def test_a_keyword_entry_the_vector_store_lost_is_never_shown(services: Services,
+                                                              tmp_path: Path) -> None:
+    ingest_files(services, pages(tmp_path / "docs", ["grp.html", "pwd.html"]))
+    store = services.vectorstore
+    table = next(h for h in store.keyword_search("gr_gid", 5, ["default"])
+                 if "gr_gid" in h[0].page_content)
+    # Deleted from Chroma behind the writer's back (by hand, or a Chroma restored from a
+    # backup): the keyword index still holds it.
+    store.writer("default")._collection.delete(ids=[table[2]])
+    assert table[2] in store.keywords.ids("default")
+    assistant = Assistant(Any, store, services.settings)  # type: ignore[arg-type]
+    for mode in Mode:
+        hits = top(assistant, "what does gr_gid hold in the group database", mode, k=10)
+        assert hits and table[2] not in {h.chunk_id for h in hits}, mode
