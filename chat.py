@@ -172,8 +172,9 @@ class Chat:
 
     def answer(self, ask: Ask) -> Reply:
         """The whole answer, stored."""
-        prepared = self._prepare(ask)
         hold = self._hold(ask)
+        hold.check()  # busy: refused before any work
+        prepared = self._prepare(ask)
         try:
             answer = self.services.assistant.answer(ask.question, prepared.turns,
                                                     prepared.collections, hold.take)
@@ -188,8 +189,9 @@ class Chat:
         raises here, where a face can still answer with an error status instead of a stream
         that opens and fails.
         """
-        prepared = self._prepare(ask)
         hold = self._hold(ask)
+        hold.check()  # busy: refused before any work
+        prepared = self._prepare(ask)
         try:
             events = self.services.assistant.stream(ask.question, prepared.turns,
                                                     prepared.collections, hold.take)
