@@ -7,12 +7,23 @@ chunks against 3 ms for a plain query). The public collection ``default`` is the
 collection Hearth used before collections existed (``HEARTH_CHROMA_COLLECTION``), so an index
 from then is the default collection as it stands. Hits from several collections are merged by
 similarity, which is comparable across them: one embedding model, one cosine space.
+
+Embedded, Chroma keeps each collection's vector index in the memory of the process that opened
+it, and never sees what another process writes (`hearth ingest` beside a running `hearth
+serve`): its questions would miss every new document until a restart. So every process that
+writes says so in a marker file beside the index (``changed``), and a process that finds the
+marker changed since it last looked reopens the index first (``refresh``: a read of a small
+file per question).
 """
 
 from __future__ import annotations
 
+import os
+import threading
+import uuid
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
@@ -31,6 +42,7 @@ class VectorStoreError(Unavailable):
 
 
 SPACE = {"hnsw:space": "cosine"}
+GENERATION = "hearth-generation"  # beside the embedded index: changed by each writing process
 
 
 def chroma_name(settings: Settings, collection: str) -> str:
@@ -75,6 +87,11 @@ class VectorStore:
             self.client = client
             self.settings = settings
             self.embeddings = embeddings
+            self._chroma_settings = chroma_settings
+            self._marker: Path | None = (None if settings.chroma_url
+                                         else settings.chroma_path / GENERATION)
+            self._generation = self._read_generation()
+            self._reopening = threading.Lock()
             self._writers: dict[str, Any] = {}
             self._readers: dict[str, Any] = {}
             # The default collection, opened (created in a new index) now: the benchmarks and
@@ -85,6 +102,48 @@ class VectorStore:
             raise
         except Exception as exc:
             raise VectorStoreError(f"cannot open the vector store at {self.where}: {exc}") from exc
+
+    # -- other processes' writes (embedded) -----------------------------------------------------
+
+    def _read_generation(self) -> str:
+        if self._marker is None:
+            return ""
+        try:
+            return self._marker.read_text()
+        except FileNotFoundError:
+            return ""
+
+    def changed(self) -> None:
+        """Say that this process has written to the embedded index, so that every other
+        process reopens it before its next search (a Chroma server needs none of this)."""
+        if self._marker is None:
+            return
+        token = uuid.uuid4().hex
+        partial = self._marker.with_name(f".{GENERATION}.{token}")
+        partial.write_text(token)
+        os.replace(partial, self._marker)
+        self._generation = token
+
+    def refresh(self) -> None:
+        """Reopen the embedded index if another process has written to it since this one
+        last looked (``changed``); a no-op otherwise, and for a Chroma server."""
+        if self._marker is None or self._read_generation() == self._generation:
+            return
+        import chromadb
+
+        with self._reopening:
+            current = self._read_generation()
+            if current == self._generation:
+                return  # another thread of this process reopened it meanwhile
+            old: Any = self.client
+            old.close()  # its in-memory index is stale: the next client reads the disk
+            self.client = chromadb.PersistentClient(path=str(self.settings.chroma_path),
+                                                    settings=self._chroma_settings)
+            self._writers.clear()
+            self._readers.clear()
+            self.langchain = self.writer(DEFAULT)
+            self.collection = self.langchain._collection
+            self._generation = current
 
     def writer(self, collection: str) -> Any:
         """LangChain's ``Chroma`` over a collection, for the indexing API; created if new."""
@@ -124,6 +183,22 @@ class VectorStore:
         best first; each chunk's ``collection`` is in its metadata."""
         if not collections:
             return []
+        try:
+            self.refresh()
+        except Exception as exc:
+            raise VectorStoreError(f"cannot reopen the vector store at {self.where}: {exc}") \
+                from exc
+        generation = self._generation
+        try:
+            return self._search(query, k, collections, where)
+        except VectorStoreError:
+            if self._generation == generation:
+                raise
+            # Reopened by another thread while this search ran on the closed client: again.
+            return self._search(query, k, collections, where)
+
+    def _search(self, query: str, k: int, collections: Sequence[str],
+                where: dict[str, Any] | None) -> list[tuple[Document, float, str]]:
         try:
             found = [(name, c) for name in collections
                      if (c := self._existing(name)) is not None]
@@ -165,6 +240,7 @@ class VectorStore:
         try:
             if self._existing(collection) is not None:
                 self.client.delete_collection(chroma_name(self.settings, collection))
+                self.changed()
         except Exception as exc:
             raise VectorStoreError(f"cannot delete collection {collection!r} from the vector "
                                    f"store at {self.where}: {exc}") from exc
@@ -177,6 +253,7 @@ class VectorStore:
 
     def count(self, collections: Sequence[str] = (DEFAULT,)) -> int:
         try:
+            self.refresh()
             return sum(c.count() for name in collections
                        if (c := self._existing(name)) is not None)
         except Exception as exc:
