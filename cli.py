@@ -225,6 +225,24 @@ def models_verify(names: tuple[str, ...]) -> None:
         sys.exit(1)
 
 
+@models.command("convert")
+@click.argument("name")
+@click.option("--force", is_flag=True, help="convert again even if the folder is in place")
+def models_convert(name: str, force: bool) -> None:
+    """Convert packaged model NAME (fetched first) into a safetensors folder under models/hf/
+    for HEARTH_LLM_BACKEND=transformers and `hearth tune`."""
+    from hearth import hf_models
+
+    settings = settings_or_exit()
+    started = time.perf_counter()
+    click.echo(f"converting {name} (dequantizing the GGUF file; about a minute per 0.5B "
+               "parameters) ...", err=True)
+    folder = hf_models.convert(name, settings.models_dir, force=force)
+    manifest = hf_models.read_json(folder / hf_models.CONVERSION_MANIFEST, "the manifest")
+    click.echo(f"{name}: {folder} from {manifest['source']['file']} (sha256 "
+               f"{manifest['source']['sha256'][:12]}…, {time.perf_counter() - started:.0f} s)")
+
+
 @models.command("export-onnx")
 @click.option("--runtime", "runtimes", type=click.Choice(["onnx", "onnx-int8"]), multiple=True,
               help="the export to make (repeatable; default both)")
@@ -343,7 +361,8 @@ def doctor() -> None:
     click.echo(f"Hearth {__version__}, profile {settings.profile.value}, data in "
                f"{settings.data_dir.resolve()}")
     model = {"llamacpp": settings.llamacpp_model, "ollama": settings.ollama_model,
-             "openai": settings.openai_model}[settings.llm_backend.value]
+             "openai": settings.openai_model,
+             "transformers": settings.transformers_model}[settings.llm_backend.value]
     click.echo(f"model: {settings.llm_backend.value} {model}")
     embedder = embedding_model(settings)
     runtime = settings.embedding_runtime.value
