@@ -1,4 +1,4 @@
-"""`hearth eval`: generate a question set, run it, score results, compare two runs."""
+"""`hearth eval`: generate a question set, run it, score results, compare runs."""
 
 from __future__ import annotations
 
@@ -289,37 +289,47 @@ def score(file: Path, judge: bool, judge_backend: str | None, judge_model: str |
 
 
 @eval_cli.command()
-@click.argument("run_a", type=click.Path(exists=True, path_type=Path))
-@click.argument("run_b", type=click.Path(exists=True, path_type=Path))
+@click.argument("runs", nargs=-1, required=True, type=click.Path(exists=True, path_type=Path))
 @click.option("--tie-margin", type=float, default=0.0, show_default=True,
               help="ratings closer than this count as a tie")
 @click.option("-o", "--out", type=click.Path(file_okay=False, path_type=Path),
-              help="report folder (default eval-runs/TIME-A-vs-B)")
+              help="report folder (default eval-runs/TIME-A-vs-B...)")
 @click.option("--plots/--no-plots", default=True, show_default=True)
-def compare(run_a: Path, run_b: Path, tie_margin: float, out: Path | None, plots: bool) -> None:
-    """Wins, ties and losses of RUN_A against RUN_B per judge, and the metric deltas."""
+def compare(runs: tuple[Path, ...], tie_margin: float, out: Path | None, plots: bool) -> None:
+    """Wins, ties and losses of RUN_A against RUN_B per judge, and the metric deltas; with more
+    than two RUNS, their metrics side by side and every pair's wins, ties and losses, over the
+    questions every run answered."""
     from hearth.evaluation.compare import compare as compare_runs
+    from hearth.evaluation.compare import compare_many
     from hearth.evaluation.records import load_results
     from hearth.evaluation.report import COMPARE_FILE, write_comparison_report
     from hearth.evaluation.scoring import score_record
 
+    if len(runs) < 2:
+        raise click.UsageError("compare needs two runs or more")
     loaded = []
     with _user_errors():
-        for path in (run_a, run_b):
+        for path in runs:
             records, config = load_results(path)
             for record in records:
                 if not record.get("rouge"):
                     score_record(record)  # a foreign file: ROUGE as this toolkit computes it
             label = config.get("name") or (path.stem if path.is_file() else path.name)
             loaded.append((records, label))
-    (records_a, label_a), (records_b, label_b) = loaded
-    if label_a == label_b:
-        label_a, label_b = f"A:{label_a}", f"B:{label_b}"
+    labels = [label for _, label in loaded]
+    if len(set(labels)) < len(labels):  # told apart by their place on the command line
+        labels = [f"{chr(ord('A') + n)}:{label}" if n < 26 else f"{n + 1}:{label}"
+                  for n, label in enumerate(labels)]
+    loaded = [(records, label) for (records, _), label in zip(loaded, labels, strict=True)]
     try:
-        comparison = compare_runs(records_a, records_b, label_a, label_b, tie_margin)
+        if len(loaded) == 2:
+            (records_a, label_a), (records_b, label_b) = loaded
+            comparison: Any = compare_runs(records_a, records_b, label_a, label_b, tie_margin)
+        else:
+            comparison = compare_many(loaded, tie_margin)
     except ValueError as exc:
         raise click.ClickException(str(exc)) from None
-    out_dir = _run_dir(out, f"{label_a}-vs-{label_b}".replace("/", "_").replace(":", "_"))
+    out_dir = _run_dir(out, "-vs-".join(labels).replace("/", "_").replace(":", "_"))
     write_comparison_report(out_dir, comparison, plots=plots)
     click.echo((out_dir / COMPARE_FILE).read_text(encoding="utf-8"))
     click.echo(f"Report: {out_dir}", err=True)
