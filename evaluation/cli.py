@@ -132,14 +132,18 @@ def generate(out: Path | None, count: int, seed: int, prompt_file: Path | None, 
 @click.option("-o", "--out", type=click.Path(file_okay=False, path_type=Path),
               help="run folder; an existing one is resumed (default eval-runs/TIME-NAME)")
 @click.option("--name", help="a label for this run (default: the dataset's name)")
+@click.option("--no-retrieval", is_flag=True,
+              help="ask the model alone, without the documents (in process; the study of "
+                   "fine-tuning against retrieval)")
 @click.option("--plots/--no-plots", default=True, show_default=True)
 def run(dataset: Path, url: str | None, headers: tuple[str, ...], limit: int | None, judge: bool,
         judge_backend: str | None, judge_model: str | None, judge_url: str | None,
-        ks: tuple[int, ...], depth: int, out: Path | None, name: str | None, plots: bool) -> None:
+        ks: tuple[int, ...], depth: int, out: Path | None, name: str | None, no_retrieval: bool,
+        plots: bool) -> None:
     """Answer every question of DATASET through Hearth and score the answers."""
     from hearth.evaluation.records import RECORDS_FILE, load_questions
     from hearth.evaluation.report import write_run_report
-    from hearth.evaluation.run import ApiAnswerer, ChatAnswerer, run_eval
+    from hearth.evaluation.run import ApiAnswerer, ChatAnswerer, ModelAnswerer, run_eval
     from hearth.evaluation.scoring import summarize
 
     settings = _settings()
@@ -153,8 +157,16 @@ def run(dataset: Path, url: str | None, headers: tuple[str, ...], limit: int | N
             "started_at": previous.get("started_at") or time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             "hit_ks": list(ks),
         }
-        if url:
-            answerer: Any = ApiAnswerer(url, settings.refusal, headers=_parse_headers(headers),
+        if url and no_retrieval:
+            raise click.UsageError("--no-retrieval asks the model in process: leave out --url")
+        if no_retrieval:
+            from hearth.llm import build_llm
+
+            llm = build_llm(settings)
+            answerer: Any = ModelAnswerer(llm, settings.persona, settings.answer_words)
+            config |= {"answerer": "the model alone, no retrieval", "model": llm.name}
+        elif url:
+            answerer = ApiAnswerer(url, settings.refusal, headers=_parse_headers(headers),
                                         timeout_s=settings.llm_timeout_s + 60)
             config |= {"answerer": url}
         else:

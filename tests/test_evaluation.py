@@ -337,3 +337,23 @@ def test_compare_many_runs_side_by_side_and_pair_by_pair(tmp_path: Path) -> None
     assert saved["labels"] == ["A:base", "B:tuned", "C:rag", "D:rag"] and len(saved["pairs"]) == 6
     lone = CliRunner().invoke(eval_cli, ["compare", folders[0]])
     assert lone.exit_code == 2 and "two runs or more" in lone.output
+
+
+def test_the_model_alone_answers_without_retrieval(tmp_path: Path) -> None:
+    # Fast tier: a scripted fake model (tests/fakes.py) stands in for the engine.
+    from hearth.config import load_settings
+    from hearth.evaluation.records import Question
+    from hearth.evaluation.run import ModelAnswerer, run_eval
+    from tests.fakes import FakeLLM
+
+    settings = load_settings(_env_file=None, data_dir=tmp_path)
+    llm = FakeLLM(settings, ["Use python -m venv NAME."])
+    answerer = ModelAnswerer(llm, settings.persona, settings.answer_words)
+    [record] = run_eval([Question("q1", "How do I make a virtual environment?",
+                                  "python -m venv creates one.", source="venv.html")], answerer)
+    assert record["hypothesis"] == "Use python -m venv NAME."
+    assert record["retrieved"] is None and record["refused"] is False
+    assert record["completion_tokens"] > 0 and record["rouge"]
+    [system, human] = llm.prompts[0]
+    assert system.content.startswith(settings.persona) and "80 words" in system.content
+    assert human.content == "How do I make a virtual environment?"  # no documents
