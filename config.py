@@ -29,6 +29,21 @@ class LLMBackend(StrEnum):
     llamacpp = "llamacpp"
     ollama = "ollama"
     openai = "openai"
+    transformers = "transformers"
+
+
+class Quantization(StrEnum):
+    """How the transformers backend holds the weights: bitsandbytes 4-bit NF4, 8-bit, or as saved."""
+
+    nf4 = "nf4"
+    int8 = "int8"
+    none = "none"
+
+
+class Device(StrEnum):
+    auto = "auto"
+    cpu = "cpu"
+    cuda = "cuda"
 
 
 class LogFormat(StrEnum):
@@ -162,6 +177,15 @@ class Settings(BaseSettings):
     openai_model: str = "local-model"
     openai_api_key: str = "not-needed"
     openai_n_ctx: int = Field(4096, ge=512, description="context window of the served model")
+    # transformers in process: a Hugging Face model folder, or a packaged model converted once
+    # by `hearth models convert NAME` into models_dir/hf/NAME (docs/transformers.md).
+    transformers_model: str = "qwen2.5-coder-0.5b-instruct-q4_k_m"
+    transformers_quantization: Quantization = Quantization.nf4
+    transformers_device: Device = Device.auto
+    transformers_n_ctx: int = Field(4096, ge=512, description="context window in tokens, at most "
+                                    "the model's own")
+    transformers_adapter: str | None = Field(None, description="a LoRA adapter from `hearth tune`: "
+                                             "its name under models_dir/adapters, or a folder")
     temperature: float = Field(0.2, ge=0.0, le=2.0)
     max_new_tokens: int = Field(256, ge=1, le=8192)
     llm_timeout_s: float = Field(180.0, gt=0, description="longest one answer may take")
@@ -290,7 +314,7 @@ class Settings(BaseSettings):
         return value
 
     @field_validator("chroma_url", "mongodb_uri", "judge_base_url", "otlp_endpoint",
-                     mode="before")
+                     "transformers_adapter", mode="before")
     @classmethod
     def _blank_is_none(cls, value: Any) -> Any:
         return None if isinstance(value, str) and not value.strip() else value

@@ -280,10 +280,56 @@ class OpenAILLM(LLM):
         return LLMError(f"the OpenAI-compatible server failed: {exc}")
 
 
+class TransformersLLM(LLM):
+    """A Hugging Face model in process (docs/transformers.md): quantized by bitsandbytes, with a
+    LoRA adapter from `hearth tune` when one is configured."""
+
+    backend = LLMBackend.transformers
+
+    def __init__(self, settings: Settings) -> None:
+        super().__init__(settings)
+        from hearth import hf_models
+
+        try:
+            folder = hf_models.resolve_model_folder(settings.transformers_model, settings.models_dir)
+            adapter = None
+            if settings.transformers_adapter:
+                adapter = hf_models.resolve_adapter_folder(settings.transformers_adapter,
+                                                           settings.models_dir)
+            self.loaded = hf_models.load(
+                folder, quantization=settings.transformers_quantization.value,
+                device=settings.transformers_device.value, adapter=adapter)
+        except hf_models.HFModelError as exc:
+            raise LLMError(str(exc)) from exc
+        self.model_name = folder.name + (f"+{adapter.name}" if adapter else "")
+        self.n_ctx = min(self.loaded.n_ctx, settings.transformers_n_ctx)
+        self.tokenizer = self.loaded.tokenizer
+        self._lock = threading.Lock()
+        self.chat_model = hf_models.TransformersChat(
+            lm=self.loaded.model, tokenizer=self.tokenizer,
+            max_new_tokens=settings.max_new_tokens, temperature=settings.temperature,
+            max_time=settings.llm_timeout_s)
+
+    def _guard(self) -> AbstractContextManager[Any]:
+        return self._lock  # one generate at a time: the model and its caches are shared
+
+    def count_tokens(self, text: str) -> int:
+        return len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    def count_message_tokens(self, messages: Sequence[BaseMessage]) -> int:
+        from hearth.hf_models import encode_chat
+
+        return int(encode_chat(self.tokenizer, messages).shape[-1])  # the template's own cost
+
+    def translate(self, exc: Exception) -> Exception:
+        return LLMError(f"transformers failed: {exc.__class__.__name__}: {exc}")
+
+
 ADAPTERS: dict[LLMBackend, type[LLM]] = {
     LLMBackend.llamacpp: LlamaCppLLM,
     LLMBackend.ollama: OllamaLLM,
     LLMBackend.openai: OpenAILLM,
+    LLMBackend.transformers: TransformersLLM,
 }
 
 

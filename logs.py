@@ -49,3 +49,8 @@ def configure(level: int = logging.INFO, log_format: str = "text") -> None:
     handler.addFilter(RequestIdFilter())
     handler.setFormatter(JsonFormatter() if log_format == "json" else logging.Formatter(TEXT_FORMAT))
     logging.basicConfig(level=level, handlers=[handler], force=True)
+    # bitsandbytes (hearth[tune]) warns, on import and so in every command, that its fast CPU
+    # kernel is missing: that kernel comes from the hub at run time, and Hearth leaves it out on
+    # purpose (docs/transformers.md). `hearth -v` shows the warning.
+    logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(
+        logging.ERROR if level > logging.DEBUG else logging.NOTSET)

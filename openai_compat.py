@@ -43,6 +43,7 @@ from hearth.web import (
     SourceOut,
     acting_as,
     chat,
+    client_address,
     event_stream,
     principal,
     read_json,
@@ -274,7 +275,7 @@ def ask_of(body: OpenAIChatRequest) -> Ask:
     reading = {"collections": collections_of(body.model), "everything": reads_everything(user)}
     if user is None or body.conversation_id is not None:
         return Ask(question=question, user_id=user, conversation_id=body.conversation_id,
-                   turns=turns, **reading)
+                   turns=turns, queue_as=f"addr:{client_address(settings())}", **reading)
     named = user
     new_id: str | Callable[[Turn], str] = (
         derived_conversation_id(named, turns[0]) if turns

@@ -12,6 +12,7 @@ one for a response the client stops reading, which would otherwise hold its thre
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import resource
 import signal
@@ -26,6 +27,7 @@ from waitress.adjustments import Adjustments
 from waitress.channel import HTTPChannel
 from waitress.parser import HTTPRequestParser
 from waitress.server import TcpWSGIServer
+from waitress.task import ErrorTask
 
 from hearth.config import Settings
 
@@ -67,10 +69,33 @@ class TimedRequestParser(HTTPRequestParser):  # type: ignore[misc]
         return consumed
 
 
+# What waitress itself refuses, before the app sees the request, in the app's JSON error shape.
+SERVER_ERROR_CODES = {400: "bad_request", 413: "body_too_large",
+                      431: "request_header_fields_too_large", 501: "not_implemented"}
+
+
+class JsonErrorTask(ErrorTask):  # type: ignore[misc]
+    """A request waitress refuses itself (headers too large, a body past the server's bound,
+    a malformed request): answered as ``{"error": {"code", "message"}}`` like every other
+    error, not waitress's plain text."""
+
+    def execute(self) -> None:
+        error = self.request.error
+        code = SERVER_ERROR_CODES.get(error.code, "bad_request")
+        message = f"{error.reason.lower()}: {error.body}".rstrip(": ")
+        body = json.dumps({"error": {"code": code, "message": message}}).encode()
+        self.status = f"{error.code} {error.reason}"
+        self.response_headers.append(("Content-Type", "application/json"))
+        self.set_close_on_finish()
+        self.content_length = len(body)
+        self.write(body)
+
+
 class DeadlineChannel(HTTPChannel):  # type: ignore[misc]
     """One client connection, which knows when it has run out of time."""
 
     parser_class = TimedRequestParser
+    error_task_class = JsonErrorTask
 
     def overdue(self, now: float, deadlines: Deadlines) -> str | None:
         """Why this connection must close now, or None while it is in time."""

@@ -11,14 +11,25 @@ similarity, which is comparable across them: one embedding model, one cosine spa
 Every write goes through ``writer`` (LangChain's indexing API, uploads' deletions) or ``drop``,
 and each one is made to the keyword index (``keywords``) in the same call: the two stay in
 step, whatever adds or removes chunks.
+
+Embedded, Chroma keeps each collection's vector index in the memory of the process that opened
+it, and never sees what another process writes (`hearth ingest` beside a running `hearth
+serve`): its questions would miss every new document until a restart. So every process that
+writes says so in a marker file beside the index (``changed``), and a process that finds the
+marker changed since it last looked reopens the index first (``refresh``: a read of a small
+file per question).
 """
 
 from __future__ import annotations
 
 import logging
+import os
+import threading
+import uuid
 from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from functools import cache
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
@@ -42,6 +53,7 @@ class VectorStoreError(Unavailable):
 SPACE = {"hnsw:space": "cosine"}
 # Chunks read from Chroma at a time when the keyword index copies a collection in.
 BACKFILL_PAGE = 2000
+GENERATION = "hearth-generation"  # beside the embedded index: changed by each writing process
 
 
 def chroma_name(settings: Settings, collection: str) -> str:
@@ -86,6 +98,11 @@ class VectorStore:
             self.client = client
             self.settings = settings
             self.embeddings = embeddings
+            self._chroma_settings = chroma_settings
+            self._marker: Path | None = (None if settings.chroma_url
+                                         else settings.chroma_path / GENERATION)
+            self._generation = self._read_generation()
+            self._reopening = threading.Lock()
             self._writers: dict[str, Any] = {}
             self._readers: dict[str, Any] = {}
             self._keywords: KeywordIndex | None = None
@@ -104,6 +121,48 @@ class VectorStore:
         if self._keywords is None:
             self._keywords = KeywordIndex(keywords_path(self.settings))
         return self._keywords
+
+    # -- other processes' writes (embedded) -----------------------------------------------------
+
+    def _read_generation(self) -> str:
+        if self._marker is None:
+            return ""
+        try:
+            return self._marker.read_text()
+        except FileNotFoundError:
+            return ""
+
+    def changed(self) -> None:
+        """Say that this process has written to the embedded index, so that every other
+        process reopens it before its next search (a Chroma server needs none of this)."""
+        if self._marker is None:
+            return
+        token = uuid.uuid4().hex
+        partial = self._marker.with_name(f".{GENERATION}.{token}")
+        partial.write_text(token)
+        os.replace(partial, self._marker)
+        self._generation = token
+
+    def refresh(self) -> None:
+        """Reopen the embedded index if another process has written to it since this one
+        last looked (``changed``); a no-op otherwise, and for a Chroma server."""
+        if self._marker is None or self._read_generation() == self._generation:
+            return
+        import chromadb
+
+        with self._reopening:
+            current = self._read_generation()
+            if current == self._generation:
+                return  # another thread of this process reopened it meanwhile
+            old: Any = self.client
+            old.close()  # its in-memory index is stale: the next client reads the disk
+            self.client = chromadb.PersistentClient(path=str(self.settings.chroma_path),
+                                                    settings=self._chroma_settings)
+            self._writers.clear()
+            self._readers.clear()
+            self.langchain = self.writer(DEFAULT)
+            self.collection = self.langchain._collection
+            self._generation = current
 
     def writer(self, collection: str) -> Any:
         """LangChain's ``Chroma`` over a collection, for the indexing API; created if new.
@@ -145,6 +204,23 @@ class VectorStore:
         embedding, when the caller has it already."""
         if not collections:
             return []
+        try:
+            self.refresh()
+        except Exception as exc:
+            raise VectorStoreError(f"cannot reopen the vector store at {self.where}: {exc}") \
+                from exc
+        generation = self._generation
+        try:
+            return self._search(query, k, collections, where, vector)
+        except VectorStoreError:
+            if self._generation == generation:
+                raise
+            # Reopened by another thread while this search ran on the closed client: again.
+            return self._search(query, k, collections, where, vector)
+
+    def _search(self, query: str, k: int, collections: Sequence[str],
+                where: dict[str, Any] | None, vector: Sequence[float] | None
+                ) -> list[tuple[Document, float, str]]:
         try:
             found = [(name, c) for name in collections
                      if (c := self._existing(name)) is not None]
@@ -244,6 +320,11 @@ class VectorStore:
                        headings_weight: float | None = None) -> list[tuple[Document, float, str]]:
         """The k chunks of ``collections`` that best match the query's words (BM25), best
         first, in ``search``'s form (the score is BM25's, not a similarity)."""
+        try:
+            self.refresh()  # a collection another process created is seen before it is copied
+        except Exception as exc:
+            raise VectorStoreError(f"cannot reopen the vector store at {self.where}: {exc}") \
+                from exc
         for name in collections:
             self.whole_keywords(name)
         hits: list[KeywordHit] = self.keywords.search(
@@ -258,6 +339,7 @@ class VectorStore:
         try:
             if self._existing(collection) is not None:
                 self.client.delete_collection(chroma_name(self.settings, collection))
+                self.changed()
             self.keywords.drop(collection)
         except KeywordIndexError:
             raise
@@ -273,6 +355,7 @@ class VectorStore:
 
     def count(self, collections: Sequence[str] = (DEFAULT,)) -> int:
         try:
+            self.refresh()
             return sum(c.count() for name in collections
                        if (c := self._existing(name)) is not None)
         except Exception as exc:

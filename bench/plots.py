@@ -125,7 +125,40 @@ def load(result: dict[str, Any], folder: Path | None = None) -> Path:
     return _save(fig, "load", folder)
 
 
-DRAW = {"answer_path": answer_path, "retrieval_scale": retrieval_scale, "load": load}
+def scale_out(result: dict[str, Any], folder: Path | None = None) -> Path:
+    """Throughput and latency by configuration (workers x llama-server slots)."""
+    configs = result["configs"]
+    labels = [f"{c['workers']}w x {c['slots']}s" for c in configs]
+    x = range(len(configs))
+    fig, (ax, ax2) = plt.subplots(1, 2, figsize=(10, 3.8))
+    ax.bar([i - 0.2 for i in x], [c["rps"] for c in configs], 0.4, color=COLOURS[0],
+           label="requests/s (answers + history reads)")
+    ax.set_ylabel("requests/s")
+    right = ax.twinx()
+    right.bar([i + 0.2 for i in x], [c["answers_per_s"] for c in configs], 0.4, color=COLOURS[1],
+              label="answers/s")
+    right.set_ylabel("answers/s")
+    ax.set_xticks(list(x), labels)
+    ax.set_title(f"{result['args']['users']} users through HAProxy", fontsize=10)
+    ax.legend(loc="upper left", fontsize=7)
+    right.legend(loc="upper right", fontsize=7)
+    ax2.plot(list(x), [c["history_ms"]["p95"] for c in configs], "o-", color=COLOURS[2],
+             label="history read p95 (ms)")
+    ax2.set_ylabel("ms")
+    ttft = ax2.twinx()
+    ttft.plot(list(x), [c["ttft_ms"]["p50"] / 1000 for c in configs], "s--", color=COLOURS[3],
+              label="first token p50 (s)")
+    ttft.set_ylabel("seconds")
+    ax2.set_xticks(list(x), labels)
+    ax2.set_title("Latency by configuration", fontsize=10)
+    ax2.legend(loc="upper left", fontsize=7)
+    ttft.legend(loc="upper right", fontsize=7)
+    fig.text(0.01, 0.01, _machine(result), fontsize=7, color="grey")
+    return _save(fig, "scale_out", folder)
+
+
+DRAW = {"answer_path": answer_path, "retrieval_scale": retrieval_scale, "load": load,
+        "scale_out": scale_out}
 
 
 def main() -> None:

@@ -129,8 +129,11 @@ def main() -> None:
     for r in results:
         for sample in r["error_samples"]:
             print(f"  {r['workers']}x{r['slots']} error: {sample}")
-    path = common.save("scale_out", {"machine": info, "args": vars(args), "configs": results})
-    print(f"\nresults: {path}")
+    result = {"machine": info, "args": vars(args), "configs": results}
+    path = common.save("scale_out", result)
+    import plots
+
+    print(f"\nresults: {path}\nplot: {plots.scale_out(result)}")
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""`hearth eval`: generate a question set, run it, score results, compare two runs."""
+"""`hearth eval`: generate a question set, run it, score results, compare runs."""
 
 from __future__ import annotations
 
@@ -132,14 +132,18 @@ def generate(out: Path | None, count: int, seed: int, prompt_file: Path | None, 
 @click.option("-o", "--out", type=click.Path(file_okay=False, path_type=Path),
               help="run folder; an existing one is resumed (default eval-runs/TIME-NAME)")
 @click.option("--name", help="a label for this run (default: the dataset's name)")
+@click.option("--no-retrieval", is_flag=True,
+              help="ask the model alone, without the documents (in process; the study of "
+                   "fine-tuning against retrieval)")
 @click.option("--plots/--no-plots", default=True, show_default=True)
 def run(dataset: Path, url: str | None, headers: tuple[str, ...], limit: int | None, judge: bool,
         judge_backend: str | None, judge_model: str | None, judge_url: str | None,
-        ks: tuple[int, ...], depth: int, out: Path | None, name: str | None, plots: bool) -> None:
+        ks: tuple[int, ...], depth: int, out: Path | None, name: str | None, no_retrieval: bool,
+        plots: bool) -> None:
     """Answer every question of DATASET through Hearth and score the answers."""
     from hearth.evaluation.records import RECORDS_FILE, load_questions
     from hearth.evaluation.report import write_run_report
-    from hearth.evaluation.run import ApiAnswerer, ChatAnswerer, run_eval
+    from hearth.evaluation.run import ApiAnswerer, ChatAnswerer, ModelAnswerer, run_eval
     from hearth.evaluation.scoring import summarize
 
     settings = _settings()
@@ -153,8 +157,16 @@ def run(dataset: Path, url: str | None, headers: tuple[str, ...], limit: int | N
             "started_at": previous.get("started_at") or time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             "hit_ks": list(ks),
         }
-        if url:
-            answerer: Any = ApiAnswerer(url, settings.refusal, headers=_parse_headers(headers),
+        if url and no_retrieval:
+            raise click.UsageError("--no-retrieval asks the model in process: leave out --url")
+        if no_retrieval:
+            from hearth.llm import build_llm
+
+            llm = build_llm(settings)
+            answerer: Any = ModelAnswerer(llm, settings.persona, settings.answer_words)
+            config |= {"answerer": "the model alone, no retrieval", "model": llm.name}
+        elif url:
+            answerer = ApiAnswerer(url, settings.refusal, headers=_parse_headers(headers),
                                         timeout_s=settings.llm_timeout_s + 60)
             config |= {"answerer": url}
         else:
@@ -289,37 +301,47 @@ def score(file: Path, judge: bool, judge_backend: str | None, judge_model: str |
 
 
 @eval_cli.command()
-@click.argument("run_a", type=click.Path(exists=True, path_type=Path))
-@click.argument("run_b", type=click.Path(exists=True, path_type=Path))
+@click.argument("runs", nargs=-1, required=True, type=click.Path(exists=True, path_type=Path))
 @click.option("--tie-margin", type=float, default=0.0, show_default=True,
               help="ratings closer than this count as a tie")
 @click.option("-o", "--out", type=click.Path(file_okay=False, path_type=Path),
-              help="report folder (default eval-runs/TIME-A-vs-B)")
+              help="report folder (default eval-runs/TIME-A-vs-B...)")
 @click.option("--plots/--no-plots", default=True, show_default=True)
-def compare(run_a: Path, run_b: Path, tie_margin: float, out: Path | None, plots: bool) -> None:
-    """Wins, ties and losses of RUN_A against RUN_B per judge, and the metric deltas."""
+def compare(runs: tuple[Path, ...], tie_margin: float, out: Path | None, plots: bool) -> None:
+    """Wins, ties and losses of RUN_A against RUN_B per judge, and the metric deltas; with more
+    than two RUNS, their metrics side by side and every pair's wins, ties and losses, over the
+    questions every run answered."""
     from hearth.evaluation.compare import compare as compare_runs
+    from hearth.evaluation.compare import compare_many
     from hearth.evaluation.records import load_results
     from hearth.evaluation.report import COMPARE_FILE, write_comparison_report
     from hearth.evaluation.scoring import score_record
 
+    if len(runs) < 2:
+        raise click.UsageError("compare needs two runs or more")
     loaded = []
     with _user_errors():
-        for path in (run_a, run_b):
+        for path in runs:
             records, config = load_results(path)
             for record in records:
                 if not record.get("rouge"):
                     score_record(record)  # a foreign file: ROUGE as this toolkit computes it
             label = config.get("name") or (path.stem if path.is_file() else path.name)
             loaded.append((records, label))
-    (records_a, label_a), (records_b, label_b) = loaded
-    if label_a == label_b:
-        label_a, label_b = f"A:{label_a}", f"B:{label_b}"
+    labels = [label for _, label in loaded]
+    if len(set(labels)) < len(labels):  # told apart by their place on the command line
+        labels = [f"{chr(ord('A') + n)}:{label}" if n < 26 else f"{n + 1}:{label}"
+                  for n, label in enumerate(labels)]
+    loaded = [(records, label) for (records, _), label in zip(loaded, labels, strict=True)]
     try:
-        comparison = compare_runs(records_a, records_b, label_a, label_b, tie_margin)
+        if len(loaded) == 2:
+            (records_a, label_a), (records_b, label_b) = loaded
+            comparison: Any = compare_runs(records_a, records_b, label_a, label_b, tie_margin)
+        else:
+            comparison = compare_many(loaded, tie_margin)
     except ValueError as exc:
         raise click.ClickException(str(exc)) from None
-    out_dir = _run_dir(out, f"{label_a}-vs-{label_b}".replace("/", "_").replace(":", "_"))
+    out_dir = _run_dir(out, "-vs-".join(labels).replace("/", "_").replace(":", "_"))
     write_comparison_report(out_dir, comparison, plots=plots)
     click.echo((out_dir / COMPARE_FILE).read_text(encoding="utf-8"))
     click.echo(f"Report: {out_dir}", err=True)

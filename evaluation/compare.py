@@ -1,4 +1,5 @@
-"""Two runs on the same questions: wins, ties and losses per judge, and metric deltas."""
+"""Runs on the same questions: wins, ties and losses per judge, and metric deltas; for more
+than two runs, every run's metrics side by side and every pair's tallies."""
 
 from __future__ import annotations
 
@@ -89,3 +90,34 @@ def compare(records_a: Sequence[Mapping[str, Any]], records_b: Sequence[Mapping[
         label_a, label_b, len(pairs), tallies,
         flatten(summarize(common_a)), flatten(summarize(common_b)),
     )
+
+
+@dataclass
+class MultiComparison:
+    """Three runs or more, on the questions they all answered: one column of metrics a run,
+    and the wins, ties and losses of every pair (earlier run first)."""
+
+    labels: list[str]
+    n: int
+    metrics: list[dict[str, float]]
+    pairs: list[Comparison]
+
+    def to_json(self) -> dict[str, Any]:
+        return {"labels": self.labels, "n": self.n, "metrics": self.metrics,
+                "pairs": [c.to_json() for c in self.pairs]}
+
+
+def compare_many(runs: Sequence[tuple[Sequence[Mapping[str, Any]], str]],
+                 tie_margin: float = 0.0) -> MultiComparison:
+    """``runs``: (records, label) each. Only the questions every run answered are counted,
+    so that each column and each pair is over the same questions."""
+    if len(runs) < 2:
+        raise ValueError("compare needs two runs or more")
+    ids = set.intersection(*({str(r["id"]) for r in records} for records, _ in runs))
+    if not ids:
+        raise ValueError("the runs share no question ids: they do not come from the same dataset")
+    common = [[r for r in records if str(r["id"]) in ids] for records, _ in runs]
+    labels = [label for _, label in runs]
+    pairs = [compare(common[i], common[j], labels[i], labels[j], tie_margin)
+             for i in range(len(runs)) for j in range(i + 1, len(runs))]
+    return MultiComparison(labels, len(ids), [flatten(summarize(c)) for c in common], pairs)

@@ -304,6 +304,9 @@ def build_judge(settings: Settings, *, backend: str | None = None, model: str | 
 
     kind = LLMBackend(backend or settings.judge_backend)
     model = model or settings.judge_model
+    if kind is LLMBackend.transformers:
+        raise JudgeError("the judge runs on llamacpp, ollama or openai (it reads the rating's "
+                         "probabilities): set HEARTH_JUDGE_BACKEND to one of them")
     if kind is LLMBackend.llamacpp:
         return load_llamacpp_judge(settings, model)
     if kind is LLMBackend.openai:

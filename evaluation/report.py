@@ -9,7 +9,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from hearth.evaluation.compare import Comparison
+from hearth.evaluation.compare import Comparison, MultiComparison
 from hearth.evaluation.records import ROUGE_IMPLEMENTATIONS, write_results
 from hearth.evaluation.scoring import (
     ROUGE_SCORE_TYPES,
@@ -70,6 +70,39 @@ def comparison_markdown(comparison: Comparison) -> str:
             lines.append(f"| {metric_label(key)} | {_fmt(value)} | "
                          f"{_fmt(comparison.metrics_b[key])} | {deltas[key]:+.4f} |")
     return "\n".join(lines) + "\n"
+
+
+def multi_comparison_markdown(multi: MultiComparison) -> str:
+    labels = multi.labels
+    lines = [f"# {' vs '.join(labels)}", "", f"{multi.n} questions in every run.", "",
+             "| metric | " + " | ".join(labels) + " |", "|---|" + "---|" * len(labels)]
+    keys = [k for k in multi.metrics[0] if all(k in m for m in multi.metrics)]
+    for key in keys:
+        lines.append(f"| {metric_label(key)} | "
+                     + " | ".join(_fmt(m[key]) for m in multi.metrics) + " |")
+    tallies = [(c, t) for c in multi.pairs for t in c.tallies]
+    if tallies:
+        lines += ["", "| judge | A | B | A wins | ties | B wins |", "|---|---|---|---|---|---|"]
+        for c, t in tallies:
+            lines.append(f"| {t.judge} | {c.label_a} | {c.label_b} | {t.wins} | {t.ties} | "
+                         f"{t.losses} |")
+    return "\n".join(lines) + "\n"
+
+
+def plot_multi_comparison(multi: MultiComparison, out_dir: Path) -> list[Path]:
+    """Each run's ROUGE-L F1 (both implementations) and judges' mean ratings, as bars."""
+    plt = _pyplot()
+    keys = [k for k in multi.metrics[0] if (k.startswith("judge/") or k.endswith(("rougeL_f",
+            "rouge-l_f"))) and all(k in m for m in multi.metrics)]
+    if not keys:
+        return []
+    fig, axes = plt.subplots(1, len(keys), figsize=(3.2 * len(keys) + 1, 3.8), squeeze=False)
+    for ax, key in zip(axes[0], keys, strict=True):
+        ax.bar(range(len(multi.labels)), [m[key] for m in multi.metrics])
+        ax.set_xticks(range(len(multi.labels)))
+        ax.set_xticklabels(multi.labels, rotation=30, ha="right", fontsize=8)
+        ax.set_title(metric_label(key), fontsize=9)
+    return [_save(fig, out_dir / "compare.png", plt)]
 
 
 # --- plots ---------------------------------------------------------------------------------
@@ -173,14 +206,17 @@ def write_run_report(run_dir: Path, records: list[dict[str, Any]], summary: Mapp
     return written
 
 
-def write_comparison_report(out_dir: Path, comparison: Comparison, plots: bool = True
-                            ) -> list[Path]:
+def write_comparison_report(out_dir: Path, comparison: Comparison | MultiComparison,
+                            plots: bool = True) -> list[Path]:
     out_dir.mkdir(parents=True, exist_ok=True)
     markdown = out_dir / COMPARE_FILE
-    markdown.write_text(comparison_markdown(comparison), encoding="utf-8")
+    multi = isinstance(comparison, MultiComparison)
+    markdown.write_text(multi_comparison_markdown(comparison) if multi
+                        else comparison_markdown(comparison), encoding="utf-8")
     data = out_dir / COMPARE_JSON
     data.write_text(json.dumps(comparison.to_json(), indent=1), encoding="utf-8")
     written = [markdown, data]
     if plots:
-        written += plot_comparison(comparison, out_dir)
+        written += plot_multi_comparison(comparison, out_dir) if multi \
+            else plot_comparison(comparison, out_dir)
     return written

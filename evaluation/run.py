@@ -65,6 +65,34 @@ class ChatAnswerer:
         )
 
 
+class ModelAnswerer:
+    """The language model alone, without retrieval: the question under Hearth's persona and
+    nothing else. What a fine-tuned model knows of the documents is in its weights; this is how
+    the study of retrieval against fine-tuning asks it (docs/evaluation.md)."""
+
+    def __init__(self, llm: Any, persona: str, answer_words: int) -> None:
+        self.llm = llm
+        self.rules = f"{persona} Answer in at most {answer_words} words."
+
+    def __call__(self, question: str) -> Answered:
+        from langchain_core.messages import HumanMessage, SystemMessage
+
+        from hearth.llm import Generation
+
+        usage = Generation()
+        pieces: list[str] = []
+        first: float | None = None
+        started = time.perf_counter()
+        for piece in self.llm.stream([SystemMessage(self.rules), HumanMessage(question)],
+                                     usage=usage):
+            first = first if first is not None else time.perf_counter() - started
+            pieces.append(piece)
+        return Answered(answer="".join(pieces).strip(), retrieved=None, refused=False,
+                        latency_s=time.perf_counter() - started, first_token_s=first,
+                        prompt_tokens=usage.prompt_tokens,
+                        completion_tokens=usage.completion_tokens)
+
+
 class ApiAnswerer:
     """A running Hearth by URL: POST /api/question, each question a new conversation.
 

@@ -137,6 +137,7 @@ def run(services: Services, namespace: str, items: Iterable[Parsed | Chunked | S
     finally:
         summary.seconds = time.monotonic() - started
         close_records(records)
+        services.vectorstore.changed()  # another process serving this index reopens it
     progress.indexed_to(summary.chunks)
     progress.finish()
     summary.deleted = len(set(before) - indexed)
@@ -157,6 +158,7 @@ def remove(services: Services, namespace: str, collection: str = DEFAULT) -> int
                        source_id_key="source", key_encoder="sha256")
     finally:
         close_records(records)
+        services.vectorstore.changed()
     return int(result["num_deleted"])
 
 

@@ -319,6 +319,7 @@ class Uploads:
             if keys:
                 self.services.vectorstore.writer(doc.collection).delete(ids=keys)
                 records.delete_keys(keys)
+                self.services.vectorstore.changed()
         finally:
             close_records(records)
         return len(keys)

@@ -72,6 +72,20 @@ def normalize(url: str) -> str:
     return urlunsplit((scheme, netloc, parts.path or "/", parts.query, ""))
 
 
+INDEX_PAGES = ("index.html", "index.htm")
+
+
+def page_key(url: str) -> str:
+    """What names one page whichever way it is linked: a folder's ``index.html`` is the folder
+    (``/tutorial/`` and ``/tutorial/index.html`` are one page), so it is read once. The page is
+    still fetched, and named in the index, by the address the crawl met first."""
+    parts = urlsplit(url)
+    folder, _, name = parts.path.rpartition("/")
+    if name.lower() in INDEX_PAGES:
+        return urlunsplit(parts._replace(path=folder + "/"))
+    return url
+
+
 class BodyTooLarge(Exception):
     """A response that unpacks past its bound."""
 
@@ -191,8 +205,8 @@ class Crawler:
         self.delay = 0.0
         self._last_request = 0.0
         self._polite = threading.Lock()
-        self.seen: set[str] = {self.start}  # every link met
-        self.queued: set[str] = {self.start}  # the links the crawl fetches
+        self.seen: set[str] = {page_key(self.start)}  # every page met (by page_key)
+        self.queued: set[str] = {page_key(self.start)}  # the pages the crawl fetches
         self.referrer: dict[str, str] = {}
 
     # -- scope ---------------------------------------------------------------------------------
@@ -303,7 +317,7 @@ class Crawler:
                         reason = self.out_of_scope(target)
                         if reason:
                             return Skipped(name, f"redirects out of the crawl ({reason})")
-                        if target in self.queued:
+                        if page_key(target) in self.queued:
                             return None  # another address of a page the crawl reads anyway
                         chain.append(target)
                         current = target
@@ -351,9 +365,9 @@ class Crawler:
     def _queue_links(self, page: _Fetched, depth: int, queue: list[str]) -> None:
         for link in page.links:
             url = normalize(link)
-            if url in self.seen:
+            if page_key(url) in self.seen:
                 continue
-            self.seen.add(url)
+            self.seen.add(page_key(url))
             reason = self.out_of_scope(url)
             if reason:
                 self._ignore(reason)
@@ -363,7 +377,7 @@ class Crawler:
                 self._ignore(f"links beyond max depth {self.max_depth}")
             else:
                 self.referrer[url] = page.url
-                self.queued.add(url)
+                self.queued.add(page_key(url))
                 queue.append(url)
 
     def pages(self, progress: Progress | None = None) -> Iterator[Parsed | Skipped]:
@@ -389,14 +403,14 @@ class Crawler:
         yield from self._emit(first, 0, level, yielded)
         if self.use_sitemap and self.max_depth >= 1:
             for url in self.sitemap_urls():
-                if url in self.seen:
+                if page_key(url) in self.seen:
                     continue
-                self.seen.add(url)
+                self.seen.add(page_key(url))
                 why = self.out_of_scope(url)
                 if why:
                     self._ignore(why.replace("links", "sitemap entries", 1))
                 else:
-                    self.queued.add(url)
+                    self.queued.add(page_key(url))
                     level.append(url)
         workers = 1 if self.delay else max(1, self.concurrency)
         with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="crawl") as pool:
@@ -420,12 +434,12 @@ class Crawler:
         if isinstance(result, Skipped):
             yield result
             return
-        self.seen.add(result.url)
-        self.queued.add(result.url)
+        self.seen.add(page_key(result.url))
+        self.queued.add(page_key(result.url))
         self._queue_links(result, depth, queue)
-        if result.url in yielded:
+        if page_key(result.url) in yielded:
             return  # a second address of a page already read (a redirect to it)
-        yielded.add(result.url)
+        yielded.add(page_key(result.url))
         if result.noindex:
             yield Skipped(result.url, "robots meta tag: noindex")
         else:

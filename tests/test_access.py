@@ -237,6 +237,21 @@ def test_a_freed_place_goes_to_the_user_turned_away() -> None:
     assert order == ["cat", "bob"]
 
 
+def test_a_question_the_gate_would_refuse_is_refused_before_any_work() -> None:
+    gate = Gate(concurrent=1, queued=0, timeout_s=10)
+    gate.check("ann")  # the model is free: no refusal, and no place taken
+    assert gate.running == 0 and gate.waiting == 0
+    gate.acquire("bob")
+    with pytest.raises(Busy) as refused:
+        gate.check("ann")
+    assert refused.value.retry_after > 0
+    gate.release("bob")
+    gate.check("ann")  # free again
+    gate.acquire("ann")  # checking took no place: Ann's question still gets the model
+    assert gate.running == 1
+    gate.release("ann")
+
+
 def test_concurrent_questions_of_one_user_are_all_stored_in_order(make_services: Any) -> None:
     services = make_services(question_rate_limit="1000/minute", rate_limit="1000/minute",
                              max_queued_generations=16, max_queued_per_user=8)

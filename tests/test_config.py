@@ -46,7 +46,7 @@ def test_dotenv_file_is_read(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) ->
 @pytest.mark.parametrize("name, value, words", [
     ("HEARTH_TOP_K", "many", "valid integer"),
     ("HEARTH_PORT", "70000", "less than or equal to 65535"),
-    ("HEARTH_LLM_BACKEND", "gpt5", "'llamacpp', 'ollama' or 'openai'"),
+    ("HEARTH_LLM_BACKEND", "gpt5", "'llamacpp', 'ollama', 'openai' or 'transformers'"),
     ("HEARTH_PROFILE", "cloud", "'embedded' or 'compose'"),
     ("HEARTH_TEMPERATURE", "-1", "greater than or equal to 0"),
 ])

@@ -298,3 +298,62 @@ def test_compare_counts_wins_with_a_tie_margin() -> None:
     assert result.deltas["judge/j"] == pytest.approx((27 - 23.2) / 4)
     with pytest.raises(ValueError, match="same dataset"):
         compare(a, [{**r, "reference": "other"} for r in b])
+
+
+def test_compare_many_runs_side_by_side_and_pair_by_pair(tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from hearth.evaluation.cli import eval_cli
+    from hearth.evaluation.compare import compare_many
+    from hearth.evaluation.records import write_results
+
+    def run(ratings: list[float], answer: str) -> list[dict]:
+        return [score_record({"id": str(i), "reference": "the cat sat on the mat",
+                              "hypothesis": answer, "judges": {"j": {"rating": x}}})
+                for i, x in enumerate(ratings)]
+
+    base, tuned, rag = (run([5, 5, 5, 5], "a dog"), run([4, 5, 6, 2], "the cat"),
+                        run([9, 8, 5, 9], "the cat sat on the mat"))
+    multi = compare_many([(base, "base"), (tuned, "tuned"), (rag[:3], "rag")])
+    assert multi.n == 3  # only the questions every run answered
+    assert [(c.label_a, c.label_b) for c in multi.pairs] == [
+        ("base", "tuned"), ("base", "rag"), ("tuned", "rag")]
+    base_vs_rag = multi.pairs[1].tallies[0]
+    assert (base_vs_rag.wins, base_vs_rag.ties, base_vs_rag.losses) == (0, 1, 2)
+    assert [m["judge/j"] for m in multi.metrics] == pytest.approx([5, 5, 22 / 3])
+    assert multi.metrics[2]["rouge-score/rougeL_f"] == pytest.approx(1.0)
+
+    folders = []
+    for records, name in ((base, "base"), (tuned, "tuned"), (rag, "rag"), (rag, "rag")):
+        folder = tmp_path / f"{name}-{len(folders)}"
+        write_results(folder, records, summarize(records), {"name": name})
+        folders.append(str(folder))
+    result = CliRunner().invoke(eval_cli, ["compare", *folders, "-o", str(tmp_path / "c"),
+                                           "--no-plots"])
+    assert result.exit_code == 0, result.output
+    assert "| judge j: mean rating (0-10) | 5.0000 | 4.2500 | 7.7500 | 7.7500 |" in result.output
+    assert "| j | A:base | C:rag | 0 | 1 | 3 |" in result.output  # same names: told apart
+    saved = json.loads((tmp_path / "c" / "compare.json").read_text())
+    assert saved["labels"] == ["A:base", "B:tuned", "C:rag", "D:rag"] and len(saved["pairs"]) == 6
+    lone = CliRunner().invoke(eval_cli, ["compare", folders[0]])
+    assert lone.exit_code == 2 and "two runs or more" in lone.output
+
+
+def test_the_model_alone_answers_without_retrieval(tmp_path: Path) -> None:
+    # Fast tier: a scripted fake model (tests/fakes.py) stands in for the engine.
+    from hearth.config import load_settings
+    from hearth.evaluation.records import Question
+    from hearth.evaluation.run import ModelAnswerer, run_eval
+    from tests.fakes import FakeLLM
+
+    settings = load_settings(_env_file=None, data_dir=tmp_path)
+    llm = FakeLLM(settings, ["Use python -m venv NAME."])
+    answerer = ModelAnswerer(llm, settings.persona, settings.answer_words)
+    [record] = run_eval([Question("q1", "How do I make a virtual environment?",
+                                  "python -m venv creates one.", source="venv.html")], answerer)
+    assert record["hypothesis"] == "Use python -m venv NAME."
+    assert record["retrieved"] is None and record["refused"] is False
+    assert record["completion_tokens"] > 0 and record["rouge"]
+    [system, human] = llm.prompts[0]
+    assert system.content.startswith(settings.persona) and "80 words" in system.content
+    assert human.content == "How do I make a virtual environment?"  # no documents

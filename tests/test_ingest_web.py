@@ -184,6 +184,25 @@ def test_depth_and_page_limits_hold_and_the_order_is_stable(docs: Site) -> None:
     assert len(fetched) == 10  # five per crawl, no more
 
 
+def test_a_folder_and_its_index_html_are_one_page(tmp_path: Path) -> None:
+    (tmp_path / "guide").mkdir()
+    (tmp_path / "guide" / "index.html").write_text(page(
+        "Guide", "./", "index.html", "setup.html", "/guide/", text="Start here."))
+    (tmp_path / "guide" / "setup.html").write_text(page(
+        "Setup", "./", "../guide/index.html", "index.html#top", text="Install it."))
+    site = Site(tmp_path)
+    try:
+        for start in (f"{site.url}/guide/", f"{site.url}/guide/index.html"):
+            site.requests.clear()
+            pages, skipped, _ = run_crawl(start, use_sitemap=False)
+            # Each page once, named by the address the crawl met first.
+            assert sorted(p.source for p in pages) == sorted([start, f"{site.url}/guide/setup.html"])
+            assert skipped == []
+            assert len([r for r in site.requests if r.startswith("/guide")]) == 2
+    finally:
+        site.close()
+
+
 def test_excluded_prefixes_are_neither_fetched_nor_indexed(docs: Site) -> None:
     start = f"{docs.url}/tutorial/index.html"
     docs.requests.clear()

@@ -229,6 +229,24 @@ def test_without_a_user_nothing_is_stored(smol: Services) -> None:
         assert db.execute("SELECT COUNT(*) FROM conversations").fetchone() == (0,)
 
 
+def test_clients_without_a_user_queue_by_address_not_as_one(smol: Services) -> None:
+    """An anonymous client's questions count against its own address at the model's gate: one
+    client holding its places does not turn away another's."""
+    smol.gate.per_user, smol.gate.concurrent = 1, 2
+    client = make_app(smol).test_client()
+    body = {"messages": [{"role": "user", "content": QUESTION}]}
+    smol.gate.acquire("addr:127.0.0.2")  # a client at .2 holds its one place
+    try:
+        busy = client.post("/v1/chat/completions", json=body,
+                           environ_base={"REMOTE_ADDR": "127.0.0.2"})
+        assert busy.status_code == 503, busy.get_json()
+        answered = client.post("/v1/chat/completions", json=body,
+                               environ_base={"REMOTE_ADDR": "127.0.0.3"})
+    finally:
+        smol.gate.release("addr:127.0.0.2")
+    assert answered.status_code == 200, answered.get_json()
+
+
 def sse_data(response: Any) -> list[str]:
     text = response.get_data(as_text=True)
     assert all(block.startswith("data: ") for block in text.strip().split("\n\n")), text

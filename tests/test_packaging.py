@@ -25,7 +25,9 @@ ROOT = Path(__file__).resolve().parents[1]
 # What a clean clone does not have: never copied into the build.
 LOCAL = shutil.ignore_patterns(".git", ".venv", "data", "*.gguf", "*.part", "__pycache__",
                                "build", "dist", "*.egg-info", ".mypy_cache", ".ruff_cache",
-                               ".pytest_cache", "eval-runs", "artifacts", "node_modules")
+                               ".pytest_cache", "eval-runs", "artifacts", "node_modules",
+                               # models/hf and models/adapters: converted models, LoRA adapters
+                               "hf", "adapters")
 
 
 @pytest.fixture(scope="module")

@@ -73,3 +73,32 @@ def test_ollama_embeddings_come_from_the_configured_server_in_bounded_time(
         with pytest.raises(httpx.TimeoutException):
             silent.embed_query("abc")
         assert time.monotonic() - started < 5
+
+
+def test_a_serving_process_sees_what_another_process_ingested(make_services: Any,
+                                                              tmp_path: Path) -> None:
+    """`hearth ingest` in another process beside a running server (embedded Chroma): the
+    server's next question finds the new document, and sees a removal too."""
+    import os
+    import subprocess
+    import sys
+
+    services = make_services()
+    folder = tmp_path / "ferry"
+    folder.mkdir()
+    (folder / "ferry.md").write_text("# Ferry\n\nThe Ellery ferry leaves the mainland at 7:40 "
+                                     "and the crossing takes 55 minutes.\n")
+    question = "When does the Ellery ferry leave the mainland?"
+    assert services.vectorstore.search(question, 4) == []  # nothing indexed yet: opened empty
+    env = {**os.environ, "HEARTH_DATA_DIR": str(services.settings.data_dir)}
+    hearth = [sys.executable, "-m", "hearth.cli"]
+    added = subprocess.run([*hearth, "ingest", "files", str(folder)], env=env,
+                           capture_output=True, text=True, timeout=300)
+    assert added.returncode == 0, added.stderr[-2000:]
+    hits = services.vectorstore.search(question, 4)
+    assert [Path(d.metadata["source"]).name for d, _, _ in hits] == ["ferry.md"]
+    removed = subprocess.run([*hearth, "sources", "remove", str(folder), "--yes"], env=env,
+                             capture_output=True, text=True, timeout=300)
+    assert removed.returncode == 0, removed.stderr[-2000:]
+    assert services.vectorstore.search(question, 4) == []
+    assert services.vectorstore.count() == 0
