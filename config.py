@@ -64,6 +64,15 @@ class EmbeddingRuntime(StrEnum):
     onnx_int8 = "onnx-int8"
 
 
+class RetrievalMode(StrEnum):
+    """How passages are found (hearth.retrieval): by meaning and words fused, or by meaning
+    alone. Keyword-only and reciprocal-rank fusion were measured worse (docs/evaluation.md):
+    the ablation script runs them, the settings do not offer them."""
+
+    hybrid = "hybrid"
+    dense = "dense"
+
+
 DEFAULT_PERSONA = (
     "You are Hearth, a helpful assistant that answers questions about the user's own documents."
 )
@@ -189,6 +198,24 @@ class Settings(BaseSettings):
     min_relevance: float = Field(
         0.25, ge=-1.0, le=1.0, description="cosine similarity below which a chunk is not relevant"
     )
+    # Retrieval (docs/evaluation.md has the measurements behind these defaults).
+    retrieval: RetrievalMode = Field(
+        RetrievalMode.hybrid, description="hybrid: dense and keyword (BM25) fused by weight; "
+        "dense: embeddings only (for a data folder on NFS, where SQLite cannot lock)")
+    keyword_weight: float = Field(
+        0.15, ge=0.0, le=2.0, description="hybrid: weight of the keyword side's BM25 (scaled "
+        "to the question's best) added to the cosine similarity")
+    retrieval_candidates: int = Field(
+        20, ge=1, le=200, description="chunks each side finds for the fusion to rank")
+    headings_weight: float = Field(
+        2.0, ge=0.0, le=10.0, description="BM25 weight of a chunk's heading path (title › "
+        "section) against its text (1)")
+    context_neighbours: int = Field(
+        1, ge=0, le=4, description="chunks of the same page before and after each passage "
+        "added to the model's context when the window has room")
+    context_neighbour_tokens: int = Field(
+        600, ge=0, le=32768, description="tokens the neighbours may add to the context in "
+        "all, best passage first (each one delays the answer's first token); 0: none")
     max_question_chars: int = Field(4000, ge=10)
     max_body_bytes: int = Field(64 * 1024, ge=1024)
 

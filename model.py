@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Generator, Iterator, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import PurePath
 from typing import Any
 
@@ -26,6 +26,7 @@ from hearth.conversations import Turn
 from hearth.errors import HearthError
 from hearth.grounding import Evidence, Verdict, check, evidence
 from hearth.llm import LLM, Generation, LLMError
+from hearth.retrieval import Fusion, Hit, Mode, retrieve, with_neighbours
 from hearth.vectorstore import VectorStore
 
 SNIPPET_CHARS = 600
@@ -86,9 +87,14 @@ class Source:
     chunk_id: str
     score: float
     collection: str = DEFAULT  # the collection it was read from
+    # The chunk's place in its document, where the index knows it: for finding its
+    # neighbours, not shown (left out of to_dict).
+    position: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        shown = asdict(self)
+        del shown["position"]
+        return shown
 
 
 @dataclass
@@ -158,6 +164,7 @@ def format_context(sources: Sequence[Source]) -> str:
 def to_source(doc: Document, score: float, chunk_id: str) -> Source:
     meta = doc.metadata
     page = meta.get("page")
+    position = meta.get("chunk")
     return Source(
         source=str(meta.get("source", "")),
         title=meta.get("title") or None,
@@ -167,6 +174,8 @@ def to_source(doc: Document, score: float, chunk_id: str) -> Source:
         chunk_id=chunk_id,
         score=round(score, 4),
         collection=str(meta.get("collection") or DEFAULT),
+        position=position if isinstance(position, int) and not isinstance(position, bool)
+        else None,
     )
 
 
@@ -221,11 +230,36 @@ class Assistant:
         self.vectorstore = vectorstore
         self.settings = settings
 
+    @property
+    def fusion(self) -> Fusion:
+        s = self.settings
+        return Fusion(Mode(s.retrieval.value), s.keyword_weight, s.retrieval_candidates,
+                      s.headings_weight)
+
     def retrieve(self, question: str, k: int | None = None,
-                 collections: Sequence[str] = (DEFAULT,)) -> list[Source]:
-        """The k nearest chunks of ``collections``, best first, each with its similarity."""
-        hits = self.vectorstore.search(question, k or self.settings.top_k, collections)
+                 collections: Sequence[str] = (DEFAULT,),
+                 fusion: Fusion | None = None) -> list[Source]:
+        """The k best chunks of ``collections`` (``HEARTH_RETRIEVAL``), best first, each with
+        its similarity."""
+        hits = self._hits(question, k, collections, fusion)
         return [to_source(doc, score, chunk_id) for doc, score, chunk_id in hits]
+
+    def _hits(self, question: str, k: int | None, collections: Sequence[str],
+              fusion: Fusion | None = None) -> list[Hit]:
+        return retrieve(self.vectorstore, question, k or self.settings.top_k, collections,
+                        fusion or self.fusion)
+
+    def widened(self, source: Source, neighbours: int | None = None) -> Source:
+        """The passage with the chunks around it on its page (``HEARTH_CONTEXT_NEIGHBOURS``
+        each side), or as it is when it has none."""
+        n = self.settings.context_neighbours if neighbours is None else neighbours
+        if n < 1 or source.position is None:
+            return source
+        doc = Document(page_content=source.snippet, metadata={
+            "source": source.source, "page": source.page or 0, "chunk": source.position,
+            "collection": source.collection})
+        text = with_neighbours(self.vectorstore, (doc, source.score, source.chunk_id), n, n)
+        return replace(source, snippet=text[:SNIPPET_CHARS * 4 * (2 * n + 1)])
 
     def condense(self, question: str, history: Sequence[Turn]) -> str:
         if not history:
@@ -285,7 +319,26 @@ class Assistant:
             used.append(source)
             room -= cost
         turns = self._fit_history(history, room)
+        room -= self.llm.count_message_tokens(history_messages(turns))
+        used = self.widen(used, min(room, s.context_neighbour_tokens), self.llm.count_tokens)
         return render(used, turns), used
+
+    def widen(self, sources: Sequence[Source], budget: int,
+              count: Callable[[str], int]) -> list[Source]:
+        """The passages, each widened with its neighbours while their added tokens (``count``)
+        fit in ``budget``, the best passage first: a fact often sits just before or after the
+        chunk that matched. Each added token of context delays the first token of the answer,
+        hence the budget (``HEARTH_CONTEXT_NEIGHBOUR_TOKENS``)."""
+        widened = list(sources)
+        for n, source in enumerate(widened):
+            wider = self.widened(source)
+            if wider is source:
+                continue
+            cost = count(format_context([wider])) - count(format_context([source]))
+            if 0 < cost <= budget:
+                widened[n] = wider
+                budget -= cost
+        return widened
 
     def stream(
         self, question: str, history: Sequence[Turn] = (),

@@ -8,6 +8,10 @@ collection Hearth used before collections existed (``HEARTH_CHROMA_COLLECTION``)
 from then is the default collection as it stands. Hits from several collections are merged by
 similarity, which is comparable across them: one embedding model, one cosine space.
 
+Every write goes through ``writer`` (LangChain's indexing API, uploads' deletions) or ``drop``,
+and each one is made to the keyword index (``keywords``) in the same call: the two stay in
+step, whatever adds or removes chunks.
+
 Embedded, Chroma keeps each collection's vector index in the memory of the process that opened
 it, and never sees what another process writes (`hearth ingest` beside a running `hearth
 serve`): its questions would miss every new document until a restart. So every process that
@@ -18,11 +22,13 @@ file per question).
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
 import uuid
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from functools import cache
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
@@ -34,7 +40,10 @@ from langchain_core.embeddings import Embeddings
 from hearth.access import DEFAULT
 from hearth.config import Settings
 from hearth.errors import Unavailable
+from hearth.keywords import KeywordHit, KeywordIndex, KeywordIndexError, keywords_path
 from hearth.private import private_dir
+
+log = logging.getLogger(__name__)
 
 
 class VectorStoreError(Unavailable):
@@ -42,6 +51,8 @@ class VectorStoreError(Unavailable):
 
 
 SPACE = {"hnsw:space": "cosine"}
+# Chunks read from Chroma at a time when the keyword index copies a collection in.
+BACKFILL_PAGE = 2000
 GENERATION = "hearth-generation"  # beside the embedded index: changed by each writing process
 
 
@@ -94,6 +105,7 @@ class VectorStore:
             self._reopening = threading.Lock()
             self._writers: dict[str, Any] = {}
             self._readers: dict[str, Any] = {}
+            self._keywords: KeywordIndex | None = None
             # The default collection, opened (created in a new index) now: the benchmarks and
             # the evaluation toolkit read it directly.
             self.langchain = self.writer(DEFAULT)
@@ -102,6 +114,13 @@ class VectorStore:
             raise
         except Exception as exc:
             raise VectorStoreError(f"cannot open the vector store at {self.where}: {exc}") from exc
+
+    @property
+    def keywords(self) -> KeywordIndex:
+        """The keyword index beside this store (opened on first use)."""
+        if self._keywords is None:
+            self._keywords = KeywordIndex(keywords_path(self.settings))
+        return self._keywords
 
     # -- other processes' writes (embedded) -----------------------------------------------------
 
@@ -146,13 +165,13 @@ class VectorStore:
             self._generation = current
 
     def writer(self, collection: str) -> Any:
-        """LangChain's ``Chroma`` over a collection, for the indexing API; created if new."""
-        from langchain_chroma import Chroma
-
+        """LangChain's ``Chroma`` over a collection, for the indexing API; created if new.
+        What it adds and deletes, the keyword index adds and deletes too."""
         if collection not in self._writers:
             try:
                 # Always pass the embedding function: Chroma's default downloads a model.
-                self._writers[collection] = Chroma(
+                self._writers[collection] = _mirrored_chroma()(
+                    self, collection,
                     client=self.client, collection_name=chroma_name(self.settings, collection),
                     embedding_function=self.embeddings, collection_metadata=SPACE)
             except Exception as exc:
@@ -178,9 +197,11 @@ class VectorStore:
         return found
 
     def search(self, query: str, k: int, collections: Sequence[str] = (DEFAULT,),
-               where: dict[str, Any] | None = None) -> list[tuple[Document, float, str]]:
+               where: dict[str, Any] | None = None,
+               vector: Sequence[float] | None = None) -> list[tuple[Document, float, str]]:
         """The k nearest chunks of ``collections`` with their cosine similarity and chunk id,
-        best first; each chunk's ``collection`` is in its metadata."""
+        best first; each chunk's ``collection`` is in its metadata. ``vector``: the query's
+        embedding, when the caller has it already."""
         if not collections:
             return []
         try:
@@ -190,21 +211,23 @@ class VectorStore:
                 from exc
         generation = self._generation
         try:
-            return self._search(query, k, collections, where)
+            return self._search(query, k, collections, where, vector)
         except VectorStoreError:
             if self._generation == generation:
                 raise
             # Reopened by another thread while this search ran on the closed client: again.
-            return self._search(query, k, collections, where)
+            return self._search(query, k, collections, where, vector)
 
     def _search(self, query: str, k: int, collections: Sequence[str],
-                where: dict[str, Any] | None) -> list[tuple[Document, float, str]]:
+                where: dict[str, Any] | None, vector: Sequence[float] | None
+                ) -> list[tuple[Document, float, str]]:
         try:
             found = [(name, c) for name in collections
                      if (c := self._existing(name)) is not None]
             if not found:
                 return []
-            vector = self.embeddings.embed_query(query)
+            if vector is None:
+                vector = self.embeddings.embed_query(query)
 
             def query_one(item: tuple[str, Any]) -> list[tuple[Document, float, str]]:
                 from chromadb.errors import NotFoundError
@@ -235,12 +258,91 @@ class VectorStore:
         hits.sort(key=lambda hit: -hit[1])
         return hits[:k]
 
+    def similarities(self, vector: Sequence[float],
+                     chunks: Sequence[tuple[str, str]]) -> dict[str, float]:
+        """The cosine similarity of ``vector`` to each chunk named (collection, chunk id), from
+        the embeddings Chroma holds: a chunk found by its words alone gets the score that the
+        relevance gate and the fusion compare."""
+        import numpy as np
+
+        query = np.asarray(vector, dtype=np.float64)
+        query = query / (np.linalg.norm(query) or 1.0)
+        by_collection: dict[str, list[str]] = {}
+        for name, chunk_id in chunks:
+            by_collection.setdefault(name, []).append(chunk_id)
+        scores: dict[str, float] = {}
+        try:
+            for name, ids in by_collection.items():
+                chroma = self._existing(name)
+                if chroma is None:
+                    continue
+                found = chroma.get(ids=ids, include=["embeddings"])
+                for chunk_id, embedding in zip(found["ids"], found["embeddings"], strict=True):
+                    e = np.asarray(embedding, dtype=np.float64)
+                    scores[chunk_id] = float(e @ query / (np.linalg.norm(e) or 1.0))
+        except Exception as exc:
+            raise VectorStoreError(f"cannot read the vector store at {self.where}: {exc}") from exc
+        return scores
+
+    def whole_keywords(self, collection: str) -> None:
+        """Make the keyword index hold every chunk of ``collection``: one indexed before the
+        keyword index existed is copied in from Chroma, once."""
+        keywords = self.keywords
+        if keywords.is_whole(collection):
+            return
+        chroma = self._existing(collection)
+
+        def pages() -> Iterator[tuple[list[str], list[str], list[dict[str, Any]]]]:
+            if chroma is None:
+                return
+            offset = 0
+            while True:
+                found = chroma.get(limit=BACKFILL_PAGE, offset=offset,
+                                   include=["documents", "metadatas"])
+                if not found["ids"]:
+                    return
+                yield (list(found["ids"]), [t or "" for t in found["documents"]],
+                       [dict(m or {}) for m in found["metadatas"]])
+                offset += len(found["ids"])
+
+        try:
+            copied = keywords.backfill(collection, pages)
+        except KeywordIndexError:
+            raise
+        except Exception as exc:
+            raise VectorStoreError(f"cannot read collection {collection!r} from the vector "
+                                   f"store at {self.where}: {exc}") from exc
+        if copied:
+            log.info("keyword index: %d chunks of collection %r copied in from the vector "
+                     "store", copied, collection)
+
+    def keyword_search(self, query: str, k: int, collections: Sequence[str] = (DEFAULT,),
+                       headings_weight: float | None = None) -> list[tuple[Document, float, str]]:
+        """The k chunks of ``collections`` that best match the query's words (BM25), best
+        first, in ``search``'s form (the score is BM25's, not a similarity)."""
+        try:
+            self.refresh()  # a collection another process created is seen before it is copied
+        except Exception as exc:
+            raise VectorStoreError(f"cannot reopen the vector store at {self.where}: {exc}") \
+                from exc
+        for name in collections:
+            self.whole_keywords(name)
+        hits: list[KeywordHit] = self.keywords.search(
+            query, k, collections,
+            **({} if headings_weight is None else {"headings_weight": headings_weight}))
+        return [(Document(page_content=h.text, metadata={**h.metadata,
+                                                          "collection": h.collection}),
+                 h.score, h.chunk_id) for h in hits]
+
     def drop(self, collection: str) -> None:
         """Delete a collection's chunks, all at once."""
         try:
             if self._existing(collection) is not None:
                 self.client.delete_collection(chroma_name(self.settings, collection))
                 self.changed()
+            self.keywords.drop(collection)
+        except KeywordIndexError:
+            raise
         except Exception as exc:
             raise VectorStoreError(f"cannot delete collection {collection!r} from the vector "
                                    f"store at {self.where}: {exc}") from exc
@@ -261,3 +363,34 @@ class VectorStore:
 
     def ping(self) -> None:
         self.count()
+
+
+@cache
+def _mirrored_chroma() -> type:
+    """LangChain's ``Chroma``, with every chunk it adds or deletes added to or deleted from
+    the keyword index: after Chroma, so that a failure leaves the indexing API's records
+    unwritten and the next run does both again."""
+    from langchain_chroma import Chroma
+
+    class MirroredChroma(Chroma):  # type: ignore[misc]
+        def __init__(self, store: VectorStore, collection: str, **kwargs: Any) -> None:
+            super().__init__(**kwargs)
+            self._hearth_store = store
+            self._hearth_collection = collection
+
+        def add_texts(self, texts: Iterable[str], metadatas: list[dict[str, Any]] | None = None,
+                      ids: list[str] | None = None, **kwargs: Any) -> list[str]:
+            texts = list(texts)
+            self._hearth_store.whole_keywords(self._hearth_collection)
+            added = super().add_texts(texts, metadatas=metadatas, ids=ids, **kwargs)
+            self._hearth_store.keywords.add(self._hearth_collection, added, texts,
+                                            metadatas or [{} for _ in texts])
+            return list(added)
+
+        def delete(self, ids: list[str] | None = None, **kwargs: Any) -> None:
+            self._hearth_store.whole_keywords(self._hearth_collection)
+            super().delete(ids=ids, **kwargs)
+            if ids:
+                self._hearth_store.keywords.delete(self._hearth_collection, ids)
+
+    return MirroredChroma

@@ -24,7 +24,8 @@ if TYPE_CHECKING:
 # The heading line (title and section) put before each chunk's text, at most this long.
 HEADING_TOKENS = 40
 # Bump when the way documents become chunks changes, so re-ingesting reports "updated".
-CHUNKING_VERSION = 1
+# 2: chunks carry their position in the document ("chunk") and heading path ("headings").
+CHUNKING_VERSION = 2
 # Below this, a chunk holds too little text around its heading to be worth retrieving.
 MIN_CHUNK_TOKENS = 64
 
@@ -110,7 +111,7 @@ class Chunker:
         blocks = merge_blocks(doc.blocks)
         doc_hash = sha256(json.dumps(
             [CHUNKING_VERSION, self.max_tokens, self.overlap, doc.title, doc.kind,
-             [[b.text, b.page, b.section, b.table] for b in blocks]]))
+             [[b.text, b.page, b.section, b.table, b.headings] for b in blocks]]))
         chunks: list[Document] = []
         for block in blocks:
             heading = doc.title.strip()
@@ -124,6 +125,7 @@ class Chunker:
                 chunks.append(Document(page_content=text, metadata={
                     "source": doc.source, "root": root, "title": doc.title,
                     "page": block.page, "section": block.section, "table": block.table,
+                    "headings": block.headings or block.section, "chunk": len(chunks),
                     "kind": doc.kind, "hash": sha256(text), "doc_hash": doc_hash,
                 }))
         return chunks
@@ -138,10 +140,10 @@ def merge_blocks(blocks: Iterable[Block]) -> list[Block]:
             continue
         last = merged[-1] if merged else None
         if (last and not block.table and not last.table and last.page == block.page
-                and last.section == block.section):
+                and last.section == block.section and last.headings == block.headings):
             last.text += "\n\n" + text
         else:
-            merged.append(Block(text, block.page, block.section, block.table))
+            merged.append(Block(text, block.page, block.section, block.table, block.headings))
     return merged
 
 

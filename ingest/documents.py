@@ -63,6 +63,9 @@ class Block:
     page: int = 0  # 1-based page of a paged document (PDF); 0 when the source has no pages
     section: str = ""
     table: bool = False
+    # The headings above the text, outermost first, joined by " › " ("datetime › timedelta
+    # Objects › Examples"); empty where the source has no nesting to tell (PDF, plain text).
+    headings: str = ""
 
 
 @dataclass

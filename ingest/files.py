@@ -52,7 +52,8 @@ _KINDS_OF_FILE = ((stat.S_ISFIFO, "a FIFO"), (stat.S_ISSOCK, "a socket"),
                   (stat.S_ISDIR, "a folder"))
 # Bump when parsing changes, so cached results of the old parser are not reused.
 # 2: scanned PDF pages are read by OCR (version 1 cached them as skipped).
-PARSER_VERSION = 2
+# 3: blocks carry their heading path (HTML, Markdown).
+PARSER_VERSION = 3
 
 
 def find_files(root: Path, ignored: dict[str, int] | None = None) -> list[Path]:
@@ -229,7 +230,8 @@ def _markdown(path: Path, text: str) -> Parsed:
     for part in splitter.split_text(text):
         headers = [part.metadata[key] for _, key in _MD_HEADERS if key in part.metadata]
         title = title or part.metadata.get("h1", "")
-        blocks.append(Block(part.page_content, section=headers[-1] if headers else ""))
+        blocks.append(Block(part.page_content, section=headers[-1] if headers else "",
+                            headings=" › ".join(headers)))
     return Parsed(str(path), title or path.stem, blocks, "markdown")
 
 

@@ -16,6 +16,7 @@ from urllib.parse import urljoin
 from hearth.ingest.documents import Block
 
 HEADINGS = {"h1", "h2", "h3", "h4", "h5", "h6"}
+HEADING_SEPARATOR = " › "
 # Elements whose end is a line break in the text.
 BLOCK_TAGS = {
     "address", "article", "blockquote", "br", "dd", "details", "div", "dl", "dt", "figcaption",
@@ -131,14 +132,27 @@ class _Walker:
     def __init__(self) -> None:
         self.blocks: list[Block] = []
         self.section = ""
+        self._open: list[tuple[int, str]] = []  # (level, text) of the headings above
         self._parts: list[str] = []
+
+    @property
+    def headings(self) -> str:
+        return HEADING_SEPARATOR.join(text for _, text in self._open)
+
+    def heading(self, level: int, text: str) -> None:
+        """A heading of ``level`` closes those at its level and below."""
+        while self._open and self._open[-1][0] >= level:
+            self._open.pop()
+        if text:
+            self._open.append((level, text))
+        self.section = text
 
     def flush(self) -> None:
         text = "".join(self._parts)
         lines = [_SPACES.sub(" ", line).strip() for line in text.split("\n")]
         text = _BLANKS.sub("\n\n", "\n".join(lines)).strip()
         if text:
-            self.blocks.append(Block(text=text, section=self.section))
+            self.blocks.append(Block(text=text, section=self.section, headings=self.headings))
         self._parts = []
 
     def walk(self, node: Any) -> None:
@@ -156,13 +170,14 @@ class _Walker:
         name = tag.name
         if name in HEADINGS:
             self.flush()
-            self.section = text_of(tag)
+            self.heading(int(name[1]), text_of(tag))
             self._parts.append(self.section + "\n")
         elif name == "table":
             self.flush()
             rows = table_rows(tag)
             if rows:
-                self.blocks.append(Block(text="\n".join(rows), section=self.section, table=True))
+                self.blocks.append(Block(text="\n".join(rows), section=self.section, table=True,
+                                         headings=self.headings))
         elif name == "pre":
             self._parts.append("\n\n" + tag.get_text() + "\n\n")
         elif name in BLOCK_TAGS:

@@ -43,7 +43,7 @@ MAX_REDIRECTS = 5
 ACCEPT_ENCODING = "gzip, deflate"
 MAX_SITEMAP_URLS = 50_000
 MAX_CRAWL_DELAY_S = 10.0
-PARSER_VERSION = 1  # bump when parse_html changes, so cached pages are parsed again
+PARSER_VERSION = 2  # bump when parse_html changes, so cached pages are parsed again (2: headings)
 REDIRECTS = {301, 302, 303, 307, 308}
 HTML_TYPES = ("text/html", "application/xhtml+xml")
 # Links to these are not fetched at all: they are never HTML.

@@ -83,6 +83,9 @@ class FakeIndex:
 def fake_services(tmp_path: Path, replies: Sequence[str] = (),
                   passages: dict[str, str] | None = None, **overrides: Any) -> Services:
     llm_options = {k: overrides.pop(k) for k in ("n_ctx", "fail_after") if k in overrides}
+    # The fake index scores words only, as one side: hybrid retrieval is tested on the real
+    # index (tests/test_retrieval.py).
+    overrides.setdefault("retrieval", "dense")
     settings = load_settings(_env_file=None, data_dir=tmp_path / "data", max_new_tokens=64,
                              **overrides)
     llm = FakeLLM(settings, replies, **llm_options)

@@ -1,0 +1,188 @@
+"""Retrieval ablation: dense, keyword and fused retrieval, with and without neighbours, on the
+evaluation sets, against the index the settings name (no generation, no model loaded).
+
+    HEARTH_DATA_DIR=/path/to/index python bench/retrieval_ablation.py evaluation/sets/*.jsonl
+
+For each variant and each answerable question: the expected page's rank among the first
+``--depth`` chunks (hit@1, hit@4, MRR, as `hearth eval facts --retrieval-only` counts them),
+the key facts present in the top 4 passages ("facts retrievable"; with neighbours, in the
+passages widened as the model would be given them), and the time retrieval took. Prints a
+Markdown table; ``--json`` also writes every figure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, cast
+
+from hearth.config import load_settings
+from hearth.evaluation.keyfacts import (
+    PASSAGES_FOR_FACTS,
+    FactQuestion,
+    facts_present,
+    load_fact_sets,
+    ranks,
+)
+from hearth.model import Assistant, Source
+from hearth.retrieval import Fusion, Mode
+from hearth.services import build_services
+
+
+@dataclass(frozen=True)
+class Variant:
+    name: str
+    fusion: Fusion
+    neighbours: int = 0
+    neighbour_tokens: int = 0  # 0: no budget
+
+
+def approximate_tokens(text: str) -> int:
+    """About a token for four characters of English: the model's tokenizer is not loaded."""
+    return len(text) // 4
+
+
+def variants(candidates: int, weight: float) -> list[Variant]:
+    """Every variant measured; ``weight`` is the hybrid keyword weight the later rows use."""
+    hybrid = [Variant(f"hybrid, keyword weight {w}", Fusion(Mode.hybrid, w, candidates))
+              for w in (0.1, 0.15, 0.25, 0.4)]
+    return [
+        Variant("dense only (before)", Fusion(Mode.dense)),
+        Variant("keyword only (BM25, headings ×2)", Fusion(Mode.keyword, candidates=candidates)),
+        Variant("keyword only (BM25, headings ×0)",
+                Fusion(Mode.keyword, candidates=candidates, headings_weight=0.0)),
+        Variant("naive RRF (k=60)", Fusion(Mode.rrf, candidates=candidates)),
+        *hybrid,
+        Variant(f"hybrid {weight}, headings ×1", Fusion(Mode.hybrid, weight, candidates, 1.0)),
+        Variant(f"hybrid {weight}, gated: only with an identifier or number",
+                Fusion(Mode.hybrid, weight, candidates, gated=True)),
+        Variant("dense + neighbours ±1", Fusion(Mode.dense), neighbours=1),
+        *[Variant(f"hybrid {weight} + neighbours ±1, at most {budget} tokens",
+                  Fusion(Mode.hybrid, weight, candidates), neighbours=1, neighbour_tokens=budget)
+          for budget in (300, 600, 1200)],
+        Variant(f"hybrid {weight} + neighbours ±1, no budget",
+                Fusion(Mode.hybrid, weight, candidates), neighbours=1),
+        Variant(f"hybrid {weight} + neighbours ±2, no budget",
+                Fusion(Mode.hybrid, weight, candidates), neighbours=2),
+    ]
+
+
+class RememberedEmbeddings:
+    """The embedding model, each question embedded once for all the variants: the variants'
+    latencies are then retrieval's own (the question's embedding is timed apart)."""
+
+    def __init__(self, embeddings: Any) -> None:
+        self.embeddings = embeddings
+        self.vectors: dict[str, list[float]] = {}
+
+    def embed_query(self, text: str) -> list[float]:
+        if text not in self.vectors:
+            self.vectors[text] = self.embeddings.embed_query(text)
+        return self.vectors[text]
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.embeddings, name)
+
+
+def evaluate(assistant: Assistant, questions: Sequence[FactQuestion], variant: Variant,
+             depth: int) -> dict[str, Any]:
+    rank_list: list[int | None] = []
+    retrievable: list[float] = []
+    seconds: list[float] = []
+    chars: list[int] = []
+    for question in questions:
+        started = time.perf_counter()
+        ranked: list[Source] = assistant.retrieve(question.question, k=depth,
+                                                  fusion=variant.fusion)
+        top = ranked[:PASSAGES_FOR_FACTS]
+        if variant.neighbours:
+            assistant.settings = assistant.settings.model_copy(
+                update={"context_neighbours": variant.neighbours})
+            top = assistant.widen(top, variant.neighbour_tokens or 10**9, approximate_tokens)
+        seconds.append(time.perf_counter() - started)
+        page_rank, _ = ranks(question, [{"source": s.source, "page": s.page} for s in ranked])
+        rank_list.append(page_rank)
+        passages = "\n".join(s.snippet for s in top)
+        chars.append(len(passages))
+        retrievable.append(len(facts_present(question.key_facts, passages))
+                           / len(question.key_facts))
+    n = len(questions)
+    return {
+        "variant": variant.name, "questions": n,
+        "hit@1": sum(1 for r in rank_list if r and r <= 1) / n,
+        "hit@4": sum(1 for r in rank_list if r and r <= 4) / n,
+        "mrr": sum(1 / r for r in rank_list if r) / n,
+        "facts_retrievable": sum(retrievable) / n,
+        "passage_chars": statistics.median(chars),
+        "latency_median_ms": 1000 * statistics.median(seconds),
+        "latency_p90_ms": 1000 * statistics.quantiles(seconds, n=10)[-1],
+    }
+
+
+def table(rows: Sequence[dict[str, Any]]) -> str:
+    lines = ["| variant | hit@1 | hit@4 | MRR | facts in top 4 | top-4 chars (median) "
+             "| latency median / p90 |", "|---|---:|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        lines.append(f"| {r['variant']} | {r['hit@1']:.3f} | {r['hit@4']:.3f} | {r['mrr']:.3f} "
+                     f"| {r['facts_retrievable']:.3f} | {r['passage_chars']:.0f} "
+                     f"| {r['latency_median_ms']:.0f} / {r['latency_p90_ms']:.0f} ms |")
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None,
+         out: Callable[[str], None] = print) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("sets", nargs="+", type=Path, help="evaluation sets (JSONL)")
+    parser.add_argument("--depth", type=int, default=10, help="chunks ranked for hit@k, MRR")
+    parser.add_argument("--candidates", type=int, default=20,
+                        help="chunks each side finds for a fusion")
+    parser.add_argument("--weight", type=float, default=0.15,
+                        help="the hybrid keyword weight of the gated and neighbour variants")
+    parser.add_argument("--only", action="append", default=[],
+                        help="run the variants whose name contains this (repeatable)")
+    parser.add_argument("--json", type=Path, help="also write the figures here")
+    args = parser.parse_args(argv)
+    for path in args.sets:
+        if not path.is_file():
+            parser.error(f"no evaluation set at {path}")
+    settings = load_settings()
+    services = build_services(settings)
+    store = services.vectorstore
+    if store.count() == 0:
+        parser.error(f"the index at {settings.data_dir} is empty: ingest the documents first "
+                     "(evaluation/sets/README.md)")
+    questions = [q for q in load_fact_sets(args.sets) if q.answerable]
+    assistant = Assistant(cast(Any, None), store, settings)  # retrieval needs no model
+    chosen = [v for v in variants(args.candidates, args.weight)
+              if not args.only or any(o in v.name for o in args.only)]
+    store.whole_keywords("default")  # a first copy from Chroma is not counted as latency
+    assistant.retrieve("warm up", k=args.depth)
+    remembered = RememberedEmbeddings(store.embeddings)
+    embedding_s = []
+    for question in questions:
+        started = time.perf_counter()
+        remembered.embed_query(question.question)
+        embedding_s.append(time.perf_counter() - started)
+    store.embeddings = cast(Any, remembered)
+    rows = []
+    for variant in chosen:
+        rows.append(evaluate(assistant, questions, variant, args.depth))
+        print(f"{variant.name}: done", file=sys.stderr)
+    out(f"{len(questions)} answerable questions of {', '.join(p.name for p in args.sets)}; "
+        f"index {settings.data_dir} ({store.count()} chunks); ranks {args.depth} deep; "
+        f"latency: retrieval after the question's embedding, which took "
+        f"{1000 * statistics.median(embedding_s):.0f} ms (median) in every variant\n")
+    out(table(rows))
+    if args.json:
+        args.json.write_text(json.dumps(rows, indent=2) + "\n", encoding="utf-8")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

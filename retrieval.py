@@ -1,0 +1,168 @@
+"""Finding the passages for a question: dense, keyword, or both fused; and their neighbours.
+
+``dense`` is the vector store's nearest chunks (cosine similarity of MiniLM embeddings).
+``keyword`` is BM25 over the chunks' heading paths and texts (``keywords``). ``hybrid`` fuses
+the two: each side is searched ``candidates`` deep, every candidate gets its cosine similarity
+(from the embedding Chroma holds, so a chunk found by its words alone is scored like the
+others), and candidates are ranked by
+
+    similarity + keyword_weight × (the chunk's BM25 / the best BM25 of this question)
+
+so a passage both sides agree on rises, a passage only the keyword side found must share the
+question's rare words *and* be near it in meaning, and a question whose words match nothing
+in particular (a flat BM25) leaves the dense order as it is. On the evaluation set (166
+questions, the whole Python site and three R manuals indexed) BM25 alone lost to dense on
+every figure, naive reciprocal-rank fusion raised hit@4 but not hit@1, and the weighted form
+raised hit@1, hit@4, MRR and the facts in the top 4 together: docs/evaluation.md has the table.
+Only ``hybrid`` and ``dense`` are settings; the others stay here for the ablation
+(bench/retrieval_ablation.py).
+
+Every result keeps its cosine similarity as its score: the relevance gate
+(``HEARTH_MIN_RELEVANCE``) means the same thing whatever the mode.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any
+
+from langchain_core.documents import Document
+
+from hearth.access import DEFAULT
+from hearth.keywords import query_terms
+from hearth.vectorstore import VectorStore
+
+Hit = tuple[Document, float, str]  # (chunk, score, chunk id), as the vector store gives them
+
+
+class Mode(StrEnum):
+    dense = "dense"
+    keyword = "keyword"
+    hybrid = "hybrid"  # weighted score fusion (the default)
+    rrf = "rrf"  # reciprocal-rank fusion, for comparison
+
+
+RRF_K = 60
+
+
+@dataclass(frozen=True)
+class Fusion:
+    """How the two sides are combined: ``keyword_weight`` scales the keyword side's
+    normalised BM25 against the cosine similarity; ``candidates`` is how deep each side is
+    searched; ``headings_weight`` is BM25's weight of the heading path against the text."""
+
+    mode: Mode = Mode.hybrid
+    keyword_weight: float = 0.15
+    candidates: int = 20
+    headings_weight: float = 2.0
+    # Fuse only for a question with an identifier, a number or a quoted word in it; else dense.
+    gated: bool = False
+
+
+def _key(hit: Hit) -> tuple[str, str]:
+    return str(hit[0].metadata.get("collection") or DEFAULT), hit[2]
+
+
+def retrieve(store: VectorStore, question: str, k: int, collections: Sequence[str],
+             fusion: Fusion) -> list[Hit]:
+    """The k best chunks of ``collections`` for ``question``, best first, scored by cosine
+    similarity (``keyword`` mode: the BM25 order, each with its similarity)."""
+    if not collections or k < 1:
+        return []
+    if fusion.mode is Mode.dense or (fusion.gated and not any(
+            weight > 1 for _, weight in query_terms(question))):
+        return store.search(question, k, collections)
+    depth = max(k, fusion.candidates)
+    words = store.keyword_search(question, depth, collections,
+                                 headings_weight=fusion.headings_weight)
+    vector = store.embeddings.embed_query(question)
+    if fusion.mode is Mode.keyword:
+        return _with_similarity(store, vector, words[:k])
+    dense = store.search(question, depth, collections, vector=vector)
+    if fusion.mode is Mode.rrf:
+        return _rrf(store, vector, dense, words, k)
+    return _weighted(store, vector, dense, words, k, fusion.keyword_weight)
+
+
+def _with_similarity(store: VectorStore, vector: Sequence[float], hits: Sequence[Hit]
+                     ) -> list[Hit]:
+    """The hits with their cosine similarity; one the vector store does not hold (a keyword
+    index left behind by a vector store deleted by hand) is dropped, never shown."""
+    scores = store.similarities(vector, [_key(h) for h in hits])
+    return [(doc, scores[chunk_id], chunk_id) for doc, _, chunk_id in hits if chunk_id in scores]
+
+
+def _weighted(store: VectorStore, vector: Sequence[float], dense: Sequence[Hit],
+              words: Sequence[Hit], k: int, weight: float) -> list[Hit]:
+    similarity = {_key(h): h[1] for h in dense}
+    missing = [_key(h) for h in words if _key(h) not in similarity]
+    if missing:
+        found = store.similarities(vector, missing)
+        similarity |= {key: found[key[1]] for key in missing if key[1] in found}
+    words = [h for h in words if _key(h) in similarity]  # held by the vector store
+    best = max((h[1] for h in words), default=0.0)
+    keyword = {_key(h): h[1] / best for h in words} if best > 0 else {}
+    chunks: dict[tuple[str, str], Hit] = {}
+    for hit in [*dense, *words]:
+        key = _key(hit)
+        chunks.setdefault(key, (hit[0], similarity[key], hit[2]))
+    ranked = sorted(chunks, key=lambda key: -(similarity[key] + weight * keyword.get(key, 0.0)))
+    return [chunks[key] for key in ranked[:k]]
+
+
+def _rrf(store: VectorStore, vector: Sequence[float], dense: Sequence[Hit],
+         words: Sequence[Hit], k: int) -> list[Hit]:
+    fused: dict[tuple[str, str], float] = {}
+    chunks: dict[tuple[str, str], Hit] = {}
+    for hits in (dense, words):
+        for rank, hit in enumerate(hits, 1):
+            key = _key(hit)
+            fused[key] = fused.get(key, 0.0) + 1.0 / (RRF_K + rank)
+            chunks.setdefault(key, hit)
+    similarity = {_key(h): h[1] for h in dense}
+    scored = _with_similarity(store, vector, [h for h in words if _key(h) not in similarity])
+    similarity |= {_key(h): h[1] for h in scored}
+    ranked = [key for key in sorted(fused, key=lambda key: -fused[key]) if key in similarity]
+    return [(chunks[key][0], similarity[key], key[1]) for key in ranked[:k]]
+
+
+def with_neighbours(store: VectorStore, hit: Hit, before: int, after: int) -> str:
+    """The chunk's text with up to ``before`` and ``after`` chunks of the same document (and
+    page) around it, in document order, each neighbour's heading line and the text it shares
+    with the chunk before it left out. The chunk's own text when its position is unknown (an
+    index from before chunks recorded it)."""
+    doc, _, _ = hit
+    meta: dict[str, Any] = doc.metadata
+    position = meta.get("chunk")
+    if not isinstance(position, int) or isinstance(position, bool) or (before + after) < 1:
+        return doc.page_content
+    page = meta.get("page")
+    around = store.keywords.neighbours(
+        str(meta.get("collection") or DEFAULT), str(meta.get("source") or ""),
+        int(page) if isinstance(page, int | float) else 0, position, before, after)
+    if len(around) < 2:
+        return doc.page_content
+    text = ""
+    for n, body in around:
+        body = doc.page_content if n == position else body
+        if text:
+            body = _without_heading(body, doc.page_content)
+            body = body[_overlap(text, body):]
+        text = f"{text}\n{body}" if text else body
+    return text
+
+
+def _without_heading(body: str, chunk: str) -> str:
+    """A neighbour's text without the heading line every chunk of a section starts with."""
+    first, _, rest = body.partition("\n")
+    return rest if rest and chunk.startswith(first + "\n") else body
+
+
+def _overlap(before: str, after: str, longest: int = 400) -> int:
+    """Characters at the start of ``after`` that end ``before`` (the chunks' overlap)."""
+    for size in range(min(longest, len(before), len(after)), 15, -1):
+        if before.endswith(after[:size]):
+            return size
+    return 0

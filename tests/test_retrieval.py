@@ -1,0 +1,232 @@
+"""Keyword and fused retrieval (retrieval.py, keywords.py) on real pages of the Python docs.
+
+Real parts: the embedding model, Chroma on disk, the SQLite keyword index, pages of the
+python3.11-doc package, ingested by the real pipeline. The fast tests at the end check the
+query's terms and the settings alone.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from hearth.config import ConfigError, RetrievalMode
+from hearth.ingest.pipeline import ingest_files
+from hearth.ingest.sources import remove_collection, remove_source
+from hearth.keywords import IDENTIFIER_WEIGHT, KeywordIndex, fts_query, query_terms
+from hearth.model import Assistant
+from hearth.retrieval import Fusion, Mode
+from hearth.services import Services, build_services
+
+LIBRARY = Path("/usr/share/doc/python3.11/html/library")
+PAGES = ["grp.html", "pwd.html", "spwd.html", "imghdr.html", "tty.html"]
+
+pytestmark = pytest.mark.skipif(not LIBRARY.is_dir(),
+                                reason="needs Debian's python3.11-doc (the pages tested on)")
+
+
+def pages(folder: Path, names: list[str] = PAGES) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    for name in names:
+        shutil.copy(LIBRARY / name, folder / name)
+    return folder
+
+
+@pytest.fixture
+def services(make_settings: Any, embeddings: Any) -> Services:
+    return build_services(make_settings(), embeddings=embeddings)
+
+
+def chroma_ids(services: Services, collection: str) -> set[str]:
+    return set(services.vectorstore.writer(collection)._collection.get(include=[])["ids"])
+
+
+def assert_in_step(services: Services, collection: str = "default") -> None:
+    assert services.vectorstore.keywords.ids(collection) == chroma_ids(services, collection)
+
+
+def top(assistant: Assistant, question: str, mode: Mode, k: int = 4,
+        collections: tuple[str, ...] = ("default",)) -> list[Any]:
+    return assistant.retrieve(question, k=k, collections=collections, fusion=Fusion(mode))
+
+
+@pytest.mark.parametrize(("question", "needle", "page"), [
+    ("what does gr_gid hold", "gr_gid", "grp.html"),  # an identifier
+    ("what does imghdr return for 'rast'", "'rast'", "imghdr.html"),  # a value in a table
+])
+def test_words_find_the_passage_that_meaning_misses(services: Services, tmp_path: Path,
+                                                    question: str, needle: str,
+                                                    page: str) -> None:
+    ingest_files(services, pages(tmp_path / "docs"))
+    assistant = Assistant(Any, services.vectorstore, services.settings)  # type: ignore[arg-type]
+    dense = top(assistant, question, Mode.dense)
+    # The premise: the embeddings put another chunk of the right page first.
+    assert Path(dense[0].source).name == page and needle not in dense[0].snippet
+    for mode in (Mode.keyword, Mode.hybrid):
+        found = top(assistant, question, mode)
+        assert needle in found[0].snippet, (mode, found[0].snippet)
+        # The fused passage keeps its cosine similarity: the relevance gate reads the same.
+        assert 0.2 < found[0].score < 1.0
+
+
+def test_keyword_search_reads_only_the_collections_in_its_query(services: Services,
+                                                               tmp_path: Path) -> None:
+    ingest_files(services, pages(tmp_path / "public", ["grp.html"]))
+    services.access.create("ann-notes", "Ann's notes", readers=["ann"])
+    private = tmp_path / "private"
+    private.mkdir()
+    (private / "vault.md").write_text(
+        "# Vault\n\nThe vault's gr_gid is quokka-7731; gr_gid gr_gid gr_gid, the group id of "
+        "the vault, opens the safe.\n")
+    ingest_files(services, private, collection="ann-notes")
+    store = services.vectorstore
+    both = store.keyword_search("gr_gid quokka-7731", 1, ["default", "ann-notes"])
+    assert both[0][0].metadata["collection"] == "ann-notes"
+    # The best match overall is Ann's: a filter after the top 1 would leave nothing. The query
+    # itself reads the public collection only, and finds its best chunk.
+    public = store.keyword_search("gr_gid quokka-7731", 1, ["default"])
+    assert len(public) == 1 and "gr_gid" in public[0][0].page_content
+    assert public[0][0].metadata["collection"] == "default"
+    assistant = Assistant(Any, store, services.settings)  # type: ignore[arg-type]
+    for mode in Mode:
+        hits = top(assistant, "what is the vault's gr_gid quokka-7731", mode, k=10)
+        assert hits and all(h.collection == "default" for h in hits), mode
+        assert not any("quokka" in h.snippet for h in hits)
+    assert store.keyword_search("quokka-7731", 5, []) == []
+
+
+def test_reingesting_and_removing_keep_the_keyword_index_in_step(services: Services,
+                                                                tmp_path: Path) -> None:
+    docs = pages(tmp_path / "docs", ["grp.html", "tty.html"])
+    (docs / "notes.md").write_text("# Notes\n\nThe spare key is under the flowerpot "
+                                   "numbered 4417.\n")
+    ingest_files(services, docs)
+    store = services.vectorstore
+    assert_in_step(services)
+    assert store.keyword_search("flowerpot 4417", 3, ["default"])
+    # A changed document: its new chunks replace the old ones, none left behind or doubled.
+    (docs / "notes.md").write_text("# Notes\n\nThe spare key is under the doormat numbered "
+                                   "9021.\n")
+    summary = ingest_files(services, docs)
+    assert summary.updated == 1
+    assert_in_step(services)
+    assert not store.keyword_search("flowerpot 4417", 3, ["default"])
+    assert len(store.keyword_search("doormat 9021", 10, ["default"])) == 1
+    # A document gone from the folder, then the whole source.
+    (docs / "tty.html").unlink()
+    ingest_files(services, docs)
+    assert_in_step(services)
+    assert not store.keyword_search("TCSAFLUSH", 3, ["default"])
+    remove_source(services, str(docs))
+    assert store.keywords.count("default") == 0 and not chroma_ids(services, "default")
+    # A deletion by id (what removing an upload does) and a whole collection.
+    services.access.create("notes", "notes")
+    ingest_files(services, docs, collection="notes")
+    assert_in_step(services, "notes")
+    some = sorted(chroma_ids(services, "notes"))[:2]
+    store.writer("notes").delete(ids=some)
+    assert_in_step(services, "notes")
+    remove_collection(services, "notes")
+    assert store.keywords.count("notes") == 0
+
+
+def test_an_index_from_before_the_keyword_index_is_copied_in_once(
+        make_settings: Any, embeddings: Any, tmp_path: Path) -> None:
+    settings = make_settings()
+    first = build_services(settings, embeddings=embeddings)
+    ingest_files(first, pages(tmp_path / "docs", ["grp.html", "pwd.html"]))
+    chunks = chroma_ids(first, "default")
+    first.vectorstore.keywords.close()
+    for path in settings.data_dir.glob("keywords.sqlite3*"):
+        path.unlink()  # as an index built by a Hearth without one
+    later = build_services(settings, embeddings=embeddings)
+    store = later.vectorstore
+    assert not store.keywords.is_whole("default")
+    hits = store.keyword_search("gr_gid", 2, ["default"])
+    assert "gr_gid" in hits[0][0].page_content
+    assert store.keywords.ids("default") == chunks and store.keywords.is_whole("default")
+
+
+def test_neighbours_widen_a_passage_within_its_page(services: Services, tmp_path: Path) -> None:
+    ingest_files(services, pages(tmp_path / "docs", ["grp.html"]))
+    assistant = Assistant(Any, services.vectorstore, services.settings)  # type: ignore[arg-type]
+    hit = top(assistant, "what does gr_gid hold", Mode.keyword, k=1)[0]
+    assert hit.position == 1
+    wider = assistant.widened(hit, 1)
+    rows = services.vectorstore.keywords.neighbours("default", hit.source, 0, 1, 1, 1)
+    assert [n for n, _ in rows] == [0, 1, 2]
+    own_text = hit.snippet.partition("\n")[2]  # past the heading line
+    assert own_text in wider.snippet and len(wider.snippet) > len(hit.snippet)
+    # Each neighbour's text is there once, without its heading line again.
+    assert wider.snippet.count("grp — The group database — Python") == 1
+    assert "This module provides access to the Unix group database" in wider.snippet
+    assert assistant.widened(hit, 0) is hit
+
+
+# -- fast: no real part --------------------------------------------------------------------
+
+
+def test_identifiers_and_numbers_weigh_more_in_the_query() -> None:
+    terms = dict(query_terms("How do I call os.chdir with --user and R_registerRoutines "
+                             "for 999999999 days?"))
+    assert terms["os chdir"] == IDENTIFIER_WEIGHT and terms["chdir"] == 1
+    assert terms["r_registerroutines"] == IDENTIFIER_WEIGHT
+    assert terms["999999999"] == IDENTIFIER_WEIGHT and terms["user"] == IDENTIFIER_WEIGHT
+    assert terms["days"] == 1 and "how" not in terms and "do" not in terms
+    assert fts_query([("os chdir", 2), ('say "hi"', 1)]) == \
+        '"os chdir" OR "os chdir" OR "say ""hi"""'
+    assert query_terms("what is it?") == []
+
+
+def test_a_question_without_words_to_match_finds_nothing(tmp_path: Path) -> None:
+    index = KeywordIndex(tmp_path / "keywords.sqlite3")
+    index.add("default", ["a"], ["the spare key is under the mat"], [{"source": "x"}])
+    assert index.search("is it the?", 4, ["default"]) == []
+    assert [h.chunk_id for h in index.search("spare keys", 4, ["default"])] == ["a"]
+    assert index.search('"; DROP TABLE chunks; --', 4, ["default"]) == []
+    assert index.count("default") == 1
+
+
+def test_the_retrieval_settings(make_settings: Any) -> None:
+    assert make_settings().retrieval is RetrievalMode.hybrid
+    assert make_settings(retrieval="dense").retrieval is RetrievalMode.dense
+    for measured_worse in ("keyword", "rrf", "bm42"):
+        with pytest.raises(ConfigError, match="HEARTH_RETRIEVAL"):
+            make_settings(retrieval=measured_worse)
+    with pytest.raises(ConfigError, match="HEARTH_CONTEXT_NEIGHBOURS"):
+        make_settings(context_neighbours=9)
+
+
+def test_the_prompt_takes_neighbours_within_their_token_budget(make_services: Any,
+                                                                tmp_path: Path) -> None:
+    docs = pages(tmp_path / "docs", ["grp.html"])
+    for budget, widened in ((0, False), (30, False), (600, True)):
+        services = make_services(context_neighbour_tokens=budget)
+        ingest_files(services, docs)
+        assistant = services.assistant
+        hits = assistant.retrieve("what does gr_gid hold", k=1)
+        _, used = assistant.build_prompt("what does gr_gid hold", hits, [])
+        assert (len(used[0].snippet) > len(hits[0].snippet)) is widened, budget
+        if widened:
+            added = (services.llm.count_tokens(used[0].snippet)
+                     - services.llm.count_tokens(hits[0].snippet))
+            assert 0 < added <= budget
+
+
+def test_a_keyword_entry_the_vector_store_lost_is_never_shown(services: Services,
+                                                              tmp_path: Path) -> None:
+    ingest_files(services, pages(tmp_path / "docs", ["grp.html", "pwd.html"]))
+    store = services.vectorstore
+    table = next(h for h in store.keyword_search("gr_gid", 5, ["default"])
+                 if "gr_gid" in h[0].page_content)
+    # Deleted from Chroma behind the writer's back (by hand, or a Chroma restored from a
+    # backup): the keyword index still holds it.
+    store.writer("default")._collection.delete(ids=[table[2]])
+    assert table[2] in store.keywords.ids("default")
+    assistant = Assistant(Any, store, services.settings)  # type: ignore[arg-type]
+    for mode in Mode:
+        hits = top(assistant, "what does gr_gid hold in the group database", mode, k=10)
+        assert hits and table[2] not in {h.chunk_id for h in hits}, mode
