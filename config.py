@@ -200,8 +200,9 @@ class Settings(BaseSettings):
     )
     # Retrieval (docs/evaluation.md has the measurements behind these defaults).
     retrieval: RetrievalMode = Field(
-        RetrievalMode.hybrid, description="hybrid: dense and keyword (BM25) fused by weight; "
-        "dense: embeddings only (for a data folder on NFS, where SQLite cannot lock)")
+        RetrievalMode.dense, description="dense: embeddings only; hybrid: dense and keyword "
+        "(BM25) fused by weight, which retrieves better (docs/evaluation.md) but is not yet "
+        "the default: with the 0.5B model it turned the first-run question into a refusal")
     keyword_weight: float = Field(
         0.15, ge=0.0, le=2.0, description="hybrid: weight of the keyword side's BM25 (scaled "
         "to the question's best) added to the cosine similarity")

@@ -319,6 +319,8 @@ class TransformersLLM(LLM):
     def count_message_tokens(self, messages: Sequence[BaseMessage]) -> int:
         from hearth.hf_models import encode_chat
 
+        if not messages:
+            return 0  # no earlier turns: templates refuse an empty chat, and it costs nothing
         return int(encode_chat(self.tokenizer, messages).shape[-1])  # the template's own cost
 
     def translate(self, exc: Exception) -> Exception:

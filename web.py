@@ -274,17 +274,23 @@ def client_address(settings: Settings) -> str:
     return remote
 
 
+LIMITS_RETRY_S = 30  # after the rate-limit store fails, count in memory this long
+
+
 def too_many(limiter: Limiter, rate: str, scope: str, who: str, message: str) -> Response | None:
     """A 429 once ``who`` has used up ``rate`` in ``scope``, counting this request: in the
     shared store when it answers, else in this process's memory (said once in the log)."""
     item = parse_rate(rate)
+    fallback: RateLimiter = current_app.extensions["hearth.limits_fallback"]
     counters = limiter.limiter
+    if time.monotonic() < current_app.extensions.get("hearth.limits_down_until", 0.0):
+        counters = fallback  # the store failed a moment ago: do not wait on it every request
     try:
         allowed = counters.hit(item, scope, who)
     except Exception as exc:  # the storage's own errors: MongoDB away, say
-        fallback: RateLimiter = current_app.extensions["hearth.limits_fallback"]
-        if counters is not fallback:
-            log.warning("rate-limit store unreachable, counting in memory: %s", exc)
+        log.warning("rate-limit store unreachable, counting in memory for %d s: %s",
+                    LIMITS_RETRY_S, exc)
+        current_app.extensions["hearth.limits_down_until"] = time.monotonic() + LIMITS_RETRY_S
         counters = fallback
         allowed = counters.hit(item, scope, who)
     if allowed:
@@ -353,11 +359,13 @@ def limits_storage(settings: Settings) -> tuple[str, dict[str, Any]]:
     sliding-window counter), else this process's memory."""
     if not settings.mongodb_uri:
         return "memory://", {}
-    ms = int(settings.backend_timeout_s * 1000)
+    # A counter answers in milliseconds: a store slower than a quarter of the backend timeout
+    # is treated as away (counted in memory) rather than let it delay every request.
+    ms = max(50, int(settings.backend_timeout_s * 250))
     return settings.mongodb_uri, {
         "database_name": settings.mongodb_db, "counter_collection_name": "rate_limit_counters",
-        "window_collection_name": "rate_limit_windows", "serverSelectionTimeoutMS": ms,
-        "connectTimeoutMS": ms, "socketTimeoutMS": 2 * ms, "appname": "hearth"}
+        "window_collection_name": "rate_limit_windows", "serverSelectionTimeoutMS": 4 * ms,
+        "connectTimeoutMS": 4 * ms, "socketTimeoutMS": ms, "appname": "hearth"}
 
 
 def guard(app: Flask, settings: Settings, hearth: Services) -> Limiter:
