@@ -76,7 +76,12 @@ def acting_user(principal: Principal | None, requested: str | None) -> str:
 
 
 def new_token() -> str:
-    return PREFIX + secrets.token_urlsafe(32)
+    """A new key. Its id (``key_id``: its first characters) never starts with "-", which a
+    command line would read as an option (`hearth keys revoke -Ssfq...`)."""
+    while True:
+        token = PREFIX + secrets.token_urlsafe(32)
+        if not key_id(token).startswith("-"):
+            return token
 
 
 def digest(token: str) -> str:

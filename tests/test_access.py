@@ -322,3 +322,11 @@ def test_ingestion_is_for_admins_and_stays_inside_its_roots(make_services: Any,
     assert [s["name"] for s in job["summary"]["skipped"]] == ["vault.md"], job["summary"]
     assert "outside the folder" in job["summary"]["skipped"][0]["reason"]
     assert all("4321" not in doc.page_content for doc, _, _ in services.vectorstore.search("vault code", 4))
+
+
+def test_no_key_id_starts_with_a_dash() -> None:
+    from hearth.auth import key_id, new_token
+
+    # One in 64 random ids would start with "-", which `hearth keys revoke ID` reads as an
+    # option: a thousand keys make one likely (1 - (63/64)**1000 > 0.99999).
+    assert not any(key_id(new_token()).startswith("-") for _ in range(1000))
