@@ -212,7 +212,7 @@ class Settings(BaseSettings):
         2.0, ge=0.0, le=10.0, description="BM25 weight of a chunk's heading path (title › "
         "section) against its text (1)")
     context_neighbours: int = Field(
-        1, ge=0, le=4, description="chunks of the same page before and after each passage "
+        0, ge=0, le=4, description="chunks of the same page before and after each passage "
         "added to the model's context when the window has room")
     context_neighbour_tokens: int = Field(
         600, ge=0, le=32768, description="tokens the neighbours may add to the context in "

@@ -204,7 +204,7 @@ def test_the_prompt_takes_neighbours_within_their_token_budget(make_services: An
                                                                 tmp_path: Path) -> None:
     docs = pages(tmp_path / "docs", ["grp.html"])
     for budget, widened in ((0, False), (30, False), (600, True)):
-        services = make_services(context_neighbour_tokens=budget)
+        services = make_services(context_neighbours=1, context_neighbour_tokens=budget)
         ingest_files(services, docs)
         assistant = services.assistant
         hits = assistant.retrieve("what does gr_gid hold", k=1)
