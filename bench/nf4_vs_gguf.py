@@ -36,18 +36,9 @@ from pathlib import Path
 from typing import Any
 
 import common
+from answer_path import QUESTIONS  # the same questions, in the same order
 from common import MODELS, PY_DOCS, REPO, SMOLLM, machine, median, save, table
 
-QUESTIONS = [  # bench/answer_path.py's, in its order
-    "How do I create a virtual environment?",
-    "What does the break statement do in a loop?",
-    "How do I read a file line by line?",
-    "What is a list comprehension?",
-    "How do I handle an exception with try and except?",
-    "What is the difference between a tuple and a list?",
-    "How do I define a function with default argument values?",
-    "What does the __init__ method of a class do?",
-]
 ENGINES = {"llamacpp": "llama.cpp GGUF", "nf4": "transformers NF4", "int8": "transformers int8",
            "none": "transformers float32"}
 
