@@ -164,7 +164,7 @@ def answer_out(answer: Answer, conversation_id: str) -> AnswerOut:
         conversation_id=conversation_id, usage=Usage(**answer.usage), refused=answer.refused,
         model=answer.model, timings=answer.timings,
         evidence=[EvidenceOut(**e.to_dict()) for e in answer.evidence],
-        grounded=answer.grounded, unsupported=answer.unsupported,
+        grounded=answer.grounded, unsupported=answer.unsupported, draft=answer.draft,
     )
 
 

@@ -135,6 +135,8 @@ def ask(question: str, user_id: str | None, conversation_id: str | None,
     click.echo()
     assert reply is not None
     answer = reply.answer
+    if answer.draft:  # the draft streamed above; what stands is that it was withheld
+        click.echo(f"\n{answer.answer}")
     if answer.sources:
         click.echo("\nSources:")
         for n, s in enumerate(answer.sources, 1):
@@ -143,10 +145,10 @@ def ask(question: str, user_id: str | None, conversation_id: str | None,
             shelf = "" if s.collection == "default" else f" ({s.collection})"
             click.echo(f"  [{n}] {title}{s.source}{page}{shelf}")
     if answer.evidence:
-        click.echo("\nEvidence:")
+        click.echo("\nClosest to your question:" if answer.draft else "\nEvidence:")
         for e in answer.evidence:
             click.echo(f"  [{e.source + 1}] “{' '.join(e.text.split())}”")
-    if not answer.grounded:
+    if not answer.grounded and not answer.draft:
         click.echo("\n(Not backed by the sources: check them before relying on this answer.)",
                    err=True)
     t = answer.timings

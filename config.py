@@ -64,6 +64,13 @@ class EmbeddingRuntime(StrEnum):
     onnx_int8 = "onnx-int8"
 
 
+class Unsupported(StrEnum):
+    """What becomes of an answer the grounding check does not find in the passages."""
+
+    withhold = "withhold"  # not given: say so, show the passages' best evidence and the draft
+    flag = "flag"  # given, with a note naming what the documents do not say
+
+
 class RetrievalMode(StrEnum):
     """How passages are found (hearth.retrieval): by meaning and words fused, or by meaning
     alone. Keyword-only and reciprocal-rank fusion were measured worse (docs/evaluation.md):
@@ -192,8 +199,13 @@ class Settings(BaseSettings):
 
     # The conversation.
     persona: str = DEFAULT_PERSONA
-    answer_words: int = Field(80, ge=5, description="word budget the prompt asks answers to keep to")
+    answer_words: int = Field(80, ge=5, description="word budget of an answer: the prompt asks "
+                              "for it, and the answer ends at the first sentence end past it")
     refusal: str = "I am not programmed to answer that."
+    unsupported_answers: Unsupported = Field(
+        Unsupported.withhold, description="withhold: an answer that names things the passages "
+        "do not contain is not given as an answer (the user sees why, the passages' best "
+        "evidence and the draft); flag: it is given with a note (docs/evaluation.md)")
     top_k: int = Field(4, ge=1, le=50)
     min_relevance: float = Field(
         0.25, ge=-1.0, le=1.0, description="cosine similarity below which a chunk is not relevant"

@@ -45,6 +45,8 @@ class Turn:
     evidence: list[dict[str, Any]] = field(default_factory=list)
     grounded: bool = True
     unsupported: list[str] = field(default_factory=list)
+    # The model's answer when it was withheld; ``answer`` then says why.
+    draft: str = ""
     # The collections the question read; a turn from before collections read ``default``.
     collections: list[str] = field(default_factory=lambda: ["default"])
     # The user's verdict on the answer: {"rating": "helpful" | "wrong", "comment", "at"}.

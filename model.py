@@ -10,6 +10,7 @@ streams out token by token, followed by the sources it was drawn from.
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Callable, Generator, Iterator, Sequence
 from dataclasses import asdict, dataclass, field, replace
@@ -21,7 +22,7 @@ from langchain_core.messages import AIMessage, BaseMessage, HumanMessage
 from langchain_core.prompts import ChatPromptTemplate, MessagesPlaceholder
 
 from hearth.access import DEFAULT
-from hearth.config import Settings
+from hearth.config import Settings, Unsupported
 from hearth.conversations import Turn
 from hearth.errors import HearthError
 from hearth.grounding import Evidence, Verdict, check, evidence
@@ -111,6 +112,10 @@ class Answer:
     evidence: list[Evidence] = field(default_factory=list)
     grounded: bool = True
     unsupported: list[str] = field(default_factory=list)
+    # The model's answer when it was withheld (HEARTH_UNSUPPORTED_ANSWERS=withhold): ``answer``
+    # then says why, ``refused`` is true and ``evidence`` is what the passages say closest to
+    # the question.
+    draft: str = ""
     # The collections the question read: a follow-up reads the same ones.
     collections: list[str] = field(default_factory=lambda: [DEFAULT])
 
@@ -121,7 +126,8 @@ class Answer:
             timings=self.timings, usage=self.usage,
             standalone_question=self.standalone_question,
             evidence=[e.to_dict() for e in self.evidence], grounded=self.grounded,
-            unsupported=self.unsupported, collections=list(self.collections),
+            unsupported=self.unsupported, draft=self.draft,
+            collections=list(self.collections),
         )
 
 
@@ -213,6 +219,36 @@ def cited(sources: Sequence[Source], evidence: Sequence[Evidence] = ()) -> list[
     return shown
 
 
+SENTENCE_END = re.compile(r"[.!?][\"')\]*]*\s*$")
+
+
+def within_words(pieces: Iterator[str], budget: int) -> Iterator[str]:
+    """The answer's pieces until it has said ``budget`` words: it ends at the first sentence
+    end after that, or at half the budget again mid-sentence. Words in code blocks are not
+    counted, and a code block is not cut (``max_new_tokens`` bounds it). Asked for 80 words, a
+    0.5B model wrote up to 200; every token past the budget is time the user waits for.
+    Stopping the iteration stops the model: the source is closed."""
+    text = ""
+    try:
+        for piece in pieces:
+            prose = FENCE.sub(" ", text)
+            in_code = "```" in prose
+            words = len(prose.split("```", 1)[0].split())
+            at_break = piece[:1].isspace()  # what came so far is a whole word, or sentence
+            if at_break and not in_code and (
+                    words >= budget and SENTENCE_END.search(text) or words >= budget * 3 // 2):
+                return
+            text += piece
+            yield piece
+    finally:
+        close = getattr(pieces, "close", None)
+        if close is not None:
+            close()
+
+
+FENCE = re.compile(r"```.*?```", re.DOTALL)
+
+
 def unsupported_note(verdict: Verdict) -> str:
     """What an answer the passages do not back says about itself, so that no face (a third
     party's OpenAI client included) presents it as fact."""
@@ -222,6 +258,17 @@ def unsupported_note(verdict: Verdict) -> str:
                 "relying on this answer.)")
     return ("\n\n(This answer is not drawn from your documents' words: check the sources "
             "before relying on it.)")
+
+
+def withheld_answer(verdict: Verdict) -> str:
+    """What the user reads instead of an answer the passages do not back."""
+    if verdict.unsupported:
+        spans = ", ".join(verdict.unsupported[:4]) + (" …" if verdict.unsupported[4:] else "")
+        why = f"the answer drafted from them names things they do not contain ({spans})"
+    else:
+        why = "the answer drafted from them is not drawn from their words"
+    return (f"Your documents do not seem to answer this: {why}, so it is not given as an "
+            "answer. The passages closest to your question are in the sources.")
 
 
 class Assistant:
@@ -387,7 +434,8 @@ class Assistant:
         t = mark("queue_s", t)
         usage = Generation()
         pieces: list[str] = []
-        for piece in self._generate(messages, standalone, usage):
+        answered = self._generate(messages, standalone, usage)
+        for piece in within_words(answered, self.settings.answer_words):
             if not pieces:
                 timings["first_token_s"] = round(time.perf_counter() - started, 4)
             pieces.append(piece)
@@ -403,22 +451,30 @@ class Assistant:
         refused = _plain(text).startswith(_plain(self.settings.refusal))
         verdict = Verdict(True, [], 0, 1.0)
         found: list[Evidence] = []
+        draft, shown_sources = "", [] if refused else used
         if not refused:
             # Checked against what the model was shown: a passage's heading names its file.
             verdict = check(text, [format_context([s]) for s in used])
-            found = evidence(text, [s.snippet for s in merged(used)])
+            snippets = [s.snippet for s in merged(used)]
+            found = evidence(text, snippets)
             if not verdict.grounded:
-                note = unsupported_note(verdict)
-                yield Token(note)
-                text += note
+                # The tokens are out already: a streaming client reads the note after them.
+                yield Token(unsupported_note(verdict))
+                if self.settings.unsupported_answers is Unsupported.withhold:
+                    # Not presented as fact: what the passages say closest to the question
+                    # is the evidence, the draft is kept for who wants to read it.
+                    draft, text, refused = text, withheld_answer(verdict), True
+                    found = evidence(standalone, snippets)
+                else:
+                    text += unsupported_note(verdict)
         timings["total_s"] = round(time.perf_counter() - started, 4)
         yield Answer(
-            answer=text, sources=[] if refused else cited(used, found),
+            answer=text, sources=cited(shown_sources, found),
             standalone_question=standalone, refused=refused, model=self.llm.name,
             usage={"prompt_tokens": usage.prompt_tokens,
                    "completion_tokens": usage.completion_tokens},
             timings=timings, evidence=found, grounded=verdict.grounded,
-            unsupported=verdict.unsupported, collections=list(collections),
+            unsupported=verdict.unsupported, draft=draft, collections=list(collections),
         )
 
     def _generate(

@@ -127,6 +127,8 @@ class HearthExtras(BaseModel):
     grounded: bool = Field(description="Hearth extension: false when the answer names things "
                                        "no source contains")
     unsupported: list[str] = Field(description="Hearth extension: those spans")
+    draft: str = Field("", description="Hearth extension: the model's unverified answer when "
+                       "Hearth withheld it (the content then says why)")
 
 
 class OpenAIChatCompletion(HearthExtras):
@@ -153,7 +155,7 @@ class OpenAIChunkChoice(BaseModel):
 class OpenAIChatChunk(BaseModel):
     """One ``data:`` event of a stream. The chunk that carries ``finish_reason`` also carries
     the Hearth extensions (sources, conversation_id, refused, evidence, grounded,
-    unsupported); the stream ends with
+    unsupported, draft); the stream ends with
     ``data: [DONE]``."""
 
     id: str
@@ -168,6 +170,7 @@ class OpenAIChatChunk(BaseModel):
     evidence: list[EvidenceOut] | None = None
     grounded: bool | None = None
     unsupported: list[str] | None = None
+    draft: str | None = None
 
 
 class OpenAIModel(BaseModel):
@@ -300,7 +303,7 @@ def extras(answer: Answer) -> dict[str, Any]:
     return {"sources": [SourceOut(**s.to_dict()) for s in answer.sources],
             "refused": answer.refused, "grounded": answer.grounded,
             "evidence": [EvidenceOut(**e.to_dict()) for e in answer.evidence],
-            "unsupported": answer.unsupported}
+            "unsupported": answer.unsupported, "draft": answer.draft}
 
 
 @openai_blueprint.post("/chat/completions")

@@ -458,6 +458,9 @@ class GroundingOut(BaseModel):
     grounded: bool = Field(description="false when the answer names things (numbers, code, "
                                        "commands) that no source contains, or strays from them")
     unsupported: list[str] = Field(description="the answer's spans that no source contains")
+    draft: str = Field("", description="the model's answer when Hearth withheld it for naming "
+                       "things no source contains (`answer` then says so, `refused` is true); "
+                       "unverified: empty otherwise")
 
 
 # -- route tables and the OpenAPI document -------------------------------------------------------

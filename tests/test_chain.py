@@ -3,10 +3,11 @@ model's behaviour is in test_model.py and test_quality.py)."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 from hearth.conversations import Turn
-from hearth.model import Answer, Assistant, Token
+from hearth.model import Answer, Assistant, Token, within_words
 from tests.fakes import FakeLLM, fake_services
 
 PIP = {"pip.md": "To install a package, run python -m pip install followed by its name."}
@@ -84,9 +85,11 @@ def test_the_persona_word_budget_and_refusal_reach_the_prompt(tmp_path: Path) ->
 
 
 def test_an_answer_that_quotes_the_refusal_keeps_its_sources(tmp_path: Path) -> None:
+    guide = {"guide.md": 'When your documents lack the answer, Hearth says "I am not '
+                         'programmed to answer that."'}
     chain, _ = assistant(tmp_path, 'Hearth says "I am not programmed to answer that." when '
-                                   "your documents lack the answer.")
-    answer = chain.answer(QUESTION)
+                                   "your documents lack the answer.", passages=guide)
+    answer = chain.answer("What does Hearth say when the documents lack the answer?")
     assert isinstance(answer, Answer) and not answer.refused and answer.sources
     chain, _ = assistant(tmp_path, "I am not programmed to answer that.")
     refused = chain.answer(QUESTION)
@@ -124,12 +127,66 @@ def test_an_answer_the_passages_back_carries_its_evidence(tmp_path: Path) -> Non
     assert snippet[best.start:best.end] == best.text  # where the page highlights it
 
 
-def test_an_invented_command_is_flagged_and_said_in_the_answer(tmp_path: Path) -> None:
-    chain, _ = assistant(tmp_path, "Run `pip fetch --global NAME` as root.")
+def test_an_invented_command_is_withheld_with_the_closest_evidence(tmp_path: Path) -> None:
+    draft = "Run `pip fetch --global NAME` as root."
+    chain, _ = assistant(tmp_path, draft)
     events = list(chain.stream(QUESTION))
     answer = events[-1]
     assert isinstance(answer, Answer)
     assert not answer.grounded and answer.unsupported == ["pip fetch --global NAME"]
+    # Not given as an answer: it says why, keeps the draft apart and counts as declined...
+    assert answer.refused and answer.draft == draft
+    assert answer.answer.startswith("Your documents do not seem to answer this")
+    assert "pip fetch --global NAME" in answer.answer and "as root" not in answer.answer
+    # ...with the sources, and the sentence closest to the question as evidence.
+    assert [s.source for s in answer.sources] == ["pip.md"]
+    [best] = answer.evidence
+    assert "python -m pip install" in best.text
+    # A streaming client had the draft already: the note after it says the same.
+    streamed = "".join(e.text for e in events if isinstance(e, Token))
+    assert streamed.startswith(draft)
+    assert "(Not found in your documents: pip fetch --global NAME." in streamed
+    assert answer.turn(QUESTION).draft == draft  # stored with the turn
+
+
+def test_flagged_answers_are_given_with_a_note_when_so_set(tmp_path: Path) -> None:
+    chain, _ = assistant(tmp_path, "Run `pip fetch --global NAME` as root.",
+                         unsupported_answers="flag")
+    events = list(chain.stream(QUESTION))
+    answer = events[-1]
+    assert isinstance(answer, Answer)
+    assert not answer.grounded and not answer.refused and answer.draft == ""
     note = "(Not found in your documents: pip fetch --global NAME."
     assert note in answer.answer  # stored with the answer, and streamed like the rest of it
     assert note in "".join(e.text for e in events if isinstance(e, Token))
+
+
+def pieces(text: str) -> list[str]:
+    """Text as a model streams it: words with their leading space, newlines apart."""
+    return re.findall(r"\s*\S+", text)
+
+
+def test_an_answer_ends_at_the_first_sentence_end_past_its_word_budget() -> None:
+    text = "One two three four five. Six seven eight nine ten. Eleven twelve."
+    assert "".join(within_words(iter(pieces(text)), 4)) == "One two three four five."
+    # a version number split across pieces is no sentence end; the next one is
+    split = ["Python", " 3.", "11", " added", " it.", " More", " words."]
+    assert "".join(within_words(iter(split), 3)) == "Python 3.11 added it."
+    assert "".join(within_words(iter(pieces(text)), 80)) == text  # within the budget: all
+
+
+def test_a_sentence_that_runs_on_is_cut_and_code_is_not_counted() -> None:
+    run_on = " ".join(f"w{n}" for n in range(40))
+    assert "".join(within_words(iter(pieces(run_on)), 10)).split() == run_on.split()[:15]
+    block = "```\n" + "\n".join(f"step{n} --flag" for n in range(30)) + "\n```"
+    code = f"Run this:\n{block}\nThen check the output and the log and the rest."
+    assert "".join(within_words(iter(pieces(code)), 4)) == f"Run this:\n{block}\nThen check the output"
+
+
+def test_the_word_budget_stops_the_model(tmp_path: Path) -> None:
+    reply = ("Run python -m pip install followed by its name. " * 6).strip()
+    chain, _ = assistant(tmp_path, reply, answer_words=12)
+    answer = chain.answer(QUESTION)
+    assert answer.answer == "Run python -m pip install followed by its name. " \
+                            "Run python -m pip install followed by its name."
+    assert answer.grounded

@@ -259,9 +259,13 @@ function renderSources(answerNode, sources, evidence = []) {
 
 // Under the answer: the sentences of the sources that back it, and, when the grounding check
 // found things no source says, a warning naming them. The sources' passages mark the evidence.
+// An answer Hearth withheld says why itself: under it, the sentences closest to the question
+// and the model's draft, folded and marked unverified.
 function renderGrounding(answerNode, answer) {
   answerNode.querySelector(".evidence")?.remove();
   answerNode.querySelector(".ungrounded-note")?.remove();
+  answerNode.querySelector(".draft")?.remove();
+  const withheld = Boolean(answer.draft);
   const sources = answerNode.sources || [];
   const evidence = answer.evidence || [];
   if (evidence.length) {
@@ -271,13 +275,20 @@ function renderGrounding(answerNode, answer) {
       list.append(el("li", {}, el("q", { text: e.text }),
         el("span", { class: "where", text: ` [${e.source + 1}]${from ? " " + baseName(from.source) : ""}` })));
     }
-    answerNode.querySelector(".sources")?.before(el("section", { class: "evidence", "aria-label": "Evidence" },
-      el("h3", { text: "Evidence" }), list));
+    const heading = withheld ? "Closest to your question" : "Evidence";
+    answerNode.querySelector(".sources")?.before(el("section", { class: "evidence", "aria-label": heading },
+      el("h3", { text: heading }), list));
     renderSources(answerNode, sources, evidence);
     answerNode.querySelector(".sources")?.before(answerNode.querySelector(".evidence"));
   }
   answerNode.classList.toggle("ungrounded", answer.grounded === false);
-  if (answer.grounded === false) {
+  if (withheld) {
+    const draft = el("details", { class: "draft" },
+      el("summary", { text: "The model's draft (unverified: it names things your documents do not contain)" }),
+      el("div", { class: "draft-text" }));
+    renderMarkdown(draft.querySelector(".draft-text"), answer.draft);
+    answerNode.querySelector(".text").after(draft);
+  } else if (answer.grounded === false) {
     const spans = (answer.unsupported || []).slice(0, 4).join(", ");
     answerNode.querySelector(".text").after(el("p", { class: "ungrounded-note", role: "note",
       text: spans ? `Not found in your documents: ${spans}. Check the evidence and sources before relying on this answer.`
