@@ -318,6 +318,8 @@ class InProcessAnswerer:
             result |= {
                 "hypothesis": answer.answer, "refused": bool(answer.refused),
                 "grounded": getattr(answer, "grounded", None),
+                "unsupported": list(getattr(answer, "unsupported", None) or []),
+                "draft": getattr(answer, "draft", "") or "",
                 "sources": [_source_json(s) for s in answer.sources],
                 "latency_s": round(latency, 4), "first_token_s": timings.get("first_token_s"),
                 "prompt_tokens": usage.get("prompt_tokens"),
@@ -372,6 +374,8 @@ class UrlAnswerer:
             "hypothesis": answer,
             "refused": bool(refused) if refused is not None else answer.strip() == self.refusal,
             "grounded": data.get("grounded"),
+            "unsupported": list(data.get("unsupported") or []),
+            "draft": data.get("draft") or "",
             "sources": [_source_json(s) for s in data.get("sources") or []
                         if isinstance(s, Mapping)],
             "retrieved": None, "passages": None,
@@ -415,6 +419,16 @@ def score_fact_record(record: dict[str, Any]) -> dict[str, Any]:
             grounded = record.get("grounded")
             scores["wrong_presented"] = (not refused and len(found) < len(facts)
                                          and grounded is not False)
+            scores["presented_grounded"] = not refused and grounded is not False
+            # An answer withheld by the grounding check: what its draft said tells what the
+            # check cost (a right draft withheld) and what it saved (a wrong one).
+            draft = record.get("draft") or ""
+            said = draft if refused and draft else ("" if refused else
+                                                    record.get("hypothesis") or "")
+            in_draft = facts_present(facts, said)
+            scores |= {"withheld": bool(refused and draft),
+                       "draft_fact_recall": len(in_draft) / len(facts),
+                       "withheld_right": bool(refused and draft) and len(in_draft) == len(facts)}
         if record.get("passages") is not None:
             in_passages = facts_present(facts, "\n".join(record["passages"]))
             scores["facts_retrievable"] = len(in_passages) / len(facts)
@@ -518,10 +532,20 @@ def summarize_group(records: Sequence[dict[str, Any]], ks: Sequence[int] = DEFAU
     summary["facts_retrievable"] = _mean(retrievable)
     summary["refusal_rate_unanswerable"] = _share(
         sum(1 for r in unanswerable if r.get("refused")), len(unanswerable))
+    summary["withheld_unanswerable"] = _share(
+        sum(1 for r in unanswerable if r.get("refused") and r.get("draft")), len(unanswerable))
     summary["false_refusals"] = _share(sum(1 for r in answerable if r.get("refused")),
                                        len(answerable))
     summary["wrong_presented"] = _share(
         sum(1 for r in answered if r["scores"]["wrong_presented"]), len(answered))
+    summary["presented_grounded"] = _share(
+        sum(1 for r in answered if r["scores"].get("presented_grounded")), len(answered))
+    summary["draft_fact_recall"] = _mean(
+        [r["scores"]["draft_fact_recall"] for r in answered if "draft_fact_recall" in r["scores"]])
+    summary["withheld"] = _share(sum(1 for r in answered if r["scores"].get("withheld")),
+                                 len(answered))
+    summary["withheld_right"] = _share(
+        sum(1 for r in answered if r["scores"].get("withheld_right")), len(answered))
     generated = [r for r in unanswerable if r.get("mode", "answer") == "answer"]
     summary["unanswerable_presented"] = _share(
         sum(1 for r in generated if not r.get("refused") and r.get("grounded") is not False),
@@ -576,6 +600,11 @@ def _rows(summary: Mapping[str, Any]) -> list[tuple[str, str]]:
              ("false_refusals", f"answerable questions {refused} (false refusals)"),
              ("wrong_presented",
               VERDICT_LABEL if summary["grounding_verdict"] else NO_VERDICT_LABEL),
+             ("presented_grounded", "answerable questions answered as grounded"),
+             ("draft_fact_recall", "key-fact recall of the model's drafts (before the check)"),
+             ("withheld", "answerable questions withheld by the grounding check"),
+             ("withheld_right", "... withheld although the draft had every key fact"),
+             ("withheld_unanswerable", "unanswerable questions withheld by the grounding check"),
              ("unanswerable_presented",
               "unanswerable questions answered as grounded" if summary["grounding_verdict"]
               else "unanswerable questions answered (no grounding verdict yet)"),

@@ -167,7 +167,7 @@ def answered(id_: str, corpus: str, *, facts: list[str] | None = None, answer: s
              retrieved: list[tuple[str, int | None]] | None = None, passages: list[str] | None = None,
              latency: float | None = 1.0, first: float | None = None, grounded: bool | None = None,
              source: str | None = None, page: int | None = None, error: str | None = None,
-             mode: str = "answer") -> dict[str, Any]:
+             mode: str = "answer", draft: str = "") -> dict[str, Any]:
     answerable = corpus != "unanswerable"
     record: dict[str, Any] = {
         "id": id_, "question": "?", "answerable": answerable, "corpus": corpus,
@@ -177,7 +177,7 @@ def answered(id_: str, corpus: str, *, facts: list[str] | None = None, answer: s
         if mode == "answer" else None,
         "retrieved": None if retrieved is None else [{"source": s, "page": p}
                                                      for s, p in retrieved],
-        "passages": passages, "latency_s": latency, "first_token_s": first,
+        "passages": passages, "latency_s": latency, "first_token_s": first, "draft": draft,
     }
     if error:
         record = {k: record[k] for k in ("id", "question", "answerable", "corpus", "source",
@@ -278,6 +278,38 @@ def test_a_grounding_verdict_counts_only_answers_presented_as_grounded() -> None
     assert summary["groups"]["overall"]["unanswerable_presented"] == {"value": 0.5, "hits": 1,
                                                                       "n": 2}
     assert kf.VERDICT_LABEL in kf.summary_table(summary)
+
+
+def test_withheld_answers_count_as_refused_and_their_drafts_say_what_the_check_cost() -> None:
+    dt = "library/datetime.html"
+    withheld = "Your documents do not seem to answer this: ..."
+    records = [
+        # the check withheld a right draft, and a wrong one; passed a right answer
+        answered("a", "python-docs", source=dt, facts=["x", "y"], answer=withheld,
+                 refused=True, grounded=False, draft="x and y"),
+        answered("b", "python-docs", source=dt, facts=["x", "y"], answer=withheld,
+                 refused=True, grounded=False, draft="z"),
+        answered("c", "python-docs", source=dt, facts=["x"], answer="x", grounded=True),
+        # the model declined by itself: refused, no draft
+        answered("d", "python-docs", source=dt, facts=["x"], refused=True, grounded=True,
+                 answer="I am not programmed to answer that."),
+        answered("u1", "unanswerable", answer=withheld, refused=True, grounded=False,
+                 draft="Sure: 42."),
+        answered("u2", "unanswerable", answer="I am not programmed to answer that.",
+                 refused=True, grounded=True),
+    ]
+    overall = kf.summarize_facts(records)["groups"]["overall"]
+    assert value(overall["fact_recall"]) == pytest.approx(1 / 4)  # withheld scores 0
+    assert overall["false_refusals"]["hits"] == 3
+    assert overall["presented_grounded"] == {"value": 0.25, "hits": 1, "n": 4}
+    assert overall["withheld"] == {"value": 0.5, "hits": 2, "n": 4}
+    assert overall["withheld_right"] == {"value": 0.25, "hits": 1, "n": 4}
+    assert value(overall["draft_fact_recall"]) == pytest.approx((1 + 0 + 1 + 0) / 4)
+    assert overall["refusal_rate_unanswerable"]["hits"] == 2
+    assert overall["withheld_unanswerable"] == {"value": 0.5, "hits": 1, "n": 2}
+    assert overall["wrong_presented"]["hits"] == 0
+    assert "withheld although the draft had every key fact | 0.250 (1/4)" in \
+        kf.summary_table(kf.summarize_facts(records))
 
 
 def test_a_retrieval_only_record_has_ranks_and_retrievable_facts_but_no_answer_figures() -> None:

@@ -19,6 +19,10 @@ import pytest
 
 from hearth.api import create_app
 from hearth.config import Settings
+from hearth.conversations import Turn
+from hearth.grounding import Verdict
+from hearth.history import SQLiteHistory
+from hearth.model import Source, withheld_answer
 from hearth.services import build_services
 from hearth.webui import STATIC, webui_blueprint
 from tests.conftest import BIN, MODELS, REPO, SMOLLM, Server, free_port, http_ok, wait_until
@@ -56,8 +60,8 @@ new MutationObserver(() => {
 
 
 class Hearth:
-    def __init__(self, url: str, server: Server) -> None:
-        self.url, self.server = url, server
+    def __init__(self, url: str, server: Server, data: Path) -> None:
+        self.url, self.server, self.data = url, server, data
 
     def conversations(self, user: str) -> list[dict[str, Any]]:
         response = httpx.get(f"{self.url}/api/conversations", params={"user_id": user}, timeout=30)
@@ -81,7 +85,7 @@ def hearth(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Hearth]:
     url = f"http://127.0.0.1:{port}"
     try:
         wait_until(lambda: http_ok(f"{url}/healthz"), "hearth serve", timeout=240, proc=server.proc)
-        yield Hearth(url, server)
+        yield Hearth(url, server, root / "data")
     finally:
         server.stop()
         print((root / "log").read_text()[-3000:])
@@ -362,6 +366,40 @@ def test_upload_choose_collections_ask_and_export(
     page.once("dialog", lambda dialog: dialog.accept())
     page.get_by_role("button", name="Remove document: kayak.md").click()
     expect(page.locator("#documents li")).to_have_count(0)
+
+
+def test_a_withheld_answer_says_why_with_the_closest_evidence_and_the_draft_folded(
+        browser: Any, hearth: Hearth, requests_made: list[Any]) -> None:
+    """The turn is written to the server's own history store, as the chain stores a withheld
+    answer: SmolLM2 invents, but not on cue."""
+    from playwright.sync_api import expect
+
+    passage = GUIDE.split("\n\n", 2)[2].strip()
+    sentence = passage.split(". ")[0] + "."
+    turn = Turn(
+        question="How many pages a minute does the driver print?",
+        answer=withheld_answer(Verdict(False, ["42"], 1, 0.6)),
+        sources=[Source("printing.md", None, None, "Installing the printer driver", passage,
+                        "c1", 0.61).to_dict()],
+        evidence=[{"source": 0, "text": sentence, "start": 0, "end": len(sentence),
+                   "score": 3.0}],
+        grounded=False, unsupported=["42"], draft="The driver prints **42 pages** a minute.")
+    SQLiteHistory(hearth.data / "history.sqlite3").add_turn("withheld-1", "Hal", turn)
+
+    page = open_page(browser, hearth, requests_made)
+    sign_in(page, "Hal")
+    page.locator("#conversations li .open").first.click()
+    answer = page.locator("#messages .answer").last
+    expect(answer.locator(".text")).to_contain_text("Your documents do not seem to answer this")
+    expect(answer).to_have_class(re.compile("refused"))
+    expect(answer.locator(".ungrounded-note")).to_have_count(0)  # the answer says it itself
+    evidence = answer.get_by_role("region", name="Closest to your question")
+    expect(evidence).to_contain_text("run setup.exe from the driver folder")
+    draft = answer.locator("details.draft")
+    expect(draft.locator("summary")).to_contain_text("unverified")
+    expect(draft.locator(".draft-text")).to_be_hidden()  # folded until asked for
+    draft.locator("summary").click()
+    expect(draft.locator(".draft-text strong")).to_have_text("42 pages")
 
 
 def test_rate_limited_is_said_so(browser: Any, hearth: Hearth, requests_made: list[Any]) -> None:

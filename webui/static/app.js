@@ -283,6 +283,7 @@ function renderGrounding(answerNode, answer) {
   }
   answerNode.classList.toggle("ungrounded", answer.grounded === false);
   if (withheld) {
+    answerNode.classList.add("refused");  // a stored turn too: it was not given as an answer
     const draft = el("details", { class: "draft" },
       el("summary", { text: "The model's draft (unverified: it names things your documents do not contain)" }),
       el("div", { class: "draft-text" }));
