@@ -4,10 +4,12 @@ A small model given the right passage still invents: a number (365 days where th
 999999999), a function (``venv.Venv``), a command. So after every answer:
 
 - **claims** are taken from it: numbers, code identifiers (``contextlib.chdir``, ``os.walk()``,
-  ``snake_case``), and code spans or commands (in backticks or code blocks);
+  ``snake_case``), commands (each one whole) and code spans; in Python code, the names it takes
+  from a library (``os.sched_getaffinity``, ``from itertools import pairwise``, a keyword
+  argument such as ``default_factory=``), not the names the example makes up for itself;
 - each claim is **supported** when the retrieved passages contain it (compared without case,
   spacing and quotes; a command's words one by one, placeholders such as ``NAME`` or
-  ``/path/to/folder`` aside);
+  ``/path/to/folder`` aside; a method called on the example's own object, by its name);
 - the answer is **grounded** when no claim is unsupported and enough of its words come from
   the passages; otherwise the unsupported spans are named, and the faces say that the answer
   is not backed by the documents;
@@ -18,6 +20,8 @@ All of it is text comparison, no model: fast, and the same on every backend.
 
 from __future__ import annotations
 
+import builtins
+import keyword
 import re
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
@@ -47,6 +51,33 @@ PLACEHOLDER = re.compile(
     r"^(<[^>]*>|\[[^\]]*\]|\{[^}]*\}|[A-Z][A-Z0-9_]{2,}|.*path/to.*|.*your[-_].*|.*my[-_].*|"
     r"\.\.\.|…|[-=|]+)$")
 FENCE = re.compile(r"```[^\n]*\n(.*?)```", re.DOTALL)
+FENCE_WITH_LANGUAGE = re.compile(r"```([^\n]*)\n(.*?)```", re.DOTALL)
+SHELL_LANGUAGES = frozenset({"sh", "bash", "shell", "console", "zsh", "powershell", "cmd", "bat"})
+PYTHON_LANGUAGES = frozenset({"python", "py", "python3", "pycon"})
+# The first word of a command line: what makes a code line a command, not Python.
+COMMAND = re.compile(
+    r"^(\$ |> )?(python[\d.]*|py|pip[\d.]*|pipx|hearth|curl|wget|source|\.|cd|ls|mkdir|rm|cp|mv|"
+    r"export|set|sudo|apt|apt-get|brew|conda|R|Rscript|R CMD|make|git|docker|kubectl|"
+    r"chmod|echo|cat|venv|virtualenv|pytest|uv|poetry|npm|node)(\s|$)|^(\./|/)\S")
+PYTHON_LINE = re.compile(
+    r"^\s*(import |from \S+ import |def |class |async |await |with |for |while |if |elif |"
+    r"else:|try:|except|return|yield |raise |@\w|print\()|^\s*[\w.\[\], ]+\s*(:[^=]+)?=[^=]|"
+    r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*\(")
+STRING = re.compile(r"[rbfu]{0,2}(\"\"\"|\'\'\'|\"|\')(?:\\.|(?!\1).)*?\1", re.DOTALL)
+COMMENT = re.compile(r"#[^\n]*")
+DOTTED = re.compile(r"(?<![\w.])([A-Za-z_]\w*)((?:\.[A-Za-z_]\w*)+)")
+CALLED = re.compile(r"(?<![\w.])([A-Za-z_]\w*)\s*\(")
+KEYWORD_ARG = re.compile(r"[(,]\s*([A-Za-z_]\w*)\s*=(?!=)")
+DEFINED = re.compile(
+    r"(?:\bdef|\bclass)\s+([A-Za-z_]\w*)|\bas\s+([A-Za-z_]\w*)|\bfor\s+([\w, ]+?)\s+in\b|"
+    r"^\s*([\w, ]+?)\s*(?::[^=\n]+)?=(?!=)|\blambda\s+([\w, ]+):|"
+    r"^\s*[A-Za-z_]\w*\.([A-Za-z_]\w*)\s*(?::[^=\n]+)?=(?!=)", re.MULTILINE)
+PARAMS = re.compile(r"\bdef\s+\w+\s*\(([^)]*)\)")
+DATA = re.compile(r"^[\d\s.,:;()\[\]{}+-]*\d[\d\s.,:;()\[\]{}+-]*$")
+FORMAT_SPEC = re.compile(r"\{[^{}\s\"']*[:!=][^{}\s\"']*\}")
+IMPORT = re.compile(r"^\s*(?:from\s+([\w.]+)\s+)?import\s+([\w., ]+)", re.MULTILINE)
+# Python's own names: an example's print() or len() claims nothing about the documents.
+BUILTIN_NAMES = frozenset(dir(builtins)) | frozenset(keyword.kwlist) | {"self", "cls"}
 INLINE_CODE = re.compile(r"`([^`\n]+)`")
 NUMBER = re.compile(r"(?<![\w.])[-+]?\d[\d,_]*(?:\.\d+)?(?![\w])")
 IDENTIFIER = re.compile(
@@ -91,21 +122,93 @@ def content_words(text: str) -> set[str]:
     return {w.lower() for w in WORD.findall(text) if w.lower() not in STOPWORDS and len(w) > 2}
 
 
-def claims(answer: str) -> list[str]:
-    """The spans of an answer a reader would take as facts to copy: code and commands,
-    identifiers, numbers (single digits aside: "2 steps" claims little)."""
-    found: list[str] = []
-    code_blocks = FENCE.findall(answer)
-    for block in code_blocks:
-        found += [line.strip().removeprefix("$ ").strip() for line in block.splitlines()
-                  if line.strip() and not line.strip().startswith("#")]
+def is_command(line: str) -> bool:
+    return bool(COMMAND.match(line.strip()))
+
+
+def python_names(code: str) -> tuple[list[str], set[str]]:
+    """The names a piece of Python takes from elsewhere (a library, the documents): dotted
+    names whose head the code does not define, called names that are neither defined nor
+    Python's own, imported modules and names, keyword arguments of those calls. Returned
+    with the names the code defines for itself, whose attributes are checked by name alone."""
+    # A string's words are the example's own, but a format spec in it is a claim: "{:04d}"
+    # where the page says "{:,}".
+    specs = [m for s in STRING.finditer(code) for m in FORMAT_SPEC.findall(s.group())]
+    code = COMMENT.sub("", STRING.sub('""', code))
+    local: set[str] = set(BUILTIN_NAMES)
+    for match in DEFINED.finditer(code):
+        for group in match.groups():
+            if group:
+                local |= {n.strip() for n in re.split(r"[,\s]+", group) if n.strip()}
+    for params in PARAMS.findall(code):
+        local |= {p.split("=")[0].split(":")[0].strip(" *") for p in params.split(",")}
+    names: list[str] = []
+    imported: set[str] = set()
+    for module, members in IMPORT.findall(code):
+        if module:
+            names.append(module)
+        for member in members.split(","):
+            name, _, alias = member.strip().partition(" as ")
+            if name:
+                names.append(name.strip())
+                imported.add(alias.strip() or name.strip().split(".")[0])
+    local -= imported  # an imported name is the library's, not the example's
+    body = IMPORT.sub(" ", code)
+    names += [head + rest for head, rest in DOTTED.findall(body)]
+    for name in CALLED.findall(DOTTED.sub(" ", body)):
+        if name not in local:
+            names.append(name)
+    for name in KEYWORD_ARG.findall(body):
+        names.append(f"{name}=")
+    return names + specs, local - (BUILTIN_NAMES - {"self", "cls"})
+
+
+def claim_spans(answer: str) -> list[tuple[str, set[str] | None]]:
+    """Each claim, with the names its code defines for itself (None for a claim outside
+    Python code): commands whole, Python by the names it uses (``python_names``)."""
+    found: list[tuple[str, set[str] | None]] = []
+    defined: set[str] = set()  # what the answer's code names for itself, prose included
+    if answer.count("```") % 2:
+        answer += "\n```"  # a block the budget or the token limit cut off is still code
+    for language, block in FENCE_WITH_LANGUAGE.findall(answer):
+        language = language.strip().lower()
+        lines = [line.strip() for line in block.splitlines()
+                 if line.strip() and not line.strip().startswith("#")]
+        python = language in PYTHON_LANGUAGES or (
+            language not in SHELL_LANGUAGES and any(PYTHON_LINE.match(x) for x in lines)
+            and not all(is_command(x) for x in lines))
+        if python:
+            names, local = python_names(block)
+            found += [(n, local) for n in names]
+            defined |= local
+        else:
+            found += [(x.removeprefix("$ ").strip(), None) for x in lines]
     prose = FENCE.sub(" ", answer)
-    found += [span.strip() for span in INLINE_CODE.findall(prose)]
+    for span in (s.strip() for s in INLINE_CODE.findall(prose)):
+        if span.rstrip("()") in defined:
+            continue  # the example's own function, named in the prose
+        if DATA.match(span):  # a literal such as [(2, 5), (3, 2)]: its numbers, as in prose
+            found += [(n, None) for n in NUMBER.findall(span)
+                      if len(n.strip("+-").replace(",", "")) > 1]
+            continue
+        names, local = python_names(span) if (
+            not is_command(span) and (CALLED.search(span) or DOTTED.search(span))
+        ) else ([], set())
+        found += [(n, local | defined) for n in names] if names else [(span, None)]
     prose = INLINE_CODE.sub(" ", prose)
-    found += IDENTIFIER.findall(prose)
-    found += [n for n in NUMBER.findall(prose) if len(n.strip("+-").replace(",", "")) > 1]
+    found += [(c, None) for c in IDENTIFIER.findall(prose) if c.rstrip("()") not in defined]
+    found += [(n, None) for n in NUMBER.findall(prose)
+              if len(n.strip("+-").replace(",", "")) > 1]
     seen: set[str] = set()
-    return [c for c in found if c and not (c in seen or seen.add(c))]  # type: ignore[func-returns-value]
+    return [(c, local) for c, local in found
+            if c and not (c in seen or seen.add(c))]  # type: ignore[func-returns-value]
+
+
+def claims(answer: str) -> list[str]:
+    """The spans of an answer a reader would take as facts to copy: commands, the names code
+    takes from a library, identifiers, numbers (single digits aside: "2 steps" claims
+    little)."""
+    return [c for c, _ in claim_spans(answer)]
 
 
 def supported(claim: str, passages: str) -> bool:
@@ -119,10 +222,28 @@ def supported(claim: str, passages: str) -> bool:
     return all(normalized(w) in passages for w in words)
 
 
+def name_supported(name: str, local: set[str], joined: str, raw: str) -> bool:
+    """A name Python code uses: in the passages; a keyword argument as ``name=``; an attribute
+    of the example's own object (``d.append``) by the attribute's name, with its case."""
+    if name.endswith("=") or name.startswith("{"):  # a keyword argument, a format spec
+        return normalized(name) in joined
+    if normalized(name) in joined:
+        return True
+    head, _, attribute = name.rpartition(".")
+    if head and head.split(".")[0] in local:
+        if attribute in local:  # the example's own attribute or method
+            return True
+        return re.search(rf"(?<!\w){re.escape(attribute)}(?!\w)", raw) is not None
+    return False
+
+
 def check(answer: str, passages: Sequence[str]) -> Verdict:
-    joined = normalized("\n".join(passages))
-    spans = claims(answer)
-    unsupported = [c for c in spans if not supported(c, joined)]
+    raw = "\n".join(passages)
+    joined = normalized(raw)
+    found = claim_spans(answer)
+    spans = [c for c, _ in found]
+    unsupported = [c for c, local in found if not (
+        supported(c, joined) if local is None else name_supported(c, local, joined, raw))]
     words = content_words(FENCE.sub(" ", answer))
     in_passages = content_words(" ".join(passages))
     share = len(words & in_passages) / len(words) if words else 1.0

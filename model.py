@@ -226,9 +226,11 @@ def within_words(pieces: Iterator[str], budget: int) -> Iterator[str]:
     """The answer's pieces until it has said ``budget`` words: it ends at the first sentence
     end after that, or at half the budget again mid-sentence. Words in code blocks are not
     counted, and a code block is not cut (``max_new_tokens`` bounds it). Asked for 80 words, a
-    0.5B model wrote up to 200; every token past the budget is time the user waits for.
+    0.5B model wrote up to 200; every token past the budget is time the user waits for. A
+    sentence said a second time ends it too: a small model that starts looping does not stop.
     Stopping the iteration stops the model: the source is closed."""
     text = ""
+    said: set[str] = set()
     try:
         for piece in pieces:
             prose = FENCE.sub(" ", text)
@@ -238,6 +240,11 @@ def within_words(pieces: Iterator[str], budget: int) -> Iterator[str]:
             if at_break and not in_code and (
                     words >= budget and SENTENCE_END.search(text) or words >= budget * 3 // 2):
                 return
+            if at_break and not in_code and SENTENCE_END.search(text) and not text[-1:].isspace():
+                last = _plain(re.split(r"(?<=[.!?])\s+", text.strip())[-1])
+                if len(last.split()) >= 4 and last in said:
+                    return
+                said.add(last)
             text += piece
             yield piece
     finally:
@@ -247,6 +254,20 @@ def within_words(pieces: Iterator[str], budget: int) -> Iterator[str]:
 
 
 FENCE = re.compile(r"```.*?```", re.DOTALL)
+
+
+def without_repeats(text: str) -> str:
+    """The answer without a sentence (of four words or more) it already said: the one that
+    ended a loop in ``within_words`` streamed, but is not kept."""
+    sentences = re.split(r"(?<=[.!?])(\s+)", text)
+    kept, said = [], set()
+    for n in range(0, len(sentences), 2):
+        plain = _plain(sentences[n])
+        if len(plain.split()) >= 4 and plain in said and "```" not in sentences[n]:
+            continue
+        said.add(plain)
+        kept.append(sentences[n] + (sentences[n + 1] if n + 1 < len(sentences) else ""))
+    return "".join(kept).strip()
 
 
 def unsupported_note(verdict: Verdict) -> str:
@@ -441,7 +462,7 @@ class Assistant:
             pieces.append(piece)
             yield Token(piece)
         mark("generate_s", t)
-        text = "".join(pieces).strip()
+        text = without_repeats("".join(pieces).strip())
         if not text:
             # Not an answer: a server that cut the generation off (llama.cpp's server does when
             # another request arrives, unless told not to) must not leave an empty turn.

@@ -7,7 +7,7 @@ import re
 from pathlib import Path
 
 from hearth.conversations import Turn
-from hearth.model import Answer, Assistant, Token, within_words
+from hearth.model import Answer, Assistant, Token, within_words, without_repeats
 from tests.fakes import FakeLLM, fake_services
 
 PIP = {"pip.md": "To install a package, run python -m pip install followed by its name."}
@@ -184,9 +184,23 @@ def test_a_sentence_that_runs_on_is_cut_and_code_is_not_counted() -> None:
 
 
 def test_the_word_budget_stops_the_model(tmp_path: Path) -> None:
-    reply = ("Run python -m pip install followed by its name. " * 6).strip()
-    chain, _ = assistant(tmp_path, reply, answer_words=12)
+    reply = " ".join(f"Step {n}: run python -m pip install followed by its name."
+                     for n in range(1, 7))
+    chain, _ = assistant(tmp_path, reply, answer_words=15)
     answer = chain.answer(QUESTION)
-    assert answer.answer == "Run python -m pip install followed by its name. " \
-                            "Run python -m pip install followed by its name."
+    assert answer.answer == "Step 1: run python -m pip install followed by its name. " \
+                            "Step 2: run python -m pip install followed by its name."
     assert answer.grounded
+
+
+def test_a_looping_answer_stops_at_its_first_repeat_which_is_not_kept(tmp_path: Path) -> None:
+    loop = "Because logging shows warnings by default. " + "This is the default behaviour. " * 5
+    assert "".join(within_words(iter(pieces(loop)), 80)) == (
+        "Because logging shows warnings by default. This is the default behaviour. "
+        "This is the default behaviour.")
+    loop = "Run python -m pip install followed by its name. " + "Pip installs it then. " * 5
+    chain, _ = assistant(tmp_path, loop.strip())
+    assert chain.answer(QUESTION).answer == (
+        "Run python -m pip install followed by its name. Pip installs it then.")
+    # a short sentence may come back ("Yes."), and code is never cut
+    assert without_repeats("Yes. It is. Yes. ```\nx = 1\n```") == "Yes. It is. Yes. ```\nx = 1\n```"

@@ -81,7 +81,7 @@ def test_claims_are_code_identifiers_commands_and_numbers() -> None:
     found = claims("Use `os.walk()` or pathlib.Path.rglob with max_depth=3, about 1,500 files "
                    "in 2 steps:\n```sh\n$ hearth ingest files docs\n# a comment\n```\n"
                    "Pass --max-pages 100.")
-    assert found == ["hearth ingest files docs", "os.walk()", "pathlib.Path.rglob", "max_depth",
+    assert found == ["hearth ingest files docs", "os.walk", "pathlib.Path.rglob", "max_depth",
                      "--max-pages", "1,500", "100"]
 
 
@@ -102,3 +102,43 @@ def test_the_evidence_is_the_sentence_that_says_it_located_in_its_passage() -> N
 def test_an_unrelated_answer_has_no_evidence() -> None:
     guide = (GUIDE / "privacy.md").read_text()
     assert evidence("Bananas ripen faster beside apples.", [guide]) == []
+
+
+@needs_docs
+def test_example_code_is_checked_by_the_library_names_it_uses() -> None:
+    """A small model illustrates a right answer with code of its own: its variables, class and
+    data are not claims about the documents; the library names it calls are."""
+    cached = passage(page("library/functools.html"), "@functools.cached_property(func)", 1400)
+    right = check(
+        "Use `cached_property`:\n```python\nfrom functools import cached_property\n\n"
+        "class Report:\n    def __init__(self, rows):\n        self.rows = rows\n\n"
+        "    @cached_property\n    def total(self):\n        return sum(self.rows)\n\n"
+        "report = Report([1, 2, 3])\nprint(report.total)  # 6\n```", [cached])
+    assert right.grounded, right
+    invented = check(
+        "```python\nfrom functools import lazy_property\n\nclass Report:\n"
+        "    @lazy_property\n    def total(self):\n        return 6\n```", [cached])
+    assert not invented.grounded and "lazy_property" in invented.unsupported
+    # a method of the example's own object is checked by its name, with its case
+    walk = passage(page("library/pathlib.html"), "Path.rglob(pattern)", 1400)
+    assert check("```python\np = Path('src')\nfiles = list(p.rglob('*.py'))\n```", [walk]).grounded
+    wrong = check("```python\np = Path('src')\nfiles = p.walkfiles('*.py')\n```", [walk])
+    assert wrong.unsupported == ["p.walkfiles"]
+
+
+@needs_docs
+def test_keyword_arguments_and_format_specs_in_code_are_claims() -> None:
+    fields = passage(page("library/dataclasses.html"), "default_factory", 1400)
+    assert check("```python\nitems: list = field(default_factory=list)\n```", [fields]).grounded
+    wrong = check("```python\nitems: list = field(default_new=list)\n```", [fields])
+    assert wrong.unsupported == ["default_new="]
+    strings = passage(page("library/string.html"), "'{:,}'.format(1234567890)", 1000)
+    assert check("```python\nprint('{:,}'.format(total))\n```", [strings]).grounded
+    assert check("```python\nprint('{:_}'.format(total))\n```", [strings]).grounded is False
+
+
+def test_a_code_block_cut_off_by_the_token_limit_is_still_code() -> None:
+    text = "import itertools: itertools.pairwise(data) returns overlapping pairs."
+    answer = "Use it:\n```python\nimport itertools\nfor a, b in itertools.pairwise(data):\n    use(a"
+    assert claims(answer) == ["itertools", "itertools.pairwise", "use"]
+    assert check(answer, [text]).unsupported == ["use"]
