@@ -169,10 +169,13 @@ def models_list() -> None:
     from hearth import weights
 
     settings = settings_or_exit()
+    configured, why = weights.configured_model(settings.llamacpp_model)
+    if why:
+        click.echo(f"HEARTH_LLAMACPP_MODEL=auto: {configured}, {why}\n")
     for model in weights.catalog().values():
         present = (settings.models_dir / model.file).is_file()
         mark = "installed" if present else "not fetched"
-        default = " (default)" if model.name == settings.llamacpp_model else ""
+        default = " (configured)" if model.name == configured else ""
         click.echo(f"{model.name}{default}: {mark}, {model.size / 1e6:.0f} MB\n"
                    f"    {model.description}")
 
@@ -184,15 +187,18 @@ def models_fetch(names: tuple[str, ...]) -> None:
     from hearth import weights
 
     settings = settings_or_exit()
-    if not names and settings.llamacpp_model not in weights.catalog():
+    configured, why = weights.configured_model(settings.llamacpp_model)
+    if not names and configured not in weights.catalog():
         # A GGUF file of the user's own: nothing to fetch, but it must be there.
         try:
-            path = weights.resolve_model_path(settings.llamacpp_model, settings.models_dir)
+            path = weights.resolve_model_path(configured, settings.models_dir)
         except weights.ModelError as exc:
             raise click.ClickException(str(exc)) from None
         click.echo(f"the configured model is a file of your own: {path}")
         return
-    for name in names or (settings.llamacpp_model,):
+    if not names and why:
+        click.echo(f"HEARTH_LLAMACPP_MODEL=auto: {configured}, {why}")
+    for name in names or (configured,):
         try:
             model = weights.packaged(name)
             started = time.perf_counter()
@@ -419,7 +425,10 @@ def doctor() -> None:
     settings = settings_or_exit()
     click.echo(f"Hearth {__version__}, profile {settings.profile.value}, data in "
                f"{settings.data_dir.resolve()}")
-    model = {"llamacpp": settings.llamacpp_model, "ollama": settings.ollama_model,
+    from hearth.weights import configured_model
+
+    llamacpp, why = configured_model(settings.llamacpp_model)
+    model = {"llamacpp": llamacpp + (f" ({why})" if why else ""), "ollama": settings.ollama_model,
              "openai": settings.openai_model,
              "transformers": settings.transformers_model}[settings.llm_backend.value]
     click.echo(f"model: {settings.llm_backend.value} {model}")

@@ -173,7 +173,9 @@ class Settings(BaseSettings):
 
     # LLM.
     llm_backend: LLMBackend = LLMBackend.llamacpp
-    llamacpp_model: str = "qwen2.5-coder-0.5b-instruct-q4_k_m"
+    llamacpp_model: str = Field(
+        "auto", description="a packaged model's name, a .gguf file's path, or auto: the "
+        "largest packaged model this machine's cores and memory suit (models/catalog.json)")
     llamacpp_n_ctx: int = Field(4096, ge=512)
     llamacpp_n_batch: int = Field(512, ge=8)
     llamacpp_n_threads: int = Field(0, ge=0, description="0: one per two CPU cores, at least one")

@@ -7,6 +7,7 @@ errors a user can act on instead of a connection traceback.
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections.abc import Iterator, Sequence
@@ -20,7 +21,9 @@ from langchain_core.messages import AIMessageChunk, BaseMessage
 
 from hearth.config import LLMBackend, Settings
 from hearth.errors import Unavailable
-from hearth.weights import ModelError, catalog, packaged, resolve_model_path
+from hearth.weights import ModelError, catalog, configured_model, packaged, resolve_model_path
+
+log = logging.getLogger("hearth.llm")
 
 
 class LLMError(Unavailable):
@@ -141,17 +144,20 @@ class LlamaCppLLM(LLM):
             from langchain_community.chat_models import ChatLlamaCpp
         except ImportError as exc:  # pragma: no cover - depends on the install
             raise LLMError("llama-cpp-python is not installed: run `make run` to build it") from exc
+        name, why = configured_model(settings.llamacpp_model)
         try:
-            path = resolve_model_path(settings.llamacpp_model, settings.models_dir)
+            path = resolve_model_path(name, settings.models_dir)
         except ModelError as exc:
             raise LLMError(str(exc)) from exc
+        if why:
+            log.info("model %s, %s: HEARTH_LLAMACPP_MODEL chooses another", name, why)
         self.model_path = path
         self.model_name = path.stem
         self.n_ctx = settings.llamacpp_n_ctx
         self._lock = threading.Lock()
         chat_format = None  # a GGUF file of one's own: its embedded chat template
-        if settings.llamacpp_model in catalog():
-            chat_format = packaged(settings.llamacpp_model).chat_format
+        if name in catalog():
+            chat_format = packaged(name).chat_format
         self.chat_model = ChatLlamaCpp(
             model_path=str(path),
             n_ctx=settings.llamacpp_n_ctx,

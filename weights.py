@@ -51,6 +51,17 @@ class PackagedModel:
     sha256: str
     chat_format: str
     parts: tuple[Part, ...]
+    # What a machine needs for ``auto`` to choose this model (None: never chosen by itself).
+    auto: Machine | None = None
+
+
+@dataclass(frozen=True)
+class Machine:
+    physical_cores: int
+    memory_gib: float
+
+    def __str__(self) -> str:
+        return f"{self.physical_cores} physical cores, {self.memory_gib:.0f} GiB of memory"
 
 
 def catalog(path: Path = CATALOG_PATH) -> dict[str, PackagedModel]:
@@ -64,6 +75,7 @@ def catalog(path: Path = CATALOG_PATH) -> dict[str, PackagedModel]:
             sha256=entry["sha256"],
             chat_format=entry["chat_format"],
             parts=tuple(Part(**part) for part in entry["parts"]),
+            auto=Machine(**entry["auto"]) if entry.get("auto") else None,
         )
         for name, entry in raw.items()
     }
@@ -75,6 +87,60 @@ def packaged(name: str) -> PackagedModel:
         known = ", ".join(sorted(models))
         raise ModelError(f"unknown packaged model {name!r}; known models: {known}")
     return models[name]
+
+
+AUTO = "auto"
+def this_machine() -> Machine:
+    """The cores this process may use (one per physical core: hyper-threads share one) and
+    the memory it may use (a container's limit, when it has one)."""
+    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 0
+    cores: set[tuple[str, str]] = set()
+    try:
+        physical = core = ""
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            key, _, value = line.partition(":")
+            if key.strip() == "physical id":
+                physical = value.strip()
+            elif key.strip() == "core id":
+                core = value.strip()
+                cores.add((physical, core))
+    except OSError:
+        pass
+    count = len(cores) or os.cpu_count() or 1
+    count = min(count, usable) if usable else count
+    memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    try:
+        limit = Path("/sys/fs/cgroup/memory.max").read_text().strip()
+        if limit.isdigit():
+            memory = min(memory, int(limit))
+    except OSError:
+        pass
+    return Machine(count, round(memory / 2**30, 1))
+
+
+def choose_model(machine: Machine | None = None) -> tuple[str, Machine]:
+    """The largest packaged model this machine meets the needs of (catalog.json's ``auto``)."""
+    machine = machine or this_machine()
+    fits = [m for m in catalog().values() if m.auto
+            and machine.physical_cores >= m.auto.physical_cores
+            and machine.memory_gib >= m.auto.memory_gib]
+    if not fits:  # below every model's needs: the smallest still runs, slowly
+        fits = [min((m for m in catalog().values() if m.auto), key=lambda m: m.size)]
+    return max(fits, key=lambda m: m.size).name, machine
+
+
+def configured_model(name: str) -> tuple[str, str | None]:
+    """The model ``HEARTH_LLAMACPP_MODEL`` names, and why when ``auto`` chose it."""
+    if name != AUTO:
+        return name, None
+    chosen, machine = choose_model()
+    needs = {m.name: m.auto for m in catalog().values() if m.auto}
+    larger = [f"the larger {n} wants {need}" for n, need in needs.items()
+              if need and n != chosen and packaged(n).size > packaged(chosen).size]
+    why = f"chosen for this machine ({machine})"
+    if larger:
+        why += f"; {', '.join(larger)}"
+    return chosen, why
 
 
 def default_cache_dir() -> Path:

