@@ -83,7 +83,10 @@ NUMBER = re.compile(r"(?<![\w.])[-+]?\d[\d,_]*(?:\.\d+)?(?![\w])")
 IDENTIFIER = re.compile(
     r"(?<![\w.])(?:[A-Za-z_]\w*(?:\.[A-Za-z_]\w*)+(?:\(\))?|[A-Za-z_]\w*\(\)|"
     r"[a-z]+(?:_[a-z0-9]+)+|--?[a-z][\w-]+)(?![\w])")
-SENTENCE = re.compile(r"[^.!?\n]+(?:[.!?]+|$)", re.MULTILINE)
+# A sentence ends at a stop followed by a space or the line's end: "3.11.2" and "os.path"
+# go on.
+SENTENCE = re.compile(r"(?:[^.!?\n]|[.!?]+(?=[^\s.!?]))+(?:[.!?]+|$)", re.MULTILINE)
+HEADING_PATH = " › "  # a passage's first line: its page's title › section, not a statement
 WORD = re.compile(r"[A-Za-z][A-Za-z0-9_'-]+")
 
 
@@ -253,18 +256,23 @@ def check(answer: str, passages: Sequence[str]) -> Verdict:
 
 def evidence(answer: str, passages: Sequence[str]) -> list[Evidence]:
     """The passage sentences that share the most with the answer (its content words, its
-    claims counted thrice), best first; a sentence sharing too little is no evidence."""
+    claims counted thrice, a sentence it quotes whole thrice too), best first; a sentence
+    sharing too little is no evidence."""
     wanted = content_words(answer)
+    quoting = normalized(answer)
     spans = [normalized(c) for c in claims(answer)]
     scored: list[Evidence] = []
+    seen: set[str] = set()
     for index, text in enumerate(passages):
         for match in SENTENCE.finditer(text):
             sentence = match.group().strip()
-            if len(sentence) < 12:
+            if len(sentence) < 12 or HEADING_PATH in sentence or sentence in seen:
                 continue
+            seen.add(sentence)
             shared = len(content_words(sentence) & wanted)
             exact = sum(1 for s in spans if s and s in normalized(sentence))
-            score = shared + 3 * exact
+            quoted = len(sentence.split()) >= 3 and normalized(sentence.rstrip(".!?:")) in quoting
+            score = shared + 3 * exact + 3 * quoted
             if shared + exact >= MIN_EVIDENCE_OVERLAP:
                 start = text.index(sentence, match.start())
                 scored.append(Evidence(index, sentence, start, start + len(sentence),

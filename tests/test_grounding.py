@@ -142,3 +142,14 @@ def test_a_code_block_cut_off_by_the_token_limit_is_still_code() -> None:
     answer = "Use it:\n```python\nimport itertools\nfor a, b in itertools.pairwise(data):\n    use(a"
     assert claims(answer) == ["itertools", "itertools.pairwise", "use"]
     assert check(answer, [text]).unsupported == ["use"]
+
+
+def test_evidence_is_whole_sentences_never_a_heading_path_nor_twice() -> None:
+    heading = "Built-in Types — Python 3.11.2 documentation › Generic Alias Type"
+    text = (f"{heading}\nGeneric Alias Type objects are created by subscripting a class, as in "
+            "list[int]. See os.path.join() too. Generic Alias Type objects are created by "
+            "subscripting a class, as in list[int].")
+    found = evidence("How do I make a generic alias type such as list[int]?", [text])
+    assert [e.text for e in found] == [
+        "Generic Alias Type objects are created by subscripting a class, as in list[int]."]
+    assert text[found[0].start:found[0].end] == found[0].text
