@@ -46,6 +46,9 @@ def main(verbose: bool) -> None:
     # Libraries that would otherwise report usage to their makers are told not to.
     os.environ.setdefault("ANONYMIZED_TELEMETRY", "False")
     os.environ.setdefault("DO_NOT_TRACK", "true")
+    # llama.cpp's threads sleep while they wait for each other instead of spinning: on cores
+    # other work shares, a spinning wait made prefill several times slower (BENCHMARKS.md).
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     logs.configure(logging.DEBUG if verbose else logging.INFO)
 
 

@@ -178,7 +178,8 @@ class Settings(BaseSettings):
         "largest packaged model this machine's cores and memory suit (models/catalog.json)")
     llamacpp_n_ctx: int = Field(4096, ge=512)
     llamacpp_n_batch: int = Field(512, ge=8)
-    llamacpp_n_threads: int = Field(0, ge=0, description="0: one per two CPU cores, at least one")
+    llamacpp_n_threads: int = Field(0, ge=0, description="0: one per physical core this "
+                                    "process may use")
     ollama_base_url: str = "http://127.0.0.1:11434"
     ollama_model: str = "llama3.1:8b"
     ollama_num_ctx: int = Field(8192, ge=512)
@@ -353,9 +354,33 @@ class Settings(BaseSettings):
 
     @property
     def n_threads(self) -> int:
-        if self.llamacpp_n_threads:
-            return self.llamacpp_n_threads
-        return max(1, (os.cpu_count() or 2) // 2)
+        return self.llamacpp_n_threads or physical_cores()
+
+
+def physical_cores() -> int:
+    """The cores this process may use, one per physical core: a core's second hyper-thread
+    adds little to llama.cpp and takes from the core's first."""
+    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 0
+    cores: set[tuple[str, str]] = set()
+    try:
+        physical = ""
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            key, _, value = line.partition(":")
+            if key.strip() == "physical id":
+                physical = value.strip()
+            elif key.strip() == "core id":
+                cores.add((physical, value.strip()))
+    except OSError:
+        pass
+    count = len(cores) or os.cpu_count() or 1
+    count = min(count, usable) if usable else count
+    try:  # a container's CPU quota: "200000 100000" is two CPUs' time
+        quota, _, period = Path("/sys/fs/cgroup/cpu.max").read_text().partition(" ")
+        if quota.isdigit() and int(period) > 0:
+            count = min(count, max(1, -(-int(quota) // int(period))))
+    except (OSError, ValueError):
+        pass
+    return count
 
 
 def load_settings(**overrides: Any) -> Settings:

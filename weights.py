@@ -19,6 +19,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from hearth.config import physical_cores
+
 HERE = Path(__file__).resolve().parent
 
 
@@ -93,21 +95,7 @@ AUTO = "auto"
 def this_machine() -> Machine:
     """The cores this process may use (one per physical core: hyper-threads share one) and
     the memory it may use (a container's limit, when it has one)."""
-    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 0
-    cores: set[tuple[str, str]] = set()
-    try:
-        physical = core = ""
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            key, _, value = line.partition(":")
-            if key.strip() == "physical id":
-                physical = value.strip()
-            elif key.strip() == "core id":
-                core = value.strip()
-                cores.add((physical, core))
-    except OSError:
-        pass
-    count = len(cores) or os.cpu_count() or 1
-    count = min(count, usable) if usable else count
+    count = physical_cores()
     memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     try:
         limit = Path("/sys/fs/cgroup/memory.max").read_text().strip()

@@ -56,8 +56,9 @@ def test_resolve_says_how_to_fetch(tmp_path: Path) -> None:
 
 def test_auto_chooses_the_largest_model_the_machine_suits() -> None:
     small, large = "qwen2.5-coder-0.5b-instruct-q4_k_m", "qwen2.5-coder-1.5b-instruct-q4_k_m"
-    assert weights.choose_model(weights.Machine(2, 24))[0] == small  # this project's machines
+    assert weights.choose_model(weights.Machine(2, 24))[0] == large  # this project's machines
     assert weights.choose_model(weights.Machine(8, 32))[0] == large
+    assert weights.choose_model(weights.Machine(1, 16))[0] == small  # one core
     assert weights.choose_model(weights.Machine(8, 4))[0] == small  # too little memory
     assert weights.choose_model(weights.Machine(1, 1))[0] == small  # below all: the smallest
     assert all(m.auto is None for n, m in weights.catalog().items() if "smollm" in n)
