@@ -92,6 +92,8 @@ def packaged(name: str) -> PackagedModel:
 
 
 AUTO = "auto"
+
+
 def this_machine() -> Machine:
     """The cores this process may use (one per physical core: hyper-threads share one) and
     the memory it may use (a container's limit, when it has one)."""
