@@ -285,7 +285,9 @@ function renderGrounding(answerNode, answer) {
   if (withheld) {
     answerNode.classList.add("refused");  // a stored turn too: it was not given as an answer
     const draft = el("details", { class: "draft" },
-      el("summary", { text: "The model's draft (unverified: it names things your documents do not contain)" }),
+      el("summary", { text: (answer.unsupported || []).length
+        ? "The model's draft (unverified: it names things your documents do not contain)"
+        : "The model's draft (unverified: it is not drawn from your documents' words)" }),
       el("div", { class: "draft-text" }));
     renderMarkdown(draft.querySelector(".draft-text"), answer.draft);
     answerNode.querySelector(".text").after(draft);
