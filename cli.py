@@ -431,7 +431,7 @@ def doctor() -> None:
     from hearth.weights import configured_model
 
     llamacpp, why = configured_model(settings.llamacpp_model)
-    model = {"llamacpp": llamacpp + (f" ({why})" if why else ""), "ollama": settings.ollama_model,
+    model = {"llamacpp": llamacpp + (f", {why}" if why else ""), "ollama": settings.ollama_model,
              "openai": settings.openai_model,
              "transformers": settings.transformers_model}[settings.llm_backend.value]
     click.echo(f"model: {settings.llm_backend.value} {model}")
