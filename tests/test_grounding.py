@@ -153,3 +153,14 @@ def test_evidence_is_whole_sentences_never_a_heading_path_nor_twice() -> None:
     assert [e.text for e in found] == [
         "Generic Alias Type objects are created by subscripting a class, as in list[int]."]
     assert text[found[0].start:found[0].end] == found[0].text
+
+
+def test_a_commands_own_names_and_quoted_data_claim_nothing() -> None:
+    tutorial = "To create a virtual environment, run: python3 -m venv tutorial-env"
+    assert check("Run `python3 -m venv myenv`.", [tutorial]).grounded  # a name of one's own
+    assert not check("Run `python3 -m venv --global myenv`.", [tutorial]).grounded
+    api = "curl -s http://127.0.0.1:8000/api/question -d '{\"question\": \"How do I ...?\"}'"
+    asked = ("```sh\ncurl -s http://127.0.0.1:8000/api/question "
+             "-d '{\"question\": \"How do I get the answer streamed?\"}'\n```")
+    assert check(asked, [api]).grounded  # the user's question, sent as data
+    assert not check(asked.replace("-s", "--stream"), [api]).grounded

@@ -140,7 +140,8 @@ def test_hearth_ask_answers_from_the_site_and_the_pdf_citing_them(corpus: Corpus
     from hearth.cli import main
 
     env = {"HEARTH_DATA_DIR": str(corpus.services.settings.data_dir),
-           "HEARTH_MODELS_DIR": str(REPO / "models"), "HEARTH_MAX_NEW_TOKENS": "80"}
+           "HEARTH_MODELS_DIR": str(REPO / "models"), "HEARTH_MAX_NEW_TOKENS": "80",
+           "HEARTH_LLAMACPP_MODEL": QWEN.stem}
     runner = CliRunner()
     for question, cites in [
         ("How many bytes does a node occupy on a 64-bit platform in R?",
