@@ -136,14 +136,31 @@ def cpu_seconds() -> float:
 
 
 @contextmanager
+def wait_ready(proc: subprocess.Popen[bytes], url: str, name: str, log: Path,
+               timeout_s: float) -> None:
+    """Until ``url`` answers 200; an error naming the log if the process exits or times out."""
+    import httpx
+
+    deadline = time.monotonic() + timeout_s
+    while True:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{name} exited with {proc.returncode}: see {log}")
+        try:
+            if httpx.get(url, timeout=5).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{name} was not ready after {timeout_s:.0f} s: see {log}")
+        time.sleep(0.5)
+
+
 def hearth_server(log: Path, timeout_s: float = 600.0, **settings: Any) -> Iterator[Server]:
     """A real `hearth serve` (waitress, one process) on 127.0.0.1.
 
     It runs from an empty folder so that no developer's ``.env`` applies; every path given in
     ``settings`` must be absolute.
     """
-    import httpx
-
     port = free_port()
     cwd = Path(tempfile.mkdtemp(prefix="hearth-bench-cwd-"))
     log.parent.mkdir(parents=True, exist_ok=True)
@@ -152,18 +169,7 @@ def hearth_server(log: Path, timeout_s: float = 600.0, **settings: Any) -> Itera
                             stdout=log.open("wb"), stderr=subprocess.STDOUT, start_new_session=True)
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + timeout_s
-        while True:
-            if proc.poll() is not None:
-                raise RuntimeError(f"hearth serve exited with {proc.returncode}: see {log}")
-            try:
-                if httpx.get(f"{url}/readyz", timeout=5).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"hearth serve was not ready after {timeout_s:.0f} s: see {log}")
-            time.sleep(0.5)
+        wait_ready(proc, f"{url}/readyz", "hearth serve", log, timeout_s)
         yield Server(url, proc)
     finally:
         if proc.poll() is None:

@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 import common
-from common import REPO, as_dicts, free_port, machine, median, require_model, save, table
+from common import REPO, as_dicts, free_port, machine, median, require_model, save, table, wait_ready
 
 SMALL = "qwen2.5-coder-0.5b-instruct-q4_k_m"
 LARGE = "qwen2.5-coder-1.5b-instruct-q4_k_m"
@@ -44,7 +44,7 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--questions", type=int, default=5, help="first N questions of each set")
     p.add_argument("--max-tokens", type=int, default=128)
     p.add_argument("--draft-max", type=int, default=8, help="tokens the draft proposes at once")
-    p.add_argument("--only", default="", help="comma-separated variant names to run")
+    p.add_argument("--only", default="", help="variant names to run, separated by semicolons")
     return p.parse_args()
 
 
@@ -90,19 +90,7 @@ class LlamaServer:
         self.log = log.open("wb")
         self.proc = subprocess.Popen(argv, stdout=self.log, stderr=subprocess.STDOUT, env=env)
         self.url = f"http://127.0.0.1:{self.port}"
-        deadline = time.monotonic() + 300
-        import httpx
-
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"llama-server exited: see {log}")
-            try:
-                if httpx.get(f"{self.url}/health", timeout=2).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.5)
-        raise RuntimeError("llama-server did not start in 300 s")
+        wait_ready(self.proc, f"{self.url}/health", "llama-server", log, 300)
 
     def ask(self, messages: list[dict[str, str]], max_tokens: int) -> dict[str, Any]:
         import httpx
@@ -149,7 +137,7 @@ def main() -> None:
     variants = [("0.5B, 1 thread", SMALL, 1, None), (f"0.5B, {cores} threads", SMALL, cores, None),
                 ("1.5B, 1 thread", LARGE, 1, None), (f"1.5B, {cores} threads", LARGE, cores, None),
                 (f"1.5B + 0.5B draft, {cores} threads", LARGE, cores, SMALL)]
-    wanted = {v.strip() for v in args.only.split(",") if v.strip()}
+    wanted = {v.strip() for v in args.only.split(";") if v.strip()}
     results: dict[str, Any] = {"machine": machine(), "physical_cores": cores,
                                "max_tokens": args.max_tokens, "draft_max": args.draft_max,
                                "questions": [p["question"] for p in prompts], "variants": {}}
