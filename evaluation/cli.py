@@ -211,9 +211,13 @@ def run(dataset: Path, url: str | None, headers: tuple[str, ...], limit: int | N
 @click.option("-o", "--out", type=click.Path(file_okay=False, path_type=Path),
               help="run folder; an existing one is resumed (default eval-runs/TIME-facts)")
 @click.option("--name", help="a label for this run (default: facts or facts-retrieval)")
+@click.option("--no-retrieval", is_flag=True,
+              help="ask the model alone, without the documents (in process; the study of "
+                   "fine-tuning against retrieval): key-fact recall only")
 def facts(sets: tuple[Path, ...], url: str | None, headers: tuple[str, ...], user: str | None,
           limit: int | None, sample: int | None, seed: int, retrieval_only: bool,
-          ks: tuple[int, ...], depth: int, out: Path | None, name: str | None) -> None:
+          ks: tuple[int, ...], depth: int, out: Path | None, name: str | None,
+          no_retrieval: bool) -> None:
     """Score Hearth on key-fact question SETS (evaluation/sets/*.jsonl): hit@k and MRR of the
     expected page, key-fact recall, refusals, wrong answers, latency; overall and per corpus."""
     from hearth.evaluation import keyfacts
@@ -222,6 +226,9 @@ def facts(sets: tuple[Path, ...], url: str | None, headers: tuple[str, ...], use
 
     if retrieval_only and url:
         raise click.UsageError("--retrieval-only runs in process; it cannot use --url")
+    if no_retrieval and (url or retrieval_only):
+        raise click.UsageError("--no-retrieval asks the model in process: leave out --url "
+                               "and --retrieval-only")
     settings = _settings()
     previous = _previous_config(out)
     name = name or previous.get("name") or ("facts-retrieval" if retrieval_only else "facts")
@@ -236,7 +243,13 @@ def facts(sets: tuple[Path, ...], url: str | None, headers: tuple[str, ...], use
             "started_at": previous.get("started_at") or time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         }
         answerer: Any
-        if url:
+        if no_retrieval:
+            from hearth.llm import build_llm
+
+            llm = build_llm(settings)
+            answerer = keyfacts.AloneAnswerer(llm, settings.persona, settings.answer_words)
+            config |= {"answerer": "the model alone, no retrieval", "model": llm.name}
+        elif url:
             answerer = keyfacts.UrlAnswerer(url, settings.refusal, headers=_parse_headers(headers),
                                             user_id=user, timeout_s=settings.llm_timeout_s + 60)
             config |= {"answerer": url}
@@ -306,11 +319,17 @@ def score(file: Path, judge: bool, judge_backend: str | None, judge_model: str |
               help="ratings closer than this count as a tie")
 @click.option("-o", "--out", type=click.Path(file_okay=False, path_type=Path),
               help="report folder (default eval-runs/TIME-A-vs-B...)")
+@click.option("--facts", "facts_runs", multiple=True,
+              type=click.Path(exists=True, path_type=Path),
+              help="a `hearth eval facts` run of the same system, one per RUN in the same "
+                   "order: adds its key-fact recall to the table")
 @click.option("--plots/--no-plots", default=True, show_default=True)
-def compare(runs: tuple[Path, ...], tie_margin: float, out: Path | None, plots: bool) -> None:
+def compare(runs: tuple[Path, ...], tie_margin: float, out: Path | None,
+            facts_runs: tuple[Path, ...], plots: bool) -> None:
     """Wins, ties and losses of RUN_A against RUN_B per judge, and the metric deltas; with more
     than two RUNS, their metrics side by side and every pair's wins, ties and losses, over the
-    questions every run answered."""
+    questions every run answered. With --facts, each system's key-fact recall on a question
+    set (over the questions every facts run answered) joins its metrics."""
     from hearth.evaluation.compare import compare as compare_runs
     from hearth.evaluation.compare import compare_many
     from hearth.evaluation.records import load_results
@@ -319,7 +338,11 @@ def compare(runs: tuple[Path, ...], tie_margin: float, out: Path | None, plots: 
 
     if len(runs) < 2:
         raise click.UsageError("compare needs two runs or more")
+    if facts_runs and len(facts_runs) != len(runs):
+        raise click.UsageError(f"--facts: one key-fact run for each of the {len(runs)} runs, "
+                               f"in the same order (got {len(facts_runs)})")
     loaded = []
+    extra: list[dict[str, float]] = []
     with _user_errors():
         for path in runs:
             records, config = load_results(path)
@@ -328,6 +351,10 @@ def compare(runs: tuple[Path, ...], tie_margin: float, out: Path | None, plots: 
                     score_record(record)  # a foreign file: ROUGE as this toolkit computes it
             label = config.get("name") or (path.stem if path.is_file() else path.name)
             loaded.append((records, label))
+        if facts_runs:
+            from hearth.evaluation.keyfacts import fact_metrics, load_facts_run
+
+            extra = fact_metrics([load_facts_run(path) for path in facts_runs])
     labels = [label for _, label in loaded]
     if len(set(labels)) < len(labels):  # told apart by their place on the command line
         labels = [f"{chr(ord('A') + n)}:{label}" if n < 26 else f"{n + 1}:{label}"
@@ -341,6 +368,12 @@ def compare(runs: tuple[Path, ...], tie_margin: float, out: Path | None, plots: 
             comparison = compare_many(loaded, tie_margin)
     except ValueError as exc:
         raise click.ClickException(str(exc)) from None
+    if extra and len(loaded) == 2:
+        comparison.metrics_a |= extra[0]
+        comparison.metrics_b |= extra[1]
+    elif extra:
+        for metrics, more in zip(comparison.metrics, extra, strict=True):
+            metrics |= more
     out_dir = _run_dir(out, "-vs-".join(labels).replace("/", "_").replace(":", "_"))
     write_comparison_report(out_dir, comparison, plots=plots)
     click.echo((out_dir / COMPARE_FILE).read_text(encoding="utf-8"))

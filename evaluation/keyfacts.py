@@ -340,6 +340,30 @@ class InProcessAnswerer:
         return result
 
 
+class AloneAnswerer:
+    """The language model alone, no retrieval (`hearth eval facts --no-retrieval`): what a
+    model, fine-tuned or not, states of the documents from its weights. There are no sources,
+    so no ranks and no grounding verdict; key-fact recall is what it measures."""
+
+    mode = "answer"
+
+    def __init__(self, llm: Any, persona: str, answer_words: int) -> None:
+        from hearth.evaluation.run import ModelAnswerer
+
+        self.ask = ModelAnswerer(llm, persona, answer_words)
+
+    def __call__(self, question: FactQuestion) -> dict[str, Any]:
+        answered = self.ask(question.question)
+        return {
+            "hypothesis": answered.answer, "refused": False, "grounded": None,
+            "unsupported": [], "draft": "", "sources": None, "retrieved": None,
+            "passages": None, "latency_s": round(answered.latency_s, 4),
+            "first_token_s": answered.first_token_s,
+            "prompt_tokens": answered.prompt_tokens,
+            "completion_tokens": answered.completion_tokens,
+        }
+
+
 class UrlAnswerer:
     """A running Hearth by URL: POST /api/question, each question a new conversation of a
     fresh user (`user_id` fixed: every question as that one user, e.g. for a user's key).
@@ -574,6 +598,46 @@ def summarize_facts(records: Sequence[dict[str, Any]], ks: Sequence[int] = DEFAU
         | {name: summarize_group(rs, ks) for name, rs in corpora.items()},
         "errors": [{"id": r["id"], "error": r["error"]} for r in records if r.get("error")],
     }
+
+
+def load_facts_run(path: Path) -> list[dict[str, Any]]:
+    """The records of a `hearth eval facts` run folder (or its records.jsonl or results.json),
+    scored as this version scores; a later line for an id replaces an earlier one."""
+    from hearth.evaluation.records import RECORDS_FILE
+
+    folder = path if path.is_dir() else None
+    if folder is not None:
+        path = folder / RESULTS_FILE if (folder / RESULTS_FILE).exists() else folder / RECORDS_FILE
+    if not path.exists():
+        raise EvalDataError(f"{path}: no key-fact run here (run `hearth eval facts` first)")
+    if path.suffix == ".json":
+        document = json.loads(path.read_text(encoding="utf-8"))
+        if not isinstance(document, dict) or document.get("kind") != FACTS_RESULTS_KIND:
+            raise EvalDataError(f"{path}: not the results of `hearth eval facts`")
+        lines = document.get("records") or []
+    else:
+        lines = list(read_jsonl(path))
+    by_id = {str(line.get("id")): line for line in lines if isinstance(line, dict)}
+    return [score_fact_record(dict(record)) for record in by_id.values()]
+
+
+FACT_METRICS = ("fact_recall", "all_facts")
+
+
+def fact_metrics(runs: Sequence[Sequence[dict[str, Any]]]) -> list[dict[str, float]]:
+    """For `hearth eval compare --facts`: each key-fact run's recall and share of answers with
+    every fact, over the answerable questions every run answered without an error."""
+    ids = set.intersection(*({str(r["id"]) for r in records if not r.get("error")
+                              and r.get("answerable")} for records in runs))
+    if not ids:
+        raise EvalDataError("the key-fact runs share no answered question: they do not come "
+                            "from the same question set")
+    metrics = []
+    for records in runs:
+        group = summarize_group([r for r in records if str(r["id"]) in ids])
+        metrics.append({f"facts/{key}": group[key]["value"] for key in FACT_METRICS
+                        if group.get(key)} | {"facts/questions": float(len(ids))})
+    return metrics
 
 
 # --- the report ----------------------------------------------------------------------------

@@ -30,6 +30,9 @@ METRIC_LABELS = {
     "rouge/rouge-1_f": "ROUGE-1 F1 (rouge, as published by the origin)",
     "rouge/rouge-2_f": "ROUGE-2 F1 (rouge, as published by the origin)",
     "rouge/rouge-l_f": "ROUGE-L F1 (rouge, as published by the origin)",
+    "facts/fact_recall": "key-fact recall (the set's questions, `--facts`)",
+    "facts/all_facts": "answers with every key fact (`--facts`)",
+    "facts/questions": "key-fact questions (answerable, in every `--facts` run)",
 }
 
 

@@ -12,9 +12,10 @@
 #   tuned      the fine-tuned model alone, no retrieval
 #   rag        the model with retrieval (Hearth's way)
 #   rag-tuned  the fine-tuned model with retrieval
-# and compares the four runs in one table (`hearth eval compare`). Every stage resumes from its
-# last output: run the same command again after an interruption. Each stage's wall time goes
-# to OUT/timings.tsv.
+# and compares the four runs in one table (`hearth eval compare`), with each system's key-fact
+# recall on the hand-written questions of evaluation/sets whose page is in the corpus (`hearth
+# eval facts`). Every stage resumes from its last output: run the same command again after an
+# interruption. Each stage's wall time goes to OUT/timings.tsv.
 #
 # Settings (environment):
 #   STUDY_MODEL       packaged model (default qwen2.5-coder-0.5b-instruct-q4_k_m, Hearth's default)
@@ -25,6 +26,8 @@
 #   STUDY_MAX_MINUTES tuning minutes at most (default 120)
 #   STUDY_QUANTIZATION  nf4 (QLoRA, default) or none
 #   STUDY_EVAL_ARGS   extra arguments of `hearth eval run` (e.g. --no-judge, --judge-model NAME)
+#   STUDY_FACTS_SET   key-fact set (default evaluation/sets/python-docs.jsonl)
+#   STUDY_FACTS_UNDER its questions whose page lies under this path (default tutorial/)
 #   HEARTH            the hearth command (default .venv/bin/hearth)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -37,6 +40,8 @@ CHUNKS=${STUDY_CHUNKS:-250}
 MAX_STEPS=${STUDY_MAX_STEPS:-200}
 MAX_MINUTES=${STUDY_MAX_MINUTES:-120}
 QUANTIZATION=${STUDY_QUANTIZATION:-nf4}
+FACTS_SET=${STUDY_FACTS_SET:-evaluation/sets/python-docs.jsonl}
+FACTS_UNDER=${STUDY_FACTS_UNDER:-tutorial/}
 read -r -a EVAL_ARGS <<< "${STUDY_EVAL_ARGS:-}"
 read -r -a HEARTH_CMD <<< "${HEARTH:-.venv/bin/hearth}"
 ADAPTER=study-$MODEL
@@ -82,6 +87,26 @@ answer base "" --no-retrieval
 answer tuned "$ADAPTER" --no-retrieval
 answer rag ""
 answer rag-tuned "$ADAPTER"
+
+# The same four systems on the hand-written questions about the corpus's pages: key-fact recall.
+FACTS_QUESTIONS=$OUT/facts-questions.jsonl
+if [ ! -s "$FACTS_QUESTIONS" ]; then
+    grep -F "\"source\": \"$FACTS_UNDER" "$FACTS_SET" > "$FACTS_QUESTIONS.part" || true
+    [ -s "$FACTS_QUESTIONS.part" ] || { echo "no question of $FACTS_SET under $FACTS_UNDER" >&2; exit 1; }
+    mv "$FACTS_QUESTIONS.part" "$FACTS_QUESTIONS"
+fi
+facts() {  # facts NAME ADAPTER [ARGS...]
+    local name=$1 adapter=$2
+    shift 2
+    stage "facts-$name" env HEARTH_TRANSFORMERS_ADAPTER="$adapter" \
+        "${HEARTH_CMD[@]}" eval facts "$FACTS_QUESTIONS" -o "$OUT/facts-$name" \
+        --name "facts-$name" "$@"
+}
+facts base "" --no-retrieval
+facts tuned "$ADAPTER" --no-retrieval
+facts rag ""
+facts rag-tuned "$ADAPTER"
 stage compare hearth eval compare "$OUT/base" "$OUT/tuned" "$OUT/rag" "$OUT/rag-tuned" \
-    -o "$OUT/compare"
+    --facts "$OUT/facts-base" --facts "$OUT/facts-tuned" --facts "$OUT/facts-rag" \
+    --facts "$OUT/facts-rag-tuned" -o "$OUT/compare"
 echo "The table: $OUT/compare/compare.md; each stage's seconds: $OUT/timings.tsv"

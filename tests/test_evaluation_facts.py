@@ -426,6 +426,72 @@ def test_the_cli_runs_in_process_and_writes_the_report(tmp_path: Path,
     assert result.exit_code == 2 and "--retrieval-only" in result.output
 
 
+def test_the_model_alone_is_scored_on_facts_without_sources(tmp_path: Path,
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    # Fast tier: a scripted fake model (tests/fakes.py) stands in for the engine.
+    import hearth.llm
+    from hearth.config import load_settings
+    from tests.fakes import FakeLLM
+
+    settings = load_settings(_env_file=None, data_dir=tmp_path)
+    llm = FakeLLM(settings, ["MAXYEAR is 9999.", "Try random.random().", "No idea."])
+    monkeypatch.setattr(hearth.llm, "build_llm", lambda settings: llm)
+    sets = tmp_path / "set.jsonl"
+    sets.write_text("".join(json.dumps(q.to_json()) + "\n" for q in QUESTIONS))
+    out = tmp_path / "alone"
+    result = CliRunner().invoke(eval_cli, ["facts", str(sets), "--no-retrieval", "-o", str(out)])
+    assert result.exit_code == 0, result.output
+    document = json.loads((out / "results.json").read_text())
+    assert document["config"]["answerer"] == "the model alone, no retrieval"
+    py1, py2, _ = document["records"]
+    assert py1["scores"]["all_facts"] and py2["scores"]["fact_recall"] == 0
+    assert "answer_rank" not in py1["scores"] and py1["sources"] is None  # nothing retrieved
+    assert [m[1].content for m in llm.prompts] == [q.question for q in QUESTIONS]
+    overall = document["summary"]["groups"]["overall"]
+    assert overall["fact_recall"]["value"] == 0.5 and overall.get("hit@1") is None
+    both = CliRunner().invoke(eval_cli, ["facts", str(sets), "--no-retrieval",
+                                         "--retrieval-only"])
+    assert both.exit_code == 2 and "--no-retrieval" in both.output
+
+
+def test_compare_adds_each_systems_key_fact_recall(tmp_path: Path) -> None:
+    from hearth.evaluation.records import write_results
+    from hearth.evaluation.scoring import score_record, summarize
+
+    def facts_run(name: str, answers: list[str]) -> str:
+        records = [q.to_json() | {"mode": "answer", "hypothesis": a, "refused": False,
+                                  "sources": None, "latency_s": 1.0}
+                   for q, a in zip(QUESTIONS, answers, strict=True)]
+        records = [kf.score_fact_record(r) for r in records]
+        kf.write_facts_report(tmp_path / name, records, kf.summarize_facts(records), {})
+        return str(tmp_path / name)
+
+    runs, facts = [], []
+    for name, answer, facts_answers in (("base", "no", ["no", "no", "no"]),
+                                        ("rag", "yes", ["MAXYEAR 9999", "no", "no"]),
+                                        ("both", "yes", ["MAXYEAR 9999", "token_hex", "no"])):
+        records = [score_record({"id": "1", "reference": "yes", "hypothesis": answer})]
+        write_results(tmp_path / f"run-{name}", records, summarize(records), {"name": name})
+        runs.append(str(tmp_path / f"run-{name}"))
+        facts.append(facts_run(f"facts-{name}", facts_answers))
+    args = ["compare", *runs, "--no-plots", "-o", str(tmp_path / "c")]
+    result = CliRunner().invoke(eval_cli, args + [f"--facts={f}" for f in facts])
+    assert result.exit_code == 0, result.output
+    assert "| key-fact recall (the set's questions, `--facts`) | 0.0000 | 0.5000 | 1.0000 |" \
+        in result.output
+    two = CliRunner().invoke(eval_cli, ["compare", *runs[:2], "--no-plots", "-o",
+                                        str(tmp_path / "c2"), "--facts", facts[0],
+                                        "--facts", facts[1]])
+    assert two.exit_code == 0 and "| 0.0000 | 0.5000 | +0.5000 |" in two.output
+    short = CliRunner().invoke(eval_cli, args + ["--facts", facts[0]])
+    assert short.exit_code == 2 and "one key-fact run for each of the 3 runs" in short.output
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    missing = CliRunner().invoke(eval_cli, ["compare", *runs[:2], "--facts", facts[0],
+                                            "--facts", str(empty)])
+    assert missing.exit_code == 1 and "no key-fact run here" in missing.output
+
+
 # --- real: three real pages, the real embedding model --------------------------------------------
 
 REAL_PAGES = ["library/tomllib.html", "library/secrets.html", "library/copy.html"]
