@@ -11,7 +11,8 @@ process or by URL), and scores every answer:
   *document hit* is the right file at any page, reported apart.
 - **key-fact recall**: the share of a question's facts present in the answer (case-insensitive,
   whitespace-normalised, spacing around punctuation ignored: `col.names = NA` matches
-  `col.names=NA`); a refused answer states none. Also the share of questions with every fact,
+  `col.names=NA`; a whole number up to 20 also spelled out: `5` matches "five"); a refused
+  answer states none. Also the share of questions with every fact,
   and (in process) the facts present in the top passages, "facts retrievable", which separates
   what retrieval lost from what generation lost.
 - **refusals**: the refusal rate on the unanswerable questions, false refusals on answerable
@@ -229,6 +230,10 @@ _SPACED_PUNCTUATION = re.compile(r" ?([^\w\s]) ?")
 _NUMBER = re.compile(r"[\d.,]+")
 _GROUPED = re.compile(r"\d{1,3}(,\d{3})+")
 SHORT_FACT = 4  # facts this short (or numbers) must stand as whole words: "5" not in "15"
+# A small whole number is as right spelled out: "5" is stated by "five seconds".
+_NUMBER_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine",
+                 "ten", "eleven", "twelve", "thirteen", "fourteen", "fifteen", "sixteen",
+                 "seventeen", "eighteen", "nineteen", "twenty")
 
 
 def normalize_text(text: str) -> str:
@@ -244,6 +249,8 @@ def _fact_patterns(fact: str) -> list[re.Pattern[str]]:
     forms = [wanted]
     if _GROUPED.fullmatch(wanted):  # 10,000 also as 10000
         forms.append(wanted.replace(",", ""))
+    if wanted.isdigit() and int(wanted) < len(_NUMBER_WORDS):
+        forms.append(_NUMBER_WORDS[int(wanted)])
     whole = len(wanted) <= SHORT_FACT or bool(_NUMBER.fullmatch(wanted))
     patterns = []
     for form in forms:

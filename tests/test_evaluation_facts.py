@@ -139,6 +139,8 @@ def test_ranks_are_the_first_page_and_document_hits() -> None:
     ("UTF-8-BOM", "fileEncoding = \u201cUTF\u20118\u2011BOM\u201d"),  # curly quotes, hyphens
     ("10,000", "at most 10000 rows"),
     ("semicolon", "fields separated by semicolons"),
+    ("5", "It waits five seconds."),   # a small whole number, spelled out
+    ("0", "returns Zero"),
 ])
 def test_a_fact_is_found_whatever_the_spacing_case_and_typography(fact: str, answer: str) -> None:
     assert kf.fact_present(fact, answer)
@@ -150,6 +152,8 @@ def test_a_fact_is_found_whatever_the_spacing_case_and_typography(fact: str, ans
     ("else", "elsewhere"),
     ("999999999", "9999999999"),    # numbers too
     ("col.names = NA", "col.names = TRUE"),
+    ("5", "the fivefold cost"),      # a spelled-out number stands as a whole word too
+    ("50", "fifty"),                 # only up to twenty
 ])
 def test_a_fact_inside_another_word_or_number_is_not_found(fact: str, answer: str) -> None:
     assert not kf.fact_present(fact, answer)
