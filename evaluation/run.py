@@ -72,22 +72,28 @@ class ModelAnswerer:
 
     def __init__(self, llm: Any, persona: str, answer_words: int) -> None:
         self.llm = llm
+        self.answer_words = answer_words
         self.rules = f"{persona} Answer in at most {answer_words} words."
 
     def __call__(self, question: str) -> Answered:
         from langchain_core.messages import HumanMessage, SystemMessage
 
         from hearth.llm import Generation
+        from hearth.model import within_words, without_repeats
 
         usage = Generation()
         pieces: list[str] = []
         first: float | None = None
         started = time.perf_counter()
-        for piece in self.llm.stream([SystemMessage(self.rules), HumanMessage(question)],
-                                     usage=usage):
+        # Held to the word budget as the chain holds Hearth's answers, so that the systems of
+        # the study differ only in the documents and the adapter, not in how long they talk.
+        streamed = self.llm.stream([SystemMessage(self.rules), HumanMessage(question)],
+                                   usage=usage)
+        for piece in within_words(streamed, self.answer_words):
             first = first if first is not None else time.perf_counter() - started
             pieces.append(piece)
-        return Answered(answer="".join(pieces).strip(), retrieved=None, refused=False,
+        return Answered(answer=without_repeats("".join(pieces).strip()), retrieved=None,
+                        refused=False,
                         latency_s=time.perf_counter() - started, first_token_s=first,
                         prompt_tokens=usage.prompt_tokens,
                         completion_tokens=usage.completion_tokens)

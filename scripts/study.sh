@@ -18,12 +18,13 @@
 # interruption. Each stage's wall time goes to OUT/timings.tsv.
 #
 # Settings (environment):
-#   STUDY_MODEL       packaged model (default qwen2.5-coder-0.5b-instruct-q4_k_m, Hearth's default)
+#   STUDY_MODEL       packaged model (default qwen2.5-coder-0.5b-instruct-q4_k_m, the smaller
+#                     one: what `auto` serves below 2 cores; the 1.5B has three times the weights to tune)
 #   STUDY_QUESTION_MODEL  packaged model that writes the questions (default STUDY_MODEL)
 #   STUDY_DOCS        folder to index (default /usr/share/doc/python3.11/html/tutorial)
 #   STUDY_CHUNKS      chunks sampled for questions (default 250: about 50 held out at 20%)
-#   STUDY_MAX_STEPS   tuning steps at most (default 200)
-#   STUDY_MAX_MINUTES tuning minutes at most (default 120)
+#   STUDY_MAX_STEPS   tuning steps at most (default 100)
+#   STUDY_MAX_MINUTES tuning minutes at most (default 35)
 #   STUDY_QUANTIZATION  nf4 (QLoRA, default) or none
 #   STUDY_EVAL_ARGS   extra arguments of `hearth eval run` (e.g. --no-judge, --judge-model NAME)
 #   STUDY_FACTS_SET   key-fact set (default evaluation/sets/python-docs.jsonl)
@@ -37,8 +38,8 @@ MODEL=${STUDY_MODEL:-qwen2.5-coder-0.5b-instruct-q4_k_m}
 QUESTION_MODEL=${STUDY_QUESTION_MODEL:-$MODEL}
 DOCS=${STUDY_DOCS:-/usr/share/doc/python3.11/html/tutorial}
 CHUNKS=${STUDY_CHUNKS:-250}
-MAX_STEPS=${STUDY_MAX_STEPS:-200}
-MAX_MINUTES=${STUDY_MAX_MINUTES:-120}
+MAX_STEPS=${STUDY_MAX_STEPS:-100}
+MAX_MINUTES=${STUDY_MAX_MINUTES:-35}
 QUANTIZATION=${STUDY_QUANTIZATION:-nf4}
 FACTS_SET=${STUDY_FACTS_SET:-evaluation/sets/python-docs.jsonl}
 FACTS_UNDER=${STUDY_FACTS_UNDER:-tutorial/}

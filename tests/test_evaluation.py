@@ -357,3 +357,16 @@ def test_the_model_alone_answers_without_retrieval(tmp_path: Path) -> None:
     [system, human] = llm.prompts[0]
     assert system.content.startswith(settings.persona) and "80 words" in system.content
     assert human.content == "How do I make a virtual environment?"  # no documents
+
+
+def test_the_model_alone_is_held_to_the_word_budget(tmp_path: Path) -> None:
+    # Fast tier: a scripted fake model (tests/fakes.py) stands in for the engine.
+    from hearth.config import load_settings
+    from hearth.evaluation.run import ModelAnswerer
+    from tests.fakes import FakeLLM
+
+    settings = load_settings(_env_file=None, data_dir=tmp_path, answer_words=10)
+    rambling = " ".join(f"Sentence number {n} says four more words." for n in range(20))
+    answered = ModelAnswerer(FakeLLM(settings, [rambling]), settings.persona, 10)("Why?")
+    assert answered.answer == "Sentence number 0 says four more words. Sentence number 1 says " \
+        "four more words."  # it ends at the first sentence end past 10 words, as the chain's do
