@@ -231,17 +231,24 @@ def within_words(pieces: Iterator[str], budget: int) -> Iterator[str]:
     Stopping the iteration stops the model: the source is closed."""
     text = ""
     said: set[str] = set()
+    checked = -1  # where the last sentence end looked at for a repeat was
     try:
         for piece in pieces:
             prose = FENCE.sub(" ", text)
             in_code = "```" in prose
             words = len(prose.split("```", 1)[0].split())
-            at_break = piece[:1].isspace()  # what came so far is a whole word, or sentence
+            stripped = text.rstrip()
+            # What came so far is a whole word, or sentence: the piece starts with a space (as
+            # llama.cpp's tokens do) or the text ends with one (as transformers' streamer,
+            # which sends whole words with the space after them).
+            at_break = piece[:1].isspace() or len(stripped) < len(text)
             if at_break and not in_code and (
                     words >= budget and SENTENCE_END.search(text) or words >= budget * 3 // 2):
                 return
-            if at_break and not in_code and SENTENCE_END.search(text) and not text[-1:].isspace():
-                last = _plain(re.split(r"(?<=[.!?])\s+", text.strip())[-1])
+            if at_break and not in_code and SENTENCE_END.search(stripped) \
+                    and len(stripped) != checked:
+                checked = len(stripped)
+                last = _plain(re.split(r"(?<=[.!?])\s+", stripped.lstrip())[-1])
                 if len(last.split()) >= 4 and last in said:
                     return
                 said.add(last)

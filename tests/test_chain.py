@@ -166,9 +166,17 @@ def pieces(text: str) -> list[str]:
     return re.findall(r"\s*\S+", text)
 
 
+def trailing(text: str) -> list[str]:
+    """Text as transformers' streamer sends it: whole words with the space after them."""
+    return re.findall(r"\S+\s*", text)
+
+
 def test_an_answer_ends_at_the_first_sentence_end_past_its_word_budget() -> None:
     text = "One two three four five. Six seven eight nine ten. Eleven twelve."
     assert "".join(within_words(iter(pieces(text)), 4)) == "One two three four five."
+    assert "".join(within_words(iter(trailing(text)), 4)) == "One two three four five. "
+    run_on = " ".join(f"w{n}" for n in range(40))
+    assert "".join(within_words(iter(trailing(run_on)), 10)).split() == run_on.split()[:15]
     # a version number split across pieces is no sentence end; the next one is
     split = ["Python", " 3.", "11", " added", " it.", " More", " words."]
     assert "".join(within_words(iter(split), 3)) == "Python 3.11 added it."
@@ -198,6 +206,12 @@ def test_a_looping_answer_stops_at_its_first_repeat_which_is_not_kept(tmp_path: 
     assert "".join(within_words(iter(pieces(loop)), 80)) == (
         "Because logging shows warnings by default. This is the default behaviour. "
         "This is the default behaviour.")
+    assert "".join(within_words(iter(trailing(loop)), 80)) == (
+        "Because logging shows warnings by default. This is the default behaviour. "
+        "This is the default behaviour. ")
+    # a space streamed on its own after a sentence end is no repeat of that sentence
+    alone = ["It is the default behaviour", ".", " ", "Then", " it", " stops", "."]
+    assert "".join(within_words(iter(alone), 80)) == "".join(alone)
     loop = "Run python -m pip install followed by its name. " + "Pip installs it then. " * 5
     chain, _ = assistant(tmp_path, loop.strip())
     assert chain.answer(QUESTION).answer == (
