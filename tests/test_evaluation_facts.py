@@ -347,6 +347,12 @@ QUESTIONS = [
 ]
 
 
+def write_set(path: Path, questions: list[kf.FactQuestion]) -> Path:
+    """The questions as a set file, one JSON line each, as `hearth eval facts` reads them."""
+    path.write_text("".join(json.dumps(q.to_json()) + "\n" for q in questions))
+    return path
+
+
 def test_the_runner_answers_through_the_chat_service_and_scores(tmp_path: Path) -> None:
     services = fake_services(tmp_path, replies=["The largest year is MAXYEAR, that is 9999.",
                                                 "Use secrets.token_urlsafe."],
@@ -415,8 +421,7 @@ def test_the_cli_runs_in_process_and_writes_the_report(tmp_path: Path,
 
     services = fake_services(tmp_path, replies=["MAXYEAR is 9999."], passages=PASSAGES)
     monkeypatch.setattr(hearth.services, "build_services", lambda settings: services)
-    sets = tmp_path / "set.jsonl"
-    sets.write_text("".join(json.dumps(q.to_json()) + "\n" for q in QUESTIONS))
+    sets = write_set(tmp_path / "set.jsonl", QUESTIONS)
     out = tmp_path / "run"
     result = CliRunner().invoke(eval_cli, ["facts", str(sets), "--retrieval-only", "-o", str(out)])
     assert result.exit_code == 0, result.output
@@ -440,8 +445,7 @@ def test_the_model_alone_is_scored_on_facts_without_sources(tmp_path: Path,
     settings = load_settings(_env_file=None, data_dir=tmp_path)
     llm = FakeLLM(settings, ["MAXYEAR is 9999.", "Try random.random().", "No idea."])
     monkeypatch.setattr(hearth.llm, "build_llm", lambda settings: llm)
-    sets = tmp_path / "set.jsonl"
-    sets.write_text("".join(json.dumps(q.to_json()) + "\n" for q in QUESTIONS))
+    sets = write_set(tmp_path / "set.jsonl", QUESTIONS)
     out = tmp_path / "alone"
     result = CliRunner().invoke(eval_cli, ["facts", str(sets), "--no-retrieval", "-o", str(out)])
     assert result.exit_code == 0, result.output
