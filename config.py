@@ -223,6 +223,10 @@ class Settings(BaseSettings):
         "to the question's best) added to the cosine similarity")
     retrieval_candidates: int = Field(
         20, ge=1, le=200, description="chunks each side finds for the fusion to rank")
+    passages_by_page: bool = Field(
+        True, description="the top_k passages come from top_k different pages, each page's "
+        "other chunks among the first top_k joined to its best one; false: the top_k best "
+        "chunks, several of one page taking several places")
     headings_weight: float = Field(
         2.0, ge=0.0, le=10.0, description="BM25 weight of a chunk's heading path (title › "
         "section) against its text (1)")

@@ -171,18 +171,37 @@ def to_source(doc: Document, score: float, chunk_id: str) -> Source:
     meta = doc.metadata
     page = meta.get("page")
     position = meta.get("chunk")
+    joined = meta.get("joined")
+    pieces = joined if isinstance(joined, int) and not isinstance(joined, bool) and joined > 1 else 1
     return Source(
         source=str(meta.get("source", "")),
         title=meta.get("title") or None,
         page=int(page) if isinstance(page, int | float) and page else None,
         section=meta.get("section") or None,
-        snippet=doc.page_content[:SNIPPET_CHARS * 4],
+        snippet=doc.page_content[:SNIPPET_CHARS * 4 * pieces],
         chunk_id=chunk_id,
         score=round(score, 4),
         collection=str(meta.get("collection") or DEFAULT),
         position=position if isinstance(position, int) and not isinstance(position, bool)
         else None,
     )
+
+
+def interleaved(rankings: Sequence[Sequence[Source]], k: int, by_page: bool) -> list[Source]:
+    """The first k of several rankings taken in turn (the first's best, the second's best, the
+    first's second...), each chunk (``by_page``: each page) once."""
+    seen: set[tuple[str, ...]] = set()
+    found: list[Source] = []
+    for rank in range(max((len(r) for r in rankings), default=0)):
+        for ranking in rankings:
+            if rank >= len(ranking) or len(found) == k:
+                continue
+            s = ranking[rank]
+            key = (s.collection, s.source, str(s.page)) if by_page else (s.collection, s.chunk_id)
+            if key not in seen:
+                seen.add(key)
+                found.append(s)
+    return found
 
 
 def merged(sources: Sequence[Source]) -> list[Source]:
@@ -309,7 +328,7 @@ class Assistant:
     def fusion(self) -> Fusion:
         s = self.settings
         return Fusion(Mode(s.retrieval.value), s.keyword_weight, s.retrieval_candidates,
-                      s.headings_weight)
+                      s.headings_weight, by_page=s.passages_by_page)
 
     def retrieve(self, question: str, k: int | None = None,
                  collections: Sequence[str] = (DEFAULT,),
@@ -441,6 +460,14 @@ class Assistant:
             # carries the context that retrieval needs.
             query = f"{history[-1].question} {question}"
         hits = self.retrieve(query, collections=collections)
+        if query != standalone:
+            # The follow-up's own words find what is asked, the earlier question what "it"
+            # is: taken in turn, the follow-up's first. "How do I ask Hearth a question?" then
+            # "And how do I get the answer streamed?" found the first question's pages only
+            # with both questions in one query, and the model made up a flag.
+            own = [h for h in self.retrieve(question, collections=collections)
+                   if h.score >= self.settings.min_relevance]
+            hits = interleaved([own, hits], self.settings.top_k, self.settings.passages_by_page)
         t = mark("retrieve_s", t)
         relevant = [h for h in hits if h.score >= self.settings.min_relevance]
         if not relevant:

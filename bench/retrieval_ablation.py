@@ -62,6 +62,9 @@ def variants(candidates: int, weight: float) -> list[Variant]:
         Variant(f"hybrid {weight}, headings ×1", Fusion(Mode.hybrid, weight, candidates, 1.0)),
         Variant(f"hybrid {weight}, gated: only with an identifier or number",
                 Fusion(Mode.hybrid, weight, candidates, gated=True)),
+        Variant("dense, one passage a page", Fusion(Mode.dense, by_page=True)),
+        Variant(f"hybrid {weight}, one passage a page",
+                Fusion(Mode.hybrid, weight, candidates, by_page=True)),
         Variant("dense + neighbours ±1", Fusion(Mode.dense), neighbours=1),
         *[Variant(f"hybrid {weight} + neighbours ±1, at most {budget} tokens",
                   Fusion(Mode.hybrid, weight, candidates), neighbours=1, neighbour_tokens=budget)
@@ -101,6 +104,9 @@ def evaluate(assistant: Assistant, questions: Sequence[FactQuestion], variant: V
         ranked: list[Source] = assistant.retrieve(question.question, k=depth,
                                                   fusion=variant.fusion)
         top = ranked[:PASSAGES_FOR_FACTS]
+        if variant.fusion.by_page:  # the pages' chunks joined are those among the first 4
+            top = assistant.retrieve(question.question, k=PASSAGES_FOR_FACTS,
+                                     fusion=variant.fusion)
         if variant.neighbours:
             assistant.settings = assistant.settings.model_copy(
                 update={"context_neighbours": variant.neighbours})

@@ -7,7 +7,15 @@ import re
 from pathlib import Path
 
 from hearth.conversations import Turn
-from hearth.model import Answer, Assistant, Token, within_words, without_repeats
+from hearth.model import (
+    Answer,
+    Assistant,
+    Source,
+    Token,
+    interleaved,
+    within_words,
+    without_repeats,
+)
 from tests.fakes import FakeLLM, fake_services
 
 PIP = {"pip.md": "To install a package, run python -m pip install followed by its name."}
@@ -53,6 +61,38 @@ def test_a_rewrite_that_is_not_a_question_is_not_used(tmp_path: Path) -> None:
     assert [m.type for m in asked] == ["system", "human", "human"]  # no turns to repeat
     assert str(asked[-1].content).startswith(
         "Question: And how do I upgrade it? (This follows the earlier question: " + QUESTION)
+
+
+def test_a_follow_up_not_rewritten_reads_its_own_passages_and_the_earlier_ones(
+        tmp_path: Path) -> None:
+    passages = {**PIP, "zzz.md": "An unrelated note about printers.",
+                "stream.md": "Streamed: add stream true to the body and read each event."}
+    chain, llm = assistant(tmp_path, "Sure:", "Add stream true.", passages=passages, top_k=2)
+    earlier = Turn(QUESTION, "Run python -m pip install NAME.")
+    answer = chain.answer("And how do I get it streamed?", [earlier])
+    # Searched with both questions, then with the follow-up alone; the follow-up's best
+    # passage first, then the earlier question's.
+    index = chain.vectorstore
+    assert index.searches[-2:] == [f"{QUESTION} And how do I get it streamed?",  # type: ignore[attr-defined]
+                                   "And how do I get it streamed?"]
+    assert [s.source for s in answer.sources] == ["stream.md", "pip.md"]
+
+
+def test_the_rankings_are_taken_in_turn_each_passage_once() -> None:
+    def source(name: str, page: int = 0, chunk: str = "") -> Source:
+        return Source(name, None, page or None, None, "text", chunk or f"{name}{page}", 0.5)
+
+    own = [source("a"), source("b"), source("c")]
+    earlier = [source("b"), source("d"), source("e")]
+    assert [s.source for s in interleaved([own, earlier], 4, by_page=True)] == \
+        ["a", "b", "d", "c"]
+    # By chunk, another chunk of a page already taken is a passage of its own.
+    other_chunk = [source("a", chunk="a-second"), source("f")]
+    assert [s.chunk_id for s in interleaved([own, other_chunk], 3, by_page=False)] == \
+        ["a0", "a-second", "b0"]
+    assert [s.source for s in interleaved([own, other_chunk], 3, by_page=True)] == \
+        ["a", "b", "f"]
+    assert interleaved([[], []], 4, by_page=True) == []
 
 
 def test_a_rewritten_follow_up_is_asked_with_the_conversation(tmp_path: Path) -> None:

@@ -166,6 +166,33 @@ def test_neighbours_widen_a_passage_within_its_page(services: Services, tmp_path
     assert assistant.widened(hit, 0) is hit
 
 
+def test_each_passage_is_a_different_page_with_its_chunks_joined(services: Services,
+                                                                  tmp_path: Path) -> None:
+    ingest_files(services, pages(tmp_path / "docs"))
+    assistant = Assistant(Any, services.vectorstore, services.settings)  # type: ignore[arg-type]
+    question = "what fields does a group database entry have"
+    chunks = assistant.retrieve(question, k=4, fusion=Fusion(Mode.dense))
+    found = assistant.retrieve(question, k=4, fusion=Fusion(Mode.dense, by_page=True))
+    # The premise: chunk by chunk, one page takes several of the four places.
+    chunk_pages = [Path(c.source).name for c in chunks]
+    assert len(set(chunk_pages)) < 4
+    # One passage a page: four different pages, the best chunk's page first, with its score.
+    assert len({Path(f.source).name for f in found}) == 4
+    assert (found[0].source, found[0].chunk_id, found[0].score) == \
+        (chunks[0].source, chunks[0].chunk_id, chunks[0].score)
+    # Each page's chunks among the first four are in its passage, and nothing of another page.
+    for f in found:
+        own = [c for c in chunks if c.source == f.source]
+        for c in own:
+            assert c.snippet.partition("\n")[2][:200] in f.snippet, (c.snippet[:80], f.snippet)
+        if len(own) > 1:
+            assert f.position is None  # joined: not widened with neighbours again
+            assert assistant.widened(f, 1) is f
+    # The pages the chunks reached come first, in their order.
+    assert [Path(f.source).name for f in found][:len(set(chunk_pages))] == \
+        list(dict.fromkeys(chunk_pages))
+
+
 # -- fast: no real part --------------------------------------------------------------------
 
 
@@ -192,6 +219,7 @@ def test_a_question_without_words_to_match_finds_nothing(tmp_path: Path) -> None
 
 def test_the_retrieval_settings(make_settings: Any) -> None:
     assert make_settings().retrieval is RetrievalMode.dense
+    assert make_settings().passages_by_page is True
     assert make_settings(retrieval="hybrid").retrieval is RetrievalMode.hybrid
     for measured_worse in ("keyword", "rrf", "bm42"):
         with pytest.raises(ConfigError, match="HEARTH_RETRIEVAL"):
