@@ -48,7 +48,7 @@ STOPWORDS = frozenset({
     "yours", "yourself",
 })
 PLACEHOLDER = re.compile(
-    r"^(<[^>]*>|\[[^\]]*\]|\{[^}]*\}|[A-Z][A-Z0-9_]{2,}|.*path/to.*|.*your[-_].*|my[\w-]*|"
+    r"^(.*<[^>\s]+>.*|\[[^\]]*\]|\{[^}]*\}|[A-Z][A-Z0-9_]{2,}|.*path/to.*|.*your[-_].*|my[\w-]*|"
     r"\.\.\.|…|[-=|]+)$")
 FENCE = re.compile(r"```[^\n]*\n(.*?)```", re.DOTALL)
 FENCE_WITH_LANGUAGE = re.compile(r"```([^\n]*)\n(.*?)```", re.DOTALL)
@@ -72,6 +72,8 @@ DEFINED = re.compile(
     r"(?:\bdef|\bclass)\s+([A-Za-z_]\w*)|\bas\s+([A-Za-z_]\w*)|\bfor\s+([\w, ]+?)\s+in\b|"
     r"^\s*([\w, ]+?)\s*(?::[^=\n]+)?=(?!=)|\blambda\s+([\w, ]+):|"
     r"^\s*[A-Za-z_]\w*\.([A-Za-z_]\w*)\s*(?::[^=\n]+)?=(?!=)", re.MULTILINE)
+# An argument as prose writes it: `ensure_ascii=False`, `timeout=5`, `mode="w"`.
+KEYWORD_VALUE = re.compile(r"([A-Za-z_]\w*)\s*=\s*(True|False|None|[-+]?\d[\w.]*|\"[^\"]*\"|'[^']*')")
 PARAMS = re.compile(r"\bdef\s+\w+\s*\(([^)]*)\)")
 DATA = re.compile(r"^[\d\s.,:;()\[\]{}+-]*\d[\d\s.,:;()\[\]{}+-]*$")
 FORMAT_SPEC = re.compile(r"\{[^{}\s\"']*[:!=][^{}\s\"']*\}")
@@ -79,7 +81,7 @@ IMPORT = re.compile(r"^\s*(?:from\s+([\w.]+)\s+)?import\s+([\w., ]+)", re.MULTIL
 # Python's own names: an example's print() or len() claims nothing about the documents.
 BUILTIN_NAMES = frozenset(dir(builtins)) | frozenset(keyword.kwlist) | {"self", "cls"}
 INLINE_CODE = re.compile(r"`([^`\n]+)`")
-NUMBER = re.compile(r"(?<![\w.])[-+]?\d[\d,_]*(?:\.\d+)?(?![\w])")
+NUMBER = re.compile(r"(?<![\w.])[-+]?\d(?:[\d_]|,(?=\d))*(?:\.\d+)?(?![\w])")
 IDENTIFIER = re.compile(
     r"(?<![\w.])(?:[A-Za-z_]\w*(?:\.[A-Za-z_]\w*)+(?:\(\))?|[A-Za-z_]\w*\(\)|"
     r"[a-z]+(?:_[a-z0-9]+)+|--?[a-z][\w-]+)(?![\w])")
@@ -185,11 +187,20 @@ def claim_spans(answer: str) -> list[tuple[str, set[str] | None]]:
             found += [(n, local) for n in names]
             defined |= local
         else:
-            found += [(x.removeprefix("$ ").strip(), None) for x in lines]
+            for line in lines:
+                if DATA.match(line):  # output such as (4, 5): its numbers, as in prose
+                    found += [(n, None) for n in NUMBER.findall(line)
+                              if len(n.strip("+-").replace(",", "")) > 1]
+                else:
+                    found.append((line.removeprefix("$ ").strip(), None))
     prose = FENCE.sub(" ", answer)
     for span in (s.strip() for s in INLINE_CODE.findall(prose)):
         if span.rstrip("()") in defined:
             continue  # the example's own function, named in the prose
+        argument = KEYWORD_VALUE.fullmatch(span)
+        if argument:  # `ensure_ascii=False`: a claim about the parameter's name
+            found.append((f"{argument.group(1)}=", set()))
+            continue
         if DATA.match(span):  # a literal such as [(2, 5), (3, 2)]: its numbers, as in prose
             found += [(n, None) for n in NUMBER.findall(span)
                       if len(n.strip("+-").replace(",", "")) > 1]
@@ -230,12 +241,18 @@ def supported(claim: str, passages: str) -> bool:
     return all(normalized(w) in passages for w in words)
 
 
-def name_supported(name: str, local: set[str], joined: str, raw: str) -> bool:
-    """A name Python code uses: in the passages; a keyword argument as ``name=``; an attribute
-    of the example's own object (``d.append``) by the attribute's name, with its case."""
-    if name.endswith("=") or name.startswith("{"):  # a keyword argument, a format spec
+def name_supported(name: str, local: set[str], joined: str, raw: str,
+                   passages: Sequence[str] = ()) -> bool:
+    """A name Python code uses: in the passages; a keyword argument as ``name=``, or named
+    in their prose (``If ensure_ascii is false``); a module's member on that module's own page
+    (``member``); an attribute of the example's own object (``d.append``) by the attribute's
+    name, with its case."""
+    if name.startswith("{"):  # a format spec
         return normalized(name) in joined
-    if normalized(name) in joined:
+    if name.endswith("="):  # a keyword argument
+        return normalized(name) in joined or re.search(
+            rf"(?<![\w.]){re.escape(name[:-1])}(?!\w)", raw) is not None
+    if normalized(name) in joined or member(name, passages):
         return True
     head, _, attribute = name.rpartition(".")
     if head and head.split(".")[0] in local:
@@ -245,13 +262,26 @@ def name_supported(name: str, local: set[str], joined: str, raw: str) -> bool:
     return False
 
 
+def member(name: str, passages: Sequence[str]) -> bool:
+    """``subprocess.run`` on the subprocess module's own page (a passage under its title,
+    "subprocess — Subprocess management"), which calls it ``run()``: the member named as its
+    page names it, called or defined (``run(``), not as a word (``deprecated``) of its prose."""
+    module, _, attribute = name.removesuffix("()").rpartition(".")
+    if not module or not attribute:
+        return False
+    title = re.compile(rf"^(?:\[\d+\] )?{re.escape(module)} — ", re.MULTILINE)
+    called = re.compile(rf"(?<![\w.]){re.escape(attribute)}\(")
+    return any(title.search(p) and called.search(p) for p in passages)
+
+
 def check(answer: str, passages: Sequence[str]) -> Verdict:
     raw = "\n".join(passages)
     joined = normalized(raw)
     found = claim_spans(answer)
     spans = [c for c, _ in found]
     unsupported = [c for c, local in found if not (
-        supported(c, joined) if local is None else name_supported(c, local, joined, raw))]
+        (supported(c, joined) or member(c, passages)) if local is None
+        else name_supported(c, local, joined, raw, passages))]
     words = content_words(FENCE.sub(" ", answer))
     in_passages = content_words(" ".join(passages))
     share = len(words & in_passages) / len(words) if words else 1.0

@@ -164,3 +164,43 @@ def test_a_commands_own_names_and_quoted_data_claim_nothing() -> None:
              "-d '{\"question\": \"How do I get the answer streamed?\"}'\n```")
     assert check(asked, [api]).grounded  # the user's question, sent as data
     assert not check(asked.replace("-s", "--stream"), [api]).grounded
+
+
+SUBPROCESS = "subprocess — Subprocess management — Python 3.11.2 documentation › Using the subprocess Module"
+
+
+@needs_docs
+def test_a_modules_member_is_supported_on_that_modules_own_page() -> None:
+    """The subprocess page calls it ``run()`` under its title: ``subprocess.run`` is its own.
+    The same word in another module's page, or as a word of the prose, is not."""
+    text = passage(page("library/subprocess.html"), "The return value from run()", 600)
+    assert "subprocess.run" not in text
+    answer = "When `subprocess.run` times out, the child is killed and TimeoutExpired raised."
+    assert check(answer, [f"{SUBPROCESS}\n{text}"]).unsupported == []
+    asyncio = "Coroutines and Tasks — Python 3.11.2 documentation › Running an asyncio Program"
+    assert check(answer, [f"{asyncio}\n{text}"]).unsupported == ["subprocess.run"]
+    warnings = passage(page("library/warnings.html"), "DeprecationWarning", 800)
+    heading = "warnings — Warning control — Python 3.11.2 documentation › Warning Categories"
+    assert "deprecated" in warnings  # a word of the page, never called: no such function
+    marked = check("Mark it with `@warnings.deprecated()`.", [f"{heading}\n{warnings}"])
+    assert marked.unsupported == ["warnings.deprecated"]
+
+
+@needs_docs
+def test_an_argument_the_prose_names_is_supported() -> None:
+    text = passage(page("library/json.html"), "If ensure_ascii is false", 800)
+    assert "ensure_ascii=" not in text.replace(" ", "")
+    assert check("Pass `ensure_ascii=False` to dump.", [text]).unsupported == []
+    assert check("Pass `ensure_unicode=True` to dump.", [text]).unsupported == ["ensure_unicode="]
+
+
+@needs_docs
+def test_output_is_checked_by_its_numbers_and_placeholders_inside_a_word_claim_nothing() -> None:
+    pairwise = passage(page("library/itertools.html"), "pairwise('ABCDEFG')", 800)
+    shown = "Use `pairwise`. Output:\n```\n(1, 2)\n(2, 3)\n(3, 4)\n(4, 5)\n```"
+    assert check(shown, [pairwise]).unsupported == []
+    assert check(shown.replace("(4, 5)", "(365, 366)"), [pairwise]).unsupported == ["365", "366"]
+    tool = passage(page("library/json.html"), "python -m json.tool", 800)
+    assert check("```sh\npython -m json.tool <file>.json\n```", [tool]).unsupported == []
+    assert check("```sh\npython -m json.pretty <file>.json\n```", [tool]).unsupported == [
+        "python -m json.pretty <file>.json"]
