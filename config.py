@@ -224,7 +224,7 @@ class Settings(BaseSettings):
     retrieval_candidates: int = Field(
         20, ge=1, le=200, description="chunks each side finds for the fusion to rank")
     passages_by_page: bool = Field(
-        True, description="the top_k passages come from top_k different pages, each page's "
+        False, description="the top_k passages come from top_k different pages, each page's "
         "other chunks among the first top_k joined to its best one; false: the top_k best "
         "chunks, several of one page taking several places")
     headings_weight: float = Field(

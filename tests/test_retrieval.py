@@ -219,7 +219,7 @@ def test_a_question_without_words_to_match_finds_nothing(tmp_path: Path) -> None
 
 def test_the_retrieval_settings(make_settings: Any) -> None:
     assert make_settings().retrieval is RetrievalMode.dense
-    assert make_settings().passages_by_page is True
+    assert make_settings().passages_by_page is False
     assert make_settings(retrieval="hybrid").retrieval is RetrievalMode.hybrid
     for measured_worse in ("keyword", "rrf", "bm42"):
         with pytest.raises(ConfigError, match="HEARTH_RETRIEVAL"):
