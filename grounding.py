@@ -9,7 +9,9 @@ A small model given the right passage still invents: a number (365 days where th
   argument such as ``default_factory=``), not the names the example makes up for itself;
 - each claim is **supported** when the retrieved passages contain it (compared without case,
   spacing and quotes; a command's words one by one, placeholders such as ``NAME`` or
-  ``/path/to/folder`` aside; a method called on the example's own object, by its name);
+  ``/path/to/folder`` aside; a method called on the example's own object, by its name; a
+  module's member on that module's own page, which calls it ``run()``; a keyword argument
+  by its name in the prose, as "If ensure_ascii is false" writes it);
 - the answer is **grounded** when no claim is unsupported and enough of its words come from
   the passages; otherwise the unsupported spans are named, and the faces say that the answer
   is not backed by the documents;
