@@ -27,7 +27,7 @@ import time
 import uuid
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, Protocol
@@ -408,24 +408,28 @@ class Jobs:
     def _run(self, job: Job) -> None:
         job.state, job.started_at = "running", time.time()
         spool = self.services.settings.data_dir / "ingest-jobs" / f"{job.id}.jsonl"
+        # The job is seen running until what follows its end (``on_done``: the uploads'
+        # states) is done: a client that reads "done" then finds its documents indexed.
+        ended = replace(job, state="failed")
         try:
-            job.summary = self._ingest(job, spool)
-            job.state = "done"
+            ended.summary = self._ingest(job, spool)
+            ended.state = "done"
         except HearthError as exc:  # said in words a user can act on: no traceback
-            job.state, job.error = "failed", {"code": exc.code, "message": str(exc)}
+            ended.error = {"code": exc.code, "message": str(exc)}
         except Exception as exc:
             log.exception("ingestion job %s failed", job.id)
-            job.state = "failed"
-            job.error = {"code": "internal_error", "message": f"{type(exc).__name__}: {exc}"}
+            ended.error = {"code": "internal_error", "message": f"{type(exc).__name__}: {exc}"}
         finally:
             spool.unlink(missing_ok=True)
-            job.finished_at = time.time()
+            ended.finished_at = time.time()
             done = self._on_done.pop(job.id, None)
             if done is not None:
                 try:
-                    done(job)
+                    done(ended)
                 except Exception:
                     log.exception("after ingestion job %s", job.id)
+            job.summary, job.error, job.finished_at = ended.summary, ended.error, ended.finished_at
+            job.state = ended.state
             self._finish(job)
             for observe in self.finished:
                 observe(job)

@@ -137,3 +137,31 @@ def test_keys_are_not_managed_over_http_without_api_keys(make_services: Any) -> 
     client = create_app(services.settings, services).test_client()
     refused = client.post("/api/keys", json={"user_id": "ann"})
     assert refused.status_code == 403 and "hearth keys" in refused.get_json()["error"]["message"]
+
+
+def test_a_job_is_seen_ended_only_once_what_follows_its_end_is_done(make_services: Any,
+                                                                    tmp_path: Path) -> None:
+    """An upload's documents are marked indexed when its job ends (``on_done``): a client that
+    reads the job done must find them so. Under load, the job was read done before."""
+    import threading
+
+    services = make_services()
+    jobs = Jobs(services, SQLiteJobs(tmp_path / "jobs.sqlite3"))
+    seen: list[tuple[str, str]] = []
+    called = threading.Event()
+
+    def after(ended: Any) -> None:
+        outside = jobs.get(ended.id)
+        seen.append((ended.state, outside.state if outside else "missing"))
+        called.set()
+
+    # A collection that does not exist: the job fails at once, without reading anything.
+    job = jobs.submit("files", str(tmp_path), {"collection": "no-such-collection"}, on_done=after)
+    assert called.wait(60)
+    deadline = time.monotonic() + 30
+    while (state := jobs.get(job.id)) is not None and state.state == "running" \
+            and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert seen == [("failed", "running")]
+    ended = jobs.get(job.id)
+    assert ended is not None and ended.state == "failed" and ended.to_dict()["error"]["message"]
