@@ -170,6 +170,11 @@ def python_names(code: str) -> tuple[list[str], set[str]]:
     return names + specs, local - (BUILTIN_NAMES - {"self", "cls"})
 
 
+def numbers(text: str) -> list[str]:
+    """The numbers of ``text`` that claim something: single digits aside ("2 steps")."""
+    return [n for n in NUMBER.findall(text) if len(n.strip("+-").replace(",", "")) > 1]
+
+
 def claim_spans(answer: str) -> list[tuple[str, set[str] | None]]:
     """Each claim, with the names its code defines for itself (None for a claim outside
     Python code): commands whole, Python by the names it uses (``python_names``)."""
@@ -191,8 +196,7 @@ def claim_spans(answer: str) -> list[tuple[str, set[str] | None]]:
         else:
             for line in lines:
                 if DATA.match(line):  # output such as (4, 5): its numbers, as in prose
-                    found += [(n, None) for n in NUMBER.findall(line)
-                              if len(n.strip("+-").replace(",", "")) > 1]
+                    found += [(n, None) for n in numbers(line)]
                 else:
                     found.append((line.removeprefix("$ ").strip(), None))
     prose = FENCE.sub(" ", answer)
@@ -204,8 +208,7 @@ def claim_spans(answer: str) -> list[tuple[str, set[str] | None]]:
             found.append((f"{argument.group(1)}=", set()))
             continue
         if DATA.match(span):  # a literal such as [(2, 5), (3, 2)]: its numbers, as in prose
-            found += [(n, None) for n in NUMBER.findall(span)
-                      if len(n.strip("+-").replace(",", "")) > 1]
+            found += [(n, None) for n in numbers(span)]
             continue
         names, local = python_names(span) if (
             not is_command(span) and (CALLED.search(span) or DOTTED.search(span))
@@ -213,8 +216,7 @@ def claim_spans(answer: str) -> list[tuple[str, set[str] | None]]:
         found += [(n, local | defined) for n in names] if names else [(span, None)]
     prose = INLINE_CODE.sub(" ", prose)
     found += [(c, None) for c in IDENTIFIER.findall(prose) if c.rstrip("()") not in defined]
-    found += [(n, None) for n in NUMBER.findall(prose)
-              if len(n.strip("+-").replace(",", "")) > 1]
+    found += [(n, None) for n in numbers(prose)]
     seen: set[str] = set()
     return [(c, local) for c, local in found
             if c and not (c in seen or seen.add(c))]  # type: ignore[func-returns-value]

@@ -6,6 +6,7 @@ real reverse proxy."""
 
 from __future__ import annotations
 
+import threading
 import time
 import uuid
 from pathlib import Path
@@ -143,8 +144,6 @@ def test_a_job_is_seen_ended_only_once_what_follows_its_end_is_done(make_service
                                                                     tmp_path: Path) -> None:
     """An upload's documents are marked indexed when its job ends (``on_done``): a client that
     reads the job done must find them so. Under load, the job was read done before."""
-    import threading
-
     services = make_services()
     jobs = Jobs(services, SQLiteJobs(tmp_path / "jobs.sqlite3"))
     seen: list[tuple[str, str]] = []
