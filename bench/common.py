@@ -321,3 +321,13 @@ def raw_engine_process() -> None:
 
 if __name__ == "__main__" and sys.argv[1:] == ["--raw-engine"]:
     raw_engine_process()
+
+
+def drafts(run: Path) -> Iterator[tuple[dict[str, Any], str]]:
+    """The answered records of a `hearth eval facts` run folder, each with its draft: the
+    model's text before the grounding check withheld it ("" where the model declined)."""
+    for line in (run / "records.jsonl").read_text().splitlines():
+        record = json.loads(line)
+        if record.get("error") or record.get("mode", "answer") != "answer":
+            continue
+        yield record, record.get("draft") or ("" if record.get("refused") else record["hypothesis"])

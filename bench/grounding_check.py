@@ -16,10 +16,9 @@ one in the prompt: a claim found only in a heading passes in Hearth and not here
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
-import common  # noqa: F401 - puts the repository on sys.path
+import common  # puts the repository on sys.path
 
 from hearth.evaluation.keyfacts import facts_present
 from hearth.grounding import check
@@ -32,11 +31,7 @@ def main() -> None:
     args = p.parse_args()
     counts = {k: 0 for k in ("right", "right withheld", "wrong", "wrong withheld",
                              "unanswerable", "unanswerable withheld", "declined by the model")}
-    for line in (args.run / "records.jsonl").read_text().splitlines():
-        record = json.loads(line)
-        if record.get("error") or record.get("mode", "answer") != "answer":
-            continue
-        draft = record.get("draft") or ("" if record.get("refused") else record["hypothesis"])
+    for record, draft in common.drafts(args.run):
         if not draft:
             counts["declined by the model"] += 1
             continue

@@ -37,7 +37,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-import common  # noqa: F401 - puts the repository on sys.path
+import common  # puts the repository on sys.path
 import numpy as np
 
 from hearth.config import load_settings
@@ -106,11 +106,7 @@ def main() -> None:
     yes, no = first("yes", "Yes", "YES", " yes", " Yes"), first("no", "No", "NO", " no", " No")
     rows: list[dict[str, Any]] = []
     out = (args.run / "self_check.jsonl").open("w")
-    for line in (args.run / "records.jsonl").read_text().splitlines():
-        record = json.loads(line)
-        if record.get("error") or record.get("mode", "answer") != "answer":
-            continue
-        draft = record.get("draft") or ("" if record.get("refused") else record["hypothesis"])
+    for record, draft in common.drafts(args.run):
         if not draft:
             continue  # the model declined: nothing to check
         started = time.perf_counter()
