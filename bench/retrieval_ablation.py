@@ -8,6 +8,11 @@ For each variant and each answerable question: the expected page's rank among th
 the key facts present in the top 4 passages ("facts retrievable"; with neighbours, in the
 passages widened as the model would be given them), and the time retrieval took. Prints a
 Markdown table; ``--json`` also writes every figure.
+
+``--expansion`` adds the variants that search with the question expanded by an answer the
+model drafts without the documents (HyDE: a draft in the documents' words may sit nearer the
+passage than the user's question does). The drafts are written once to ``--drafts FILE``
+(default ``expansion-drafts.json``) and read back by a later run; their time is reported apart.
 """
 
 from __future__ import annotations
@@ -41,6 +46,16 @@ class Variant:
     fusion: Fusion
     neighbours: int = 0
     neighbour_tokens: int = 0  # 0: no budget
+    # The model's draft added to the question: "dense" for the embedding side only, "both"
+    # for the keyword side too ("" none).
+    expansion: str = ""
+
+
+EXPANSION_PROMPT = (
+    "Write the passage of technical documentation that answers the user's question, as the "
+    "documentation itself would say it: the exact names of functions, options, commands and "
+    "values. At most 60 words, no introduction."
+)
 
 
 def approximate_tokens(text: str) -> int:
@@ -76,6 +91,39 @@ def variants(candidates: int, weight: float) -> list[Variant]:
     ]
 
 
+def expansion_variants(candidates: int, weight: float) -> list[Variant]:
+    hybrid = Fusion(Mode.hybrid, weight, candidates)
+    return [
+        Variant("dense + expansion", Fusion(Mode.dense), expansion="dense"),
+        Variant(f"hybrid {weight} + expansion (dense side)", hybrid, expansion="dense"),
+        Variant(f"hybrid {weight} + expansion (both sides)", hybrid, expansion="both"),
+        Variant(f"hybrid {weight} + expansion (dense side), one passage a page",
+                Fusion(Mode.hybrid, weight, candidates, by_page=True), expansion="dense"),
+    ]
+
+
+def draft_expansions(services: Any, questions: Sequence[FactQuestion], path: Path,
+                     ) -> tuple[dict[str, str], list[float]]:
+    """The model's answer to each question without the documents, written to ``path`` as it
+    goes (a run interrupted resumes), and the seconds each new one took."""
+    from langchain_core.messages import HumanMessage, SystemMessage
+
+    drafts: dict[str, str] = (json.loads(path.read_text(encoding="utf-8"))
+                              if path.is_file() else {})
+    seconds: list[float] = []
+    for question in questions:
+        if question.question in drafts:
+            continue
+        started = time.perf_counter()
+        drafts[question.question] = services.llm.complete(
+            [SystemMessage(EXPANSION_PROMPT), HumanMessage(question.question)]).strip()
+        seconds.append(time.perf_counter() - started)
+        path.write_text(json.dumps(drafts, indent=1, ensure_ascii=False) + "\n",
+                        encoding="utf-8")
+        print(f"drafted {len(drafts)}/{len(questions)} ({seconds[-1]:.1f} s)", file=sys.stderr)
+    return drafts, seconds
+
+
 class RememberedEmbeddings:
     """The embedding model, each question embedded once for all the variants: the variants'
     latencies are then retrieval's own (the question's embedding is timed apart)."""
@@ -83,8 +131,11 @@ class RememberedEmbeddings:
     def __init__(self, embeddings: Any) -> None:
         self.embeddings = embeddings
         self.vectors: dict[str, list[float]] = {}
+        # question -> the text embedded in its place (the dense side's expansion)
+        self.instead: dict[str, str] = {}
 
     def embed_query(self, text: str) -> list[float]:
+        text = self.instead.get(text, text)
         if text not in self.vectors:
             self.vectors[text] = self.embeddings.embed_query(text)
         return self.vectors[text]
@@ -94,19 +145,26 @@ class RememberedEmbeddings:
 
 
 def evaluate(assistant: Assistant, questions: Sequence[FactQuestion], variant: Variant,
-             depth: int) -> dict[str, Any]:
+             depth: int, drafts: dict[str, str] | None = None) -> dict[str, Any]:
     rank_list: list[int | None] = []
     retrievable: list[float] = []
     seconds: list[float] = []
     chars: list[int] = []
+    embeddings = assistant.vectorstore.embeddings
     for question in questions:
+        asked = question.question
+        if variant.expansion:
+            expanded = f"{asked}\n{(drafts or {})[asked]}"
+            if variant.expansion == "both":
+                asked = expanded
+            else:
+                embeddings.instead = {asked: expanded}
         started = time.perf_counter()
-        ranked: list[Source] = assistant.retrieve(question.question, k=depth,
-                                                  fusion=variant.fusion)
+        ranked: list[Source] = assistant.retrieve(asked, k=depth, fusion=variant.fusion)
         top = ranked[:PASSAGES_FOR_FACTS]
         if variant.fusion.by_page:  # the pages' chunks joined are those among the first 4
-            top = assistant.retrieve(question.question, k=PASSAGES_FOR_FACTS,
-                                     fusion=variant.fusion)
+            top = assistant.retrieve(asked, k=PASSAGES_FOR_FACTS, fusion=variant.fusion)
+        embeddings.instead = {}
         if variant.neighbours:
             assistant.settings = assistant.settings.model_copy(
                 update={"context_neighbours": variant.neighbours})
@@ -153,6 +211,10 @@ def main(argv: Sequence[str] | None = None,
     parser.add_argument("--only", action="append", default=[],
                         help="run the variants whose name contains this (repeatable)")
     parser.add_argument("--json", type=Path, help="also write the figures here")
+    parser.add_argument("--expansion", action="store_true",
+                        help="add the variants with the model's drafted answer (loads the model)")
+    parser.add_argument("--drafts", type=Path, default=Path("expansion-drafts.json"),
+                        help="--expansion: the drafts, written once and read back")
     args = parser.parse_args(argv)
     for path in args.sets:
         if not path.is_file():
@@ -165,8 +227,16 @@ def main(argv: Sequence[str] | None = None,
                      "(evaluation/sets/README.md)")
     questions = [q for q in load_fact_sets(args.sets) if q.answerable]
     assistant = Assistant(cast(Any, None), store, settings)  # retrieval needs no model
-    chosen = [v for v in variants(args.candidates, args.weight)
-              if not args.only or any(o in v.name for o in args.only)]
+    every = variants(args.candidates, args.weight)
+    if args.expansion:
+        every += expansion_variants(args.candidates, args.weight)
+    chosen = [v for v in every if not args.only or any(o in v.name for o in args.only)]
+    drafts: dict[str, str] = {}
+    drafting_s: list[float] = []
+    if any(v.expansion for v in chosen):
+        services.settings = settings.model_copy(update={"temperature": 0.0,
+                                                        "max_new_tokens": 96})
+        drafts, drafting_s = draft_expansions(services, questions, args.drafts)
     store.whole_keywords("default")  # a first copy from Chroma is not counted as latency
     assistant.retrieve("warm up", k=args.depth)
     remembered = RememberedEmbeddings(store.embeddings)
@@ -178,12 +248,14 @@ def main(argv: Sequence[str] | None = None,
     store.embeddings = cast(Any, remembered)
     rows = []
     for variant in chosen:
-        rows.append(evaluate(assistant, questions, variant, args.depth))
+        rows.append(evaluate(assistant, questions, variant, args.depth, drafts))
         print(f"{variant.name}: done", file=sys.stderr)
     out(f"{len(questions)} answerable questions of {', '.join(p.name for p in args.sets)}; "
         f"index {settings.data_dir} ({store.count()} chunks); ranks {args.depth} deep; "
         f"latency: retrieval after the question's embedding, which took "
-        f"{1000 * statistics.median(embedding_s):.0f} ms (median) in every variant\n")
+        f"{1000 * statistics.median(embedding_s):.0f} ms (median) in every variant"
+        + (f"; the expansion's drafts took {statistics.median(drafting_s):.1f} s (median of "
+           f"{len(drafting_s)} drafted in this run) before it" if drafting_s else "") + "\n")
     out(table(rows))
     if args.json:
         args.json.write_text(json.dumps(rows, indent=2) + "\n", encoding="utf-8")
