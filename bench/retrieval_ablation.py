@@ -12,7 +12,8 @@ Markdown table; ``--json`` also writes every figure.
 ``--expansion`` adds the variants that search with the question expanded by an answer the
 model drafts without the documents (HyDE: a draft in the documents' words may sit nearer the
 passage than the user's question does). The drafts are written once to ``--drafts FILE``
-(default ``expansion-drafts.json``) and read back by a later run; their time is reported apart.
+(default ``eval/expansion-drafts.json`` in the data folder) and read back by a later run;
+their time is reported apart.
 """
 
 from __future__ import annotations
@@ -213,8 +214,9 @@ def main(argv: Sequence[str] | None = None,
     parser.add_argument("--json", type=Path, help="also write the figures here")
     parser.add_argument("--expansion", action="store_true",
                         help="add the variants with the model's drafted answer (loads the model)")
-    parser.add_argument("--drafts", type=Path, default=Path("expansion-drafts.json"),
-                        help="--expansion: the drafts, written once and read back")
+    parser.add_argument("--drafts", type=Path,
+                        help="--expansion: the drafts, written once and read back (default: "
+                        "eval/expansion-drafts.json in the data folder)")
     args = parser.parse_args(argv)
     for path in args.sets:
         if not path.is_file():
@@ -236,7 +238,9 @@ def main(argv: Sequence[str] | None = None,
     if any(v.expansion for v in chosen):
         services.settings = settings.model_copy(update={"temperature": 0.0,
                                                         "max_new_tokens": 96})
-        drafts, drafting_s = draft_expansions(services, questions, args.drafts)
+        path = args.drafts or settings.data_dir / "eval" / "expansion-drafts.json"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        drafts, drafting_s = draft_expansions(services, questions, path)
     store.whole_keywords("default")  # a first copy from Chroma is not counted as latency
     assistant.retrieve("warm up", k=args.depth)
     remembered = RememberedEmbeddings(store.embeddings)
