@@ -227,6 +227,10 @@ class Settings(BaseSettings):
         False, description="the top_k passages come from top_k different pages, each page's "
         "other chunks among the first top_k joined to its best one; false: the top_k best "
         "chunks, several of one page taking several places")
+    query_expansion: bool = Field(
+        False, description="search with the question and an answer the model drafts first "
+        "without the documents (HyDE): the passages rank better (docs/evaluation.md), at "
+        "the cost of a generation before retrieval")
     headings_weight: float = Field(
         2.0, ge=0.0, le=10.0, description="BM25 weight of a chunk's heading path (title › "
         "section) against its text (1)")

@@ -18,7 +18,7 @@ from pathlib import PurePath
 from typing import Any
 
 from langchain_core.documents import Document
-from langchain_core.messages import AIMessage, BaseMessage, HumanMessage
+from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, SystemMessage
 from langchain_core.prompts import ChatPromptTemplate, MessagesPlaceholder
 
 from hearth.access import DEFAULT
@@ -47,6 +47,16 @@ CONDENSE_PROMPT = ChatPromptTemplate.from_messages([
     ("ai", "Does the printer driver work on Linux?"),
     ("human", "Conversation:\n{conversation}\n\nFollow-up question: {question}"),
 ])
+
+# HEARTH_QUERY_EXPANSION: the model drafts, without the documents, the passage that would
+# answer the question, and retrieval searches with the question and the draft (HyDE). The
+# draft is in the words the documentation uses more often than the user's question is.
+EXPANSION_PROMPT = (
+    "Write the passage of technical documentation that answers the user's question, as the "
+    "documentation itself would say it: the exact names of functions, options, commands and "
+    "values. At most 60 words, no introduction."
+)
+EXPANSION_WORDS = 60
 
 # The retrieved passages are data, not instructions: they never go into the system message,
 # but into a user message of their own, before the question, which the rules call quoted data.
@@ -118,6 +128,9 @@ class Answer:
     draft: str = ""
     # The collections the question read: a follow-up reads the same ones.
     collections: list[str] = field(default_factory=lambda: [DEFAULT])
+    # What retrieval searched with besides the question (HEARTH_QUERY_EXPANSION): the model's
+    # draft without the documents. Not an answer: never shown, not stored with the turn.
+    expansion: str = ""
 
     def turn(self, question: str) -> Turn:
         return Turn(
@@ -332,16 +345,24 @@ class Assistant:
 
     def retrieve(self, question: str, k: int | None = None,
                  collections: Sequence[str] = (DEFAULT,),
-                 fusion: Fusion | None = None) -> list[Source]:
+                 fusion: Fusion | None = None, expansion: str = "") -> list[Source]:
         """The k best chunks of ``collections`` (``HEARTH_RETRIEVAL``), best first, each with
-        its similarity."""
-        hits = self._hits(question, k, collections, fusion)
+        its similarity to the question; ``expansion`` is searched with the question
+        (``expand``)."""
+        hits = self._hits(question, k, collections, fusion, expansion)
         return [to_source(doc, score, chunk_id) for doc, score, chunk_id in hits]
 
     def _hits(self, question: str, k: int | None, collections: Sequence[str],
-              fusion: Fusion | None = None) -> list[Hit]:
+              fusion: Fusion | None = None, expansion: str = "") -> list[Hit]:
         return retrieve(self.vectorstore, question, k or self.settings.top_k, collections,
-                        fusion or self.fusion)
+                        fusion or self.fusion, expansion)
+
+    def expand(self, question: str) -> str:
+        """The answer the model drafts without the documents, at most about
+        ``EXPANSION_WORDS`` words (``HEARTH_QUERY_EXPANSION``): text to search with, never
+        shown as an answer."""
+        messages = [SystemMessage(EXPANSION_PROMPT), HumanMessage(question)]
+        return "".join(within_words(self.llm.stream(messages), EXPANSION_WORDS)).strip()
 
     def widened(self, source: Source, neighbours: int | None = None) -> Source:
         """The passage with the chunks around it on its page (``HEARTH_CONTEXT_NEIGHBOURS``
@@ -441,7 +462,8 @@ class Assistant:
         """Yield the answer's tokens as they come, then the finished Answer, read from
         ``collections`` only. ``hold`` is called before the model is first used (the chat
         service takes its place at the gate then): a first question is retrieved and its
-        prompt built before, a follow-up is rewritten by the model first."""
+        prompt built before; a follow-up is rewritten by the model first, and with
+        ``HEARTH_QUERY_EXPANSION`` the model drafts what to search with first."""
         started = time.perf_counter()
         timings: dict[str, float] = {}
 
@@ -450,7 +472,7 @@ class Assistant:
             timings[name] = round(now - since, 4)
             return now
 
-        if history:
+        if history or self.settings.query_expansion:
             hold()
         standalone = self.condense(question, history)
         t = mark("condense_s", started)
@@ -459,7 +481,11 @@ class Assistant:
             # A small model often returns the follow-up unchanged: then the previous question
             # carries the context that retrieval needs.
             query = f"{history[-1].question} {question}"
-        hits = self.retrieve(query, collections=collections)
+        expansion = ""
+        if self.settings.query_expansion:
+            expansion = self.expand(standalone)
+            t = mark("expand_s", t)
+        hits = self.retrieve(query, collections=collections, expansion=expansion)
         if query != standalone:
             # The follow-up's own words find what is asked, the earlier question what "it"
             # is: taken in turn, the follow-up's first. "How do I ask Hearth a question?" then
@@ -475,7 +501,7 @@ class Assistant:
             yield Token(self.settings.refusal)
             yield Answer(self.settings.refusal, [], standalone, True, self.llm.name,
                          {"prompt_tokens": 0, "completion_tokens": 0}, timings,
-                         collections=list(collections))
+                         collections=list(collections), expansion=expansion)
             return
         asked, shown = (question if not history else standalone), history
         if query != standalone:
@@ -530,6 +556,7 @@ class Assistant:
                    "completion_tokens": usage.completion_tokens},
             timings=timings, evidence=found, grounded=verdict.grounded,
             unsupported=verdict.unsupported, draft=draft, collections=list(collections),
+            expansion=expansion,
         )
 
     def _generate(

@@ -19,6 +19,12 @@ Only ``hybrid`` and ``dense`` are settings; the others stay here for the ablatio
 
 Every result keeps its cosine similarity as its score: the relevance gate
 (``HEARTH_MIN_RELEVANCE``) means the same thing whatever the mode.
+
+``expansion`` (``HEARTH_QUERY_EXPANSION``): text the dense side embeds with the question, an
+answer the model drafted without the documents (HyDE), in the words a passage would use. It
+ranks; the scores stay the question's own similarity, so that an invented draft near some
+passage cannot lift an unrelated question over the relevance gate. The keyword side keeps the
+question's words: a draft's words there lowered every figure (docs/evaluation.md).
 """
 
 from __future__ import annotations
@@ -69,26 +75,40 @@ def _key(hit: Hit) -> tuple[str, str]:
 
 
 def retrieve(store: VectorStore, question: str, k: int, collections: Sequence[str],
-             fusion: Fusion) -> list[Hit]:
+             fusion: Fusion, expansion: str = "") -> list[Hit]:
     """The k best chunks of ``collections`` for ``question``, best first, scored by cosine
     similarity (``keyword`` mode: the BM25 order, each with its similarity); with
-    ``fusion.by_page``, the best passages of k different pages (``by_page``)."""
+    ``fusion.by_page``, the best passages of k different pages (``by_page``); with an
+    ``expansion``, ranked by the question and it together, scored by the question."""
     if not collections or k < 1:
         return []
     depth = max(k, fusion.candidates) if fusion.by_page else k
-    hits = _ranked(store, question, depth, collections, fusion)
+    hits = _ranked(store, question, depth, collections, fusion, expansion.strip())
     return by_page(hits, k) if fusion.by_page else hits
 
 
 def _ranked(store: VectorStore, question: str, k: int, collections: Sequence[str],
-            fusion: Fusion) -> list[Hit]:
+            fusion: Fusion, expansion: str = "") -> list[Hit]:
+    if not expansion or fusion.mode is Mode.keyword:
+        return _ranked_by(store, question, None, k, collections, fusion)
+    expanded = store.embeddings.embed_query(f"{question}\n{expansion}")
+    hits = _ranked_by(store, question, expanded, k, collections, fusion)
+    own = store.similarities(store.embeddings.embed_query(question), [_key(h) for h in hits])
+    return [(doc, own[chunk_id], chunk_id) for doc, _, chunk_id in hits if chunk_id in own]
+
+
+def _ranked_by(store: VectorStore, question: str, vector: Sequence[float] | None, k: int,
+               collections: Sequence[str], fusion: Fusion) -> list[Hit]:
+    """The ranking of ``fusion``: ``vector`` (by default the question's embedding) on the
+    dense side, ``question``'s words on the keyword side."""
     if fusion.mode is Mode.dense or (fusion.gated and not any(
             weight > 1 for _, weight in query_terms(question))):
-        return store.search(question, k, collections)
+        return store.search(question, k, collections, vector=vector)
     depth = max(k, fusion.candidates)
     words = store.keyword_search(question, depth, collections,
                                  headings_weight=fusion.headings_weight)
-    vector = store.embeddings.embed_query(question)
+    if vector is None:
+        vector = store.embeddings.embed_query(question)
     if fusion.mode is Mode.keyword:
         return _with_similarity(store, vector, words[:k])
     dense = store.search(question, depth, collections, vector=vector)

@@ -13,7 +13,9 @@ Markdown table; ``--json`` also writes every figure.
 model drafts without the documents (HyDE: a draft in the documents' words may sit nearer the
 passage than the user's question does). The drafts are written once to ``--drafts FILE``
 (default ``eval/expansion-drafts.json`` in the data folder) and read back by a later run;
-their time is reported apart.
+their time is reported apart. The prompt is the chain's (``HEARTH_QUERY_EXPANSION``); the
+drafts here are greedy and at most 96 tokens, where the chain cuts its draft at 60 words and
+samples at ``HEARTH_TEMPERATURE``.
 """
 
 from __future__ import annotations
@@ -36,7 +38,7 @@ from hearth.evaluation.keyfacts import (
     load_fact_sets,
     ranks,
 )
-from hearth.model import Assistant, Source
+from hearth.model import EXPANSION_PROMPT, Assistant, Source
 from hearth.retrieval import Fusion, Mode
 from hearth.services import build_services
 
@@ -50,13 +52,6 @@ class Variant:
     # The model's draft added to the question: "dense" for the embedding side only, "both"
     # for the keyword side too ("" none).
     expansion: str = ""
-
-
-EXPANSION_PROMPT = (
-    "Write the passage of technical documentation that answers the user's question, as the "
-    "documentation itself would say it: the exact names of functions, options, commands and "
-    "values. At most 60 words, no introduction."
-)
 
 
 def approximate_tokens(text: str) -> int:

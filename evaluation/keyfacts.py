@@ -302,13 +302,14 @@ class InProcessAnswerer:
         self.passages = passages
         self.retrieval_only = retrieval_only
         self.chat = None if retrieval_only else Chat(services)
-        if retrieval_only:
+        if retrieval_only and not self.settings.query_expansion:
             # Retrieval needs only the index: the model is not loaded (Assistant.retrieve never
-            # touches it).
+            # touches it). With HEARTH_QUERY_EXPANSION it drafts what retrieval searches with.
             assistant = Assistant(cast(Any, None), services.vectorstore, services.settings)
         else:
             assistant = services.assistant
         self.retrieve: Callable[..., list[Source]] = assistant.retrieve
+        self.expand: Callable[[str], str] = assistant.expand
 
     @property
     def mode(self) -> str:
@@ -316,10 +317,12 @@ class InProcessAnswerer:
 
     def __call__(self, question: FactQuestion) -> dict[str, Any]:
         result: dict[str, Any] = {}
+        expansion = ""
         if self.chat is not None:
             started = time.perf_counter()
             answer = self.chat.answer(Ask(question.question, store=False, everything=True)).answer
             latency = time.perf_counter() - started
+            expansion = getattr(answer, "expansion", "") or ""
             timings = dict(getattr(answer, "timings", None) or {})
             usage = dict(getattr(answer, "usage", None) or {})
             result |= {
@@ -332,9 +335,14 @@ class InProcessAnswerer:
                 "prompt_tokens": usage.get("prompt_tokens"),
                 "completion_tokens": usage.get("completion_tokens"),
             }
+        elif self.settings.query_expansion:
+            expansion = self.expand(question.question)
         started = time.perf_counter()
-        ranked = self.retrieve(question.question, k=self.depth)
+        # Ranked as the answer's passages were: with the same draft, when there is one.
+        ranked = self.retrieve(question.question, k=self.depth, expansion=expansion)
         retrieval_s = time.perf_counter() - started
+        if expansion:
+            result["expansion"] = expansion
         result |= {
             "retrieved": [_source_json(s) for s in ranked],
             "passages": [s.snippet for s in ranked[:self.passages]],

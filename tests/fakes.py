@@ -62,8 +62,10 @@ class FakeIndex:
         self.passages = passages  # source -> text
         self.searches: list[str] = []
 
-    def search(self, query: str, k: int,
-               where: dict[str, Any] | None = None) -> list[tuple[Document, float, str]]:
+    def search(self, query: str, k: int, collections: Sequence[str] = ("default",),
+               where: dict[str, Any] | None = None,
+               vector: Sequence[float] | None = None) -> list[tuple[Document, float, str]]:
+        """VectorStore.search's signature; the words of ``query`` score, never ``vector``."""
         self.searches.append(query)
         asked = words(query)
         scored = []

@@ -258,3 +258,58 @@ def test_a_keyword_entry_the_vector_store_lost_is_never_shown(services: Services
     for mode in Mode:
         hits = top(assistant, "what does gr_gid hold in the group database", mode, k=10)
         assert hits and table[2] not in {h.chunk_id for h in hits}, mode
+
+
+def test_a_drafted_answer_ranks_the_passages_and_the_question_scores_them(
+        services: Services, tmp_path: Path) -> None:
+    ingest_files(services, pages(tmp_path / "docs"))
+    store = services.vectorstore
+    assistant = Assistant(Any, store, services.settings)  # type: ignore[arg-type]
+    question = "Where is the encrypted password of a user kept?"
+    dense = top(assistant, question, Mode.dense)
+    # The premise: by meaning alone, the four passages are all of the password database's
+    # page, none of the shadow password database's that holds it.
+    assert {Path(h.source).name for h in dense} == {"pwd.html"}
+    # Written here in place of the model's draft (HEARTH_QUERY_EXPANSION), in the words a
+    # manual would use: the next test has the model write one.
+    draft = ("spwd.getspnam(name) returns the shadow password database entry; sp_pwdp is the "
+             "encrypted password.")
+    expanded = assistant.retrieve(question, k=4, fusion=Fusion(Mode.dense), expansion=draft)
+    assert any(Path(h.source).name == "spwd.html" and "sp_pwdp" in h.snippet for h in expanded)
+    for mode in (Mode.dense, Mode.hybrid):
+        found = assistant.retrieve(question, k=4, fusion=Fusion(mode), expansion=draft)
+        # Scored by the question alone: the relevance gate reads what it read without a draft.
+        own = store.similarities(store.embeddings.embed_query(question),
+                                 [(h.collection, h.chunk_id) for h in found])
+        assert [h.score for h in found] == pytest.approx([own[h.chunk_id] for h in found],
+                                                       abs=1e-4)  # shown to 4 places
+    # A draft that is a passage word for word ranks it first for any question, but cannot lift
+    # a question about something else over the gate.
+    unrelated = assistant.retrieve("how long should sourdough bread rise before baking", k=1,
+                                   fusion=Fusion(Mode.dense), expansion=dense[0].snippet)
+    assert unrelated[0].chunk_id == dense[0].chunk_id
+    assert unrelated[0].score < services.settings.min_relevance
+
+
+def test_the_model_drafts_what_to_search_with_after_taking_its_place(
+        make_services: Any, tmp_path: Path) -> None:
+    services = make_services(query_expansion=True)
+    ingest_files(services, pages(tmp_path / "docs", ["grp.html"]))
+    assistant = services.assistant
+    order: list[str] = []
+    stream = assistant.llm.stream
+
+    def recorded(*args: Any, **kwargs: Any) -> Any:
+        order.append("model")
+        return stream(*args, **kwargs)
+
+    assistant.llm.stream = recorded  # type: ignore[method-assign]
+    answer = assistant.answer("Which field of a group entry holds its numeric id?",
+                              hold=lambda: order.append("hold"))
+    # The gate is taken (once: taking it again is a no-op) before the model's first use: the
+    # draft, then the answer.
+    assert order[0] == "hold" and order.count("model") >= 2
+    assert answer.expansion and answer.expansion not in answer.answer
+    assert answer.timings["expand_s"] > 0
+    assert len(answer.expansion.split()) <= 90  # the draft's word budget, cut if need be
+    assert answer.sources and Path(answer.sources[0].source).name == "grp.html"
