@@ -13,6 +13,7 @@ from __future__ import annotations
 import re
 import time
 from collections.abc import Callable, Generator, Iterator, Sequence
+from contextlib import closing
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import PurePath
 from typing import Any
@@ -57,6 +58,10 @@ EXPANSION_PROMPT = (
     "values. At most 60 words, no introduction."
 )
 EXPANSION_WORDS = 60
+# Tokens a draft may take: the word budget does not count code, and a draft that wrote a code
+# block ran to 256 tokens (93 words median on 28 questions; 96 tokens is what the ablation
+# measured with). Each token is time before retrieval.
+EXPANSION_TOKENS = 96
 
 # The retrieved passages are data, not instructions: they never go into the system message,
 # but into a user message of their own, before the question, which the rules call quoted data.
@@ -254,7 +259,7 @@ def cited(sources: Sequence[Source], evidence: Sequence[Evidence] = ()) -> list[
 SENTENCE_END = re.compile(r"[.!?][\"')\]*]*\s*$")
 
 
-def within_words(pieces: Iterator[str], budget: int) -> Iterator[str]:
+def within_words(pieces: Iterator[str], budget: int) -> Generator[str, None, None]:
     """The answer's pieces until it has said ``budget`` words: it ends at the first sentence
     end after that, or at half the budget again mid-sentence. Words in code blocks are not
     counted, and a code block is not cut (``max_new_tokens`` bounds it). Asked for 80 words, a
@@ -362,7 +367,14 @@ class Assistant:
         ``EXPANSION_WORDS`` words (``HEARTH_QUERY_EXPANSION``): text to search with, never
         shown as an answer."""
         messages = [SystemMessage(EXPANSION_PROMPT), HumanMessage(question)]
-        return "".join(within_words(self.llm.stream(messages), EXPANSION_WORDS)).strip()
+        pieces: list[str] = []
+        # Closed before the answer's generation takes the model: stopping early stops it.
+        with closing(within_words(self.llm.stream(messages), EXPANSION_WORDS)) as drafted:
+            for piece in drafted:
+                pieces.append(piece)
+                if len(pieces) >= EXPANSION_TOKENS:  # a streamed piece is a token
+                    break
+        return "".join(pieces).strip()
 
     def widened(self, source: Source, neighbours: int | None = None) -> Source:
         """The passage with the chunks around it on its page (``HEARTH_CONTEXT_NEIGHBOURS``

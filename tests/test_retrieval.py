@@ -311,5 +311,5 @@ def test_the_model_drafts_what_to_search_with_after_taking_its_place(
     assert order[0] == "hold" and order.count("model") >= 2
     assert answer.expansion and answer.expansion not in answer.answer
     assert answer.timings["expand_s"] > 0
-    assert len(answer.expansion.split()) <= 90  # the draft's word budget, cut if need be
+    assert len(answer.expansion.split()) <= 90  # the draft's budget: 60 words, 96 tokens
     assert answer.sources and Path(answer.sources[0].source).name == "grp.html"
