@@ -216,8 +216,8 @@ class Settings(BaseSettings):
     # Retrieval (docs/evaluation.md has the measurements behind these defaults).
     retrieval: RetrievalMode = Field(
         RetrievalMode.dense, description="dense: embeddings only; hybrid: dense and keyword "
-        "(BM25) fused by weight, which retrieves better (docs/evaluation.md) but is not yet "
-        "the default: with the 0.5B model it turned the first-run question into a refusal")
+        "(BM25) fused by weight, which finds the page more often but has not given better "
+        "answers (docs/evaluation.md)")
     keyword_weight: float = Field(
         0.15, ge=0.0, le=2.0, description="hybrid: weight of the keyword side's BM25 (scaled "
         "to the question's best) added to the cosine similarity")
@@ -229,8 +229,8 @@ class Settings(BaseSettings):
         "chunks, several of one page taking several places")
     query_expansion: bool = Field(
         False, description="search with the question and an answer the model drafts first "
-        "without the documents (HyDE): the passages rank better (docs/evaluation.md), at "
-        "the cost of a generation before retrieval")
+        "without the documents (HyDE): the passages rank better, but the answers did not gain "
+        "for the generation it adds before retrieval (docs/evaluation.md)")
     headings_weight: float = Field(
         2.0, ge=0.0, le=10.0, description="BM25 weight of a chunk's heading path (title › "
         "section) against its text (1)")
