@@ -51,7 +51,7 @@ CONDENSE_PROMPT = ChatPromptTemplate.from_messages([
 
 # HEARTH_QUERY_EXPANSION: the model drafts, without the documents, the passage that would
 # answer the question, and retrieval searches with the question and the draft (HyDE). The
-# draft is in the words the documentation uses more often than the user's question is.
+# draft is more often in the documentation's words than the user's question is.
 EXPANSION_PROMPT = (
     "Write the passage of technical documentation that answers the user's question, as the "
     "documentation itself would say it: the exact names of functions, options, commands and "
@@ -364,8 +364,8 @@ class Assistant:
 
     def expand(self, question: str) -> str:
         """The answer the model drafts without the documents, at most about
-        ``EXPANSION_WORDS`` words (``HEARTH_QUERY_EXPANSION``): text to search with, never
-        shown as an answer."""
+        ``EXPANSION_WORDS`` words or ``EXPANSION_TOKENS`` tokens (``HEARTH_QUERY_EXPANSION``):
+        text to search with, never shown as an answer."""
         messages = [SystemMessage(EXPANSION_PROMPT), HumanMessage(question)]
         pieces: list[str] = []
         # Closed before the answer's generation takes the model: stopping early stops it.

@@ -292,7 +292,7 @@ def test_a_drafted_answer_ranks_the_passages_and_the_question_scores_them(
 
 
 def test_the_model_drafts_what_to_search_with_after_taking_its_place(
-        make_services: Any, tmp_path: Path) -> None:
+        make_services: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     services = make_services(query_expansion=True)
     ingest_files(services, pages(tmp_path / "docs", ["grp.html"]))
     assistant = services.assistant
@@ -303,7 +303,7 @@ def test_the_model_drafts_what_to_search_with_after_taking_its_place(
         order.append("model")
         return stream(*args, **kwargs)
 
-    assistant.llm.stream = recorded  # type: ignore[method-assign]
+    monkeypatch.setattr(assistant.llm, "stream", recorded)  # the model is the session's
     answer = assistant.answer("Which field of a group entry holds its numeric id?",
                               hold=lambda: order.append("hold"))
     # The gate is taken (once: taking it again is a no-op) before the model's first use: the
