@@ -240,6 +240,10 @@ class Settings(BaseSettings):
     context_neighbour_tokens: int = Field(
         600, ge=0, le=32768, description="tokens the neighbours may add to the context in "
         "all, best passage first (each one delays the answer's first token); 0: none")
+    context_focus: float = Field(
+        1.0, gt=0.0, le=1.0, description="share of the passages' characters the model reads: "
+        "their lines and sentences nearest the question in meaning, each passage keeping its "
+        "heading and its best sentence; 1: the passages whole")
     max_question_chars: int = Field(4000, ge=10)
     max_body_bytes: int = Field(64 * 1024, ge=1024)
 

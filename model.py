@@ -26,6 +26,7 @@ from hearth.access import DEFAULT
 from hearth.config import Settings, Unsupported
 from hearth.conversations import Turn
 from hearth.errors import HearthError
+from hearth.focus import focused
 from hearth.grounding import Evidence, Verdict, check, evidence
 from hearth.llm import LLM, Generation, LLMError
 from hearth.retrieval import Fusion, Hit, Mode, retrieve, with_neighbours
@@ -106,10 +107,13 @@ class Source:
     # The chunk's place in its document, where the index knows it: for finding its
     # neighbours, not shown (left out of to_dict).
     position: int | None = None
+    # What the model reads of it when that is not the whole snippet (HEARTH_CONTEXT_FOCUS):
+    # not shown either.
+    context: str = ""
 
     def to_dict(self) -> dict[str, Any]:
         shown = asdict(self)
-        del shown["position"]
+        del shown["position"], shown["context"]
         return shown
 
 
@@ -181,7 +185,7 @@ def format_context(sources: Sequence[Source]) -> str:
     for n, s in enumerate(sources, 1):
         where = label(s.source) + (f", page {s.page}" if s.page else "")
         heading = f"[{n}] {s.title} ({where})" if s.title else f"[{n}] {where}"
-        blocks.append(f"{heading}\n{s.snippet}")
+        blocks.append(f"{heading}\n{s.context or s.snippet}")
     return "\n\n".join(blocks)
 
 
@@ -420,7 +424,8 @@ class Assistant:
     def build_prompt(
         self, question: str, sources: Sequence[Source], history: Sequence[Turn]
     ) -> tuple[list[BaseMessage], list[Source]]:
-        """The answer prompt within the window: chunks first by rank, then the newest history."""
+        """The answer prompt within the window: chunks first by rank, then the newest history.
+        The sources come back as the model read them (``Source.context``: focused)."""
         s = self.settings
 
         def render(chunks: Sequence[Source], turns: Sequence[Turn]) -> list[BaseMessage]:
@@ -448,6 +453,11 @@ class Assistant:
         turns = self._fit_history(history, room)
         room -= self.llm.count_message_tokens(history_messages(turns))
         used = self.widen(used, min(room, s.context_neighbour_tokens), self.llm.count_tokens)
+        if s.context_focus < 1:
+            texts = focused(question, [u.snippet for u in used], self.vectorstore.embeddings,
+                            s.context_focus)
+            used = [replace(u, context=text) if text != u.snippet else u
+                    for u, text in zip(used, texts, strict=True)]
         return render(used, turns), used
 
     def widen(self, sources: Sequence[Source], budget: int,
