@@ -331,3 +331,24 @@ def drafts(run: Path) -> Iterator[tuple[dict[str, Any], str]]:
         if record.get("error") or record.get("mode", "answer") != "answer":
             continue
         yield record, record.get("draft") or ("" if record.get("refused") else record["hypothesis"])
+
+
+def answerable_on_index(parser: Any, sets: Sequence[Path]) -> tuple[Any, Any, list[Any], Any]:
+    """For a retrieval benchmark over evaluation sets: the settings, the services, the sets'
+    answerable questions and an Assistant without a model (retrieval needs none), against the
+    index the settings name; ``parser.error`` when a set is missing or the index is empty."""
+    from hearth.config import load_settings
+    from hearth.evaluation.keyfacts import load_fact_sets
+    from hearth.model import Assistant
+    from hearth.services import build_services
+
+    for path in sets:
+        if not path.is_file():
+            parser.error(f"no evaluation set at {path}")
+    settings = load_settings()
+    services = build_services(settings)
+    if services.vectorstore.count() == 0:
+        parser.error(f"the index at {settings.data_dir} is empty: ingest the documents first "
+                     "(evaluation/sets/README.md)")
+    questions = [q for q in load_fact_sets(sets) if q.answerable]
+    return settings, services, questions, Assistant(None, services.vectorstore, settings)

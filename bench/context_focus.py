@@ -20,13 +20,11 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, cast
 
-from hearth.config import load_settings
-from hearth.evaluation.keyfacts import facts_present, load_fact_sets
+import common  # puts the repository on sys.path
+
+from hearth.evaluation.keyfacts import facts_present
 from hearth.focus import narrowed, scored
-from hearth.model import Assistant
-from hearth.services import build_services
 
 SHARES = (1.0, 0.75, 0.6, 0.5, 0.4)
 
@@ -42,17 +40,8 @@ def main(argv: Sequence[str] | None = None, out: Callable[[str], None] = print) 
                         help="own, window, both or words (repeatable; default all four)")
     parser.add_argument("--json", type=Path, help="also write the figures here")
     args = parser.parse_args(argv)
-    for path in args.sets:
-        if not path.is_file():
-            parser.error(f"no evaluation set at {path}")
-    settings = load_settings()
-    services = build_services(settings)
+    settings, services, questions, assistant = common.answerable_on_index(parser, args.sets)
     store = services.vectorstore
-    if store.count() == 0:
-        parser.error(f"the index at {settings.data_dir} is empty: ingest the documents first "
-                     "(evaluation/sets/README.md)")
-    questions = [q for q in load_fact_sets(args.sets) if q.answerable]
-    assistant = Assistant(cast(Any, None), store, settings)  # retrieval needs no model
     depths = args.passages or [settings.top_k]
     shares = args.share or list(SHARES)
     scorings = args.scoring or ["own", "window", "both", "words"]

@@ -30,17 +30,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
 
-from hearth.config import load_settings
+import common  # puts the repository on sys.path
+
 from hearth.evaluation.keyfacts import (
     PASSAGES_FOR_FACTS,
     FactQuestion,
     facts_present,
-    load_fact_sets,
     ranks,
 )
 from hearth.model import EXPANSION_PROMPT, Assistant, Source
 from hearth.retrieval import Fusion, Mode
-from hearth.services import build_services
 
 
 @dataclass(frozen=True)
@@ -208,17 +207,8 @@ def main(argv: Sequence[str] | None = None,
                         help="--expansion: the drafts, written once and read back (default: "
                         "eval/expansion-drafts.json in the data folder)")
     args = parser.parse_args(argv)
-    for path in args.sets:
-        if not path.is_file():
-            parser.error(f"no evaluation set at {path}")
-    settings = load_settings()
-    services = build_services(settings)
+    settings, services, questions, assistant = common.answerable_on_index(parser, args.sets)
     store = services.vectorstore
-    if store.count() == 0:
-        parser.error(f"the index at {settings.data_dir} is empty: ingest the documents first "
-                     "(evaluation/sets/README.md)")
-    questions = [q for q in load_fact_sets(args.sets) if q.answerable]
-    assistant = Assistant(cast(Any, None), store, settings)  # retrieval needs no model
     every = variants(args.candidates, args.weight)
     if args.expansion:
         every += expansion_variants(args.candidates, args.weight)
