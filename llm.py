@@ -93,7 +93,7 @@ class LLM:
         limit = self.settings.llm_timeout_s
         deadline = time.monotonic() + limit
         with self._guard():
-            chunks = self.chat_model.stream(list(messages), stop=stop)
+            chunks = self.chat_model.stream(list(messages), stop=stop, **self.per_call)
             try:
                 for chunk in chunks:
                     if isinstance(chunk, AIMessageChunk) and chunk.usage_metadata:
@@ -122,12 +122,15 @@ class LLM:
 
     # Extra arguments that make the backend answer in one response instead of a stream.
     non_streaming: dict[str, Any] = {}
+    # Extra arguments of every call (streamed or not).
+    per_call: dict[str, Any] = {}
 
     def complete(self, messages: Sequence[BaseMessage], *, stop: list[str] | None = None) -> str:
         """The whole answer in one response (short calls: rewriting a follow-up question)."""
         with self._guard():
             try:
-                message = self.chat_model.invoke(list(messages), stop=stop, **self.non_streaming)
+                message = self.chat_model.invoke(list(messages), stop=stop, **self.non_streaming,
+                                                 **self.per_call)
             except LLMError:
                 raise
             except Exception as exc:
@@ -137,6 +140,11 @@ class LLM:
 
 class LlamaCppLLM(LLM):
     backend = LLMBackend.llamacpp
+    # The sampler's seed, given with every call: without it llama-cpp-python derives each
+    # call's seed from the one before, so an answer depended on how many calls the process had
+    # made (the same question, asked twice, was answered differently). Ollama and OpenAI-style
+    # servers take the seed with each request already.
+    per_call: dict[str, Any] = {"seed": 0}
 
     def __init__(self, settings: Settings) -> None:
         super().__init__(settings)

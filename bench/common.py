@@ -265,7 +265,8 @@ class RawEngine:
                   "chat_format": client.chat_format, "last_n_tokens_size": client.last_n_tokens_size,
                   "seed": chat_model.seed, **{f: getattr(client.context_params, f) for f in CHECKED}}
         self.sampling = {"temperature": chat_model.temperature, "max_tokens": chat_model.max_tokens,
-                         **{name: getattr(chat_model, name) for name in SAMPLING}}
+                         **{name: getattr(chat_model, name) for name in SAMPLING},
+                         **hearth_llm.per_call}
         self.proc = subprocess.Popen([sys.executable, __file__, "--raw-engine"], stdin=subprocess.PIPE,
                                      stdout=subprocess.PIPE, text=True)
         ready = self._call(params)

@@ -29,6 +29,15 @@ def test_llamacpp_settings_are_explicit(smollm: LlamaCppLLM) -> None:
     assert (model.n_ctx, model.n_batch, model.temperature, model.max_tokens) == (2048, 512, 0.2, 48)
 
 
+def test_llamacpp_same_question_same_answer(smollm: LlamaCppLLM, monkeypatch: Any) -> None:
+    # Sampling hot enough that a different seed gives a different answer; the answer must not
+    # depend on what the process generated before (llama-cpp-python chains its seeds otherwise).
+    monkeypatch.setattr(smollm.chat_model, "temperature", 1.5)
+    first = "".join(smollm.stream(MESSAGES))
+    smollm.complete([HumanMessage("Name a fruit.")])
+    assert "".join(smollm.stream(MESSAGES)) == first
+
+
 def test_llamacpp_missing_model_says_how_to_fetch_it(make_settings: Any, tmp_path: Any) -> None:
     with pytest.raises(LLMError, match="hearth models fetch qwen2.5-coder-0.5b"):
         build_llm(make_settings(models_dir=tmp_path, llamacpp_model="qwen2.5-coder-0.5b-instruct-q4_k_m"))
