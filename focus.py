@@ -23,51 +23,29 @@ from dataclasses import dataclass
 import numpy as np
 from langchain_core.embeddings import Embeddings
 
-from hearth.grounding import HEADING_PATH, SENTENCE, content_words
+from hearth.grounding import HEADING_PATH, Span, content_words, sentences, wrapped
 
 GAP = " … "
 MIN_UNIT_CHARS = 3
 WORDS_WEIGHT = 0.2
-# A line this long that ends mid-sentence was wrapped (Markdown is, at 80-100 characters).
-WRAPPED_LINE = 60
-LOWER_START = frozenset("abcdefghijklmnopqrstuvwxyz`(")
 
 
-def units(text: str) -> list[tuple[int, int]]:
+def units(text: str) -> list[Span]:
     """The spans of ``text``'s lines and sentences, in order, blank ones left out; a sentence
-    that a hard-wrapped paragraph (Markdown's) carries on to the next line is one span."""
-    spans: list[tuple[int, int]] = []
-    for match in SENTENCE.finditer(text):
-        piece = match.group()
-        start = match.start() + len(piece) - len(piece.lstrip())
-        end = match.start() + len(piece.rstrip())
-        if end - start < MIN_UNIT_CHARS:
-            continue
-        if spans and (_wrapped(text, spans[-1], start) or _in_fence(text, spans[-1])):
-            spans[-1] = (spans[-1][0], end)
-        else:
-            spans.append((start, end))
-    return spans
+    that a hard-wrapped paragraph (Markdown's) carries on to the next line is one span, and so
+    is a fenced code block."""
+    return sentences(text, min_chars=MIN_UNIT_CHARS,
+                     joined=lambda text, previous, start: wrapped(text, previous, start)
+                     or _in_fence(text, previous))
 
 
-def _in_fence(text: str, previous: tuple[int, int]) -> bool:
+def _in_fence(text: str, previous: Span) -> bool:
     """Whether ``previous`` opens or is inside a fenced code block that goes on: a block is
     one span, kept or left out whole."""
     return text.count("```", 0, previous[1]) % 2 == 1
 
 
-def _wrapped(text: str, previous: tuple[int, int], start: int) -> bool:
-    """Whether the span at ``start`` goes on with the sentence of ``previous``: a long line
-    that stops mid-sentence (after a word or a comma: not a line of code, which ends with a
-    bracket or a colon), the next line starting in lower case, outside a code block."""
-    line_start = text.rfind("\n", 0, previous[1]) + 1
-    return (text[previous[1]:start] == "\n" and previous[1] - line_start >= WRAPPED_LINE
-            and (text[previous[1] - 1].isalnum() or text[previous[1] - 1] in ",`")
-            and text[start] in LOWER_START
-            and text.count("```", 0, start) % 2 == 0)
-
-
-def _joined(text: str, spans: Sequence[tuple[int, int]], kept: set[int]) -> str:
+def _joined(text: str, spans: Sequence[Span], kept: set[int]) -> str:
     """The kept spans in order, adjacent ones with the text between them, gaps as ``GAP``."""
     out: list[str] = []
     last = -1
@@ -91,7 +69,7 @@ class Scored:
     before and after it (``around``), and the share of the question's content words it has
     (``words``)."""
 
-    spans: list[list[tuple[int, int]]]
+    spans: list[list[Span]]
     flat: list[tuple[int, int]]
     own: np.ndarray
     around: np.ndarray

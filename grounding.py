@@ -25,7 +25,7 @@ from __future__ import annotations
 import builtins
 import keyword
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -91,6 +91,11 @@ IDENTIFIER = re.compile(
 # go on.
 SENTENCE = re.compile(r"(?:[^.!?\n]|[.!?]+(?=[^\s.!?]))+(?:[.!?]+|$)", re.MULTILINE)
 HEADING_PATH = " › "  # a passage's first line: its page's title › section, not a statement
+# A line this long that ends mid-sentence was wrapped (Markdown is, at 80-100 characters, and
+# so is a PDF's text); the next line goes on with the sentence when it starts in lower case, a
+# name in backquotes, a bracket or a number that is no list item's ("1 to\n128 characters").
+WRAPPED_LINE = 60
+CONTINUED = re.compile(r"[a-z`(]|\d(?!\d*[.)]\s)")
 WORD = re.compile(r"[A-Za-z][A-Za-z0-9_'-]+")
 
 
@@ -293,6 +298,40 @@ def check(answer: str, passages: Sequence[str]) -> Verdict:
                    unsupported=unsupported, claims=len(spans), word_support=round(share, 3))
 
 
+Span = tuple[int, int]
+
+
+def wrapped(text: str, previous: Span, start: int) -> bool:
+    """Whether the sentence at ``start`` goes on with ``previous``: a long line that stops
+    mid-sentence (after a word or a comma: not a line of code, which ends with a bracket or a
+    colon; not a heading path), the next line going on with it, outside a code block."""
+    line_start = text.rfind("\n", 0, previous[1]) + 1
+    return (text[previous[1]:start] == "\n" and previous[1] - line_start >= WRAPPED_LINE
+            and (text[previous[1] - 1].isalnum() or text[previous[1] - 1] in ",`")
+            and CONTINUED.match(text, start) is not None
+            and HEADING_PATH not in text[line_start:previous[1]]
+            and text.count("```", 0, start) % 2 == 0)
+
+
+def sentences(text: str, *, min_chars: int = 1,
+              joined: Callable[[str, Span, int], bool] = wrapped) -> list[Span]:
+    """The spans of ``text``'s lines and sentences in order, without their surrounding blanks
+    and without those shorter than ``min_chars``; a sentence that ``joined`` says goes on
+    from the one before (by default: a hard-wrapped line's) is one span with it."""
+    spans: list[Span] = []
+    for match in SENTENCE.finditer(text):
+        piece = match.group()
+        start = match.start() + len(piece) - len(piece.lstrip())
+        end = match.start() + len(piece.rstrip())
+        if end - start < min_chars:
+            continue
+        if spans and joined(text, spans[-1], start):
+            spans[-1] = (spans[-1][0], end)
+        else:
+            spans.append((start, end))
+    return spans
+
+
 def evidence(answer: str, passages: Sequence[str]) -> list[Evidence]:
     """The passage sentences that share the most with the answer (its content words, its
     claims counted thrice, a sentence it quotes whole thrice too), best first; a sentence
@@ -303,8 +342,8 @@ def evidence(answer: str, passages: Sequence[str]) -> list[Evidence]:
     scored: list[Evidence] = []
     seen: set[str] = set()
     for index, text in enumerate(passages):
-        for match in SENTENCE.finditer(text):
-            sentence = match.group().strip()
+        for start, end in sentences(text):
+            sentence = text[start:end]
             if len(sentence) < 12 or HEADING_PATH in sentence or sentence in seen:
                 continue
             seen.add(sentence)
@@ -313,8 +352,6 @@ def evidence(answer: str, passages: Sequence[str]) -> list[Evidence]:
             quoted = len(sentence.split()) >= 3 and normalized(sentence.rstrip(".!?:")) in quoting
             score = shared + 3 * exact + 3 * quoted
             if shared + exact >= MIN_EVIDENCE_OVERLAP:
-                start = text.index(sentence, match.start())
-                scored.append(Evidence(index, sentence, start, start + len(sentence),
-                                       float(score)))
+                scored.append(Evidence(index, sentence, start, end, float(score)))
     scored.sort(key=lambda e: (-e.score, e.source, e.start))
     return scored[:EVIDENCE_SENTENCES]

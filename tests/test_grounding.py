@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from hearth.grounding import check, claims, evidence
+from hearth.grounding import check, claims, evidence, sentences
 from hearth.ingest.html import parse_html
 
 PY_DOCS = Path("/usr/share/doc/python3.11/html")
@@ -153,6 +153,22 @@ def test_evidence_is_whole_sentences_never_a_heading_path_nor_twice() -> None:
     assert [e.text for e in found] == [
         "Generic Alias Type objects are created by subscripting a class, as in list[int]."]
     assert text[found[0].start:found[0].end] == found[0].text
+
+
+def test_evidence_is_the_whole_sentence_across_a_wrapped_line() -> None:
+    # The user guide's Markdown is hard-wrapped: a sentence goes on over the line's end, and
+    # its evidence is the whole sentence, located for highlighting across the line break.
+    guide = (GUIDE / "asking-questions.md").read_text()
+    found = evidence("Any string of 1 to 128 characters, such as a name or an email address, "
+                     "can be a user_id.", [guide])
+    assert found[0].text == ("`user_id` says whose conversation this is: any string of 1 to\n"
+                             "128 characters, such as a name or an email address.")
+    assert guide[found[0].start:found[0].end] == found[0].text
+    # Neither a heading nor a list item nor a line of code goes on with the line before it.
+    text = ("Python Setup and Usage — Python 3.11.2 documentation › Command line and environment\n"
+            "python -m module runs a library module as a script, which it looks for on sys.path\n"
+            "2) the second item of a list, on a line of its own.")
+    assert [text[a:b] for a, b in sentences(text)] == text.splitlines()
 
 
 def test_a_commands_own_names_and_quoted_data_claim_nothing() -> None:
