@@ -180,6 +180,9 @@ def numbers(text: str) -> list[str]:
     return [n for n in NUMBER.findall(text) if len(n.strip("+-").replace(",", "")) > 1]
 
 
+QUOTED = re.compile(r"'[^']*'|\"[^\"]*\"")
+
+
 def claim_spans(answer: str) -> list[tuple[str, set[str] | None]]:
     """Each claim, with the names its code defines for itself (None for a claim outside
     Python code): commands whole, Python by the names it uses (``python_names``)."""
@@ -202,6 +205,8 @@ def claim_spans(answer: str) -> list[tuple[str, set[str] | None]]:
             for line in lines:
                 if DATA.match(line):  # output such as (4, 5): its numbers, as in prose
                     found += [(n, None) for n in numbers(line)]
+                elif QUOTED.fullmatch(line):
+                    continue  # output that is a string, such as "Café": the example's data
                 else:
                     found.append((line.removeprefix("$ ").strip(), None))
     prose = FENCE.sub(" ", answer)
@@ -232,9 +237,6 @@ def claims(answer: str) -> list[str]:
     takes from a library, identifiers, numbers (single digits aside: "2 steps" claims
     little)."""
     return [c for c, _ in claim_spans(answer)]
-
-
-QUOTED = re.compile(r"'[^']*'|\"[^\"]*\"")
 
 
 def supported(claim: str, passages: str) -> bool:

@@ -171,6 +171,13 @@ def test_evidence_is_the_whole_sentence_across_a_wrapped_line() -> None:
     assert [text[a:b] for a, b in sentences(text)] == text.splitlines()
 
 
+def test_a_printed_string_claims_nothing() -> None:
+    # An output block that shows a string is the example's data; a line of output that is no
+    # string is still a claim.
+    assert claims("Output:\n```\n\"Caf\\u00e9\"\n```") == []
+    assert claims("```\n'abc'\nhearth ingest files docs\n```") == ["hearth ingest files docs"]
+
+
 def test_a_commands_own_names_and_quoted_data_claim_nothing() -> None:
     tutorial = "To create a virtual environment, run: python3 -m venv tutorial-env"
     assert check("Run `python3 -m venv myenv`.", [tutorial]).grounded  # a name of one's own
