@@ -97,6 +97,7 @@ HEADING_PATH = " › "  # a passage's first line: its page's title › section, 
 WRAPPED_LINE = 60
 CONTINUED = re.compile(r"[a-z`(]|\d(?!\d*[.)]\s)")
 WORD = re.compile(r"[A-Za-z][A-Za-z0-9_'-]+")
+Span = tuple[int, int]  # a sentence's start and end in its text
 
 
 @dataclass
@@ -298,9 +299,6 @@ def check(answer: str, passages: Sequence[str]) -> Verdict:
     share = len(words & in_passages) / len(words) if words else 1.0
     return Verdict(grounded=not unsupported and share >= MIN_WORD_SUPPORT,
                    unsupported=unsupported, claims=len(spans), word_support=round(share, 3))
-
-
-Span = tuple[int, int]
 
 
 def wrapped(text: str, previous: Span, start: int) -> bool:

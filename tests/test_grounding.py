@@ -164,7 +164,7 @@ def test_evidence_is_the_whole_sentence_across_a_wrapped_line() -> None:
     assert found[0].text == ("`user_id` says whose conversation this is: any string of 1 to\n"
                              "128 characters, such as a name or an email address.")
     assert guide[found[0].start:found[0].end] == found[0].text
-    # Neither a heading nor a list item nor a line of code goes on with the line before it.
+    # A line goes on neither from a heading path nor into a list item.
     text = ("Python Setup and Usage — Python 3.11.2 documentation › Command line and environment\n"
             "python -m module runs a library module as a script, which it looks for on sys.path\n"
             "2) the second item of a list, on a line of its own.")
