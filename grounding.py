@@ -7,6 +7,8 @@ A small model given the right passage still invents: a number (365 days where th
   ``snake_case``), commands (each one whole) and code spans; in Python code, the names it takes
   from a library (``os.sched_getaffinity``, ``from itertools import pairwise``, a keyword
   argument such as ``default_factory=``), not the names the example makes up for itself;
+  in R code likewise (``library(foreign)``, ``read.table``, ``na.strings =``), R's own
+  vocabulary (``c()``, ``paste()``) aside, as Python's builtins are;
 - each claim is **supported** when the retrieved passages contain it (compared without case,
   spacing and quotes; a command's words one by one, placeholders such as ``NAME`` or
   ``/path/to/folder`` aside; a method called on the example's own object, by its name; a
@@ -56,6 +58,9 @@ FENCE = re.compile(r"```[^\n]*\n(.*?)```", re.DOTALL)
 FENCE_WITH_LANGUAGE = re.compile(r"```([^\n]*)\n(.*?)```", re.DOTALL)
 SHELL_LANGUAGES = frozenset({"sh", "bash", "shell", "console", "zsh", "powershell", "cmd", "bat"})
 PYTHON_LANGUAGES = frozenset({"python", "py", "python3", "pycon"})
+R_LANGUAGES = frozenset({"r", "rscript", "s", "splus"})
+# What makes an untagged block (or a code span) R: an assignment arrow, a package loaded.
+R_CODE = re.compile(r"<<?-|\b(?:library|require)\(")
 # The first word of a command line: what makes a code line a command, not Python.
 COMMAND = re.compile(
     r"^(\$ |> )?(python[\d.]*|py|pip[\d.]*|pipx|hearth|curl|wget|source|\.|cd|ls|mkdir|rm|cp|mv|"
@@ -82,6 +87,30 @@ FORMAT_SPEC = re.compile(r"\{[^{}\s\"']*[:!=][^{}\s\"']*\}")
 IMPORT = re.compile(r"^\s*(?:from\s+([\w.]+)\s+)?import\s+([\w., ]+)", re.MULTILINE)
 # Python's own names: an example's print() or len() claims nothing about the documents.
 BUILTIN_NAMES = frozenset(dir(builtins)) | frozenset(keyword.kwlist) | {"self", "cls"}
+# R's own vocabulary, as BUILTIN_NAMES is Python's: the language and the functions every R
+# example uses (``library()``, ``c()``, ``paste()``), whatever its subject. Not the functions
+# the manuals are about (``read.table``, ``write.csv``, ``options``, ``install.packages``):
+# an example's use of those is a claim.
+R_BASE_NAMES = frozenset({
+    "if", "else", "for", "while", "repeat", "function", "return", "next", "break", "in", "TRUE",
+    "FALSE", "NULL", "NA", "NaN", "Inf", "T", "F", "library", "require",
+    "suppressMessages", "suppressWarnings", "invisible", "print", "cat", "message", "warning",
+    "stop", "stopifnot", "tryCatch", "try", "on.exit", "missing", "match.arg", "do.call", "Recall",
+    "c", "list", "vector", "numeric", "character", "logical", "integer", "double", "complex",
+    "matrix", "array", "data.frame", "factor", "levels", "nlevels", "length", "names", "setNames",
+    "dim", "nrow", "ncol", "NROW", "NCOL", "rownames", "colnames", "dimnames", "head", "tail",
+    "str", "summary", "class", "inherits", "is.null", "is.na", "is.numeric", "is.character",
+    "is.function", "is.list", "is.data.frame", "as.numeric", "as.character", "as.integer",
+    "as.logical", "as.double", "as.vector", "as.list", "as.data.frame", "as.factor", "unlist",
+    "lapply", "sapply", "vapply", "mapply", "Map", "Filter", "Reduce", "apply", "tapply", "seq",
+    "seq_len", "seq_along", "rep", "rev", "sort", "order", "unique", "duplicated", "which", "any",
+    "all", "sum", "prod", "mean", "median", "max", "min", "range", "abs", "sqrt", "exp", "log",
+    "round", "floor", "ceiling", "identical", "nchar", "substr", "substring", "paste", "paste0",
+    "sprintf", "format", "toupper", "tolower", "trimws", "strsplit", "sub", "gsub", "grepl",
+    "regmatches", "table", "exists", "get", "assign", "environment", "new.env", "local",
+    "file.path", "basename", "dirname", "file.exists", "getwd", "setwd", "rbind", "cbind", "with",
+    "within", "nargs", "sys.call", "match.call", "Negate", "identity"
+})
 INLINE_CODE = re.compile(r"`([^`\n]+)`")
 NUMBER = re.compile(r"(?<![\w.])[-+]?\d(?:[\d_]|,(?=\d))*(?:\.\d+)?(?![\w])")
 IDENTIFIER = re.compile(
@@ -176,6 +205,52 @@ def python_names(code: str) -> tuple[list[str], set[str]]:
     return names + specs, local - (BUILTIN_NAMES - {"self", "cls"})
 
 
+R_NAME = r"[A-Za-z.][\w.]*"
+# A call's name, an argument's name (``header = TRUE``), or a bracket that opens or closes.
+R_TOKEN = re.compile(rf"(?<![\w.$@])({R_NAME})\s*\(|(?<![\w.$@])({R_NAME})\s*=(?!=)|[()]")
+R_KEYWORD_VALUE = re.compile(
+    rf"({R_NAME})\s*=\s*(TRUE|FALSE|NULL|NA|[-+]?\d[\w.]*|\"[^\"]*\"|'[^']*')")
+R_DEFINED = re.compile(
+    rf"(?<![\w.$@])({R_NAME})\s*<<?-|->>?\s*({R_NAME})|^\s*({R_NAME})\s*=(?!=)|"
+    rf"\bfor\s*\(\s*({R_NAME})\s+in\b", re.MULTILINE)
+R_PARAMS = re.compile(r"\bfunction\s*\(([^)]*)\)")
+R_PACKAGE = re.compile(rf"\b(?:library|require|requireNamespace)\(\s*[\"']?({R_NAME})|"
+                       rf"(?<![\w.])({R_NAME}):::?")
+
+
+def r_names(code: str) -> tuple[list[str], set[str]]:
+    """What a piece of R takes from elsewhere, as ``python_names`` for Python: the packages
+    it loads (``library(foreign)``, ``foreign::``), the functions it calls that are neither
+    R's own (``R_BASE_NAMES``) nor its own, and the arguments it names in those calls
+    (``header =``; in ``list(a = 1)`` or its own functions' calls, the names are its data).
+    Returned with the names the code defines."""
+    code = COMMENT.sub("", code)
+    packages = [a or b for a, b in R_PACKAGE.findall(code)]
+    code = STRING.sub('""', code)
+    local: set[str] = set()
+    for groups in R_DEFINED.findall(code):
+        local |= {g for g in groups if g}
+    for params in R_PARAMS.findall(code):
+        local |= {p.split("=")[0].strip() for p in params.split(",") if p.strip()}
+    names = list(packages)
+    calls: list[str | None] = []  # the call each open bracket belongs to
+    for token in R_TOKEN.finditer(code):
+        called, argument = token.group(1), token.group(2)
+        if called:
+            calls.append(called)
+            if called not in R_BASE_NAMES and called not in local:
+                names.append(called)
+        elif argument:
+            call = calls[-1] if calls else None
+            if call and call not in R_BASE_NAMES and call not in local:
+                names.append(f"{argument}=")
+        elif token.group() == "(":
+            calls.append(None)
+        elif calls:
+            calls.pop()
+    return names, local
+
+
 def numbers(text: str) -> list[str]:
     """The numbers of ``text`` that claim something: single digits aside ("2 steps")."""
     return [n for n in NUMBER.findall(text) if len(n.strip("+-").replace(",", "")) > 1]
@@ -186,15 +261,25 @@ QUOTED = re.compile(r"'[^']*'|\"[^\"]*\"")
 
 def claim_spans(answer: str) -> list[tuple[str, set[str] | None]]:
     """Each claim, with the names its code defines for itself (None for a claim outside
-    Python code): commands whole, Python by the names it uses (``python_names``)."""
+    code): commands whole, Python and R by the names they use (``python_names``,
+    ``r_names``)."""
     found: list[tuple[str, set[str] | None]] = []
     defined: set[str] = set()  # what the answer's code names for itself, prose included
     if answer.count("```") % 2:
         answer += "\n```"  # a block the budget or the token limit cut off is still code
+    r_answer = False  # an answer whose code is R: its code spans are R's too
     for language, block in FENCE_WITH_LANGUAGE.findall(answer):
         language = language.strip().lower()
         lines = [line.strip() for line in block.splitlines()
                  if line.strip() and not line.strip().startswith("#")]
+        if language in R_LANGUAGES or (not language and R_CODE.search(block)):
+            commands = [x for x in lines if is_command(x)]  # R CMD INSTALL, in an R block
+            names, local = r_names("\n".join(x for x in lines if x not in commands))
+            found += [(x.removeprefix("$ ").strip(), None) for x in commands]
+            found += [(n, local) for n in names]
+            defined |= local
+            r_answer = True
+            continue
         python = language in PYTHON_LANGUAGES or (
             language not in SHELL_LANGUAGES and any(PYTHON_LINE.match(x) for x in lines)
             and not all(is_command(x) for x in lines))
@@ -214,16 +299,20 @@ def claim_spans(answer: str) -> list[tuple[str, set[str] | None]]:
     for span in (s.strip() for s in INLINE_CODE.findall(prose)):
         if span.rstrip("()") in defined:
             continue  # the example's own function, named in the prose
-        argument = KEYWORD_VALUE.fullmatch(span)
+        r_code = r_answer or R_CODE.search(span) is not None
+        argument = (R_KEYWORD_VALUE if r_code else KEYWORD_VALUE).fullmatch(span)
         if argument:  # `ensure_ascii=False`: a claim about the parameter's name
             found.append((f"{argument.group(1)}=", set()))
             continue
         if DATA.match(span):  # a literal such as [(2, 5), (3, 2)]: its numbers, as in prose
             found += [(n, None) for n in numbers(span)]
             continue
-        names, local = python_names(span) if (
-            not is_command(span) and (CALLED.search(span) or DOTTED.search(span))
-        ) else ([], set())
+        if r_code:
+            names, local = r_names(span)
+        elif not is_command(span) and (CALLED.search(span) or DOTTED.search(span)):
+            names, local = python_names(span)
+        else:
+            names, local = [], set()
         found += [(n, local | defined) for n in names] if names else [(span, None)]
     prose = INLINE_CODE.sub(" ", prose)
     found += [(c, None) for c in IDENTIFIER.findall(prose) if c.rstrip("()") not in defined]

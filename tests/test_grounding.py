@@ -227,3 +227,28 @@ def test_output_is_checked_by_its_numbers_and_placeholders_inside_a_word_claim_n
     assert check("```sh\npython -m json.tool <file>.json\n```", [tool]).unsupported == []
     assert check("```sh\npython -m json.pretty <file>.json\n```", [tool]).unsupported == [
         "python -m json.pretty <file>.json"]
+
+
+R_DOCS = Path("/usr/share/doc/r-doc-pdf/manual")
+
+
+@pytest.mark.skipif(not R_DOCS.is_dir(), reason="needs Debian's r-doc-pdf")
+def test_r_code_is_checked_by_the_functions_packages_and_arguments_it_names() -> None:
+    """R examples, as Python's: R's own vocabulary (``library``, ``c``, ``summary``) and the
+    example's own names and data (``df``, ``list(a = 1)``) claim nothing; the functions,
+    packages and arguments it takes from the manual do. On R-data's page 9 (read.table)."""
+    import pypdf
+
+    text = pypdf.PdfReader(R_DOCS / "R-data.pdf").pages[12].extract_text()
+    right = ("Set `na.strings` and `fill = TRUE`:\n```r\n"
+             "df <- read.table(\"data.txt\", sep = \",\", na.strings = c(\"-999\", \".\"),\n"
+             "                 fill = TRUE)\nsizes <- list(a = 1, b = 2)\nsummary(df)\n```")
+    assert claims(right) == ["read.table", "sep=", "na.strings=", "fill=", "na.strings"]
+    assert check(right, [text]).grounded
+    wrong = right.replace("na.strings = c", "na.values = c").replace("summary(df)", "tidy(df)")
+    assert check(wrong, [text]).unsupported == ["na.values=", "tidy"]
+    loaded = check("```r\nlibrary(haven)\ndf <- read_sav(\"survey.sav\")\n```", [text])
+    assert loaded.unsupported == ["haven", "read_sav"]
+    # An untagged block is R by its arrow; a command in an R block is still a command.
+    assert claims("```\nx <- scan(\"m.txt\")\n```") == ["scan"]
+    assert claims("```r\nR CMD INSTALL --no-docs pkg\n```") == ["R CMD INSTALL --no-docs pkg"]
