@@ -375,10 +375,14 @@ def member(name: str, passages: Sequence[str]) -> bool:
     return any(title.search(p) and called.search(p) for p in passages)
 
 
-def check(answer: str, passages: Sequence[str]) -> Verdict:
+def check(answer: str, passages: Sequence[str], question: str = "") -> Verdict:
+    """The verdict on ``answer`` against the ``passages`` it was given. A number ``question``
+    states is the user's own (a missing-value code such as -999), not a claim to find in the
+    passages; one with a point still is (a version, "3.13", the documents may not cover)."""
     raw = "\n".join(passages)
     joined = normalized(raw)
-    found = claim_spans(answer)
+    asked = {n for n in NUMBER.findall(question) if "." not in n}
+    found = [(c, local) for c, local in claim_spans(answer) if c not in asked]
     spans = [c for c, _ in found]
     unsupported = [c for c, local in found if not (
         (supported(c, joined) or member(c, passages)) if local is None

@@ -557,7 +557,7 @@ class Assistant:
         draft, shown_sources = "", [] if refused else used
         if not refused:
             # Checked against what the model was shown: a passage's heading names its file.
-            verdict = check(text, [format_context([s]) for s in used])
+            verdict = check(text, [format_context([s]) for s in used], standalone)
             snippets = [s.snippet for s in merged(used)]
             found = evidence(text, snippets)
             if not verdict.grounded:

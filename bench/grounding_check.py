@@ -35,7 +35,7 @@ def main() -> None:
         if not draft:
             counts["declined by the model"] += 1
             continue
-        verdict = check(draft, record.get("passages") or [])
+        verdict = check(draft, record.get("passages") or [], record.get("question", ""))
         if record["answerable"]:
             facts = record["key_facts"]
             kind = "right" if len(facts_present(facts, draft)) == len(facts) else "wrong"

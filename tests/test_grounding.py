@@ -252,3 +252,18 @@ def test_r_code_is_checked_by_the_functions_packages_and_arguments_it_names() ->
     # An untagged block is R by its arrow; a command in an R block is still a command.
     assert claims("```\nx <- scan(\"m.txt\")\n```") == ["scan"]
     assert claims("```r\nR CMD INSTALL --no-docs pkg\n```") == ["R CMD INSTALL --no-docs pkg"]
+
+
+def test_a_number_the_question_states_is_the_users_own() -> None:
+    # R-data, "Missing values": the page has no -999; the user's file has.
+    text = ("By default the file is assumed to contain the character string NA to represent "
+            "missing values, but this can be changed by the argument na.strings, which is a "
+            "vector of one or more character representations of missing values. "
+            "By default, read.table ignores empty lines.")
+    answer = "Pass `na.strings`: `read.table(\"data.txt\", na.strings = \"-999\")` reads -999 as NA."
+    asked = "How do I tell read.table that missing values in my file are written as -999?"
+    assert check(answer, [text]).unsupported == ["-999"]
+    assert check(answer, [text], asked).grounded
+    # A version the question names is still the documents' to state.
+    version = "In Python 3.13 the argument na.strings is a vector of missing values."
+    assert check(version, [text], "What does Python 3.13 add?").unsupported == ["3.13"]
