@@ -224,9 +224,10 @@ def r_names(code: str) -> tuple[list[str], set[str]]:
     R's own (``R_BASE_NAMES``) nor its own, and the arguments it names in those calls
     (``header =``; in ``list(a = 1)`` or its own functions' calls, the names are its data).
     Returned with the names the code defines."""
-    code = COMMENT.sub("", code)
-    packages = [a or b for a, b in R_PACKAGE.findall(code)]
-    code = STRING.sub('""', code)
+    # A package may be named in a string (library("foreign")); a "#" in a string is no comment.
+    uncommented = "\n".join(x for x in code.splitlines() if not x.lstrip().startswith("#"))
+    packages = [a or b for a, b in R_PACKAGE.findall(uncommented)]
+    code = COMMENT.sub("", STRING.sub('""', code))
     local: set[str] = set()
     for groups in R_DEFINED.findall(code):
         local |= {g for g in groups if g}

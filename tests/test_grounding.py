@@ -251,6 +251,8 @@ def test_r_code_is_checked_by_the_functions_packages_and_arguments_it_names() ->
     assert loaded.unsupported == ["haven", "read_sav"]
     # An untagged block is R by its arrow; a command in an R block is still a command.
     assert claims("```\nx <- scan(\"m.txt\")\n```") == ["scan"]
+    assert claims("```r\nread.table(f, comment.char = \"#\", nrows = 9) # fast\n```") == [
+        "read.table", "comment.char=", "nrows="]
     assert claims("```r\nR CMD INSTALL --no-docs pkg\n```") == ["R CMD INSTALL --no-docs pkg"]
 
 
