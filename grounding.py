@@ -208,8 +208,8 @@ def python_names(code: str) -> tuple[list[str], set[str]]:
 R_NAME = r"[A-Za-z.][\w.]*"
 # A call's name, an argument's name (``header = TRUE``), or a bracket that opens or closes.
 R_TOKEN = re.compile(rf"(?<![\w.$@])({R_NAME})\s*\(|(?<![\w.$@])({R_NAME})\s*=(?!=)|[()]")
-R_KEYWORD_VALUE = re.compile(
-    rf"({R_NAME})\s*=\s*(TRUE|FALSE|NULL|NA|[-+]?\d[\w.]*|\"[^\"]*\"|'[^']*')")
+R_KEYWORD_VALUE = re.compile(  # `fill = TRUE`, `file = path`: a claim about the argument's name
+    rf"({R_NAME})\s*=\s*(TRUE|FALSE|NULL|NA|[-+]?\d[\w.]*|\"[^\"]*\"|'[^']*'|{R_NAME})")
 R_DEFINED = re.compile(
     rf"(?<![\w.$@])({R_NAME})\s*<<?-|->>?\s*({R_NAME})|^\s*({R_NAME})\s*=(?!=)|"
     rf"\bfor\s*\(\s*({R_NAME})\s+in\b", re.MULTILINE)

@@ -244,6 +244,7 @@ def test_r_code_is_checked_by_the_functions_packages_and_arguments_it_names() ->
              "df <- read.table(\"data.txt\", sep = \",\", na.strings = c(\"-999\", \".\"),\n"
              "                 fill = TRUE)\nsizes <- list(a = 1, b = 2)\nsummary(df)\n```")
     assert claims(right) == ["read.table", "sep=", "na.strings=", "fill=", "na.strings"]
+    assert claims(right + " Give `file = path` your own.") == claims(right) + ["file="]
     assert check(right, [text]).grounded
     wrong = right.replace("na.strings = c", "na.values = c").replace("summary(df)", "tidy(df)")
     assert check(wrong, [text]).unsupported == ["na.values=", "tidy"]
