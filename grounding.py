@@ -116,6 +116,11 @@ NUMBER = re.compile(r"(?<![\w.])[-+]?\d(?:[\d_]|,(?=\d))*(?:\.\d+)?(?![\w])")
 IDENTIFIER = re.compile(
     r"(?<![\w.])(?:[A-Za-z_]\w*(?:\.[A-Za-z_]\w*)+(?:\(\))?|[A-Za-z_]\w*\(\)|"
     r"[a-z]+(?:_[a-z0-9]+)+|--?[a-z][\w-]+)(?![\w])")
+# Latin abbreviations that read as dotted names: "e.g." is no claim about the documents.
+ABBREVIATIONS = frozenset({"e.g", "i.e", "a.k.a", "etc", "vs", "cf"})
+# A name code uses as a plain value: not an attribute, not called, not an argument's name.
+BARE_NAME = re.compile(r"(?<![\w.])([A-Za-z_]\w*)(?![\w.(]|\s*\(|\s*=(?!=))")
+R_BARE_NAME = re.compile(r"(?<![\w.$@])([A-Za-z.][\w.]*)(?![\w.(]|\s*\(|\s*=(?!=))")
 # A sentence ends at a stop followed by a space or the line's end: "3.11.2" and "os.path"
 # go on.
 SENTENCE = re.compile(r"(?:[^.!?\n]|[.!?]+(?=[^\s.!?]))+(?:[.!?]+|$)", re.MULTILINE)
@@ -252,6 +257,18 @@ def r_names(code: str) -> tuple[list[str], set[str]]:
     return names, local
 
 
+def bare_names(code: str, r: bool = False) -> set[str]:
+    """The names ``code`` uses as plain values (``heapq.nlargest(5, huge_list)``: ``huge_list``),
+    imports, strings and comments aside: the example's own data, which an answer may name in
+    its prose ("the biggest items of `huge_list`") without claiming anything of the documents."""
+    imported = {alias.strip() or name.strip().split(".")[0]
+                for _, members in IMPORT.findall(code) for member in members.split(",")
+                for name, _, alias in [member.strip().partition(" as ")]}
+    code = IMPORT.sub(" ", COMMENT.sub("", STRING.sub('""', code)))
+    names = set((R_BARE_NAME if r else BARE_NAME).findall(code))
+    return names - imported - (BUILTIN_NAMES | R_BASE_NAMES) - set(keyword.kwlist)
+
+
 def numbers(text: str) -> list[str]:
     """The numbers of ``text`` that claim something: single digits aside ("2 steps")."""
     return [n for n in NUMBER.findall(text) if len(n.strip("+-").replace(",", "")) > 1]
@@ -266,6 +283,7 @@ def claim_spans(answer: str) -> list[tuple[str, set[str] | None]]:
     ``r_names``)."""
     found: list[tuple[str, set[str] | None]] = []
     defined: set[str] = set()  # what the answer's code names for itself, prose included
+    used: set[str] = set()  # the plain values its code uses: its data, named in prose too
     if answer.count("```") % 2:
         answer += "\n```"  # a block the budget or the token limit cut off is still code
     r_answer = False  # an answer whose code is R: its code spans are R's too
@@ -279,6 +297,7 @@ def claim_spans(answer: str) -> list[tuple[str, set[str] | None]]:
             found += [(x.removeprefix("$ ").strip(), None) for x in commands]
             found += [(n, local) for n in names]
             defined |= local
+            used |= bare_names(block, r=True)
             r_answer = True
             continue
         python = language in PYTHON_LANGUAGES or (
@@ -288,6 +307,7 @@ def claim_spans(answer: str) -> list[tuple[str, set[str] | None]]:
             names, local = python_names(block)
             found += [(n, local) for n in names]
             defined |= local
+            used |= bare_names(block)
         else:
             for line in lines:
                 if DATA.match(line):  # output such as (4, 5): its numbers, as in prose
@@ -298,8 +318,8 @@ def claim_spans(answer: str) -> list[tuple[str, set[str] | None]]:
                     found.append((line.removeprefix("$ ").strip(), None))
     prose = FENCE.sub(" ", answer)
     for span in (s.strip() for s in INLINE_CODE.findall(prose)):
-        if span.rstrip("()") in defined:
-            continue  # the example's own function, named in the prose
+        if span.rstrip("()") in defined or span in used:
+            continue  # the example's own function or data, named in the prose
         r_code = r_answer or R_CODE.search(span) is not None
         argument = (R_KEYWORD_VALUE if r_code else KEYWORD_VALUE).fullmatch(span)
         if argument:  # `ensure_ascii=False`: a claim about the parameter's name
@@ -316,7 +336,8 @@ def claim_spans(answer: str) -> list[tuple[str, set[str] | None]]:
             names, local = [], set()
         found += [(n, local | defined) for n in names] if names else [(span, None)]
     prose = INLINE_CODE.sub(" ", prose)
-    found += [(c, None) for c in IDENTIFIER.findall(prose) if c.rstrip("()") not in defined]
+    found += [(c, None) for c in IDENTIFIER.findall(prose) if c.rstrip("()") not in defined
+              and c not in used and c.lower() not in ABBREVIATIONS]
     found += [(n, None) for n in numbers(prose)]
     seen: set[str] = set()
     return [(c, local) for c, local in found

@@ -270,3 +270,23 @@ def test_a_number_the_question_states_is_the_users_own() -> None:
     # A version the question names is still the documents' to state.
     version = "In Python 3.13 the argument na.strings is a vector of missing values."
     assert check(version, [text], "What does Python 3.13 add?").unsupported == ["3.13"]
+
+
+@needs_docs
+def test_the_examples_own_data_and_an_abbreviation_claim_nothing() -> None:
+    """The 1.5B's right heapq answer was withheld for naming its example's list in the prose
+    (`huge_list`), and any answer with "e.g." for a dotted name `e.g`; an invented function
+    beside them is still flagged."""
+    heap = passage(page("library/heapq.html"), "heapq.nlargest(n, iterable", 900)
+    answer = ("Use `heapq.nlargest`, e.g. for the 5 biggest items of `huge_list`:\n```python\n"
+              "import heapq\n\nbiggest_five = heapq.nlargest(5, huge_list)\n```")
+    assert check(answer, [heap]).grounded, check(answer, [heap])
+    invented = answer.replace("`heapq.nlargest`", "`heapq.top_n`")
+    assert check(invented, [heap]).unsupported == ["heapq.top_n"]
+    # A name the example does not use is still a claim: `nbiggest` is no variable of it.
+    assert check(answer + " Or call `nbiggest`.", [heap]).unsupported == ["nbiggest"]
+    # In R likewise: the user's file name is the example's data.
+    table = "read.csv(file, header = TRUE, sep = \",\") reads a file in table format."
+    r = ("Call read.csv on `my_file`, i.e. your path:\n```r\ndf <- read.csv(my_file, "
+         "header = TRUE)\n```")
+    assert check(r, [table]).grounded, check(r, [table])
