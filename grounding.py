@@ -116,6 +116,14 @@ NUMBER = re.compile(r"(?<![\w.])[-+]?\d(?:[\d_]|,(?=\d))*(?:\.\d+)?(?![\w])")
 IDENTIFIER = re.compile(
     r"(?<![\w.])(?:[A-Za-z_]\w*(?:\.[A-Za-z_]\w*)+(?:\(\))?|[A-Za-z_]\w*\(\)|"
     r"[a-z]+(?:_[a-z0-9]+)+|--?[a-z][\w-]+)(?![\w])")
+# A question that asks for a quantity ("How many results does lru_cache keep?"), and what
+# answers one: a number, in digits or words, or its absence ("no limit", "any number").
+QUANTITY_ASKED = re.compile(r"\bhow (?:many|much|long|big|large)\b", re.IGNORECASE)
+QUANTITY_GIVEN = re.compile(
+    r"\d|\b(?:zero|one|two|three|four|five|six|seven|eight|nine|ten|eleven|twelve|twenty|"
+    r"thirty|fifty|hundred|thousand|million|billion|dozen|single|once|twice|half|double|"
+    r"none|unlimited|infinite|indefinitely|forever|any number|no (?:limit|maximum|timeout))\b",
+    re.IGNORECASE)
 # Latin abbreviations that read as dotted names: "e.g." is no claim about the documents.
 ABBREVIATIONS = frozenset({"e.g", "i.e", "a.k.a", "etc", "vs", "cf"})
 # A name code uses as a plain value: not an attribute, not called, not an argument's name.
@@ -155,6 +163,8 @@ class Verdict:
     unsupported: list[str]  # the answer's spans that no passage contains
     claims: int  # how many spans were checked
     word_support: float  # share of the answer's content words found in the passages
+    # Why the answer does not answer the question, whatever its support ("" when it does).
+    unanswered: str = ""
 
 
 def normalized(text: str) -> str:
@@ -412,8 +422,18 @@ def check(answer: str, passages: Sequence[str], question: str = "") -> Verdict:
     words = content_words(FENCE.sub(" ", answer))
     in_passages = content_words(" ".join(passages))
     share = len(words & in_passages) / len(words) if words else 1.0
-    return Verdict(grounded=not unsupported and share >= MIN_WORD_SUPPORT,
-                   unsupported=unsupported, claims=len(spans), word_support=round(share, 3))
+    unanswered = unanswered_quantity(answer, question)
+    return Verdict(grounded=not unsupported and share >= MIN_WORD_SUPPORT and not unanswered,
+                   unsupported=unsupported, claims=len(spans), word_support=round(share, 3),
+                   unanswered=unanswered)
+
+
+def unanswered_quantity(answer: str, question: str) -> str:
+    """Why an answer to "how many", "how long"... gives no quantity: it talks around the
+    question ("lru_cache keeps results until they age out"), whatever its words' support."""
+    if QUANTITY_ASKED.search(question) and not QUANTITY_GIVEN.search(answer):
+        return "the question asks how many or how much, and the answer gives no number"
+    return ""
 
 
 def wrapped(text: str, previous: Span, start: int) -> bool:

@@ -325,6 +325,9 @@ def unsupported_note(verdict: Verdict) -> str:
         spans = ", ".join(verdict.unsupported[:4]) + (" …" if verdict.unsupported[4:] else "")
         return (f"\n\n(Not found in your documents: {spans}. Check the sources before "
                 "relying on this answer.)")
+    if verdict.unanswered:
+        return (f"\n\n(This does not answer the question: {verdict.unanswered}. Check the "
+                "sources before relying on it.)")
     return ("\n\n(This answer is not drawn from your documents' words: check the sources "
             "before relying on it.)")
 
@@ -334,6 +337,8 @@ def withheld_answer(verdict: Verdict) -> str:
     if verdict.unsupported:
         spans = ", ".join(verdict.unsupported[:4]) + (" …" if verdict.unsupported[4:] else "")
         why = f"the answer drafted from them names things they do not contain ({spans})"
+    elif verdict.unanswered:
+        why = f"the answer drafted from them does not answer it ({verdict.unanswered})"
     else:
         why = "the answer drafted from them is not drawn from their words"
     return (f"Your documents do not seem to answer this: {why}, so it is not given as an "

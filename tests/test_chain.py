@@ -189,6 +189,24 @@ def test_an_invented_command_is_withheld_with_the_closest_evidence(tmp_path: Pat
     assert answer.turn(QUESTION).draft == draft  # stored with the turn
 
 
+def test_a_how_many_question_answered_without_a_number_is_withheld(tmp_path: Path) -> None:
+    cache = {"functools.md": "If maxsize is set to None, the LRU feature is disabled. The "
+                             "cache keeps up to maxsize results, 128 by default, until they "
+                             "age out."}
+    asked = "How many results does the LRU cache keep if I don't pass maxsize?"
+    chain, _ = assistant(tmp_path, "The cache keeps results until they age out.",
+                         passages=cache)
+    events = list(chain.stream(asked))
+    answer = events[-1]
+    assert isinstance(answer, Answer) and answer.refused and not answer.grounded
+    assert answer.unsupported == []  # every word is the page's: it just does not answer
+    assert "gives no number" in answer.answer and answer.draft.startswith("The cache keeps")
+    streamed = "".join(e.text for e in events if isinstance(e, Token))
+    assert "(This does not answer the question: " in streamed
+    chain, _ = assistant(tmp_path, "It keeps 128 results by default.", passages=cache)
+    assert chain.answer(asked).grounded
+
+
 def test_flagged_answers_are_given_with_a_note_when_so_set(tmp_path: Path) -> None:
     chain, _ = assistant(tmp_path, "Run `pip fetch --global NAME` as root.",
                          unsupported_answers="flag")

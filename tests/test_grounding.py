@@ -290,3 +290,21 @@ def test_the_examples_own_data_and_an_abbreviation_claim_nothing() -> None:
     r = ("Call read.csv on `my_file`, i.e. your path:\n```r\ndf <- read.csv(my_file, "
          "header = TRUE)\n```")
     assert check(r, [table]).grounded, check(r, [table])
+
+
+def test_a_quantity_asked_for_must_be_given() -> None:
+    """"How many results does functools.lru_cache keep?" drew "it keeps references ... until
+    they age out of the cache": every word on the page, and no answer."""
+    page_text = ("If maxsize is set to None, the LRU feature is disabled and the cache can grow "
+                 "without bound. Keyword arguments: maxsize defaults to 128. The cache keeps "
+                 "references to the arguments and return values until they age out of the cache.")
+    asked = "How many results does functools.lru_cache keep if I don't pass a size?"
+    evasive = check("The cache keeps references to the arguments and return values until they "
+                    "age out of the cache.", [page_text], asked)
+    assert not evasive.grounded and evasive.unsupported == [] and "no number" in evasive.unanswered
+    assert check("It keeps 128 results.", [page_text], asked).grounded
+    assert check("Without maxsize there is no limit: the cache can grow without bound.",
+                 [page_text], "How many results can the cache hold with maxsize None?").grounded
+    # A question that asks for no quantity needs none.
+    assert check("The cache keeps references to the arguments until they age out of the cache.",
+                 [page_text], "What does the cache keep?").grounded

@@ -287,7 +287,7 @@ function renderGrounding(answerNode, answer) {
     const draft = el("details", { class: "draft" },
       el("summary", { text: (answer.unsupported || []).length
         ? "The model's draft (unverified: it names things your documents do not contain)"
-        : "The model's draft (unverified: it is not drawn from your documents' words)" }),
+        : "The model's draft (unverified: the answer above says why it was withheld)" }),
       el("div", { class: "draft-text" }));
     renderMarkdown(draft.querySelector(".draft-text"), answer.draft);
     answerNode.querySelector(".text").after(draft);
@@ -295,7 +295,7 @@ function renderGrounding(answerNode, answer) {
     const spans = (answer.unsupported || []).slice(0, 4).join(", ");
     answerNode.querySelector(".text").after(el("p", { class: "ungrounded-note", role: "note",
       text: spans ? `Not found in your documents: ${spans}. Check the evidence and sources before relying on this answer.`
-                  : "This answer is not drawn from your documents' words: check the sources before relying on it." }));
+                  : "Your documents do not back this answer as it stands: check the sources before relying on it." }));
   }
 }
 
