@@ -122,7 +122,9 @@ QUANTITY_ASKED = re.compile(r"\bhow (?:many|much|long|big|large)\b", re.IGNORECA
 QUANTITY_GIVEN = re.compile(
     r"\d|\b(?:zero|one|two|three|four|five|six|seven|eight|nine|ten|eleven|twelve|twenty|"
     r"thirty|fifty|hundred|thousand|million|billion|dozen|single|once|twice|half|double|"
-    r"none|unlimited|infinite|indefinitely|forever|any number|no (?:limit|maximum|timeout))\b",
+    r"none|unlimited|unbounded|infinite|indefinitely|forever|arbitrar\w*|any number|"
+    r"as (?:many|much|long|large) as|no (?:\w+ )?(?:limit|maximum|bound|timeout)|"
+    r"without (?:a |any )?(?:limit|bound)|limited only)\b",
     re.IGNORECASE)
 # Latin abbreviations that read as dotted names: "e.g." is no claim about the documents.
 ABBREVIATIONS = frozenset({"e.g", "i.e", "a.k.a", "etc", "vs", "cf"})

@@ -305,6 +305,9 @@ def test_a_quantity_asked_for_must_be_given() -> None:
     assert check("It keeps 128 results.", [page_text], asked).grounded
     assert check("Without maxsize there is no limit: the cache can grow without bound.",
                  [page_text], "How many results can the cache hold with maxsize None?").grounded
+    assert check("Python's int is arbitrarily large: it is limited only by memory.",
+                 ["Integers have unlimited precision: an int is arbitrarily large, limited only "
+                  "by the memory available."], "How large can an int be?").grounded
     # A question that asks for no quantity needs none.
     assert check("The cache keeps references to the arguments until they age out of the cache.",
                  [page_text], "What does the cache keep?").grounded
