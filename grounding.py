@@ -185,6 +185,22 @@ def is_command(line: str) -> bool:
     return bool(COMMAND.match(line.strip()))
 
 
+def imports(code: str) -> tuple[list[str], set[str]]:
+    """What Python ``code`` imports (modules and names, as written) and the names it binds
+    by importing (``import os.path`` binds ``os``; ``import numpy as np``, ``np``)."""
+    names: list[str] = []
+    bound: set[str] = set()
+    for module, members in IMPORT.findall(code):
+        if module:
+            names.append(module)
+        for member in members.split(","):
+            name, _, alias = member.strip().partition(" as ")
+            if name:
+                names.append(name.strip())
+                bound.add(alias.strip() or name.strip().split(".")[0])
+    return names, bound
+
+
 def python_names(code: str) -> tuple[list[str], set[str]]:
     """The names a piece of Python takes from elsewhere (a library, the documents): dotted
     names whose head the code does not define, called names that are neither defined nor
@@ -201,16 +217,7 @@ def python_names(code: str) -> tuple[list[str], set[str]]:
                 local |= {n.strip() for n in re.split(r"[,\s]+", group) if n.strip()}
     for params in PARAMS.findall(code):
         local |= {p.split("=")[0].split(":")[0].strip(" *") for p in params.split(",")}
-    names: list[str] = []
-    imported: set[str] = set()
-    for module, members in IMPORT.findall(code):
-        if module:
-            names.append(module)
-        for member in members.split(","):
-            name, _, alias = member.strip().partition(" as ")
-            if name:
-                names.append(name.strip())
-                imported.add(alias.strip() or name.strip().split(".")[0])
+    names, imported = imports(code)
     local -= imported  # an imported name is the library's, not the example's
     body = IMPORT.sub(" ", code)
     names += [head + rest for head, rest in DOTTED.findall(body)]
@@ -273,12 +280,10 @@ def bare_names(code: str, r: bool = False) -> set[str]:
     """The names ``code`` uses as plain values (``heapq.nlargest(5, huge_list)``: ``huge_list``),
     imports, strings and comments aside: the example's own data, which an answer may name in
     its prose ("the biggest items of `huge_list`") without claiming anything of the documents."""
-    imported = {alias.strip() or name.strip().split(".")[0]
-                for _, members in IMPORT.findall(code) for member in members.split(",")
-                for name, _, alias in [member.strip().partition(" as ")]}
-    code = IMPORT.sub(" ", COMMENT.sub("", STRING.sub('""', code)))
-    names = set((R_BARE_NAME if r else BARE_NAME).findall(code))
-    return names - imported - (BUILTIN_NAMES | R_BASE_NAMES) - set(keyword.kwlist)
+    code = COMMENT.sub("", STRING.sub('""', code))
+    _, imported = imports(code)
+    names = set((R_BARE_NAME if r else BARE_NAME).findall(IMPORT.sub(" ", code)))
+    return names - imported - BUILTIN_NAMES - R_BASE_NAMES
 
 
 def numbers(text: str) -> list[str]:

@@ -318,12 +318,16 @@ def without_repeats(text: str) -> str:
     return "".join(kept).strip()
 
 
+def _spans(verdict: Verdict) -> str:
+    """The first unsupported spans, as the user reads them."""
+    return ", ".join(verdict.unsupported[:4]) + (" …" if verdict.unsupported[4:] else "")
+
+
 def unsupported_note(verdict: Verdict) -> str:
     """What an answer the passages do not back says about itself, so that no face (a third
     party's OpenAI client included) presents it as fact."""
     if verdict.unsupported:
-        spans = ", ".join(verdict.unsupported[:4]) + (" …" if verdict.unsupported[4:] else "")
-        return (f"\n\n(Not found in your documents: {spans}. Check the sources before "
+        return (f"\n\n(Not found in your documents: {_spans(verdict)}. Check the sources before "
                 "relying on this answer.)")
     if verdict.unanswered:
         return (f"\n\n(This does not answer the question: {verdict.unanswered}. Check the "
@@ -335,8 +339,7 @@ def unsupported_note(verdict: Verdict) -> str:
 def withheld_answer(verdict: Verdict) -> str:
     """What the user reads instead of an answer the passages do not back."""
     if verdict.unsupported:
-        spans = ", ".join(verdict.unsupported[:4]) + (" …" if verdict.unsupported[4:] else "")
-        why = f"the answer drafted from them names things they do not contain ({spans})"
+        why = f"the answer drafted from them names things they do not contain ({_spans(verdict)})"
     elif verdict.unanswered:
         why = f"the answer drafted from them does not answer it ({verdict.unanswered})"
     else:
