@@ -358,7 +358,8 @@ class Assistant:
     def fusion(self) -> Fusion:
         s = self.settings
         return Fusion(Mode(s.retrieval.value), s.keyword_weight, s.retrieval_candidates,
-                      s.headings_weight, by_page=s.passages_by_page)
+                      s.headings_weight, by_page=s.passages_by_page,
+                      page_support=s.page_support, passages=s.top_k)
 
     def retrieve(self, question: str, k: int | None = None,
                  collections: Sequence[str] = (DEFAULT,),

@@ -83,6 +83,11 @@ def variants(candidates: int, weight: float) -> list[Variant]:
                 Fusion(Mode.hybrid, weight, candidates), neighbours=1),
         Variant(f"hybrid {weight} + neighbours ±2, no budget",
                 Fusion(Mode.hybrid, weight, candidates), neighbours=2),
+        *[Variant(f"dense, page support {w}", Fusion(Mode.dense, candidates=candidates,
+                                                     page_support=w))
+          for w in (0.01, 0.02, 0.05)],
+        Variant(f"hybrid {weight}, page support 0.02",
+                Fusion(Mode.hybrid, weight, candidates, page_support=0.02)),
     ]
 
 

@@ -12,13 +12,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from langchain_core.documents import Document
 
 from hearth.config import ConfigError, RetrievalMode
 from hearth.ingest.pipeline import ingest_files
 from hearth.ingest.sources import remove_collection, remove_source
 from hearth.keywords import IDENTIFIER_WEIGHT, KeywordIndex, fts_query, query_terms
 from hearth.model import Assistant
-from hearth.retrieval import Fusion, Mode
+from hearth.retrieval import SUPPORT_MARGIN, Fusion, Hit, Mode, supported
 from hearth.services import Services, build_services
 
 LIBRARY = Path("/usr/share/doc/python3.11/html/library")
@@ -193,7 +194,55 @@ def test_each_passage_is_a_different_page_with_its_chunks_joined(services: Servi
         list(dict.fromkeys(chunk_pages))
 
 
+def test_a_page_with_near_chunks_rises_within_the_passages(services: Services,
+                                                           tmp_path: Path) -> None:
+    ingest_files(services, pages(tmp_path / "docs", [*PAGES, "getpass.html", "termios.html"]))
+    assistant = Assistant(Any, services.vectorstore, services.settings)  # type: ignore[arg-type]
+    question = "how do I get the password entry for a user name"
+    plain = assistant.retrieve(question, k=20, fusion=Fusion(Mode.dense))
+    found = assistant.retrieve(question, k=20, fusion=Fusion(Mode.dense, page_support=0.02))
+    # The premise: getpass's one chunk is nearest, pwd's several come next.
+    assert [Path(p.source).name for p in plain[:4]] == ["getpass.html", *["pwd.html"] * 3]
+    # pwd (whose getpwnam answers it) first; the same four passages with the same scores, the
+    # rest as they ranked.
+    assert Path(found[0].source).name == "pwd.html"
+    assert {(f.chunk_id, f.score) for f in found[:4]} == {(p.chunk_id, p.score) for p in plain[:4]}
+    assert found[4:] == plain[4:]
+    # Ordered by similarity + 0.02 × the other chunks of their page among the 20 within
+    # SUPPORT_MARGIN of the best one.
+    floor = plain[0].score - SUPPORT_MARGIN
+    near = [p.source for p in plain if p.score >= floor]
+
+    def boosted(s: Any) -> float:
+        return s.score + 0.02 * (near.count(s.source) - (s.score >= floor))
+
+    assert [boosted(f) for f in found[:4]] == sorted((boosted(f) for f in found[:4]),
+                                                     reverse=True)
+    # Only the passages the model reads are reordered (Fusion.passages).
+    assert assistant.retrieve(question, k=1, fusion=Fusion(Mode.dense, page_support=0.02)
+                              )[0].source == plain[0].source
+
+
 # -- fast: no real part --------------------------------------------------------------------
+
+
+def hit(source: str, score: float, page: int | None = None) -> Hit:
+    return (Document(page_content=source, metadata={"source": source, "page": page}), score,
+            f"{source}-{score}")
+
+
+def test_page_support_counts_only_chunks_near_the_best() -> None:
+    # One close chunk of a PDF page against a long page's middling chunks.
+    hits = [hit("R-data.pdf", 0.70, 24), hit("sqlite3.html", 0.66), hit("sqlite3.html", 0.62),
+            *(hit("sqlite3.html", 0.55 - n / 100) for n in range(6))]
+    assert [h[1] for h in supported(hits, 4, 0.02)] == [0.70, 0.66, 0.62, 0.55]
+    # Each sqlite3 chunk within 0.1 of the best counts the other one near: +0.05 lifts 0.66.
+    assert [h[1] for h in supported(hits, 4, 0.05)] == [0.66, 0.70, 0.62, 0.55]
+    # Another PDF page of the same file is another page.
+    pdf = [hit("R-exts.pdf", 0.70, 1), hit("R-exts.pdf", 0.69, 2), hit("x.html", 0.695),
+           hit("x.html", 0.66)]
+    assert [h[1] for h in supported(pdf, 4, 0.05)] == [0.695, 0.66, 0.70, 0.69]
+    assert supported([], 4, 0.05) == []
 
 
 def test_identifiers_and_numbers_weigh_more_in_the_query() -> None:
@@ -220,6 +269,10 @@ def test_a_question_without_words_to_match_finds_nothing(tmp_path: Path) -> None
 def test_the_retrieval_settings(make_settings: Any) -> None:
     assert make_settings().retrieval is RetrievalMode.dense
     assert make_settings().passages_by_page is False
+    assert make_settings().page_support == 0.02
+    assert make_settings(page_support=0).page_support == 0
+    with pytest.raises(ConfigError, match="HEARTH_PAGE_SUPPORT"):
+        make_settings(page_support=-1)
     assert make_settings(retrieval="hybrid").retrieval is RetrievalMode.hybrid
     for measured_worse in ("keyword", "rrf", "bm42"):
         with pytest.raises(ConfigError, match="HEARTH_RETRIEVAL"):
