@@ -147,7 +147,8 @@ def supported(hits: Sequence[Hit], k: int, weight: float) -> list[Hit]:
     stay the similarities. On the evaluation set (dense, 166 questions) the expected page came
     first for 0.633 of the questions instead of 0.554, hit@4 unchanged (docs/evaluation.md);
     a support without the margin let a long page's many middling chunks outrank a PDF page's
-    one close match."""
+    one close match. Whatever ranked the k (the fusion, an expansion), they are ordered by
+    their similarity and support: with hybrid, hit@1 0.608 to 0.633."""
     if not hits:
         return []
     floor = max(h[1] for h in hits) - SUPPORT_MARGIN
