@@ -228,7 +228,7 @@ class Settings(BaseSettings):
         "other chunks among the first top_k joined to its best one; false: the top_k best "
         "chunks, several of one page taking several places")
     page_support: float = Field(
-        0.02, ge=0.0, le=1.0, description="the top_k passages ordered by their similarity + "
+        0.0, ge=0.0, le=1.0, description="the top_k passages ordered by their similarity + "
         "this × the other chunks of their page among the retrieval_candidates best within 0.1 "
         "of the best similarity (the same passages, the supported page first); 0: by their "
         "similarity alone")

@@ -17,7 +17,7 @@ raised hit@1, hit@4, MRR and the facts in the top 4 together: docs/evaluation.md
 Only ``hybrid`` and ``dense`` are settings; the others stay here for the ablation
 (bench/retrieval_ablation.py).
 
-``page_support`` (``HEARTH_PAGE_SUPPORT``, on by default) orders the passages the model reads
+``page_support`` (``HEARTH_PAGE_SUPPORT``, off by default) orders the passages the model reads
 (not which ones they are) by how many near chunks their page has among the candidates: the
 page a question is about usually answers it in several places (``supported``).
 
@@ -75,7 +75,7 @@ class Fusion:
     # The first ``passages`` chunks (those the model reads) ordered by their similarity +
     # ``page_support`` × the other chunks of their page among the ``candidates`` best that are
     # within SUPPORT_MARGIN of the best one (``supported``); 0: by their similarity alone.
-    page_support: float = 0.0  # the setting's default is 0.02 (HEARTH_PAGE_SUPPORT)
+    page_support: float = 0.0
     passages: int = 4
 
 

@@ -269,8 +269,8 @@ def test_a_question_without_words_to_match_finds_nothing(tmp_path: Path) -> None
 def test_the_retrieval_settings(make_settings: Any) -> None:
     assert make_settings().retrieval is RetrievalMode.dense
     assert make_settings().passages_by_page is False
-    assert make_settings().page_support == 0.02
-    assert make_settings(page_support=0).page_support == 0
+    assert make_settings().page_support == 0
+    assert make_settings(page_support=0.02).page_support == 0.02
     with pytest.raises(ConfigError, match="HEARTH_PAGE_SUPPORT"):
         make_settings(page_support=-1)
     assert make_settings(retrieval="hybrid").retrieval is RetrievalMode.hybrid
