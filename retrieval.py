@@ -148,7 +148,9 @@ def supported(hits: Sequence[Hit], k: int, weight: float) -> list[Hit]:
     first for 0.633 of the questions instead of 0.554, hit@4 unchanged (docs/evaluation.md);
     a support without the margin let a long page's many middling chunks outrank a PDF page's
     one close match. Whatever ranked the k (the fusion, an expansion), they are ordered by
-    their similarity and support: with hybrid, hit@1 0.608 to 0.633."""
+    their similarity and support: with hybrid, hit@1 0.608 to 0.633. Off by default
+    (``HEARTH_PAGE_SUPPORT``): the answers did not gain, and a PDF page's several near chunks
+    can outrank the page that answers."""
     if not hits:
         return []
     floor = max(h[1] for h in hits) - SUPPORT_MARGIN
