@@ -39,3 +39,38 @@ def test_the_sets_are_as_large_as_the_issue_asks() -> None:
     assert len(unanswerable) >= 20 and not any(q["answerable"] for q in unanswerable)
     ids = [q["id"] for q in answerable + unanswerable]
     assert len(ids) == len(set(ids))
+
+
+def test_an_alt_source_is_checked_against_its_own_page(tmp_path: Path) -> None:
+    """Another page that answers a question must exist, a PDF's with its page; a key fact it
+    words its own way is noted for the reviewer (the real pages of both documents)."""
+    def question(n: int, **fields: object) -> str:
+        return json.dumps({"id": f"t-{n}", "question": f"Test question number {n}?",
+                           "answerable": True, **fields})
+
+    (tmp_path / "python-docs.jsonl").write_text("\n".join([
+        question(1, corpus="python-docs", source="library/re.html", key_facts=["(?P<name>"],
+                 alt_sources=["howto/regex.html"]),
+        question(2, corpus="python-docs", source="library/venv.html",
+                 key_facts=["python -m venv"], alt_sources=["tutorial/venv.html"]),
+        question(3, corpus="python-docs", source="library/re.html", key_facts=["(?P<name>"],
+                 alt_sources=["howto/no-such-page.html"]),
+    ]) + "\n")
+    (tmp_path / "r-manuals.jsonl").write_text("\n".join([
+        question(4, corpus="r-manuals", source="R-admin.pdf", page=60,
+                 key_facts=["--enable-R-shlib"],
+                 alt_sources=[{"source": "R-exts.pdf", "page": 217}]),
+        question(5, corpus="r-manuals", source="R-admin.pdf", page=60,
+                 key_facts=["--enable-R-shlib"], alt_sources=["R-exts.pdf"]),
+    ]) + "\n")
+    (tmp_path / "unanswerable.jsonl").write_text("")
+    result = subprocess.run([sys.executable, str(SETS / "check.py"), "-v", "--sets",
+                             str(tmp_path)], capture_output=True, text=True, timeout=300)
+    out = result.stdout
+    assert result.returncode == 1, out + result.stderr
+    failures = out[out.index("FAILURES"):]
+    assert "t-3" in failures and "no-such-page.html" in failures
+    assert "t-5" in failures and "names its page" in failures
+    assert not any(f"(t-{n})" in failures for n in (1, 2, 4))
+    assert "key fact 'python -m venv' not verbatim in alt source tutorial/venv.html" in out
+    assert "(t-1): key fact" not in out and "(t-4): key fact" not in out

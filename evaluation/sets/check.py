@@ -213,6 +213,12 @@ def pdf_variants(text: str) -> list[str]:
     return [flat] if joined == flat else [flat, joined]
 
 
+def missing_facts(facts: list[str], texts: list[str]) -> list[str]:
+    """The key facts in none of ``texts`` (each normalised already): noted for an alt source,
+    which a reviewer found answering the question but may word a fact its own way."""
+    return [fact for fact in facts if not any(normalise(fact) in t for t in texts)]
+
+
 def find_r_root() -> str:
     for candidate in R_ROOT_CANDIDATES:
         if Path(candidate, "R-exts.pdf").exists() or Path(candidate, "R-lang.pdf").exists():
@@ -409,6 +415,12 @@ def main(argv: list[str] | None = None) -> int:
             for alt in q.get("alt_sources", []):
                 if not isinstance(alt, str) or not (py_root / alt).is_file():
                     report.fail(where, f"alt source {alt!r} not found under {py_root}")
+                    continue
+                alt_path = py_root / alt
+                if alt_path not in html_cache:
+                    html_cache[alt_path] = html_text(alt_path)
+                for fact in missing_facts(q["key_facts"], [normalise(html_cache[alt_path])]):
+                    report.note(where, f"key fact {fact!r} not verbatim in alt source {alt}")
         else:
             if not r_root.is_dir() or not pdf.engine:
                 continue
@@ -449,6 +461,16 @@ def main(argv: list[str] | None = None) -> int:
                 src = alt.get("source") if isinstance(alt, dict) else alt
                 if not isinstance(src, str) or not (r_root / src).is_file():
                     report.fail(where, f"alt source {alt!r} not found under {r_root}")
+                    continue
+                alt_page = alt.get("page") if isinstance(alt, dict) else None
+                if not isinstance(alt_page, int) or not 1 <= alt_page <= pdf.page_count(
+                        r_root / src):
+                    report.fail(where, f"alt source {alt!r}: a PDF's alt source names its page")
+                    continue
+                for fact in missing_facts(q["key_facts"],
+                                          pdf_variants(pdf.text(r_root / src, alt_page))):
+                    report.note(where, f"key fact {fact!r} not verbatim on page {alt_page} of "
+                                       f"alt source {src}")
 
     answerable = counts["python-docs"] + counts["r-manuals"]
     print(f"python docs: {py_root}")
