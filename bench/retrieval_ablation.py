@@ -16,6 +16,12 @@ passage than the user's question does). The drafts are written once to ``--draft
 their time is reported apart. The prompt is the chain's (``HEARTH_QUERY_EXPANSION``); the
 drafts here are greedy and at most 96 tokens, where the chain cuts its draft at 60 words and
 samples at ``HEARTH_TEMPERATURE``.
+
+``--reranker DIR`` adds the variants whose first 10 chunks are scored again by a second
+sentence-transformers model (a folder, e.g. all-mpnet-base-v2: no cross-encoder ships in a
+package here; docs/evaluation.md says how to get it), alone or blended with the first
+similarity, and then ordered by page support; the time it takes to read a chunk is reported
+apart (each chunk is read once for all the variants).
 """
 
 from __future__ import annotations
@@ -26,11 +32,12 @@ import statistics
 import sys
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, cast
 
 import common  # puts the repository on sys.path
+from langchain_core.documents import Document
 
 from hearth.evaluation.keyfacts import (
     PASSAGES_FOR_FACTS,
@@ -39,7 +46,7 @@ from hearth.evaluation.keyfacts import (
     ranks,
 )
 from hearth.model import EXPANSION_PROMPT, Assistant, Source
-from hearth.retrieval import Fusion, Mode
+from hearth.retrieval import Fusion, Mode, supported
 
 
 @dataclass(frozen=True)
@@ -51,6 +58,10 @@ class Variant:
     # The model's draft added to the question: "dense" for the embedding side only, "both"
     # for the keyword side too ("" none).
     expansion: str = ""
+    # The second model's similarity in the first RERANK_DEPTH chunks' score (0: not reranked;
+    # 1: its similarity alone), then ``rerank_support`` × their page's near chunks.
+    rerank: float = 0.0
+    rerank_support: float = 0.0
 
 
 def approximate_tokens(text: str) -> int:
@@ -102,6 +113,69 @@ def expansion_variants(candidates: int, weight: float) -> list[Variant]:
     ]
 
 
+RERANK_DEPTH = 10
+
+
+def rerank_variants(candidates: int, weight: float, name: str) -> list[Variant]:
+    dense, hybrid = Fusion(Mode.dense, candidates=candidates), Fusion(Mode.hybrid, weight,
+                                                                     candidates)
+    return [
+        Variant(f"dense, top {RERANK_DEPTH} reranked by {name}", dense, rerank=1.0),
+        Variant(f"dense, top {RERANK_DEPTH} reranked by {name} 0.7 + first 0.3", dense,
+                rerank=0.7),
+        Variant(f"hybrid {weight}, top {RERANK_DEPTH} reranked by {name}", hybrid, rerank=1.0),
+        Variant(f"hybrid {weight}, top {RERANK_DEPTH} reranked by {name} 0.7 + first 0.3",
+                hybrid, rerank=0.7),
+        Variant(f"hybrid {weight}, top {RERANK_DEPTH} reranked by {name}, page support 0.01",
+                hybrid, rerank=1.0, rerank_support=0.01),
+        Variant(f"hybrid {weight}, top {RERANK_DEPTH} reranked by {name} 0.7 + first 0.3, "
+                "page support 0.02", hybrid, rerank=0.7, rerank_support=0.02),
+    ]
+
+
+class Reranker:
+    """A second embedding model that scores the first chunks again, each chunk read once for
+    every variant (its heading path with its text, as the index embeds it)."""
+
+    def __init__(self, folder: Path) -> None:
+        from sentence_transformers import SentenceTransformer
+
+        self.model = SentenceTransformer(str(folder), device="cpu")
+        self.model.max_seq_length = 256  # what the first model reads of a chunk too
+        self.vectors: dict[str | tuple[str, str], Any] = {}  # a question: ("?", it)
+        self.chunk_seconds: list[float] = []
+
+    def _read(self, keys: Sequence[str], texts: Sequence[str]) -> None:
+        started = time.perf_counter()
+        vectors = self.model.encode(list(texts), normalize_embeddings=True)
+        self.chunk_seconds.append((time.perf_counter() - started) / len(texts))
+        self.vectors.update(zip(keys, vectors, strict=True))
+
+    def rerank(self, question: str, ranked: Sequence[Source], variant: Variant
+               ) -> list[Source]:
+        top = list(ranked[:RERANK_DEPTH])
+        if ("?", question) not in self.vectors:
+            self.vectors[("?", question)] = self.model.encode(question, normalize_embeddings=True)
+        new = [s for s in top if s.chunk_id not in self.vectors]
+        if new:
+            self._read([s.chunk_id for s in new],
+                       [" > ".join(filter(None, (s.title, s.section))) + "\n" + s.snippet
+                        for s in new])
+        asked = self.vectors[("?", question)]
+        top = sorted((replace(s, score=(1 - variant.rerank) * s.score + variant.rerank
+                              * float(asked @ self.vectors[s.chunk_id])) for s in top),
+                     key=lambda s: -s.score)
+        rest = list(ranked[RERANK_DEPTH:])
+        if not variant.rerank_support:
+            return top + rest
+        by_id = {s.chunk_id: s for s in top + rest}
+        hits = [(Document("", metadata={"source": s.source, "page": s.page or 0,
+                                        "collection": s.collection}), s.score, s.chunk_id)
+                for s in top + rest[:variant.fusion.candidates - RERANK_DEPTH]]
+        first = supported(hits, PASSAGES_FOR_FACTS, variant.rerank_support)
+        return [by_id[h[2]] for h in first] + top[PASSAGES_FOR_FACTS:] + rest
+
+
 def draft_expansions(services: Any, questions: Sequence[FactQuestion], path: Path,
                      ) -> tuple[dict[str, str], list[float]]:
     """The model's answer to each question without the documents, written to ``path`` as it
@@ -142,7 +216,8 @@ class RememberedEmbeddings:
 
 
 def evaluate(assistant: Assistant, questions: Sequence[FactQuestion], variant: Variant,
-             depth: int, drafts: dict[str, str] | None = None) -> dict[str, Any]:
+             depth: int, drafts: dict[str, str] | None = None,
+             reranker: Reranker | None = None) -> dict[str, Any]:
     rank_list: list[int | None] = []
     retrievable: list[float] = []
     seconds: list[float] = []
@@ -154,8 +229,11 @@ def evaluate(assistant: Assistant, questions: Sequence[FactQuestion], variant: V
         elif variant.expansion:  # as HEARTH_QUERY_EXPANSION does it
             expansion = (drafts or {})[asked]
         started = time.perf_counter()
-        ranked: list[Source] = assistant.retrieve(asked, k=depth, fusion=variant.fusion,
-                                                  expansion=expansion)
+        ranked: list[Source] = assistant.retrieve(
+            asked, k=max(depth, variant.fusion.candidates) if variant.rerank else depth,
+            fusion=variant.fusion, expansion=expansion)
+        if variant.rerank and reranker:
+            ranked = reranker.rerank(asked, ranked, variant)[:depth]
         top = ranked[:PASSAGES_FOR_FACTS]
         if variant.fusion.by_page:  # the pages' chunks joined are those among the first 4
             top = assistant.retrieve(asked, k=PASSAGES_FOR_FACTS, fusion=variant.fusion,
@@ -208,6 +286,8 @@ def main(argv: Sequence[str] | None = None,
     parser.add_argument("--json", type=Path, help="also write the figures here")
     parser.add_argument("--expansion", action="store_true",
                         help="add the variants with the model's drafted answer (loads the model)")
+    parser.add_argument("--reranker", type=Path,
+                        help="add the variants reranked by this sentence-transformers model")
     parser.add_argument("--drafts", type=Path,
                         help="--expansion: the drafts, written once and read back (default: "
                         "eval/expansion-drafts.json in the data folder)")
@@ -217,6 +297,9 @@ def main(argv: Sequence[str] | None = None,
     every = variants(args.candidates, args.weight)
     if args.expansion:
         every += expansion_variants(args.candidates, args.weight)
+    reranker = Reranker(args.reranker) if args.reranker else None
+    if args.reranker:
+        every += rerank_variants(args.candidates, args.weight, args.reranker.name)
     chosen = [v for v in every if not args.only or any(o in v.name for o in args.only)]
     drafts: dict[str, str] = {}
     drafting_s: list[float] = []
@@ -240,14 +323,18 @@ def main(argv: Sequence[str] | None = None,
     store.embeddings = cast(Any, remembered)
     rows = []
     for variant in chosen:
-        rows.append(evaluate(assistant, questions, variant, args.depth, drafts))
+        rows.append(evaluate(assistant, questions, variant, args.depth, drafts, reranker))
         print(f"{variant.name}: done", file=sys.stderr)
     out(f"{len(questions)} answerable questions of {', '.join(p.name for p in args.sets)}; "
         f"index {settings.data_dir} ({store.count()} chunks); ranks {args.depth} deep; "
         f"latency: retrieval after the question's embedding, which took "
         f"{1000 * statistics.median(embedding_s):.0f} ms (median) in every variant"
         + (f"; the expansion's drafts took {statistics.median(drafting_s):.1f} s (median of "
-           f"{len(drafting_s)} drafted in this run) before it" if drafting_s else "") + "\n")
+           f"{len(drafting_s)} drafted in this run) before it" if drafting_s else "")
+        + (f"; the reranker read a chunk in {1000 * statistics.median(reranker.chunk_seconds):.0f}"
+           f" ms (median of {len(reranker.chunk_seconds)} batches, not in the latency column: "
+           f"about {RERANK_DEPTH * statistics.median(reranker.chunk_seconds):.1f} s a question "
+           "whose chunks it has not read)" if reranker and reranker.chunk_seconds else "") + "\n")
     out(table(rows))
     if args.json:
         args.json.write_text(json.dumps(rows, indent=2) + "\n", encoding="utf-8")
