@@ -21,7 +21,7 @@ samples at ``HEARTH_TEMPERATURE``.
 sentence-transformers model (a folder, e.g. all-mpnet-base-v2: no cross-encoder ships in a
 package here; docs/evaluation.md says how to get it), alone or blended with the first
 similarity, and then ordered by page support; the time it takes to read a chunk is reported
-apart (each chunk is read once for all the variants).
+apart (each chunk is read once, by the first variant that ranks it, for all the variants).
 """
 
 from __future__ import annotations
@@ -332,9 +332,10 @@ def main(argv: Sequence[str] | None = None,
         + (f"; the expansion's drafts took {statistics.median(drafting_s):.1f} s (median of "
            f"{len(drafting_s)} drafted in this run) before it" if drafting_s else "")
         + (f"; the reranker read a chunk in {1000 * statistics.median(reranker.chunk_seconds):.0f}"
-           f" ms (median of {len(reranker.chunk_seconds)} batches, not in the latency column: "
-           f"about {RERANK_DEPTH * statistics.median(reranker.chunk_seconds):.1f} s a question "
-           "whose chunks it has not read)" if reranker and reranker.chunk_seconds else "") + "\n")
+           f" ms (median of {len(reranker.chunk_seconds)} batches): about "
+           f"{RERANK_DEPTH * statistics.median(reranker.chunk_seconds):.1f} s a question whose "
+           "chunks it has not read, in the latency column only of the variants that read them "
+           "first" if reranker and reranker.chunk_seconds else "") + "\n")
     out(table(rows))
     if args.json:
         args.json.write_text(json.dumps(rows, indent=2) + "\n", encoding="utf-8")
