@@ -382,6 +382,12 @@ def main(argv: list[str] | None = None) -> int:
     counts: dict[str, int] = Counter()
     pages: dict[str, set[str]] = defaultdict(set)
     html_cache: dict[Path, str] = {}
+
+    def page_text(path: Path) -> str:
+        if path not in html_cache:
+            html_cache[path] = html_text(path)
+        return html_cache[path]
+
     facts_checked = 0
     neighbour_matches = 0
 
@@ -402,9 +408,7 @@ def main(argv: list[str] | None = None) -> int:
             if not path.is_file():
                 report.fail(where, f"page {q['source']} not found under {py_root}")
                 continue
-            if path not in html_cache:
-                html_cache[path] = html_text(path)
-            text = html_cache[path]
+            text = page_text(path)
             page_norm = normalise(text)
             pages[corpus].add(q["source"])
             for fact in q["key_facts"]:
@@ -416,10 +420,7 @@ def main(argv: list[str] | None = None) -> int:
                 if not isinstance(alt, str) or not (py_root / alt).is_file():
                     report.fail(where, f"alt source {alt!r} not found under {py_root}")
                     continue
-                alt_path = py_root / alt
-                if alt_path not in html_cache:
-                    html_cache[alt_path] = html_text(alt_path)
-                for fact in missing_facts(q["key_facts"], [normalise(html_cache[alt_path])]):
+                for fact in missing_facts(q["key_facts"], [normalise(page_text(py_root / alt))]):
                     report.note(where, f"key fact {fact!r} not verbatim in alt source {alt}")
         else:
             if not r_root.is_dir() or not pdf.engine:
