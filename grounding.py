@@ -16,7 +16,9 @@ A small model given the right passage still invents: a number (365 days where th
   by its name in the prose, as "If ensure_ascii is false" writes it);
 - the answer is **grounded** when no claim is unsupported and enough of its words come from
   the passages; otherwise the unsupported spans are named, and the faces say that the answer
-  is not backed by the documents;
+  is not backed by the documents. Nor is it when it gives no number for "how many", or says
+  nothing the question did not ("No, a < b < c is not the same as a < b and b < c."): the
+  check has nothing of it to look for;
 - the **evidence** is the passage sentences that best support the answer: what a reader checks.
 
 All of it is text comparison, no model: fast, and the same on every backend.
@@ -429,7 +431,7 @@ def check(answer: str, passages: Sequence[str], question: str = "") -> Verdict:
     words = content_words(FENCE.sub(" ", answer))
     in_passages = content_words(" ".join(passages))
     share = len(words & in_passages) / len(words) if words else 1.0
-    unanswered = unanswered_quantity(answer, question)
+    unanswered = unanswered_quantity(answer, question) or restated(answer, question, spans)
     return Verdict(grounded=not unsupported and share >= MIN_WORD_SUPPORT and not unanswered,
                    unsupported=unsupported, claims=len(spans), word_support=round(share, 3),
                    unanswered=unanswered)
@@ -441,6 +443,22 @@ def unanswered_quantity(answer: str, question: str) -> str:
     if QUANTITY_ASKED.search(question) and not QUANTITY_GIVEN.search(answer):
         return "the question asks how many or how much, and the answer gives no number"
     return ""
+
+
+def restated(answer: str, question: str, spans: Sequence[str]) -> str:
+    """Why an answer says nothing of its own: every word of it is the question's, a "yes"
+    aside, and it names and counts nothing ("No, a < b < c in Python is not the same as a < b
+    and b < c."; "Package" for which DESCRIPTION field to use). Its substance, the yes or the
+    no, is the model's, and no passage can be found to back it. One word of its own is
+    enough ("... the exception is discarded."), and so is a number, a single digit too."""
+    if not question or spans:
+        return ""
+    asked = content_words(question)
+    own = content_words(answer) - asked - {"yes"}
+    digits = set(re.findall(r"\d+", answer)) - set(re.findall(r"\d+", question))
+    if own or digits:
+        return ""
+    return "the answer only restates the question's words, with nothing from the passages"
 
 
 def wrapped(text: str, previous: Span, start: int) -> bool:

@@ -311,3 +311,24 @@ def test_a_quantity_asked_for_must_be_given() -> None:
     # A question that asks for no quantity needs none.
     assert check("The cache keeps references to the arguments until they age out of the cache.",
                  [page_text], "What does the cache keep?").grounded
+
+
+@needs_docs
+def test_an_answer_that_only_restates_the_question_is_not_grounded() -> None:
+    """The 1.5B answered "Is a < b < c the same as a < b and b < c?" with "No, a < b < c in
+    Python is not the same as a < b and b < c." (the page says it is, but for b evaluated only
+    once), and "Which DESCRIPTION field should list it?" with "Package": every word the
+    question's, nothing for the check to find in a passage, the yes or no the model's own."""
+    comparisons = passage(page("reference/expressions.html"), "x < y <= z", 900)
+    asked = "Is a < b < c in Python the same as a < b and b < c?"
+    bare = check("No, a < b < c in Python is not the same as a < b and b < c.", [comparisons], asked)
+    assert not bare.grounded and bare.unsupported == [] and "restates" in bare.unanswered
+    assert "restates" in check("Yes.", [comparisons], asked).unanswered
+    # One word of its own is an answer to look for, and so is a number, one digit too.
+    right = check("Yes, except that b is evaluated only once.", [comparisons], asked)
+    assert right.grounded, right
+    assert check("Comparisons chain: 3 of them here.", [comparisons], "Do comparisons chain?").grounded
+    assert check("False.", ["bool([]) returns False."], "What does bool([]) return?").grounded
+    # A name it gives is a claim the check looks for: supported, it is an answer.
+    assert check("`LinkingTo`.", ["Packages whose headers are used: the LinkingTo field."],
+                 "Which DESCRIPTION field lists header-only packages?").grounded
