@@ -113,6 +113,9 @@ R_BASE_NAMES = frozenset({
     "file.path", "basename", "dirname", "file.exists", "getwd", "setwd", "rbind", "cbind", "with",
     "within", "nargs", "sys.call", "match.call", "Negate", "identity"
 })
+# The package every R session has attached: loading it (``library(base)``), or naming it
+# (``base::paste``), claims nothing about the documents, as Python's builtins do not.
+R_ATTACHED = frozenset({"base"})
 INLINE_CODE = re.compile(r"`([^`\n]+)`")
 NUMBER = re.compile(r"(?<![\w.])[-+]?\d(?:[\d_]|,(?=\d))*(?:\.\d+)?(?![\w])")
 IDENTIFIER = re.compile(
@@ -252,7 +255,8 @@ def r_names(code: str) -> tuple[list[str], set[str]]:
     Returned with the names the code defines."""
     # A package may be named in a string (library("foreign")); a "#" in a string is no comment.
     uncommented = "\n".join(x for x in code.splitlines() if not x.lstrip().startswith("#"))
-    packages = [a or b for a, b in R_PACKAGE.findall(uncommented)]
+    packages = [p for p in (a or b for a, b in R_PACKAGE.findall(uncommented))
+                if p not in R_ATTACHED]
     code = COMMENT.sub("", STRING.sub('""', code))
     local: set[str] = set()
     for groups in R_DEFINED.findall(code):

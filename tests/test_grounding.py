@@ -250,6 +250,10 @@ def test_r_code_is_checked_by_the_functions_packages_and_arguments_it_names() ->
     assert check(wrong, [text]).unsupported == ["na.values=", "tidy"]
     loaded = check("```r\nlibrary(haven)\ndf <- read_sav(\"survey.sav\")\n```", [text])
     assert loaded.unsupported == ["haven", "read_sav"]
+    # The package every session has attached claims nothing: the 1.5B's right draft began its
+    # example with `library(base)`, "to load read.table", and was withheld for it.
+    attached = right.replace("```r\n", "```r\nlibrary(base)\n").replace("summary(", "base::summary(")
+    assert claims(attached) == claims(right) and check(attached, [text]).grounded
     # An untagged block is R by its arrow; a command in an R block is still a command.
     assert claims("```\nx <- scan(\"m.txt\")\n```") == ["scan"]
     assert claims("```r\nread.table(f, comment.char = \"#\", nrows = 9) # fast\n```") == [
