@@ -449,6 +449,9 @@ def unanswered_quantity(answer: str, question: str) -> str:
     return ""
 
 
+RESTATED = "the answer only restates the question's words, with nothing from the passages"
+
+
 def restated(answer: str, question: str, spans: Sequence[str]) -> str:
     """Why an answer says nothing of its own: every word of it is the question's, a "yes"
     aside, and it names and counts nothing ("No, a < b < c in Python is not the same as a < b
@@ -462,7 +465,7 @@ def restated(answer: str, question: str, spans: Sequence[str]) -> str:
     digits = set(re.findall(r"\d+", answer)) - set(re.findall(r"\d+", question))
     if own or digits:
         return ""
-    return "the answer only restates the question's words, with nothing from the passages"
+    return RESTATED
 
 
 def wrapped(text: str, previous: Span, start: int) -> bool:

@@ -27,7 +27,7 @@ from hearth.config import Settings, Unsupported
 from hearth.conversations import Turn
 from hearth.errors import HearthError
 from hearth.focus import focused
-from hearth.grounding import Evidence, Verdict, check, evidence
+from hearth.grounding import RESTATED, Evidence, Verdict, check, evidence
 from hearth.llm import LLM, Generation, LLMError
 from hearth.retrieval import Fusion, Hit, Mode, retrieve, with_neighbours
 from hearth.vectorstore import VectorStore
@@ -329,6 +329,9 @@ def unsupported_note(verdict: Verdict) -> str:
     if verdict.unsupported:
         return (f"\n\n(Not found in your documents: {_spans(verdict)}. Check the sources before "
                 "relying on this answer.)")
+    if verdict.unanswered == RESTATED:
+        return ("\n\n(Nothing in this answer can be checked against your documents: it only "
+                "restates the question. Check the sources before relying on it.)")
     if verdict.unanswered:
         return (f"\n\n(This does not answer the question: {verdict.unanswered}. Check the "
                 "sources before relying on it.)")
@@ -338,6 +341,11 @@ def unsupported_note(verdict: Verdict) -> str:
 
 def withheld_answer(verdict: Verdict) -> str:
     """What the user reads instead of an answer the passages do not back."""
+    if verdict.unanswered == RESTATED:
+        # A bare "Yes." may be right: the documents' own sentences say, not the model.
+        return ("The answer drafted from your documents only restates your question (a bare "
+                "yes or no), so nothing in it can be checked against them and it is not given "
+                "as an answer. What they say closest to your question is in the sources.")
     if verdict.unsupported:
         why = f"the answer drafted from them names things they do not contain ({_spans(verdict)})"
     elif verdict.unanswered:

@@ -207,6 +207,27 @@ def test_a_how_many_question_answered_without_a_number_is_withheld(tmp_path: Pat
     assert chain.answer(asked).grounded
 
 
+def test_a_bare_yes_is_withheld_and_the_documents_sentences_shown(tmp_path: Path) -> None:
+    """A bare "Yes." may be right, but nothing in it can be checked: the user reads what the
+    documents say instead, not that they do not answer."""
+    history = {"history.md": "Hearth keeps each user's conversations in its history store, so "
+                             "that a follow-up question can refer to an earlier one."}
+    asked = "Does Hearth keep my conversations?"
+    chain, _ = assistant(tmp_path, "Yes.", passages=history)
+    events = list(chain.stream(asked))
+    answer = events[-1]
+    assert isinstance(answer, Answer) and answer.refused and not answer.grounded
+    assert answer.draft == "Yes." and answer.unsupported == []
+    assert answer.answer.startswith("The answer drafted from your documents only restates")
+    assert "do not seem to answer" not in answer.answer
+    assert "history store" in answer.evidence[0].text
+    streamed = "".join(e.text for e in events if isinstance(e, Token))
+    assert "(Nothing in this answer can be checked against your documents" in streamed
+    chain, _ = assistant(tmp_path, "Yes: it keeps your conversations in its history store.",
+                         passages=history)
+    assert chain.answer(asked).grounded
+
+
 def test_flagged_answers_are_given_with_a_note_when_so_set(tmp_path: Path) -> None:
     chain, _ = assistant(tmp_path, "Run `pip fetch --global NAME` as root.",
                          unsupported_answers="flag")
