@@ -10,10 +10,11 @@ A small model given the right passage still invents: a number (365 days where th
   in R code likewise (``library(foreign)``, ``read.table``, ``na.strings =``), R's own
   vocabulary (``c()``, ``paste()``) aside, as Python's builtins are;
 - each claim is **supported** when the retrieved passages contain it (compared without case,
-  spacing and quotes; a command's words one by one, placeholders such as ``NAME`` or
-  ``/path/to/folder`` aside; a method called on the example's own object, by its name; a
-  module's member on that module's own page, which calls it ``run()``; a keyword argument
-  by its name in the prose, as "If ensure_ascii is false" writes it);
+  spacing and quotes; a command's words one by one, placeholders such as ``NAME``,
+  ``/path/to/folder``, an example's own file (``example.json``) or a redirect's aside; a
+  method called on the example's own object, by its name; a module's member on that module's
+  own page, which calls it ``run()``; a keyword argument by its name in the prose, as "If
+  ensure_ascii is false" writes it);
 - the answer is **grounded** when no claim is unsupported and enough of its words come from
   the passages; otherwise the unsupported spans are named, and the faces say that the answer
   is not backed by the documents. Nor is it when it gives no number for "how many", or says
@@ -55,7 +56,12 @@ STOPWORDS = frozenset({
 })
 PLACEHOLDER = re.compile(
     r"^(.*<[^>\s]+>.*|\[[^\]]*\]|\{[^}]*\}|[A-Z][A-Z0-9_]{2,}|.*path/to.*|.*your[-_].*|my[\w-]*|"
-    r"\.\.\.|…|[-=|]+)$")
+    r"\.\.\.|…|[-=|]+|"
+    # a file named for the example it is: example.json, pretty_example.json, input.csv
+    r"[\w-]*(?:example|sample|input|output|infile|outfile|data|file|foo|bar|spam|eggs)[\w-]*"
+    r"\.\w{1,5})$")
+# A redirect's file is the user's choice: the word after it claims nothing.
+REDIRECT = frozenset({">", ">>", "<", "2>", "2>>", "&>"})
 FENCE = re.compile(r"```[^\n]*\n(.*?)```", re.DOTALL)
 FENCE_WITH_LANGUAGE = re.compile(r"```([^\n]*)\n(.*?)```", re.DOTALL)
 SHELL_LANGUAGES = frozenset({"sh", "bash", "shell", "console", "zsh", "powershell", "cmd", "bat"})
@@ -382,7 +388,8 @@ def supported(claim: str, passages: str) -> bool:
     if len(claim.split()) > 1:
         claim = QUOTED.sub(" ", claim)
     words = [w.strip("\"'`,;") for w in claim.split()]
-    words = [w for w in words if w and not PLACEHOLDER.match(w)]
+    words = [w for i, w in enumerate(words) if w and not PLACEHOLDER.match(w)
+             and w not in REDIRECT and (i == 0 or words[i - 1] not in REDIRECT)]
     # A span of placeholders only claims nothing; otherwise every word must be there.
     return all(normalized(w) in passages for w in words)
 

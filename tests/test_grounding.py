@@ -189,6 +189,18 @@ def test_a_commands_own_names_and_quoted_data_claim_nothing() -> None:
     assert not check(asked.replace("-s", "--stream"), [api]).grounded
 
 
+@needs_docs
+def test_an_examples_own_file_and_a_redirect_claim_nothing() -> None:
+    json_cli = passage(page("library/json.html"), "$ python -m json.tool mp_films.json", 1000)
+    verdict = check("Run `python -m json.tool example.json > pretty_example.json`.", [json_cli])
+    assert verdict.grounded, verdict
+    assert check("`python -m json.tool < input.json >> pretty.json`", [json_cli]).grounded
+    assert check("`python -m json.tool --sort-keys mp_films.json`", [json_cli]).grounded
+    wrong = check("Run `python -m json.tool --pretty example.json > out.json`.", [json_cli])
+    assert wrong.unsupported == ["python -m json.tool --pretty example.json > out.json"]
+    assert not check("Run `python -m json.pretty example.json`.", [json_cli]).grounded
+
+
 SUBPROCESS = "subprocess — Subprocess management — Python 3.11.2 documentation › Using the subprocess Module"
 
 
