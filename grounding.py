@@ -6,7 +6,8 @@ A small model given the right passage still invents: a number (365 days where th
 - **claims** are taken from it: numbers, code identifiers (``contextlib.chdir``, ``os.walk()``,
   ``snake_case``), commands (each one whole) and code spans; in Python code, the names it takes
   from a library (``os.sched_getaffinity``, ``from itertools import pairwise``, a keyword
-  argument such as ``default_factory=``), not the names the example makes up for itself;
+  argument such as ``default_factory=``), not the names the example makes up for itself
+  nor the numbers it gives them (``x = 20``, then "it prints 20");
   in R code likewise (``library(foreign)``, ``read.table``, ``na.strings =``), R's own
   vocabulary (``c()``, ``paste()``) aside, as Python's builtins are;
 - each claim is **supported** when the retrieved passages contain it (compared without case,
@@ -298,6 +299,12 @@ def bare_names(code: str, r: bool = False) -> set[str]:
     return names - imported - BUILTIN_NAMES - R_BASE_NAMES
 
 
+# A number the example's code gives one of its own names (``x = 20``; R's ``x <- 20``): its
+# data, which the prose may repeat ("it prints 20") without claiming anything of the documents.
+ASSIGNED_NUMBER = re.compile(
+    r"^\s*[A-Za-z_.][\w.]*\s*(?:=|<-)\s*([-+]?\d[\d_]*(?:\.\d+)?)\s*(?:#.*)?$", re.MULTILINE)
+
+
 def numbers(text: str) -> list[str]:
     """The numbers of ``text`` that claim something: single digits aside ("2 steps")."""
     return [n for n in NUMBER.findall(text) if len(n.strip("+-").replace(",", "")) > 1]
@@ -326,7 +333,7 @@ def claim_spans(answer: str) -> list[tuple[str, set[str] | None]]:
             found += [(x.removeprefix("$ ").strip(), None) for x in commands]
             found += [(n, local) for n in names]
             defined |= local
-            used |= bare_names(block, r=True)
+            used |= bare_names(block, r=True) | set(ASSIGNED_NUMBER.findall(block))
             r_answer = True
             continue
         python = language in PYTHON_LANGUAGES or (
@@ -336,7 +343,7 @@ def claim_spans(answer: str) -> list[tuple[str, set[str] | None]]:
             names, local = python_names(block)
             found += [(n, local) for n in names]
             defined |= local
-            used |= bare_names(block)
+            used |= bare_names(block) | set(ASSIGNED_NUMBER.findall(block))
         else:
             for line in lines:
                 if DATA.match(line):  # output such as (4, 5): its numbers, as in prose
@@ -367,7 +374,7 @@ def claim_spans(answer: str) -> list[tuple[str, set[str] | None]]:
     prose = INLINE_CODE.sub(" ", prose)
     found += [(c, None) for c in IDENTIFIER.findall(prose) if c.rstrip("()") not in defined
               and c not in used and c.lower() not in ABBREVIATIONS]
-    found += [(n, None) for n in numbers(prose)]
+    found += [(n, None) for n in numbers(prose) if n not in used]
     seen: set[str] = set()
     return [(c, local) for c, local in found
             if c and not (c in seen or seen.add(c))]  # type: ignore[func-returns-value]

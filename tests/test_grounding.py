@@ -201,6 +201,19 @@ def test_an_examples_own_file_and_a_redirect_claim_nothing() -> None:
     assert not check("Run `python -m json.pretty example.json`.", [json_cli]).grounded
 
 
+@needs_docs
+def test_a_number_the_examples_code_assigns_is_its_own_data_in_the_prose() -> None:
+    nonlocal_ = passage(page("reference/simple_stmts.html"), "The nonlocal statement causes", 900)
+    code = ("```python\ndef outer():\n    x = 10\n    def inner():\n        nonlocal x\n"
+            "        x = 20\n    inner()\n    print(x)\n```\n")
+    said = "The nonlocal statement rebinds x in the enclosing scope, so it prints"
+    verdict = check(f"Use `nonlocal`:\n{code}{said} 20.", [nonlocal_])
+    assert verdict.grounded, verdict
+    # A number the code does not assign is still a claim, and so is one the prose adds.
+    assert check(f"Use `nonlocal`:\n{code}{said} 30.", [nonlocal_]).unsupported == ["30"]
+    assert check("Use `nonlocal`, since PEP 3107.", [nonlocal_]).unsupported == ["3107"]
+
+
 SUBPROCESS = "subprocess — Subprocess management — Python 3.11.2 documentation › Using the subprocess Module"
 
 
