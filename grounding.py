@@ -193,6 +193,14 @@ def content_words(text: str) -> set[str]:
     return {w.lower() for w in WORD.findall(text) if w.lower() not in STOPWORDS and len(w) > 2}
 
 
+def stem(word: str) -> str:
+    """A word without its commonest English endings: "sorting" and "sorts" are "sort"."""
+    for ending in ("ing", "ed", "es", "s"):
+        if word.endswith(ending) and len(word) - len(ending) >= 3:
+            return word[:-len(ending)]
+    return word
+
+
 def is_command(line: str) -> bool:
     return bool(COMMAND.match(line.strip()))
 
@@ -390,6 +398,9 @@ def claims(answer: str) -> list[str]:
 def supported(claim: str, passages: str) -> bool:
     """Whether the (normalized) passages contain the claim, or each word of a command; a
     quoted argument of a command is the user's data (a question sent with curl), not a claim."""
+    if NUMBER.fullmatch(claim):  # whole: 25 is not in 1.25x, nor 10 in 3.10; 3.11 is in 3.11.2
+        after = r"(?!\d)" if "." in claim else r"(?!\.?\d)"
+        return re.search(rf"(?<![\d.]){re.escape(normalized(claim))}{after}", passages) is not None
     if normalized(claim) in passages:
         return True
     if len(claim.split()) > 1:
@@ -470,12 +481,14 @@ def restated(answer: str, question: str, spans: Sequence[str]) -> str:
     """Why an answer says nothing of its own: every word of it is the question's, a "yes"
     aside, and it names and counts nothing ("No, a < b < c in Python is not the same as a < b
     and b < c."; "Package" for which DESCRIPTION field to use). Its substance, the yes or the
-    no, is the model's, and no passage can be found to back it. One word of its own is
-    enough ("... the exception is discarded."), and so is a number, a single digit too."""
-    if not question or spans:
+    no, is the model's, and no passage can be found to back it. A name or number the question
+    gives is not the answer's own ("Yes, CPython 3.11 can run in a browser."), nor is a
+    question word's other ending ("sorting" for "sort"). One word of its own is enough ("...
+    the exception is discarded."), and so is a number, a single digit too."""
+    if not question or any(normalized(s) not in normalized(question) for s in spans):
         return ""
-    asked = content_words(question)
-    own = content_words(answer) - asked - {"yes"}
+    asked = {stem(w) for w in content_words(question)}
+    own = {w for w in content_words(answer) if stem(w) not in asked} - {"yes"}
     digits = set(re.findall(r"\d+", answer)) - set(re.findall(r"\d+", question))
     if own or digits:
         return ""

@@ -34,6 +34,10 @@ def test_a_number_the_page_gives_is_supported_and_an_invented_one_is_not() -> No
     assert right.grounded and right.unsupported == []
     wrong = check("The largest difference Python can store is 365 days.", [days])
     assert not wrong.grounded and wrong.unsupported == ["365"]
+    # A number is found whole: not inside a longer one, nor as the decimals of another.
+    assert check("Up to 99999 days.", [days]).unsupported == ["99999"]
+    assert check("Up to 999 days.", ["It holds 1.999 days."]).unsupported == ["999"]
+    assert check("New in 3.11.", ["Python 3.11.2 documentation"]).unsupported == []
 
 
 @needs_docs
@@ -358,6 +362,19 @@ def test_an_answer_that_only_restates_the_question_is_not_grounded() -> None:
     assert right.grounded, right
     assert check("Comparisons chain: 3 of them here.", [comparisons], "Do comparisons chain?").grounded
     assert check("False.", ["bool([]) returns False."], "What does bool([]) return?").grounded
+    # The question's own words in other endings, and the question's own version, are not
+    # the answer's: sorting for sort, 3.11 for 3.11.
+    stability = passage(page("howto/sorting.html"), "Sorts are guaranteed to be stable", 600)
+    kept = "When I sort records by one field, do records with equal values keep their order?"
+    echo = check("Yes, records with equal values keep their order when sorting records.",
+                 [stability], kept)
+    assert "restates" in echo.unanswered
+    assert check("Yes: sorts are stable, so equal records keep their original order.",
+                 [stability], kept).grounded
+    wasm = "CPython 3.11 runs in a browser through WebAssembly."
+    browser = check("Yes, CPython 3.11 can run in a browser.", [wasm],
+                    "Can CPython 3.11 run in a browser?")
+    assert "restates" in browser.unanswered
     # A name it gives is a claim the check looks for: supported, it is an answer.
     assert check("`LinkingTo`.", ["Packages whose headers are used: the LinkingTo field."],
                  "Which DESCRIPTION field lists header-only packages?").grounded
