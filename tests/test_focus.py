@@ -109,7 +109,11 @@ def test_the_chain_reads_the_focused_passages_and_shows_them_whole(
     assert '"stream": true' in context
     assert len(context) < len(whole) * 0.75
     assert [u.snippet for u in used] == [h.snippet for h in hits]  # what the user is shown
-    assert all(u.context and len(u.context) < len(u.snippet) for u in used)
+    # A passage the focus keeps whole (a short section, every sentence of it kept) has no
+    # focused text of its own; the others read shorter than they are shown.
+    focused = [u for u in used if u.context]
+    assert len(focused) >= len(used) - 1
+    assert all(len(u.context or "") < len(u.snippet) for u in focused)
     assert all("context" not in u.to_dict() for u in used)
     # The check compares the answer with what the model read: a name only in the part left
     # out is not in its passages.
