@@ -196,7 +196,9 @@ def test_a_commands_own_names_and_quoted_data_claim_nothing() -> None:
 @needs_docs
 def test_an_examples_own_file_and_a_redirect_claim_nothing() -> None:
     json_cli = passage(page("library/json.html"), "$ python -m json.tool mp_films.json", 1000)
-    verdict = check("Run `python -m json.tool example.json > pretty_example.json`.", [json_cli])
+    verdict = check("Run `python -m json.tool example.json > pretty_example.json`: it reads "
+                    "`example.json` and writes the pretty-printed JSON to pretty_example.json.",
+                    [json_cli])
     assert verdict.grounded, verdict
     assert check("`python -m json.tool < input.json >> pretty.json`", [json_cli]).grounded
     assert check("`python -m json.tool --sort-keys mp_films.json`", [json_cli]).grounded
