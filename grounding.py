@@ -193,12 +193,11 @@ def content_words(text: str) -> set[str]:
     return {w.lower() for w in WORD.findall(text) if w.lower() not in STOPWORDS and len(w) > 2}
 
 
-def stem(word: str) -> str:
-    """A word without its commonest English endings: "sorting" and "sorts" are "sort"."""
-    for ending in ("ing", "ed", "es", "s"):
-        if word.endswith(ending) and len(word) - len(ending) >= 3:
-            return word[:-len(ending)]
-    return word
+def stems(word: str) -> set[str]:
+    """A word and its forms without the commonest English endings: "sorting" and "sorts" are
+    "sort"; "values" is "value" (and "valu", which "valued" gives too)."""
+    return {word} | {word[:-len(ending)] for ending in ("ing", "ed", "es", "s", "d")
+                     if word.endswith(ending) and len(word) - len(ending) >= 3}
 
 
 def is_command(line: str) -> bool:
@@ -488,8 +487,8 @@ def restated(answer: str, question: str, spans: Sequence[str]) -> str:
     the exception is discarded."), and so is a number, a single digit too."""
     if not question or any(normalized(s) not in normalized(question) for s in spans):
         return ""
-    asked = {stem(w) for w in content_words(question)}
-    own = {w for w in content_words(answer) if stem(w) not in asked} - {"yes"}
+    asked = set().union(*(stems(w) for w in content_words(question)))
+    own = {w for w in content_words(answer) if not stems(w) & asked} - {"yes"}
     digits = set(re.findall(r"\d+", answer)) - set(re.findall(r"\d+", question))
     if own or digits:
         return ""

@@ -364,12 +364,14 @@ def test_an_answer_that_only_restates_the_question_is_not_grounded() -> None:
     assert right.grounded, right
     assert check("Comparisons chain: 3 of them here.", [comparisons], "Do comparisons chain?").grounded
     assert check("False.", ["bool([]) returns False."], "What does bool([]) return?").grounded
-    # The question's own words in other endings, and the question's own version, are not
-    # the answer's: sorting for sort, 3.11 for 3.11.
+    # The question's own words in other endings, and a version the question names, are not
+    # the answer's: "sorting" for "sort", "value" for "values", 3.11 for 3.11.
     stability = passage(page("howto/sorting.html"), "Sorts are guaranteed to be stable", 600)
     kept = "When I sort records by one field, do records with equal values keep their order?"
     echo = check("Yes, records with equal values keep their order when sorting records.",
                  [stability], kept)
+    assert "restates" in echo.unanswered
+    echo = check("Yes, a record keeps its order when sorted by a value.", [stability], kept)
     assert "restates" in echo.unanswered
     assert check("Yes: sorts are stable, so equal records keep their original order.",
                  [stability], kept).grounded
