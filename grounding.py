@@ -56,11 +56,11 @@ STOPWORDS = frozenset({
     "yours", "yourself",
 })
 # A file named for the example it is: example.json, pretty_example.json, input.csv.
-EXAMPLE_FILE = (r"[\w-]*(?:example|sample|input|output|infile|outfile|data|file|foo|bar|spam|eggs)"
-                r"[\w-]*\.\w{1,5}")
+EXAMPLE_FILE = re.compile(
+    r"[\w-]*(?:example|sample|input|output|infile|outfile|data|file|foo|bar|spam|eggs)[\w-]*\.\w{1,5}")
 PLACEHOLDER = re.compile(
     r"^(.*<[^>\s]+>.*|\[[^\]]*\]|\{[^}]*\}|[A-Z][A-Z0-9_]{2,}|.*path/to.*|.*your[-_].*|my[\w-]*|"
-    rf"\.\.\.|…|[-=|]+|{EXAMPLE_FILE})$")
+    rf"\.\.\.|…|[-=|]+|{EXAMPLE_FILE.pattern})$")
 # A redirect's file is the user's choice: the word after it claims nothing.
 REDIRECT = frozenset({">", ">>", "<", "2>", "2>>", "&>"})
 FENCE = re.compile(r"```[^\n]*\n(.*?)```", re.DOTALL)
@@ -361,7 +361,7 @@ def claim_spans(answer: str) -> list[tuple[str, set[str] | None]]:
                     found.append((line.removeprefix("$ ").strip(), None))
     prose = FENCE.sub(" ", answer)
     for span in (s.strip() for s in INLINE_CODE.findall(prose)):
-        if span.rstrip("()") in defined or span in used or re.fullmatch(EXAMPLE_FILE, span):
+        if span.rstrip("()") in defined or span in used or EXAMPLE_FILE.fullmatch(span):
             continue  # the example's own function, data or file, named in the prose
         r_code = r_answer or R_CODE.search(span) is not None
         argument = (R_KEYWORD_VALUE if r_code else KEYWORD_VALUE).fullmatch(span)
@@ -381,7 +381,7 @@ def claim_spans(answer: str) -> list[tuple[str, set[str] | None]]:
     prose = INLINE_CODE.sub(" ", prose)
     found += [(c, None) for c in IDENTIFIER.findall(prose) if c.rstrip("()") not in defined
               and c not in used and c.lower() not in ABBREVIATIONS
-              and not re.fullmatch(EXAMPLE_FILE, c)]
+              and not EXAMPLE_FILE.fullmatch(c)]
     found += [(n, None) for n in numbers(prose) if n not in used]
     seen: set[str] = set()
     return [(c, local) for c, local in found
