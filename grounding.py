@@ -15,7 +15,9 @@ A small model given the right passage still invents: a number (365 days where th
   ``/path/to/folder``, an example's own file (``example.json``) or a redirect's aside; a
   method called on the example's own object, by its name; a module's member on that module's
   own page, which calls it ``run()``; a keyword argument by its name in the prose, as "If
-  ensure_ascii is false" writes it);
+  ensure_ascii is false" writes it, unless the passages give the signature of the function
+  it is passed to and no parameter of it has that name: ``os.makedirs(name, mode=0o777,
+  exist_ok=False)`` takes no ``parents=``, which is ``Path.mkdir``'s);
 - the answer is **grounded** when no claim is unsupported and enough of its words come from
   the passages; otherwise the unsupported spans are named, and the faces say that the answer
   is not backed by the documents. Nor is it when it gives no number for "how many", or says
@@ -83,7 +85,6 @@ STRING = re.compile(r"[rbfu]{0,2}(\"\"\"|\'\'\'|\"|\')(?:\\.|(?!\1).)*?\1", re.D
 COMMENT = re.compile(r"#[^\n]*")
 DOTTED = re.compile(r"(?<![\w.])([A-Za-z_]\w*)((?:\.[A-Za-z_]\w*)+)")
 CALLED = re.compile(r"(?<![\w.])([A-Za-z_]\w*)\s*\(")
-KEYWORD_ARG = re.compile(r"[(,]\s*([A-Za-z_]\w*)\s*=(?!=)")
 DEFINED = re.compile(
     r"(?:\bdef|\bclass)\s+([A-Za-z_]\w*)|\bas\s+([A-Za-z_]\w*)|\bfor\s+([\w, ]+?)\s+in\b|"
     r"^\s*([\w, ]+?)\s*(?::[^=\n]+)?=(?!=)|\blambda\s+([\w, ]+):|"
@@ -220,11 +221,15 @@ def imports(code: str) -> tuple[list[str], set[str]]:
     return names, bound
 
 
-def python_names(code: str) -> tuple[list[str], set[str]]:
+Owners = dict[str, set[str]]  # an argument's claim (``key=``) and the calls it is given to
+
+
+def python_names(code: str) -> tuple[list[str], set[str], Owners]:
     """The names a piece of Python takes from elsewhere (a library, the documents): dotted
     names whose head the code does not define, called names that are neither defined nor
     Python's own, imported modules and names, keyword arguments of those calls. Returned
-    with the names the code defines for itself, whose attributes are checked by name alone."""
+    with the names the code defines for itself, whose attributes are checked by name alone,
+    and the calls each argument is given to (``key=`` to ``sorted``; a method by its name)."""
     # A string's words are the example's own, but a format spec in it is a claim: "{:04d}"
     # where the page says "{:,}".
     specs = [m for s in STRING.finditer(code) for m in FORMAT_SPEC.findall(s.group())]
@@ -243,9 +248,36 @@ def python_names(code: str) -> tuple[list[str], set[str]]:
     for name in CALLED.findall(DOTTED.sub(" ", body)):
         if name not in local:
             names.append(name)
-    for name in KEYWORD_ARG.findall(body):
+    owners: Owners = {}
+    for call, name in call_arguments(body):
         names.append(f"{name}=")
-    return names + specs, local - (BUILTIN_NAMES - {"self", "cls"})
+        if call not in local:
+            owners.setdefault(f"{name}=", set()).add(call.rpartition(".")[2])
+    return names + specs, local - (BUILTIN_NAMES - {"self", "cls"}), owners
+
+
+# A call's name, an argument's name, or a bracket that opens or closes, in Python code.
+PY_TOKEN = re.compile(r"(?<![\w.])([A-Za-z_][\w.]*)\s*\(|([A-Za-z_]\w*)\s*=(?!=)|[()]")
+
+
+def call_arguments(code: str) -> list[tuple[str, str]]:
+    """The keyword arguments of ``code``'s calls, each with the call it is given to:
+    ``sorted(d.items(), key=len)`` gives ``("sorted", "key")``."""
+    found: list[tuple[str, str]] = []
+    calls: list[str | None] = []  # the call each open bracket belongs to
+    for token in PY_TOKEN.finditer(code):
+        called, argument = token.group(1), token.group(2)
+        if called:
+            calls.append(called)
+        elif argument:
+            call = calls[-1] if calls else None
+            if call and code[:token.start()].rstrip()[-1:] in ("(", ","):
+                found.append((call, argument))
+        elif token.group() == "(":
+            calls.append(None)
+        elif calls:
+            calls.pop()
+    return found
 
 
 R_NAME = r"[A-Za-z.][\w.]*"
@@ -261,12 +293,12 @@ R_PACKAGE = re.compile(rf"\b(?:library|require|requireNamespace)\(\s*[\"']?({R_N
                        rf"(?<![\w.])({R_NAME}):::?")
 
 
-def r_names(code: str) -> tuple[list[str], set[str]]:
+def r_names(code: str) -> tuple[list[str], set[str], Owners]:
     """What a piece of R takes from elsewhere, as ``python_names`` for Python: the packages
     it loads (``library(foreign)``, ``foreign::``), the functions it calls that are neither
     R's own (``R_BASE_NAMES``) nor its own, and the arguments it names in those calls
     (``header =``; in ``list(a = 1)`` or its own functions' calls, the names are its data).
-    Returned with the names the code defines."""
+    Returned with the names the code defines and the calls each argument is given to."""
     # A package may be named in a string (library("foreign")); a "#" in a string is no comment.
     uncommented = "\n".join(x for x in code.splitlines() if not x.lstrip().startswith("#"))
     packages = [p for p in (a or b for a, b in R_PACKAGE.findall(uncommented))
@@ -278,6 +310,7 @@ def r_names(code: str) -> tuple[list[str], set[str]]:
     for params in R_PARAMS.findall(code):
         local |= {p.split("=")[0].strip() for p in params.split(",") if p.strip()}
     names = list(packages)
+    owners: Owners = {}
     calls: list[str | None] = []  # the call each open bracket belongs to
     for token in R_TOKEN.finditer(code):
         called, argument = token.group(1), token.group(2)
@@ -289,11 +322,12 @@ def r_names(code: str) -> tuple[list[str], set[str]]:
             call = calls[-1] if calls else None
             if call and call not in R_BASE_NAMES and call not in local:
                 names.append(f"{argument}=")
+                owners.setdefault(f"{argument}=", set()).add(call.rpartition("::")[2])
         elif token.group() == "(":
             calls.append(None)
         elif calls:
             calls.pop()
-    return names, local
+    return names, local, owners
 
 
 def bare_names(code: str, r: bool = False) -> set[str]:
@@ -320,11 +354,12 @@ def numbers(text: str) -> list[str]:
 QUOTED = re.compile(r"'[^']*'|\"[^\"]*\"")
 
 
-def claim_spans(answer: str) -> list[tuple[str, set[str] | None]]:
+def claim_spans(answer: str) -> tuple[list[tuple[str, set[str] | None]], Owners]:
     """Each claim, with the names its code defines for itself (None for a claim outside
     code): commands whole, Python and R by the names they use (``python_names``,
-    ``r_names``)."""
+    ``r_names``). Returned with the calls each keyword argument is given to."""
     found: list[tuple[str, set[str] | None]] = []
+    owners: Owners = {}
     defined: set[str] = set()  # what the answer's code names for itself, prose included
     used: set[str] = set()  # the plain values its code uses: its data, named in prose too
     if answer.count("```") % 2:
@@ -336,9 +371,10 @@ def claim_spans(answer: str) -> list[tuple[str, set[str] | None]]:
                  if line.strip() and not line.strip().startswith("#")]
         if language in R_LANGUAGES or (not language and R_CODE.search(block)):
             commands = [x for x in lines if is_command(x)]  # R CMD INSTALL, in an R block
-            names, local = r_names("\n".join(x for x in lines if x not in commands))
+            names, local, given = r_names("\n".join(x for x in lines if x not in commands))
             found += [(x.removeprefix("$ ").strip(), None) for x in commands]
             found += [(n, local) for n in names]
+            merge(owners, given)
             defined |= local
             used |= bare_names(block, r=True) | set(ASSIGNED_NUMBER.findall(block))
             r_answer = True
@@ -347,8 +383,9 @@ def claim_spans(answer: str) -> list[tuple[str, set[str] | None]]:
             language not in SHELL_LANGUAGES and any(PYTHON_LINE.match(x) for x in lines)
             and not all(is_command(x) for x in lines))
         if python:
-            names, local = python_names(block)
+            names, local, given = python_names(block)
             found += [(n, local) for n in names]
+            merge(owners, given)
             defined |= local
             used |= bare_names(block) | set(ASSIGNED_NUMBER.findall(block))
         else:
@@ -372,11 +409,12 @@ def claim_spans(answer: str) -> list[tuple[str, set[str] | None]]:
             found += [(n, None) for n in numbers(span)]
             continue
         if r_code:
-            names, local = r_names(span)
+            names, local, given = r_names(span)
         elif not is_command(span) and (CALLED.search(span) or DOTTED.search(span)):
-            names, local = python_names(span)
+            names, local, given = python_names(span)
         else:
-            names, local = [], set()
+            names, local, given = [], set(), {}
+        merge(owners, given)
         found += [(n, local | defined) for n in names] if names else [(span, None)]
     prose = INLINE_CODE.sub(" ", prose)
     found += [(c, None) for c in IDENTIFIER.findall(prose) if c.rstrip("()") not in defined
@@ -385,14 +423,19 @@ def claim_spans(answer: str) -> list[tuple[str, set[str] | None]]:
     found += [(n, None) for n in numbers(prose) if n not in used]
     seen: set[str] = set()
     return [(c, local) for c, local in found
-            if c and not (c in seen or seen.add(c))]  # type: ignore[func-returns-value]
+            if c and not (c in seen or seen.add(c))], owners  # type: ignore[func-returns-value]
+
+
+def merge(owners: Owners, given: Owners) -> None:
+    for claim, calls in given.items():
+        owners.setdefault(claim, set()).update(calls)
 
 
 def claims(answer: str) -> list[str]:
     """The spans of an answer a reader would take as facts to copy: commands, the names code
     takes from a library, identifiers, numbers (single digits aside: "2 steps" claims
     little)."""
-    return [c for c, _ in claim_spans(answer)]
+    return [c for c, _ in claim_spans(answer)[0]]
 
 
 def supported(claim: str, passages: str) -> bool:
@@ -452,11 +495,14 @@ def check(answer: str, passages: Sequence[str], question: str = "") -> Verdict:
     raw = "\n".join(passages)
     joined = normalized(raw)
     asked = {n for n in NUMBER.findall(question) if "." not in n}
-    found = [(c, local) for c, local in claim_spans(answer) if c not in asked]
+    spans_found, owners = claim_spans(answer)
+    found = [(c, local) for c, local in spans_found if c not in asked]
     spans = [c for c, _ in found]
+    given = signatures(raw) if owners else {}
     unsupported = [c for c, local in found if not (
         (supported(c, joined) or member(c, passages)) if local is None
-        else name_supported(c, local, joined, raw, passages))]
+        else name_supported(c, local, joined, raw, passages))
+        or any(not_a_parameter(c[:-1], call, given) for call in owners.get(c, ()))]
     words = content_words(FENCE.sub(" ", answer))
     in_passages = content_words(" ".join(passages))
     share = len(words & in_passages) / len(words) if words else 1.0
@@ -464,6 +510,57 @@ def check(answer: str, passages: Sequence[str], question: str = "") -> Verdict:
     return Verdict(grounded=not unsupported and share >= MIN_WORD_SUPPORT and not unanswered,
                    unsupported=unsupported, claims=len(spans), word_support=round(share, 3),
                    unanswered=unanswered)
+
+
+# A signature as the documentation gives it, a line of its own: ``os.makedirs(name,
+# mode=0o777, exist_ok=False)``, ``class argparse.ArgumentParser(prog=None, ...)``; each of
+# its parameters a name, with a default or without, or a marker (``*``, ``/``, ``[,``).
+SIGNATURE = re.compile(
+    r"^(?:class |async |classmethod |staticmethod |abstractmethod |coroutine )?"
+    r"(?:[A-Za-z_]\w*\.)*([A-Za-z_]\w*)\((.*)\)$", re.MULTILINE)
+SIGNATURE_PARAMETER = re.compile(r"\**([A-Za-z_]\w*)(?:\s*(?::[^=]+)?=\s*\S.*)?|\*|/|\.\.\.")
+LITERAL_DEFAULT = re.compile(r"None|True|False|[-+]?\d[\w.]*|'[^']*'|\"[^\"]*\"|\(\)|\[\]|\{\}")
+REST = "**"  # a signature that takes any keyword argument (``**kwargs``)
+NESTED = re.compile(r"\([^()]*\)")
+
+
+def signatures(raw: str) -> dict[str, list[set[str]]]:
+    """The signatures the passages give, by the call's name: the parameters of each, and
+    ``REST`` among them for one that takes any others. A signature is a paragraph of its own
+    line, followed by its description (or by the function's other form), not by code: an
+    example's call (``logging.basicConfig(level=logging.DEBUG)``) shows some of the
+    parameters only, and one that passes a call's result (``asyncio.run(main())``) is none."""
+    found: dict[str, list[set[str]]] = {}
+    for match in SIGNATURE.finditer(raw):
+        following = raw[match.end():].lstrip("\n").partition("\n")[0]
+        alone = match.start() == 0 or raw[match.start() - 2:match.start()] == "\n\n"
+        another = SIGNATURE.fullmatch(following) is not None
+        described = raw[match.end():match.end() + 2] in ("\n\n", "") and not (
+            PYTHON_LINE.match(following) or another)
+        if not (alone and (described or another)):
+            continue
+        inside = match.group(2)
+        while NESTED.search(inside):
+            inside = NESTED.sub("\0", inside)  # a default that is a call: field(default=f())
+        items = [x.strip(" []") for x in inside.split(",") if x.strip(" []")]
+        params = [SIGNATURE_PARAMETER.fullmatch(x) for x in items]
+        if not items or not all(params) or any("\0" in x and "=" not in x for x in items):
+            continue  # a call with the example's values, or prose in brackets
+        if all("=" in x for x in items) and not all(
+                LITERAL_DEFAULT.fullmatch(x.partition("=")[2].strip()) for x in items):
+            continue  # keyword arguments only, not all defaults: basicConfig(level=logging.DEBUG)
+        names = {p.group(1) for p in params if p and p.group(1)}
+        if any(x.startswith("**") for x in items):
+            names.add(REST)
+        found.setdefault(match.group(1), []).append(names)
+    return found
+
+
+def not_a_parameter(argument: str, call: str, given: dict[str, list[set[str]]]) -> bool:
+    """Whether the passages give ``call``'s signature, and none of its signatures takes
+    ``argument``: ``os.makedirs(name, mode=0o777, exist_ok=False)`` has no ``parents=``."""
+    shown = given.get(call, [])
+    return bool(shown) and not any(argument in names or REST in names for names in shown)
 
 
 def unanswered_quantity(answer: str, question: str) -> str:

@@ -249,6 +249,28 @@ def test_an_argument_the_prose_names_is_supported() -> None:
 
 
 @needs_docs
+def test_an_argument_the_calls_own_signature_lacks_is_flagged() -> None:
+    """``parents=`` is Path.mkdir's, and os.makedirs's signature, in the same passages, has no
+    such parameter: the model lent one function's argument to its neighbour. A signature
+    that takes any others (``**kw``) takes it; an example's call is no signature."""
+    heading = "pathlib — Object-oriented filesystem paths — Python 3.11.2 documentation › Methods\n"
+    os_page = passage(page("library/os.html"), "os.makedirs(name", 900)
+    pathlib = heading + passage(page("library/pathlib.html"), "Path.mkdir(mode", 900)
+    assert "os.makedirs(name, mode=0o777, exist_ok=False)" in os_page and "parents" in pathlib
+    borrowed = "```python\nimport os\nos.makedirs('a/b', parents=True, exist_ok=True)\n```"
+    assert check(borrowed, [os_page, pathlib]).unsupported == ["parents="]
+    own = "```python\nfrom pathlib import Path\nPath('a/b').mkdir(parents=True, exist_ok=True)\n```"
+    assert check(own, [os_page, pathlib]).grounded
+    json_page = passage(page("library/json.html"), "json.dumps(obj, *", 1400)
+    assert "**kw" in json_page  # dumps takes the JSONEncoder's arguments too
+    assert check("```python\njson.dumps(data, cls=MyEncoder, indent=2)\n```", [json_page]).grounded
+    snippet = passage(page("library/asyncio-dev.html"), "\nlogging.basicConfig(level=logging.DEBUG)\n", 500)
+    handlers = passage(page("library/logging.handlers.html"), "class logging.FileHandler(filename", 600)
+    logged = "```python\nlogging.basicConfig(filename='app.log', level=logging.DEBUG)\n```"
+    assert check(logged, [snippet, handlers]).unsupported == []
+
+
+@needs_docs
 def test_output_is_checked_by_its_numbers_and_placeholders_inside_a_word_claim_nothing() -> None:
     pairwise = passage(page("library/itertools.html"), "pairwise('ABCDEFG')", 800)
     shown = "Use `pairwise`. Output:\n```\n(1, 2)\n(2, 3)\n(3, 4)\n(4, 5)\n```"
