@@ -623,11 +623,18 @@ def sentences(text: str, *, min_chars: int = 1,
     return spans
 
 
+def forms(word: str) -> set[str]:
+    """A word's forms (``stems``), and its parts' when hyphenated: "re-ingesting" is also
+    "ingesting" and "ingest"."""
+    parts = [p for p in word.split("-") if len(p) > 2] if "-" in word else []
+    return stems(word).union(*(stems(p) for p in parts))
+
+
 def evidence(answer: str, passages: Sequence[str]) -> list[Evidence]:
-    """The passage sentences that share the most with the answer (its content words, its
-    claims counted thrice, a sentence it quotes whole thrice too), best first; a sentence
-    sharing too little is no evidence."""
-    wanted = content_words(answer)
+    """The passage sentences that share the most with the answer (its content words in any
+    of their ``forms``, its claims counted thrice, a sentence it quotes whole thrice too),
+    best first; a sentence sharing too little is no evidence."""
+    wanted = {word: forms(word) for word in content_words(answer)}
     quoting = normalized(answer)
     spans = [normalized(c) for c in claims(answer)]
     scored: list[Evidence] = []
@@ -638,7 +645,8 @@ def evidence(answer: str, passages: Sequence[str]) -> list[Evidence]:
             if len(sentence) < 12 or HEADING_PATH in sentence or sentence in seen:
                 continue
             seen.add(sentence)
-            shared = len(content_words(sentence) & wanted)
+            said = set().union(*(forms(w) for w in content_words(sentence)))
+            shared = sum(1 for word_forms in wanted.values() if word_forms & said)
             exact = sum(1 for s in spans if s and s in normalized(sentence))
             quoted = len(sentence.split()) >= 3 and normalized(sentence.rstrip(".!?:")) in quoting
             score = shared + 3 * exact + 3 * quoted

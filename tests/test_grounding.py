@@ -103,6 +103,15 @@ def test_the_evidence_is_the_sentence_that_says_it_located_in_its_passage() -> N
     assert all(e.source == 1 for e in found)  # nothing from the unrelated page
 
 
+def test_the_evidence_for_a_question_finds_its_words_in_other_forms() -> None:
+    """A yes-or-no answer the check withholds shows the sentences closest to the question:
+    "ingest" is in "Re-ingesting", "add duplicates" in "creates duplicates"."""
+    guide = (GUIDE / "ingesting-documents.md").read_text()
+    section = guide[guide.index("## Re-ingest"):guide.index("## Sources")]
+    found = evidence("When I ingest my folder again, does Hearth add duplicates?", [section])
+    assert "Re-ingesting never creates duplicates." in [e.text for e in found]
+
+
 def test_an_unrelated_answer_has_no_evidence() -> None:
     guide = (GUIDE / "privacy.md").read_text()
     assert evidence("Bananas ripen faster beside apples.", [guide]) == []
