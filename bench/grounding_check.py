@@ -4,8 +4,11 @@ A run's records keep each answer's draft (the model's text, before the check wit
 and the four passages retrieved for its question. This script checks every draft again with
 the checked-out ``hearth.grounding.check`` against those passages, and counts, for answerable
 questions, right drafts (every key fact stated) and wrong ones the check withholds or passes,
-and for unanswerable ones the drafts it withholds. Run it at two commits to compare two
-versions of the check on the same drafts, without answering anything again:
+and for unanswerable ones the drafts it withholds. It also gives the issue's goals as
+this check would have them: key-fact recall over the answers presented as grounded (a
+withheld answer scores 0), answers presented, wrong answers presented, false refusals and
+unanswerable questions refused. Run it at two commits to compare two versions of the check
+on the same drafts, without answering anything again:
 
     .venv/bin/python bench/grounding_check.py eval-runs/full
 
@@ -31,16 +34,26 @@ def main() -> None:
     args = p.parse_args()
     counts = {k: 0 for k in ("right", "right withheld", "wrong", "wrong withheld",
                              "unanswerable", "unanswerable withheld", "declined by the model")}
+    recall: list[float] = []  # each answerable question's, 0 where nothing is presented
+    presented = wrong_presented = unanswerable = refused_unanswerable = 0
     for record, draft in common.drafts(args.run):
-        if not draft:
-            counts["declined by the model"] += 1
-            continue
-        verdict = check(draft, record.get("passages") or [], record.get("question", ""))
+        verdict = check(draft, record.get("passages") or [], record.get("question", "")) \
+            if draft else None
+        shown = verdict is not None and verdict.grounded
         if record["answerable"]:
             facts = record["key_facts"]
-            kind = "right" if len(facts_present(facts, draft)) == len(facts) else "wrong"
+            found = len(facts_present(facts, draft)) if draft else 0
+            recall.append(found / len(facts) if shown else 0.0)
+            presented += shown
+            wrong_presented += shown and found < len(facts)
         else:
-            kind = "unanswerable"
+            unanswerable += 1
+            refused_unanswerable += not shown
+        if verdict is None:
+            counts["declined by the model"] += 1
+            continue
+        kind = "unanswerable" if not record["answerable"] else (
+            "right" if found == len(facts) else "wrong")
         counts[kind] += 1
         if not verdict.grounded:
             counts[f"{kind} withheld"] += 1
@@ -50,6 +63,14 @@ def main() -> None:
     for kind in ("right", "wrong", "unanswerable"):
         print(f"{kind} drafts withheld: {counts[f'{kind} withheld']} of {counts[kind]}")
     print(f"declined by the model: {counts['declined by the model']}")
+    n = len(recall)
+    if n:
+        print(f"answerable {n}: key-fact recall over answers presented as grounded "
+              f"{sum(recall) / n:.3f}; presented {presented / n:.3f} ({presented}); "
+              f"wrong presented {wrong_presented / n:.3f} ({wrong_presented}); "
+              f"false refusals {(n - presented) / n:.3f} ({n - presented})")
+    if unanswerable:
+        print(f"unanswerable refused: {refused_unanswerable} of {unanswerable}")
 
 
 if __name__ == "__main__":
