@@ -251,8 +251,9 @@ def python_names(code: str) -> tuple[list[str], set[str], Owners]:
     owners: Owners = {}
     for call, name in call_arguments(body):
         names.append(f"{name}=")
-        if call not in local:
-            owners.setdefault(f"{name}=", set()).add(call.rpartition(".")[2])
+        if call not in local:  # Python's own open() is not os.open(): by its bare name
+            owner = f"{call}()" if call in BUILTIN_NAMES else call.rpartition(".")[2]
+            owners.setdefault(f"{name}=", set()).add(owner)
     return names + specs, local - (BUILTIN_NAMES - {"self", "cls"}), owners
 
 
@@ -517,7 +518,7 @@ def check(answer: str, passages: Sequence[str], question: str = "") -> Verdict:
 # its parameters a name, with a default or without, or a marker (``*``, ``/``, ``[,``).
 SIGNATURE = re.compile(
     r"^(?:class |async |classmethod |staticmethod |abstractmethod |coroutine )?"
-    r"(?:[A-Za-z_]\w*\.)*([A-Za-z_]\w*)\((.*)\)$", re.MULTILINE)
+    r"((?:[A-Za-z_]\w*\.)*)([A-Za-z_]\w*)\((.*)\)$", re.MULTILINE)
 SIGNATURE_PARAMETER = re.compile(r"\**([A-Za-z_]\w*)(?:\s*(?::[^=]+)?=\s*\S.*)?|\*|/|\.\.\.")
 LITERAL_DEFAULT = re.compile(r"None|True|False|[-+]?\d[\w.]*|'[^']*'|\"[^\"]*\"|\(\)|\[\]|\{\}")
 REST = "**"  # a signature that takes any keyword argument (``**kwargs``)
@@ -525,7 +526,8 @@ NESTED = re.compile(r"\([^()]*\)")
 
 
 def signatures(raw: str) -> dict[str, list[set[str]]]:
-    """The signatures the passages give, by the call's name: the parameters of each, and
+    """The signatures the passages give, by the call's name (and by ``open()`` for one
+    given without a module or class, as Python's own are): the parameters of each, and
     ``REST`` among them for one that takes any others. A signature is a paragraph of its own
     line, followed by its description (or by the function's other form), not by code: an
     example's call (``logging.basicConfig(level=logging.DEBUG)``) shows some of the
@@ -539,7 +541,7 @@ def signatures(raw: str) -> dict[str, list[set[str]]]:
             PYTHON_LINE.match(following) or another)
         if not (alone and (described or another)):
             continue
-        inside = match.group(2)
+        qualifier, name, inside = match.groups()
         while NESTED.search(inside):
             inside = NESTED.sub("\0", inside)  # a default that is a call: field(default=f())
         items = [x.strip(" []") for x in inside.split(",") if x.strip(" []")]
@@ -552,7 +554,9 @@ def signatures(raw: str) -> dict[str, list[set[str]]]:
         names = {p.group(1) for p in params if p and p.group(1)}
         if any(x.startswith("**") for x in items):
             names.add(REST)
-        found.setdefault(match.group(1), []).append(names)
+        found.setdefault(name, []).append(names)
+        if not qualifier:
+            found.setdefault(f"{name}()", []).append(names)
     return found
 
 

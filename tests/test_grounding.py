@@ -273,6 +273,13 @@ def test_an_argument_the_calls_own_signature_lacks_is_flagged() -> None:
     json_page = passage(page("library/json.html"), "json.dumps(obj, *", 1400)
     assert "**kw" in json_page  # dumps takes the JSONEncoder's arguments too
     assert check("```python\njson.dumps(data, cls=MyEncoder, indent=2)\n```", [json_page]).grounded
+    # os.open(path, flags, mode=0o777, *, dir_fd=None) is not Python's own open().
+    os_open = passage(page("library/os.html"), "os.open(path, flags", 2000)[1000:]
+    newline = passage(page("library/functions.html"), "newline determines how to parse", 500)
+    opened = "```python\nwith open(path, newline='') as f:\n    rows = f.read()\n```"
+    assert check(opened, [os_open, newline]).grounded
+    assert check("```python\nfd = os.open(path, flags, newline='')\n```",
+                 [os_open, newline]).unsupported == ["newline="]
     snippet = passage(page("library/asyncio-dev.html"), "\nlogging.basicConfig(level=logging.DEBUG)\n", 500)
     handlers = passage(page("library/logging.handlers.html"), "class logging.FileHandler(filename", 600)
     logged = "```python\nlogging.basicConfig(filename='app.log', level=logging.DEBUG)\n```"
