@@ -576,20 +576,26 @@ def unanswered_quantity(answer: str, question: str) -> str:
 
 
 RESTATED = "the answer only restates the question's words, with nothing from the passages"
+# Words that say where an answer comes from, not what it is: "The context states that {}
+# gives you a dict and not an empty set." restates the question all the same.
+SAYS_NOTHING = frozenset({
+    "yes", "context", "contexts", "states", "stated", "state", "says", "said", "mentions",
+    "mentioned", "according", "provided", "given", "information", "based"})
 
 
 def restated(answer: str, question: str, spans: Sequence[str]) -> str:
     """Why an answer says nothing of its own: every word of it is the question's, a "yes"
-    aside, and it names and counts nothing ("No, a < b < c in Python is not the same as a < b
-    and b < c."; "Package" for which DESCRIPTION field to use). Its substance, the yes or the
-    no, is the model's, and no passage can be found to back it. A name or number the question
+    and where it comes from ("The context states that ...": ``SAYS_NOTHING``) aside, and it
+    names and counts nothing ("No, a < b < c in Python is not the same as a < b and b < c.";
+    "Package" for which DESCRIPTION field to use). Its substance, the yes or the no, is the
+    model's, and no passage can be found to back it. A name or number the question
     gives is not the answer's own ("Yes, CPython 3.11 can run in a browser."), nor is a
     question word's other ending ("sorting" for "sort"). One word of its own is enough ("...
     the exception is discarded."), and so is a number, a single digit too."""
     if not question or any(normalized(s) not in normalized(question) for s in spans):
         return ""
     asked = set().union(*(stems(w) for w in content_words(question)))
-    own = {w for w in content_words(answer) if not stems(w) & asked} - {"yes"}
+    own = {w for w in content_words(answer) if not stems(w) & asked} - SAYS_NOTHING
     digits = set(re.findall(r"\d+", answer)) - set(re.findall(r"\d+", question))
     if own or digits:
         return ""

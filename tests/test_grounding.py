@@ -417,6 +417,14 @@ def test_an_answer_that_only_restates_the_question_is_not_grounded() -> None:
     browser = check("Yes, CPython 3.11 can run in a browser.", [wasm],
                     "Can CPython 3.11 run in a browser?")
     assert "restates" in browser.unanswered
+    # Saying where it comes from adds nothing: the 1.5B answered "Why does {} give me a dict
+    # and not an empty set?" with this, the page saying to use set().
+    sets = passage(page("tutorial/datastructures.html"), "to create an empty set you have to use", 600)
+    told = check("The context states that `{}` gives you a dict and not an empty set.", [sets],
+                 "Why does {} give me a dict and not an empty set?")
+    assert "restates" in told.unanswered
+    assert check("`{}` makes an empty dictionary; use `set()` for an empty set.", [sets],
+                 "Why does {} give me a dict and not an empty set?").grounded
     # A name it gives is a claim the check looks for: supported, it is an answer.
     assert check("`LinkingTo`.", ["Packages whose headers are used: the LinkingTo field."],
                  "Which DESCRIPTION field lists header-only packages?").grounded
