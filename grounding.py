@@ -294,12 +294,12 @@ R_PACKAGE = re.compile(rf"\b(?:library|require|requireNamespace)\(\s*[\"']?({R_N
                        rf"(?<![\w.])({R_NAME}):::?")
 
 
-def r_names(code: str) -> tuple[list[str], set[str], Owners]:
+def r_names(code: str) -> tuple[list[str], set[str]]:
     """What a piece of R takes from elsewhere, as ``python_names`` for Python: the packages
     it loads (``library(foreign)``, ``foreign::``), the functions it calls that are neither
     R's own (``R_BASE_NAMES``) nor its own, and the arguments it names in those calls
     (``header =``; in ``list(a = 1)`` or its own functions' calls, the names are its data).
-    Returned with the names the code defines and the calls each argument is given to."""
+    Returned with the names the code defines."""
     # A package may be named in a string (library("foreign")); a "#" in a string is no comment.
     uncommented = "\n".join(x for x in code.splitlines() if not x.lstrip().startswith("#"))
     packages = [p for p in (a or b for a, b in R_PACKAGE.findall(uncommented))
@@ -311,7 +311,6 @@ def r_names(code: str) -> tuple[list[str], set[str], Owners]:
     for params in R_PARAMS.findall(code):
         local |= {p.split("=")[0].strip() for p in params.split(",") if p.strip()}
     names = list(packages)
-    owners: Owners = {}
     calls: list[str | None] = []  # the call each open bracket belongs to
     for token in R_TOKEN.finditer(code):
         called, argument = token.group(1), token.group(2)
@@ -323,12 +322,11 @@ def r_names(code: str) -> tuple[list[str], set[str], Owners]:
             call = calls[-1] if calls else None
             if call and call not in R_BASE_NAMES and call not in local:
                 names.append(f"{argument}=")
-                owners.setdefault(f"{argument}=", set()).add(call.rpartition("::")[2])
         elif token.group() == "(":
             calls.append(None)
         elif calls:
             calls.pop()
-    return names, local, owners
+    return names, local
 
 
 def bare_names(code: str, r: bool = False) -> set[str]:
@@ -358,7 +356,8 @@ QUOTED = re.compile(r"'[^']*'|\"[^\"]*\"")
 def claim_spans(answer: str) -> tuple[list[tuple[str, set[str] | None]], Owners]:
     """Each claim, with the names its code defines for itself (None for a claim outside
     code): commands whole, Python and R by the names they use (``python_names``,
-    ``r_names``). Returned with the calls each keyword argument is given to."""
+    ``r_names``). Returned with the calls each keyword argument of Python code is given
+    to."""
     found: list[tuple[str, set[str] | None]] = []
     owners: Owners = {}
     defined: set[str] = set()  # what the answer's code names for itself, prose included
@@ -372,10 +371,9 @@ def claim_spans(answer: str) -> tuple[list[tuple[str, set[str] | None]], Owners]
                  if line.strip() and not line.strip().startswith("#")]
         if language in R_LANGUAGES or (not language and R_CODE.search(block)):
             commands = [x for x in lines if is_command(x)]  # R CMD INSTALL, in an R block
-            names, local, given = r_names("\n".join(x for x in lines if x not in commands))
+            names, local = r_names("\n".join(x for x in lines if x not in commands))
             found += [(x.removeprefix("$ ").strip(), None) for x in commands]
             found += [(n, local) for n in names]
-            merge(owners, given)
             defined |= local
             used |= bare_names(block, r=True) | set(ASSIGNED_NUMBER.findall(block))
             r_answer = True
@@ -410,12 +408,12 @@ def claim_spans(answer: str) -> tuple[list[tuple[str, set[str] | None]], Owners]
             found += [(n, None) for n in numbers(span)]
             continue
         if r_code:
-            names, local, given = r_names(span)
+            names, local = r_names(span)
         elif not is_command(span) and (CALLED.search(span) or DOTTED.search(span)):
             names, local, given = python_names(span)
+            merge(owners, given)
         else:
-            names, local, given = [], set(), {}
-        merge(owners, given)
+            names, local = [], set()
         found += [(n, local | defined) for n in names] if names else [(span, None)]
     prose = INLINE_CODE.sub(" ", prose)
     found += [(c, None) for c in IDENTIFIER.findall(prose) if c.rstrip("()") not in defined
