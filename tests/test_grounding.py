@@ -104,8 +104,8 @@ def test_the_evidence_is_the_sentence_that_says_it_located_in_its_passage() -> N
 
 
 def test_the_evidence_for_a_question_finds_its_words_in_other_forms() -> None:
-    """A yes-or-no answer the check withholds shows the sentences closest to the question:
-    "ingest" is in "Re-ingesting", "add duplicates" in "creates duplicates"."""
+    """A yes-or-no answer the check withholds shows the sentences closest to the question,
+    whose words may be there in another form: "ingest" in "Re-ingesting"."""
     guide = (GUIDE / "ingesting-documents.md").read_text()
     section = guide[guide.index("## Re-ingest"):guide.index("## Sources")]
     found = evidence("When I ingest my folder again, does Hearth add duplicates?", [section])
