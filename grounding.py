@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import builtins
 import keyword
+import math
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
@@ -640,12 +641,14 @@ def forms(word: str) -> set[str]:
 
 def evidence(answer: str, passages: Sequence[str]) -> list[Evidence]:
     """The passage sentences that share the most with the answer (its content words in any
-    of their ``forms``, its claims counted thrice, a sentence it quotes whole thrice too),
-    best first; a sentence sharing too little is no evidence."""
+    of their ``forms``, each weighed by how few of the sentences have it; its claims counted
+    thrice, a sentence it quotes whole thrice too), best first; a sentence sharing too
+    little is no evidence. A word every sentence has says little of which one answers:
+    "duplicates" tells more than "Hearth" in Hearth's own guide."""
     wanted = {word: forms(word) for word in content_words(answer)}
     quoting = normalized(answer)
     spans = [normalized(c) for c in claims(answer)]
-    scored: list[Evidence] = []
+    candidates: list[tuple[int, int, int, str, set[str]]] = []
     seen: set[str] = set()
     for index, text in enumerate(passages):
         for start, end in sentences(text):
@@ -654,11 +657,17 @@ def evidence(answer: str, passages: Sequence[str]) -> list[Evidence]:
                 continue
             seen.add(sentence)
             said = set().union(*(forms(w) for w in content_words(sentence)))
-            shared = sum(1 for word_forms in wanted.values() if word_forms & said)
-            exact = sum(1 for s in spans if s and s in normalized(sentence))
-            quoted = len(sentence.split()) >= 3 and normalized(sentence.rstrip(".!?:")) in quoting
-            score = shared + 3 * exact + 3 * quoted
-            if shared + exact >= MIN_EVIDENCE_OVERLAP:
-                scored.append(Evidence(index, sentence, start, end, float(score)))
+            candidates.append((index, start, end, sentence, said))
+    having = {word: sum(1 for *_, said in candidates if word_forms & said)
+              for word, word_forms in wanted.items()}
+    weight = {word: 1 + math.log(len(candidates) / n) for word, n in having.items() if n}
+    scored: list[Evidence] = []
+    for index, start, end, sentence, said in candidates:
+        shared = [word for word, word_forms in wanted.items() if word_forms & said]
+        exact = sum(1 for s in spans if s and s in normalized(sentence))
+        quoted = len(sentence.split()) >= 3 and normalized(sentence.rstrip(".!?:")) in quoting
+        score = sum(weight[w] for w in shared) + 3 * exact + 3 * quoted
+        if len(shared) + exact >= MIN_EVIDENCE_OVERLAP:
+            scored.append(Evidence(index, sentence, start, end, round(score, 3)))
     scored.sort(key=lambda e: (-e.score, e.source, e.start))
     return scored[:EVIDENCE_SENTENCES]
