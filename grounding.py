@@ -252,9 +252,10 @@ def python_names(code: str) -> tuple[list[str], set[str], Owners]:
     owners: Owners = {}
     for call, name in call_arguments(body):
         names.append(f"{name}=")
-        if call not in local:  # Python's own open() is not os.open(): by its bare name
-            owner = f"{call}()" if call in BUILTIN_NAMES else call.rpartition(".")[2]
-            owners.setdefault(f"{name}=", set()).add(owner)
+        if call in BUILTIN_NAMES:  # Python's own open() is not os.open(): by its bare name
+            owners.setdefault(f"{name}=", set()).add(f"{call}()")
+        elif call not in local:  # a call of the example's own function is its own
+            owners.setdefault(f"{name}=", set()).add(call.rpartition(".")[2])
     return names + specs, local - (BUILTIN_NAMES - {"self", "cls"}), owners
 
 
