@@ -96,6 +96,12 @@ PARAMS = re.compile(r"\bdef\s+\w+\s*\(([^)]*)\)")
 DATA = re.compile(r"^[\d\s.,:;()\[\]{}+-]*\d[\d\s.,:;()\[\]{}+-]*$")
 FORMAT_SPEC = re.compile(r"\{[^{}\s\"']*[:!=][^{}\s\"']*\}")
 IMPORT = re.compile(r"^\s*(?:from\s+([\w.]+)\s+)?import\s+([\w., ]+)", re.MULTILINE)
+# What Python gives every class and object (``subclass.__name__`` of an example's own loop
+# variable) and the methods of its own lists, dicts, sets and strings (``subclasses.append``
+# of an example's ``subclasses = []``): Python's, whatever page the passages are from.
+OBJECT_ATTRIBUTES = frozenset({"__name__", "__qualname__", "__module__", "__doc__", "__dict__",
+                               "__class__", "__mro__", "__bases__"}) | frozenset(
+    name for kind in (list, dict, set, str) for name in dir(kind) if not name.startswith("_"))
 # Python's own names: an example's print() or len() claims nothing about the documents.
 BUILTIN_NAMES = frozenset(dir(builtins)) | frozenset(keyword.kwlist) | {"self", "cls"}
 # R's own vocabulary, as BUILTIN_NAMES is Python's: the language and the functions every R
@@ -129,7 +135,7 @@ INLINE_CODE = re.compile(r"`([^`\n]+)`")
 NUMBER = re.compile(r"(?<![\w.])[-+]?\d(?:[\d_]|,(?=\d))*(?:\.\d+)?(?![\w])")
 IDENTIFIER = re.compile(
     r"(?<![\w.])(?:[A-Za-z_]\w*(?:\.[A-Za-z_]\w*)+(?:\(\))?|[A-Za-z_]\w*\(\)|"
-    r"[a-z]+(?:_[a-z0-9]+)+|--?[a-z][\w-]+)(?![\w])")
+    r"[a-z]+(?:_[a-z0-9]+)+|--?[a-z][\w-]+|%[A-Za-z])(?![\w])")
 # A question that asks for a quantity ("How many results does lru_cache keep?"), and what
 # answers one: a number, in digits or words, or its absence ("no limit", "any number").
 QUANTITY_ASKED = re.compile(r"\bhow (?:many|much|long|big|large)\b", re.IGNORECASE)
@@ -367,6 +373,7 @@ def claim_spans(answer: str) -> tuple[list[tuple[str, set[str] | None]], Owners]
     if answer.count("```") % 2:
         answer += "\n```"  # a block the budget or the token limit cut off is still code
     r_answer = False  # an answer whose code is R: its code spans are R's too
+    written: set[str] = set()  # the lines of the answer's Python and R code
     for language, block in FENCE_WITH_LANGUAGE.findall(answer):
         language = language.strip().lower()
         lines = [line.strip() for line in block.splitlines()
@@ -378,6 +385,8 @@ def claim_spans(answer: str) -> tuple[list[tuple[str, set[str] | None]], Owners]
             found += [(n, local) for n in names]
             defined |= local
             used |= bare_names(block, r=True) | set(ASSIGNED_NUMBER.findall(block))
+            used |= literals(block)
+            written |= set(lines)
             r_answer = True
             continue
         python = language in PYTHON_LANGUAGES or (
@@ -388,9 +397,12 @@ def claim_spans(answer: str) -> tuple[list[tuple[str, set[str] | None]], Owners]
             found += [(n, local) for n in names]
             merge(owners, given)
             defined |= local
-            used |= bare_names(block) | set(ASSIGNED_NUMBER.findall(block))
+            used |= bare_names(block) | set(ASSIGNED_NUMBER.findall(block)) | literals(block)
+            written |= set(lines)
         else:
             for line in lines:
+                if line in written or not re.search(r"\w", line):
+                    continue  # output that repeats the example's own code, or a bracket
                 if DATA.match(line):  # output such as (4, 5): its numbers, as in prose
                     found += [(n, None) for n in numbers(line)]
                 elif QUOTED.fullmatch(line):
@@ -425,6 +437,13 @@ def claim_spans(answer: str) -> tuple[list[tuple[str, set[str] | None]], Owners]
     seen: set[str] = set()
     return [(c, local) for c, local in found
             if c and not (c in seen or seen.add(c))], owners  # type: ignore[func-returns-value]
+
+
+def literals(code: str) -> set[str]:
+    """The strings an example's code writes (``p.with_suffix('.md')``): its data, which its
+    prose may name again (the extension `.md`) without claiming anything of the documents."""
+    return {m.group()[m.group().index(m.group(1)) + len(m.group(1)):-len(m.group(1))].strip()
+            for m in STRING.finditer(code) if "\n" not in m.group()} - {""}
 
 
 def merge(owners: Owners, given: Owners) -> None:
@@ -471,8 +490,8 @@ def name_supported(name: str, local: set[str], joined: str, raw: str,
         return True
     head, _, attribute = name.rpartition(".")
     if head and head.split(".")[0] in local:
-        if attribute in local:  # the example's own attribute or method
-            return True
+        if attribute in local or attribute in OBJECT_ATTRIBUTES:
+            return True  # the example's own attribute, or one Python gives every class
         return re.search(rf"(?<!\w){re.escape(attribute)}(?!\w)", raw) is not None
     return False
 

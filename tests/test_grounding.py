@@ -376,6 +376,46 @@ def test_the_examples_own_data_and_an_abbreviation_claim_nothing() -> None:
     assert check(r, [table]).grounded, check(r, [table])
 
 
+@needs_docs
+def test_what_the_examples_code_writes_claims_nothing_again() -> None:
+    """Three right drafts of the 1.5B (hybrid retrieval, the whole set's run) withheld for
+    their example's own text: the string its code passes (`.md`, named again in the prose),
+    its output block repeating the dictionary its code wrote (`"age": 30,`), and Python's
+    own `__name__` of its loop variable. What the example did not write is still a claim."""
+    suffix = passage(page("library/pathlib.html"), "PurePath.with_suffix(suffix)", 600)
+    md = ("Use `with_suffix`:\n```python\nfrom pathlib import Path\n\n"
+          "new_path = p.with_suffix('.md')\n```\nThe new path has the extension `.md`.")
+    assert check(md, [suffix]).grounded, check(md, [suffix])
+    assert check(md.replace("`.md`.", "`.rst`."), [suffix]).unsupported == [".rst"]
+
+    ascii_ = passage(page("library/json.html"), "json.dumps(obj, *, skipkeys=False, ensure_ascii", 900)
+    code = ('```python\nimport json\n\ndata = {\n    "name": "José",\n    "age": 30,\n}\n'
+            "print(json.dumps(data, ensure_ascii=False))\n```\n")
+    printed = 'It prints:\n```json\n{\n    "name": "José",\n    "age": 30,\n}\n```'
+    assert check(f"Pass `ensure_ascii=False`:\n{code}{printed}", [ascii_]).grounded
+    other = printed.replace('"age": 30,', '"age": 31,')
+    assert check(f"Pass `ensure_ascii=False`:\n{code}{other}", [ascii_]).unsupported == ['"age": 31,']
+
+    text = page("reference/datamodel.html")
+    hook = text[text.index("3.3.3. Customizing class creation"):][:1200]
+    plugins = ("Define `__init_subclass__`:\n```python\nclass PluginBase:\n    subclasses = []\n\n"
+               "    def __init_subclass__(cls, **kwargs):\n        super().__init_subclass__(**kwargs)\n"
+               "        cls.subclasses.append(cls)\n\nfor subclass in PluginBase.subclasses:\n"
+               "    print(subclass.{})\n```")
+    assert check(plugins.format("__name__"), [hook]).grounded, check(plugins.format("__name__"), [hook])
+    assert check(plugins.format("plugin_id"), [hook]).unsupported == ["subclass.plugin_id"]
+
+
+@needs_docs
+def test_a_format_directive_is_a_claim_of_its_own() -> None:
+    """"Which strftime directive prints the microseconds?" drew a bare "%f": a claim the
+    passages back, not a restatement of the question; an invented directive is flagged."""
+    table = passage(page("library/datetime.html"), "Microsecond as a decimal number", 600)
+    asked = "Which strftime directive prints the microseconds of a datetime?"
+    assert check("%f", [table], asked).grounded, check("%f", [table], asked)
+    assert check("Use %Q.", [table], asked).unsupported == ["%Q"]
+
+
 def test_a_quantity_asked_for_must_be_given() -> None:
     """"How many results does functools.lru_cache keep?" drew "it keeps references ... until
     they age out of the cache": every word on the page, and no answer."""
