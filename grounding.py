@@ -442,8 +442,12 @@ def claim_spans(answer: str) -> tuple[list[tuple[str, set[str] | None]], Owners]
 def literals(code: str) -> set[str]:
     """The strings an example's code writes (``p.with_suffix('.md')``): its data, which its
     prose may name again (the extension `.md`) without claiming anything of the documents."""
-    return {m.group()[m.group().index(m.group(1)) + len(m.group(1)):-len(m.group(1))].strip()
-            for m in STRING.finditer(code) if "\n" not in m.group()} - {""}
+    written = set()
+    for string in STRING.finditer(code):
+        text, quote = string.group(), string.group(1)  # r'...', f"...": after the prefix
+        if "\n" not in text:
+            written.add(text[text.index(quote) + len(quote):-len(quote)].strip())
+    return written - {""}
 
 
 def merge(owners: Owners, given: Owners) -> None:

@@ -378,10 +378,11 @@ def test_the_examples_own_data_and_an_abbreviation_claim_nothing() -> None:
 
 @needs_docs
 def test_what_the_examples_code_writes_claims_nothing_again() -> None:
-    """Three right drafts of the 1.5B (hybrid retrieval, the whole set's run) withheld for
-    their example's own text: the string its code passes (`.md`, named again in the prose),
-    its output block repeating the dictionary its code wrote (`"age": 30,`), and Python's
-    own `__name__` of its loop variable. What the example did not write is still a claim."""
+    """Right drafts of the 1.5B (hybrid retrieval, 107 questions of the whole set) withheld
+    for their example's own text: the string its code passes (`.md`, named again in the
+    prose), its output block repeating the dictionary its code wrote (`"age": 30,`), and
+    Python's own `__name__` of its loop variable and `append` of its own list. What the
+    example did not write is still a claim."""
     suffix = passage(page("library/pathlib.html"), "PurePath.with_suffix(suffix)", 600)
     md = ("Use `with_suffix`:\n```python\nfrom pathlib import Path\n\n"
           "new_path = p.with_suffix('.md')\n```\nThe new path has the extension `.md`.")
