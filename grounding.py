@@ -64,6 +64,9 @@ EXAMPLE_FILE = re.compile(
 PLACEHOLDER = re.compile(
     r"^(.*<[^>\s]+>.*|\[[^\]]*\]|\{[^}]*\}|[A-Z][A-Z0-9_]{2,}|.*path/to.*|.*your[-_].*|my[\w-]*|"
     rf"\.\.\.|…|[-=|]+|{EXAMPLE_FILE.pattern})$")
+# A name the answer itself tells the user to replace ("Replace `pkgname` with the name of
+# your package") is a placeholder, as ``<pkg>`` is: in a command, and named alone.
+REPLACED = re.compile(r"\breplace\s+[`'\"]?([\w.<>/-]+)[`'\"]?\s+with\b", re.IGNORECASE)
 # A redirect's file is the user's choice: the word after it claims nothing.
 REDIRECT = frozenset({">", ">>", "<", "2>", "2>>", "&>"})
 FENCE = re.compile(r"```[^\n]*\n(.*?)```", re.DOTALL)
@@ -98,10 +101,11 @@ FORMAT_SPEC = re.compile(r"\{[^{}\s\"']*[:!=][^{}\s\"']*\}")
 IMPORT = re.compile(r"^\s*(?:from\s+([\w.]+)\s+)?import\s+([\w., ]+)", re.MULTILINE)
 # What Python gives every class and object (``subclass.__name__`` of an example's own loop
 # variable) and the methods of its own lists, dicts, sets and strings (``subclasses.append``
-# of an example's ``subclasses = []``): Python's, whatever page the passages are from.
+# of an example's ``subclasses = []``, ``result.stdout.decode``): Python's, whatever page
+# the passages are from.
 OBJECT_ATTRIBUTES = frozenset({"__name__", "__qualname__", "__module__", "__doc__", "__dict__",
                                "__class__", "__mro__", "__bases__"}) | frozenset(
-    name for kind in (list, dict, set, str) for name in dir(kind) if not name.startswith("_"))
+    name for kind in (list, dict, set, str, bytes) for name in dir(kind) if not name.startswith("_"))
 # Python's own names: an example's print() or len() claims nothing about the documents.
 BUILTIN_NAMES = frozenset(dir(builtins)) | frozenset(keyword.kwlist) | {"self", "cls"}
 # R's own vocabulary, as BUILTIN_NAMES is Python's: the language and the functions every R
@@ -401,8 +405,8 @@ def claim_spans(answer: str) -> tuple[list[tuple[str, set[str] | None]], Owners]
             written |= set(lines)
         else:
             for line in lines:
-                if line in written or not re.search(r"\w", line):
-                    continue  # output that repeats the example's own code, or a bracket
+                if line in written or line in used or not re.search(r"\w", line):
+                    continue  # output that repeats the example's code or strings, a bracket
                 if DATA.match(line):  # output such as (4, 5): its numbers, as in prose
                     found += [(n, None) for n in numbers(line)]
                 elif QUOTED.fullmatch(line):
@@ -434,6 +438,9 @@ def claim_spans(answer: str) -> tuple[list[tuple[str, set[str] | None]], Owners]
               and c not in used and c.lower() not in ABBREVIATIONS
               and not EXAMPLE_FILE.fullmatch(c)]
     found += [(n, None) for n in numbers(prose) if n not in used]
+    replaced = set(REPLACED.findall(answer))  # "Replace `pkgname` with ...": a placeholder
+    if replaced:
+        found = [(" ".join(w for w in c.split() if w not in replaced), local) for c, local in found]
     seen: set[str] = set()
     return [(c, local) for c, local in found
             if c and not (c in seen or seen.add(c))], owners  # type: ignore[func-returns-value]

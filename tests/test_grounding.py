@@ -408,6 +408,30 @@ def test_what_the_examples_code_writes_claims_nothing_again() -> None:
 
 
 @needs_docs
+def test_bytes_methods_printed_strings_and_a_name_to_replace_claim_nothing() -> None:
+    """More right drafts withheld for their own example: `result.stdout.decode()` (Python's
+    bytes), an output block of the strings its code prints, and `R CMD REMOVE pkgname`
+    where the answer says to replace `pkgname` and the manual writes `pkg1 pkg2`."""
+    run = passage(page("library/subprocess.html"), "subprocess.run(args, *, stdin=None", 700)
+    code = ("Run the command and wait for it to complete:\n```python\nimport subprocess\n\n"
+            "result = subprocess.run(['ls'], capture_output=True)\n"
+            "print(result.stdout.{}())\nprint('Finished')\n```\n")
+    printed = check(code.format("decode") + "Then:\n```\nFinished\n```", [run])
+    assert printed.grounded, printed
+    assert check(code.format("decoded"), [run]).unsupported == ["result.stdout.decoded"]
+    assert check(code.format("decode") + "Then:\n```\nAll done\n```", [run]).unsupported \
+        == ["All done"]
+
+    manual = ("From a command prompt they can be removed by\n\nR CMD REMOVE -l /path/to/library "
+              "pkg1 pkg2 ...\n\nFrom a running R process they can be removed by\n\n"
+              '> remove.packages(c("pkg1", "pkg2"), lib = "/path/to/library")')
+    remove = "From a command prompt it can be removed by\n```sh\nR CMD REMOVE pkgname\n```\n"
+    named = check(remove + "Replace `pkgname` with the name of the package.", [manual])
+    assert named.grounded, named
+    assert check(remove, [manual]).unsupported == ["R CMD REMOVE pkgname"]
+
+
+@needs_docs
 def test_a_format_directive_is_a_claim_of_its_own() -> None:
     """"Which strftime directive prints the microseconds?" drew a bare "%f": a claim the
     passages back, not a restatement of the question; an invented directive is flagged."""
