@@ -388,8 +388,7 @@ def claim_spans(answer: str) -> tuple[list[tuple[str, set[str] | None]], Owners]
             found += [(x.removeprefix("$ ").strip(), None) for x in commands]
             found += [(n, local) for n in names]
             defined |= local
-            used |= bare_names(block, r=True) | set(ASSIGNED_NUMBER.findall(block))
-            used |= literals(block)
+            used |= example_data(block, r=True)
             written |= set(lines)
             r_answer = True
             continue
@@ -401,7 +400,7 @@ def claim_spans(answer: str) -> tuple[list[tuple[str, set[str] | None]], Owners]
             found += [(n, local) for n in names]
             merge(owners, given)
             defined |= local
-            used |= bare_names(block) | set(ASSIGNED_NUMBER.findall(block)) | literals(block)
+            used |= example_data(block)
             written |= set(lines)
         else:
             for line in lines:
@@ -444,6 +443,12 @@ def claim_spans(answer: str) -> tuple[list[tuple[str, set[str] | None]], Owners]
     seen: set[str] = set()
     return [(c, local) for c, local in found
             if c and not (c in seen or seen.add(c))], owners  # type: ignore[func-returns-value]
+
+
+def example_data(code: str, r: bool = False) -> set[str]:
+    """The plain values an example's code uses, which its prose and output may repeat: its
+    bare names, the numbers it assigns and the strings it writes (``literals``)."""
+    return bare_names(code, r=r) | set(ASSIGNED_NUMBER.findall(code)) | literals(code)
 
 
 def literals(code: str) -> set[str]:
