@@ -12,6 +12,9 @@ on the same drafts, without answering anything again:
 
     .venv/bin/python bench/grounding_check.py eval-runs/full
 
+A record's key facts are those its run was made with; ``--sets`` grades with the key facts the
+evaluation sets give each question now (by id), after the sets were reviewed.
+
 The passages are the retrieved chunks' text, without the heading line Hearth adds before each
 one in the prompt: a claim found only in a heading passes in Hearth and not here.
 """
@@ -23,7 +26,7 @@ from pathlib import Path
 
 import common  # puts the repository on sys.path
 
-from hearth.evaluation.keyfacts import facts_present
+from hearth.evaluation.keyfacts import Fact, facts_present, load_fact_sets
 from hearth.grounding import check
 
 
@@ -31,7 +34,12 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("run", type=Path, help="a hearth eval facts run folder (records.jsonl)")
     p.add_argument("-v", "--verbose", action="store_true", help="list what each withheld draft named")
+    p.add_argument("--sets", type=Path, help="grade with the key facts of the sets in this folder "
+                   "(evaluation/sets), by question id, instead of the run's")
     args = p.parse_args()
+    now: dict[str, list[Fact]] = {}
+    if args.sets:
+        now = {q.id: q.key_facts for q in load_fact_sets(sorted(args.sets.glob("*.jsonl")))}
     counts = {k: 0 for k in ("right", "right withheld", "wrong", "wrong withheld",
                              "unanswerable", "unanswerable withheld", "declined by the model")}
     recall: list[float] = []  # each answerable question's, 0 where nothing is presented
@@ -41,7 +49,7 @@ def main() -> None:
             if draft else None
         shown = verdict is not None and verdict.grounded
         if record["answerable"]:
-            facts = record["key_facts"]
+            facts = now.get(record["id"], record["key_facts"])
             found = len(facts_present(facts, draft)) if draft else 0
             recall.append(found / len(facts) if shown else 0.0)
             presented += shown

@@ -11,10 +11,11 @@ process or by URL), and scores every answer:
   *document hit* is the right file at any page, reported apart.
 - **key-fact recall**: the share of a question's facts present in the answer (case-insensitive,
   whitespace-normalised, spacing around punctuation ignored: `col.names = NA` matches
-  `col.names=NA`; a whole number up to 20 also spelled out: `5` matches "five"); a refused
-  answer states none. Also the share of questions with every fact,
-  and (in process) the facts present in the top passages, "facts retrievable", which separates
-  what retrieval lost from what generation lost.
+  `col.names=NA`; a whole number up to 20 also spelled out: `5` matches "five"; a fact
+  written as a list of ways is stated by any of them); a refused answer states none. Also
+  the share of questions with every fact, and (in process) the facts present in the top
+  passages, "facts retrievable", which separates what retrieval lost from what generation
+  lost.
 - **refusals**: the refusal rate on the unanswerable questions, false refusals on answerable
   ones, and wrong answers presented as grounded (answerable, not refused, a fact missing, and a
   `grounded` verdict that is not false; without any verdict in the run, every such answer
@@ -70,7 +71,7 @@ class FactQuestion:
     corpus: str  # python-docs, r-manuals; "unanswerable" for the unanswerable ones
     source: str | None = None
     page: int | None = None
-    key_facts: list[str] = field(default_factory=list)
+    key_facts: list[Fact] = field(default_factory=list)
     alt_sources: list[Any] = field(default_factory=list)  # "path" or {"source", "page"}
 
     def to_json(self) -> dict[str, Any]:
@@ -92,9 +93,9 @@ def _question(data: Any, where: str) -> FactQuestion:
     source, facts, page = data.get("source"), data.get("key_facts"), data.get("page")
     if not isinstance(source, str) or not source:
         raise EvalDataError(f"{where}: an answerable question needs its source")
-    if not isinstance(facts, list) or not facts or not all(isinstance(f, str) and f.strip()
-                                                          for f in facts):
-        raise EvalDataError(f"{where}: key_facts must be a non-empty list of strings")
+    if not isinstance(facts, list) or not facts or not all(valid_fact(f) for f in facts):
+        raise EvalDataError(f"{where}: key_facts must be a non-empty list of strings (or of "
+                            "lists of two or more strings: one fact, stated any of their ways)")
     if page is not None and (isinstance(page, bool) or not isinstance(page, int)):
         raise EvalDataError(f"{where}: page must be a number")
     alt = data.get("alt_sources") or []
@@ -220,6 +221,23 @@ def _page(value: Any) -> int | None:
 
 # --- key facts -----------------------------------------------------------------------------
 
+# A key fact is a string, or a list of the ways it may be stated (`["-u", "PYTHONUNBUFFERED"]`
+# for "how do I turn off buffering?": the option or the environment variable answers it).
+Fact = str | list[str]
+
+
+def fact_ways(fact: Fact) -> list[str]:
+    """The strings that state a fact: itself, or each of its ways."""
+    return [fact] if isinstance(fact, str) else list(fact)
+
+
+def valid_fact(fact: Any) -> bool:
+    """A non-empty string, or a list of two or more of them."""
+    if isinstance(fact, list):
+        return len(fact) >= 2 and all(isinstance(w, str) and w.strip() for w in fact)
+    return isinstance(fact, str) and bool(fact.strip())
+
+
 _STRAIGHT = str.maketrans({
     "\u2018": "'", "\u2019": "'", "\u201a": "'", "\u201b": "'", "\u2032": "'",
     "\u201c": '"', "\u201d": '"', "\u201e": '"', "\u2033": '"',
@@ -263,12 +281,13 @@ def _fact_patterns(fact: str) -> list[re.Pattern[str]]:
     return patterns
 
 
-def fact_present(fact: str, text: str, *, normalized: bool = False) -> bool:
+def fact_present(fact: Fact, text: str, *, normalized: bool = False) -> bool:
+    """Whether `text` states the fact (any of its ways)."""
     haystack = text if normalized else normalize_text(text)
-    return any(p.search(haystack) for p in _fact_patterns(fact))
+    return any(p.search(haystack) for way in fact_ways(fact) for p in _fact_patterns(way))
 
 
-def facts_present(facts: Sequence[str], text: str) -> list[str]:
+def facts_present(facts: Sequence[Fact], text: str) -> list[Fact]:
     """The facts (as written in the set) that `text` states."""
     haystack = normalize_text(text)
     return [f for f in facts if fact_present(f, haystack, normalized=True)]

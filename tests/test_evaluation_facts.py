@@ -159,6 +159,34 @@ def test_a_fact_inside_another_word_or_number_is_not_found(fact: str, answer: st
     assert not kf.fact_present(fact, answer)
 
 
+def test_a_fact_given_several_ways_is_stated_by_any_of_them(tmp_path: Path) -> None:
+    """"How do I turn off buffering?" is answered by the option or by the environment
+    variable: a key fact written as a list counts once, stated any of its ways."""
+    fact = ["-u", "PYTHONUNBUFFERED"]
+    assert kf.fact_present(fact, "Run it as python -u script.py.")
+    assert kf.fact_present(fact, "Set PYTHONUNBUFFERED=1 in the environment.")
+    assert not kf.fact_present(fact, "Call sys.stdout.flush() after each print.")
+    assert not kf.fact_present(fact, "python -uX script.py")  # each way as it is matched alone
+    assert kf.facts_present([fact, "-B"], "PYTHONUNBUFFERED=1 python -B x.py") == [fact, "-B"]
+    assert kf.facts_present([fact, "-B"], "python -B x.py") == ["-B"]
+
+    # A record scores it as one fact of one.
+    record = {"id": "q", "question": "q?", "answerable": True, "source": "using/cmdline.html",
+              "key_facts": [fact], "hypothesis": "Use python -u.", "refused": False,
+              "grounded": True}
+    assert kf.score_fact_record(record)["scores"]["fact_recall"] == 1.0
+
+    # A list of ways must have two or more non-empty strings.
+    path = tmp_path / "a.jsonl"
+    line = {"id": "x", "question": "q?", "answerable": True, "source": "a.html"}
+    path.write_text(json.dumps(line | {"key_facts": [fact, "-B"]}) + "\n")
+    assert kf.load_fact_sets([path])[0].key_facts == [fact, "-B"]
+    for bad in ([["-u"]], [["-u", ""]], [[]], [["-u", 1]]):
+        path.write_text(json.dumps(line | {"key_facts": bad}) + "\n")
+        with pytest.raises(EvalDataError, match="key_facts"):
+            kf.load_fact_sets([path])
+
+
 def test_normalised_text_drops_space_beside_punctuation() -> None:
     assert kf.normalize_text("  Col.Names  =  NA ,  x ( y )") == "col.names=na,x(y)"
 

@@ -74,3 +74,28 @@ def test_an_alt_source_is_checked_against_its_own_page(tmp_path: Path) -> None:
     assert not any(f"(t-{n})" in failures for n in (1, 2, 4))
     assert "key fact 'python -m venv' not verbatim in alt source tutorial/venv.html" in out
     assert "(t-1): key fact" not in out and "(t-4): key fact" not in out
+
+
+def test_every_way_of_a_fact_given_several_ways_is_on_its_page(tmp_path: Path) -> None:
+    """A key fact written as the ways to state it (`["-u", "PYTHONUNBUFFERED"]`) has each way
+    checked on the page, as a fact of its own would be; a list of one way is refused."""
+    def question(n: int, facts: list[object]) -> str:
+        return json.dumps({"id": f"t-{n}", "question": f"Test question number {n}?",
+                           "answerable": True, "corpus": "python-docs",
+                           "source": "using/cmdline.html", "key_facts": facts})
+
+    (tmp_path / "python-docs.jsonl").write_text("\n".join([
+        question(1, [["-u", "PYTHONUNBUFFERED"]]),
+        question(2, [["-u", "PYTHONNOSUCHVARIABLE"]]),
+        question(3, [["-u"]]),
+    ]) + "\n")
+    (tmp_path / "r-manuals.jsonl").write_text("")
+    (tmp_path / "unanswerable.jsonl").write_text("")
+    result = subprocess.run([sys.executable, str(SETS / "check.py"), "--sets", str(tmp_path)],
+                            capture_output=True, text=True, timeout=300)
+    out = result.stdout
+    assert result.returncode == 1, out + result.stderr
+    failures = out[out.index("FAILURES"):]
+    assert "(t-1)" not in failures
+    assert "(t-2): key fact 'PYTHONNOSUCHVARIABLE' not in using/cmdline.html" in failures
+    assert "(t-3): `key_facts` must be" in failures

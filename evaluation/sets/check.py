@@ -4,8 +4,10 @@
 For every answerable question (python-docs.jsonl, r-manuals.jsonl):
   * its source page exists (an HTML file under --python-root, or a page of a PDF under --r-root);
   * every key fact appears verbatim in that page's visible text (case-insensitive, Unicode
-    NFKC, quotes and whitespace normalised). For a PDF a match on page-1 or page+1 is accepted
-    and reported, since where a passage breaks across pages depends on the text extractor;
+    NFKC, quotes and whitespace normalised); a fact given as a list of ways to state it
+    (`["-u", "PYTHONUNBUFFERED"]`) has every way on the page. For a PDF a match on page-1 or
+    page+1 is accepted and reported, since where a passage breaks across pages depends on the
+    text extractor;
   * the question does not copy the page: sharing a run of 8 or more consecutive words with it
     is a failure (the questions are meant to be in a user's own words).
 For every question: the id is unique across all files, the fields are well-formed, no two
@@ -213,10 +215,23 @@ def pdf_variants(text: str) -> list[str]:
     return [flat] if joined == flat else [flat, joined]
 
 
-def missing_facts(facts: list[str], texts: list[str]) -> list[str]:
-    """The key facts in none of ``texts`` (each normalised already): noted for an alt source,
-    which a reviewer found answering the question but may word a fact its own way."""
-    return [fact for fact in facts if not any(normalise(fact) in t for t in texts)]
+def ways(facts: list) -> list[str]:
+    """Every string of the key facts: a fact given as a list of ways counts each way."""
+    return [way for fact in facts for way in ([fact] if isinstance(fact, str) else fact)]
+
+
+def valid_fact(fact: object) -> bool:
+    """A non-empty string, or a list of two or more (one fact, stated any of these ways)."""
+    if isinstance(fact, list):
+        return len(fact) >= 2 and all(isinstance(w, str) and w.strip() for w in fact)
+    return isinstance(fact, str) and bool(fact.strip())
+
+
+def missing_facts(facts: list, texts: list[str]) -> list[str]:
+    """The key facts (each way of one) in none of ``texts`` (each normalised already): noted
+    for an alt source, which a reviewer found answering the question but may word a fact its
+    own way."""
+    return [fact for fact in ways(facts) if not any(normalise(fact) in t for t in texts)]
 
 
 def find_r_root() -> str:
@@ -315,10 +330,9 @@ def check_fields(name: str, number: int, q: dict, report: Report) -> bool:
         report.fail(where, "`source` must be a non-empty string")
         ok = False
     facts = q.get("key_facts")
-    if not isinstance(facts, list) or not facts or not all(
-        isinstance(f, str) and f.strip() for f in facts
-    ):
-        report.fail(where, "`key_facts` must be a non-empty list of non-empty strings")
+    if not isinstance(facts, list) or not facts or not all(valid_fact(f) for f in facts):
+        report.fail(where, "`key_facts` must be a non-empty list of non-empty strings "
+                           "(or of lists of two or more: the ways to state one fact)")
         ok = False
     if corpus == "r-manuals":
         page = q.get("page")
@@ -397,7 +411,7 @@ def main(argv: list[str] | None = None) -> int:
         where = f"{name}:{number} ({q.get('id', '?')})"
         if not check_fields(name, number, q, report) or corpus == "unanswerable":
             continue
-        for fact in q["key_facts"]:
+        for fact in ways(q["key_facts"]):
             if re.search(r"(?<!\w)" + re.escape(normalise(fact)) + r"(?!\w)",
                          normalise(q["question"])):
                 report.note(where, f"key fact {fact!r} is already in the question")
@@ -411,7 +425,7 @@ def main(argv: list[str] | None = None) -> int:
             text = page_text(path)
             page_norm = normalise(text)
             pages[corpus].add(q["source"])
-            for fact in q["key_facts"]:
+            for fact in ways(q["key_facts"]):
                 facts_checked += 1
                 if normalise(fact) not in page_norm:
                     report.fail(where, f"key fact {fact!r} not in {q['source']}")
@@ -443,7 +457,7 @@ def main(argv: list[str] | None = None) -> int:
                                        f"not {label!r}")
             here = pdf_variants(pdf.text(path, page))
             near = {p: pdf_variants(pdf.text(path, p)) for p in (page - 1, page + 1)}
-            for fact in q["key_facts"]:
+            for fact in ways(q["key_facts"]):
                 facts_checked += 1
                 f = normalise(fact)
                 if any(f in v for v in here):
