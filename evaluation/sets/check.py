@@ -402,7 +402,8 @@ def main(argv: list[str] | None = None) -> int:
             html_cache[path] = html_text(path)
         return html_cache[path]
 
-    facts_checked = 0
+    facts_checked = 0  # each way of a fact given several ways counts
+    facts_given = 0
     neighbour_matches = 0
 
     for name, number, q in rows:
@@ -425,6 +426,7 @@ def main(argv: list[str] | None = None) -> int:
             text = page_text(path)
             page_norm = normalise(text)
             pages[corpus].add(q["source"])
+            facts_given += len(q["key_facts"])
             for fact in ways(q["key_facts"]):
                 facts_checked += 1
                 if normalise(fact) not in page_norm:
@@ -457,6 +459,7 @@ def main(argv: list[str] | None = None) -> int:
                                        f"not {label!r}")
             here = pdf_variants(pdf.text(path, page))
             near = {p: pdf_variants(pdf.text(path, p)) for p in (page - 1, page + 1)}
+            facts_given += len(q["key_facts"])
             for fact in ways(q["key_facts"]):
                 facts_checked += 1
                 f = normalise(fact)
@@ -501,7 +504,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"r-manuals:    {counts['r-manuals']:4d} questions over "
           f"{len(pages['r-manuals'])} pages of {len(r_files)} manuals ({detail})")
     print(f"unanswerable: {counts['unanswerable']:4d} questions")
-    print(f"answerable:   {answerable:4d} questions, {facts_checked} key facts checked, "
+    print(f"answerable:   {answerable:4d} questions, {facts_given} key facts "
+          f"({facts_checked} strings) checked, "
           f"{neighbour_matches} found on a neighbouring PDF page")
     if report.notes and args.verbose:
         print(f"\nnotes ({len(report.notes)}):")
