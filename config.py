@@ -209,6 +209,10 @@ class Settings(BaseSettings):
         Unsupported.withhold, description="withhold: an answer that names things the passages "
         "do not contain is not given as an answer (the user sees why, the passages' best "
         "evidence and the draft); flag: it is given with a note (docs/evaluation.md)")
+    min_answer_confidence: float = Field(
+        0.0, ge=0.0, le=1.0, description="an answer the model was less sure of (the geometric "
+        "mean of its tokens' probabilities, llama.cpp in process) is treated as unsupported; 0: "
+        "off (docs/configuration.md has the value measured for the 1.5B)")
     top_k: int = Field(4, ge=1, le=50)
     min_relevance: float = Field(
         0.25, ge=-1.0, le=1.0, description="cosine similarity below which a chunk is not relevant"

@@ -8,6 +8,8 @@ errors a user can act on instead of a connection traceback.
 from __future__ import annotations
 
 import logging
+import math
+import statistics
 import threading
 import time
 from collections.abc import Iterator, Sequence
@@ -44,6 +46,39 @@ class Generation:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     extra: dict[str, Any] = field(default_factory=dict)
+    # Each drawn token's log-probability under the model's own distribution (its logits, before
+    # temperature, penalties and top-p), where the backend gives them: llama.cpp in process.
+    logprobs: list[float] = field(default_factory=list)
+
+    @property
+    def confidence(self) -> float | None:
+        """How sure the model was of its words: the geometric mean of its tokens'
+        probabilities (None where the backend gives none)."""
+        return math.exp(statistics.fmean(self.logprobs)) if self.logprobs else None
+
+
+class TokenLogprobs:
+    """A llama.cpp logits processor that changes nothing and records, into ``into``, the
+    log-probability of each token the model draws, under its logits as they are before
+    sampling: each step it keeps the normalised row, and the next step, which sees the drawn
+    token at the end of ``input_ids``, reads that token's entry. The last token drawn (the end
+    of the answer, usually) is not read. About a millisecond a token (a log-sum-exp over the
+    vocabulary)."""
+
+    def __init__(self, into: list[float]) -> None:
+        self.into = into
+        self._last: tuple[Any, float] | None = None
+
+    def __call__(self, input_ids: Any, logits: Any) -> Any:
+        import numpy as np
+
+        if self._last is not None:
+            row, norm = self._last
+            self.into.append(float(row[int(input_ids[-1])]) - norm)
+        row = np.asarray(logits, dtype=np.float64)  # a copy: llama.cpp reuses its buffer
+        top = float(row.max())
+        self._last = (row, top + math.log(float(np.exp(row - top).sum())))
+        return logits
 
 
 class LLM:
@@ -87,13 +122,15 @@ class LLM:
     ) -> Iterator[str]:
         """Yield the answer's text as it is generated; ``usage`` receives the token counts."""
         usage = usage if usage is not None else Generation()
+        usage.logprobs.clear()  # an answer generated again (an echo) is read anew
         pieces: list[str] = []
         # The whole answer gets llm_timeout_s: HTTP backends also time out a silent server, but
         # only this stops a model in process (or a server) that goes on generating too slowly.
         limit = self.settings.llm_timeout_s
         deadline = time.monotonic() + limit
         with self._guard():
-            chunks = self.chat_model.stream(list(messages), stop=stop, **self.per_call)
+            chunks = self.chat_model.stream(list(messages), stop=stop, **self.per_call,
+                                            **self.recording(usage))
             try:
                 for chunk in chunks:
                     if isinstance(chunk, AIMessageChunk) and chunk.usage_metadata:
@@ -124,6 +161,11 @@ class LLM:
     non_streaming: dict[str, Any] = {}
     # Extra arguments of every call (streamed or not).
     per_call: dict[str, Any] = {}
+
+    def recording(self, usage: Generation) -> dict[str, Any]:
+        """Extra arguments of a streamed call that fill ``usage.logprobs``, where the backend
+        can: none here."""
+        return {}
 
     def complete(self, messages: Sequence[BaseMessage], *, stop: list[str] | None = None) -> str:
         """The whole answer in one response (short calls: rewriting a follow-up question)."""
@@ -185,6 +227,11 @@ class LlamaCppLLM(LLM):
 
     def _guard(self) -> AbstractContextManager[Any]:
         return self._lock
+
+    def recording(self, usage: Generation) -> dict[str, Any]:
+        from llama_cpp import LogitsProcessorList
+
+        return {"logits_processor": LogitsProcessorList([TokenLogprobs(usage.logprobs)])}
 
     def count_tokens(self, text: str) -> int:
         return len(self._llama.tokenize(text.encode("utf-8"), add_bos=False, special=True))

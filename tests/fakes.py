@@ -1,7 +1,8 @@
 """Stand-ins for the fast tier, where no model or index is the point of the test.
 
 - ``FakeLLM``: Hearth's LLM adapter over LangChain's ``FakeListChatModel``, which replies with
-  scripted texts in order (streamed a character at a time); it records every prompt.
+  scripted texts in order (streamed a character at a time); it records every prompt, and
+  reports ``logprobs`` (scripted) for each answer, as llama.cpp in process does.
 - ``FakeIndex``: a vector store over a handful of passages, scored by word overlap.
 
 Everything else in ``fake_services`` is real: the SQLite history and key stores in a
@@ -29,20 +30,23 @@ class FakeLLM(LLM):
     model_name = "fake"
 
     def __init__(self, settings: Settings, replies: Sequence[str], n_ctx: int = 2048,
-                 fail_after: int | None = None) -> None:
+                 fail_after: int | None = None, logprobs: Sequence[float] = ()) -> None:
         super().__init__(settings)
         self.n_ctx = n_ctx
         self.chat_model = FakeListChatModel(responses=list(replies) or ["(no reply scripted)"])
         self.prompts: list[list[BaseMessage]] = []
         self.fail_after = fail_after  # raise LLMError after this many streamed pieces
+        self.logprobs = list(logprobs)  # reported for every answer; none: a backend that can't
 
     def stream(self, messages: Sequence[BaseMessage], *, stop: list[str] | None = None,
                usage: Generation | None = None) -> Iterator[str]:
         self.prompts.append(list(messages))
+        usage = usage if usage is not None else Generation()
         for n, piece in enumerate(super().stream(messages, stop=stop, usage=usage)):
             if self.fail_after is not None and n >= self.fail_after:
                 raise LLMError("the fake model went away mid-answer")
             yield piece
+        usage.logprobs[:] = self.logprobs
 
     def complete(self, messages: Sequence[BaseMessage], *, stop: list[str] | None = None) -> str:
         self.prompts.append(list(messages))
@@ -84,7 +88,8 @@ class FakeIndex:
 
 def fake_services(tmp_path: Path, replies: Sequence[str] = (),
                   passages: dict[str, str] | None = None, **overrides: Any) -> Services:
-    llm_options = {k: overrides.pop(k) for k in ("n_ctx", "fail_after") if k in overrides}
+    llm_options = {k: overrides.pop(k) for k in ("n_ctx", "fail_after", "logprobs")
+                   if k in overrides}
     # The fake index scores words only, as one side: hybrid retrieval is tested on the real
     # index (tests/test_retrieval.py).
     overrides.setdefault("retrieval", "dense")

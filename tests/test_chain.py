@@ -3,8 +3,11 @@ model's behaviour is in test_model.py and test_quality.py)."""
 
 from __future__ import annotations
 
+import math
 import re
 from pathlib import Path
+
+import pytest
 
 from hearth.conversations import Turn
 from hearth.model import (
@@ -297,3 +300,38 @@ def test_a_looping_answer_stops_at_its_first_repeat_which_is_not_kept(tmp_path: 
         "Run python -m pip install followed by its name. Pip installs it then.")
     # a short sentence may come back ("Yes."), and code is never cut
     assert without_repeats("Yes. It is. Yes. ```\nx = 1\n```") == "Yes. It is. Yes. ```\nx = 1\n```"
+
+
+def test_an_answer_the_model_was_unsure_of_is_withheld_below_the_floor(tmp_path: Path) -> None:
+    """HEARTH_MIN_ANSWER_CONFIDENCE: a draft the check passes is still not given as fact when
+    the model was less sure of its words (the geometric mean of its tokens' probabilities)
+    than the floor. Fast tier: the fake model reports scripted log-probabilities, as llama.cpp
+    in process reports measured ones (tests/test_llm.py)."""
+    draft = "Run python -m pip install followed by its name."
+    unsure = [-0.2, -1.4]  # exp(-0.8): 0.45
+    chain, _ = assistant(tmp_path, draft, logprobs=unsure, min_answer_confidence=0.59)
+    events = list(chain.stream(QUESTION))
+    answer = events[-1]
+    assert isinstance(answer, Answer)
+    assert answer.confidence == pytest.approx(math.exp(-0.8))
+    assert answer.refused and not answer.grounded and answer.draft == draft
+    assert answer.unsupported == []  # every name is the passage's: only the model doubted
+    assert answer.answer.startswith("The answer drafted from your documents is not given")
+    assert "mean probability 0.45, below the 0.59 required" in answer.answer
+    assert "python -m pip install" in answer.evidence[0].text  # the closest sentence instead
+    streamed = "".join(e.text for e in events if isinstance(e, Token))
+    assert "(The model was unsure of this answer: its words' mean probability 0.45" in streamed
+
+    # Sure enough, or no floor, or a backend that reports nothing: given as the answer.
+    for logprobs, floor in (([-0.2, -0.4], 0.59), (unsure, 0.0), ((), 0.59)):
+        chain, _ = assistant(tmp_path, draft, logprobs=logprobs, min_answer_confidence=floor)
+        answer = chain.answer(QUESTION)
+        assert (answer.answer, answer.grounded, answer.refused) == (draft, True, False)
+    assert answer.confidence is None
+
+    # With HEARTH_UNSUPPORTED_ANSWERS=flag it is given, with the note.
+    chain, _ = assistant(tmp_path, draft, logprobs=unsure, min_answer_confidence=0.59,
+                         unsupported_answers="flag")
+    answer = chain.answer(QUESTION)
+    assert answer.answer.startswith(draft) and not answer.refused and not answer.grounded
+    assert "(The model was unsure of this answer" in answer.answer

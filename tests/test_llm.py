@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import pytest
@@ -102,3 +103,36 @@ def test_openai_adapter_server_down(make_settings: Any) -> None:
         llm.ping()
     with pytest.raises(LLMError, match="not reachable"):
         list(llm.stream(MESSAGES))
+
+
+def test_llamacpp_records_each_drawn_tokens_log_probability(smollm: LlamaCppLLM) -> None:
+    """The answer's confidence comes from llama.cpp's own logits: the recorder reads, for each
+    drawn token, the same log-probability llama-cpp-python reports itself when it keeps every
+    position's logits (which Hearth does not: that would slow the prompt); sampled at 0.7,
+    so the drawn tokens are not always the likeliest."""
+    from llama_cpp import Llama, LogitsProcessorList
+
+    from hearth.llm import TokenLogprobs
+
+    reference = Llama(model_path=str(smollm.model_path), n_ctx=512, logits_all=True,
+                      verbose=False, seed=0)
+    recorded: list[float] = []
+    out = reference.create_chat_completion(
+        messages=[{"role": "user", "content": "Name three fruits."}], logprobs=True,
+        top_logprobs=1, temperature=0.7, max_tokens=20, seed=0,
+        logits_processor=LogitsProcessorList([TokenLogprobs(recorded)]))
+    reported = [float(t["logprob"]) for t in out["choices"][0]["logprobs"]["content"]]
+    assert len(recorded) == len(reported) - 1 >= 5  # the last token drawn is not read
+    assert recorded == pytest.approx(reported[:-1], abs=1e-4)
+    assert min(reported) < -0.5  # some drawn tokens were far from sure: a real comparison
+
+    # Hearth's adapter records them with every streamed answer, anew each time.
+    usage = Generation()
+    text = "".join(smollm.stream(MESSAGES, usage=usage))
+    assert text and len(usage.logprobs) >= usage.completion_tokens - 1 > 0
+    assert all(x <= 0 for x in usage.logprobs)
+    assert usage.confidence == pytest.approx(math.exp(sum(usage.logprobs) / len(usage.logprobs)))
+    first = list(usage.logprobs)
+    "".join(smollm.stream(MESSAGES, usage=usage))
+    assert usage.logprobs == first  # the same seeded answer, counted once
+    assert Generation().confidence is None  # a backend that reports nothing
