@@ -1,0 +1,88 @@
+"""How sure was the model of the answers the grounding check passed, and does it tell right from wrong?
+
+HEARTH_MIN_ANSWER_CONFIDENCE withholds an answer the model was unsure of: the geometric mean
+of the probabilities it gave the tokens it wrote, read from llama.cpp's logits as it
+generates. A `hearth eval facts` run records each answer's `confidence` (llama.cpp in
+process). This script reads a run's records, without generating anything, and gives, over
+the drafts the grounding check passes: the AUC of telling right ones (every key fact) from
+wrong ones by confidence, and for a few floors the right and wrong drafts a floor would
+withhold and the issue's goals with it (a withheld answer scores 0).
+
+    .venv/bin/python bench/answer_confidence.py eval-runs/RUN [--sets evaluation/sets]
+    .venv/bin/python bench/answer_confidence.py eval-runs/RUN --ids first.txt   # a part
+
+The confidence is the generated tokens' own: re-reading a draft's text later gives lower
+figures (the text tokenized again is not always the tokens drawn), so a floor is measured
+on recorded runs only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+from pathlib import Path
+from typing import Any
+
+import common  # puts the repository on sys.path
+from self_check import auc
+
+from hearth.evaluation.keyfacts import facts_present, load_fact_sets
+from hearth.grounding import check
+
+FLOORS = (0.6, 0.65, 0.7, 0.75, 0.8)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("run", type=Path, help="a hearth eval facts run folder (records.jsonl)")
+    p.add_argument("--sets", type=Path, help="grade with the key facts of the sets in this "
+                   "folder (evaluation/sets), by question id, instead of the run's")
+    p.add_argument("--ids", type=Path, help="only the questions whose ids this file lists (one "
+                   "a line): a part of the run, to choose a floor on and check it on the rest")
+    p.add_argument("--floor", type=float, action="append", help="a floor to give the goals "
+                   f"at (repeat it); default {', '.join(map(str, FLOORS))}")
+    args = p.parse_args()
+    wanted = set(args.ids.read_text().split()) if args.ids else None
+    facts_now = ({q.id: q.key_facts for q in load_fact_sets(sorted(args.sets.glob("*.jsonl")))}
+                 if args.sets else {})
+    rows: list[dict[str, Any]] = []
+    for record, draft in common.drafts(args.run):
+        if wanted is not None and record["id"] not in wanted:
+            continue
+        passed = bool(draft) and check(draft, record.get("passages") or [],
+                                       record["question"]).grounded
+        facts = facts_now.get(record["id"], record.get("key_facts") or [])
+        share = len(facts_present(facts, draft)) / len(facts) if facts and passed else 0.0
+        if passed and record.get("confidence") is None:
+            raise SystemExit(f"{record['id']}: the run recorded no confidence (a run made "
+                             "before it was recorded, or not with llama.cpp in process)")
+        rows.append({"answerable": record["answerable"], "passed": passed, "share": share,
+                     "confidence": record.get("confidence")})
+    passed = [r for r in rows if r["passed"] and r["answerable"]]
+    right = [r["confidence"] for r in passed if r["share"] == 1]
+    wrong = [r["confidence"] for r in passed if r["share"] < 1]
+    print(f"\n{len(passed)} answerable drafts passed by the check: {len(right)} right, "
+          f"{len(wrong)} wrong; confidence median {statistics.median(right):.3f} right, "
+          f"{statistics.median(wrong):.3f} wrong; AUC {auc(right, wrong):.2f}\n")
+    answerable = [r for r in rows if r["answerable"]]
+    unanswerable = [r for r in rows if not r["answerable"]]
+    n = len(answerable)
+    print("| floor | right withheld | wrong withheld | recall over answers presented | "
+          "presented | wrong presented | false refusals | unanswerable refused |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|")
+    for floor in (0.0, *(args.floor or FLOORS)):
+        def shown(r: dict[str, Any], floor: float = floor) -> bool:
+            return bool(r["passed"]) and r["confidence"] >= floor
+
+        presented = [r for r in answerable if shown(r)]
+        wrong_shown = sum(1 for r in presented if r["share"] < 1)
+        print(f"| {floor or 'off'} | {sum(1 for c in right if c < floor)} | "
+              f"{sum(1 for c in wrong if c < floor)} | "
+              f"{sum(r['share'] for r in presented) / n:.3f} | "
+              f"{len(presented) / n:.3f} ({len(presented)}) | {wrong_shown / n:.3f} ({wrong_shown}) | "
+              f"{(n - len(presented)) / n:.3f} ({n - len(presented)}) | "
+              f"{sum(1 for r in unanswerable if not shown(r))} of {len(unanswerable)} |")
+
+
+if __name__ == "__main__":
+    main()
