@@ -62,8 +62,8 @@ class TokenLogprobs:
     log-probability of each token the model draws, under its logits as they are before
     sampling: each step it keeps the normalised row, and the next step, which sees the drawn
     token at the end of ``input_ids``, reads that token's entry. The last token drawn (the end
-    of the answer, usually) is not read. About a millisecond a token (a log-sum-exp over the
-    vocabulary)."""
+    of the answer, usually) is not read. A few milliseconds a token (a log-sum-exp over the
+    vocabulary: 3 ms measured on 2 busy cores, against some 240 ms to draw a 1.5B token)."""
 
     def __init__(self, into: list[float]) -> None:
         self.into = into
