@@ -165,6 +165,7 @@ def answer_out(answer: Answer, conversation_id: str) -> AnswerOut:
         model=answer.model, timings=answer.timings,
         evidence=[EvidenceOut(**e.to_dict()) for e in answer.evidence],
         grounded=answer.grounded, unsupported=answer.unsupported, draft=answer.draft,
+        confidence=answer.confidence,
     )
 
 

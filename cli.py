@@ -155,8 +155,9 @@ def ask(question: str, user_id: str | None, conversation_id: str | None,
         click.echo("\n(Not backed by the sources: check them before relying on this answer.)",
                    err=True)
     t = answer.timings
+    sure = "" if answer.confidence is None else f", the model's confidence {answer.confidence:.2f}"
     click.echo(f"\n({t.get('first_token_s', t['total_s']):.1f} s to first token, "
-               f"{t['total_s']:.1f} s in all, {answer.model})", err=True)
+               f"{t['total_s']:.1f} s in all, {answer.model}{sure})", err=True)
     if reply.conversation_id:
         click.echo(f"(conversation {reply.conversation_id})", err=True)
 

@@ -51,6 +51,9 @@ class Turn:
     collections: list[str] = field(default_factory=lambda: ["default"])
     # The user's verdict on the answer: {"rating": "helpful" | "wrong", "comment", "at"}.
     feedback: dict[str, Any] | None = None
+    # How sure the model was of its words (``Answer.confidence``); None where the backend
+    # does not say, and for a turn from before it was stored.
+    confidence: float | None = None
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Turn:

@@ -88,6 +88,7 @@ MIGRATIONS = [
     # before reads as asked over ``default``, which held everything then.
     Migration(3, "turns carry the collections they were asked over"),
     Migration(4, "turns carry the user's feedback on the answer"),
+    Migration(5, "turns carry the model's confidence in the answer"),
 ]
 
 

@@ -141,7 +141,8 @@ class Answer:
     # draft without the documents. Not an answer: never shown, not stored with the turn.
     expansion: str = ""
     # How sure the model was of its words (``Generation.confidence``; None where the backend
-    # does not say): HEARTH_MIN_ANSWER_CONFIDENCE withholds below it. Not stored with the turn.
+    # does not say, or no model wrote the answer): HEARTH_MIN_ANSWER_CONFIDENCE withholds below
+    # it. Stored with the turn and shown with the answer.
     confidence: float | None = None
 
     def turn(self, question: str) -> Turn:
@@ -152,7 +153,7 @@ class Answer:
             standalone_question=self.standalone_question,
             evidence=[e.to_dict() for e in self.evidence], grounded=self.grounded,
             unsupported=self.unsupported, draft=self.draft,
-            collections=list(self.collections),
+            collections=list(self.collections), confidence=self.confidence,
         )
 
 

@@ -129,6 +129,11 @@ class HearthExtras(BaseModel):
     unsupported: list[str] = Field(description="Hearth extension: those spans")
     draft: str = Field("", description="Hearth extension: the model's unverified answer when "
                        "Hearth withheld it (the content then says why)")
+    confidence: float | None = Field(
+        None, ge=0, le=1,
+        description="Hearth extension: how sure the model was of its words (the geometric "
+                    "mean of its tokens' probabilities, 0 to 1; not the chance that the answer "
+                    "is right); null where the backend does not report it")
 
 
 class OpenAIChatCompletion(HearthExtras):
@@ -155,7 +160,7 @@ class OpenAIChunkChoice(BaseModel):
 class OpenAIChatChunk(BaseModel):
     """One ``data:`` event of a stream. The chunk that carries ``finish_reason`` also carries
     the Hearth extensions (sources, conversation_id, refused, evidence, grounded,
-    unsupported, draft); the stream ends with
+    unsupported, draft, confidence); the stream ends with
     ``data: [DONE]``."""
 
     id: str
@@ -171,6 +176,7 @@ class OpenAIChatChunk(BaseModel):
     grounded: bool | None = None
     unsupported: list[str] | None = None
     draft: str | None = None
+    confidence: float | None = None
 
 
 class OpenAIModel(BaseModel):
@@ -303,7 +309,8 @@ def extras(answer: Answer) -> dict[str, Any]:
     return {"sources": [SourceOut(**s.to_dict()) for s in answer.sources],
             "refused": answer.refused, "grounded": answer.grounded,
             "evidence": [EvidenceOut(**e.to_dict()) for e in answer.evidence],
-            "unsupported": answer.unsupported, "draft": answer.draft}
+            "unsupported": answer.unsupported, "draft": answer.draft,
+            "confidence": answer.confidence}
 
 
 @openai_blueprint.post("/chat/completions")

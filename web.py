@@ -461,6 +461,12 @@ class GroundingOut(BaseModel):
     draft: str = Field("", description="the model's answer when Hearth withheld it for naming "
                        "things no source contains (`answer` then says so, `refused` is true); "
                        "unverified: empty otherwise")
+    confidence: float | None = Field(
+        None, ge=0, le=1,
+        description="how sure the model was of its words: the geometric mean of the "
+                    "probabilities it gave each word (token) it wrote, 0 to 1, higher is surer; "
+                    "not the chance that the answer is right. Null where the backend does not "
+                    "report it (Ollama, Transformers) or no model wrote the answer")
 
 
 # -- route tables and the OpenAPI document -------------------------------------------------------

@@ -80,6 +80,8 @@ def test_question_is_answered_with_sources_and_remembered(client: Any) -> None:
     assert turn["answer"] == body["answer"]
     assert turn["sources"] == body["sources"]
     assert turn["timings"]["total_s"] > 0
+    # How sure SmolLM2 was of its words, read as llama.cpp drew them, and stored with the turn.
+    assert 0 < body["confidence"] < 1 and turn["confidence"] == body["confidence"]
 
 
 def test_follow_up_continues_the_conversation(client: Any) -> None:
@@ -120,6 +122,7 @@ def test_streaming_sends_tokens_then_sources_then_done(client: Any) -> None:
     # streamed, then the note naming it; the stored turn says it was withheld, with the draft.
     assert done["refused"] and turns[0]["draft"] == done["draft"] and done["unsupported"]
     assert text.strip().startswith(done["draft"])
+    assert 0 < done["confidence"] < 1 and turns[0]["confidence"] == done["confidence"]
     assert f"(Not found in your documents: {done['unsupported'][0]}" in text
 
 

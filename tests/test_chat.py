@@ -5,6 +5,7 @@ index; the history store is a real SQLite file)."""
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Any
 
@@ -225,6 +226,32 @@ def test_every_face_returns_the_evidence_and_the_verdict(client: Any) -> None:
     assert v1["grounded"] is True and v1["evidence"] == api["evidence"]
     turn = client.get(f"/api/conversations/{api['conversation_id']}").get_json()["turns"][0]
     assert turn["evidence"] == api["evidence"] and turn["grounded"] is True
+
+
+def test_every_face_returns_the_models_confidence_and_the_turn_keeps_it(tmp_path: Path) -> None:
+    """Fast tier: the backend's log-probabilities are scripted (tests/test_llm.py reads real
+    ones from llama.cpp, tests/test_api.py shows them through the API)."""
+    services = fake_services(tmp_path, ["marigold-42."] * 10, logprobs=[-0.1, -0.3])
+    client = create_app(services.settings, services).test_client()
+    sure = round(math.exp(-0.2), 6)
+    api = client.post("/api/question", json={"question": WIFI, "user_id": "ann"}).get_json()
+    assert round(api["confidence"], 6) == sure
+    v1 = client.post("/v1/chat/completions", json={
+        "user": "ann", "messages": [{"role": "user", "content": WIFI}]}).get_json()
+    assert round(v1["confidence"], 6) == sure
+    streamed = client.post("/v1/chat/completions", json={
+        "stream": True, "messages": [{"role": "user", "content": WIFI}]}).get_data(as_text=True)
+    chunks = [json.loads(line.removeprefix("data: ")) for line in streamed.splitlines()
+              if line.startswith("data: {")]
+    assert round(chunks[-1]["confidence"], 6) == sure  # with finish_reason and the extensions
+    turns = client.get(f"/api/conversations/{api['conversation_id']}?user_id=ann").get_json()
+    assert [round(t["confidence"], 6) for t in turns["turns"]] == [sure]
+    # A backend that does not report it: null, on the answer and the stored turn.
+    quiet = fake_services(tmp_path / "quiet", ["marigold-42."])
+    answer = create_app(quiet.settings, quiet).test_client().post(
+        "/api/question", json={"question": WIFI, "user_id": "ann"}).get_json()
+    assert answer["confidence"] is None
+    assert quiet.history.get(answer["conversation_id"]).turns[0].confidence is None
 
 
 def test_an_empty_generation_is_an_error_and_stores_nothing(tmp_path: Path) -> None:

@@ -157,3 +157,6 @@ def test_hearth_ask_answers_from_the_site_and_the_pdf_citing_them(corpus: Corpus
         answer = re.split(r"it/s\]", answer.strip().splitlines()[-1])[-1].strip()
         assert answer and "I am not programmed to answer that" not in answer
         assert cites in sources.splitlines()[0]
+        # The timings line (on stderr, which the runner mixes in) says how sure the model was.
+        assert re.search(r"s in all, llamacpp:.*, the model's confidence (0\.\d\d|1\.00)\)",
+                         result.output), result.output

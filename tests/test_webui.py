@@ -169,6 +169,11 @@ def test_ask_see_it_stream_with_sources_find_it_after_reload_and_delete_it(
     assert not any(w["working"] and w["length"] for w in watch), watch
     text = answer.locator(".text").inner_text()
     assert text.strip()
+    # How sure SmolLM2 was, as llama.cpp drew its tokens: under the answer, explained on hover.
+    sure = re.compile(r"^Model's confidence (0\.\d\d|1\.00)$")
+    expect(answer.locator(".confidence")).to_have_text(sure)
+    confidence = answer.locator(".confidence").inner_text()
+    assert "not the chance" in (answer.locator(".confidence").get_attribute("title") or "")
 
     # The source: the file's name; its passage on demand.
     expect(sources.first).to_contain_text("printing.md")
@@ -200,6 +205,7 @@ def test_ask_see_it_stream_with_sources_find_it_after_reload_and_delete_it(
     expect(page.locator("#messages .turn")).to_have_count(1)
     expect(page.locator("#messages .question")).to_have_text(QUESTION)
     assert page.locator("#messages .answer .text").inner_text() == text
+    expect(page.locator("#messages .answer .confidence")).to_have_text(confidence)  # stored
     expect(page.locator("#messages .sources li").first).to_contain_text("printing.md")
 
     # Delete it, confirming.
@@ -383,7 +389,8 @@ def test_a_withheld_answer_says_why_with_the_closest_evidence_and_the_draft_fold
                         "c1", 0.61).to_dict()],
         evidence=[{"source": 0, "text": sentence, "start": 0, "end": len(sentence),
                    "score": 3.0}],
-        grounded=False, unsupported=["42"], draft="The driver prints **42 pages** a minute.")
+        grounded=False, unsupported=["42"], draft="The driver prints **42 pages** a minute.",
+        confidence=0.4512)
     SQLiteHistory(hearth.data / "history.sqlite3").add_turn("withheld-1", "Hal", turn)
 
     page = open_page(browser, hearth, requests_made)
@@ -400,6 +407,7 @@ def test_a_withheld_answer_says_why_with_the_closest_evidence_and_the_draft_fold
     expect(draft.locator(".draft-text")).to_be_hidden()  # folded until asked for
     draft.locator("summary").click()
     expect(draft.locator(".draft-text strong")).to_have_text("42 pages")
+    expect(answer.locator(".confidence")).to_have_text("Model's confidence in its draft 0.45")
 
 
 def test_rate_limited_is_said_so(browser: Any, hearth: Hearth, requests_made: list[Any]) -> None:

@@ -27,6 +27,8 @@ class HearthError extends Error {
 
 const UNREACHABLE = "Hearth is not reachable: is `hearth serve` still running? Nothing was sent.";
 const LOST = "The connection to Hearth was lost before the answer was finished; the answer was not saved.";
+const CONFIDENCE_HINT = "How sure the model was of the words it wrote (the mean probability it " +
+  "gave each of them, 0 to 1). A hint, not the chance that the answer is right: read the evidence.";
 
 function explain(status, code, message, retryAfter) {
   const wait = retryAfter ? ` Try again in ${retryAfter} s.` : " Try again shortly.";
@@ -260,11 +262,13 @@ function renderSources(answerNode, sources, evidence = []) {
 // Under the answer: the sentences of the sources that back it, and, when the grounding check
 // found things no source says, a warning naming them. The sources' passages mark the evidence.
 // An answer Hearth withheld says why itself: under it, the sentences closest to the question
-// and the model's draft, folded and marked unverified.
+// and the model's draft, folded and marked unverified. Then how sure the model was, where the
+// backend says.
 function renderGrounding(answerNode, answer) {
   answerNode.querySelector(".evidence")?.remove();
   answerNode.querySelector(".ungrounded-note")?.remove();
   answerNode.querySelector(".draft")?.remove();
+  answerNode.querySelector(".confidence")?.remove();
   const withheld = Boolean(answer.draft);
   const sources = answerNode.sources || [];
   const evidence = answer.evidence || [];
@@ -297,7 +301,14 @@ function renderGrounding(answerNode, answer) {
       text: spans ? `Not found in your documents: ${spans}. Check the evidence and sources before relying on this answer.`
                   : "Your documents do not back this answer as it stands: check the sources before relying on it." }));
   }
+  if (typeof answer.confidence === "number") {
+    const line = el("p", { class: "confidence", title: CONFIDENCE_HINT,
+      text: `Model's confidence${withheld ? " in its draft" : ""} ${answer.confidence.toFixed(2)}` });
+    const below = answerNode.querySelector(".evidence") || answerNode.querySelector(".sources");
+    if (below) below.before(line); else answerNode.append(line);
+  }
 }
+
 
 function addTurn(question) {
   $("#empty").hidden = true;
