@@ -49,6 +49,8 @@ class Generation:
     # Each drawn token's log-probability under the model's own distribution (its logits, before
     # temperature, penalties and top-p), where the backend gives them: llama.cpp in process.
     logprobs: list[float] = field(default_factory=list)
+    # The drawn tokens themselves (their ids), one for each log-probability.
+    tokens: list[int] = field(default_factory=list)
 
     @property
     def confidence(self) -> float | None:
@@ -65,8 +67,9 @@ class TokenLogprobs:
     of the answer, usually) is not read. A few milliseconds a token (a log-sum-exp over the
     vocabulary: 3 ms measured on 2 busy cores, against some 240 ms to draw a 1.5B token)."""
 
-    def __init__(self, into: list[float]) -> None:
+    def __init__(self, into: list[float], tokens: list[int] | None = None) -> None:
         self.into = into
+        self.tokens = tokens  # where given, each drawn token's id as well
         self._last: tuple[Any, float] | None = None
 
     def __call__(self, input_ids: Any, logits: Any) -> Any:
@@ -74,7 +77,10 @@ class TokenLogprobs:
 
         if self._last is not None:
             row, norm = self._last
-            self.into.append(float(row[int(input_ids[-1])]) - norm)
+            drawn = int(input_ids[-1])
+            self.into.append(float(row[drawn]) - norm)
+            if self.tokens is not None:
+                self.tokens.append(drawn)
         row = np.asarray(logits, dtype=np.float64)  # a copy: llama.cpp reuses its buffer
         top = float(row.max())
         self._last = (row, top + math.log(float(np.exp(row - top).sum())))
@@ -123,6 +129,7 @@ class LLM:
         """Yield the answer's text as it is generated; ``usage`` receives the token counts."""
         usage = usage if usage is not None else Generation()
         usage.logprobs.clear()  # an answer generated again (an echo) is read anew
+        usage.tokens.clear()
         pieces: list[str] = []
         # The whole answer gets llm_timeout_s: HTTP backends also time out a silent server, but
         # only this stops a model in process (or a server) that goes on generating too slowly.
@@ -166,6 +173,10 @@ class LLM:
         """Extra arguments of a streamed call that fill ``usage.logprobs``, where the backend
         can: none here."""
         return {}
+
+    def token_texts(self, tokens: Sequence[int]) -> list[str]:
+        """The text of each of ``usage.tokens`` (none where the backend records none)."""
+        return []
 
     def complete(self, messages: Sequence[BaseMessage], *, stop: list[str] | None = None) -> str:
         """The whole answer in one response (short calls: rewriting a follow-up question)."""
@@ -231,7 +242,12 @@ class LlamaCppLLM(LLM):
     def recording(self, usage: Generation) -> dict[str, Any]:
         from llama_cpp import LogitsProcessorList
 
-        return {"logits_processor": LogitsProcessorList([TokenLogprobs(usage.logprobs)])}
+        return {"logits_processor": LogitsProcessorList([TokenLogprobs(usage.logprobs,
+                                                                       usage.tokens)])}
+
+    def token_texts(self, tokens: Sequence[int]) -> list[str]:
+        # One at a time: a character of several tokens reads as replacement characters.
+        return [self._llama.detokenize([t]).decode("utf-8", "replace") for t in tokens]
 
     def count_tokens(self, text: str) -> int:
         return len(self._llama.tokenize(text.encode("utf-8"), add_bos=False, special=True))

@@ -144,6 +144,9 @@ class Answer:
     # does not say, or no model wrote the answer): HEARTH_MIN_ANSWER_CONFIDENCE withholds below
     # it. Stored with the turn and shown with the answer.
     confidence: float | None = None
+    # The tokens the model drew, each with its log-probability (where the backend records
+    # them): what ``confidence`` is read from. Evaluation records them; not stored.
+    tokens: list[tuple[str, float]] = field(default_factory=list)
 
     def turn(self, question: str) -> Turn:
         return Turn(
@@ -611,6 +614,7 @@ class Assistant:
             timings=timings, evidence=found, grounded=verdict.grounded,
             unsupported=verdict.unsupported, draft=draft, collections=list(collections),
             expansion=expansion, confidence=usage.confidence,
+            tokens=list(zip(self.llm.token_texts(usage.tokens), usage.logprobs, strict=False)),
         )
 
     def doubt(self, usage: Generation, verdict: Verdict) -> str:

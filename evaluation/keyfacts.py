@@ -350,6 +350,7 @@ class InProcessAnswerer:
                 "unsupported": list(getattr(answer, "unsupported", None) or []),
                 "draft": getattr(answer, "draft", "") or "",
                 "confidence": getattr(answer, "confidence", None),
+                "tokens": [[text, round(lp, 4)] for text, lp in getattr(answer, "tokens", [])],
                 "sources": [_source_json(s) for s in answer.sources],
                 "latency_s": round(latency, 4), "first_token_s": timings.get("first_token_s"),
                 "prompt_tokens": usage.get("prompt_tokens"),

@@ -117,13 +117,17 @@ def test_llamacpp_records_each_drawn_tokens_log_probability(smollm: LlamaCppLLM)
     reference = Llama(model_path=str(smollm.model_path), n_ctx=512, logits_all=True,
                       verbose=False, seed=0)
     recorded: list[float] = []
+    ids: list[int] = []
     out = reference.create_chat_completion(
         messages=[{"role": "user", "content": "Name three fruits."}], logprobs=True,
         top_logprobs=1, temperature=0.7, max_tokens=20, seed=0,
-        logits_processor=LogitsProcessorList([TokenLogprobs(recorded)]))
-    reported = [float(t["logprob"]) for t in out["choices"][0]["logprobs"]["content"]]
+        logits_processor=LogitsProcessorList([TokenLogprobs(recorded, ids)]))
+    content = out["choices"][0]["logprobs"]["content"]
+    reported = [float(t["logprob"]) for t in content]
     assert len(recorded) == len(reported) - 1 >= 5  # the last token drawn is not read
     assert recorded == pytest.approx(reported[:-1], abs=1e-4)
+    # And which token each was, as llama-cpp-python names them.
+    assert [reference.detokenize([i]).decode() for i in ids] == [t["token"] for t in content[:-1]]
     assert min(reported) < -0.5  # some drawn tokens were far from sure: a real comparison
 
     # Hearth's adapter records them with every streamed answer, anew each time.
@@ -132,7 +136,10 @@ def test_llamacpp_records_each_drawn_tokens_log_probability(smollm: LlamaCppLLM)
     assert text and len(usage.logprobs) >= usage.completion_tokens - 1 > 0
     assert all(x <= 0 for x in usage.logprobs)
     assert usage.confidence == pytest.approx(math.exp(sum(usage.logprobs) / len(usage.logprobs)))
+    # The drawn tokens spell the answer (all but the last, the end of the answer, usually).
+    assert len(usage.tokens) == len(usage.logprobs)
+    assert text.startswith("".join(smollm.token_texts(usage.tokens)).strip())
     first = list(usage.logprobs)
     "".join(smollm.stream(MESSAGES, usage=usage))
-    assert usage.logprobs == first  # the same seeded answer, counted once
+    assert usage.logprobs == first and len(usage.tokens) == len(first)  # counted once
     assert Generation().confidence is None  # a backend that reports nothing
