@@ -10,6 +10,14 @@ withhold and the issue's goals with it (a withheld answer scores 0).
 
     .venv/bin/python bench/answer_confidence.py eval-runs/RUN [--sets evaluation/sets]
     .venv/bin/python bench/answer_confidence.py eval-runs/RUN --ids first.txt   # a part
+    .venv/bin/python bench/answer_confidence.py eval-runs/RUN --signal claims
+
+`--signal` reads another figure from the tokens the run recorded with each answer (runs from
+this version on): `low3`, the geometric mean of the answer's three least likely tokens;
+`claims`, that of the tokens of what the grounding check reads as its claims (names,
+numbers, commands: the whole answer's where it has none); `first20`, that of its first 20
+tokens. Hearth's floor uses `mean`, the recorded confidence: none of these told right from
+wrong better on the whole set (docs/evaluation.md, "How sure the model was").
 
 The confidence is the generated tokens' own: re-reading a draft's text later gives lower
 figures (the text tokenized again is not always the tokens drawn), so a floor is measured
@@ -19,7 +27,9 @@ on recorded runs only.
 from __future__ import annotations
 
 import argparse
+import math
 import statistics
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -27,9 +37,38 @@ import common  # puts the repository on sys.path
 from self_check import auc
 
 from hearth.evaluation.keyfacts import facts_present, load_fact_sets
-from hearth.grounding import check
+from hearth.grounding import check, claims
 
 FLOORS = (0.6, 0.65, 0.7, 0.75, 0.8)
+Tokens = Sequence[tuple[str, float]]
+
+
+def geometric(logprobs: Sequence[float]) -> float:
+    return math.exp(statistics.fmean(logprobs))
+
+
+def claim_tokens(tokens: Tokens, draft: str) -> list[float]:
+    """The log-probabilities of the tokens that spell the draft's claims (each of their
+    occurrences in the tokens' text)."""
+    text, spans = "", []
+    for piece, _ in tokens:
+        spans.append((len(text), len(text) + len(piece)))
+        text += piece
+    hit: set[int] = set()
+    for claim in claims(draft):
+        at = text.find(claim)
+        while at >= 0:
+            hit |= {k for k, (a, b) in enumerate(spans) if a < at + len(claim) and b > at}
+            at = text.find(claim, at + 1)
+    return [tokens[k][1] for k in sorted(hit)]
+
+
+SIGNALS: dict[str, Callable[[Tokens, str], float]] = {
+    "low3": lambda tokens, draft: geometric(sorted(lp for _, lp in tokens)[:3]),
+    "claims": lambda tokens, draft: geometric(claim_tokens(tokens, draft)
+                                              or [lp for _, lp in tokens]),
+    "first20": lambda tokens, draft: geometric([lp for _, lp in tokens[:20]]),
+}
 
 
 def main() -> None:
@@ -41,6 +80,8 @@ def main() -> None:
                    "a line): a part of the run, to choose a floor on and check it on the rest")
     p.add_argument("--floor", type=float, action="append", help="a floor to give the goals "
                    f"at (repeat it); default {', '.join(map(str, FLOORS))}")
+    p.add_argument("--signal", choices=["mean", *SIGNALS], default="mean",
+                   help="the figure to grade (default: mean, the recorded confidence)")
     args = p.parse_args()
     wanted = set(args.ids.read_text().split()) if args.ids else None
     facts_now = ({q.id: q.key_facts for q in load_fact_sets(sorted(args.sets.glob("*.jsonl")))}
@@ -56,13 +97,19 @@ def main() -> None:
         if passed and record.get("confidence") is None:
             raise SystemExit(f"{record['id']}: the run recorded no confidence (a run made "
                              "before it was recorded, or not with llama.cpp in process)")
+        confidence = record.get("confidence")
+        if passed and args.signal != "mean":
+            if not record.get("tokens"):
+                raise SystemExit(f"{record['id']}: the run recorded no tokens (a run made "
+                                 "before they were recorded): only --signal mean reads it")
+            confidence = SIGNALS[args.signal]([tuple(t) for t in record["tokens"]], draft)
         rows.append({"answerable": record["answerable"], "passed": passed, "share": share,
-                     "confidence": record.get("confidence")})
+                     "confidence": confidence})
     passed = [r for r in rows if r["passed"] and r["answerable"]]
     right = [r["confidence"] for r in passed if r["share"] == 1]
     wrong = [r["confidence"] for r in passed if r["share"] < 1]
     print(f"\n{len(passed)} answerable drafts passed by the check: {len(right)} right, "
-          f"{len(wrong)} wrong; confidence median {statistics.median(right):.3f} right, "
+          f"{len(wrong)} wrong; {args.signal} median {statistics.median(right):.3f} right, "
           f"{statistics.median(wrong):.3f} wrong; AUC {auc(right, wrong):.2f}\n")
     answerable = [r for r in rows if r["answerable"]]
     unanswerable = [r for r in rows if not r["answerable"]]
