@@ -364,6 +364,11 @@ def test_upload_choose_collections_ask_and_export(
         page.get_by_role("button", name="Export Markdown").click()
     text = Path(markdown.value.path()).read_text()
     assert text.startswith("# Where does the kayak paddle hang?") and "kayak.md" in text
+    # With what backs the answer (or, withheld, what the documents say closest to the
+    # question) and how sure the model was.
+    assert re.search(r"^(Evidence|Closest to the question):\n\n- “.*kayak.*” \[1\]$", text,
+                     re.M | re.I), text
+    assert re.search(r"^Model's confidence( in its draft)?: (0\.\d\d|1\.00)$", text, re.M), text
     with page.expect_download() as exported:
         page.get_by_role("button", name="Export JSON").click()
     assert '"turns"' in Path(exported.value.path()).read_text()

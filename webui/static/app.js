@@ -754,17 +754,32 @@ function download(name, type, text) {
   setTimeout(() => URL.revokeObjectURL(link.href), 1000);
 }
 
+// A conversation as Markdown: each answer with what backs it (the evidence, or for one
+// Hearth withheld the sentences closest to the question and the model's draft), how sure
+// the model was, and its sources with their passages.
 function asMarkdown(conversation) {
   const lines = [`# ${conversation.title}`, ""];
+  const oneLine = (text) => text.replace(/\s+/g, " ").trim();
   for (const turn of conversation.turns) {
     lines.push(`## ${turn.question}`, "", turn.answer, "");
+    if (turn.draft) {
+      lines.push("The model's draft (unverified):", "", ...turn.draft.split("\n").map((l) => `> ${l}`), "");
+    }
+    if ((turn.evidence || []).length) {
+      lines.push(turn.draft ? "Closest to the question:" : "Evidence:", "");
+      for (const e of turn.evidence) lines.push(`- “${oneLine(e.text)}” [${e.source + 1}]`);
+      lines.push("");
+    }
+    if (typeof turn.confidence === "number") {
+      lines.push(`Model's confidence${turn.draft ? " in its draft" : ""}: ${turn.confidence.toFixed(2)}`, "");
+    }
     if (turn.sources.length) {
       lines.push("Sources:", "");
       turn.sources.forEach((s, n) => {
         const where = [s.title, s.page ? `page ${s.page}` : "", s.collection && s.collection !== "default" ? `collection ${s.collection}` : ""]
           .filter(Boolean).join(", ");
         lines.push(`${n + 1}. ${s.source}${where ? ` (${where})` : ""}`);
-        lines.push(`   > ${s.snippet.replace(/\s+/g, " ").trim()}`);
+        lines.push(`   > ${oneLine(s.snippet)}`);
       });
       lines.push("");
     }
