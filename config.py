@@ -209,10 +209,11 @@ class Settings(BaseSettings):
         Unsupported.withhold, description="withhold: an answer that names things the passages "
         "do not contain is not given as an answer (the user sees why, the passages' best "
         "evidence and the draft); flag: it is given with a note (docs/evaluation.md)")
-    min_answer_confidence: float = Field(
-        0.0, ge=0.0, le=1.0, description="an answer the model was less sure of (the geometric "
+    min_answer_confidence: float | None = Field(
+        None, ge=0.0, le=1.0, description="an answer the model was less sure of (the geometric "
         "mean of its tokens' probabilities, llama.cpp in process) is treated as unsupported; 0: "
-        "off; 0.7 measured for Qwen2.5-Coder-1.5B (docs/evaluation.md)")
+        "off; unset: the packaged model's measured floor (0.7 for Qwen2.5-Coder-0.5B, off for "
+        "the 1.5B, off for a GGUF file of one's own: docs/evaluation.md)")
     top_k: int = Field(4, ge=1, le=50)
     min_relevance: float = Field(
         0.25, ge=-1.0, le=1.0, description="cosine similarity below which a chunk is not relevant"
@@ -351,7 +352,7 @@ class Settings(BaseSettings):
         return value
 
     @field_validator("chroma_url", "mongodb_uri", "judge_base_url", "otlp_endpoint",
-                     "transformers_adapter", mode="before")
+                     "transformers_adapter", "min_answer_confidence", mode="before")
     @classmethod
     def _blank_is_none(cls, value: Any) -> Any:
         return None if isinstance(value, str) and not value.strip() else value

@@ -23,7 +23,14 @@ from langchain_core.messages import AIMessageChunk, BaseMessage
 
 from hearth.config import LLMBackend, Settings
 from hearth.errors import Unavailable
-from hearth.weights import ModelError, catalog, configured_model, packaged, resolve_model_path
+from hearth.weights import (
+    ModelError,
+    catalog,
+    confidence_floor,
+    configured_model,
+    packaged,
+    resolve_model_path,
+)
 
 log = logging.getLogger("hearth.llm")
 
@@ -94,6 +101,9 @@ class LLM:
     model_name: str
     n_ctx: int
     chat_model: BaseChatModel
+    # The model's own confidence floor (catalog.json), for HEARTH_MIN_ANSWER_CONFIDENCE unset:
+    # none where the backend reports no confidence or no one measured the model's scale.
+    confidence_floor: float = 0.0
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
@@ -214,6 +224,10 @@ class LlamaCppLLM(LLM):
             log.info("model %s, %s: HEARTH_LLAMACPP_MODEL chooses another", name, why)
         self.model_path = path
         self.model_name = path.stem
+        self.confidence_floor = confidence_floor(name)
+        if settings.min_answer_confidence is None and self.confidence_floor:
+            log.info("answers %s is less sure of than %.2f are withheld (its measured floor: "
+                     "HEARTH_MIN_ANSWER_CONFIDENCE=0 turns it off)", name, self.confidence_floor)
         self.n_ctx = settings.llamacpp_n_ctx
         self._lock = threading.Lock()
         chat_format = None  # a GGUF file of one's own: its embedded chat template

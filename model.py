@@ -619,11 +619,14 @@ class Assistant:
 
     def doubt(self, usage: Generation, verdict: Verdict) -> str:
         """Why an answer the check passed is not given as fact after all: the model was less
-        sure of its words than HEARTH_MIN_ANSWER_CONFIDENCE ("" when it was sure enough, or
-        the backend does not say). On the whole evaluation set with the 1.5B, a floor of 0.7
-        withheld about four wrong drafts the check passed for each right one
+        sure of its words than HEARTH_MIN_ANSWER_CONFIDENCE, or unset, than the floor measured
+        for the model ("" when it was sure enough, or the backend does not say). On the whole
+        evaluation set a floor of 0.7 withheld 43 wrong drafts of the 0.5B and no right one
+        (its default), and about four wrong drafts of the 1.5B for each right one (off)
         (docs/evaluation.md, "How sure the model was")."""
         floor, confidence = self.settings.min_answer_confidence, usage.confidence
+        if floor is None:  # the model's own, as measured
+            floor = self.llm.confidence_floor
         if not verdict.grounded or not floor or confidence is None or confidence >= floor:
             return ""
         return f"its words' mean probability {confidence:.2f}, below the {floor:.2f} required"

@@ -55,6 +55,10 @@ class PackagedModel:
     parts: tuple[Part, ...]
     # What a machine needs for ``auto`` to choose this model (None: never chosen by itself).
     auto: Machine | None = None
+    # The floor of the model's confidence below which an answer is withheld when
+    # HEARTH_MIN_ANSWER_CONFIDENCE is not set: measured for this model on the evaluation set
+    # (docs/evaluation.md); 0 where a floor cost more right answers than it was worth.
+    min_answer_confidence: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -78,6 +82,7 @@ def catalog(path: Path = CATALOG_PATH) -> dict[str, PackagedModel]:
             chat_format=entry["chat_format"],
             parts=tuple(Part(**part) for part in entry["parts"]),
             auto=Machine(**entry["auto"]) if entry.get("auto") else None,
+            min_answer_confidence=float(entry.get("min_answer_confidence", 0.0)),
         )
         for name, entry in raw.items()
     }
@@ -117,6 +122,13 @@ def choose_model(machine: Machine | None = None) -> tuple[str, Machine]:
     if not fits:  # below every model's needs: the smallest still runs, slowly
         fits = [min((m for m in catalog().values() if m.auto), key=lambda m: m.size)]
     return max(fits, key=lambda m: m.size).name, machine
+
+
+def confidence_floor(name: str) -> float:
+    """The measured confidence floor of a packaged model (catalog.json); 0 for a GGUF file of
+    one's own, whose confidence has a scale no one measured."""
+    model = catalog().get(name)
+    return model.min_answer_confidence if model else 0.0
 
 
 def configured_model(name: str) -> tuple[str, str | None]:

@@ -329,6 +329,14 @@ def test_an_answer_the_model_was_unsure_of_is_withheld_below_the_floor(tmp_path:
         assert (answer.answer, answer.grounded, answer.refused) == (draft, True, False)
     assert answer.confidence is None
 
+    # Unset, the floor is the model's own (catalog.json's, measured); 0 turns it off.
+    for setting, withheld in ((None, True), (0.0, False)):
+        chain, llm = assistant(tmp_path, draft, logprobs=unsure, min_answer_confidence=setting)
+        llm.confidence_floor = 0.59
+        answer = chain.answer(QUESTION)
+        assert (answer.refused, answer.grounded) == (withheld, not withheld), setting
+    assert chain.settings.min_answer_confidence == 0.0
+
     # With HEARTH_UNSUPPORTED_ANSWERS=flag it is given, with the note.
     chain, _ = assistant(tmp_path, draft, logprobs=unsure, min_answer_confidence=0.59,
                          unsupported_answers="flag")

@@ -69,3 +69,12 @@ def test_auto_chooses_the_largest_model_the_machine_suits() -> None:
     assert chosen == weights.choose_model(machine)[0] and why is not None
     assert f"{machine.physical_cores} physical cores" in why
     assert 1 <= machine.physical_cores <= (os.cpu_count() or 1) and machine.memory_gib > 0
+
+
+def test_each_packaged_model_has_its_measured_confidence_floor() -> None:
+    """HEARTH_MIN_ANSWER_CONFIDENCE unset: the 0.5B withholds below the floor measured for it
+    (docs/evaluation.md); the 1.5B, SmolLM2 and a file of one's own withhold nothing for it."""
+    assert weights.confidence_floor("qwen2.5-coder-0.5b-instruct-q4_k_m") == 0.7
+    assert weights.confidence_floor("qwen2.5-coder-1.5b-instruct-q4_k_m") == 0.0
+    assert weights.confidence_floor(SMOLLM) == 0.0
+    assert weights.confidence_floor("my-own-model.Q4_K_M") == 0.0
