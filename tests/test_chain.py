@@ -335,7 +335,6 @@ def test_an_answer_the_model_was_unsure_of_is_withheld_below_the_floor(tmp_path:
         llm.confidence_floor = 0.59
         answer = chain.answer(QUESTION)
         assert (answer.refused, answer.grounded) == (withheld, not withheld), setting
-    assert chain.settings.min_answer_confidence == 0.0
 
     # With HEARTH_UNSUPPORTED_ANSWERS=flag it is given, with the note.
     chain, _ = assistant(tmp_path, draft, logprobs=unsure, min_answer_confidence=0.59,

@@ -309,7 +309,6 @@ function renderGrounding(answerNode, answer) {
   }
 }
 
-
 function addTurn(question) {
   $("#empty").hidden = true;
   const answer = el("div", { class: "answer" }, el("div", { class: "text" }));
