@@ -27,7 +27,6 @@ on recorded runs only.
 from __future__ import annotations
 
 import argparse
-import math
 import statistics
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -38,13 +37,17 @@ from self_check import auc
 
 from hearth.evaluation.keyfacts import facts_present, load_fact_sets
 from hearth.grounding import check, claims
+from hearth.llm import Generation
 
 FLOORS = (0.6, 0.65, 0.7, 0.75, 0.8)
 Tokens = Sequence[tuple[str, float]]
 
 
 def geometric(logprobs: Sequence[float]) -> float:
-    return math.exp(statistics.fmean(logprobs))
+    """As Hearth reads an answer's confidence from all its tokens, read from some of them."""
+    confidence = Generation(logprobs=list(logprobs)).confidence
+    assert confidence is not None  # every answer has tokens; a part has at least one
+    return confidence
 
 
 def claim_tokens(tokens: Tokens, draft: str) -> list[float]:
