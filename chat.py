@@ -61,6 +61,9 @@ class Ask:
     # Whom the question counts as at the model's gate when it has no user (OpenAI clients
     # without `user`: their address), so that anonymous clients do not share one user's places.
     queue_as: str | None = None
+    # How many of the likeliest tokens to record at each drawn token's place (OpenAI's
+    # top_logprobs): the answer's tokens always carry their own log-probability.
+    alternatives: int = 0
 
 
 @dataclass
@@ -181,7 +184,8 @@ class Chat:
         prepared = self._prepare(ask)
         try:
             answer = self.services.assistant.answer(ask.question, prepared.turns,
-                                                    prepared.collections, hold.take)
+                                                    prepared.collections, hold.take,
+                                                    ask.alternatives)
         finally:
             hold.release()
         return self._save(prepared, answer)
@@ -198,7 +202,8 @@ class Chat:
         prepared = self._prepare(ask)
         try:
             events = self.services.assistant.stream(ask.question, prepared.turns,
-                                                    prepared.collections, hold.take)
+                                                    prepared.collections, hold.take,
+                                                    ask.alternatives)
             first = next(events)
         except BaseException:
             hold.release()

@@ -58,6 +58,10 @@ class Generation:
     logprobs: list[float] = field(default_factory=list)
     # The drawn tokens themselves (their ids), one for each log-probability.
     tokens: list[int] = field(default_factory=list)
+    # How many of the likeliest tokens to record at each drawn token's place (OpenAI's
+    # ``top_logprobs``), and those recorded: (id, log-probability) pairs, likeliest first.
+    top: int = 0
+    alternatives: list[list[tuple[int, float]]] = field(default_factory=list)
 
     @property
     def confidence(self) -> float | None:
@@ -66,17 +70,35 @@ class Generation:
         return math.exp(statistics.fmean(self.logprobs)) if self.logprobs else None
 
 
+@dataclass
+class Drawn:
+    """A token the model drew: its bytes (a character may take several tokens), its
+    log-probability, and where recorded the likeliest tokens at its place, likeliest first."""
+
+    piece: bytes
+    logprob: float
+    top: list[tuple[bytes, float]] = field(default_factory=list)
+
+    @property
+    def text(self) -> str:
+        return self.piece.decode("utf-8", "replace")
+
+
 class TokenLogprobs:
     """A llama.cpp logits processor that changes nothing and records, into ``into``, the
     log-probability of each token the model draws, under its logits as they are before
     sampling: each step it keeps the normalised row, and the next step, which sees the drawn
     token at the end of ``input_ids``, reads that token's entry. The last token drawn (the end
     of the answer, usually) is not read. A few milliseconds a token (a log-sum-exp over the
-    vocabulary: 3 ms measured on 2 busy cores, against some 240 ms to draw a 1.5B token)."""
+    vocabulary: 3 ms measured on 2 busy cores, against some 240 ms to draw a 1.5B token).
+    With ``top``, the ``top`` likeliest tokens of each read row go into ``alternatives``."""
 
-    def __init__(self, into: list[float], tokens: list[int] | None = None) -> None:
+    def __init__(self, into: list[float], tokens: list[int] | None = None, top: int = 0,
+                 alternatives: list[list[tuple[int, float]]] | None = None) -> None:
         self.into = into
         self.tokens = tokens  # where given, each drawn token's id as well
+        self.top = top if alternatives is not None else 0
+        self.alternatives = alternatives
         self._last: tuple[Any, float] | None = None
 
     def __call__(self, input_ids: Any, logits: Any) -> Any:
@@ -88,6 +110,10 @@ class TokenLogprobs:
             self.into.append(float(row[drawn]) - norm)
             if self.tokens is not None:
                 self.tokens.append(drawn)
+            if self.top and self.alternatives is not None:
+                best = np.argpartition(row, -self.top)[-self.top:]
+                best = best[np.argsort(-row[best], kind="stable")]
+                self.alternatives.append([(int(i), float(row[i]) - norm) for i in best])
         row = np.asarray(logits, dtype=np.float64)  # a copy: llama.cpp reuses its buffer
         top = float(row.max())
         self._last = (row, top + math.log(float(np.exp(row - top).sum())))
@@ -140,6 +166,7 @@ class LLM:
         usage = usage if usage is not None else Generation()
         usage.logprobs.clear()  # an answer generated again (an echo) is read anew
         usage.tokens.clear()
+        usage.alternatives.clear()
         pieces: list[str] = []
         # The whole answer gets llm_timeout_s: HTTP backends also time out a silent server, but
         # only this stops a model in process (or a server) that goes on generating too slowly.
@@ -184,9 +211,17 @@ class LLM:
         can: none here."""
         return {}
 
-    def token_texts(self, tokens: Sequence[int]) -> list[str]:
-        """The text of each of ``usage.tokens`` (none where the backend records none)."""
+    def token_bytes(self, tokens: Sequence[int]) -> list[bytes]:
+        """The bytes of each of ``usage.tokens`` (none where the backend records none)."""
         return []
+
+    def drawn(self, usage: Generation) -> list[Drawn]:
+        """The tokens ``usage`` recorded, each with its log-probability and alternatives."""
+        pieces = self.token_bytes(usage.tokens)
+        tops = [list(zip(self.token_bytes([i for i, _ in top]), [lp for _, lp in top], strict=True))
+                for top in usage.alternatives]
+        return [Drawn(piece, logprob, tops[n] if n < len(tops) else [])
+                for n, (piece, logprob) in enumerate(zip(pieces, usage.logprobs, strict=False))]
 
     def complete(self, messages: Sequence[BaseMessage], *, stop: list[str] | None = None) -> str:
         """The whole answer in one response (short calls: rewriting a follow-up question)."""
@@ -256,12 +291,12 @@ class LlamaCppLLM(LLM):
     def recording(self, usage: Generation) -> dict[str, Any]:
         from llama_cpp import LogitsProcessorList
 
-        return {"logits_processor": LogitsProcessorList([TokenLogprobs(usage.logprobs,
-                                                                       usage.tokens)])}
+        return {"logits_processor": LogitsProcessorList([TokenLogprobs(
+            usage.logprobs, usage.tokens, usage.top, usage.alternatives)])}
 
-    def token_texts(self, tokens: Sequence[int]) -> list[str]:
-        # One at a time: a character of several tokens reads as replacement characters.
-        return [self._llama.detokenize([t]).decode("utf-8", "replace") for t in tokens]
+    def token_bytes(self, tokens: Sequence[int]) -> list[bytes]:
+        # One at a time: each token's own bytes (a character may take several).
+        return [self._llama.detokenize([t]) for t in tokens]
 
     def count_tokens(self, text: str) -> int:
         return len(self._llama.tokenize(text.encode("utf-8"), add_bos=False, special=True))

@@ -28,7 +28,7 @@ from hearth.conversations import Turn
 from hearth.errors import HearthError
 from hearth.focus import focused
 from hearth.grounding import RESTATED, Evidence, Verdict, check, evidence
-from hearth.llm import LLM, Generation, LLMError
+from hearth.llm import LLM, Drawn, Generation, LLMError
 from hearth.retrieval import Fusion, Hit, Mode, retrieve, with_neighbours
 from hearth.vectorstore import VectorStore
 
@@ -145,8 +145,9 @@ class Answer:
     # it. Stored with the turn and shown with the answer.
     confidence: float | None = None
     # The tokens the model drew, each with its log-probability (where the backend records
-    # them): what ``confidence`` is read from. Evaluation records them; not stored.
-    tokens: list[tuple[str, float]] = field(default_factory=list)
+    # them) and, where asked, the likeliest at its place: what ``confidence`` is read from.
+    # Evaluation records them, the OpenAI face returns them (``logprobs``); not stored.
+    tokens: list[Drawn] = field(default_factory=list)
 
     def turn(self, question: str) -> Turn:
         return Turn(
@@ -512,12 +513,15 @@ class Assistant:
     def stream(
         self, question: str, history: Sequence[Turn] = (),
         collections: Sequence[str] = (DEFAULT,), hold: Callable[[], None] = lambda: None,
+        alternatives: int = 0,
     ) -> Generator[Token | Answer, None, None]:
         """Yield the answer's tokens as they come, then the finished Answer, read from
         ``collections`` only. ``hold`` is called before the model is first used (the chat
         service takes its place at the gate then): a first question is retrieved and its
         prompt built before; a follow-up is rewritten by the model first, and with
-        ``HEARTH_QUERY_EXPANSION`` the model drafts what to search with first."""
+        ``HEARTH_QUERY_EXPANSION`` the model drafts what to search with first. With
+        ``alternatives``, each drawn token of ``Answer.tokens`` carries that many of the
+        likeliest tokens at its place, where the backend records them."""
         started = time.perf_counter()
         timings: dict[str, float] = {}
 
@@ -567,7 +571,7 @@ class Assistant:
         t = mark("prompt_s", t)
         hold()
         t = mark("queue_s", t)
-        usage = Generation()
+        usage = Generation(top=alternatives)
         pieces: list[str] = []
         answered = self._generate(messages, standalone, usage)
         for piece in within_words(answered, self.settings.answer_words):
@@ -614,7 +618,7 @@ class Assistant:
             timings=timings, evidence=found, grounded=verdict.grounded,
             unsupported=verdict.unsupported, draft=draft, collections=list(collections),
             expansion=expansion, confidence=usage.confidence,
-            tokens=list(zip(self.llm.token_texts(usage.tokens), usage.logprobs, strict=False)),
+            tokens=self.llm.drawn(usage),
         )
 
     def doubt(self, usage: Generation, verdict: Verdict) -> str:
@@ -655,8 +659,8 @@ class Assistant:
 
     def answer(self, question: str, history: Sequence[Turn] = (),
                collections: Sequence[str] = (DEFAULT,),
-               hold: Callable[[], None] = lambda: None) -> Answer:
-        for event in self.stream(question, history, collections, hold):
+               hold: Callable[[], None] = lambda: None, alternatives: int = 0) -> Answer:
+        for event in self.stream(question, history, collections, hold, alternatives):
             if isinstance(event, Answer):
                 return event
         raise RuntimeError("the answer stream ended without an answer")  # pragma: no cover

@@ -12,7 +12,8 @@ conversation is ``conversation_id`` when the body gives one, else derived from t
 conversation's first exchange, so that a client resending the whole chat on every turn
 continues one conversation instead of starting a new one each time. The sources, the
 conversation id and whether Hearth refused come back as extra top-level fields, which clients
-that do not know them ignore. Errors have OpenAI's shape, ``{"error": {"message", "type",
+that do not know them ignore. ``logprobs`` and ``top_logprobs`` are honoured where the backend
+records them (llama.cpp in process). Errors have OpenAI's shape, ``{"error": {"message", "type",
 "param", "code"}}``, whose ``code`` and ``message`` are Hearth's usual ones.
 """
 
@@ -22,7 +23,7 @@ import hashlib
 import json
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any, Literal
 
 from flask import Blueprint, Response
@@ -32,6 +33,7 @@ from werkzeug.exceptions import HTTPException
 from hearth.chat import Ask, Reply
 from hearth.conversations import CONVERSATION_ID, USER_ID, Turn
 from hearth.errors import HearthError
+from hearth.llm import Drawn
 from hearth.model import Answer, Token
 from hearth.web import (
     HTTP_CODES,
@@ -89,6 +91,13 @@ class OpenAIChatRequest(BaseModel):
     stream: StrictBool = False
     stream_options: OpenAIStreamOptions | None = None
     n: int = Field(1, ge=1, le=1, description="only one choice is generated")
+    logprobs: StrictBool = Field(False, description=(
+        "return each token of the answer with its log-probability under the model's own "
+        "distribution (before temperature and sampling), where the backend records them "
+        "(llama.cpp in process); null otherwise, and where the content is not the model's "
+        "words (a refusal before the model, an answer withheld)"))
+    top_logprobs: int | None = Field(None, ge=0, le=20, description=(
+        "with logprobs: how many of the likeliest tokens at each place to return too"))
     user: str | None = Field(None, max_length=128, pattern=USER_ID,
                              description="the user id whose history the turn is stored in; "
                                          "omit it to store nothing")
@@ -109,11 +118,28 @@ class OpenAIAnswerMessage(BaseModel):
     content: str
 
 
+class OpenAITopLogprob(BaseModel):
+    token: str
+    logprob: float
+    bytes: list[int] | None = Field(description="the token's UTF-8 bytes (a character may take "
+                                                "several tokens)")
+
+
+class OpenAITokenLogprob(OpenAITopLogprob):
+    top_logprobs: list[OpenAITopLogprob] = Field(
+        description="the likeliest tokens at this place, likeliest first (top_logprobs)")
+
+
+class OpenAILogprobs(BaseModel):
+    content: list[OpenAITokenLogprob] | None
+    refusal: list[OpenAITokenLogprob] | None = None
+
+
 class OpenAIChoice(BaseModel):
     index: int = 0
     message: OpenAIAnswerMessage
     finish_reason: Literal["stop", "length"]
-    logprobs: None = None
+    logprobs: OpenAILogprobs | None = None
 
 
 class HearthExtras(BaseModel):
@@ -154,13 +180,15 @@ class OpenAIChunkChoice(BaseModel):
     index: int = 0
     delta: OpenAIDelta
     finish_reason: Literal["stop", "length"] | None = None
-    logprobs: None = None
+    logprobs: OpenAILogprobs | None = Field(
+        default=None, description="with logprobs: the whole answer's, on the chunk that finishes it")
 
 
 class OpenAIChatChunk(BaseModel):
     """One ``data:`` event of a stream. The chunk that carries ``finish_reason`` also carries
     the Hearth extensions (sources, conversation_id, refused, evidence, grounded,
-    unsupported, draft, confidence); the stream ends with
+    unsupported, draft, confidence) and, when asked, the log-probabilities of every token
+    streamed (read only once the answer is checked); the stream ends with
     ``data: [DONE]``."""
 
     id: str
@@ -279,18 +307,22 @@ def ask_of(body: OpenAIChatRequest) -> Ask:
     is stored: the request's conversation_id (which must exist), else one named after the
     user and the chat's first exchange, so that a client resending the whole chat on every
     turn continues one conversation."""
+    if body.top_logprobs is not None and not body.logprobs:
+        raise ApiError(400, "invalid_field", "top_logprobs: only with logprobs: true")
     user = request_user(body)
     question, turns = split_messages(body.messages)
     reading = {"collections": collections_of(body.model), "everything": reads_everything(user)}
+    alternatives = (body.top_logprobs or 0) if body.logprobs else 0
     if user is None or body.conversation_id is not None:
         return Ask(question=question, user_id=user, conversation_id=body.conversation_id,
-                   turns=turns, queue_as=f"addr:{client_address(settings())}", **reading)
+                   turns=turns, queue_as=f"addr:{client_address(settings())}",
+                   alternatives=alternatives, **reading)
     named = user
     new_id: str | Callable[[Turn], str] = (
         derived_conversation_id(named, turns[0]) if turns
         else lambda first: derived_conversation_id(named, first))
     return Ask(question=question, user_id=user, turns=turns, new_conversation_id=new_id,
-               **reading)
+               alternatives=alternatives, **reading)
 
 
 def usage_of(answer: Answer) -> OpenAIUsage:
@@ -302,6 +334,37 @@ def usage_of(answer: Answer) -> OpenAIUsage:
 def finish_reason(answer: Answer) -> Literal["stop", "length"]:
     limit = settings().max_new_tokens
     return "length" if answer.usage.get("completion_tokens", 0) >= limit else "stop"
+
+
+def content_logprobs(tokens: Sequence[Drawn], content: str, top: int) -> OpenAILogprobs | None:
+    """``choices[].logprobs`` of ``content``: the drawn tokens that wrote it, each with its
+    log-probability and ``top`` alternatives. Hearth cuts an answer at its word budget and may
+    add a note after the model's words, so the tokens are those the content begins with; None
+    when it does not begin with the model's words (a refusal before the model, an answer
+    withheld) or the backend records none."""
+    drawn = b"".join(t.piece for t in tokens)
+    lead = len(drawn) - len(drawn.lstrip())
+    said = content.lstrip().encode()
+    same = 0
+    for a, b in zip(drawn[lead:], said, strict=False):
+        if a != b:
+            break
+        same += 1
+    if not same:
+        return None
+    out: list[OpenAITokenLogprob] = []
+    end = at = 0
+    for token in tokens:
+        at, end = end, end + len(token.piece)
+        if at >= lead + same:
+            break
+        if end <= lead:  # whitespace before the answer, which the content does not keep
+            continue
+        out.append(OpenAITokenLogprob(
+            token=token.text, logprob=token.logprob, bytes=list(token.piece),
+            top_logprobs=[OpenAITopLogprob(token=piece.decode("utf-8", "replace"), logprob=lp,
+                                           bytes=list(piece)) for piece, lp in token.top[:top]]))
+    return OpenAILogprobs(content=out)
 
 
 def extras(answer: Answer) -> dict[str, Any]:
@@ -318,13 +381,20 @@ def chat_completions() -> Response:
     body: OpenAIChatRequest = read_json(OpenAIChatRequest)
     ask = ask_of(body)
     completion_id, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
+    top = ask.alternatives
+
+    def logprobs(answer: Answer, content: str) -> OpenAILogprobs | None:
+        return content_logprobs(answer.tokens, content, top) if body.logprobs else None
+
     if not body.stream:
         reply = chat().answer(ask)
         answer = reply.answer
         out = OpenAIChatCompletion(
             id=completion_id, created=created, model=answer.model,
             choices=[OpenAIChoice(message=OpenAIAnswerMessage(content=answer.answer),
-                                  finish_reason=finish_reason(answer))],
+                                  finish_reason=finish_reason(answer),
+                                  logprobs=logprobs(answer, "" if answer.draft
+                                                    else answer.answer))],
             usage=usage_of(answer), conversation_id=reply.conversation_id, **extras(answer),
         )
         return Response(out.model_dump_json(), mimetype="application/json")
@@ -338,16 +408,20 @@ def chat_completions() -> Response:
         return sse(chunk_json(data))
 
     def events() -> Iterator[str]:
+        streamed: list[str] = []
         try:
             yield chunk(choices=[OpenAIChunkChoice(delta=OpenAIDelta(role="assistant", content=""))])
             for event in stream:
                 if isinstance(event, Token):
+                    streamed.append(event.text)
                     yield chunk(choices=[OpenAIChunkChoice(delta=OpenAIDelta(content=event.text))])
                     continue
                 assert isinstance(event, Reply)
                 answer = event.answer
+                # What the client read: the model's words (a withheld draft's too), then a note.
                 yield chunk(choices=[OpenAIChunkChoice(delta=OpenAIDelta(),
-                                                       finish_reason=finish_reason(answer))],
+                                                       finish_reason=finish_reason(answer),
+                                                       logprobs=logprobs(answer, "".join(streamed)))],
                             conversation_id=event.conversation_id, **extras(answer))
                 if include_usage:
                     yield chunk(choices=[], usage=usage_of(answer))

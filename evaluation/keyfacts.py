@@ -305,6 +305,15 @@ def _source_json(s: Any) -> dict[str, Any]:
     return out
 
 
+def _token_json(token: Any) -> list[Any]:
+    """A drawn token as a record keeps it: [text, log-probability], and where recorded the
+    likeliest tokens at its place, [[text, log-probability], ...]."""
+    out: list[Any] = [token.text, round(token.logprob, 4)]
+    if token.top:
+        out.append([[piece.decode("utf-8", "replace"), round(lp, 4)] for piece, lp in token.top])
+    return out
+
+
 class InProcessAnswerer:
     """Hearth in process: the chat service answers (storing nothing), and the question is also
     retrieved apart, `depth` chunks deep, for the retrieval ranks and "facts retrievable".
@@ -314,8 +323,10 @@ class InProcessAnswerer:
     """
 
     def __init__(self, services: Services, *, depth: int = DEFAULT_DEPTH,
-                 retrieval_only: bool = False, passages: int = PASSAGES_FOR_FACTS) -> None:
+                 retrieval_only: bool = False, passages: int = PASSAGES_FOR_FACTS,
+                 alternatives: int = 0) -> None:
         self.services = services
+        self.alternatives = alternatives  # the likeliest tokens recorded at each drawn one
         self.settings = services.settings
         self.depth = max(depth, passages)
         self.passages = passages
@@ -339,7 +350,8 @@ class InProcessAnswerer:
         expansion = ""
         if self.chat is not None:
             started = time.perf_counter()
-            answer = self.chat.answer(Ask(question.question, store=False, everything=True)).answer
+            answer = self.chat.answer(Ask(question.question, store=False, everything=True,
+                                          alternatives=self.alternatives)).answer
             latency = time.perf_counter() - started
             expansion = getattr(answer, "expansion", "") or ""
             timings = dict(getattr(answer, "timings", None) or {})
@@ -350,7 +362,7 @@ class InProcessAnswerer:
                 "unsupported": list(getattr(answer, "unsupported", None) or []),
                 "draft": getattr(answer, "draft", "") or "",
                 "confidence": getattr(answer, "confidence", None),
-                "tokens": [[text, round(lp, 4)] for text, lp in getattr(answer, "tokens", [])],
+                "tokens": [_token_json(t) for t in getattr(answer, "tokens", [])],
                 "sources": [_source_json(s) for s in answer.sources],
                 "latency_s": round(latency, 4), "first_token_s": timings.get("first_token_s"),
                 "prompt_tokens": usage.get("prompt_tokens"),

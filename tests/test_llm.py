@@ -118,10 +118,11 @@ def test_llamacpp_records_each_drawn_tokens_log_probability(smollm: LlamaCppLLM)
                       verbose=False, seed=0)
     recorded: list[float] = []
     ids: list[int] = []
+    alternatives: list[list[tuple[int, float]]] = []
     out = reference.create_chat_completion(
         messages=[{"role": "user", "content": "Name three fruits."}], logprobs=True,
-        top_logprobs=1, temperature=0.7, max_tokens=20, seed=0,
-        logits_processor=LogitsProcessorList([TokenLogprobs(recorded, ids)]))
+        top_logprobs=3, temperature=0.7, max_tokens=20, seed=0,
+        logits_processor=LogitsProcessorList([TokenLogprobs(recorded, ids, 3, alternatives)]))
     content = out["choices"][0]["logprobs"]["content"]
     reported = [float(t["logprob"]) for t in content]
     assert len(recorded) == len(reported) - 1 >= 5  # the last token drawn is not read
@@ -129,6 +130,13 @@ def test_llamacpp_records_each_drawn_tokens_log_probability(smollm: LlamaCppLLM)
     # And which token each was, as llama-cpp-python names them.
     assert [reference.detokenize([i]).decode() for i in ids] == [t["token"] for t in content[:-1]]
     assert min(reported) < -0.5  # some drawn tokens were far from sure: a real comparison
+    # The likeliest tokens at each place, likeliest first, as llama-cpp-python ranks them.
+    assert len(alternatives) == len(recorded)
+    for mine, theirs in zip(alternatives, content, strict=False):
+        assert [reference.detokenize([i]).decode() for i, _ in mine] == [
+            t["token"] for t in theirs["top_logprobs"]]
+        assert [lp for _, lp in mine] == pytest.approx(
+            [t["logprob"] for t in theirs["top_logprobs"]], abs=1e-4)
 
     # Hearth's adapter records them with every streamed answer, anew each time.
     usage = Generation()
@@ -137,9 +145,18 @@ def test_llamacpp_records_each_drawn_tokens_log_probability(smollm: LlamaCppLLM)
     assert all(x <= 0 for x in usage.logprobs)
     assert usage.confidence == pytest.approx(math.exp(sum(usage.logprobs) / len(usage.logprobs)))
     # The drawn tokens spell the answer (all but the last, the end of the answer, usually).
-    assert len(usage.tokens) == len(usage.logprobs)
-    assert text.startswith("".join(smollm.token_texts(usage.tokens)).strip())
+    assert len(usage.tokens) == len(usage.logprobs) and not usage.alternatives  # none asked
+    drawn = smollm.drawn(usage)
+    assert [t.logprob for t in drawn] == usage.logprobs and all(t.top == [] for t in drawn)
+    assert text.encode().startswith(b"".join(t.piece for t in drawn).strip())
     first = list(usage.logprobs)
     "".join(smollm.stream(MESSAGES, usage=usage))
     assert usage.logprobs == first and len(usage.tokens) == len(first)  # counted once
     assert Generation().confidence is None  # a backend that reports nothing
+
+    # Asked for, the likeliest two at each place, with their own bytes.
+    usage = Generation(top=2)
+    "".join(smollm.stream(MESSAGES, usage=usage))
+    drawn = smollm.drawn(usage)
+    assert drawn and all(len(t.top) == 2 and t.top[0][1] >= t.top[1][1] for t in drawn)
+    assert all(t.top[0][1] >= t.logprob - 1e-9 for t in drawn)

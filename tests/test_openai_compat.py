@@ -28,7 +28,13 @@ from hearth.api import create_app
 from hearth.config import load_settings
 from hearth.conversations import Turn
 from hearth.ingest.pipeline import ingest_files
-from hearth.openai_compat import OpenAIChatChunk, OpenAIMessage, split_messages
+from hearth.llm import Drawn
+from hearth.openai_compat import (
+    OpenAIChatChunk,
+    OpenAIMessage,
+    content_logprobs,
+    split_messages,
+)
 from hearth.services import Services, build_services
 from tests.conftest import MODELS, QWEN, closed_port_url, free_port
 
@@ -147,6 +153,79 @@ def test_the_openai_client_gets_a_correct_answer_with_and_without_streaming(qwen
         "Tell me the guest Wi-Fi password.", QUESTION]
     assert listed["conversations"][1]["id"] == extra["conversation_id"]
     assert listed["conversations"][0]["id"] == final["conversation_id"]
+
+
+@pytest.mark.slow
+def test_the_openai_client_gets_each_tokens_log_probability(qwen_url: str) -> None:
+    """``logprobs`` and ``top_logprobs`` as OpenAI's clients read them: the tokens that wrote
+    the answer, each with its log-probability under the model and the likeliest tokens at
+    its place (llama.cpp in process records them as it draws)."""
+    client = client_for(qwen_url)
+    completion = client.chat.completions.create(
+        model="hearth", messages=[{"role": "user", "content": QUESTION}],
+        logprobs=True, top_logprobs=3)
+    choice = completion.choices[0]
+    answer = choice.message.content or ""
+    assert "marigold-42" in answer and choice.finish_reason == "stop", answer
+    assert choice.logprobs is not None and choice.logprobs.content
+    tokens = choice.logprobs.content
+    assert "".join(t.token for t in tokens) == answer  # every token of the answer, no other
+    assert b"".join(bytes(t.bytes or []) for t in tokens) == answer.encode()
+    for token in tokens:
+        assert token.logprob <= 0 and len(token.top_logprobs) == 3
+        ranked = [t.logprob for t in token.top_logprobs]
+        assert ranked == sorted(ranked, reverse=True) and ranked[0] >= token.logprob - 1e-9
+    # Sampled at a low temperature, the model mostly drew its likeliest token, whose
+    # log-probability is then the drawn one's.
+    likeliest = [t for t in tokens if t.top_logprobs[0].token == t.token]
+    assert len(likeliest) >= len(tokens) // 2
+    assert all(t.top_logprobs[0].logprob == pytest.approx(t.logprob) for t in likeliest)
+    assert min(t.logprob for t in tokens) < max(t.logprob for t in tokens)  # read, not made up
+
+    # Streamed: the chunk that finishes the answer carries the tokens of all it streamed.
+    pieces: list[str] = []
+    finish = None
+    for chunk in client.chat.completions.create(
+            model="hearth", messages=[{"role": "user", "content": QUESTION}], stream=True,
+            logprobs=True):
+        pieces.append(chunk.choices[0].delta.content or "")
+        if chunk.choices[0].finish_reason:
+            finish = chunk.choices[0]
+    assert finish is not None and finish.logprobs is not None and finish.logprobs.content
+    assert "".join(t.token for t in finish.logprobs.content) == "".join(pieces).strip()
+    assert all(t.top_logprobs == [] for t in finish.logprobs.content)
+
+    # Not asked, none.
+    plain = client.chat.completions.create(model="hearth",
+                                           messages=[{"role": "user", "content": QUESTION}])
+    assert plain.choices[0].logprobs is None
+
+
+def test_logprobs_are_the_tokens_that_wrote_the_content() -> None:
+    """Which drawn tokens ``choices[].logprobs`` lists (fast tier: tokens made up here, the
+    selection is the logic under test): those the content begins with, whitespace before the
+    answer left out, the alternatives cut to the number asked; none for content that is not
+    the model's words."""
+    def drawn(*pieces: bytes) -> list[Drawn]:
+        return [Drawn(p, -0.1 * n, [(p, -0.1 * n), (b" x", -3.0)]) for n, p in enumerate(pieces)]
+
+    tokens = drawn(b"\n", b"The", b" answer", b" is", b" 42", b".", b" The", b" answer")
+    # The answer as Hearth keeps it: stripped, cut where it began to repeat, a note added.
+    out = content_logprobs(tokens, "The answer is 42.\n\n(The model was unsure.)", 1)
+    assert out is not None and out.content is not None
+    assert [t.token for t in out.content] == ["The", " answer", " is", " 42", "."]
+    assert [len(t.top_logprobs) for t in out.content] == [1] * 5
+    assert out.content[3].logprob == pytest.approx(-0.4) and out.content[3].bytes == list(b" 42")
+    # A character of several tokens: each token keeps its own bytes.
+    euro = "€".encode()
+    split = content_logprobs(drawn(b"Costs", b" ", euro[:1], euro[1:], b"5"), "Costs €5", 2)
+    assert split is not None and split.content is not None
+    assert [bytes(t.bytes or []) for t in split.content] == [b"Costs", b" ", euro[:1], euro[1:], b"5"]
+    assert b"".join(bytes(t.bytes or []) for t in split.content).decode() == "Costs €5"
+    assert len(split.content[0].top_logprobs) == 2
+    # Words that are not the model's (a refusal before it, a withheld answer), or no tokens.
+    assert content_logprobs(tokens, "I could not find this in the documents.", 0) is None
+    assert content_logprobs([], "The answer is 42.", 0) is None
 
 
 @pytest.mark.slow
@@ -291,6 +370,9 @@ def test_errors_have_openai_shape_and_hearth_codes(make_services: Callable[..., 
         ({"messages": []}, 400, "invalid_field"),
         ({"messages": [{"role": "assistant", "content": "Hi"}]}, 400, "invalid_field"),
         ({"messages": [{"role": "user", "content": "x"}], "n": 2}, 400, "invalid_field"),
+        ({"messages": [{"role": "user", "content": "x"}], "top_logprobs": 2}, 400, "invalid_field"),
+        ({"messages": [{"role": "user", "content": "x"}], "logprobs": True, "top_logprobs": 21},
+         400, "invalid_field"),
         ({"messages": [{"role": "user", "content": "x" * 5000}]}, 413, "question_too_long"),
     ]
     for body, status, code in cases:
@@ -300,6 +382,7 @@ def test_errors_have_openai_shape_and_hearth_codes(make_services: Callable[..., 
         assert error["code"] == code and error["message"]
         assert error["type"] == "invalid_request_error"
     assert post({"messages": []}).json()["error"]["param"] == "messages"
+    assert post(cases[4][0]).json()["error"]["param"] == "top_logprobs"
 
     # The official client turns them into its own exceptions, with Hearth's message.
     with pytest.raises(openai.BadRequestError, match="last message must be the user's question"):
