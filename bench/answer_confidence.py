@@ -19,6 +19,14 @@ numbers, commands: the whole answer's where it has none); `first20`, that of its
 tokens. Hearth's floor uses `mean`, the recorded confidence: none of these told right from
 wrong better on the whole set (docs/evaluation.md, "How sure the model was").
 
+Runs made with `hearth eval facts --alternatives N` also record the likeliest tokens at each
+drawn token's place, and three more figures read them: `margin`, the mean of each token's
+probability less that of the likeliest other token at its place (negative where the model
+drew one it thought less likely); `entropy`, the mean entropy at each place (the N likeliest
+and the rest as one more outcome: a lower bound), negated so that higher is surer;
+`claims-margin`, the least margin among the tokens of the draft's claims (the whole answer's
+where it has none): whether the model, sure of the name it copied, had another in mind.
+
 The confidence is the generated tokens' own: re-reading a draft's text later gives lower
 figures (the text tokenized again is not always the tokens drawn), so a floor is measured
 on recorded runs only.
@@ -27,6 +35,7 @@ on recorded runs only.
 from __future__ import annotations
 
 import argparse
+import math
 import statistics
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -40,7 +49,9 @@ from hearth.grounding import check, claims
 from hearth.llm import Generation
 
 FLOORS = (0.6, 0.65, 0.7, 0.75, 0.8)
-Tokens = Sequence[tuple[str, float]]
+# As a run records them: [text, log-probability], with --alternatives a third element, the
+# likeliest tokens at its place, [[text, log-probability], ...].
+Tokens = Sequence[Sequence[Any]]
 
 
 def geometric(logprobs: Sequence[float]) -> float:
@@ -53,24 +64,54 @@ def geometric(logprobs: Sequence[float]) -> float:
 def claim_tokens(tokens: Tokens, draft: str) -> list[float]:
     """The log-probabilities of the tokens that spell the draft's claims (each of their
     occurrences in the tokens' text)."""
+    return [tokens[k][1] for k in claim_places(tokens, draft)]
+
+
+def claim_places(tokens: Tokens, draft: str) -> list[int]:
+    """Which tokens spell the draft's claims (each of their occurrences in the tokens' text)."""
     text, spans = "", []
-    for piece, _ in tokens:
-        spans.append((len(text), len(text) + len(piece)))
-        text += piece
+    for token in tokens:
+        spans.append((len(text), len(text) + len(token[0])))
+        text += token[0]
     hit: set[int] = set()
     for claim in claims(draft):
         at = text.find(claim)
         while at >= 0:
             hit |= {k for k, (a, b) in enumerate(spans) if a < at + len(claim) and b > at}
             at = text.find(claim, at + 1)
-    return [tokens[k][1] for k in sorted(hit)]
+    return sorted(hit)
+
+
+def alternatives(token: Sequence[Any]) -> list[tuple[str, float]]:
+    if len(token) < 3:
+        raise SystemExit("the run recorded no alternatives: answer with "
+                         "`hearth eval facts --alternatives 5` for this signal")
+    return [(text, lp) for text, lp in token[2]]
+
+
+def margin(token: Sequence[Any]) -> float:
+    """The drawn token's probability less the likeliest other's at its place."""
+    text, lp = token[0], token[1]
+    others = [other for piece, other in alternatives(token) if piece != text]
+    return math.exp(lp) - (math.exp(max(others)) if others else 0.0)
+
+
+def entropy(token: Sequence[Any]) -> float:
+    """The entropy at a token's place, from its alternatives and the rest taken as one."""
+    probabilities = [math.exp(lp) for _, lp in alternatives(token)]
+    rest = max(0.0, 1.0 - sum(probabilities))
+    return -sum(p * math.log(p) for p in [*probabilities, rest] if p > 0)
 
 
 SIGNALS: dict[str, Callable[[Tokens, str], float]] = {
-    "low3": lambda tokens, draft: geometric(sorted(lp for _, lp in tokens)[:3]),
+    "low3": lambda tokens, draft: geometric(sorted(t[1] for t in tokens)[:3]),
     "claims": lambda tokens, draft: geometric(claim_tokens(tokens, draft)
-                                              or [lp for _, lp in tokens]),
-    "first20": lambda tokens, draft: geometric([lp for _, lp in tokens[:20]]),
+                                              or [t[1] for t in tokens]),
+    "first20": lambda tokens, draft: geometric([t[1] for t in tokens[:20]]),
+    "margin": lambda tokens, draft: statistics.fmean(margin(t) for t in tokens),
+    "entropy": lambda tokens, draft: -statistics.fmean(entropy(t) for t in tokens),
+    "claims-margin": lambda tokens, draft: min(
+        margin(tokens[k]) for k in (claim_places(tokens, draft) or range(len(tokens)))),
 }
 
 
@@ -105,7 +146,7 @@ def main() -> None:
             if not record.get("tokens"):
                 raise SystemExit(f"{record['id']}: the run recorded no tokens (a run made "
                                  "before they were recorded): only --signal mean reads it")
-            confidence = SIGNALS[args.signal]([tuple(t) for t in record["tokens"]], draft)
+            confidence = SIGNALS[args.signal](record["tokens"], draft)
         rows.append({"answerable": record["answerable"], "passed": passed, "share": share,
                      "confidence": confidence})
     passed = [r for r in rows if r["passed"] and r["answerable"]]

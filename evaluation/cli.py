@@ -214,10 +214,13 @@ def run(dataset: Path, url: str | None, headers: tuple[str, ...], limit: int | N
 @click.option("--no-retrieval", is_flag=True,
               help="ask the model alone, without the documents (in process; the study of "
                    "fine-tuning against retrieval): key-fact recall only")
+@click.option("--alternatives", type=click.IntRange(0, 20), default=0, show_default=True,
+              help="record the N likeliest tokens at each token the model drew, beside its "
+                   "log-probability (in process, llama.cpp)")
 def facts(sets: tuple[Path, ...], url: str | None, headers: tuple[str, ...], user: str | None,
           limit: int | None, sample: int | None, seed: int, retrieval_only: bool,
           ks: tuple[int, ...], depth: int, out: Path | None, name: str | None,
-          no_retrieval: bool) -> None:
+          no_retrieval: bool, alternatives: int) -> None:
     """Score Hearth on key-fact question SETS (evaluation/sets/*.jsonl): hit@k and MRR of the
     expected page, key-fact recall, refusals, wrong answers, latency; overall and per corpus."""
     from hearth.evaluation import keyfacts
@@ -229,6 +232,9 @@ def facts(sets: tuple[Path, ...], url: str | None, headers: tuple[str, ...], use
     if no_retrieval and (url or retrieval_only):
         raise click.UsageError("--no-retrieval asks the model in process: leave out --url "
                                "and --retrieval-only")
+    if alternatives and (url or retrieval_only or no_retrieval):
+        raise click.UsageError("--alternatives records the answers' tokens in process: leave "
+                               "out --url, --retrieval-only and --no-retrieval")
     settings = _settings()
     previous = _previous_config(out)
     name = name or previous.get("name") or ("facts-retrieval" if retrieval_only else "facts")
@@ -258,12 +264,13 @@ def facts(sets: tuple[Path, ...], url: str | None, headers: tuple[str, ...], use
 
             services = build_services(settings)
             answerer = keyfacts.InProcessAnswerer(services, depth=depth,
-                                                  retrieval_only=retrieval_only)
+                                                  retrieval_only=retrieval_only,
+                                                  alternatives=alternatives)
             config |= {"answerer": "in process", "top_k": settings.top_k,
                        "min_relevance": settings.min_relevance, "retrieval_depth": depth,
                        "vector_store": settings.chroma_url or str(settings.chroma_path)}
             if not retrieval_only:
-                config["model"] = services.llm.name
+                config |= {"model": services.llm.name, "alternatives": alternatives}
         records_path = run_dir / RECORDS_FILE
         if records_path.exists():
             click.echo(f"Resuming the run in {run_dir}", err=True)

@@ -554,3 +554,33 @@ def test_a_retrieval_only_run_over_three_real_pages(tmp_path: Path, make_service
     summary = kf.summarize_facts(records)["groups"]["overall"]
     assert summary["retrieval_hit@4"]["n"] == len(questions)
     assert summary["retrieval_hit@4"]["value"] > 0
+
+
+@pytest.mark.real
+@pytest.mark.skipif(not PY_DOCS.is_dir(), reason="needs Debian's python3.11-doc")
+def test_an_answered_run_records_each_token_with_its_alternatives(tmp_path: Path,
+                                                                  make_services: Any) -> None:
+    """`hearth eval facts --alternatives N` (llama.cpp in process): each record keeps the
+    tokens the model drew, each with its log-probability and the N likeliest at its place."""
+    from hearth.ingest.pipeline import ingest_files
+
+    docs = tmp_path / "html"
+    (docs / "library").mkdir(parents=True)
+    shutil.copy(PY_DOCS / "library/secrets.html", docs / "library/secrets.html")
+    services = make_services()
+    ingest_files(services, docs)
+    question = next(q for q in kf.load_fact_sets([SETS / "python-docs.jsonl"])
+                    if q.source == "library/secrets.html")
+    for alternatives in (0, 2):
+        answerer = kf.InProcessAnswerer(services, alternatives=alternatives)
+        record, = kf.run_facts([question], answerer)
+        assert not record.get("error") and record["tokens"], record
+        draft = record["draft"] or record["hypothesis"]
+        assert draft.startswith("".join(t[0] for t in record["tokens"]).strip()[:40])
+        for token in record["tokens"]:
+            assert token[1] <= 0
+            if not alternatives:
+                assert len(token) == 2
+                continue
+            text, logprob, top = token
+            assert len(top) == 2 and top[0][1] >= top[1][1] and top[0][1] >= logprob - 1e-4
