@@ -295,8 +295,9 @@ class LlamaCppLLM(LLM):
             usage.logprobs, usage.tokens, usage.top, usage.alternatives)])}
 
     def token_bytes(self, tokens: Sequence[int]) -> list[bytes]:
-        # One at a time: each token's own bytes (a character may take several).
-        return [self._llama.detokenize([t]) for t in tokens]
+        # One at a time: each token's own bytes (a character may take several); the end of
+        # the answer, among the alternatives, by its name (<|im_end|>), not as nothing.
+        return [self._llama.detokenize([t], special=True) for t in tokens]
 
     def count_tokens(self, text: str) -> int:
         return len(self._llama.tokenize(text.encode("utf-8"), add_bos=False, special=True))
