@@ -163,13 +163,14 @@ def main() -> None:
     print("| floor | right withheld | wrong withheld | recall over answers presented | "
           "presented | wrong presented | false refusals | unanswerable refused |")
     print("|---|---:|---:|---:|---:|---:|---:|---:|")
-    for floor in (0.0, *(args.floor or FLOORS)):
+    # No floor first (a signal's scale may run below 0: entropy), then each floor.
+    for floor in (-math.inf, *(args.floor or FLOORS)):
         def shown(r: dict[str, Any], floor: float = floor) -> bool:
             return bool(r["passed"]) and r["confidence"] >= floor
 
         presented = [r for r in answerable if shown(r)]
         wrong_shown = sum(1 for r in presented if r["share"] < 1)
-        print(f"| {floor or 'off'} | {sum(1 for c in right if c < floor)} | "
+        print(f"| {'off' if floor == -math.inf else floor} | {sum(1 for c in right if c < floor)} | "
               f"{sum(1 for c in wrong if c < floor)} | "
               f"{sum(r['share'] for r in presented) / n:.3f} | "
               f"{len(presented) / n:.3f} ({len(presented)}) | {wrong_shown / n:.3f} ({wrong_shown}) | "
