@@ -211,7 +211,7 @@ class Settings(BaseSettings):
         "evidence and the draft); flag: it is given with a note (docs/evaluation.md)")
     min_answer_confidence: float | None = Field(
         None, ge=0.0, le=1.0, description="an answer the model was less sure of (the geometric "
-        "mean of its tokens' probabilities, llama.cpp in process) is treated as unsupported; 0: "
+        "mean of its tokens' probabilities, where the backend reports them) is treated as unsupported; 0: "
         "off; unset: the packaged model's measured floor (0.7 for Qwen2.5-Coder-0.5B, off for "
         "the 1.5B, off for a GGUF file of one's own: docs/evaluation.md)")
     top_k: int = Field(4, ge=1, le=50)

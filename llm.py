@@ -34,6 +34,9 @@ from hearth.weights import (
 
 log = logging.getLogger("hearth.llm")
 
+# HTTP statuses with which a server refuses a request it cannot serve as asked.
+REFUSALS = {400, 422, 500, 501}
+
 
 class LLMError(Unavailable):
     """The language model cannot answer; ``code`` and ``status`` say how the API reports it."""
@@ -62,6 +65,9 @@ class Generation:
     # ``top_logprobs``), and those recorded: (id, log-probability) pairs, likeliest first.
     top: int = 0
     alternatives: list[list[tuple[int, float]]] = field(default_factory=list)
+    # The drawn tokens as a server reported them (Ollama, OpenAI-style): their bytes,
+    # log-probabilities and alternatives, where the backend has no token ids to give.
+    received: list[Drawn] = field(default_factory=list)
 
     @property
     def confidence(self) -> float | None:
@@ -82,6 +88,39 @@ class Drawn:
     @property
     def text(self) -> str:
         return self.piece.decode("utf-8", "replace")
+
+
+def _entry(item: Any, key: str) -> Any:
+    # Ollama's client gives its own models (subscriptable), OpenAI's streams plain dicts.
+    try:
+        return item[key]
+    except (KeyError, TypeError, IndexError):
+        return None
+
+
+def _piece(item: Any) -> bytes:
+    raw = _entry(item, "bytes")
+    if isinstance(raw, list) and all(isinstance(b, int) and 0 <= b < 256 for b in raw):
+        return bytes(raw)
+    return str(_entry(item, "token") or "").encode("utf-8")
+
+
+def reported_tokens(logprobs: Any, top: int = 0) -> list[Drawn]:
+    """The tokens a server reported with a piece of an answer: Ollama's ``logprobs`` (a list
+    of {token, logprob, bytes, top_logprobs}) or OpenAI's (the same list under ``content``),
+    each with at most ``top`` alternatives. Entries without a log-probability are left out."""
+    if isinstance(logprobs, dict):
+        logprobs = logprobs.get("content")
+    drawn: list[Drawn] = []
+    for item in logprobs if isinstance(logprobs, list) else ():
+        logprob = _entry(item, "logprob")
+        if not isinstance(logprob, int | float) or isinstance(logprob, bool):
+            continue
+        alternatives = [(_piece(t), float(_entry(t, "logprob")))
+                        for t in _entry(item, "top_logprobs") or ()
+                        if isinstance(_entry(t, "logprob"), int | float)]
+        drawn.append(Drawn(_piece(item), float(logprob), alternatives[:top]))
+    return drawn
 
 
 class TokenLogprobs:
@@ -167,11 +206,14 @@ class LLM:
         usage.logprobs.clear()  # an answer generated again (an echo) is read anew
         usage.tokens.clear()
         usage.alternatives.clear()
+        usage.received.clear()
         pieces: list[str] = []
         # The whole answer gets llm_timeout_s: HTTP backends also time out a silent server, but
         # only this stops a model in process (or a server) that goes on generating too slowly.
         limit = self.settings.llm_timeout_s
         deadline = time.monotonic() + limit
+        asked = self.asks_logprobs
+        refused = False  # the server refused to report log-probabilities: asked again without
         with self._guard():
             chunks = self.chat_model.stream(list(messages), stop=stop, **self.per_call,
                                             **self.recording(usage))
@@ -180,6 +222,11 @@ class LLM:
                     if isinstance(chunk, AIMessageChunk) and chunk.usage_metadata:
                         usage.prompt_tokens = chunk.usage_metadata.get("input_tokens", 0)
                         usage.completion_tokens = chunk.usage_metadata.get("output_tokens", 0)
+                    if asked and isinstance(chunk, AIMessageChunk) and chunk.response_metadata:
+                        received = reported_tokens(chunk.response_metadata.get("logprobs"),
+                                                   usage.top)
+                        usage.received.extend(received)
+                        usage.logprobs.extend(t.logprob for t in received)
                     text = chunk.content if isinstance(chunk.content, str) else ""
                     if text:
                         pieces.append(text)
@@ -192,11 +239,26 @@ class LLM:
             except GeneratorExit:
                 raise
             except Exception as exc:  # translated: the caller sees an actionable error
-                raise self.translate(exc) from exc
+                # A server without log-probabilities may refuse the request (400, 422, or
+                # 500 as llama_cpp.server does for a non-streamed one without logits_all):
+                # nothing was said yet, so ask again without them.
+                refused = asked and not pieces and getattr(exc, "status_code", None) in REFUSALS
+                if not refused:
+                    raise self.translate(exc) from exc
             finally:  # stop the engine before another generation may take the guard
                 close = getattr(chunks, "close", None)
                 if close is not None:
                     close()
+        if refused:
+            self.asks_logprobs = False
+            try:
+                yield from self.stream(messages, stop=stop, usage=usage)
+            except LLMError:
+                self.asks_logprobs = True  # it failed for another reason: ask next time
+                raise
+            log.warning("%s refused to report log-probabilities: answers from it have no "
+                        "confidence", self.name)
+            return
         if not usage.completion_tokens:  # the backend reported none: count them here
             usage.prompt_tokens = self.count_message_tokens(messages)
             usage.completion_tokens = self.count_tokens("".join(pieces))
@@ -206,10 +268,16 @@ class LLM:
     # Extra arguments of every call (streamed or not).
     per_call: dict[str, Any] = {}
 
+    # Whether streamed calls ask the server to report each token's log-probability (Ollama
+    # 0.12.11 and later, OpenAI-style servers); off from the first refusal.
+    asks_logprobs = False
+
     def recording(self, usage: Generation) -> dict[str, Any]:
         """Extra arguments of a streamed call that fill ``usage.logprobs``, where the backend
-        can: none here."""
-        return {}
+        can: a server is asked to report them (and ``usage.top`` alternatives)."""
+        if not self.asks_logprobs:
+            return {}
+        return {"logprobs": True, **({"top_logprobs": usage.top} if usage.top else {})}
 
     def token_bytes(self, tokens: Sequence[int]) -> list[bytes]:
         """The bytes of each of ``usage.tokens`` (none where the backend records none)."""
@@ -217,6 +285,8 @@ class LLM:
 
     def drawn(self, usage: Generation) -> list[Drawn]:
         """The tokens ``usage`` recorded, each with its log-probability and alternatives."""
+        if usage.received:  # a server's report
+            return list(usage.received)
         pieces = self.token_bytes(usage.tokens)
         tops = [list(zip(self.token_bytes([i for i, _ in top]), [lp for _, lp in top], strict=True))
                 for top in usage.alternatives]
@@ -311,6 +381,7 @@ class LlamaCppLLM(LLM):
 class OllamaLLM(LLM):
     backend = LLMBackend.ollama
     non_streaming = {"stream": False}
+    asks_logprobs = True  # older servers than 0.12.11 ignore the question
 
     def __init__(self, settings: Settings) -> None:
         super().__init__(settings)
@@ -363,6 +434,14 @@ class OllamaLLM(LLM):
 
 class OpenAILLM(LLM):
     backend = LLMBackend.openai
+    asks_logprobs = True
+
+    def recording(self, usage: Generation) -> dict[str, Any]:
+        # At least one alternative: llama_cpp.server reports nothing for `logprobs` alone
+        # (OpenAI's own API does); the alternatives not asked for are not kept.
+        if not self.asks_logprobs:
+            return {}
+        return {"logprobs": True, "top_logprobs": max(usage.top, 1)}
 
     def __init__(self, settings: Settings) -> None:
         super().__init__(settings)

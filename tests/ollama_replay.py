@@ -4,6 +4,10 @@ No Ollama server can be installed on these machines, so this HTTP server on 127.
 the responses Ollama's API documentation gives for ``/api/tags``, ``/api/chat`` (streaming
 NDJSON and non-streaming JSON) and ``/api/embed``, including its 404 for a model that was not
 pulled. It records every request, so tests can check what Hearth sent (``num_ctx`` above all).
+With ``logprobs=True`` it answers a request for log-probabilities as Ollama 0.12.11 and later
+do (each piece's tokens under ``logprobs``, with ``top_logprobs`` alternatives); without, as
+older servers do, which ignore the request. The replay's tokens are its words, their
+log-probabilities made up (``logprob_of``).
 """
 
 from __future__ import annotations
@@ -19,8 +23,10 @@ CREATED_AT = "2023-08-04T19:22:45.499127Z"
 
 class OllamaReplay:
     def __init__(self, models: tuple[str, ...] = ("llama3.1:8b",),
-                 answer: str = "Hearth answers from your documents.", delay: float = 0.0) -> None:
+                 answer: str = "Hearth answers from your documents.", delay: float = 0.0,
+                 logprobs: bool = False) -> None:
         self.models = list(models)
+        self.logprobs = logprobs
         self.answer = answer
         self.delay = delay  # seconds before each chat answer: a model that is slow
         self.requests: list[dict[str, Any]] = []
@@ -76,23 +82,41 @@ class OllamaReplay:
                          "load_duration": 1334875, "prompt_eval_count": 26,
                          "prompt_eval_duration": 342546000, "eval_count": 282,
                          "eval_duration": 4535599000}
+                words = [word + " " for word in answer.split(" ")]
                 if not body.get("stream", True):
+                    reported = [self._logprobs(body, n, w).get("logprobs", [])
+                                for n, w in enumerate(words)]
+                    logprobs = {"logprobs": sum(reported, [])} if any(reported) else {}
                     self._send(200, {"model": body["model"], "created_at": CREATED_AT,
                                      "message": {"role": "assistant", "content": answer},
-                                     "done": True, **stats})
+                                     "done": True, **logprobs, **stats})
                     return
                 self.send_response(200)
                 self.send_header("Content-Type", "application/x-ndjson")
                 self.end_headers()
-                for word in answer.split(" "):
+                for n, word in enumerate(words):
                     piece = {"model": body["model"], "created_at": CREATED_AT,
-                             "message": {"role": "assistant", "content": word + " "},
-                             "done": False}
+                             "message": {"role": "assistant", "content": word},
+                             "done": False, **self._logprobs(body, n, word)}
                     self.wfile.write(json.dumps(piece).encode() + b"\n")
                     self.wfile.flush()
                 final = {"model": body["model"], "created_at": CREATED_AT,
                          "message": {"role": "assistant", "content": ""}, "done": True, **stats}
                 self.wfile.write(json.dumps(final).encode() + b"\n")
+
+            def _logprobs(self, body: dict[str, Any], n: int, token: str) -> dict[str, Any]:
+                if not (replay.logprobs and body.get("logprobs")):
+                    return {}
+                logprob = replay.logprob_of(n)
+                entry: dict[str, Any] = {"token": token, "logprob": logprob,
+                                         "bytes": list(token.encode())}
+                if body.get("top_logprobs"):
+                    other = "perhaps "
+                    entry["top_logprobs"] = [
+                        {"token": token, "logprob": logprob, "bytes": list(token.encode())},
+                        {"token": other, "logprob": logprob - 2.0, "bytes": list(other.encode())},
+                    ][:body["top_logprobs"]]
+                return {"logprobs": [entry]}
 
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
@@ -105,6 +129,11 @@ class OllamaReplay:
     def __exit__(self, *exc: Any) -> None:
         self.server.shutdown()
         self.server.server_close()
+
+    @staticmethod
+    def logprob_of(n: int) -> float:
+        """The made-up log-probability of the answer's ``n``-th word."""
+        return -0.05 * (n % 4)
 
     def chats(self) -> list[dict[str, Any]]:
         return [r["body"] for r in self.requests if r["path"] == "/api/chat"]

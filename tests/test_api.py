@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from typing import Any
 
 import jsonschema
@@ -11,6 +12,7 @@ import pytest
 from hearth.api import create_app, openapi_document
 from hearth.services import Services
 from tests.conftest import closed_port_url
+from tests.ollama_replay import OllamaReplay
 
 DOCS = [
     ("Hearth stores each user's conversations so that follow-up questions are understood.",
@@ -192,6 +194,35 @@ def test_llm_down_is_503_and_nothing_is_written(make_services: Any) -> None:
     check_schema(ready, "/readyz", "get")
     checks = ready.get_json()["checks"]
     assert checks["llm"]["ok"] is False and checks["vector_store"]["ok"] is True
+
+
+def test_with_ollama_the_answer_carries_the_servers_confidence_and_tokens(
+        make_services: Any) -> None:
+    """The compose profile's backend: Ollama (replayed: its API from 0.12.11 on) reports each
+    drawn token's log-probability, and the answer's confidence and /v1's ``logprobs`` are its."""
+    answer = "Run hearth ingest files followed by the folder's path."
+    question = "How do I ingest a folder of PDFs?"
+    with OllamaReplay(answer=answer, logprobs=True) as replay:
+        services = make_services(llm_backend="ollama", ollama_base_url=replay.url)
+        index(services)
+        client = create_app(services.settings, services).test_client()
+        asked = ask(client, question=question, user_id="ann")
+        completion = client.post("/v1/chat/completions", json={
+            "model": "hearth", "messages": [{"role": "user", "content": question}],
+            "logprobs": True, "top_logprobs": 1})
+    assert asked.status_code == 200 and completion.status_code == 200, completion.get_json()
+    body = asked.get_json()
+    assert body["answer"] == answer and body["grounded"] is True
+    made_up = [OllamaReplay.logprob_of(n) for n in range(len(answer.split(" ")))]
+    assert body["confidence"] == pytest.approx(math.exp(sum(made_up) / len(made_up)))
+    choice = completion.get_json()["choices"][0]
+    assert choice["message"]["content"] == answer
+    tokens = choice["logprobs"]["content"]
+    # The tokens that wrote the answer, the last whole ("path. ": Hearth strips its space).
+    assert "".join(t["token"] for t in tokens) == answer + " "
+    assert [t["logprob"] for t in tokens] == pytest.approx(made_up)
+    assert [[a["token"] for a in t["top_logprobs"]] for t in tokens] == [
+        [t["token"]] for t in tokens]
 
 
 def test_history_store_down_is_503_before_any_generation(make_services: Any) -> None:

@@ -2,14 +2,21 @@
 
 from __future__ import annotations
 
+import json
+import logging
 import math
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
+import httpx
 import pytest
 from langchain_core.messages import HumanMessage, SystemMessage
 
 from hearth.llm import Generation, LlamaCppLLM, LLMError, OllamaLLM, OpenAILLM, build_llm
 from tests.conftest import closed_port_url
+from tests.ollama_replay import OllamaReplay
 
 MESSAGES = [SystemMessage("Answer in one short sentence."), HumanMessage("What colour is the sky?")]
 
@@ -60,12 +67,37 @@ def test_ollama_contract_streaming_and_not(make_settings: Any, ollama_replay: An
     assert llm.complete(MESSAGES) == ollama_replay.answer
     stream_request, plain_request = ollama_replay.chats()
     assert stream_request["stream"] is True and plain_request["stream"] is False
+    # Asked for log-probabilities, a server older than 0.12.11 gives none: no confidence.
+    assert stream_request["logprobs"] is True
+    assert usage.confidence is None and llm.drawn(usage) == []
     for request in (stream_request, plain_request):
         assert request["model"] == "llama3.1:8b"
         # num_ctx must be sent: Ollama silently truncates prompts to its own default otherwise.
         assert request["options"]["num_ctx"] == 6144
         assert request["options"]["temperature"] == 0.2
         assert request["messages"][0] == {"role": "system", "content": MESSAGES[0].content}
+
+
+def test_ollama_reports_each_tokens_log_probability(make_settings: Any) -> None:
+    """Ollama 0.12.11 and later report each drawn token's log-probability when asked (the
+    compose profile's 0.17.7 does): every streamed answer asks, and the answer's confidence and
+    tokens are the server's figures."""
+    with OllamaReplay(logprobs=True) as replay:
+        llm = build_llm(make_settings(llm_backend="ollama", ollama_base_url=replay.url))
+        usage = Generation(top=2)
+        text = "".join(llm.stream(MESSAGES, usage=usage))
+        plain = Generation()
+        "".join(llm.stream(MESSAGES, usage=plain))
+        asked, asked_plain = replay.chats()
+    assert (asked["logprobs"], asked["top_logprobs"]) == (True, 2)
+    assert asked_plain["logprobs"] is True and not asked_plain.get("top_logprobs")
+    drawn = llm.drawn(usage)
+    assert len(drawn) == 5 and b"".join(t.piece for t in drawn).decode() == text
+    expected = [OllamaReplay.logprob_of(n) for n in range(len(drawn))]
+    assert [t.logprob for t in drawn] == usage.logprobs == expected
+    assert usage.confidence == pytest.approx(math.exp(sum(expected) / len(expected)))
+    assert all([piece for piece, _ in t.top] == [t.piece, b"perhaps "] for t in drawn)
+    assert plain.logprobs == expected and all(t.top == [] for t in llm.drawn(plain))
 
 
 def test_ollama_model_not_pulled_says_to_pull_it(make_settings: Any, ollama_replay: Any) -> None:
@@ -95,6 +127,97 @@ def test_openai_adapter_against_llama_cpp_server(make_settings: Any, llama_serve
     assert text.strip()
     assert usage.prompt_tokens > 10 and usage.completion_tokens > 0
     assert llm.complete(MESSAGES).strip()
+    # The server reports each token it drew, with its log-probability: the answer's confidence.
+    drawn = llm.drawn(usage)
+    assert b"".join(t.piece for t in drawn).decode() == text
+    assert [t.logprob for t in drawn] == usage.logprobs and all(x <= 0 for x in usage.logprobs)
+    assert usage.confidence == pytest.approx(math.exp(sum(usage.logprobs) / len(usage.logprobs)))
+    assert all(t.top == [] for t in drawn)  # none asked
+    usage = Generation(top=3)
+    text = "".join(llm.stream(MESSAGES, usage=usage))
+    drawn = llm.drawn(usage)
+    assert drawn and b"".join(t.piece for t in drawn).decode() == text
+    for t in drawn:  # the likeliest three, likeliest first; the drawn one is no likelier
+        assert len(t.top) == 3 and t.top[0][1] >= t.top[1][1] >= t.top[2][1]
+        assert t.top[0][1] >= t.logprob - 1e-6
+
+
+class RefusingServer:
+    """An OpenAI-style server on 127.0.0.1 that refuses log-probabilities with a 400, as servers
+    without them do, and passes every other request to a real one: a stand-in (no such server
+    runs here). With ``refuse_all``, it refuses everything (a server that is failing)."""
+
+    def __init__(self, upstream: str) -> None:
+        self.asked: list[bool] = []  # whether each chat request asked for log-probabilities
+        self.refuse_all = False
+        proxy = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args: Any) -> None:
+                pass
+
+            def _send(self, status: int, data: bytes, content_type: str) -> None:
+                self.send_response(status)
+                self.send_header("Content-Type", content_type)
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def do_POST(self) -> None:
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                proxy.asked.append("logprobs" in body)
+                if "logprobs" in body or proxy.refuse_all:
+                    self._send(400, json.dumps({"error": {
+                        "message": "logprobs are not supported", "type": "invalid_request_error",
+                    }}).encode(), "application/json")
+                    return
+                reply = httpx.post(upstream + self.path.removeprefix("/v1"), json=body, timeout=60)
+                self._send(reply.status_code, reply.content, reply.headers["content-type"])
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/v1"
+
+    def __enter__(self) -> RefusingServer:
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def refusing_server(llama_server: str) -> Iterator[RefusingServer]:
+    with RefusingServer(llama_server) as server:
+        yield server
+
+
+def test_a_server_that_refuses_log_probabilities_still_answers(
+        make_settings: Any, refusing_server: RefusingServer, caplog: Any) -> None:
+    llm = build_llm(make_settings(llm_backend="openai", openai_base_url=refusing_server.url,
+                                  openai_model="smollm2"))
+    with caplog.at_level(logging.WARNING, logger="hearth.llm"):
+        usage = Generation()
+        text = "".join(llm.stream(MESSAGES, usage=usage))
+    assert text.strip() and usage.completion_tokens > 0
+    assert usage.confidence is None and llm.drawn(usage) == []
+    assert "openai:smollm2 refused to report log-probabilities" in caplog.text
+    assert "".join(llm.stream(MESSAGES)).strip()
+    assert refusing_server.asked == [True, False, False]  # refused once, not asked again
+
+
+def test_a_failing_server_is_not_taken_for_one_that_refuses_log_probabilities(
+        make_settings: Any, refusing_server: RefusingServer) -> None:
+    refusing_server.refuse_all = True
+    llm = build_llm(make_settings(llm_backend="openai", openai_base_url=refusing_server.url,
+                                  openai_model="smollm2"))
+    with pytest.raises(LLMError, match="the OpenAI-compatible server failed"):
+        list(llm.stream(MESSAGES))
+    assert refusing_server.asked == [True, False]  # asked again without, and that failed too
+    refusing_server.refuse_all = False
+    usage = Generation()
+    assert "".join(llm.stream(MESSAGES, usage=usage)).strip()
+    assert refusing_server.asked == [True, False, True, False]  # still asked first
 
 
 def test_openai_adapter_server_down(make_settings: Any) -> None:

@@ -170,6 +170,8 @@ def test_three_workers_behind_a_proxy_hold_limits_keys_jobs_and_turns(stack: Any
     first = send("POST", f"{proxy}/api/question", headers=carl,
                  json={"question": "Who keeps the Port Ellery lighthouse?", "user_id": "carl"})
     assert first.status_code == 200, first.text
+    # llama.cpp's server reports each drawn token's log-probability: the answer's confidence.
+    assert 0 < first.json()["confidence"] <= 1, first.text
     killed_question = "Tell me everything the keeper of the lighthouse does, in detail."
     tokens, ended, killed = 0, False, None
     with send.client.stream("POST", f"{proxy}/api/question", headers=carl, json={
