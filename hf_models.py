@@ -306,6 +306,68 @@ class _Watch:
         return torch.full((input_ids.shape[0],), stop, dtype=torch.bool, device=input_ids.device)
 
 
+class _Logprobs:
+    """A logits processor that changes nothing and records each drawn token's log-probability
+    under the model's own logits (it runs before the repetition penalty, temperature and top-p:
+    Hearth puts it first), with the ``top`` likeliest tokens at its place, as
+    llm.TokenLogprobs does for llama.cpp: each step keeps the row, the next reads the token
+    drawn from it. The last token drawn (the end of the answer, usually) is not read."""
+
+    def __init__(self, top: int) -> None:
+        self.top = top
+        self.drawn: list[tuple[int, float, list[tuple[int, float]]]] = []
+        self._last: Any = None
+
+    def __call__(self, input_ids: Any, scores: Any) -> Any:
+        import torch
+
+        if self._last is not None:
+            token = int(input_ids[0, -1])
+            best: list[tuple[int, float]] = []
+            if self.top:
+                values, ids = torch.topk(self._last, self.top)
+                best = [(int(i), float(v)) for v, i in zip(values, ids, strict=True)]
+            self.drawn.append((token, float(self._last[token]), best))
+        self._last = torch.log_softmax(scores[0].double(), dim=-1)
+        return scores
+
+
+def _byte_decoder() -> dict[str, int]:
+    """GPT-2's byte-level BPE (Qwen, SmolLM2, Llama 3) writes each byte as one character: the
+    printable ones as themselves, the others from U+0100 on, in order."""
+    printable = {*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1),
+                 *range(ord("®"), ord("ÿ") + 1)}
+    decoder, extra = {}, 0
+    for byte in range(256):
+        if byte in printable:
+            decoder[chr(byte)] = byte
+        else:
+            decoder[chr(256 + extra)] = byte
+            extra += 1
+    return decoder
+
+
+def token_pieces(tokenizer: Any, ids: Sequence[int]) -> list[bytes]:
+    """Each token's own bytes (a character may take several tokens): read from a byte-level
+    BPE vocabulary's characters, or SentencePiece's ``▁`` and ``<0xNN>`` pieces; a special
+    token by its name; else the token decoded alone."""
+    decoder = _byte_decoder()
+    special = set(getattr(tokenizer, "all_special_ids", ()))
+    pieces = []
+    for token_id, token in zip(ids, tokenizer.convert_ids_to_tokens(list(ids)), strict=True):
+        if token_id in special or not isinstance(token, str):
+            pieces.append(str(token).encode())
+        elif token.startswith("<0x") and token.endswith(">") and len(token) == 6:
+            pieces.append(bytes([int(token[3:5], 16)]))
+        elif "\u2581" in token:
+            pieces.append(token.replace("\u2581", " ").encode())
+        elif all(char in decoder for char in token):
+            pieces.append(bytes(decoder[char] for char in token))
+        else:
+            pieces.append(tokenizer.decode([token_id]).encode())
+    return pieces
+
+
 class TransformersChat(BaseChatModel):
     """``model.generate`` in a thread, its text streamed through a TextIteratorStreamer.
 
@@ -340,9 +402,20 @@ class TransformersChat(BaseChatModel):
                 run_manager: CallbackManagerForLLMRun | None = None,
                 **kwargs: Any) -> Iterator[ChatGenerationChunk]:
         import torch
-        from transformers import StoppingCriteriaList, TextIteratorStreamer
+        from transformers import (
+            LogitsProcessorList,
+            RepetitionPenaltyLogitsProcessor,
+            StoppingCriteriaList,
+            TextIteratorStreamer,
+        )
 
         input_ids = encode_chat(self.tokenizer, messages).to(self.lm.device)
+        # Asked (llm.LLM.recording), each drawn token's log-probability, read from the model's
+        # logits before the repetition penalty changes them: hence that penalty here, after it.
+        recorder = _Logprobs(int(kwargs.get("top_logprobs") or 0)) if kwargs.get("logprobs") \
+            else None
+        processors = LogitsProcessorList(
+            [*([recorder] if recorder else []), RepetitionPenaltyLogitsProcessor(1.1)])
         watch = _Watch(int(input_ids.shape[-1]))
         streamer = TextIteratorStreamer(self.tokenizer, skip_prompt=True, skip_special_tokens=True)
         sampling = {"do_sample": True, "temperature": self.temperature, "top_p": 0.95} \
@@ -357,8 +430,8 @@ class TransformersChat(BaseChatModel):
                         input_ids=input_ids, attention_mask=torch.ones_like(input_ids),
                         max_new_tokens=self.max_new_tokens, streamer=streamer,
                         stopping_criteria=StoppingCriteriaList([watch]),
-                        pad_token_id=self.tokenizer.pad_token_id, repetition_penalty=1.1,
-                        max_time=self.max_time, **sampling)
+                        pad_token_id=self.tokenizer.pad_token_id, repetition_penalty=1.0,
+                        logits_processor=processors, max_time=self.max_time, **sampling)
             except BaseException as exc:  # raised in the caller's thread below
                 failures.append(exc)
                 streamer.end()
@@ -382,7 +455,19 @@ class TransformersChat(BaseChatModel):
             raise failures[0]
         usage = {"input_tokens": watch.prompt_tokens, "output_tokens": max(watch.generated, 0),
                  "total_tokens": watch.prompt_tokens + max(watch.generated, 0)}
-        yield ChatGenerationChunk(message=AIMessageChunk(content="", usage_metadata=usage))  # type: ignore[arg-type]
+        metadata: dict[str, Any] = {}
+        if recorder is not None:  # in the shape servers report them (llm.reported_tokens)
+            ids = [t for t, _, _ in recorder.drawn]
+            alternatives = [i for _, _, top in recorder.drawn for i, _ in top]
+            pieces = token_pieces(self.tokenizer, ids + alternatives)
+            names = dict(zip(alternatives, pieces[len(ids):], strict=True))
+            metadata["logprobs"] = [
+                {"token": piece.decode("utf-8", "replace"), "bytes": list(piece), "logprob": lp,
+                 "top_logprobs": [{"token": names[i].decode("utf-8", "replace"),
+                                   "bytes": list(names[i]), "logprob": alp} for i, alp in top]}
+                for piece, (_, lp, top) in zip(pieces[:len(ids)], recorder.drawn, strict=True)]
+        yield ChatGenerationChunk(message=AIMessageChunk(
+            content="", usage_metadata=usage, response_metadata=metadata))  # type: ignore[arg-type]
 
     @staticmethod
     def _cut(said: str, piece: str, stop: Sequence[str]) -> tuple[str, str, bool]:

@@ -491,6 +491,7 @@ class TransformersLLM(LLM):
     LoRA adapter from `hearth tune` when one is configured."""
 
     backend = LLMBackend.transformers
+    asks_logprobs = True  # hf_models.TransformersChat records them when asked
 
     def __init__(self, settings: Settings) -> None:
         super().__init__(settings)

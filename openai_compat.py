@@ -13,9 +13,9 @@ conversation's first exchange, so that a client resending the whole chat on ever
 continues one conversation instead of starting a new one each time. The sources, the
 conversation id and whether Hearth refused come back as extra top-level fields, which clients
 that do not know them ignore. ``logprobs`` and ``top_logprobs`` are honoured where the backend
-records them (llama.cpp in process, Ollama, OpenAI-compatible servers). Errors have OpenAI's
-shape, ``{"error": {"message", "type", "param", "code"}}``, whose ``code`` and ``message`` are
-Hearth's usual ones.
+records them (llama.cpp and Transformers in process, Ollama, OpenAI-compatible servers).
+Errors have OpenAI's shape, ``{"error": {"message", "type", "param", "code"}}``, whose ``code``
+and ``message`` are Hearth's usual ones.
 """
 
 from __future__ import annotations
@@ -95,7 +95,8 @@ class OpenAIChatRequest(BaseModel):
     logprobs: StrictBool = Field(False, description=(
         "return each token of the answer with its log-probability under the model's own "
         "distribution (before temperature and sampling), where the backend records them "
-        "(llama.cpp in process, Ollama 0.12.11 and later, OpenAI-compatible servers); null "
+        "(llama.cpp and Transformers in process, Ollama 0.12.11 and later, OpenAI-compatible "
+        "servers); null "
         "otherwise, and where the content is not the model's "
         "words (a refusal before the model, an answer withheld)"))
     top_logprobs: int | None = Field(None, ge=0, le=20, description=(

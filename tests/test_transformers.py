@@ -113,6 +113,62 @@ def test_transformers_streams_and_counts_with_its_tokenizer(tf_llm: Transformers
     assert tf_llm.complete(MESSAGES).strip()
 
 
+def test_transformers_records_each_drawn_tokens_log_probability(
+        tf_llm: TransformersLLM, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The answer's confidence from the model's own logits, as with llama.cpp: each drawn
+    token's log-probability equals what transformers itself reports for it (``output_logits``,
+    the logits before the repetition penalty and sampling change them), the likeliest tokens
+    at each place are its top ones, and the tokens spell the answer byte for byte."""
+    import torch
+
+    from hearth.hf_models import encode_chat
+
+    monkeypatch.setattr(tf_llm.chat_model, "temperature", 0.0)  # greedy: one answer to compare
+    usage = Generation(top=3)
+    text = "".join(tf_llm.stream(MESSAGES, usage=usage))
+    drawn = tf_llm.drawn(usage)
+    assert len(drawn) >= 5 and usage.confidence is not None and 0 < usage.confidence < 1
+    # Every token but the last drawn (the end of the answer, or the 48th), which is not read.
+    joined = b"".join(t.piece for t in drawn)
+    assert text.encode().startswith(joined) and len(text.encode()) - len(joined) <= 16
+
+    ids = encode_chat(tf_llm.tokenizer, MESSAGES)
+    with torch.inference_mode():
+        out = tf_llm.loaded.model.generate(
+            input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=48,
+            do_sample=False, repetition_penalty=1.1, output_logits=True,
+            return_dict_in_generate=True, pad_token_id=tf_llm.tokenizer.pad_token_id)
+    tokens = out.sequences[0, ids.shape[-1]:].tolist()
+    reference = [torch.log_softmax(row[0].double(), dim=-1) for row in out.logits]
+    assert tf_llm.tokenizer.decode(tokens, skip_special_tokens=True) == text  # the same answer
+    assert [t.logprob for t in drawn] == pytest.approx(
+        [float(reference[n][token]) for n, token in enumerate(tokens[:len(drawn)])], abs=1e-6)
+    for n, t in enumerate(drawn):
+        values, best = torch.topk(reference[n], 3)
+        assert [lp for _, lp in t.top] == pytest.approx(values.tolist(), abs=1e-6)
+        assert [piece for piece, _ in t.top] == [
+            tf_llm.tokenizer.decode([i]).encode() for i in best.tolist()]
+
+
+def test_each_tokens_bytes_spell_the_text_where_a_character_takes_several(
+        tf_llm: TransformersLLM) -> None:
+    text = "Le café coûte 3 € — 日本語 ✓"
+    ids = tf_llm.tokenizer(text, add_special_tokens=False)["input_ids"]
+    pieces = hf_models.token_pieces(tf_llm.tokenizer, ids)
+    assert b"".join(pieces) == text.encode()
+
+    def whole(piece: bytes) -> bool:
+        try:
+            piece.decode()
+        except UnicodeDecodeError:
+            return False
+        return True
+
+    assert not all(whole(p) for p in pieces)  # some token holds part of a character
+    assert hf_models.token_pieces(tf_llm.tokenizer, [tf_llm.tokenizer.eos_token_id]) == [
+        tf_llm.tokenizer.eos_token.encode()]  # a special token by its name
+
+
 def test_closing_the_stream_stops_the_engine(tf_llm: TransformersLLM) -> None:
     stream = tf_llm.stream(MESSAGES)
     assert next(stream)
