@@ -8,6 +8,7 @@ local Chroma, SQLite history) and ``compose`` (Ollama, MongoDB and a Chroma serv
 
 from __future__ import annotations
 
+import json
 import os
 from enum import StrEnum
 from pathlib import Path
@@ -18,6 +19,11 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 ENV_PREFIX = "HEARTH_"
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
+# What Hearth's requests to an OpenAI-compatible server set themselves, from other settings
+# (HEARTH_TEMPERATURE, HEARTH_MAX_NEW_TOKENS, ...): HEARTH_OPENAI_EXTRA_BODY may not change them.
+OPENAI_FIELDS_SET = frozenset({
+    "model", "messages", "stream", "stream_options", "temperature", "max_tokens",
+    "max_completion_tokens", "seed", "logprobs", "top_logprobs", "n", "stop"})
 
 
 class Profile(StrEnum):
@@ -187,6 +193,10 @@ class Settings(BaseSettings):
     openai_model: str = "local-model"
     openai_api_key: str = "not-needed"
     openai_n_ctx: int = Field(4096, ge=512, description="context window of the served model")
+    # Fields of the server's own sent with every chat completion, as a JSON object: its
+    # sampling settings beyond OpenAI's (llama.cpp's server: {"repeat_penalty": 1.1}, the
+    # embedded model's; vLLM: {"repetition_penalty": 1.1}). Not the fields Hearth sets itself.
+    openai_extra_body: Annotated[dict[str, Any], NoDecode] = {}
     # transformers in process: a Hugging Face model folder, or a packaged model converted once
     # by `hearth models convert NAME` into models_dir/hf/NAME (docs/transformers.md).
     transformers_model: str = "qwen2.5-coder-0.5b-instruct-q4_k_m"
@@ -349,6 +359,21 @@ class Settings(BaseSettings):
     def _comma_separated(cls, value: Any) -> Any:
         if isinstance(value, str):
             return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    @field_validator("openai_extra_body", mode="before")
+    @classmethod
+    def _json_object(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            try:
+                value = json.loads(value) if value.strip() else {}
+            except json.JSONDecodeError as exc:
+                raise ValueError(f"not JSON ({exc.msg}): give an object, "
+                                 'such as {"repeat_penalty": 1.1}') from None
+        if not isinstance(value, dict):
+            raise ValueError('give a JSON object, such as {"repeat_penalty": 1.1}')
+        if taken := sorted(set(value) & OPENAI_FIELDS_SET):
+            raise ValueError(f"Hearth sets {', '.join(taken)} itself: leave it out")
         return value
 
     @field_validator("chroma_url", "mongodb_uri", "judge_base_url", "otlp_endpoint",

@@ -460,6 +460,7 @@ class OpenAILLM(LLM):
             max_retries=0,
             stream_usage=True,
             seed=0,
+            extra_body=settings.openai_extra_body or None,
         )
 
     def ping(self) -> None:

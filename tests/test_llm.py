@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import re
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -14,6 +15,7 @@ import httpx
 import pytest
 from langchain_core.messages import HumanMessage, SystemMessage
 
+from hearth.config import ConfigError, load_settings
 from hearth.llm import Generation, LlamaCppLLM, LLMError, OllamaLLM, OpenAILLM, build_llm
 from tests.conftest import closed_port_url
 from tests.ollama_replay import OllamaReplay
@@ -140,6 +142,32 @@ def test_openai_adapter_against_llama_cpp_server(make_settings: Any, llama_serve
     for t in drawn:  # the likeliest three, likeliest first; the drawn one is no likelier
         assert len(t.top) == 3 and t.top[0][1] >= t.top[1][1] >= t.top[2][1]
         assert t.top[0][1] >= t.logprob - 1e-6
+
+
+def test_openai_extra_body_reaches_the_server(make_settings: Any, llama_server: str) -> None:
+    # A field of llama.cpp's server that OpenAI's API lacks, with an effect no answer has by
+    # chance: a grammar that allows one answer only. The documented example rides along.
+    llm = build_llm(make_settings(
+        llm_backend="openai", openai_base_url=llama_server, openai_model="smollm2",
+        openai_extra_body={"grammar": 'root ::= "forty-two"', "repeat_penalty": 1.1}))
+    usage = Generation()
+    assert "".join(llm.stream(MESSAGES, usage=usage)) == "forty-two"
+    assert b"".join(t.piece for t in llm.drawn(usage)) == b"forty-two"
+    assert llm.complete(MESSAGES) == "forty-two"
+
+
+@pytest.mark.parametrize("value, error", [
+    ('{"repeat_penalty": 1.1', "not JSON"),
+    ('["repeat_penalty", 1.1]', "give a JSON object"),
+    ('{"temperature": 0, "max_tokens": 9}', "Hearth sets max_tokens, temperature itself"),
+])
+def test_openai_extra_body_that_is_not_an_object_of_the_servers_own_fields_is_refused(
+        monkeypatch: pytest.MonkeyPatch, value: str, error: str) -> None:
+    monkeypatch.setenv("HEARTH_OPENAI_EXTRA_BODY", value)
+    with pytest.raises(ConfigError, match=f"HEARTH_OPENAI_EXTRA_BODY: .*{re.escape(error)}"):
+        load_settings()
+    monkeypatch.setenv("HEARTH_OPENAI_EXTRA_BODY", ' {"repeat_penalty": 1.1} ')
+    assert load_settings().openai_extra_body == {"repeat_penalty": 1.1}
 
 
 class RefusingServer:

@@ -251,6 +251,8 @@ class Stack:
             "HEARTH_MONGODB_URI": str(self.mongodb_uri), "HEARTH_CHROMA_URL": self.chroma_url,
             "HEARTH_LLM_BACKEND": "openai", "HEARTH_OPENAI_BASE_URL": self.llm_url,
             "HEARTH_OPENAI_MODEL": "smollm2", "HEARTH_OPENAI_N_CTX": str(self.ctx_per_slot),
+            # Sampled as the embedded model samples: the server applies no penalty unasked.
+            "HEARTH_OPENAI_EXTRA_BODY": '{"repeat_penalty": 1.1}',
             # A worker lets through its share of the server's slots; the rest wait in its queue.
             "HEARTH_MAX_CONCURRENT_GENERATIONS": str(per_worker),
             "HEARTH_AUTH": "true", "HEARTH_TRUSTED_PROXIES": "127.0.0.1",
