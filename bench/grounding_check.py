@@ -17,12 +17,20 @@ evaluation sets give each question now (by id), after the sets were reviewed.
 
 The passages are the retrieved chunks' text, without the heading line Hearth adds before each
 one in the prompt: a claim found only in a heading passes in Hearth and not here.
+
+``--neighbours N --index DIR`` checks each draft against its passages widened by up to N
+chunks before and after each on its page, read from the run's index (its data directory's
+``keywords.sqlite3``): what a check that reads the section around a short passage would
+say, the model having read the passage alone.
 """
 
 from __future__ import annotations
 
 import argparse
+import sqlite3
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import common  # puts the repository on sys.path
 
@@ -36,7 +44,14 @@ def main() -> None:
     p.add_argument("-v", "--verbose", action="store_true", help="list what each withheld draft named")
     p.add_argument("--sets", type=Path, help="grade with the key facts of the sets in this folder "
                    "(evaluation/sets), by question id, instead of the run's")
+    p.add_argument("--neighbours", type=int, default=0, metavar="N",
+                   help="check against each passage with N chunks before and after it (needs --index)")
+    p.add_argument("--index", type=Path, metavar="DIR", help="the run's data directory")
     args = p.parse_args()
+    if args.neighbours and not (args.index and (args.index / "keywords.sqlite3").is_file()):
+        p.error("--neighbours needs --index: the data directory (with keywords.sqlite3) of the run")
+    db = sqlite3.connect(f"file:{args.index / 'keywords.sqlite3'}?mode=ro", uri=True) \
+        if args.neighbours else None
     now: dict[str, list[Fact]] = {}
     if args.sets:
         now = {q.id: q.key_facts for q in load_fact_sets(sorted(args.sets.glob("*.jsonl")))}
@@ -45,8 +60,10 @@ def main() -> None:
     recall: list[float] = []  # each answerable question's, 0 where nothing is presented
     presented = wrong_presented = unanswerable = refused_unanswerable = 0
     for record, draft in common.drafts(args.run):
-        verdict = check(draft, record.get("passages") or [], record.get("question", "")) \
-            if draft else None
+        passages = record.get("passages") or []
+        if db is not None:
+            passages = widened(db, record, passages, args.neighbours)
+        verdict = check(draft, passages, record.get("question", "")) if draft else None
         shown = verdict is not None and verdict.grounded
         if record["answerable"]:
             facts = now.get(record["id"], record["key_facts"])
@@ -79,6 +96,28 @@ def main() -> None:
               f"false refusals {(n - presented) / n:.3f} ({n - presented})")
     if unanswerable:
         print(f"unanswerable refused: {refused_unanswerable} of {unanswerable}")
+
+
+def widened(db: sqlite3.Connection, record: dict[str, Any], passages: Sequence[str],
+             n: int) -> list[str]:
+    """Each passage as the text of its chunk and the ``n`` chunks each side on its page (the
+    record names the chunks it retrieved, in the passages' order); a passage whose chunk the
+    index no longer holds stays as it is."""
+    chunks = [hit.get("chunk_id") for hit in record.get("retrieved") or []]
+    out = []
+    for i, passage in enumerate(passages):
+        row = db.execute("SELECT collection, source, page, position FROM chunks WHERE chunk_id = ?",
+                         (chunks[i] if i < len(chunks) else None,)).fetchone()
+        if row is None:
+            out.append(passage)
+            continue
+        collection, source, page, position = row
+        bodies = db.execute(
+            "SELECT body FROM chunks WHERE collection = ? AND source = ? AND page = ? "
+            "AND position BETWEEN ? AND ? ORDER BY position",
+            (collection, source, page, position - n, position + n)).fetchall()
+        out.append("\n".join(body for (body,) in bodies))
+    return out
 
 
 if __name__ == "__main__":
