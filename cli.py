@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import sys
@@ -65,6 +66,18 @@ def index_docs_if_empty(services: Services) -> None:
     click.echo(str(summary))
 
 
+def cannot_listen(host: str, port: int, exc: OSError) -> str:
+    """Why ``hearth serve`` cannot listen on host:port, and what to do: a line, not a trace."""
+    if exc.errno == errno.EADDRINUSE:
+        hint = ("another program, perhaps another Hearth, listens there: stop it, or start on "
+                "another port with --port or HEARTH_PORT")
+    elif exc.errno == errno.EACCES:
+        hint = "a port below 1024 needs privileges: choose a higher one with --port or HEARTH_PORT"
+    else:
+        hint = "check --host and --port (HEARTH_HOST, HEARTH_PORT)"
+    return f"Hearth cannot listen on {host}:{port} ({exc.strerror or exc}): {hint}"
+
+
 @main.command()
 @click.option("--host", help="address to bind (default from HEARTH_HOST: 127.0.0.1)")
 @click.option("--port", type=int, help="port (default from HEARTH_PORT: 8000)")
@@ -91,7 +104,10 @@ def serve(host: str | None, port: int | None, index_docs: bool) -> None:
 
     # One process: the model lives in it. Bound first, so that a port in use fails at once;
     # connections wait in the listen queue while the model loads.
-    server = build_server(settings)
+    try:
+        server = build_server(settings)
+    except OSError as exc:
+        raise click.ClickException(cannot_listen(settings.host, settings.port, exc)) from None
     services = build_services(settings)
     app = create_app(settings, services)
     try:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -114,6 +115,22 @@ def test_errors_over_http_are_json(served: str) -> None:
                           headers={"content-type": "application/json"})
     assert response.status_code == 400
     assert json.loads(response.text)["error"]["code"] == "invalid_json"
+
+
+def test_a_port_in_use_is_a_clear_error_not_a_trace(tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        env = {**os.environ, "HEARTH_DATA_DIR": str(tmp_path / "data"),
+               "HEARTH_MODELS_DIR": str(MODELS), "HEARTH_LLAMACPP_MODEL": SMOLLM}
+        result = subprocess.run([str(BIN / "hearth"), "serve", "--port", str(port)], env=env,
+                                cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 1
+    assert f"Hearth cannot listen on 127.0.0.1:{port} (Address already in use)" in result.stderr
+    assert "--port or HEARTH_PORT" in result.stderr
+    assert "Traceback" not in result.stderr + result.stdout
+    assert not (tmp_path / "data" / "chroma").exists()  # nothing was started, nor indexed
 
 
 def test_models_verify_command() -> None:
