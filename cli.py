@@ -66,8 +66,11 @@ def index_docs_if_empty(services: Services) -> None:
     click.echo(str(summary))
 
 
-def cannot_listen(host: str, port: int, exc: OSError) -> str:
+def cannot_listen(host: str, port: int, exc: OSError | ValueError) -> str:
     """Why ``hearth serve`` cannot listen on host:port, and what to do: a line, not a trace."""
+    if not isinstance(exc, OSError):
+        return (f"Hearth cannot listen on {host}:{port}: not an address of this machine "
+                "(check --host or HEARTH_HOST)")
     if exc.errno == errno.EADDRINUSE:
         hint = ("another program, perhaps another Hearth, listens there: stop it, or start on "
                 "another port with --port or HEARTH_PORT")
@@ -80,7 +83,8 @@ def cannot_listen(host: str, port: int, exc: OSError) -> str:
 
 @main.command()
 @click.option("--host", help="address to bind (default from HEARTH_HOST: 127.0.0.1)")
-@click.option("--port", type=int, help="port (default from HEARTH_PORT: 8000)")
+@click.option("--port", type=click.IntRange(1, 65535),
+              help="port (default from HEARTH_PORT: 8000)")
 @click.option("--index-docs/--no-index-docs", default=True,
               help="index the user guide in docs/ when the index is empty")
 def serve(host: str | None, port: int | None, index_docs: bool) -> None:
@@ -106,7 +110,7 @@ def serve(host: str | None, port: int | None, index_docs: bool) -> None:
     # connections wait in the listen queue while the model loads.
     try:
         server = build_server(settings)
-    except OSError as exc:
+    except (OSError, ValueError) as exc:  # waitress: ValueError for a host it cannot resolve
         raise click.ClickException(cannot_listen(settings.host, settings.port, exc)) from None
     services = build_services(settings)
     app = create_app(settings, services)
@@ -141,6 +145,9 @@ def ask(question: str, user_id: str | None, conversation_id: str | None,
     from hearth.chat import Ask, Chat, Reply
     from hearth.services import build_services
 
+    if not question.strip():
+        raise click.UsageError("the question is empty: give one, e.g. hearth ask \"How do I "
+                               "ingest a folder?\"")
     chat = Chat(build_services(settings_or_exit()))
     reply = None
     # The operator at the terminal reads everything; asking as a user reads as that user does.

@@ -19,6 +19,25 @@ def test_version() -> None:
     assert result.exit_code == 0 and result.output.strip() == f"hearth, version {__version__}"
 
 
+def test_an_empty_question_is_a_usage_error(tmp_path: Path,
+                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HEARTH_DATA_DIR", str(tmp_path / "data"))
+    for question in ("", "   "):
+        result = CliRunner().invoke(main, ["ask", question])
+        assert result.exit_code == 2 and "the question is empty" in result.output
+    assert not (tmp_path / "data").exists()  # refused before anything was opened
+
+
+def test_serve_refuses_a_port_out_of_range(tmp_path: Path,
+                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HEARTH_DATA_DIR", str(tmp_path / "data"))
+    for port in ("0", "65536", "99999"):
+        result = CliRunner().invoke(main, ["serve", "--port", port])
+        assert result.exit_code == 2
+        assert f"{port} is not in the range 1<=x<=65535" in result.output
+    assert not (tmp_path / "data").exists()
+
+
 @pytest.mark.real
 def test_doctor_names_what_runs_and_what_is_not_ready(tmp_path: Path,
                                                       monkeypatch: pytest.MonkeyPatch) -> None:

@@ -133,6 +133,19 @@ def test_a_port_in_use_is_a_clear_error_not_a_trace(tmp_path: Path) -> None:
     assert not (tmp_path / "data" / "chroma").exists()  # nothing was started, nor indexed
 
 
+def test_an_address_not_on_this_machine_is_a_clear_error(tmp_path: Path) -> None:
+    # 192.0.2.1 (TEST-NET-1) is on no interface here: binding it fails, and nothing is sent.
+    env = {**os.environ, "HEARTH_DATA_DIR": str(tmp_path / "data")}
+    port = free_port()
+    result = subprocess.run([str(BIN / "hearth"), "serve", "--host", "192.0.2.1", "--port",
+                             str(port)], env=env, cwd=tmp_path, capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode == 1
+    assert (f"Hearth cannot listen on 192.0.2.1:{port} (Cannot assign requested address): "
+            "check --host and --port") in result.stderr
+    assert "Traceback" not in result.stderr + result.stdout
+
+
 def test_models_verify_command() -> None:
     result = subprocess.run([str(BIN / "hearth"), "models", "verify", SMOLLM],
                             capture_output=True, text=True,
