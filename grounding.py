@@ -7,7 +7,8 @@ A small model given the right passage still invents: a number (365 days where th
   ``snake_case``), commands (each one whole) and code spans; in Python code, the names it takes
   from a library (``os.sched_getaffinity``, ``from itertools import pairwise``, a keyword
   argument such as ``default_factory=``), not the names the example makes up for itself
-  nor the numbers it gives them (``x = 20``, then "it prints 20");
+  nor the numbers it gives them (``x = 20``, then "it prints 20"), except the name the
+  question asks after: an answer that defines ``eager_task_factory`` itself has made it up;
   in R code likewise (``library(foreign)``, ``read.table``, ``na.strings =``), R's own
   vocabulary (``c()``, ``paste()``) aside, as Python's builtins are;
 - each claim is **supported** when the retrieved passages contain it (compared without case,
@@ -539,6 +540,8 @@ def check(answer: str, passages: Sequence[str], question: str = "") -> Verdict:
         (supported(c, joined) or member(c, passages)) if local is None
         else name_supported(c, local, joined, raw, passages))
         or any(not_a_parameter(c[:-1], call, given) for call in owners.get(c, ()))]
+    unsupported += [n for n in asked_names(question) if n not in unsupported
+                    and named(n, answer) and not (supported(n, joined) or member(n, passages))]
     words = content_words(FENCE.sub(" ", answer))
     in_passages = content_words(" ".join(passages))
     share = len(words & in_passages) / len(words) if words else 1.0
@@ -600,6 +603,22 @@ def not_a_parameter(argument: str, call: str, given: dict[str, list[set[str]]]) 
     ``argument``: ``os.makedirs(name, mode=0o777, exist_ok=False)`` has no ``parents=``."""
     shown = given.get(call, [])
     return bool(shown) and not any(argument in names or REST in names for names in shown)
+
+
+def asked_names(question: str) -> list[str]:
+    """The names the question asks after (``eager_task_factory``, ``data.table``,
+    `` `@override` ``): a claim wherever the answer names them, even where its own code
+    defines them. An answer that writes ``def eager_task_factory()`` itself, the documents
+    holding no such name, has made up the thing it was asked about."""
+    spans = [s.strip() for s in INLINE_CODE.findall(question)]
+    names = [n for n in IDENTIFIER.findall(INLINE_CODE.sub(" ", question))
+             if n.lower() not in ABBREVIATIONS]
+    return list(dict.fromkeys(n.rstrip("()") for n in spans + names if n.rstrip("()")))
+
+
+def named(name: str, answer: str) -> bool:
+    """Whether ``answer`` names ``name`` as a whole, not as part of a longer name."""
+    return re.search(rf"(?<![\w.]){re.escape(name)}(?![\w])", answer) is not None
 
 
 def unanswered_quantity(answer: str, question: str) -> str:

@@ -504,3 +504,32 @@ def test_an_answer_that_only_restates_the_question_is_not_grounded() -> None:
     # A name it gives is a claim the check looks for: supported, it is an answer.
     assert check("`LinkingTo`.", ["Packages whose headers are used: the LinkingTo field."],
                  "Which DESCRIPTION field lists header-only packages?").grounded
+
+
+@needs_docs
+def test_the_name_asked_about_is_a_claim_even_where_the_answer_defines_it() -> None:
+    """A draft of the 1.5B for a feature of Python 3.12, which the 3.11 documents do not
+    hold: asked how to use `eager_task_factory`, it wrote `async def eager_task_factory()`
+    itself and named it again in its prose, so neither was a claim, and it was presented as
+    grounded. The name the question asks after is the question's substance: the answer must
+    find it in the passages, whoever defines it."""
+    tasks = passage(page("library/asyncio-task.html"),
+                    "provides a more modern alternative to create_task()", 1400)
+    asked = "How do I make asyncio start tasks eagerly with eager_task_factory?"
+    invented = ("The `eager_task_factory` function runs coroutines concurrently as asyncio Tasks:\n"
+                "```python\nimport asyncio\n\nasync def main():\n"
+                "    async def eager_task_factory():\n"
+                "        return asyncio.create_task(say_after(1, 'hello'))\n\n"
+                "    task = eager_task_factory()\n    await task\n```")
+    assert check(invented, [tasks]).grounded  # without the question, nothing it names is claimed
+    verdict = check(invented, [tasks], asked)
+    assert not verdict.grounded and verdict.unsupported == ["eager_task_factory"], verdict
+    # A name the question asks after that the passages do hold is supported as before, and a
+    # question that names nothing adds no claim.
+    right = ("Use `asyncio.TaskGroup`:\n```python\nasync def main():\n"
+             "    async with asyncio.TaskGroup() as tg:\n"
+             "        task1 = tg.create_task(say_after(1, 'hello'))\n```")
+    assert check(right, [tasks], "How do I start tasks with create_task() in a TaskGroup?").grounded
+    assert check(right, [tasks], "How do I run two coroutines at once?").grounded
+    # A part of a longer name is not the name: `task` is asked, `task1` answered.
+    assert check(right, [tasks], "Is there a `tasks_done` helper?").grounded
