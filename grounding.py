@@ -415,8 +415,9 @@ def claim_spans(answer: str) -> tuple[list[tuple[str, set[str] | None]], Owners]
                     found.append((line.removeprefix("$ ").strip(), None))
     prose = FENCE.sub(" ", answer)
     for span in (s.strip() for s in INLINE_CODE.findall(prose)):
-        if span.rstrip("()") in defined or span in used or EXAMPLE_FILE.fullmatch(span):
-            continue  # the example's own function, data or file, named in the prose
+        string = QUOTED.fullmatch(span) is not None and span[1:-1].strip() in used
+        if span.rstrip("()") in defined or span in used or string or EXAMPLE_FILE.fullmatch(span):
+            continue  # the example's own function, data (a string, quoted or not) or file
         r_code = r_answer or R_CODE.search(span) is not None
         argument = (R_KEYWORD_VALUE if r_code else KEYWORD_VALUE).fullmatch(span)
         if argument:  # `ensure_ascii=False`: a claim about the parameter's name

@@ -429,6 +429,13 @@ def test_bytes_methods_printed_strings_and_a_name_to_replace_claim_nothing() -> 
     named = check(remove + "Replace `pkgname` with the name of the package.", [manual])
     assert named.grounded, named
     assert check(remove, [manual]).unsupported == ["R CMD REMOVE pkgname"]
+    # The string the example's code writes, named again in quotes: the example's data too.
+    quoted = ('From a running R process:\n```R\nremove.packages("package_name")\n```\n'
+              'Replace `"package_name"` with the name of the package you want to remove.')
+    assert check(quoted, [manual]).grounded, check(quoted, [manual])
+    assert check(quoted.replace("Replace `", "Then `"), [manual]).grounded
+    assert check(quoted.replace('`"package_name"`', '`"package_names"`'),
+                 [manual]).unsupported == ['"package_names"']
 
 
 @needs_docs
