@@ -160,8 +160,14 @@ def resolve_model_path(name_or_path: str, models_dir: Path) -> Path:
     model = packaged(name_or_path)
     path = models_dir / model.file
     if not path.is_file():
+        # A relative HEARTH_MODELS_DIR is the folder hearth runs from: run from elsewhere, the
+        # model is "missing", and fetching it there would assemble a second copy.
+        where = "" if models_dir.is_absolute() else (
+            f" (HEARTH_MODELS_DIR is {models_dir}, relative to the folder hearth runs in: run it "
+            "from the folder that holds your models, or set HEARTH_MODELS_DIR to a full path)")
         raise ModelError(
-            f"model file not found at {path}: run `hearth models fetch {model.name}`"
+            f"model file not found at {path.absolute()}{where}: "
+            f"run `hearth models fetch {model.name}`"
         )
     return path
 

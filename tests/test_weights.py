@@ -54,6 +54,21 @@ def test_resolve_says_how_to_fetch(tmp_path: Path) -> None:
     assert weights.resolve_model_path(SMOLLM, MODELS).is_file()
 
 
+def test_a_relative_models_dir_run_from_elsewhere_says_where_it_looked(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`hearth doctor` run from another folder than the project's found no model at
+    "models/...": the message now gives the full path and says that the setting is relative."""
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(weights.ModelError) as relative:
+        weights.resolve_model_path(SMOLLM, Path("models"))
+    message = str(relative.value)
+    assert f"not found at {tmp_path / 'models'}/" in message
+    assert "HEARTH_MODELS_DIR is models, relative to the folder hearth runs in" in message
+    with pytest.raises(weights.ModelError) as absolute:
+        weights.resolve_model_path(SMOLLM, tmp_path / "models")
+    assert "HEARTH_MODELS_DIR is" not in str(absolute.value)
+
+
 def test_auto_chooses_the_largest_model_the_machine_suits() -> None:
     small, large = "qwen2.5-coder-0.5b-instruct-q4_k_m", "qwen2.5-coder-1.5b-instruct-q4_k_m"
     assert weights.choose_model(weights.Machine(2, 24))[0] == large  # this project's machines
