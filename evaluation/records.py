@@ -65,8 +65,9 @@ class Question:
 # --- JSONL ---------------------------------------------------------------------------------
 
 
-def read_jsonl(path: Path) -> Iterator[dict[str, Any]]:
-    """Yield the objects of a JSONL file. A torn last line (a run killed mid-write) is skipped."""
+def read_jsonl(path: Path, *, torn_tail: bool = True) -> Iterator[dict[str, Any]]:
+    """Yield the objects of a JSONL file. A torn last line (a run killed mid-write) is skipped,
+    unless ``torn_tail`` is false: a file a person wrote, where it is a mistake to point at."""
     lines = path.read_text(encoding="utf-8").splitlines()
     for number, line in enumerate(lines, 1):
         if not line.strip():
@@ -74,7 +75,7 @@ def read_jsonl(path: Path) -> Iterator[dict[str, Any]]:
         try:
             yield json.loads(line)
         except json.JSONDecodeError as exc:
-            if number == len(lines):
+            if torn_tail and number == len(lines):
                 return
             raise EvalDataError(f"{path}:{number}: not JSON ({exc.msg})") from None
 

@@ -61,6 +61,11 @@ def test_loading_rejects_duplicate_ids_and_answerable_questions_without_facts(
         kf.load_fact_sets([a, b])
     with pytest.raises(EvalDataError, match="not found"):
         kf.load_fact_sets([tmp_path / "missing.jsonl"])
+    # A set is written by hand: a broken last line is named, not skipped as a torn write
+    # would be (the question on it would silently go unasked).
+    a.write_text(json.dumps(line) + '\n{"id": "z", "question": \n')
+    with pytest.raises(EvalDataError, match=r"a\.jsonl:2: not JSON"):
+        kf.load_fact_sets([a])
 
 
 def test_a_sample_is_fixed_by_its_seed_and_keeps_file_order() -> None:
