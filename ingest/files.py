@@ -18,6 +18,7 @@ again next time.
 
 from __future__ import annotations
 
+import codecs
 import hashlib
 import os
 import re
@@ -204,19 +205,27 @@ def parse_file(path: Path, name: str, *, pdf_char_margin: float,
     if kind == "docx":
         return _docx(path, name, limits.unpacked_bytes)
     raw = _read(path, limits.file_bytes)
+    wide = next((codec for bom, codec in WIDE_BOMS if raw.startswith(bom)), None)
+    if wide is None and b"\x00" in raw[:8192]:
+        # Text never holds a NUL byte unless it is UTF-16 or -32, which says so with a BOM:
+        # a .html or .txt that holds one is something else (an image, an archive, a database)
+        # under a text file's name, and its bytes would be indexed as words.
+        return Skipped(name, f"binary content in {'an HTML' if kind == 'html' else 'a text'} file")
     if kind == "html":
         from hearth.ingest.html import parse_html
 
         page = parse_html(raw, path.as_uri())
         return Parsed(str(path), page.title or path.stem, page.blocks, kind)
-    if b"\x00" in raw[:8192]:
-        return Skipped(name, "binary content in a text file")
-    text = raw.decode("utf-8", errors="replace")
+    text = raw.decode(wide or "utf-8", errors="replace")
     if kind == "markdown":
         return _markdown(path, text)
     return Parsed(str(path), path.stem, [Block(text)], kind)
 
 
+# The byte-order marks of the encodings whose text has NUL bytes (Windows Notepad's "Unicode"
+# is UTF-16 LE), longest first: UTF-32 LE's begins with UTF-16 LE's.
+WIDE_BOMS = ((codecs.BOM_UTF32_LE, "utf-32"), (codecs.BOM_UTF32_BE, "utf-32"),
+              (codecs.BOM_UTF16_LE, "utf-16"), (codecs.BOM_UTF16_BE, "utf-16"))
 _MD_HEADERS = [("#", "h1"), ("##", "h2"), ("###", "h3"), ("####", "h4")]
 _FRONT_MATTER = re.compile(r"\A---\n.*?\n---\n", re.DOTALL)
 

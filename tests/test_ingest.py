@@ -365,6 +365,29 @@ def test_markdown_html_and_word_files_keep_titles_sections_and_tables(
             assert chrome not in text
 
 
+def test_utf16_text_is_read_and_a_binary_file_under_a_text_name_is_skipped(
+        services: Services, tmp_path: Path) -> None:
+    """Windows Notepad's "Unicode" is UTF-16 with a byte-order mark: its NUL bytes made a
+    .txt "binary", and it was skipped. And a .html that is not text (a photo, an archive
+    saved under the wrong name) had its bytes indexed as words: 27 chunks of noise."""
+    folder = tmp_path / "notes"
+    folder.mkdir()
+    (folder / "kettle.txt").write_bytes("Descale the kettle monthly with citric acid."
+                                        .encode("utf-16"))
+    (folder / "boiler.html").write_bytes(
+        "<html><head><title>Boiler</title></head><body><p>The boiler's pressure should read "
+        "1.5 bar.</p></body></html>".encode("utf-16"))
+    (folder / "saved.html").write_bytes(b"\x1f\x8b\x08\x00" + bytes(range(256)) * 40)
+    summary = ingest_files(services, folder)
+    assert [(s.name, s.reason) for s in summary.skipped] == [
+        ("saved.html", "binary content in an HTML file")]
+    stored = {Path(c["source"]).name: c for c in chunks(services, folder)}
+    assert set(stored) == {"kettle.txt", "boiler.html"}
+    assert stored["kettle.txt"]["text"].endswith("Descale the kettle monthly with citric acid.")
+    assert stored["boiler.html"]["title"] == "Boiler"
+    assert "1.5 bar" in stored["boiler.html"]["text"]
+
+
 def test_an_emptied_or_unmounted_folder_does_not_wipe_its_source(
         services: Services, tutorial: Path) -> None:
     ingest_files(services, tutorial)
