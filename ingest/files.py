@@ -55,6 +55,11 @@ _KINDS_OF_FILE = ((stat.S_ISFIFO, "a FIFO"), (stat.S_ISSOCK, "a socket"),
 # 2: scanned PDF pages are read by OCR (version 1 cached them as skipped).
 # 3: blocks carry their heading path (HTML, Markdown).
 PARSER_VERSION = 3
+# And per kind, for a change to one kind's parsing, so that the others' cached results stay
+# (a PDF's scanned pages are not read by OCR again for a change to text files).
+# text, markdown, html 1: UTF-16 and -32 read by their byte-order mark (cached as skipped
+# before), and NUL bytes without one skip an HTML file (cached as a page of noise before).
+KIND_VERSIONS = {"text": 1, "markdown": 1, "html": 1}
 
 
 def find_files(root: Path, ignored: dict[str, int] | None = None) -> list[Path]:
@@ -121,7 +126,9 @@ def _read(path: Path, limit: int) -> bytes:
 
 
 def _cache_key(path: Path, options: str, limit: int) -> str:
-    digest = hashlib.sha256(f"files|{PARSER_VERSION}|{options}|".encode())
+    kind = KIND_VERSIONS.get(KINDS.get(path.suffix.lower(), ""))
+    version = f"{PARSER_VERSION}.{kind}" if kind else str(PARSER_VERSION)
+    digest = hashlib.sha256(f"files|{version}|{options}|".encode())
     read = 0
     with _open_regular(path) as f:
         for block in iter(lambda: f.read(1 << 20), b""):

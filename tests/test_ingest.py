@@ -388,6 +388,25 @@ def test_utf16_text_is_read_and_a_binary_file_under_a_text_name_is_skipped(
     assert "1.5 bar" in stored["boiler.html"]["text"]
 
 
+def test_a_change_to_text_parsing_reads_text_again_and_leaves_cached_pdfs_alone(
+        tmp_path: Path) -> None:
+    """Fast tier, the parse cache's keys alone: cached results from before the change above
+    (a UTF-16 .txt kept as skipped, a binary .html kept as a page) are not reused, while a
+    PDF's are, so its scanned pages are not read by OCR again."""
+    import hashlib
+
+    from hearth.ingest import files
+
+    def before(path: Path) -> str:  # the key as PARSER_VERSION 3 alone made it
+        return hashlib.sha256(b"files|3|o|" + path.read_bytes()).hexdigest()
+
+    for name in ("a.pdf", "a.txt", "a.md", "a.html"):
+        (tmp_path / name).write_bytes(b"same bytes")
+    assert files._cache_key(tmp_path / "a.pdf", "o", 1 << 20) == before(tmp_path / "a.pdf")
+    for name in ("a.txt", "a.md", "a.html"):
+        assert files._cache_key(tmp_path / name, "o", 1 << 20) != before(tmp_path / name)
+
+
 def test_an_emptied_or_unmounted_folder_does_not_wipe_its_source(
         services: Services, tutorial: Path) -> None:
     ingest_files(services, tutorial)
