@@ -213,10 +213,7 @@ def parse_file(path: Path, name: str, *, pdf_char_margin: float,
         return _docx(path, name, limits.unpacked_bytes)
     raw = _read(path, limits.file_bytes)
     wide = next((codec for bom, codec in WIDE_BOMS if raw.startswith(bom)), None)
-    if wide is None and b"\x00" in raw[:8192]:
-        # Text never holds a NUL byte unless it is UTF-16 or -32, which says so with a BOM:
-        # a .html or .txt that holds one is something else (an image, an archive, a database)
-        # under a text file's name, and its bytes would be indexed as words.
+    if looks_binary(raw):
         return Skipped(name, f"binary content in {'an HTML' if kind == 'html' else 'a text'} file")
     if kind == "html":
         from hearth.ingest.html import parse_html
@@ -233,6 +230,18 @@ def parse_file(path: Path, name: str, *, pdf_char_margin: float,
 # is UTF-16 LE), longest first: UTF-32 LE's begins with UTF-16 LE's.
 WIDE_BOMS = ((codecs.BOM_UTF32_LE, "utf-32"), (codecs.BOM_UTF32_BE, "utf-32"),
               (codecs.BOM_UTF16_LE, "utf-16"), (codecs.BOM_UTF16_BE, "utf-16"))
+
+
+def looks_binary(raw: bytes, charset: str | None = None) -> bool:
+    """Whether text, HTML or a page is something else (an image, an archive, a database)
+    under a text file's name or type: text never holds a NUL byte unless it is UTF-16 or -32,
+    which says so with a byte-order mark (or, for a page, its declared charset). Its bytes
+    would be indexed as words."""
+    wide = (charset or "").lower().replace("-", "").replace("_", "").startswith(("utf16", "utf32"))
+    return not wide and not any(raw.startswith(bom) for bom, _ in WIDE_BOMS) \
+        and b"\x00" in raw[:8192]
+
+
 _MD_HEADERS = [("#", "h1"), ("##", "h2"), ("###", "h3"), ("####", "h4")]
 _FRONT_MATTER = re.compile(r"\A---\n.*?\n---\n", re.DOTALL)
 

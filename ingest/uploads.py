@@ -29,7 +29,7 @@ from typing import IO, TYPE_CHECKING, Any
 from hearth.access import Collection, CollectionForbidden, CollectionNotFound
 from hearth.auth import Forbidden
 from hearth.errors import HearthError
-from hearth.ingest.files import KINDS, WIDE_BOMS
+from hearth.ingest.files import KINDS, WIDE_BOMS, looks_binary
 from hearth.ingest.pipeline import files_namespace, records_namespace
 from hearth.ingest.records import close_records, record_manager
 from hearth.private import private_dir
@@ -126,10 +126,10 @@ def check_content(kind: str, path: Path, unpacked_limit: int) -> str | None:
         return None
     # Markdown, text, HTML: text, not a binary renamed. UTF-16 and -32 (Windows Notepad's
     # "Unicode") hold NUL bytes, and say so with a byte-order mark.
-    if any(head.startswith(bom) for bom, _ in WIDE_BOMS):
-        return None
-    if b"\x00" in head:
+    if looks_binary(head):
         return "not a text file (it holds NUL bytes: a binary file renamed?)"
+    if any(head.startswith(bom) for bom, _ in WIDE_BOMS):
+        return None  # not UTF-8, and read by its mark
     try:
         head.decode("utf-8")
     except UnicodeDecodeError as exc:

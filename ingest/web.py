@@ -35,6 +35,7 @@ from defusedxml import ElementTree
 
 from hearth.ingest.cache import ParseCache
 from hearth.ingest.documents import Block, IngestError, Parsed, ReadLimits, Skipped
+from hearth.ingest.files import looks_binary
 from hearth.ingest.progress import Progress
 
 USER_AGENT = "Hearth-ingest/0.1 (local document indexer)"
@@ -329,6 +330,8 @@ class Crawler:
                         return Skipped(name, f"not HTML ({ctype})")
                     body = read_body(response, self.limits.page_bytes)
                     charset = response.charset_encoding
+                if looks_binary(body, charset):  # a page served without its type, or the wrong one
+                    return Skipped(name, "binary content, not HTML")
                 return self._parse(current, body, charset)
             return Skipped(name, f"more than {self.max_redirects} redirects")
         except BodyTooLarge as exc:

@@ -110,7 +110,7 @@ def docs(elsewhere: Site) -> Iterator[Site]:
     # A page nothing links to: only the sitemap knows it. It links to the bad cases.
     site.route("/tutorial/hearth-links.html", body=page(
         "Hearth test links", "missing.html", "broken.html", "loop-a.html", "slow.html",
-        "data.csv", "old-appetite.html", f"{elsewhere.url}/page.html",
+        "data.csv", "photo.html", "old-appetite.html", f"{elsewhere.url}/page.html",
         "mailto:someone@example.org", text="Links to pages that fail in every way."))
     site.route("/tutorial/broken.html", status=500, body="server error")
     site.route("/tutorial/loop-a.html", status=302, Location="loop-b.html")
@@ -118,6 +118,9 @@ def docs(elsewhere: Site) -> Iterator[Site]:
     site.route("/tutorial/old-appetite.html", status=301, Location="appetite.html")
     site.route("/tutorial/slow.html", body=page("Slow"), delay=3.0)
     site.route("/tutorial/data.csv", body="a,b\n1,2\n", Content_Type="text/csv")
+    # A picture served without its type: its bytes are no page's words.
+    site.route("/tutorial/photo.html", body="\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR" * 50,
+               Content_Type="")
     yield site
     site.close()
 
@@ -151,6 +154,7 @@ def test_crawl_reports_every_bad_page_and_keeps_going(docs: Site, elsewhere: Sit
     assert reasons == {
         "missing.html": "HTTP 404", "broken.html": "HTTP 500", "loop-a.html": "redirect loop",
         "slow.html": "timed out after 1 s", "data.csv": "not HTML (text/csv)",
+        "photo.html": "binary content, not HTML",
     }
     assert "linked from " + f"{docs.url}/tutorial/hearth-links.html" in skipped[0].name
     # Robots.txt is obeyed, the other site is never called, the redirect is followed once.

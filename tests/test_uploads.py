@@ -176,12 +176,13 @@ def test_bad_uploads_are_refused_with_reasons_and_leave_nothing(app: Any) -> Non
     assert wait_for(client, ann, out["job"]["url"])["state"] == "done"
     # Text in UTF-16 (Windows Notepad's "Unicode") has NUL bytes and a byte-order mark that
     # says why: it is text, and it is indexed.
-    wide = upload(client, ann, [("wide.txt", "Descale the kettle monthly.".encode("utf-16"))])
+    wide = upload(client, ann, [("wide.txt", "Descale the kettle monthly.".encode("utf-16")),
+                                ("wide-zh.txt", "水壶每月除垢。".encode("utf-16"))])
     assert wide.status_code == 202, wide.get_data(as_text=True)
     assert wait_for(client, ann, wide.get_json()["job"]["url"])["state"] == "done"
     states = {d["name"]: d["state"] for d in client.get(
         "/api/collections/mine/documents", headers=bearer(ann)).get_json()["documents"]}
-    assert states["wide.txt"] == "indexed", states
+    assert states["wide.txt"] == states["wide-zh.txt"] == "indexed", states
     # A bomb whose directory lies passes the check and is stopped while read: the document
     # fails, and nothing of it is left on disk or in search.
     liar = upload(client, ann, [("liar.docx", docx_bomb(declared_small=True))])
