@@ -538,5 +538,5 @@ def test_the_name_asked_about_is_a_claim_even_where_the_answer_defines_it() -> N
              "        task1 = tg.create_task(say_after(1, 'hello'))\n```")
     assert check(right, [tasks], "How do I start tasks with create_task() in a TaskGroup?").grounded
     assert check(right, [tasks], "How do I run two coroutines at once?").grounded
-    # A part of a longer name is not the name: `task` is asked, `task1` answered.
-    assert check(right, [tasks], "Is there a `tasks_done` helper?").grounded
+    # A name asked about that the answer does not name is no claim of the answer's.
+    assert check(right, [tasks], "Is `eager_task_factory` in 3.11, or what else is?").grounded
