@@ -74,6 +74,13 @@ def indexed_documents(store: Any, namespace: str) -> dict[str, str]:
     return {str(m["source"]): str(m.get("doc_hash", "")) for m in found["metadatas"] if m}
 
 
+def shown_name(source: str, namespace: str) -> str:
+    """A folder's document as the summary names what it skips: by its path in the folder (a
+    page of a website keeps its address)."""
+    folder = namespace.rstrip("/") + "/"
+    return source[len(folder):] if "://" not in namespace and source.startswith(folder) else source
+
+
 def run(services: Services, namespace: str, items: Iterable[Parsed | Chunked | Skipped], *,
         collection: str = DEFAULT, progress: Progress | None = None,
         summary: Summary | None = None, batch_size: int = INDEX_BATCH) -> Summary:
@@ -106,7 +113,7 @@ def run(services: Services, namespace: str, items: Iterable[Parsed | Chunked | S
             summary.skipped_pages += item.skipped_pages
             docs = item.docs if isinstance(item, Chunked) else chunker.split(item, namespace)
             if not docs:
-                summary.skipped.append(Skipped(item.source, "no text"))
+                summary.skipped.append(Skipped(shown_name(item.source, namespace), "no text"))
                 continue
             indexed.add(item.source)
             old = before.get(item.source)

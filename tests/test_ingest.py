@@ -371,7 +371,8 @@ def test_utf16_text_is_read_and_a_binary_file_under_a_text_name_is_skipped(
     .txt "binary", and it was skipped. And a .html that is not text (a photo, an archive
     saved under the wrong name) had its bytes indexed as words: 27 chunks of noise."""
     folder = tmp_path / "notes"
-    folder.mkdir()
+    (folder / "old").mkdir(parents=True)
+    (folder / "old" / "blank.html").write_text("<html><body><p> </p></body></html>")
     (folder / "kettle.txt").write_bytes("Descale the kettle monthly with citric acid."
                                         .encode("utf-16"))
     (folder / "boiler.html").write_bytes(
@@ -379,8 +380,9 @@ def test_utf16_text_is_read_and_a_binary_file_under_a_text_name_is_skipped(
         "1.5 bar.</p></body></html>".encode("utf-16"))
     (folder / "saved.html").write_bytes(b"\x1f\x8b\x08\x00" + bytes(range(256)) * 40)
     summary = ingest_files(services, folder)
-    assert [(s.name, s.reason) for s in summary.skipped] == [
-        ("saved.html", "binary content in an HTML file")]
+    # Each skipped file by its path in the folder, the one that holds no text as well.
+    assert sorted((s.name, s.reason) for s in summary.skipped) == [
+        ("old/blank.html", "no text"), ("saved.html", "binary content in an HTML file")]
     stored = {Path(c["source"]).name: c for c in chunks(services, folder)}
     assert set(stored) == {"kettle.txt", "boiler.html"}
     assert stored["kettle.txt"]["text"].endswith("Descale the kettle monthly with citric acid.")
