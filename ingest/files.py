@@ -212,7 +212,6 @@ def parse_file(path: Path, name: str, *, pdf_char_margin: float,
     if kind == "docx":
         return _docx(path, name, limits.unpacked_bytes)
     raw = _read(path, limits.file_bytes)
-    wide = next((codec for bom, codec in WIDE_BOMS if raw.startswith(bom)), None)
     if looks_binary(raw):
         return Skipped(name, f"binary content in {'an HTML' if kind == 'html' else 'a text'} file")
     if kind == "html":
@@ -220,7 +219,7 @@ def parse_file(path: Path, name: str, *, pdf_char_margin: float,
 
         page = parse_html(raw, path.as_uri())
         return Parsed(str(path), page.title or path.stem, page.blocks, kind)
-    text = raw.decode(wide or "utf-8", errors="replace")
+    text = raw.decode(wide_codec(raw) or "utf-8", errors="replace")
     if kind == "markdown":
         return _markdown(path, text)
     return Parsed(str(path), path.stem, [Block(text)], kind)
@@ -232,14 +231,18 @@ WIDE_BOMS = ((codecs.BOM_UTF32_LE, "utf-32"), (codecs.BOM_UTF32_BE, "utf-32"),
               (codecs.BOM_UTF16_LE, "utf-16"), (codecs.BOM_UTF16_BE, "utf-16"))
 
 
+def wide_codec(raw: bytes) -> str | None:
+    """The UTF-16 or -32 codec that ``raw``'s byte-order mark names, or None."""
+    return next((codec for bom, codec in WIDE_BOMS if raw.startswith(bom)), None)
+
+
 def looks_binary(raw: bytes, charset: str | None = None) -> bool:
     """Whether text, HTML or a page is something else (an image, an archive, a database)
     under a text file's name or type: text never holds a NUL byte unless it is UTF-16 or -32,
     which says so with a byte-order mark (or, for a page, its declared charset). Its bytes
     would be indexed as words."""
     wide = (charset or "").lower().replace("-", "").replace("_", "").startswith(("utf16", "utf32"))
-    return not wide and not any(raw.startswith(bom) for bom, _ in WIDE_BOMS) \
-        and b"\x00" in raw[:8192]
+    return not wide and wide_codec(raw) is None and b"\x00" in raw[:8192]
 
 
 _MD_HEADERS = [("#", "h1"), ("##", "h2"), ("###", "h3"), ("####", "h4")]

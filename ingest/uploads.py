@@ -29,7 +29,7 @@ from typing import IO, TYPE_CHECKING, Any
 from hearth.access import Collection, CollectionForbidden, CollectionNotFound
 from hearth.auth import Forbidden
 from hearth.errors import HearthError
-from hearth.ingest.files import KINDS, WIDE_BOMS, looks_binary
+from hearth.ingest.files import KINDS, looks_binary, wide_codec
 from hearth.ingest.pipeline import files_namespace, records_namespace
 from hearth.ingest.records import close_records, record_manager
 from hearth.private import private_dir
@@ -128,7 +128,7 @@ def check_content(kind: str, path: Path, unpacked_limit: int) -> str | None:
     # "Unicode") hold NUL bytes, and say so with a byte-order mark.
     if looks_binary(head):
         return "not a text file (it holds NUL bytes: a binary file renamed?)"
-    if any(head.startswith(bom) for bom, _ in WIDE_BOMS):
+    if wide_codec(head):
         return None  # not UTF-8, and read by its mark
     try:
         head.decode("utf-8")
