@@ -13,7 +13,8 @@ A small model given the right passage still invents: a number (365 days where th
   vocabulary (``c()``, ``paste()``) aside, as Python's builtins are;
 - each claim is **supported** when the retrieved passages contain it (compared without case,
   spacing and quotes; a command's words one by one, placeholders such as ``NAME``,
-  ``/path/to/folder``, an example's own file (``example.json``) or a redirect's aside; a
+  ``/path/to/folder``, an example's own file (``example.json``) or a redirect's aside, and
+  not an option the passages only ever write with another of the program's commands; a
   method called on the example's own object, by its name; a module's member on that module's
   own page, which calls it ``run()``; a keyword argument by its name in the prose, as "If
   ensure_ascii is false" writes it, unless the passages give the signature of the function
@@ -493,6 +494,40 @@ def supported(claim: str, passages: str) -> bool:
     return all(normalized(w) in passages for w in words)
 
 
+OPTION = re.compile(r"^--?[A-Za-z][\w-]*")
+
+
+def option_of_another(claim: str, passages: Sequence[str]) -> bool:
+    """Whether a command gives an option the passages show only with another command of the
+    same program: ``hearth ingest files DIR --max-pages 50``, where every line that writes
+    ``--max-pages`` runs ``hearth ingest web``. The command is its first words up to an
+    option or a placeholder (``hearth ingest files``); an option is the command's where a
+    passage holds both, or where a passage holds the option on no line of the program's (a
+    table of options under the command's heading)."""
+    words = [w.strip("\"'`,;") for w in QUOTED.sub(" ", claim).split()]
+    command: list[str] = []
+    for w in words:
+        if not w or OPTION.match(w) or PLACEHOLDER.match(w) or w in REDIRECT:
+            break
+        command.append(w)
+    if len(command) < 2:  # a program alone (``python -X utf8``) says nothing of a subcommand
+        return False
+    program, rest = normalized(command[0]), normalized(" ".join(command[1:]))
+    texts = [normalized(p) for p in passages]
+    lines = [[normalized(line) for line in p.splitlines()] for p in passages]
+    for w in words:
+        option = OPTION.match(w)
+        if option is None:
+            continue
+        name = re.compile(rf"(?<![\w-]){re.escape(normalized(option.group()))}(?![\w-])")
+        holding = [i for i, text in enumerate(texts) if name.search(text)]
+        if holding and not any(
+                rest in texts[i] or not any(name.search(line) and program in line.split()
+                                            for line in lines[i]) for i in holding):
+            return True
+    return False
+
+
 def name_supported(name: str, local: set[str], joined: str, raw: str,
                    passages: Sequence[str] = ()) -> bool:
     """A name Python code uses: in the passages; a keyword argument as ``name=``, or named
@@ -538,7 +573,8 @@ def check(answer: str, passages: Sequence[str], question: str = "") -> Verdict:
     spans = [c for c, _ in found]
     given = signatures(raw) if owners else {}
     unsupported = [c for c, local in found if not (
-        (supported(c, joined) or member(c, passages)) if local is None
+        (supported(c, joined) and not option_of_another(c, passages) or member(c, passages))
+        if local is None
         else name_supported(c, local, joined, raw, passages))
         or any(not_a_parameter(c[:-1], call, given) for call in owners.get(c, ()))]
     unsupported += [n for n in asked_names(question) if n not in unsupported

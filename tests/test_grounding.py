@@ -74,6 +74,25 @@ def test_placeholders_in_a_command_claim_nothing() -> None:
     assert not check("Run `hearth import pdfs --recursive /path/to/folder`.", [guide]).grounded
 
 
+def test_an_option_of_another_command_is_not_the_commands() -> None:
+    # The guide's sections as passages: the folder's and the crawl's, each under its heading.
+    guide = (GUIDE / "ingesting-documents.md").read_text()
+    sections = ["## " + s for s in guide.split("\n## ")[1:]]
+    crawl = next(s for s in sections if s.startswith("## Limit a website crawl"))
+    folder = next(s for s in sections if "hearth ingest files" in s and "--max-pages" not in s)
+    passages = [folder, crawl]
+    assert check("Run `hearth ingest web https://docs.example.org/ --max-pages 50`.",
+                 passages).grounded
+    # Every word is in the passages, but --max-pages is only ever written with `ingest web`.
+    wrong = check("Run `hearth ingest files /path/to/folder --max-pages 50`.", passages)
+    assert wrong.unsupported == ["hearth ingest files /path/to/folder --max-pages 50"]
+    # An option the passages list without any command line (a table under the command's
+    # heading) is not taken from another command, nor is one given to the program alone.
+    table = "## Options of the folder ingest\n\n- `--watch`: keep indexing as files change"
+    assert check("Run `hearth ingest files /path/to/folder --watch`.", [folder, table]).grounded
+    assert check("Run `python -X utf8 example.py`.", ["python -X utf8 enables the UTF-8 mode"]).grounded
+
+
 def test_an_answer_whose_words_are_not_in_the_passages_is_not_grounded() -> None:
     guide = (GUIDE / "models.md").read_text()
     verdict = check("Bananas ripen faster beside apples because apples release ethylene gas.",
