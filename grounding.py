@@ -522,10 +522,15 @@ def option_of_another(claim: str, passages: Sequence[str]) -> bool:
         name = re.compile(rf"(?<![\w-]){re.escape(normalized(option.group()))}(?![\w-])")
         holding = [i for i, text in enumerate(texts) if name.search(text)]
         if holding and not any(
-                rest in texts[i] or not any(name.search(line) and program in line.split()
+                rest in texts[i] or not any(name.search(line) and program in line_words(line)
                                             for line in lines[i]) for i in holding):
             return True
     return False
+
+
+def line_words(line: str) -> set[str]:
+    """A line's words as a command writes them: a prompt's ``$`` and code quotes aside."""
+    return {w.strip("`'\"$") for w in line.split()}
 
 
 def name_supported(name: str, local: set[str], joined: str, raw: str,

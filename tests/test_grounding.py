@@ -81,11 +81,13 @@ def test_an_option_of_another_command_is_not_the_commands() -> None:
     crawl = next(s for s in sections if s.startswith("## Limit a website crawl"))
     folder = next(s for s in sections if "hearth ingest files" in s and "--max-pages" not in s)
     passages = [folder, crawl]
-    assert check("Run `hearth ingest web https://docs.example.org/ --max-pages 50`.",
+    assert check("Run `hearth ingest web https://docs.example.org/ --max-pages 200`.",
                  passages).grounded
     # Every word is in the passages, but --max-pages is only ever written with `ingest web`.
-    wrong = check("Run `hearth ingest files /path/to/folder --max-pages 50`.", passages)
-    assert wrong.unsupported == ["hearth ingest files /path/to/folder --max-pages 50"]
+    wrong = check("Run `hearth ingest files /path/to/folder --max-pages 200`.", passages)
+    assert wrong.unsupported == ["hearth ingest files /path/to/folder --max-pages 200"]
+    inline = "To crawl fewer pages, run `hearth ingest web URL --max-pages 100`."
+    assert not check("Run `hearth ingest files DIR --max-pages 100`.", [folder, inline]).grounded
     # An option the passages list without any command line (a table under the command's
     # heading) is not taken from another command, nor is one given to the program alone.
     table = "## Options of the folder ingest\n\n- `--watch`: keep indexing as files change"
