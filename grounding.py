@@ -12,9 +12,10 @@ A small model given the right passage still invents: a number (365 days where th
   in R code likewise (``library(foreign)``, ``read.table``, ``na.strings =``), R's own
   vocabulary (``c()``, ``paste()``) aside, as Python's builtins are;
 - each claim is **supported** when the retrieved passages contain it (compared without case,
-  spacing and quotes; a command's words one by one, placeholders such as ``NAME``,
-  ``/path/to/folder``, an example's own file (``example.json``) or a redirect's aside, and
-  not an option the passages only ever write with another of the program's commands; a
+  spacing and quotes; a command's words one by one and whole, placeholders such as ``NAME``,
+  ``/path/to/folder``, an example's own file (``example.json``), a redirect's and an
+  option's count (``--max-pages 30``) aside, and not an option the passages only ever
+  write with another of the program's commands; a
   method called on the example's own object, by its name; a module's member on that module's
   own page, which calls it ``run()``; a keyword argument by its name in the prose, as "If
   ensure_ascii is false" writes it, unless the passages give the signature of the function
@@ -477,6 +478,10 @@ def claims(answer: str) -> list[str]:
     return [c for c, _ in claim_spans(answer)[0]]
 
 
+OPTION = re.compile(r"^--?[A-Za-z][\w-]*")
+OPTION_NUMBER = re.compile(r"^(--[A-Za-z][\w-]*)=\d+$")
+
+
 def supported(claim: str, passages: str) -> bool:
     """Whether the (normalized) passages contain the claim, or each word of a command; a
     quoted argument of a command is the user's data (a question sent with curl), not a claim."""
@@ -488,13 +493,17 @@ def supported(claim: str, passages: str) -> bool:
     if len(claim.split()) > 1:
         claim = QUOTED.sub(" ", claim)
     words = [w.strip("\"'`,;") for w in claim.split()]
+    # An option's count is the user's choice, as a placeholder is: ``--max-pages 30`` (or
+    # ``--max-pages=30``) claims the option, whatever number the page's own example gives it;
+    # a version (``--python 3.13``) is still a claim.
+    words = [OPTION_NUMBER.sub(r"\1", w) for w in words]
     words = [w for i, w in enumerate(words) if w and not PLACEHOLDER.match(w)
-             and w not in REDIRECT and (i == 0 or words[i - 1] not in REDIRECT)]
-    # A span of placeholders only claims nothing; otherwise every word must be there.
-    return all(normalized(w) in passages for w in words)
-
-
-OPTION = re.compile(r"^--?[A-Za-z][\w-]*")
+             and w not in REDIRECT and (i == 0 or words[i - 1] not in REDIRECT)
+             and not (i and NUMBER.fullmatch(w) and "." not in w and OPTION.match(words[i - 1]))]
+    # A span of placeholders only claims nothing; otherwise every word must be there, whole:
+    # ``--user`` is not in ``--username``, nor ``50`` in ``500``.
+    return all(re.search(rf"(?<![\w-]){re.escape(normalized(w))}(?![\w-])", passages)
+               for w in words)
 
 
 def option_of_another(claim: str, passages: Sequence[str]) -> bool:

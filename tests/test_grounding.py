@@ -95,6 +95,26 @@ def test_an_option_of_another_command_is_not_the_commands() -> None:
     assert check("Run `python -X utf8 example.py`.", ["python -X utf8 enables the UTF-8 mode"]).grounded
 
 
+def test_a_commands_words_are_found_whole_and_an_options_count_is_the_users() -> None:
+    guide = (GUIDE / "ingesting-documents.md").read_text()
+    crawl = "## " + next(s for s in guide.split("\n## ") if s.startswith("Limit a website crawl"))
+    # The page's example crawls 200 pages; a user asking for 30 is given 30: the option is
+    # the claim, its count the user's, written either way.
+    for option in ("--max-pages 30", "--max-pages=30"):
+        answer = f"Run `hearth ingest web https://docs.example.org/ {option}`."
+        assert check(answer, [crawl], "How do I crawl at most 30 pages?").grounded, option
+    # An option is found whole: not inside a longer one.
+    assert not check("Run `hearth ingest web https://docs.example.org/ --max 30`.",
+                     [crawl]).grounded
+    # A version after an option is still a claim, and so is a number the command gives a
+    # program's own argument (a port): neither is in these passages.
+    uv = "To make one with another Python, run: uv venv --python 3.11 tutorial-env"
+    assert check("Run `uv venv --python 3.11 tutorial-env`.", [uv]).grounded
+    assert not check("Run `uv venv --python 3.13 tutorial-env`.", [uv]).grounded
+    server = "To serve the folder, run: python -m http.server 8000"
+    assert not check("Run `python -m http.server 8080`.", [server]).grounded
+
+
 def test_an_answer_whose_words_are_not_in_the_passages_is_not_grounded() -> None:
     guide = (GUIDE / "models.md").read_text()
     verdict = check("Bananas ripen faster beside apples because apples release ethylene gas.",
