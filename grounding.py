@@ -490,9 +490,7 @@ def supported(claim: str, passages: str) -> bool:
         return re.search(rf"(?<![\d.]){re.escape(normalized(claim))}{after}", passages) is not None
     if normalized(claim) in passages:
         return True
-    if len(claim.split()) > 1:
-        claim = QUOTED.sub(" ", claim)
-    words = [w.strip("\"'`,;") for w in claim.split()]
+    words = command_words(claim) if len(claim.split()) > 1 else [claim.strip("\"'`,;")]
     # An option's count is the user's choice, as a placeholder is: ``--max-pages 30`` (or
     # ``--max-pages=30``) claims the option, whatever number the page's own example gives it;
     # a version (``--python 3.13``) is still a claim.
@@ -500,10 +498,18 @@ def supported(claim: str, passages: str) -> bool:
     words = [w for i, w in enumerate(words) if w and not PLACEHOLDER.match(w)
              and w not in REDIRECT and (i == 0 or words[i - 1] not in REDIRECT)
              and not (i and NUMBER.fullmatch(w) and "." not in w and OPTION.match(words[i - 1]))]
-    # A span of placeholders only claims nothing; otherwise every word must be there, whole:
-    # ``--user`` is not in ``--username``, nor ``50`` in ``500``.
-    return all(re.search(rf"(?<![\w-]){re.escape(normalized(w))}(?![\w-])", passages)
-               for w in words)
+    # A span of placeholders only claims nothing; otherwise every word must be there, whole.
+    return all(whole(normalized(w)).search(passages) for w in words)
+
+
+def command_words(claim: str) -> list[str]:
+    """A command's words; a quoted argument is the user's data (a question sent with curl)."""
+    return [w.strip("\"'`,;") for w in QUOTED.sub(" ", claim).split()]
+
+
+def whole(word: str) -> re.Pattern[str]:
+    """``word`` as a word of its own: ``--max`` is not in ``--max-depth``, nor ``50`` in ``500``."""
+    return re.compile(rf"(?<![\w-]){re.escape(word)}(?![\w-])")
 
 
 def option_of_another(claim: str, passages: Sequence[str]) -> bool:
@@ -513,7 +519,7 @@ def option_of_another(claim: str, passages: Sequence[str]) -> bool:
     option or a placeholder (``hearth ingest files``); an option is the command's where a
     passage holds both, or where a passage holds the option on no line of the program's (a
     table of options under the command's heading)."""
-    words = [w.strip("\"'`,;") for w in QUOTED.sub(" ", claim).split()]
+    words = command_words(claim)
     command: list[str] = []
     for w in words:
         if not w or OPTION.match(w) or PLACEHOLDER.match(w) or w in REDIRECT:
@@ -528,7 +534,7 @@ def option_of_another(claim: str, passages: Sequence[str]) -> bool:
         option = OPTION.match(w)
         if option is None:
             continue
-        name = re.compile(rf"(?<![\w-]){re.escape(normalized(option.group()))}(?![\w-])")
+        name = whole(normalized(option.group()))
         holding = [i for i, text in enumerate(texts) if name.search(text)]
         if holding and not any(
                 rest in texts[i] or not any(name.search(line) and program in line_words(line)
