@@ -165,9 +165,12 @@ class Reranker:
             self.model.max_seq_length = 256  # what the first model reads of a chunk too
         self.vectors: dict[str | tuple[str, str], Any] = {}  # a question: ("?", it)
         self.chunk_seconds: list[float] = []
-        self.cache = cache
+        self.cache, self.name = cache, str(folder)
         if cache and cache.is_file():
             with np.load(cache) as stored:
+                if str(stored["model"]) != self.name:  # another model's vectors: not these
+                    raise SystemExit(f"{cache} holds the vectors of {stored['model']}, not "
+                                     f"{self.name}: give another --reranker-cache")
                 self.vectors.update(zip(stored["ids"].tolist(), stored["vectors"], strict=True))
 
     def _question(self, question: str) -> Any:
@@ -196,8 +199,8 @@ class Reranker:
 
         if self.cache:
             ids = [k for k in self.vectors if isinstance(k, str)]
-            np.savez(self.cache, ids=np.array(ids), vectors=np.vstack([self.vectors[k]
-                                                                       for k in ids]))
+            np.savez(self.cache, model=np.array(self.name), ids=np.array(ids),
+                     vectors=np.vstack([self.vectors[k] for k in ids]))
 
     def rerank(self, question: str, ranked: Sequence[Source], variant: Variant
                ) -> list[Source]:
