@@ -267,13 +267,13 @@ def test_a_question_without_words_to_match_finds_nothing(tmp_path: Path) -> None
 
 
 def test_the_retrieval_settings(make_settings: Any) -> None:
-    assert make_settings().retrieval is RetrievalMode.dense
+    assert make_settings().retrieval is RetrievalMode.hybrid  # measured on the whole set
     assert make_settings().passages_by_page is False
     assert make_settings().page_support == 0
     assert make_settings(page_support=0.02).page_support == 0.02
     with pytest.raises(ConfigError, match="HEARTH_PAGE_SUPPORT"):
         make_settings(page_support=-1)
-    assert make_settings(retrieval="hybrid").retrieval is RetrievalMode.hybrid
+    assert make_settings(retrieval="dense").retrieval is RetrievalMode.dense
     for measured_worse in ("keyword", "rrf", "bm42"):
         with pytest.raises(ConfigError, match="HEARTH_RETRIEVAL"):
             make_settings(retrieval=measured_worse)
