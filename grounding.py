@@ -602,7 +602,8 @@ def check(answer: str, passages: Sequence[str], question: str = "") -> Verdict:
     words = content_words(FENCE.sub(" ", answer))
     in_passages = content_words(" ".join(passages))
     share = len(words & in_passages) / len(words) if words else 1.0
-    unanswered = unanswered_quantity(answer, question) or restated(answer, question, spans)
+    unanswered = (declined(answer, question, spans) or unanswered_quantity(answer, question)
+                  or restated(answer, question, spans))
     return Verdict(grounded=not unsupported and share >= MIN_WORD_SUPPORT and not unanswered,
                    unsupported=unsupported, claims=len(spans), word_support=round(share, 3),
                    unanswered=unanswered)
@@ -686,12 +687,39 @@ def unanswered_quantity(answer: str, question: str) -> str:
     return ""
 
 
+DECLINED = "the model found no answer in them"
+# An answer that opens by declining: the model says it cannot answer, or that what it was given
+# does not say. The 1.5B answered 17 questions of the evaluation set (every one answerable) with
+# "I am not programmed to answer that.", and a few with "The context does not provide any
+# information about ...": no fact in them, yet nothing for the check to find wrong.
+DECLINE = re.compile(
+    r"(?:I(?:'m| am) (?:not (?:programmed|able)|unable) to|I(?:'m| am) (?:sorry|afraid)\b"
+    r"|I (?:cannot|can't|can not|do not|don't) (?:answer|know|find|tell|help)\b"
+    r"|(?:The|This|These|Your) (?:provided |given )?(?:context|passages?|documents?|"
+    r"documentation|text|sources?)\s+(?:does not|doesn't|do not|don't|did not|didn't)\s+"
+    r"(?:\w+ly )?(?:provide|contain|mention|say|include|specify|cover|answer|give|discuss|"
+    r"explain|state)\b"
+    r"|There (?:is|was) no (?:information|mention)\b|No information\b)", re.IGNORECASE)
 RESTATED = "the answer only restates the question's words, with nothing from the passages"
 # Words that say where an answer comes from, not what it is: "The context states that {}
 # gives you a dict and not an empty set." restates the question all the same.
 SAYS_NOTHING = frozenset({
     "yes", "context", "contexts", "states", "stated", "state", "says", "said", "mentions",
     "mentioned", "according", "provided", "given", "information", "based"})
+
+
+def declined(answer: str, question: str, spans: Sequence[str]) -> str:
+    """Why an answer is the model declining to answer: each of its sentences says it cannot,
+    or that the passages do not say (``DECLINE``), and it names nothing the question does not.
+    Such an answer states no fact, so it is not presented as one: the user reads that the
+    documents do not seem to answer, with the passages closest to the question. One that
+    declines and then says something ("The context does not say. The default is ...") is
+    checked as any other answer."""
+    said = [m.group().strip().lstrip("*_\"' ") for m in SENTENCE.finditer(answer)]
+    if not any(said) or not all(DECLINE.match(s) for s in said if s):
+        return ""
+    asked = normalized(question)
+    return DECLINED if all(normalized(s) in asked for s in spans) else ""
 
 
 def restated(answer: str, question: str, spans: Sequence[str]) -> str:

@@ -27,7 +27,7 @@ from hearth.config import Settings, Unsupported
 from hearth.conversations import Turn
 from hearth.errors import HearthError
 from hearth.focus import focused
-from hearth.grounding import RESTATED, Evidence, Verdict, check, evidence
+from hearth.grounding import DECLINED, RESTATED, Evidence, Verdict, check, evidence
 from hearth.llm import LLM, Drawn, Generation, LLMError
 from hearth.retrieval import Fusion, Hit, Mode, retrieve, with_neighbours
 from hearth.vectorstore import VectorStore
@@ -341,6 +341,9 @@ def unsupported_note(verdict: Verdict, doubt: str = "") -> str:
     if verdict.unsupported:
         return (f"\n\n(Not found in your documents: {_spans(verdict)}. Check the sources before "
                 "relying on this answer.)")
+    if verdict.unanswered == DECLINED:
+        return ("\n\n(The model found no answer to this in the passages it was given: check "
+                "the sources.)")
     if verdict.unanswered == RESTATED:
         return ("\n\n(Nothing in this answer can be checked against your documents: it only "
                 "restates the question. Check the sources before relying on it.)")
@@ -357,6 +360,9 @@ def withheld_answer(verdict: Verdict, doubt: str = "") -> str:
         return ("The answer drafted from your documents is not given as an answer: the model "
                 f"was unsure of it ({doubt}), and answers a model is this unsure of are often "
                 "wrong. The passages closest to your question are in the sources.")
+    if verdict.unanswered == DECLINED:
+        return ("Your documents do not seem to answer this: the model found no answer in the "
+                "passages closest to your question. They are in the sources.")
     if verdict.unanswered == RESTATED:
         # A bare "Yes." may be right: the documents' own sentences say, not the model.
         return ("The answer drafted from your documents only restates your question (a bare "

@@ -231,6 +231,23 @@ def test_a_bare_yes_is_withheld_and_the_documents_sentences_shown(tmp_path: Path
     assert chain.answer(asked).grounded
 
 
+def test_a_model_that_declines_in_its_own_words_is_a_refusal_with_the_evidence(
+        tmp_path: Path) -> None:
+    """Not the refusal sentence the prompt asks for, but the same meaning: the user reads that
+    the documents do not seem to answer, with the passages closest to the question."""
+    chain, _ = assistant(tmp_path, "The context does not provide any information about "
+                         "installing a package with pip.")
+    events = list(chain.stream(QUESTION))
+    answer = events[-1]
+    assert isinstance(answer, Answer) and answer.refused and not answer.grounded
+    assert answer.answer.startswith("Your documents do not seem to answer this: the model "
+                                    "found no answer")
+    assert answer.draft.startswith("The context does not provide")
+    assert "python -m pip install" in answer.evidence[0].text
+    streamed = "".join(e.text for e in events if isinstance(e, Token))
+    assert "(The model found no answer to this in the passages it was given" in streamed
+
+
 def test_flagged_answers_are_given_with_a_note_when_so_set(tmp_path: Path) -> None:
     chain, _ = assistant(tmp_path, "Run `pip fetch --global NAME` as root.",
                          unsupported_answers="flag")

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from hearth.grounding import check, claims, evidence, sentences
+from hearth.grounding import DECLINED, check, claims, evidence, sentences
 from hearth.ingest.html import parse_html
 
 PY_DOCS = Path("/usr/share/doc/python3.11/html")
@@ -552,6 +552,36 @@ def test_an_answer_that_only_restates_the_question_is_not_grounded() -> None:
     # A name it gives is a claim the check looks for: supported, it is an answer.
     assert check("`LinkingTo`.", ["Packages whose headers are used: the LinkingTo field."],
                  "Which DESCRIPTION field lists header-only packages?").grounded
+
+
+@needs_docs
+def test_an_answer_that_declines_is_not_grounded_and_one_that_goes_on_is_checked() -> None:
+    """The 1.5B answered "Why does list.sort() return None?" with "The context does not provide
+    any information about why list.sort() returns None.", the FAQ's answer among its
+    passages: no fact in it, every word the question's or the passages', so nothing was
+    unsupported and it was presented as an answer."""
+    design = passage(page("faq/design.html"), "sorts the list in place", 900)
+    asked = "Why does list.sort() return None?"
+    for draft in ("The context does not provide any information about why list.sort() returns "
+                  "None.", "I'm sorry, but the passages don't say.",
+                  "The provided documentation does not explicitly mention it. I cannot answer "
+                  "that."):
+        verdict = check(draft, [design], asked)
+        assert not verdict.grounded and verdict.unanswered == DECLINED, draft
+    # An answer that says something after declining is checked as any other: here supported.
+    right = check("The context does not say so directly. list.sort() sorts the list in place, "
+                  "so it returns None as a reminder that no new list is made.", [design], asked)
+    assert right.grounded and not right.unanswered, right
+    # A name the question does not give is the answer's: checked, here not in the passage.
+    named = check("The context does not mention it, but `sorted()` does not either.", [design],
+                  asked)
+    assert named.unanswered != DECLINED
+    # What the documents themselves do not provide is an answer, not a decline.
+    toml = check("The standard library does not provide a write API for TOML files.",
+                 ["This module provides an interface for parsing TOML. This module does not "
+                  "support writing TOML; the standard library does not provide a write API."],
+                 "Can the standard library write TOML files too?")
+    assert toml.grounded and not toml.unanswered, toml
 
 
 @needs_docs
