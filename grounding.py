@@ -693,13 +693,14 @@ DECLINED = "the model found no answer in them"
 # "I am not programmed to answer that.", and a few with "The context does not provide any
 # information about ...": no fact in them, yet nothing for the check to find wrong.
 DECLINE = re.compile(
-    r"(?:I(?:'m| am) (?:not (?:programmed|able)|unable) to|I(?:'m| am) (?:sorry|afraid)\b"
-    r"|I (?:cannot|can't|can not|do not|don't) (?:answer|know|find|tell|help)\b"
-    r"|(?:The|This|These|Your) (?:provided |given )?(?:context|passages?|documents?|"
+    r"(?:(?:I(?:'m| am) (?:sorry|afraid)|Unfortunately),? (?:but )?)?"
+    r"(?:I(?:'m| am) (?:not (?:programmed|able)|unable) to"
+    r"|I (?:cannot|can't|can not|could not|couldn't|do not|don't) (?:answer|know|find|tell|help)\b"
+    r"|(?:the|this|these|your) (?:provided |given )?(?:context|passages?|documents?|"
     r"documentation|text|sources?)\s+(?:does not|doesn't|do not|don't|did not|didn't)\s+"
     r"(?:\w+ly )?(?:provide|contain|mention|say|include|specify|cover|answer|give|discuss|"
     r"explain|state)\b"
-    r"|There (?:is|was) no (?:information|mention)\b|No information\b)", re.IGNORECASE)
+    r"|there (?:is|was) no (?:information|mention)\b|no information\b)", re.IGNORECASE)
 RESTATED = "the answer only restates the question's words, with nothing from the passages"
 # Words that say where an answer comes from, not what it is: "The context states that {}
 # gives you a dict and not an empty set." restates the question all the same.

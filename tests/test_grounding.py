@@ -576,6 +576,9 @@ def test_an_answer_that_declines_is_not_grounded_and_one_that_goes_on_is_checked
     named = check("The context does not mention it, but `sorted()` does not either.", [design],
                   asked)
     assert named.unanswered != DECLINED
+    # An apology is not a decline by itself: "you cannot" is the answer's claim.
+    assert check("I'm sorry, but you cannot make it return the list.", [design],
+                 asked).unanswered != DECLINED
     # What the documents themselves do not provide is an answer, not a decline.
     toml = check("The standard library does not provide a write API for TOML files.",
                  ["This module provides an interface for parsing TOML. This module does not "
