@@ -28,6 +28,28 @@ def test_every_key_fact_is_on_its_page() -> None:
     assert "OK: 0 failures" in result.stdout
 
 
+def test_the_held_out_set_is_checked_the_same_way_and_shares_nothing_with_the_set() -> None:
+    """evaluation/holdout: questions no tuning run has used, checked by the same checker; none
+    of its questions or ids is the set's."""
+    holdout = SETS.parent / "holdout"
+    result = subprocess.run([sys.executable, str(SETS / "check.py"), "--sets", str(holdout)],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0 and "OK: 0 failures" in result.stdout, result.stdout
+
+    def rows(folder: Path) -> list[dict[str, object]]:
+        return [json.loads(x) for f in sorted(folder.glob("*.jsonl"))
+                for x in f.read_text().splitlines() if x.strip()]
+
+    held, used = rows(holdout), rows(SETS)
+    assert {q["id"] for q in held}.isdisjoint(q["id"] for q in used)
+    assert {q["question"] for q in held}.isdisjoint(q["question"] for q in used)
+    # Its Python questions are about pages the set never asks about (a PDF page holds many
+    # topics: some of its R questions share a page with one of the set's).
+    pages = {q.get("source") for q in used if q.get("corpus") == "python-docs"}
+    assert not [q["id"] for q in held if q.get("corpus") == "python-docs"
+                and q.get("source") in pages]
+
+
 def test_the_sets_are_as_large_as_the_issue_asks() -> None:
     def lines(name: str) -> list[dict[str, object]]:
         return [json.loads(x) for x in (SETS / name).read_text().splitlines() if x.strip()]
