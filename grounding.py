@@ -67,6 +67,7 @@ EXAMPLE_FILE = re.compile(
 PLACEHOLDER = re.compile(
     r"^(.*<[^>\s]+>.*|\[[^\]]*\]|\{[^}]*\}|[A-Z][A-Z0-9_]{2,}|.*path/to.*|.*your[-_].*|my[\w-]*|"
     rf"\.\.\.|…|[-=|]+|{EXAMPLE_FILE.pattern})$")
+CONSTANT = re.compile(r"(?!(?:YOUR|MY|SOME)_)(?!\w*_HERE$)[A-Z][A-Z0-9]*(?:_[A-Z0-9]+)*")
 # A name the answer itself tells the user to replace ("Replace `pkgname` with the name of
 # your package") is a placeholder, as ``<pkg>`` is: in a command, and named alone.
 REPLACED = re.compile(r"\breplace\s+[`'\"]?([\w.<>/-]+)[`'\"]?\s+with\b", re.IGNORECASE)
@@ -142,7 +143,7 @@ INLINE_CODE = re.compile(r"`([^`\n]+)`")
 NUMBER = re.compile(r"(?<![\w.])[-+]?\d(?:[\d_]|,(?=\d))*(?:\.\d+)?(?![\w])")
 IDENTIFIER = re.compile(
     r"(?<![\w.])(?:[A-Za-z_]\w*(?:\.[A-Za-z_]\w*)+(?:\(\))?|[A-Za-z_]\w*\(\)|"
-    r"[a-z]+(?:_[a-z0-9]+)+|--?[a-z][\w-]+|%[A-Za-z])(?![\w])")
+    r"[a-z]+(?:_[a-z0-9]+)+|[A-Z][A-Z0-9]*(?:_[A-Z0-9]+)+|--?[a-z][\w-]+|%[A-Za-z])(?![\w])")
 # A question that asks for a quantity ("How many results does lru_cache keep?"), and what
 # answers one: a number, in digits or words, or its absence ("no limit", "any number").
 QUANTITY_ASKED = re.compile(r"\bhow (?:many|much|long|big|large)\b", re.IGNORECASE)
@@ -490,12 +491,16 @@ def supported(claim: str, passages: str) -> bool:
         return re.search(rf"(?<![\d.]){re.escape(normalized(claim))}{after}", passages) is not None
     if normalized(claim) in passages:
         return True
-    words = command_words(claim) if len(claim.split()) > 1 else [claim.strip("\"'`,;")]
+    alone = len(claim.split()) == 1
+    words = command_words(claim) if not alone else [claim.strip("\"'`,;")]
     # An option's count is the user's choice, as a placeholder is: ``--max-pages 30`` (or
     # ``--max-pages=30``) claims the option, whatever number the page's own example gives it;
     # a version (``--python 3.13``) is still a claim.
     words = [OPTION_NUMBER.sub(r"\1", w) for w in words]
-    words = [w for i, w in enumerate(words) if w and not PLACEHOLDER.match(w)
+    # A capitalised name alone is a constant or an environment variable (``PYTHON_COLORS``),
+    # not a command's placeholder (``pip install NAME``).
+    words = [w for i, w in enumerate(words) if w and not (
+                 PLACEHOLDER.match(w) and not (alone and CONSTANT.fullmatch(w)))
              and w not in REDIRECT and (i == 0 or words[i - 1] not in REDIRECT)
              and not (i and NUMBER.fullmatch(w) and "." not in w and OPTION.match(words[i - 1]))]
     # A span of placeholders only claims nothing; otherwise every word must be there, whole.

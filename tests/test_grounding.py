@@ -555,6 +555,28 @@ def test_an_answer_that_only_restates_the_question_is_not_grounded() -> None:
 
 
 @needs_docs
+def test_an_environment_variable_is_a_claim_and_a_placeholder_is_not() -> None:
+    """Asked how to turn off 3.13's coloured tracebacks with PYTHON_COLORS (a question of the
+    held-out set that 3.11's documents cannot answer), the 1.5B said to set it to an empty
+    string, and the check passed it: a capitalised name was read as a placeholder (``pip
+    install NAME``), never looked for, and one in prose was not a name at all."""
+    unbuffered = passage(page("using/cmdline.html"), "PYTHONUNBUFFERED\n", 700)
+    asked = "How do I turn off output buffering?"
+    assert check("Set PYTHONUNBUFFERED to a non-empty string.", [unbuffered], asked).grounded
+    assert check("Set `PYTHONUNBUFFERED` to 1.", [unbuffered], asked).grounded
+    prose = check("Set PYTHON_UNBUFFERED=1 before running it.", [unbuffered], asked)
+    assert not prose.grounded and prose.unsupported == ["PYTHON_UNBUFFERED"]
+    quoted = check("Set `PYTHON_NO_BUFFER` to 1.", [unbuffered], asked)
+    assert not quoted.grounded and quoted.unsupported == ["PYTHON_NO_BUFFER"]
+    # A placeholder stays one: a command's capitalised word, and a name for the user's own.
+    assert check("Set `YOUR_API_KEY` to your key, then set PYTHONUNBUFFERED to 1.",
+                 [unbuffered], asked).unsupported == []
+    assert check("Run `python -u NAME` or set PYTHONUNBUFFERED.",
+                 [unbuffered + "\n\n-u\n\nForce the stdout and stderr streams to be "
+                  "unbuffered. python -u script.py"], asked).unsupported == []
+
+
+@needs_docs
 def test_an_answer_that_declines_is_not_grounded_and_one_that_goes_on_is_checked() -> None:
     """The 1.5B answered "Why does list.sort() return None?" with "The context does not provide
     any information about why list.sort() returns None.", the FAQ's answer among its
