@@ -693,10 +693,11 @@ def unanswered_quantity(answer: str, question: str) -> str:
 
 
 DECLINED = "the model found no answer in them"
-# An answer that opens by declining: the model says it cannot answer, or that what it was given
-# does not say. The 1.5B answered 17 questions of the evaluation set (every one answerable) with
-# "I am not programmed to answer that.", and a few with "The context does not provide any
-# information about ...": no fact in them, yet nothing for the check to find wrong.
+# A sentence that declines: the model says it cannot answer, or that what it was given does not
+# say. The prompt asks for the refusal sentence (``HEARTH_REFUSAL``), which is a refusal; the
+# 1.5B sometimes declines in its own words instead ("The context does not provide any
+# information about why list.sort() returns None."): no fact in it, nothing for the check to
+# find wrong, and it was presented as an answer.
 DECLINE = re.compile(
     r"(?:(?:I(?:'m| am) (?:sorry|afraid)|Unfortunately),? (?:but )?)?"
     r"(?:I(?:'m| am) (?:not (?:programmed|able)|unable) to"
