@@ -338,12 +338,12 @@ def unsupported_note(verdict: Verdict, doubt: str = "") -> str:
     if doubt:
         return (f"\n\n(The model was unsure of this answer: {doubt}. Check the sources before "
                 "relying on it.)")
+    if verdict.unanswered == DECLINED:  # "The context does not mention X": X is not, indeed
+        return ("\n\n(The model found no answer to this in the passages it was given: check "
+                "the sources.)")
     if verdict.unsupported:
         return (f"\n\n(Not found in your documents: {_spans(verdict)}. Check the sources before "
                 "relying on this answer.)")
-    if verdict.unanswered == DECLINED:
-        return ("\n\n(The model found no answer to this in the passages it was given: check "
-                "the sources.)")
     if verdict.unanswered == RESTATED:
         return ("\n\n(Nothing in this answer can be checked against your documents: it only "
                 "restates the question. Check the sources before relying on it.)")
@@ -363,11 +363,13 @@ def withheld_answer(verdict: Verdict, doubt: str = "") -> str:
     if verdict.unanswered == DECLINED:
         return ("Your documents do not seem to answer this: the model found no answer in the "
                 "passages closest to your question. They are in the sources.")
-    if verdict.unanswered == RESTATED:
-        # A bare "Yes." may be right: the documents' own sentences say, not the model.
+    if verdict.unanswered == RESTATED and not verdict.unsupported:
+        # A bare "Yes." may be right: the documents' own sentences say, not the model. One that
+        # repeats a name of the question the documents lack names what they do not contain.
         return ("The answer drafted from your documents only restates your question (a bare "
-                "yes or no), so nothing in it can be checked against them and it is not given "
-                "as an answer. What they say closest to your question is in the sources.")
+                "yes or no, or its own words), so nothing in it can be checked against them and "
+                "it is not given as an answer. What they say closest to your question is in the "
+                "sources.")
     if verdict.unsupported:
         why = f"the answer drafted from them names things they do not contain ({_spans(verdict)})"
     elif verdict.unanswered:

@@ -248,6 +248,32 @@ def test_a_model_that_declines_in_its_own_words_is_a_refusal_with_the_evidence(
     assert "(The model found no answer to this in the passages it was given" in streamed
 
 
+def test_a_draft_that_repeats_a_name_the_documents_lack_says_they_lack_it(
+        tmp_path: Path) -> None:
+    """Seen on a clean checkout's guide: asked "Which environment variable sets the colour
+    theme of the web page, HEARTH_THEME_COLOR?", the 1.5B answered "HEARTH_THEME_COLOR". The
+    draft only restates the question, but what the user must read is that the documents do
+    not have that name, not that the draft was "a bare yes or no"."""
+    asked = "Which environment variable sets the colour theme of the web page, HEARTH_THEME_COLOR?"
+    web = {"web.md": "The web page's colour theme follows the browser's light or dark "
+                     "setting. The environment variable HEARTH_PORT sets the port of the web "
+                     "page."}
+    chain, _ = assistant(tmp_path, "HEARTH_THEME_COLOR", passages=web)
+    events = list(chain.stream(asked))
+    answer = events[-1]
+    assert isinstance(answer, Answer) and answer.refused and not answer.grounded
+    assert answer.unsupported == ["HEARTH_THEME_COLOR"]
+    assert "names things they do not contain (HEARTH_THEME_COLOR)" in answer.answer
+    assert "restates" not in answer.answer
+    streamed = "".join(e.text for e in events if isinstance(e, Token))
+    assert "(Not found in your documents: HEARTH_THEME_COLOR." in streamed
+    # The model saying the documents do not mention it is a decline, and says so.
+    chain, _ = assistant(tmp_path, "The context does not mention HEARTH_THEME_COLOR.",
+                         passages=web)
+    declined = chain.answer(asked)
+    assert declined.refused and "the model found no answer" in declined.answer
+
+
 def test_flagged_answers_are_given_with_a_note_when_so_set(tmp_path: Path) -> None:
     chain, _ = assistant(tmp_path, "Run `pip fetch --global NAME` as root.",
                          unsupported_answers="flag")
