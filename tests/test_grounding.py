@@ -594,10 +594,11 @@ def test_an_answer_that_declines_is_not_grounded_and_one_that_goes_on_is_checked
     right = check("The context does not say so directly. list.sort() sorts the list in place, "
                   "so it returns None as a reminder that no new list is made.", [design], asked)
     assert right.grounded and not right.unanswered, right
-    # A name the question does not give is the answer's: checked, here not in the passage.
+    # A name the question does not give is the answer's own: checked as any other answer's
+    # (`sorted()` is in the passage; what the answer says of it is not).
     named = check("The context does not mention it, but `sorted()` does not either.", [design],
                   asked)
-    assert named.unanswered != DECLINED
+    assert named.unanswered != DECLINED and named.claims == 1
     # An apology is not a decline by itself: "you cannot" is the answer's claim.
     assert check("I'm sorry, but you cannot make it return the list.", [design],
                  asked).unanswered != DECLINED
