@@ -51,6 +51,7 @@ from hearth.evaluation.keyfacts import (
     facts_present,
     ranks,
 )
+from hearth.grounding import HEADING_PATH
 from hearth.model import EXPANSION_PROMPT, Assistant, Source
 from hearth.retrieval import Fusion, Mode, supported
 
@@ -179,11 +180,11 @@ class Reranker:
         return self.model.encode(question, normalize_embeddings=True)
 
     def text(self, source: Source) -> str:
-        """What the second model reads of a chunk: its heading path, then its text."""
-        if self.e5:  # e5 reads 512 tokens: about 2,000 characters of English
-            return (" › ".join(filter(None, (source.title, source.section))) + "\n"
-                    + source.snippet)[:2000]
-        return " > ".join(filter(None, (source.title, source.section))) + "\n" + source.snippet
+        """What the second model reads of a chunk: its heading path, joined as the index joins
+        it, then its text (e5 reads 512 tokens: about 2,000 characters of English; the other
+        model stops at its max_seq_length)."""
+        text = HEADING_PATH.join(filter(None, (source.title, source.section))) + "\n" + source.snippet
+        return text[:2000] if self.e5 else text
 
     def _read(self, keys: Sequence[str], texts: Sequence[str]) -> None:
         started = time.perf_counter()
