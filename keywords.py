@@ -276,6 +276,14 @@ class KeywordIndex:
             "AND position BETWEEN ? AND ? ORDER BY position",
             (collection, source, page, position - before, position + after)).fetchall())]
 
+    def following(self, collection: str, source: str, position: int) -> str | None:
+        """The text of the chunk after ``position`` in the same document, on any page (a PDF
+        page's last line goes on at the top of the next), or None at its end."""
+        row = self._run(lambda db: db.execute(
+            "SELECT body FROM chunks WHERE collection = ? AND source = ? AND position = ?",
+            (collection, source, position + 1)).fetchone())
+        return str(row[0]) if row else None
+
     def ids(self, collection: str) -> set[str]:
         """The ids of the chunks indexed in ``collection`` (to check it against Chroma's)."""
         return {str(r[0]) for r in self._run(lambda db: db.execute(

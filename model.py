@@ -10,6 +10,7 @@ streams out token by token, followed by the sources it was drawn from.
 
 from __future__ import annotations
 
+import logging
 import re
 import time
 from collections.abc import Callable, Generator, Iterator, Sequence
@@ -28,9 +29,12 @@ from hearth.conversations import Turn
 from hearth.errors import HearthError
 from hearth.focus import focused
 from hearth.grounding import DECLINED, RESTATED, Evidence, Verdict, check, evidence
+from hearth.keywords import KeywordIndexError
 from hearth.llm import LLM, Drawn, Generation, LLMError
-from hearth.retrieval import Fusion, Hit, Mode, retrieve, with_neighbours
+from hearth.retrieval import Fusion, Hit, Mode, continuation, leading, retrieve, with_neighbours
 from hearth.vectorstore import VectorStore
+
+log = logging.getLogger("hearth.model")
 
 SNIPPET_CHARS = 600
 # Tokens kept free beyond the answer itself: template markers the counter may miss.
@@ -493,13 +497,48 @@ class Assistant:
             room -= cost
         turns = self._fit_history(history, room)
         room -= self.llm.count_message_tokens(history_messages(turns))
-        used = self.widen(used, min(room, s.context_neighbour_tokens), self.llm.count_tokens)
+        if s.context_neighbours:
+            used = self.widen(used, min(room, s.context_neighbour_tokens), self.llm.count_tokens)
+        else:
+            used = self.continued(used, room, self.llm.count_tokens)
         if s.context_focus < 1:
             texts = focused(question, [u.snippet for u in used], self.vectorstore.embeddings,
                             s.context_focus)
             used = [replace(u, context=text) if text != u.snippet else u
                     for u, text in zip(used, texts, strict=True)]
         return render(used, turns), used
+
+    def continued(self, sources: Sequence[Source], budget: int,
+                  count: Callable[[str], int]) -> list[Source]:
+        """The passages, each one that introduces what the next chunk holds (``continuation``:
+        "as such:" before the code, a term before its definition, "the following table")
+        followed by up to ``HEARTH_CONTEXT_CONTINUATION_TOKENS`` of that chunk's paragraphs, while
+        their added tokens (``count``) fit in ``budget``, the best passage first. The next
+        chunks are read from the keyword index; where it cannot be read (dense retrieval does
+        without it), the passages stay as they are."""
+        limit = self.settings.context_continuation_tokens
+        continued = list(sources)
+        for n, source in enumerate(continued):
+            if limit < 1 or source.position is None:
+                continue
+            doc = Document(page_content=source.snippet, metadata={
+                "source": source.source, "page": source.page or 0, "chunk": source.position,
+                "collection": source.collection})
+            try:
+                after = continuation(self.vectorstore.keywords,
+                                     (doc, source.score, source.chunk_id))
+            except KeywordIndexError as exc:  # the passages as they are: still an answer
+                log.warning("passages not continued: %s", exc)
+                break
+            more = leading(after, min(limit, budget), count)
+            if not more:
+                continue
+            longer = replace(source, snippet=f"{source.snippet}\n{more}")
+            cost = count(format_context([longer])) - count(format_context([source]))
+            if 0 < cost <= budget:
+                continued[n] = longer
+                budget -= cost
+        return continued
 
     def widen(self, sources: Sequence[Source], budget: int,
               count: Callable[[str], int]) -> list[Source]:

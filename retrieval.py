@@ -29,11 +29,19 @@ answer the model drafted without the documents (HyDE), in the words a passage wo
 ranks; the scores stay the question's own similarity, so that an invented draft near some
 passage cannot lift an unrelated question over the relevance gate. The keyword side keeps the
 question's words: a draft's words there lowered every figure (docs/evaluation.md).
+
+A chunk often ends by introducing what the next one holds: "one could use backreferences as
+such:" and the code in the next chunk, a glossary's term and its definition, "the numeric
+values are given in the following table." and the table. ``continuation`` is what follows a
+passage that ends so (``introduces``) or that points to the table after it; the chain adds it
+to that passage alone (``HEARTH_CONTEXT_CONTINUATION_TOKENS``), where neighbours widen every
+passage both ways.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import re
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
@@ -41,7 +49,7 @@ from typing import Any
 from langchain_core.documents import Document
 
 from hearth.access import DEFAULT
-from hearth.keywords import query_terms
+from hearth.keywords import KeywordIndex, query_terms
 from hearth.vectorstore import VectorStore
 
 Hit = tuple[Document, float, str]  # (chunk, score, chunk id), as the vector store gives them
@@ -271,6 +279,77 @@ def with_neighbours(store: VectorStore, hit: Hit, before: int, after: int) -> st
             body = _without_heading(body, doc.page_content)
         text = _stitched(text, body) if text else body
     return text
+
+
+# A last sentence that ends by leading on: "in the following table.", "as follows.", "below."
+LEADS_ON = re.compile(r"\b(?:the following(?:\s+\w+){0,2}|as follows|below)[.:]$", re.IGNORECASE)
+# A lone last line of at most this many words without an ending: a term, a heading, "Note".
+TERM_WORDS = 6
+# A sentence that points to a table after it (a table is a chunk of its own).
+TABLE_AHEAD = re.compile(r"\b(?:the following table|the table below)\b", re.IGNORECASE)
+ENDED = tuple(".!?;,)]}\"'”’|")
+
+
+def introduces(text: str) -> bool:
+    """Whether the passage ends by introducing something it does not hold: its last line
+    ends in ":", points to what follows, or is a term or heading alone in its paragraph
+    (after the passage's heading line and at least one more line)."""
+    lines = text.rstrip().split("\n")
+    last = lines[-1].strip()
+    if len(lines) < 2 or not last:
+        return False
+    if last.endswith(":") or LEADS_ON.search(last):
+        return True
+    alone = len(lines) > 2 and not lines[-2].strip()  # a paragraph of its own
+    return (alone and len(last.split()) <= TERM_WORDS and not last.endswith(ENDED)
+            and " | " not in last and not last.startswith(">>>"))
+
+
+def continuation(keywords: KeywordIndex, hit: Hit) -> str:
+    """What the chunk introduces and leaves to the next one: that chunk's text, without its
+    heading line and the text the two share, when the chunk ends by introducing it
+    (``introduces``), or when it is the table the chunk's text points to ("given in the
+    following table", a sentence or two before its end). Empty otherwise, at the document's
+    end, or when the chunk's position is unknown."""
+    doc, _, _ = hit
+    text = doc.page_content
+    meta: dict[str, Any] = doc.metadata
+    position = meta.get("chunk")
+    ends_introducing = introduces(text)
+    if (not isinstance(position, int) or isinstance(position, bool)
+            or not (ends_introducing or TABLE_AHEAD.search(text))):
+        return ""
+    body = keywords.following(
+        str(meta.get("collection") or DEFAULT), str(meta.get("source") or ""), position)
+    if not body:
+        return ""
+    body = _without_heading(body, text)
+    if not ends_introducing and " | " not in body.partition("\n")[0]:
+        return ""  # the table pointed to is not the next chunk
+    shared = _overlap(text, body)
+    last = text.rstrip().rsplit("\n", 1)[-1].strip()
+    if not shared and last and body.startswith(last):  # an overlap of a short line alone
+        shared = len(last)
+    return body[shared:].strip()
+
+
+def leading(text: str, tokens: int, count: Callable[[str], int]) -> str:
+    """The paragraphs at the start of ``text`` that fit in ``tokens`` (``count``), or the
+    lines of the first paragraph that do: whole paragraphs and lines only."""
+    kept = ""
+    for part in text.split("\n\n"):
+        longer = f"{kept}\n\n{part}" if kept else part
+        if count(longer) > tokens:
+            break
+        kept = longer
+    if kept:
+        return kept
+    for line in text.split("\n"):
+        longer = f"{kept}\n{line}" if kept else line
+        if count(longer) > tokens:
+            break
+        kept = longer
+    return kept
 
 
 def _stitched(text: str, body: str) -> str:

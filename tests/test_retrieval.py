@@ -19,7 +19,7 @@ from hearth.ingest.pipeline import ingest_files
 from hearth.ingest.sources import remove_collection, remove_source
 from hearth.keywords import IDENTIFIER_WEIGHT, KeywordIndex, fts_query, query_terms
 from hearth.model import Assistant
-from hearth.retrieval import SUPPORT_MARGIN, Fusion, Hit, Mode, supported
+from hearth.retrieval import SUPPORT_MARGIN, Fusion, Hit, Mode, introduces, leading, supported
 from hearth.services import Services, build_services
 
 LIBRARY = Path("/usr/share/doc/python3.11/html/library")
@@ -167,6 +167,50 @@ def test_neighbours_widen_a_passage_within_its_page(services: Services, tmp_path
     assert assistant.widened(hit, 0) is hit
 
 
+def test_a_passage_that_introduces_a_table_goes_on_into_it(services: Services,
+                                                          tmp_path: Path) -> None:
+    ingest_files(services, pages(tmp_path / "docs", ["grp.html"]))
+    assistant = Assistant(Any, services.vectorstore, services.settings)  # type: ignore[arg-type]
+    question = "What does Python's grp module give access to?"
+    hits = assistant.retrieve(question, k=4, fusion=Fusion(Mode.dense))
+    intro = next(h for h in hits if h.position == 0)
+    # The premise: the page's first chunk ends by introducing the group entry's fields, and
+    # the table of them is the next chunk.
+    assert intro.snippet.rstrip().endswith("(Attribute field below, see <grp.h>):")
+    assert "gr_gid" not in intro.snippet
+    def count(text: str) -> int:  # about four characters a token
+        return len(text) // 4
+
+    continued = assistant.continued(hits, 10**6, count)
+    longer = continued[hits.index(intro)]
+    assert longer.snippet.startswith(intro.snippet)
+    added = longer.snippet[len(intro.snippet):]
+    assert "gr_gid" in added and "gr_name" in added
+    # Neither the table's heading line nor the text the chunks share is repeated.
+    assert longer.snippet.count("grp — The group database — Python") == 1
+    assert 0 < count(added) <= services.settings.context_continuation_tokens
+    # A passage that ends on its own is left as it is; so is every passage without room.
+    for before, after in zip(hits, continued, strict=True):
+        if not introduces(before.snippet):
+            assert after is before
+    assert assistant.continued(hits, 0, count) == hits
+
+
+def test_a_passage_that_points_to_the_table_after_it_goes_on_into_it(services: Services,
+                                                                    tmp_path: Path) -> None:
+    ingest_files(services, pages(tmp_path / "docs", ["xml.html"]))
+    assistant = Assistant(Any, services.vectorstore, services.settings)  # type: ignore[arg-type]
+    hits = assistant.retrieve("Are Python's XML modules safe against malicious data?", k=4,
+                              fusion=Fusion(Mode.dense))
+    # The premise: the passage says a table follows, a sentence before its end, and ends
+    # on its own; the table is the next chunk.
+    intro = next(h for h in hits if "The following table gives an overview" in h.snippet)
+    assert not introduces(intro.snippet) and "billion laughs" not in intro.snippet
+    longer = assistant.continued([intro], 10**6, lambda text: len(text) // 4)[0]
+    assert longer.snippet.startswith(intro.snippet)
+    assert "billion laughs | Vulnerable" in longer.snippet[len(intro.snippet):]
+
+
 def test_each_passage_is_a_different_page_with_its_chunks_joined(services: Services,
                                                                   tmp_path: Path) -> None:
     ingest_files(services, pages(tmp_path / "docs"))
@@ -245,6 +289,32 @@ def test_page_support_counts_only_chunks_near_the_best() -> None:
     assert supported([], 4, 0.05) == []
 
 
+def test_what_a_passage_ends_by_introducing() -> None:
+    heading = "Glossary — Python 3.11.2 documentation\n"
+    leads_on = ["The special characters used in shell-style wildcards are:",
+                "The numeric values of logging levels are given in the following table.",
+                "The options are documented below.",
+                "It is easy to add a prefix to empty lines as follows."]
+    for line in leads_on:
+        assert introduces(heading + line), line
+    # A term or a heading alone in the last paragraph: its definition is in the next chunk.
+    assert introduces(heading + "It typically employs hasattr() tests or EAFP programming.\n\nEAFP")
+    assert introduces(heading + "See the module.\n\nNote")
+    ended = ["It typically employs hasattr() tests or EAFP programming.",
+             "The following table lists them; each is an int.",  # leads on mid-sentence only
+             "Level | Numeric value\nDEBUG | 10",  # a table's last row
+             "Use it so.\n\n>>> a * 5",  # a console line
+             "EAFP"]  # the heading line and one line: nothing before the term
+    for text in ended:
+        assert not introduces(heading + text), text
+    assert not introduces("")
+    # What is taken of the next chunk: whole paragraphs, else whole lines, within the budget.
+    text = "First paragraph.\n\nSecond one, longer.\n\nThird."
+    assert leading(text, 40, len) == "First paragraph.\n\nSecond one, longer."
+    assert leading("line one\nline two\nline three", 20, len) == "line one\nline two"
+    assert leading("a very long single line", 5, len) == ""
+
+
 def test_identifiers_and_numbers_weigh_more_in_the_query() -> None:
     terms = dict(query_terms("How do I call os.chdir with --user and R_registerRoutines "
                              "for 999999999 days?"))
@@ -279,6 +349,9 @@ def test_the_retrieval_settings(make_settings: Any) -> None:
             make_settings(retrieval=measured_worse)
     with pytest.raises(ConfigError, match="HEARTH_CONTEXT_NEIGHBOURS"):
         make_settings(context_neighbours=9)
+    assert make_settings().context_continuation_tokens == 100
+    with pytest.raises(ConfigError, match="HEARTH_CONTEXT_CONTINUATION_TOKENS"):
+        make_settings(context_continuation_tokens=-1)
 
 
 def test_the_prompt_takes_neighbours_within_their_token_budget(make_services: Any,
@@ -295,6 +368,40 @@ def test_the_prompt_takes_neighbours_within_their_token_budget(make_services: An
             added = (services.llm.count_tokens(used[0].snippet)
                      - services.llm.count_tokens(hits[0].snippet))
             assert 0 < added <= budget
+
+
+def test_the_prompt_goes_on_into_what_a_passage_introduces(make_services: Any,
+                                                          tmp_path: Path) -> None:
+    docs = pages(tmp_path / "docs", ["grp.html"])
+    question = "What does Python's grp module give access to?"
+    for settings, continued in (({"context_continuation_tokens": 0}, False),
+                                ({}, True),  # the default
+                                ({"context_neighbours": 1}, True)):  # the neighbours have it
+        services = make_services(**settings)
+        ingest_files(services, docs)
+        intro = [h for h in services.assistant.retrieve(question, k=4) if h.position == 0]
+        _, used = services.assistant.build_prompt(question, intro, [])
+        assert ("gr_gid" in used[0].snippet) is continued, settings
+        if not settings:
+            added = (services.llm.count_tokens(used[0].snippet)
+                     - services.llm.count_tokens(intro[0].snippet))
+            assert 0 < added <= services.settings.context_continuation_tokens
+
+
+def test_passages_stay_as_they_are_where_the_keyword_index_cannot_be_read(
+        make_settings: Any, embeddings: Any, tmp_path: Path) -> None:
+    settings = make_settings(retrieval="dense")
+    ingest_files(build_services(settings, embeddings=embeddings), pages(tmp_path / "docs", ["grp.html"]))
+    for suffix in ("", "-wal", "-shm"):  # the keyword index damaged while Hearth was down
+        path = settings.data_dir / f"keywords.sqlite3{suffix}"
+        if path.exists():
+            path.write_bytes(b"not a database" * 100)
+    services = build_services(settings, embeddings=embeddings)
+    question = "What does Python's grp module give access to?"
+    hits = services.assistant.retrieve(question, k=4)  # dense: Chroma alone
+    assert any(h.snippet.rstrip().endswith(":") for h in hits)  # one to continue
+    assistant = Assistant(Any, services.vectorstore, services.settings)  # type: ignore[arg-type]
+    assert assistant.continued(hits, 10**6, lambda text: len(text) // 4) == hits
 
 
 def test_a_keyword_entry_the_vector_store_lost_is_never_shown(services: Services,
