@@ -22,20 +22,29 @@ one in the prompt: a claim found only in a heading passes in Hearth and not here
 chunks before and after each on its page, read from the run's index (its data directory's
 ``keywords.sqlite3``): what a check that reads the section around a short passage would
 say, the model having read the passage alone.
+
+``--continuation TOKENS --index DIR`` checks each draft against its passages as the chain
+continues them by default (``HEARTH_CONTEXT_CONTINUATION_TOKENS``: a passage that introduces
+what the next chunk holds, followed by up to TOKENS of it, counted here at four characters a
+token): for a run made with continuation, what the check read live.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import sqlite3
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import common  # puts the repository on sys.path
+from langchain_core.documents import Document
 
 from hearth.evaluation.keyfacts import Fact, facts_present, load_fact_sets
 from hearth.grounding import check
+from hearth.keywords import KeywordIndex
+from hearth.retrieval import continuation, leading
 
 
 def main() -> None:
@@ -46,12 +55,18 @@ def main() -> None:
                    "(evaluation/sets), by question id, instead of the run's")
     p.add_argument("--neighbours", type=int, default=0, metavar="N",
                    help="check against each passage with N chunks before and after it (needs --index)")
+    p.add_argument("--continuation", type=int, default=0, metavar="TOKENS",
+                   help="check against each passage continued into what it introduces, as the "
+                   "chain does (needs --index)")
     p.add_argument("--index", type=Path, metavar="DIR", help="the run's data directory")
     args = p.parse_args()
-    if args.neighbours and not (args.index and (args.index / "keywords.sqlite3").is_file()):
-        p.error("--neighbours needs --index: the data directory (with keywords.sqlite3) of the run")
+    if (args.neighbours or args.continuation) and not (
+            args.index and (args.index / "keywords.sqlite3").is_file()):
+        p.error("--neighbours and --continuation need --index: the data directory (with "
+                "keywords.sqlite3) of the run")
     db = sqlite3.connect(f"file:{args.index / 'keywords.sqlite3'}?mode=ro", uri=True) \
-        if args.neighbours else None
+        if args.neighbours or args.continuation else None
+    keywords = KeywordIndex(args.index / "keywords.sqlite3") if args.continuation else None
     now: dict[str, list[Fact]] = {}
     if args.sets:
         now = {q.id: q.key_facts for q in load_fact_sets(sorted(args.sets.glob("*.jsonl")))}
@@ -61,8 +76,10 @@ def main() -> None:
     presented = wrong_presented = unanswerable = refused_unanswerable = 0
     for record, draft in common.drafts(args.run):
         passages = record.get("passages") or []
-        if db is not None:
+        if db is not None and args.neighbours:
             passages = widened(db, record, passages, args.neighbours)
+        elif db is not None and keywords is not None:
+            passages = continued(db, keywords, record, passages, args.continuation)
         verdict = check(draft, passages, record.get("question", "")) if draft else None
         shown = verdict is not None and verdict.grounded
         if record["answerable"]:
@@ -117,6 +134,27 @@ def widened(db: sqlite3.Connection, record: dict[str, Any], passages: Sequence[s
             "AND position BETWEEN ? AND ? ORDER BY position",
             (collection, source, page, position - n, position + n)).fetchall()
         out.append("\n".join(body for (body,) in bodies))
+    return out
+
+
+def continued(db: sqlite3.Connection, keywords: KeywordIndex, record: dict[str, Any],
+              passages: Sequence[str], tokens: int) -> list[str]:
+    """Each passage followed by up to ``tokens`` (four characters a token) of what it
+    introduces (``hearth.retrieval.continuation``), as the chain's context has it."""
+    chunks = [hit.get("chunk_id") for hit in record.get("retrieved") or []]
+    out = []
+    for i, passage in enumerate(passages):
+        chunk_id = chunks[i] if i < len(chunks) else None
+        row = db.execute("SELECT collection, metadata FROM chunks WHERE chunk_id = ?",
+                         (chunk_id,)).fetchone()
+        if row is None or chunk_id is None:
+            out.append(passage)
+            continue
+        meta = {**json.loads(row[1]), "collection": row[0]}
+        doc = Document(page_content=passage, metadata=meta)
+        more = leading(continuation(keywords, (doc, 0.0, chunk_id)), tokens,
+                       lambda text: len(text) // 4)
+        out.append(f"{passage}\n{more}" if more else passage)
     return out
 
 

@@ -62,6 +62,8 @@ class Variant:
     fusion: Fusion
     neighbours: int = 0
     neighbour_tokens: int = 0  # 0: no budget
+    # Tokens of the next chunk added to a passage that introduces it (0: none).
+    continuation: int = 0
     # The model's draft added to the question: "dense" for the embedding side only, "both"
     # for the keyword side too ("" none).
     expansion: str = ""
@@ -103,6 +105,9 @@ def variants(candidates: int, weight: float) -> list[Variant]:
                 Fusion(Mode.hybrid, weight, candidates), neighbours=1),
         Variant(f"hybrid {weight} + neighbours ±2, no budget",
                 Fusion(Mode.hybrid, weight, candidates), neighbours=2),
+        *[Variant(f"hybrid {weight} + continuation, at most {tokens} tokens",
+                  Fusion(Mode.hybrid, weight, candidates), continuation=tokens)
+          for tokens in (100, 150, 250)],
         *[Variant(f"dense, page support {w}", Fusion(Mode.dense, candidates=candidates,
                                                      page_support=w))
           for w in (0.01, 0.02, 0.05)],
@@ -299,6 +304,10 @@ def evaluate(assistant: Assistant, questions: Sequence[FactQuestion], variant: V
             assistant.settings = assistant.settings.model_copy(
                 update={"context_neighbours": variant.neighbours})
             top = assistant.widen(top, variant.neighbour_tokens or 10**9, approximate_tokens)
+        if variant.continuation:
+            assistant.settings = assistant.settings.model_copy(
+                update={"context_continuation_tokens": variant.continuation})
+            top = assistant.continued(top, 10**9, approximate_tokens)
         seconds.append(time.perf_counter() - started)
         page_rank, _ = ranks(question, [{"source": s.source, "page": s.page} for s in ranked])
         rank_list.append(page_rank)
