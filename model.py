@@ -513,14 +513,17 @@ class Assistant:
         """The passages, each one that introduces what the next chunk holds (``continuation``:
         "as such:" before the code, a term before its definition, "the following table")
         followed by up to ``HEARTH_CONTEXT_CONTINUATION_TOKENS`` of that chunk's paragraphs, while
-        their added tokens (``count``) fit in ``budget``, the best passage first. The next
-        chunks are read from the keyword index; where it cannot be read (dense retrieval does
-        without it), the passages stay as they are."""
+        their added tokens (``count``) fit in ``budget``, the best passage first; not where the
+        next chunk is one of the passages itself. The next chunks are read from the keyword
+        index; where it cannot be read (dense retrieval does without it), the passages stay as
+        they are."""
         limit = self.settings.context_continuation_tokens
         continued = list(sources)
+        among = {(s.collection, s.source, s.position) for s in sources}
         for n, source in enumerate(continued):
-            if limit < 1 or source.position is None:
-                continue
+            if (limit < 1 or source.position is None
+                    or (source.collection, source.source, source.position + 1) in among):
+                continue  # the next chunk is one of the passages already: not twice
             doc = Document(page_content=source.snippet, metadata={
                 "source": source.source, "page": source.page or 0, "chunk": source.position,
                 "collection": source.collection})

@@ -178,11 +178,15 @@ def test_a_passage_that_introduces_a_table_goes_on_into_it(services: Services,
     # the table of them is the next chunk.
     assert intro.snippet.rstrip().endswith("(Attribute field below, see <grp.h>):")
     assert "gr_gid" not in intro.snippet
+    table = next(h for h in hits if "gr_gid" in h.snippet)
+    assert table.position == 1
+
     def count(text: str) -> int:  # about four characters a token
         return len(text) // 4
 
-    continued = assistant.continued(hits, 10**6, count)
-    longer = continued[hits.index(intro)]
+    others = [h for h in hits if h is not table]  # the table itself not among the passages
+    continued = assistant.continued(others, 10**6, count)
+    longer = continued[others.index(intro)]
     assert longer.snippet.startswith(intro.snippet)
     added = longer.snippet[len(intro.snippet):]
     assert "gr_gid" in added and "gr_name" in added
@@ -190,10 +194,12 @@ def test_a_passage_that_introduces_a_table_goes_on_into_it(services: Services,
     assert longer.snippet.count("grp — The group database — Python") == 1
     assert 0 < count(added) <= services.settings.context_continuation_tokens
     # A passage that ends on its own is left as it is; so is every passage without room.
-    for before, after in zip(hits, continued, strict=True):
+    for before, after in zip(others, continued, strict=True):
         if not introduces(before.snippet):
             assert after is before
-    assert assistant.continued(hits, 0, count) == hits
+    assert assistant.continued(others, 0, count) == others
+    # Nor is a passage whose next chunk is one of the passages: the table is not read twice.
+    assert assistant.continued([intro, table], 10**6, count) == [intro, table]
 
 
 def test_a_passage_that_points_to_the_table_after_it_goes_on_into_it(services: Services,
