@@ -140,19 +140,21 @@ def widened(db: sqlite3.Connection, record: dict[str, Any], passages: Sequence[s
 def continued(db: sqlite3.Connection, keywords: KeywordIndex, record: dict[str, Any],
               passages: Sequence[str], tokens: int) -> list[str]:
     """Each passage followed by up to ``tokens`` (four characters a token) of what it
-    introduces (``hearth.retrieval.continuation``), as the chain's context has it."""
-    chunks = [hit.get("chunk_id") for hit in record.get("retrieved") or []]
+    introduces (``hearth.retrieval.continuation``), as the chain's context has it: not where
+    the next chunk is one of the passages itself."""
+    chunks = [hit.get("chunk_id") for hit in record.get("retrieved") or []][:len(passages)]
+    rows = [db.execute("SELECT collection, source, position, metadata FROM chunks "
+                       "WHERE chunk_id = ?", (chunk_id,)).fetchone() for chunk_id in chunks]
+    among = {tuple(row[:3]) for row in rows if row is not None}
     out = []
     for i, passage in enumerate(passages):
-        chunk_id = chunks[i] if i < len(chunks) else None
-        row = db.execute("SELECT collection, metadata FROM chunks WHERE chunk_id = ?",
-                         (chunk_id,)).fetchone()
-        if row is None or chunk_id is None:
+        row = rows[i] if i < len(rows) else None
+        if row is None or row[2] is None or (row[0], row[1], row[2] + 1) in among:
             out.append(passage)
             continue
-        meta = {**json.loads(row[1]), "collection": row[0]}
+        meta = {**json.loads(row[3]), "collection": row[0]}
         doc = Document(page_content=passage, metadata=meta)
-        more = leading(continuation(keywords, (doc, 0.0, chunk_id)), tokens,
+        more = leading(continuation(keywords, (doc, 0.0, chunks[i])), tokens,
                        lambda text: len(text) // 4)
         out.append(f"{passage}\n{more}" if more else passage)
     return out
