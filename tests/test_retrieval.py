@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 from langchain_core.documents import Document
 
-from hearth.config import ConfigError, RetrievalMode
+from hearth.config import ConfigError, RetrievalMode, Settings
 from hearth.ingest.pipeline import ingest_files
 from hearth.ingest.sources import remove_collection, remove_source
 from hearth.keywords import IDENTIFIER_WEIGHT, KeywordIndex, fts_query, query_terms
@@ -167,10 +167,15 @@ def test_neighbours_widen_a_passage_within_its_page(services: Services, tmp_path
     assert assistant.widened(hit, 0) is hit
 
 
+def continuing(services: Services, tokens: int = 100) -> Settings:
+    """The settings with the continuation on (off by default)."""
+    return services.settings.model_copy(update={"context_continuation_tokens": tokens})
+
+
 def test_a_passage_that_introduces_a_table_goes_on_into_it(services: Services,
                                                           tmp_path: Path) -> None:
     ingest_files(services, pages(tmp_path / "docs", ["grp.html"]))
-    assistant = Assistant(Any, services.vectorstore, services.settings)  # type: ignore[arg-type]
+    assistant = Assistant(Any, services.vectorstore, continuing(services))  # type: ignore[arg-type]
     question = "What does Python's grp module give access to?"
     hits = assistant.retrieve(question, k=4, fusion=Fusion(Mode.dense))
     intro = next(h for h in hits if h.position == 0)
@@ -192,7 +197,7 @@ def test_a_passage_that_introduces_a_table_goes_on_into_it(services: Services,
     assert "gr_gid" in added and "gr_name" in added
     # Neither the table's heading line nor the text the chunks share is repeated.
     assert longer.snippet.count("grp — The group database — Python") == 1
-    assert 0 < count(added) <= services.settings.context_continuation_tokens
+    assert 0 < count(added) <= assistant.settings.context_continuation_tokens
     # A passage that ends on its own is left as it is; so is every passage without room.
     for before, after in zip(others, continued, strict=True):
         if not introduces(before.snippet):
@@ -205,7 +210,7 @@ def test_a_passage_that_introduces_a_table_goes_on_into_it(services: Services,
 def test_a_passage_that_points_to_the_table_after_it_goes_on_into_it(services: Services,
                                                                     tmp_path: Path) -> None:
     ingest_files(services, pages(tmp_path / "docs", ["xml.html"]))
-    assistant = Assistant(Any, services.vectorstore, services.settings)  # type: ignore[arg-type]
+    assistant = Assistant(Any, services.vectorstore, continuing(services))  # type: ignore[arg-type]
     hits = assistant.retrieve("Are Python's XML modules safe against malicious data?", k=4,
                               fusion=Fusion(Mode.dense))
     # The premise: the passage says a table follows, a sentence before its end, and ends
@@ -355,7 +360,7 @@ def test_the_retrieval_settings(make_settings: Any) -> None:
             make_settings(retrieval=measured_worse)
     with pytest.raises(ConfigError, match="HEARTH_CONTEXT_NEIGHBOURS"):
         make_settings(context_neighbours=9)
-    assert make_settings().context_continuation_tokens == 100
+    assert make_settings().context_continuation_tokens == 0  # measured: docs/evaluation.md
     with pytest.raises(ConfigError, match="HEARTH_CONTEXT_CONTINUATION_TOKENS"):
         make_settings(context_continuation_tokens=-1)
 
@@ -380,15 +385,15 @@ def test_the_prompt_goes_on_into_what_a_passage_introduces(make_services: Any,
                                                           tmp_path: Path) -> None:
     docs = pages(tmp_path / "docs", ["grp.html"])
     question = "What does Python's grp module give access to?"
-    for settings, continued in (({"context_continuation_tokens": 0}, False),
-                                ({}, True),  # the default
+    for settings, continued in (({}, False),  # the default
+                                ({"context_continuation_tokens": 100}, True),
                                 ({"context_neighbours": 1}, True)):  # the neighbours have it
         services = make_services(**settings)
         ingest_files(services, docs)
         intro = [h for h in services.assistant.retrieve(question, k=4) if h.position == 0]
         _, used = services.assistant.build_prompt(question, intro, [])
         assert ("gr_gid" in used[0].snippet) is continued, settings
-        if not settings:
+        if "context_continuation_tokens" in settings:
             added = (services.llm.count_tokens(used[0].snippet)
                      - services.llm.count_tokens(intro[0].snippet))
             assert 0 < added <= services.settings.context_continuation_tokens
@@ -406,7 +411,7 @@ def test_passages_stay_as_they_are_where_the_keyword_index_cannot_be_read(
     question = "What does Python's grp module give access to?"
     hits = services.assistant.retrieve(question, k=4)  # dense: Chroma alone
     assert any(h.snippet.rstrip().endswith(":") for h in hits)  # one to continue
-    assistant = Assistant(Any, services.vectorstore, services.settings)  # type: ignore[arg-type]
+    assistant = Assistant(Any, services.vectorstore, continuing(services))  # type: ignore[arg-type]
     assert assistant.continued(hits, 10**6, lambda text: len(text) // 4) == hits
 
 
