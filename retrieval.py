@@ -34,8 +34,8 @@ A chunk often ends by introducing what the next one holds: "one could use backre
 such:" and the code in the next chunk, a glossary's term and its definition, "the numeric
 values are given in the following table." and the table. ``continuation`` is what follows a
 passage that ends so (``introduces``) or that points to the table after it; the chain adds it
-to that passage alone (``HEARTH_CONTEXT_CONTINUATION_TOKENS``), where neighbours widen every
-passage both ways.
+to that passage alone when ``HEARTH_CONTEXT_CONTINUATION_TOKENS`` is set (off by default:
+docs/evaluation.md), where neighbours widen every passage both ways.
 """
 
 from __future__ import annotations

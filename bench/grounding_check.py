@@ -24,9 +24,9 @@ chunks before and after each on its page, read from the run's index (its data di
 say, the model having read the passage alone.
 
 ``--continuation TOKENS --index DIR`` checks each draft against its passages as the chain
-continues them by default (``HEARTH_CONTEXT_CONTINUATION_TOKENS``: a passage that introduces
+continues them with ``HEARTH_CONTEXT_CONTINUATION_TOKENS=TOKENS`` (a passage that introduces
 what the next chunk holds, followed by up to TOKENS of it, counted here at four characters a
-token): for a run made with continuation, what the check read live.
+token): for a run made with it, what the check read live.
 """
 
 from __future__ import annotations
