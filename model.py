@@ -251,6 +251,30 @@ def merged(sources: Sequence[Source]) -> list[Source]:
     return list(found.values())
 
 
+def as_hit(source: Source) -> Hit:
+    """The passage as retrieval gives a chunk: what its neighbours and continuation are
+    found from (its document, page, position and collection)."""
+    return (Document(page_content=source.snippet, metadata={
+        "source": source.source, "page": source.page or 0, "chunk": source.position,
+        "collection": source.collection}), source.score, source.chunk_id)
+
+
+def grown(sources: Sequence[Source], budget: int, count: Callable[[str], int],
+          grow: Callable[[Source, int], Source]) -> list[Source]:
+    """The passages, each one as ``grow`` makes it (given the tokens left) while the tokens it
+    adds to the context (``count``) fit in ``budget``, the best passage first."""
+    out = list(sources)
+    for n, source in enumerate(out):
+        bigger = grow(source, budget)
+        if bigger is source:
+            continue
+        cost = count(format_context([bigger])) - count(format_context([source]))
+        if 0 < cost <= budget:
+            out[n] = bigger
+            budget -= cost
+    return out
+
+
 def cited(sources: Sequence[Source], evidence: Sequence[Evidence] = ()) -> list[Source]:
     """The sources as the answer shows them: one per document and page, each snippet a window
     of its text that starts a little before its first evidence sentence, so that the evidence
@@ -431,10 +455,7 @@ class Assistant:
         n = self.settings.context_neighbours if neighbours is None else neighbours
         if n < 1 or source.position is None:
             return source
-        doc = Document(page_content=source.snippet, metadata={
-            "source": source.source, "page": source.page or 0, "chunk": source.position,
-            "collection": source.collection})
-        text = with_neighbours(self.vectorstore, (doc, source.score, source.chunk_id), n, n)
+        text = with_neighbours(self.vectorstore, as_hit(source), n, n)
         return replace(source, snippet=text[:SNIPPET_CHARS * 4 * (2 * n + 1)])
 
     def condense(self, question: str, history: Sequence[Turn]) -> str:
@@ -518,30 +539,24 @@ class Assistant:
         index; where it cannot be read (dense retrieval does without it), the passages stay as
         they are."""
         limit = self.settings.context_continuation_tokens
-        continued = list(sources)
         among = {(s.collection, s.source, s.position) for s in sources}
-        for n, source in enumerate(continued):
-            if (limit < 1 or source.position is None
+        unreadable = False
+
+        def longer(source: Source, left: int) -> Source:
+            nonlocal unreadable
+            if (unreadable or limit < 1 or source.position is None
                     or (source.collection, source.source, source.position + 1) in among):
-                continue  # the next chunk is one of the passages already: not twice
-            doc = Document(page_content=source.snippet, metadata={
-                "source": source.source, "page": source.page or 0, "chunk": source.position,
-                "collection": source.collection})
+                return source  # the next chunk is one of the passages already: not twice
             try:
-                after = continuation(self.vectorstore.keywords,
-                                     (doc, source.score, source.chunk_id))
+                after = continuation(self.vectorstore.keywords, as_hit(source))
             except KeywordIndexError as exc:  # the passages as they are: still an answer
                 log.warning("passages not continued: %s", exc)
-                break
-            more = leading(after, min(limit, budget), count)
-            if not more:
-                continue
-            longer = replace(source, snippet=f"{source.snippet}\n{more}")
-            cost = count(format_context([longer])) - count(format_context([source]))
-            if 0 < cost <= budget:
-                continued[n] = longer
-                budget -= cost
-        return continued
+                unreadable = True
+                return source
+            more = leading(after, min(limit, left), count)
+            return replace(source, snippet=f"{source.snippet}\n{more}") if more else source
+
+        return grown(sources, budget, count, longer)
 
     def widen(self, sources: Sequence[Source], budget: int,
               count: Callable[[str], int]) -> list[Source]:
@@ -549,16 +564,7 @@ class Assistant:
         fit in ``budget``, the best passage first: a fact often sits just before or after the
         chunk that matched. Each added token of context delays the first token of the answer,
         hence the budget (``HEARTH_CONTEXT_NEIGHBOUR_TOKENS``)."""
-        widened = list(sources)
-        for n, source in enumerate(widened):
-            wider = self.widened(source)
-            if wider is source:
-                continue
-            cost = count(format_context([wider])) - count(format_context([source]))
-            if 0 < cost <= budget:
-                widened[n] = wider
-                budget -= cost
-        return widened
+        return grown(sources, budget, count, lambda source, _: self.widened(source))
 
     def stream(
         self, question: str, history: Sequence[Turn] = (),
