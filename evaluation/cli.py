@@ -39,6 +39,15 @@ def _user_errors() -> Iterator[None]:
         raise click.ClickException(str(exc)) from None
 
 
+def retrieval_settings(settings: Settings) -> dict[str, Any]:
+    """The settings that decide which passages the model reads: a run says what it ran with."""
+    names = ("retrieval", "keyword_weight", "retrieval_candidates", "headings_weight",
+             "passages_by_page", "page_support", "reranker", "query_expansion",
+             "context_neighbours", "context_neighbour_tokens", "context_continuation_tokens",
+             "context_focus")
+    return {name: getattr(settings, name) for name in names}
+
+
 def _run_dir(out: Path | None, name: str) -> Path:
     if out is not None:
         return out
@@ -177,7 +186,7 @@ def run(dataset: Path, url: str | None, headers: tuple[str, ...], limit: int | N
             answerer = ChatAnswerer(Chat(services), depth=depth)
             config |= {"answerer": "in process", "model": services.llm.name,
                        "top_k": settings.top_k, "min_relevance": settings.min_relevance,
-                       "retrieval_depth": depth}
+                       "retrieval_depth": depth, "retrieval": retrieval_settings(settings)}
         the_judge = _build_judge(settings, judge_backend, judge_model, judge_url) if judge else None
         if the_judge is not None:
             config["judge"] = the_judge.name
@@ -268,7 +277,8 @@ def facts(sets: tuple[Path, ...], url: str | None, headers: tuple[str, ...], use
                                                   alternatives=alternatives)
             config |= {"answerer": "in process", "top_k": settings.top_k,
                        "min_relevance": settings.min_relevance, "retrieval_depth": depth,
-                       "vector_store": settings.chroma_url or str(settings.chroma_path)}
+                       "vector_store": settings.chroma_url or str(settings.chroma_path),
+                       "retrieval": retrieval_settings(settings)}
             if not retrieval_only:
                 config |= {"model": services.llm.name, "alternatives": alternatives}
         records_path = run_dir / RECORDS_FILE

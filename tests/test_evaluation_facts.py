@@ -462,6 +462,10 @@ def test_the_cli_runs_in_process_and_writes_the_report(tmp_path: Path,
     document = json.loads((out / "results.json").read_text())
     assert document["kind"] == kf.FACTS_RESULTS_KIND and len(document["records"]) == 3
     assert document["config"]["mode"] == "retrieval"
+    # The run says which passages its figures are of.
+    retrieval = document["config"]["retrieval"]
+    assert (retrieval["retrieval"], retrieval["reranker"], retrieval["page_support"]) == (
+        "hybrid", "none", 0.0)
     assert (out / "summary.md").read_text() in result.output
     result = CliRunner().invoke(eval_cli, ["facts", str(sets), "--retrieval-only",
                                            "--url", "http://127.0.0.1:1"])
