@@ -86,6 +86,13 @@ class RetrievalMode(StrEnum):
     dense = "dense"
 
 
+class Reranker(StrEnum):
+    """A second model that orders the first chunks again (hearth.rerank), or none."""
+
+    none = "none"
+    e5 = "e5"
+
+
 DEFAULT_PERSONA = (
     "You are Hearth, a helpful assistant that answers questions about the user's own documents."
 )
@@ -247,6 +254,11 @@ class Settings(BaseSettings):
         "this × the other chunks of their page among the retrieval_candidates best within 0.1 "
         "of the best similarity (the same passages, the supported page first); 0: by their "
         "similarity alone")
+    reranker: Reranker = Field(
+        Reranker.none, description="e5: the first 10 chunks ordered again by "
+        "multilingual-e5-small's similarity (0.7) blended with the first score (0.3), each "
+        "chunk's vector kept once read (the rerank extra; docs/evaluation.md); none: as "
+        "retrieval ranks them")
     query_expansion: bool = Field(
         False, description="search with the question and an answer the model drafts first "
         "without the documents (HyDE): the passages rank better, but the answers did not gain "

@@ -31,7 +31,16 @@ from hearth.focus import focused
 from hearth.grounding import DECLINED, RESTATED, Evidence, Verdict, check, evidence
 from hearth.keywords import KeywordIndexError
 from hearth.llm import LLM, Drawn, Generation, LLMError
-from hearth.retrieval import Fusion, Hit, Mode, continuation, leading, retrieve, with_neighbours
+from hearth.retrieval import (
+    Fusion,
+    Hit,
+    Mode,
+    Reranker,
+    continuation,
+    leading,
+    retrieve,
+    with_neighbours,
+)
 from hearth.vectorstore import VectorStore
 
 log = logging.getLogger("hearth.model")
@@ -409,10 +418,12 @@ def withheld_answer(verdict: Verdict, doubt: str = "") -> str:
 
 
 class Assistant:
-    def __init__(self, llm: LLM, vectorstore: VectorStore, settings: Settings) -> None:
+    def __init__(self, llm: LLM, vectorstore: VectorStore, settings: Settings,
+                 reranker: Reranker | None = None) -> None:
         self.llm = llm
         self.vectorstore = vectorstore
         self.settings = settings
+        self.reranker = reranker
 
     @property
     def fusion(self) -> Fusion:
@@ -433,7 +444,7 @@ class Assistant:
     def _hits(self, question: str, k: int | None, collections: Sequence[str],
               fusion: Fusion | None = None, expansion: str = "") -> list[Hit]:
         return retrieve(self.vectorstore, question, k or self.settings.top_k, collections,
-                        fusion or self.fusion, expansion)
+                        fusion or self.fusion, expansion, self.reranker)
 
     def expand(self, question: str) -> str:
         """The answer the model drafts without the documents, at most about

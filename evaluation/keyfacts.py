@@ -336,7 +336,8 @@ class InProcessAnswerer:
         if retrieval_only and not self.settings.query_expansion:
             # Retrieval needs only the index: the model is not loaded (Assistant.retrieve never
             # touches it). With HEARTH_QUERY_EXPANSION it drafts what retrieval searches with.
-            assistant = Assistant(cast(Any, None), services.vectorstore, services.settings)
+            assistant = Assistant(cast(Any, None), services.vectorstore, services.settings,
+                                  services.reranker)
         else:
             assistant = services.assistant
         self.retrieve: Callable[..., list[Source]] = assistant.retrieve

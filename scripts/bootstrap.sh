@@ -44,7 +44,7 @@ if ! ls "$WHEELS"/llama_cpp_python-$LLAMA_VERSION-*.whl >/dev/null 2>&1; then
         "llama-cpp-python==$LLAMA_VERSION" -w "$WHEELS"
 fi
 
-extras=llamacpp,ingest,eval,otel,onnx,tune
+extras=llamacpp,ingest,eval,otel,onnx,tune,rerank
 [ "$purpose" = test ] && extras=$extras,test
 step "installing Hearth and its dependencies ($extras)"
 "${PIP[@]}" install -q -c constraints.txt --find-links "$WHEELS" \
