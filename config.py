@@ -86,7 +86,7 @@ class RetrievalMode(StrEnum):
     dense = "dense"
 
 
-class Reranker(StrEnum):
+class RerankerChoice(StrEnum):
     """A second model that orders the first chunks again (hearth.rerank), or none."""
 
     none = "none"
@@ -254,8 +254,8 @@ class Settings(BaseSettings):
         "this × the other chunks of their page among the retrieval_candidates best within 0.1 "
         "of the best similarity (the same passages, the supported page first); 0: by their "
         "similarity alone")
-    reranker: Reranker = Field(
-        Reranker.none, description="e5: the first 10 chunks ordered again by "
+    reranker: RerankerChoice = Field(
+        RerankerChoice.none, description="e5: the first 10 chunks ordered again by "
         "multilingual-e5-small's similarity (0.7) blended with the first score (0.3), each "
         "chunk's vector kept once read (the rerank extra; docs/evaluation.md); none: as "
         "retrieval ranks them")

@@ -75,6 +75,8 @@ class E5Reranker:
         if self._db is None and self.path is not None:
             try:
                 self._db = self._open(self.path)
+            except sqlite3.OperationalError:
+                raise  # cannot be opened now (locked, not a file, no room): not damaged
             except sqlite3.DatabaseError as e:
                 damaged = self.path.with_name(self.path.name + ".damaged")
                 log.warning("the reranker's cache %s cannot be read (%s): set aside as %s and "
@@ -106,21 +108,38 @@ class E5Reranker:
         digests = [hashlib.sha256(t.encode("utf-8")).digest() for t in texts]
         with self._lock:
             model = self._load()
-            db = self._cache()
-            known: dict[bytes, Any] = {}
-            if db is not None and digests:
-                marks = ",".join("?" * len(digests))
-                for digest, blob in db.execute(
-                        f"SELECT digest, vector FROM passages WHERE digest IN ({marks})", digests):
-                    known[bytes(digest)] = np.frombuffer(blob, dtype=np.float32)
+            known = self._cached(digests)
             new = [(d, t) for d, t in dict(zip(digests, texts, strict=True)).items()
                    if d not in known]
             if new:
                 vectors = model.passage([t for _, t in new])
                 for (digest, _), vector in zip(new, vectors, strict=True):
                     known[digest] = np.asarray(vector, dtype=np.float32)
-                if db is not None:
-                    db.executemany("INSERT OR IGNORE INTO passages VALUES (?, ?)",
-                                   [(d, known[d].tobytes()) for d, _ in new])
+                self._keep([(d, known[d].tobytes()) for d, _ in new])
             asked = np.asarray(model.query(question), dtype=np.float32)
         return [float(asked @ known[d]) for d in digests]
+
+    def _cached(self, digests: Sequence[bytes]) -> dict[bytes, Any]:
+        """The vectors the cache holds of these digests ({} where it cannot be read now: they
+        are read again, and the question is answered all the same)."""
+        import numpy as np
+
+        try:
+            db = self._cache()
+            if db is None or not digests:
+                return {}
+            marks = ",".join("?" * len(digests))
+            rows = db.execute(f"SELECT digest, vector FROM passages WHERE digest IN ({marks})",
+                              list(digests)).fetchall()
+        except (sqlite3.Error, OSError) as e:
+            log.warning("the reranker's cache %s cannot be read now (%s): the passages are "
+                        "read again", self.path, e)
+            return {}
+        return {bytes(digest): np.frombuffer(blob, dtype=np.float32) for digest, blob in rows}
+
+    def _keep(self, rows: Sequence[tuple[bytes, bytes]]) -> None:
+        try:
+            if self._db is not None:
+                self._db.executemany("INSERT OR IGNORE INTO passages VALUES (?, ?)", rows)
+        except sqlite3.Error as e:  # a full disk, a locked file: the answer need not wait
+            log.warning("the reranker's cache %s was not written (%s)", self.path, e)

@@ -15,8 +15,7 @@ from langchain_core.embeddings import Embeddings
 
 from hearth.access import Access, build_access
 from hearth.auth import Keys, build_keys
-from hearth.config import Reranker as RerankerChoice
-from hearth.config import Settings
+from hearth.config import RerankerChoice, Settings
 from hearth.embeddings import build_embeddings
 from hearth.errors import HearthError
 from hearth.history import HistoryStore, build_history

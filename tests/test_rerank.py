@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 from langchain_core.documents import Document
 
-from hearth.config import ConfigError, Reranker, Settings
+from hearth.config import ConfigError, RerankerChoice, Settings
 from hearth.ingest.pipeline import ingest_files
 from hearth.model import Assistant
 from hearth.rerank import PASSAGE_CHARS, E5Reranker, RerankerUnavailable, rerank_path
@@ -114,6 +114,19 @@ def test_a_damaged_cache_is_set_aside_and_rebuilt(tmp_path: Path) -> None:
         assert db.execute("SELECT count(*) FROM passages").fetchone() == (1,)
 
 
+def test_a_cache_that_cannot_be_opened_costs_time_not_the_answer(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    path = tmp_path / "rerank-e5.sqlite3"
+    path.mkdir()  # not a file SQLite can open: nothing to set aside either
+    reranker = E5Reranker(path)
+    near, far = reranker.similarities("which field holds a group's numeric id?",
+                                      ["The gr_gid field is the numerical group ID.",
+                                       "tty.setraw(fd) changes the mode of fd to raw."])
+    assert near > far
+    assert path.is_dir() and not path.with_name(path.name + ".damaged").exists()
+    assert "cannot be read now" in caplog.text
+
+
 def test_without_the_package_the_error_says_what_to_install(tmp_path: Path,
                                                             monkeypatch: pytest.MonkeyPatch
                                                             ) -> None:
@@ -123,8 +136,8 @@ def test_without_the_package_the_error_says_what_to_install(tmp_path: Path,
 
 
 def test_the_setting(tmp_path: Path) -> None:
-    assert Settings(_env_file=None).reranker is Reranker.none  # type: ignore[call-arg]
-    assert Settings(_env_file=None, reranker="e5").reranker is Reranker.e5  # type: ignore[call-arg]
+    assert Settings(_env_file=None).reranker is RerankerChoice.none  # type: ignore[call-arg]
+    assert Settings(_env_file=None, reranker="e5").reranker is RerankerChoice.e5  # type: ignore[call-arg]
     from hearth.config import load_settings
 
     with pytest.raises(ConfigError, match="HEARTH_RERANKER: Input should be 'none' or 'e5'"):
