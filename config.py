@@ -257,8 +257,9 @@ class Settings(BaseSettings):
     reranker: RerankerChoice = Field(
         RerankerChoice.none, description="e5: the first 10 chunks ordered again by "
         "multilingual-e5-small's similarity (0.7) blended with the first score (0.3), each "
-        "chunk's vector kept once read (the rerank extra; docs/evaluation.md); none: as "
-        "retrieval ranks them")
+        "chunk's vector kept once read (the rerank extra): the page found more often, the "
+        "answers worse on the evaluation set (docs/evaluation.md); none: as retrieval ranks "
+        "them")
     query_expansion: bool = Field(
         False, description="search with the question and an answer the model drafts first "
         "without the documents (HyDE): the passages rank better, but the answers did not gain "

