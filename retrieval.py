@@ -119,7 +119,7 @@ def retrieve(store: VectorStore, question: str, k: int, collections: Sequence[st
     deeper = fusion.by_page or fusion.page_support > 0 or reranker is not None
     depth = max(k, fusion.candidates) if deeper else k
     hits = _ranked(store, question, depth, collections, fusion, expansion.strip())
-    similarity = {h[2]: h[1] for h in hits}
+    similarity = {h[2]: h[1] for h in hits} if reranker is not None else {}
     if reranker is not None:
         hits = reranked(reranker, question, hits)
     if fusion.page_support > 0:
@@ -131,8 +131,9 @@ def retrieve(store: VectorStore, question: str, k: int, collections: Sequence[st
 
 
 def passage_text(doc: Document) -> str:
-    """What a reranker reads of a chunk: its heading path (as the index joins it), then its
-    text."""
+    """What a reranker reads of a chunk: its title › section, then its text (as
+    bench/retrieval_ablation.py read them when it measured e5, so that its cached vectors and
+    Hearth's are the same; the keyword index's heading path is built otherwise)."""
     meta = doc.metadata
     headings = HEADING_PATH.join(str(meta[key]) for key in ("title", "section") if meta.get(key))
     return f"{headings}\n{doc.page_content}"
