@@ -161,6 +161,11 @@ class Answer:
     # them) and, where asked, the likeliest at its place: what ``confidence`` is read from.
     # Evaluation records them, the OpenAI face returns them (``logprobs``); not stored.
     tokens: list[Drawn] = field(default_factory=list)
+    # What the model read: each passage as its prompt gave it (``context_blocks``: widened,
+    # continued or focused as the settings say), none where no passage reached the model.
+    # Evaluation records it, to tell what retrieval lost from what the model did; not
+    # shown, not stored.
+    read: list[str] = field(default_factory=list)
 
     def turn(self, question: str) -> Turn:
         return Turn(
@@ -200,14 +205,20 @@ def label(source: str) -> str:
     return PurePath(source).name or source
 
 
-def format_context(sources: Sequence[Source]) -> str:
-    """The passages, numbered by rank, best first."""
+def context_blocks(sources: Sequence[Source]) -> list[str]:
+    """Each passage as the prompt gives it, numbered by rank, best first: its heading line
+    (title, file or address, page), then what the model reads of it."""
     blocks = []
     for n, s in enumerate(sources, 1):
         where = label(s.source) + (f", page {s.page}" if s.page else "")
         heading = f"[{n}] {s.title} ({where})" if s.title else f"[{n}] {where}"
         blocks.append(f"{heading}\n{s.context or s.snippet}")
-    return "\n\n".join(blocks)
+    return blocks
+
+
+def format_context(sources: Sequence[Source]) -> str:
+    """The passages, numbered by rank, best first."""
+    return "\n\n".join(context_blocks(sources))
 
 
 def to_source(doc: Document, score: float, chunk_id: str) -> Source:
@@ -685,7 +696,7 @@ class Assistant:
             timings=timings, evidence=found, grounded=verdict.grounded,
             unsupported=verdict.unsupported, draft=draft, collections=list(collections),
             expansion=expansion, confidence=usage.confidence,
-            tokens=self.llm.drawn(usage),
+            tokens=self.llm.drawn(usage), read=context_blocks(used),
         )
 
     def doubt(self, usage: Generation, verdict: Verdict) -> str:

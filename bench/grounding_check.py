@@ -27,6 +27,12 @@ say, the model having read the passage alone.
 continues them with ``HEARTH_CONTEXT_CONTINUATION_TOKENS=TOKENS`` (a passage that introduces
 what the next chunk holds, followed by up to TOKENS of it, counted here at four characters a
 token): for a run made with it, what the check read live.
+
+``--read`` checks each draft against what the model read, as the run recorded it (``read``:
+each passage as the prompt gave it, heading line, neighbours and continuation included; runs
+made before it was recorded have none). Hearth's check reads each passage under the heading
+``[1]``, the record numbers them by rank: the same for fewer than ten passages, a one-digit
+number never being a claim.
 """
 
 from __future__ import annotations
@@ -59,7 +65,12 @@ def main() -> None:
                    help="check against each passage continued into what it introduces, as the "
                    "chain does (needs --index)")
     p.add_argument("--index", type=Path, metavar="DIR", help="the run's data directory")
+    p.add_argument("--read", action="store_true",
+                   help="check against what the model read, as the run recorded it")
     args = p.parse_args()
+    if args.read and (args.neighbours or args.continuation):
+        p.error("--read checks against what the model read: not with --neighbours or "
+                "--continuation")
     if (args.neighbours or args.continuation) and not (
             args.index and (args.index / "keywords.sqlite3").is_file()):
         p.error("--neighbours and --continuation need --index: the data directory (with "
@@ -76,7 +87,12 @@ def main() -> None:
     presented = wrong_presented = unanswerable = refused_unanswerable = 0
     for record, draft in common.drafts(args.run):
         passages = record.get("passages") or []
-        if db is not None and args.neighbours:
+        if args.read:
+            if record.get("read") is None:
+                p.error(f"{record['id']}: the run did not record what the model read "
+                        "(made before `read` was recorded): run it without --read")
+            passages = record["read"]
+        elif db is not None and args.neighbours:
             passages = widened(db, record, passages, args.neighbours)
         elif db is not None and keywords is not None:
             passages = continued(db, keywords, record, passages, args.continuation)

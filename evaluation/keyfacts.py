@@ -14,8 +14,10 @@ process or by URL), and scores every answer:
   `col.names=NA`; a whole number up to 20 also spelled out: `5` matches "five"; a fact
   written as a list of ways is stated by any of them); a refused answer states none. Also
   the share of questions with every fact, and (in process) the facts present in the top
-  passages, "facts retrievable", which separates what retrieval lost from what generation
-  lost.
+  passages, "facts retrievable", and the facts present in what the model read (its passages
+  as the prompt gave them, neighbours or continuation included, none where the relevance
+  gate declined), "facts read": together they separate what retrieval lost from what
+  generation lost.
 - **refusals**: the refusal rate on the unanswerable questions, false refusals on answerable
   ones, and wrong answers presented as grounded (answerable, not refused, a fact missing, and a
   `grounded` verdict that is not false; without any verdict in the run, every such answer
@@ -363,6 +365,7 @@ class InProcessAnswerer:
                 "grounded": getattr(answer, "grounded", None),
                 "unsupported": list(getattr(answer, "unsupported", None) or []),
                 "draft": getattr(answer, "draft", "") or "",
+                "read": list(getattr(answer, "read", None) or []),
                 "confidence": getattr(answer, "confidence", None),
                 "tokens": [_token_json(t) for t in getattr(answer, "tokens", [])],
                 "sources": [_source_json(s) for s in answer.sources],
@@ -506,6 +509,11 @@ def score_fact_record(record: dict[str, Any]) -> dict[str, Any]:
         if record.get("passages") is not None:
             in_passages = facts_present(facts, "\n".join(record["passages"]))
             scores["facts_retrievable"] = len(in_passages) / len(facts)
+        if answered and record.get("read") is not None:
+            # What the model was given, as its prompt gave it: a fact here and not in the
+            # draft was lost by the model; one not here, before it.
+            in_read = facts_present(facts, "\n".join(record["read"]))
+            scores["facts_read"] = len(in_read) / len(facts)
     record["scores"] = scores
     return record
 
@@ -604,6 +612,8 @@ def summarize_group(records: Sequence[dict[str, Any]], ks: Sequence[int] = DEFAU
     retrievable = [r["scores"]["facts_retrievable"] for r in answerable
                    if "facts_retrievable" in r["scores"]]
     summary["facts_retrievable"] = _mean(retrievable)
+    summary["facts_read"] = _mean([r["scores"]["facts_read"] for r in answered
+                                   if "facts_read" in r["scores"]])
     summary["refusal_rate_unanswerable"] = _share(
         sum(1 for r in unanswerable if r.get("refused")), len(unanswerable))
     summary["withheld_unanswerable"] = _share(
@@ -710,6 +720,8 @@ def _rows(summary: Mapping[str, Any]) -> list[tuple[str, str]]:
              ("all_facts", "answers with every key fact"),
              ("facts_retrievable",
               f"facts retrievable (in the top {PASSAGES_FOR_FACTS} passages)"),
+             ("facts_read", "key facts in what the model read (its passages as the prompt "
+              "gave them)"),
              ("refusal_rate_unanswerable", f"unanswerable questions {refused}"),
              ("false_refusals", f"answerable questions {refused} (false refusals)"),
              ("wrong_presented",

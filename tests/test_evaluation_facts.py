@@ -398,10 +398,16 @@ def test_the_runner_answers_through_the_chat_service_and_scores(tmp_path: Path) 
     assert py1["scores"]["all_facts"] and not py1["scores"]["wrong_presented"]
     assert py2["scores"]["retrieval_rank"] == 1 and py2["scores"]["fact_recall"] == 0
     assert py2["scores"]["facts_retrievable"] == 1.0  # retrieval found it, generation lost it
+    # ... and the model read it: the passage as its prompt gave it, heading line first
+    assert py2["read"][0].startswith("[1] ") and "secrets.token_hex" in py2["read"][0]
+    assert py2["scores"]["facts_read"] == 1.0
     # a wrong answer is presented unless the chain's grounding verdict flags it
     assert py2["scores"]["wrong_presented"] is (py2.get("grounded") is not False)
     assert un1["refused"] is True and un1["sources"] == []  # no passage is relevant
+    assert un1["read"] == [] and "facts_read" not in un1["scores"]  # the model read nothing
     summary = kf.summarize_facts(records)
+    assert summary["groups"]["python-docs"]["facts_read"] == {"value": 1.0, "n": 2}
+    assert "key facts in what the model read" in kf.summary_table(summary)
     assert summary["groups"]["overall"]["refusal_rate_unanswerable"]["value"] == 1.0
     assert summary["groups"]["python-docs"]["hit@1"]["value"] == 1.0
 
