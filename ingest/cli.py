@@ -88,7 +88,12 @@ def web(url: str, collection: str, max_depth: int | None, max_pages: int | None,
 @click.option("--pdf-char-margin", type=click.FloatRange(0.1),
               help="pdfminer char_margin: high keeps table rows whole, 2 suits two-column text "
               "(default: HEARTH_PDF_CHAR_MARGIN)")
-def files(folder: Path, collection: str, pdf_char_margin: float | None) -> None:
+@click.option("--exclude", multiple=True, metavar="PATTERN",
+              help="files or folders not to read, as in a .gitignore (repeatable): '*.docx', "
+              "'drafts', 'archive/2019/'; on a re-run, what a pattern now excludes leaves the "
+              "index")
+def files(folder: Path, collection: str, pdf_char_margin: float | None,
+          exclude: tuple[str, ...]) -> None:
     """Index FOLDER recursively: PDF, Markdown, text, HTML and Word (.docx) files."""
     from hearth.errors import HearthError
     from hearth.ingest.pipeline import ingest_files
@@ -97,7 +102,8 @@ def files(folder: Path, collection: str, pdf_char_margin: float | None) -> None:
     services = _services()
     try:
         summary = ingest_files(services, folder, collection=collection,
-                               progress=progress_for(True), pdf_char_margin=pdf_char_margin)
+                               progress=progress_for(True), pdf_char_margin=pdf_char_margin,
+                               exclude=exclude)
     except HearthError as exc:
         raise click.ClickException(str(exc)) from None
     click.echo(str(summary))

@@ -1,8 +1,9 @@
 """A folder of documents, walked recursively: PDF, Markdown, plain text, HTML and Word.
 
 Every file becomes a ``Parsed`` document or a ``Skipped`` notice with the reason; one bad file
-never stops the walk. Hidden files and folders (``.git``) are left alone; files of other types
-are counted in the summary's ``ignored``.
+never stops the walk. Hidden files and folders (``.git``) are left alone, and so are the files
+and folders the user's patterns exclude (``Exclusions``); files of other types and what the
+patterns excluded are counted in the summary's ``ignored``.
 
 Reading is bounded (``ReadLimits``, from the settings), so no file can take the process's
 memory or hang it: what is not a regular file (a FIFO named ``notes.txt``, a socket, a device)
@@ -19,11 +20,12 @@ again next time.
 from __future__ import annotations
 
 import codecs
+import fnmatch
 import hashlib
 import os
 import re
 import stat
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict
 from pathlib import Path
@@ -62,16 +64,86 @@ PARSER_VERSION = 3
 KIND_VERSIONS = {"text": 1, "markdown": 1, "html": 1}
 
 
-def find_files(root: Path, ignored: dict[str, int] | None = None) -> list[Path]:
-    """Readable files under ``root``, in a stable order; symlinked folders are not followed
-    (and ``load_folder`` skips a linked file whose target lies outside ``root``)."""
+EXCLUDED_FILES = "files excluded by a pattern"
+EXCLUDED_FOLDERS = "folders excluded by a pattern"
+MAX_EXCLUSIONS = 100
+MAX_EXCLUSION_CHARS = 200
+
+
+class Exclusions:
+    """Glob patterns of files and folders not to read, written as in a ``.gitignore``: matched
+    case-sensitively against the path under the folder, with ``/`` between names. ``*`` and
+    ``?`` never cross a ``/``; ``**`` crosses any number of folders. A pattern without a ``/``
+    matches a name at any depth (``*.docx``, ``drafts``, ``~$*``); one with a ``/`` matches
+    the path from the folder's top (``archive/2019``, ``notes/**/*.txt``, ``/todo.md``); a
+    trailing ``/`` matches folders only (``build/``). A folder that matches is not walked into.
+
+    Raises ``InvalidExclusion`` (an ``IngestError``) for an empty pattern, or too many or too
+    long ones."""
+
+    def __init__(self, patterns: Sequence[str] = ()) -> None:
+        if len(patterns) > MAX_EXCLUSIONS:
+            raise InvalidExclusion(f"{len(patterns)} exclusion patterns: at most "
+                                   f"{MAX_EXCLUSIONS}")
+        self._rules: list[tuple[tuple[str, ...], bool]] = []  # (names, folders only)
+        for pattern in patterns:
+            if len(pattern) > MAX_EXCLUSION_CHARS:
+                raise InvalidExclusion(f"an exclusion pattern of {len(pattern)} characters: "
+                                       f"at most {MAX_EXCLUSION_CHARS}")
+            names = tuple(name for name in pattern.strip().split("/") if name)
+            if not names:
+                raise InvalidExclusion(f"an empty exclusion pattern: {pattern!r}")
+            if "/" not in pattern.strip().rstrip("/"):
+                names = ("**", *names)  # a bare name: at any depth ("/name": the top only)
+            self._rules.append((names, pattern.strip().endswith("/")))
+
+    def __bool__(self) -> bool:
+        return bool(self._rules)
+
+    def excludes(self, relative: str, *, folder: bool = False) -> bool:
+        """Whether the file (or ``folder``) at ``relative`` (``/``-separated, under the
+        folder ingested) matches a pattern."""
+        names = tuple(relative.split("/"))
+        return any(_glob(rule, names) for rule, folders_only in self._rules
+                   if folder or not folders_only)
+
+
+class InvalidExclusion(IngestError):
+    code = "invalid_request"
+
+
+def _glob(rule: tuple[str, ...], names: tuple[str, ...]) -> bool:
+    if not rule:
+        return not names
+    if rule[0] == "**":
+        return any(_glob(rule[1:], names[i:]) for i in range(len(names) + 1))
+    return (bool(names) and fnmatch.fnmatchcase(names[0], rule[0])
+            and _glob(rule[1:], names[1:]))
+
+
+def find_files(root: Path, ignored: dict[str, int] | None = None,
+               exclude: Exclusions | None = None) -> list[Path]:
+    """Readable files under ``root``, in a stable order, less what ``exclude`` matches;
+    symlinked folders are not followed (and ``load_folder`` skips a linked file whose target
+    lies outside ``root``)."""
     found: list[Path] = []
+    counts = ignored if ignored is not None else {}
+
+    def excluded(path: Path, what: str, folder: bool = False) -> bool:
+        if not exclude or not exclude.excludes(path.relative_to(root).as_posix(), folder=folder):
+            return False
+        counts[what] = counts.get(what, 0) + 1
+        return True
+
     for folder, dirs, names in os.walk(root):
-        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        dirs[:] = sorted(d for d in dirs if not d.startswith(".")
+                         and not excluded(Path(folder) / d, EXCLUDED_FOLDERS, folder=True))
         for name in sorted(names):
             if name.startswith("."):
                 continue
             path = Path(folder) / name
+            if excluded(path, EXCLUDED_FILES):
+                continue
             if path.suffix.lower() in KINDS:
                 found.append(path)
             elif ignored is not None:
@@ -162,10 +234,12 @@ def _lasting(item: Parsed | Skipped) -> bool:
 def load_folder(root: Path, *, progress: Progress | None = None,
                 ignored: dict[str, int] | None = None, cache: ParseCache | None = None,
                 pdf_char_margin: float,
-                limits: ReadLimits | None = None) -> Iterator[Parsed | Skipped]:
-    """Every file of ``root`` parsed or skipped; ``limits`` left out: config.py's defaults."""
+                limits: ReadLimits | None = None,
+                exclude: Exclusions | None = None) -> Iterator[Parsed | Skipped]:
+    """Every file of ``root`` parsed or skipped, less what ``exclude`` matches; ``limits``
+    left out: config.py's defaults."""
     limits = limits or ReadLimits.of()
-    files = find_files(root, ignored)
+    files = find_files(root, ignored, exclude)
     if progress:
         progress.begin("files parsed", total=len(files))
     # A change of the OCR page cap changes what a scanned PDF gives; its timeout does not

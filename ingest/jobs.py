@@ -34,13 +34,14 @@ from typing import TYPE_CHECKING, Any, Literal, Protocol
 from urllib.parse import urlsplit
 
 import httpx
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from hearth.access import DEFAULT
 from hearth.access import NAME as COLLECTION_NAME
 from hearth.config import Settings
 from hearth.errors import HearthError, Unavailable
 from hearth.ingest.documents import IngestError, Summary
+from hearth.ingest.files import MAX_EXCLUSIONS, Exclusions, InvalidExclusion
 from hearth.ingest.pipeline import run
 from hearth.ingest.progress import Progress
 from hearth.ingest.safety import GuardedTransport, check_folder, check_host
@@ -95,6 +96,20 @@ class FileOptions(BaseModel):
     pdf_char_margin: float | None = Field(
         None, gt=0, description="pdfminer's char_margin: high keeps table rows whole, 2 suits "
         "two-column text (default: HEARTH_PDF_CHAR_MARGIN)")
+    exclude: list[str] = Field(
+        [], max_length=MAX_EXCLUSIONS,
+        description="glob patterns of files or folders not to read, as in a .gitignore "
+        "(\"*.docx\", \"drafts\", \"archive/2019/\"); on a re-run, what a pattern now "
+        "excludes leaves the index")
+
+    @field_validator("exclude")
+    @classmethod
+    def _patterns(cls, patterns: list[str]) -> list[str]:
+        try:
+            Exclusions(patterns)
+        except InvalidExclusion as exc:
+            raise ValueError(str(exc)) from None
+        return patterns
 
 
 class IngestRequest(BaseModel):
@@ -114,19 +129,43 @@ class IngestRequest(BaseModel):
     collection: str = Field(DEFAULT, pattern=COLLECTION_NAME,
                             description="the collection to ingest into (it must exist)")
 
+    @model_validator(mode="before")
+    @classmethod
+    def _folder_options(cls, data: Any) -> Any:
+        """A folder's options read as a folder's: "exclude" is an option of both kinds (path
+        prefixes of a site, glob patterns of a folder), and would be read as a site's."""
+        if not isinstance(data, dict) or data.get("files") is None or data.get("web") is not None:
+            return data
+        options = data.get("options")
+        if not isinstance(options, dict) or not set(options) <= set(FileOptions.model_fields):
+            return data  # not a folder's: said below
+        try:
+            return {**data, "options": FileOptions.model_validate(options)}
+        except ValidationError as exc:
+            raise ValueError("; ".join(
+                f"options.{'.'.join(map(str, e['loc']))}: {_message(e['msg'])}"
+                for e in exc.errors())) from None
+
     @model_validator(mode="after")
     def _one_source(self) -> IngestRequest:
         if (self.web is None) == (self.files is None):
             raise ValueError('give exactly one of "web" (a URL) or "files" (a folder)')
         wanted = CrawlOptions if self.web is not None else FileOptions
         if not isinstance(self.options, wanted):
-            given = sorted(self.options.model_fields_set)
+            given = sorted(self.options.model_fields_set - set(wanted.model_fields))
             if given:
                 kind = "web" if self.files is not None else "files"
                 raise ValueError(f"options {', '.join(given)} are for \"{kind}\", not for "
                                  f"\"{'files' if kind == 'web' else 'web'}\"")
-            self.options = wanted.model_validate({})
+            # Only options both kinds have (or none): read them as this kind's.
+            self.options = wanted.model_validate(
+                self.options.model_dump(include=self.options.model_fields_set))
         return self
+
+
+def _message(text: str) -> str:
+    """A validation message without pydantic's "Value error, " before the validator's own."""
+    return text.removeprefix("Value error, ")
 
 
 def prepare(settings: Settings,
@@ -146,7 +185,8 @@ def prepare(settings: Settings,
                else IngestRequest.model_validate(request))
     except ValidationError as exc:
         raise InvalidIngestRequest("; ".join(
-            f"{'.'.join(map(str, e['loc'])) or 'body'}: {e['msg']}" for e in exc.errors()
+            f"{'.'.join(map(str, e['loc'])) or 'body'}: {_message(e['msg'])}"
+            for e in exc.errors()
         )) from None
     options = req.options.model_dump(exclude_none=True)
     options["collection"] = req.collection

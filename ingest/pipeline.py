@@ -32,7 +32,7 @@ from hearth.access import DEFAULT, valid_name
 from hearth.ingest.cache import ParseCache, parse_cache_dir
 from hearth.ingest.chunking import chunker_for
 from hearth.ingest.documents import Chunked, IngestError, Parsed, ReadLimits, Skipped, Summary
-from hearth.ingest.files import load_folder
+from hearth.ingest.files import Exclusions, load_folder
 from hearth.ingest.progress import Progress
 from hearth.ingest.records import close_records, record_manager
 from hearth.ingest.web import crawl, site_namespace
@@ -184,8 +184,11 @@ class Reading:
 
 
 def read_files(settings: Settings, root: Path, *, progress: Progress, ignored: dict[str, int],
-               pdf_char_margin: float | None = None) -> Reading:
-    """A folder's documents, read within the settings' bounds; IngestError if it is not there."""
+               pdf_char_margin: float | None = None, exclude: Sequence[str] = ()) -> Reading:
+    """A folder's documents, read within the settings' bounds, less the files and folders the
+    ``exclude`` patterns match (``files.Exclusions``); IngestError if it is not there or a
+    pattern is not one."""
+    exclusions = Exclusions(exclude)
     namespace = files_namespace(root)
     if not Path(namespace).is_dir():
         raise IngestError(f"no folder at {namespace}")
@@ -193,7 +196,7 @@ def read_files(settings: Settings, root: Path, *, progress: Progress, ignored: d
     items = load_folder(
         Path(namespace), progress=progress, ignored=ignored, cache=cache,
         pdf_char_margin=pdf_char_margin or settings.pdf_char_margin,
-        limits=ReadLimits.of(settings))
+        limits=ReadLimits.of(settings), exclude=exclusions)
     return Reading(namespace, items, cache)
 
 
@@ -230,18 +233,18 @@ def _ingest(services: Services, reading: Reading, progress: Progress, summary: S
 
 def ingest_files(services: Services, root: Path, *, collection: str = DEFAULT,
                  progress: Progress | None = None, batch_size: int = INDEX_BATCH,
-                 pdf_char_margin: float | None = None) -> Summary:
+                 pdf_char_margin: float | None = None, exclude: Sequence[str] = ()) -> Summary:
     """Ingest a folder, recursively, into ``collection``: PDF, Markdown, text, HTML and Word
-    files.
+    files, less those the ``exclude`` patterns match (``files.Exclusions``).
 
-    Re-running it embeds only what changed and removes what was deleted from the folder.
-    ``pdf_char_margin`` left out: ``HEARTH_PDF_CHAR_MARGIN``.
+    Re-running it embeds only what changed and removes what was deleted from the folder, or
+    is now excluded. ``pdf_char_margin`` left out: ``HEARTH_PDF_CHAR_MARGIN``.
     """
     services.access.get(collection)
     progress = progress or Progress()
     summary = Summary(source=files_namespace(root))
     reading = read_files(services.settings, root, progress=progress, ignored=summary.ignored,
-                         pdf_char_margin=pdf_char_margin)
+                         pdf_char_margin=pdf_char_margin, exclude=exclude)
     return _ingest(services, reading, progress, summary, batch_size, collection)
 
 

@@ -186,6 +186,63 @@ def test_a_changed_file_is_replaced_and_a_deleted_file_disappears(
     assert {(c["source"], c["hash"]) for c in stored} == expected_chunks(services, tutorial)
 
 
+@pytest.mark.parametrize(("pattern", "path", "folder", "expected"), [
+    ("*.docx", "a.docx", False, True), ("*.docx", "deep/down/a.docx", False, True),
+    ("*.docx", "a.docx.txt", False, False), ("*.DOCX", "a.docx", False, False),
+    ("drafts", "drafts", True, True), ("drafts", "notes/drafts", True, True),
+    ("drafts", "notes/drafts.txt", False, False),
+    ("build/", "build", True, True), ("build/", "build", False, False),
+    ("archive/2019", "archive/2019", True, True), ("archive/2019", "old/archive/2019", True, False),
+    ("/todo.md", "todo.md", False, True), ("/todo.md", "notes/todo.md", False, False),
+    ("notes/*.txt", "notes/a.txt", False, True), ("notes/*.txt", "notes/x/a.txt", False, False),
+    ("notes/**/*.txt", "notes/x/y/a.txt", False, True), ("notes/**/*.txt", "notes/a.txt", False, True),
+    ("~$*", "reports/~$draft.docx", False, True), ("?.md", "ab.md", False, False),
+])
+def test_exclusion_patterns_match_as_a_gitignore_does(pattern: str, path: str, folder: bool,
+                                                      expected: bool) -> None:
+    from hearth.ingest.files import Exclusions
+
+    assert Exclusions([pattern]).excludes(path, folder=folder) is expected
+
+
+@pytest.mark.parametrize("patterns", [[""], ["  "], ["/"], ["//"], ["x" * 201], ["*.md"] * 101])
+def test_an_exclusion_that_is_not_a_pattern_is_refused_before_anything_is_read(
+        services: Services, tutorial: Path, patterns: list[str]) -> None:
+    with pytest.raises(IngestError) as caught:
+        ingest_files(services, tutorial, exclude=patterns)
+    assert caught.value.code == "invalid_request" and caught.value.status == 400
+    assert chunks(services, tutorial) == []
+
+
+def test_excluded_files_and_folders_are_not_read_and_leave_the_index_on_a_rerun(
+        services: Services, tutorial: Path) -> None:
+    drafts = tutorial / "drafts"
+    drafts.mkdir()
+    shutil.copy(tutorial / "appetite.txt", drafts / "appetite-old.txt")
+    shutil.copy(tutorial / "whatnow.txt", drafts / "whatnow-old.txt")
+    summary = ingest_files(services, tutorial, exclude=["drafts", "/index.txt"])
+    indexed = {Path(c["source"]).relative_to(tutorial).as_posix() for c in chunks(services, tutorial)}
+    assert indexed == {"appetite.txt", "interpreter.txt", "whatnow.txt", "interactive.txt",
+                       "appendix.txt"}
+    assert summary.ignored == {"folders excluded by a pattern": 1,
+                               "files excluded by a pattern": 1}
+    assert "1 files excluded by a pattern" in str(summary)
+
+    # A new pattern on a re-run: what it now excludes leaves the index, the rest is unchanged.
+    again = ingest_files(services, tutorial, exclude=["drafts", "/index.txt", "app*.txt"])
+    assert (again.deleted, again.unchanged, again.added) == (2, 3, 0)
+    left = {Path(c["source"]).name for c in chunks(services, tutorial)}
+    assert left == {"interpreter.txt", "whatnow.txt", "interactive.txt"}
+    assert str(tutorial / "appetite.txt") not in search_sources(
+        services, "Why would you want to use Python? automate tasks", k=10)
+
+    # Without the patterns, everything is read: the drafts folder too.
+    every = ingest_files(services, tutorial)
+    assert (every.added, every.unchanged, every.ignored) == (5, 3, {})
+    assert {Path(c["source"]).relative_to(tutorial).as_posix() for c in chunks(services, tutorial)
+            } == indexed | {"index.txt", "drafts/appetite-old.txt", "drafts/whatnow-old.txt"}
+
+
 KILLER = textwrap.dedent("""
     import os, signal, sys
     from pathlib import Path
@@ -500,7 +557,7 @@ def test_a_request_to_ingest_is_checked_before_a_job_starts(
         assert (caught.value.status, caught.value.code) == (status, code), body
 
     assert prepare(settings, {"files": str(tutorial / ".")}) == (
-        "files", str(tutorial), {"collection": "default"})
+        "files", str(tutorial), {"exclude": [], "collection": "default"})
     kind, target, options = prepare(settings, {"web": "HTTPS://Example.org:443/docs/",
                                                "options": {"max_depth": 1}})
     assert (kind, target) == ("web", "https://example.org/docs/")
@@ -509,7 +566,13 @@ def test_a_request_to_ingest_is_checked_before_a_job_starts(
                        "use_sitemap": True, "concurrency": settings.crawl_concurrency,
                        "timeout_s": settings.crawl_timeout_s, "collection": "default"}
     assert prepare(settings, {"files": str(tutorial), "collection": "team"})[2] == {
-        "collection": "team"}
+        "exclude": [], "collection": "team"}
+    assert prepare(settings, {"files": str(tutorial), "options": {"exclude": ["*.docx"]}})[2] == {
+        "exclude": ["*.docx"], "collection": "default"}
+    for patterns in ([""], ["/"], ["*"] * 101, ["x" * 201], "*.docx"):
+        with pytest.raises(HearthError) as caught:
+            prepare(settings, {"files": str(tutorial), "options": {"exclude": patterns}})
+        assert caught.value.code == "invalid_request", patterns
     with pytest.raises(HearthError, match="collection"):
         prepare(settings, {"files": str(tutorial), "collection": "../etc"})
 
@@ -542,7 +605,8 @@ def test_ingest_api_runs_a_job_and_reports_progress_and_summary(
                        ).get_json()["error"]["code"] == "invalid_json"
     assert client.get("/api/ingest/nope").status_code == 404
 
-    started = client.post("/api/ingest", json={"files": str(tutorial)})
+    started = client.post("/api/ingest", json={"files": str(tutorial),
+                                               "options": {"exclude": ["/index.txt"]}})
     assert started.status_code == 202
     job_id = started.get_json()["id"]
     deadline = time.monotonic() + 300
@@ -552,9 +616,10 @@ def test_ingest_api_runs_a_job_and_reports_progress_and_summary(
             break
         time.sleep(0.5)
     assert status["state"] == "done", status
-    assert status["progress"]["documents"] == 6 == status["progress"]["documents_total"]
+    assert status["progress"]["documents"] == 5 == status["progress"]["documents_total"]
     assert status["progress"]["chunks_indexed"] == status["summary"]["chunks"] > 0
-    assert status["summary"]["added"] == 6 and status["summary"]["skipped"] == []
+    assert status["summary"]["added"] == 5 and status["summary"]["skipped"] == []
+    assert status["summary"]["ignored"] == {"files excluded by a pattern": 1}
     assert [j["id"] for j in client.get("/api/ingest").get_json()["jobs"]] == [job_id]
 
 
@@ -574,6 +639,13 @@ def test_cli_ingests_lists_and_removes(tutorial: Path, tmp_path: Path) -> None:
     assert "6 seen, 6 added" in result.output
     again = runner.invoke(main, ["ingest", "files", str(tutorial)], env=env)
     assert "6 unchanged" in again.output and "0 embedded" in again.output
+    fewer = runner.invoke(main, ["ingest", "files", str(tutorial), "--exclude", "index.txt",
+                                 "--exclude", "app*"], env=env)
+    assert fewer.exit_code == 0, fewer.output
+    assert "3 unchanged" in fewer.output and "3 deleted" in fewer.output
+    assert "3 files excluded by a pattern" in fewer.output
+    bad = runner.invoke(main, ["ingest", "files", str(tutorial), "--exclude", "/"], env=env)
+    assert bad.exit_code == 1 and "empty exclusion pattern" in bad.output
 
     listed = runner.invoke(main, ["sources", "list", "--json"], env=env)
     assert [s["source"] for s in json.loads(listed.output)] == [str(tutorial)]
