@@ -667,11 +667,12 @@ class Assistant:
         # does), and must keep its sources.
         refused = _plain(text).startswith(_plain(self.settings.refusal))
         verdict = Verdict(True, [], 0, 1.0)
+        read = context_blocks(used)
         found: list[Evidence] = []
         draft, shown_sources = "", [] if refused else used
         if not refused:
             # Checked against what the model was shown: a passage's heading names its file.
-            verdict = check(text, [format_context([s]) for s in used], standalone)
+            verdict = check(text, read, standalone)
             snippets = [s.snippet for s in merged(used)]
             found = evidence(text, snippets)
             doubt = self.doubt(usage, verdict)
@@ -696,7 +697,7 @@ class Assistant:
             timings=timings, evidence=found, grounded=verdict.grounded,
             unsupported=verdict.unsupported, draft=draft, collections=list(collections),
             expansion=expansion, confidence=usage.confidence,
-            tokens=self.llm.drawn(usage), read=context_blocks(used),
+            tokens=self.llm.drawn(usage), read=read,
         )
 
     def doubt(self, usage: Generation, verdict: Verdict) -> str:

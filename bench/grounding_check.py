@@ -30,9 +30,7 @@ token): for a run made with it, what the check read live.
 
 ``--read`` checks each draft against what the model read, as the run recorded it (``read``:
 each passage as the prompt gave it, heading line, neighbours and continuation included; runs
-made before it was recorded have none). Hearth's check reads each passage under the heading
-``[1]``, the record numbers them by rank: the same for fewer than ten passages, a one-digit
-number never being a claim.
+made before it was recorded have none): exactly what Hearth's check read.
 """
 
 from __future__ import annotations
