@@ -31,6 +31,9 @@ token): for a run made with it, what the check read live.
 ``--read`` checks each draft against what the model read, as the run recorded it (``read``:
 each passage as the prompt gave it, heading line, neighbours and continuation included; runs
 made before it was recorded have none): exactly what Hearth's check read.
+
+``--wrong`` lists each wrong answer presented as grounded, to read one by one: the key facts
+it lacks (and whether they were in what the model read), its question and its answer.
 """
 
 from __future__ import annotations
@@ -65,6 +68,9 @@ def main() -> None:
     p.add_argument("--index", type=Path, metavar="DIR", help="the run's data directory")
     p.add_argument("--read", action="store_true",
                    help="check against what the model read, as the run recorded it")
+    p.add_argument("--wrong", action="store_true",
+                   help="list each wrong answer presented as grounded: the key facts it lacks "
+                   "(and whether the model read them), the question and the answer, to read")
     args = p.parse_args()
     if args.read and (args.neighbours or args.continuation):
         p.error("--read checks against what the model read: not with --neighbours or "
@@ -102,6 +108,8 @@ def main() -> None:
             recall.append(found / len(facts) if shown else 0.0)
             presented += shown
             wrong_presented += shown and found < len(facts)
+            if args.wrong and shown and found < len(facts):
+                print(wrong_answer(record, facts, draft))
         else:
             unanswerable += 1
             refused_unanswerable += not shown
@@ -127,6 +135,19 @@ def main() -> None:
               f"false refusals {(n - presented) / n:.3f} ({n - presented})")
     if unanswerable:
         print(f"unanswerable refused: {refused_unanswerable} of {unanswerable}")
+
+
+def wrong_answer(record: dict[str, Any], facts: Sequence[Fact], draft: str) -> str:
+    """A wrong answer presented as grounded, to read: what it lacks, and what it said."""
+    lacking = [fact for fact in facts if fact not in facts_present(facts, draft)]
+    read = record.get("read")
+    where = "" if read is None else (
+        " (in what the model read)" if len(facts_present(lacking, "\n".join(read))) == len(lacking)
+        else " (not all in what the model read)")
+    answer = " ".join(draft.split())
+    return (f"--- {record['id']}: lacks {lacking}{where}\n"
+            f"    Q: {record.get('question', '')}\n"
+            f"    A: {answer[:400]}{' ...' if len(answer) > 400 else ''}")
 
 
 def widened(db: sqlite3.Connection, record: dict[str, Any], passages: Sequence[str],
