@@ -35,6 +35,7 @@ from hearth.openai_compat import openai_blueprint
 from hearth.openai_compat import routes as openai_routes
 from hearth.services import Services, build_services
 from hearth.web import (
+    UNEXPECTED,
     ErrorOut,
     EvidenceOut,
     FeedbackIn,
@@ -193,6 +194,10 @@ def ask() -> Response:
                 yield sse(out.model_dump(exclude={"sources"}), "done")
         except HearthError as exc:
             yield sse({"code": exc.code, "message": str(exc)}, "error")
+        except Exception:
+            # The status line has gone: the stream still ends with an event, not a cut.
+            log.exception("unexpected error while streaming an answer")
+            yield sse({"code": "internal_error", "message": UNEXPECTED}, "error")
         finally:
             stream.close()
 
@@ -337,8 +342,7 @@ def register_errors(app: Flask) -> None:
     @app.errorhandler(Exception)
     def _unexpected(exc: Exception) -> Response:
         log.exception("unexpected error")
-        return error_response(500, "internal_error",
-                              "Hearth failed unexpectedly; the details are in its log")
+        return error_response(500, "internal_error", UNEXPECTED)
 
 
 def create_app(settings: Settings | None = None, services: Services | None = None) -> Flask:

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
@@ -38,6 +39,7 @@ from hearth.llm import Drawn
 from hearth.model import Answer, Token
 from hearth.web import (
     HTTP_CODES,
+    UNEXPECTED,
     ApiError,
     EvidenceOut,
     FeedbackIn,
@@ -55,6 +57,8 @@ from hearth.web import (
     sse,
     with_retry_after,
 )
+
+log = logging.getLogger("hearth.api")
 
 MODEL_ID = "hearth"
 
@@ -432,6 +436,10 @@ def chat_completions() -> Response:
         except HearthError as exc:
             # OpenAI's clients raise an APIError on a chunk that holds an error.
             yield error_event(exc.status, exc.code, str(exc))
+        except Exception:
+            # The status line has gone: the stream still ends with an error chunk, not a cut.
+            log.exception("unexpected error while streaming a completion")
+            yield error_event(500, "internal_error", UNEXPECTED)
         finally:
             stream.close()
 

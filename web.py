@@ -61,6 +61,9 @@ def error_response(status: int, code: str, message: str) -> Response:
     return Response(body, status=status, mimetype="application/json")
 
 
+# What a client reads of an error Hearth did not foresee: the details go to the log only.
+UNEXPECTED = "Hearth failed unexpectedly; the details are in its log"
+
 HTTP_CODES = {413: "body_too_large", 404: "not_found", 405: "method_not_allowed",
               429: "rate_limited"}
 
@@ -98,11 +101,20 @@ def body_bytes() -> bytes:
 
 def parse_json(raw: bytes) -> Any:
     try:
-        return json.loads(raw)
+        body = json.loads(raw)
     except (ValueError, UnicodeDecodeError) as exc:
         raise ApiError(400, "invalid_json", f"the request body is not valid JSON: {exc}") from None
     except RecursionError:
         raise ApiError(400, "invalid_json", "the request body nests too deeply") from None
+    try:
+        # JSON lets a string hold half of a UTF-16 pair ("\ud800"), which is no text at all: it
+        # would pass some fields' checks and fail only when the turn is saved, the answer
+        # already drawn (a 500, or a stream cut short). The body is at most 64 KB.
+        json.dumps(body, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        raise ApiError(400, "invalid_json", "the request body holds a lone UTF-16 surrogate "
+                       "(such as \\ud800), which is not text") from None
+    return body
 
 
 def read_json(schema: type[BaseModel]) -> Any:

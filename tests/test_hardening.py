@@ -247,6 +247,61 @@ def test_deeply_nested_json_is_400_not_500(client: Any, path: str) -> None:
     assert ask(client, nested).status_code in (200, 400)
 
 
+@pytest.mark.parametrize("stream", [False, True])
+@pytest.mark.parametrize("where", ["question", "v1 string", "v1 part", "feedback"])
+def test_a_lone_surrogate_is_400_before_anything_is_drawn(tmp_path: Path, where: str,
+                                                           stream: bool) -> None:
+    """JSON lets a string hold half of a UTF-16 pair; some fields took it, and the turn failed
+    to save after the answer was drawn (a 500, or a stream cut without an error)."""
+    client, services = app_for(tmp_path)
+    text = WIFI + " \\ud800"  # the JSON escape, as a client sends it
+    path, body = {
+        "question": ("/api/question", f'{{"question": "{text}", "user_id": "ann"}}'),
+        "v1 string": ("/v1/chat/completions",
+                      f'{{"user": "ann", "messages": [{{"role": "user", "content": "{text}"}}]}}'),
+        "v1 part": ("/v1/chat/completions", f'{{"user": "ann", "messages": [{{"role": "user", '
+                    f'"content": [{{"type": "text", "text": "{text}"}}]}}]}}'),
+        "feedback": (f"/api/conversations/{'a' * 32}/feedback",
+                     f'{{"user_id": "ann", "rating": "wrong", "comment": "{text}"}}'),
+    }[where]
+    if stream:
+        body = body[:-1] + ', "stream": true}'
+    response = client.post(path, data=body, content_type="application/json")
+    assert response.status_code == 400, response.get_data(as_text=True)
+    assert response.mimetype == "application/json"
+    error = response.get_json()["error"]
+    assert error["code"] == "invalid_json" and "surrogate" in error["message"]
+    assert services.history.list("ann") == []
+    assert services.llm.prompts == []  # type: ignore[attr-defined]  # nothing was drawn
+
+
+@pytest.mark.parametrize("path", ["/api/question", "/v1/chat/completions"])
+def test_an_unforeseen_error_mid_stream_still_ends_it_with_an_error(
+        tmp_path: Path, path: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """After the status line only an event can say what went wrong: the stream ends with one,
+    never cut short, and nothing half-saved is left."""
+    client, services = app_for(tmp_path)
+
+    def broken(*args: Any, **kwargs: Any) -> None:
+        raise RuntimeError("the disk went away")
+
+    monkeypatch.setattr(services.history, "add_turn", broken)
+    response = client.post(path, json={
+        "question": WIFI, "user_id": "ann", "user": "ann", "stream": True,
+        "messages": [{"role": "user", "content": WIFI}]})
+    assert response.status_code == 200
+    text = response.get_data(as_text=True)
+    assert "the disk went away" not in text  # the details are for the log
+    last = text.strip().split("\n\n")[-1]
+    if path == "/api/question":
+        assert last.startswith("event: error\n")
+        error = json.loads(last.split("data: ", 1)[1])
+    else:
+        error = json.loads(last.removeprefix("data: "))["error"]
+    assert error["code"] == "internal_error" and "log" in error["message"]
+    assert services.history.list("ann") == []
+
+
 def test_readiness_details_are_for_admins_and_the_machine_itself(tmp_path: Path) -> None:
     client, services = app_for(tmp_path, auth=True, llm_backend="ollama",
                                ollama_base_url="http://127.0.0.1:9")
