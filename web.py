@@ -255,33 +255,45 @@ def check_origin(settings: Settings) -> Response | None:
                               f"this server does not answer for the host {request.host!r}: "
                               "add it to HEARTH_ALLOWED_HOSTS if you mean to reach Hearth by it")
     origin = request.headers.get("Origin")
-    if origin is not None and request.method in STATE_CHANGING:
-        own = f"{request.scheme}://{request.host}".lower()
-        if origin.lower() != own and origin not in settings.allowed_origins:
-            return error_response(403, "origin_not_allowed",
-                                  f"requests from the web page at {origin!r} are not allowed: "
-                                  "add it to HEARTH_ALLOWED_ORIGINS if you trust it")
+    if (origin is not None and request.method in STATE_CHANGING
+            and origin.lower() != own_origin(settings) and origin not in settings.allowed_origins):
+        return error_response(403, "origin_not_allowed",
+                              f"requests from the web page at {origin!r} are not allowed: "
+                              "add it to HEARTH_ALLOWED_ORIGINS if you trust it")
     return None
+
+
+def own_origin(settings: Settings) -> str:
+    """The origin Hearth's own page is served from, as the browser sees it: behind a trusted
+    proxy that ends TLS (an Ingress), the scheme and host the proxy was reached by
+    (X-Forwarded-Proto, X-Forwarded-Host: the first, the client's), not those of the hop."""
+    scheme, host = request.scheme, request.host
+    if is_trusted(request.remote_addr or "", settings):
+        forwarded = request.headers.get("X-Forwarded-Proto", "").split(",")[0].strip().lower()
+        if forwarded in ("http", "https"):
+            scheme = forwarded
+        host = request.headers.get("X-Forwarded-Host", "").split(",")[0].strip() or host
+    return f"{scheme}://{host}".lower()
+
+
+def is_trusted(address: str, settings: Settings) -> bool:
+    """Whether ``address`` is one of HEARTH_TRUSTED_PROXIES."""
+    try:
+        ip = ipaddress.ip_address(address.strip())
+    except ValueError:
+        return False
+    return any(ip in ipaddress.ip_network(p, strict=False) for p in settings.trusted_proxies)
 
 
 def client_address(settings: Settings) -> str:
     """The client's address: the connection's, or, when it comes from a trusted proxy, the
     nearest address in X-Forwarded-For that is not itself a trusted proxy."""
     remote = request.remote_addr or ""
-    trusted = [ipaddress.ip_network(p, strict=False) for p in settings.trusted_proxies]
-
-    def is_trusted(address: str) -> bool:
-        try:
-            ip = ipaddress.ip_address(address.strip())
-        except ValueError:
-            return False
-        return any(ip in network for network in trusted)
-
-    if not trusted or not is_trusted(remote):
+    if not is_trusted(remote, settings):
         return remote
     hops = [h.strip() for h in request.headers.get("X-Forwarded-For", "").split(",") if h.strip()]
     for hop in reversed(hops):
-        if not is_trusted(hop):
+        if not is_trusted(hop, settings):
             return hop
     return remote
 

@@ -81,6 +81,29 @@ def test_the_page_itself_and_listed_origins_may(tmp_path: Path) -> None:
     assert ask(client).status_code == 200  # curl, the CLI, OpenAI clients send no Origin
 
 
+def test_the_page_behind_a_proxy_that_ends_tls_may(tmp_path: Path) -> None:
+    """Behind an Ingress that ends TLS the page is https://NAME while Hearth hears http from
+    the proxy: the trusted proxy's X-Forwarded-Proto and X-Forwarded-Host say which origin is
+    Hearth's own. From any other address the headers count for nothing."""
+    client, _ = app_for(tmp_path, trusted_proxies=["10.0.0.0/8"],
+                        allowed_hosts=["hearth.example.org", "hearth"])
+    page = {"Origin": "https://hearth.example.org", "X-Forwarded-Proto": "https"}
+    proxy = {"REMOTE_ADDR": "10.1.2.3"}
+    named = ask(client, headers={**page, "Host": "hearth.example.org"}, environ_base=proxy)
+    assert named.status_code == 200, named.get_json()
+    renamed = ask(client, headers={**page, "Host": "hearth", "X-Forwarded-Host": "hearth.example.org"},
+                  environ_base=proxy)
+    assert renamed.status_code == 200, renamed.get_json()
+    for headers, environ in (
+            ({**page, "Host": "hearth.example.org"}, {"REMOTE_ADDR": "192.0.2.7"}),  # not the proxy
+            ({**page, "Host": "hearth", "X-Forwarded-Host": "evil.example"}, proxy),
+            ({"Origin": "https://evil.example", "X-Forwarded-Proto": "https",
+              "Host": "hearth.example.org"}, proxy)):
+        response = ask(client, headers=headers, environ_base=environ)
+        assert response.status_code == 403, (headers, environ)
+        assert response.get_json()["error"]["code"] == "origin_not_allowed"
+
+
 @pytest.mark.parametrize("host", ["evil.example", "evil.example:8000", "127.0.0.1.nip.io",
                                   "rebind.attacker.test:8000"])
 def test_a_host_hearth_does_not_serve_is_refused(client: Any, host: str) -> None:
