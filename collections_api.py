@@ -202,6 +202,8 @@ def upload_documents(name: str) -> Response:
     if not files:
         raise ApiError(400, "missing_field", "files: send at least one file in the field "
                        "\"files\" (multipart/form-data)")
+    if name == MINE and user_id is not None:
+        collection = uploads.own(user_id)  # created now, with its first upload
     accepted, refused, job = uploads.add(
         collection, ((f.filename or "", f.stream) for f in files), user_id, jobs())
     if job is None:

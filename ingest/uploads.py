@@ -154,24 +154,29 @@ class Uploads:
 
     # -- who -----------------------------------------------------------------------------------
 
-    def own(self, user_id: str) -> Collection:
-        """The user's own collection, created on first use."""
+    def own(self, user_id: str, *, create: bool = True) -> Collection:
+        """The user's own collection, created on first use (an upload). Without ``create``, one
+        not created yet is given as it would be, empty and not stored: a look at it (a GET,
+        which any web page can make a browser send) must not add to the registry."""
         access = self.services.access
         name = own_collection(user_id)
         try:
             return access.get(name)
         except CollectionNotFound:
+            if not create:
+                return Collection(name, f"{user_id}'s uploads", owner=user_id)
             try:
                 return access.create(name, f"{user_id}'s uploads", owner=user_id)
             except HearthError:  # created meanwhile by another request
                 return access.get(name)
 
     def resolve(self, name: str, user_id: str | None, *, admin: bool) -> Collection:
-        """The collection ``name`` (``mine``: the user's own), readable by the user."""
+        """The collection ``name`` (``mine``: the user's own, not created by this), readable by
+        the user."""
         if name == MINE:
             if user_id is None:
                 raise CollectionForbidden(name)
-            return self.own(user_id)
+            return self.own(user_id, create=False)
         readable = self.services.access.readable(user_id, everything=admin)
         found = next((c for c in readable if c.name == name), None)
         if found is None:

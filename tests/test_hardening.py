@@ -325,6 +325,23 @@ def test_an_unforeseen_error_mid_stream_still_ends_it_with_an_error(
     assert services.history.list("ann") == []
 
 
+@pytest.mark.parametrize("uploads", [True, False])
+def test_looking_at_ones_own_collection_does_not_create_it(tmp_path: Path, uploads: bool) -> None:
+    """A GET is what any web page can make a browser send: listing one's uploads, a job's state
+    or a refused upload must not add collections to the registry every question reads."""
+    client, services = app_for(tmp_path, uploads=uploads)
+    before = [c.name for c in services.access.all()]
+    for n in range(20):
+        listed = client.get(f"/api/collections/mine/documents?user_id=visitor-{n}")
+        assert listed.status_code == 200 and listed.get_json() == {"documents": []}
+    job = client.get(f"/api/collections/mine/jobs/{'a' * 32}?user_id=visitor-0")
+    assert job.status_code in (404, 403), job.get_json()  # no such job; uploads off: 403
+    refused = client.post("/api/collections/mine/documents?user_id=visitor-0", data="x",
+                          content_type="text/plain")
+    assert refused.status_code in (415, 403), refused.get_json()
+    assert [c.name for c in services.access.all()] == before
+
+
 def test_readiness_details_are_for_admins_and_the_machine_itself(tmp_path: Path) -> None:
     client, services = app_for(tmp_path, auth=True, llm_backend="ollama",
                                ollama_base_url="http://127.0.0.1:9")
