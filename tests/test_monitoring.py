@@ -243,6 +243,30 @@ def test_json_log_lines_carry_the_request_id(tmp_path: Path, waitress: Any) -> N
     assert lines[-1]["request_id"] == "-" and lines[-1]["message"] == "outside any request"
 
 
+def test_a_request_cannot_write_a_line_of_its_own_into_the_access_log(
+        tmp_path: Path, waitress: Any) -> None:
+    """The path is written percent-encoded again: a %0a in it cannot start a forged line, and
+    a user named in a route's path is not written at all."""
+    app, services = app_for(tmp_path, port=free_port())
+    url = waitress(app, services.settings)
+    stream = io.StringIO()
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    logs.configure(logging.INFO, "text")
+    root.handlers[0].setStream(stream)  # type: ignore[attr-defined]
+    forged = "2026-01-01 00:00:00,000 INFO hearth.access [-]: 203.0.113.9 \"DELETE /api/users/ann\" 200"
+    try:
+        httpx.get(f"{url}/nope%0a{forged.replace(' ', '%20')}%0d%1b[31m", timeout=30)
+        httpx.get(f"{url}/api/users/ann-the-user/history", timeout=30)
+    finally:
+        root.handlers[:] = handlers
+        root.setLevel(level)
+    lines = [line for line in stream.getvalue().splitlines() if line.split(" ")[3] == "hearth.access"]
+    assert len(lines) == 2, lines  # one per request, each on one line
+    assert "/nope%0A2026-01-01%2000:00:00,000%20INFO" in lines[0] and "\x1b" not in lines[0]
+    assert '"GET /api/users/-/history"' in lines[1] and "ann-the-user" not in lines[1]
+
+
 def test_metrics_on_a_port_of_their_own(tmp_path: Path, waitress: Any) -> None:
     port = free_port()
     app, services = app_for(tmp_path, port=free_port(), metrics=True, metrics_port=port)
