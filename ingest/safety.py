@@ -59,6 +59,14 @@ class FolderNotAllowed(UnsafeTarget):
     code = "folder_not_allowed"
 
 
+class InvalidFolder(HearthError):
+    """A folder path that names no folder at all (a NUL byte, ``~someone`` who is not a user
+    here)."""
+
+    code = "invalid_request"
+    status = 400
+
+
 def parse_allow_list(entries: Sequence[str]) -> tuple[set[str], list[Network]]:
     hosts: set[str] = set()
     networks: list[Network] = []
@@ -189,7 +197,10 @@ def check_folder(folder: Path, roots: Sequence[Path]) -> Path:
     if not roots:
         raise FolderNotAllowed("no folder may be ingested through the API until "
                            "HEARTH_INGEST_ROOTS names the folders that may be")
-    resolved = folder.expanduser().resolve()
+    try:
+        resolved = folder.expanduser().resolve()
+    except (ValueError, RuntimeError, OSError) as exc:
+        raise InvalidFolder(f"{str(folder)!r} is not a folder's path: {exc}") from None
     for root in roots:
         if resolved.is_relative_to(root.expanduser().resolve()):
             return resolved

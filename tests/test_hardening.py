@@ -342,6 +342,14 @@ def test_looking_at_ones_own_collection_does_not_create_it(tmp_path: Path, uploa
     assert [c.name for c in services.access.all()] == before
 
 
+@pytest.mark.parametrize("folder", ["docs\x00/x", "~no-such-user-here/docs"])
+def test_a_folder_path_that_names_no_folder_is_400(client: Any, folder: str) -> None:
+    response = client.post("/api/ingest", json={"files": folder})
+    assert response.status_code == 400, response.get_data(as_text=True)
+    error = response.get_json()["error"]
+    assert error["code"] == "invalid_request" and "not a folder's path" in error["message"]
+
+
 def test_readiness_details_are_for_admins_and_the_machine_itself(tmp_path: Path) -> None:
     client, services = app_for(tmp_path, auth=True, llm_backend="ollama",
                                ollama_base_url="http://127.0.0.1:9")
