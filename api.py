@@ -31,10 +31,11 @@ from hearth.ingest_api import ingest_blueprint
 from hearth.ingest_api import routes as ingest_routes
 from hearth.model import Answer, Token
 from hearth.monitoring import instrument, readiness_seen
-from hearth.openai_compat import openai_blueprint
+from hearth.openai_compat import openai_blueprint, openai_error
 from hearth.openai_compat import routes as openai_routes
 from hearth.services import Services, build_services
 from hearth.web import (
+    HTTP_CODES,
     UNEXPECTED,
     ErrorOut,
     EvidenceOut,
@@ -204,9 +205,14 @@ def ask() -> Response:
     return event_stream(events())
 
 
+def query_user() -> str | None:
+    """The user the query names (``?user_id=``), read as every route reads it: stripped."""
+    return request.args.get("user_id", "").strip() or None
+
+
 @api_blueprint.get("/api/conversations")
 def list_conversations() -> Response:
-    user_id = acting_as(request.args.get("user_id", "").strip() or None)
+    user_id = acting_as(query_user())
     return ok(ConversationListOut(conversations=[
         ConversationSummaryOut(**c.summary()) for c in chat().conversations(user_id)
     ]))
@@ -214,14 +220,13 @@ def list_conversations() -> Response:
 
 @api_blueprint.get("/api/conversations/<conversation_id>")
 def get_conversation(conversation_id: str) -> Response:
-    conversation = chat().conversation(conversation_id, principal(), request.args.get("user_id"))
+    conversation = chat().conversation(conversation_id, principal(), query_user())
     return ok(ConversationOut.model_validate(conversation.to_dict()))
 
 
 @api_blueprint.delete("/api/conversations/<conversation_id>")
 def delete_conversation(conversation_id: str) -> Response:
-    deleted = chat().delete_conversation(conversation_id, principal(),
-                                         request.args.get("user_id"))
+    deleted = chat().delete_conversation(conversation_id, principal(), query_user())
     return ok(DeletedOut(deleted=int(deleted)))
 
 
@@ -333,16 +338,22 @@ def register_errors(app: Flask) -> None:
             log.warning("%s: %s", exc.code, exc)
         return with_retry_after(error_response(exc.status, exc.code, str(exc)), exc)
 
+    def shaped(status: int, code: str, message: str) -> Response:
+        """An error in the shape its client reads: OpenAI's under /v1 (a path no route of it
+        matched, a method it does not take), Hearth's elsewhere."""
+        if request.path == "/v1" or request.path.startswith("/v1/"):
+            return openai_error(status, code, message)
+        return error_response(status, code, message)
+
     @app.errorhandler(HTTPException)
     def _http_error(exc: HTTPException) -> Response:
-        code = {413: "body_too_large", 404: "not_found", 405: "method_not_allowed",
-                429: "rate_limited"}.get(exc.code or 500, "http_error")
-        return error_response(exc.code or 500, code, exc.description or exc.name)
+        code = HTTP_CODES.get(exc.code or 500, "http_error")
+        return shaped(exc.code or 500, code, exc.description or exc.name)
 
     @app.errorhandler(Exception)
     def _unexpected(exc: Exception) -> Response:
         log.exception("unexpected error")
-        return error_response(500, "internal_error", UNEXPECTED)
+        return shaped(500, "internal_error", UNEXPECTED)
 
 
 def create_app(settings: Settings | None = None, services: Services | None = None) -> Flask:

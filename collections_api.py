@@ -17,7 +17,7 @@ from __future__ import annotations
 from typing import Literal
 
 from flask import Blueprint, Response, request
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, StrictBool, field_validator
 
 from hearth.access import Collection
 from hearth.auth import Key
@@ -123,8 +123,17 @@ class KeyListOut(BaseModel):
 class KeyIn(BaseModel):
     user_id: str = Field(min_length=1, max_length=128, pattern=USER_ID,
                          description="the user the key acts for")
-    admin: bool = Field(False, description="an administrator's key: every collection, "
-                                           "ingestion, every user's keys")
+    admin: StrictBool = Field(False, description="an administrator's key: every collection, "
+                                                 "ingestion, every user's keys")
+
+    @field_validator("user_id")
+    @classmethod
+    def _not_blank(cls, value: str) -> str:
+        """As every other route reads a user id: a key for " ann" acts for ann, and one for
+        "   " could never name its own user."""
+        if not value.strip():
+            raise ValueError("must not be blank")
+        return value.strip()
 
 
 class KeyCreatedOut(BaseModel):

@@ -240,7 +240,7 @@ class OpenAIErrorOut(BaseModel):
 openai_blueprint = Blueprint("openai", __name__, url_prefix="/v1")
 
 ERROR_TYPES = {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
-               404: "not_found_error", 413: "invalid_request_error",
+               404: "not_found_error", 405: "invalid_request_error", 413: "invalid_request_error",
                415: "invalid_request_error", 429: "rate_limit_error"}
 
 
@@ -256,6 +256,8 @@ def _hearth_error(exc: HearthError) -> Response:
     param = None
     if exc.code in ("missing_field", "invalid_field"):
         param = message.split(":", 1)[0]
+        if param == "user_id":  # the rule every face shares names Hearth's field; here: user
+            param, message = "user", "user" + message.removeprefix("user_id")
     # With Retry-After on a 503 busy, OpenAI's clients wait and retry.
     return with_retry_after(openai_error(exc.status, exc.code, message, param), exc)
 

@@ -388,6 +388,52 @@ def test_booleans_are_strict(client: Any, value: Any) -> None:
     assert v1.status_code == 400
 
 
+def test_a_key_is_made_only_for_a_user_id_other_routes_read_alike(tmp_path: Path) -> None:
+    """"admin": "yes" made an administrator's key, and " ann" a key for a user no other route
+    could name: the body is read as strictly as every other."""
+    client, services = app_for(tmp_path, auth=True)
+    token, _ = services.keys.create("root", admin=True)
+    root = {"Authorization": f"Bearer {token}"}
+    for body in ({"user_id": "ann", "admin": "yes"}, {"user_id": "ann", "admin": 1},
+                 {"user_id": "   "}, {"user_id": ""}):
+        response = client.post("/api/keys", json=body, headers=root)
+        assert response.status_code == 400, (body, response.get_json())
+    assert [k.user_id for k in services.keys.list()] == ["root"]
+    made = client.post("/api/keys", json={"user_id": " ann ", "admin": False}, headers=root)
+    assert made.status_code == 201 and made.get_json()["user_id"] == "ann"
+    asked = ask(client, headers={"Authorization": f"Bearer {made.get_json()['key']}"})
+    assert asked.status_code == 200, asked.get_json()
+
+
+def test_a_conversations_routes_read_the_user_alike(client: Any) -> None:
+    """The list stripped "?user_id= ann" and found the conversation; reading or deleting it
+    with the same query said it did not exist."""
+    made = ask(client).get_json()["conversation_id"]
+    listed = client.get("/api/conversations?user_id=%20ann").get_json()["conversations"]
+    assert [c["id"] for c in listed] == [made]
+    read = client.get(f"/api/conversations/{made}?user_id=%20ann%20")
+    assert read.status_code == 200 and read.get_json()["id"] == made
+    assert client.get(f"/api/conversations/{made}?user_id=%20bob").status_code == 404
+    deleted = client.delete(f"/api/conversations/{made}?user_id=ann%20")
+    assert deleted.status_code == 200 and deleted.get_json() == {"deleted": 1}
+
+
+def test_v1_errors_have_openai_shape_wherever_they_arise(client: Any) -> None:
+    """A path under /v1 that no route matches, a method a route does not take, and the user
+    rule every face shares all answer as OpenAI's clients read errors, naming /v1's field."""
+    for response, status, kind in ((client.get("/v1/nope"), 404, "not_found_error"),
+                                   (client.get("/v1/chat/completions"), 405, "invalid_request_error")):
+        assert response.status_code == status
+        error = response.get_json()["error"]
+        assert error["type"] == kind and set(error) == {"message", "type", "param", "code"}, error
+    assert client.get("/api/nope").get_json()["error"].keys() == {"code", "message"}
+    blank = client.post("/v1/chat/completions", json={
+        "user": " ", "messages": [{"role": "user", "content": WIFI}]})
+    assert blank.status_code == 400, blank.get_json()
+    error = blank.get_json()["error"]
+    assert error["param"] == "user" and error["message"].startswith("user:"), error
+
+
 @pytest.mark.parametrize(("accept", "streams"), [
     ("text/event-stream", True), ("text/event-stream;q=0", False), ("*/*", False),
     ("application/json, text/event-stream;q=0.5", True), ("text/event-stream; q=0.0", False)])
