@@ -14,9 +14,11 @@ The rule (``forbidden``), for IPv4 and IPv6 alike:
   benchmarking, documentation, reserved, unspecified, unique-local and the like;
 - and also what ``is_global`` wrongly calls global: multicast (224.0.0.0/4, ff00::/8), the
   IETF protocol block 192.0.0.0/24, the 6to4 relay anycast 192.88.99.0/24, site-local
-  fec0::/10 and local-use NAT64 64:ff9b:1::/48;
+  fec0::/10, local-use NAT64 64:ff9b:1::/48, and (newer than Python's table) the IPv6
+  documentation block 3fff::/20 and segment-routing identifiers 5f00::/16;
 - an IPv6 address that carries an IPv4 address is judged by that IPv4 address: IPv4-mapped
-  (::ffff:0:0/96), NAT64 (64:ff9b::/96) and 6to4 (2002::/16); IPv4-compatible addresses
+  (::ffff:0:0/96), IPv4-translated (::ffff:0:0:0/96), NAT64 (64:ff9b::/96) and 6to4
+  (2002::/16); IPv4-compatible addresses
   (::/96, deprecated) and Teredo (2001::/32, whose embedded addresses are obfuscated) are
   refused outright;
 - an allow-listed network admits an address in it, or whose embedded IPv4 address is in it.
@@ -92,17 +94,23 @@ _NOT_GLOBAL: tuple[tuple[Network, str], ...] = tuple(
         ("64:ff9b:1::/48", "local-use NAT64"),
         ("2001::/32", "Teredo tunnel"),
         ("::/96", "IPv4-compatible (deprecated)"),
+        ("3fff::/20", "documentation"),
+        ("5f00::/16", "segment routing (SRv6) identifiers"),
     ))
 _NAT64 = ipaddress.IPv6Network("64:ff9b::/96")
+_TRANSLATED = ipaddress.IPv6Network("::ffff:0:0:0/96")  # IPv4-translated (SIIT, RFC 2765)
 _6TO4 = ipaddress.IPv6Network("2002::/16")
 
 
 def embedded_ipv4(address: Address) -> tuple[ipaddress.IPv4Address, str] | None:
-    """The IPv4 address an IPv6 address reaches (IPv4-mapped, NAT64, 6to4), with the kind."""
+    """The IPv4 address an IPv6 address reaches (IPv4-mapped, IPv4-translated, NAT64, 6to4),
+    with the kind."""
     if isinstance(address, ipaddress.IPv4Address):
         return None
     if address.ipv4_mapped:
         return address.ipv4_mapped, "IPv4-mapped"
+    if address in _TRANSLATED:
+        return ipaddress.IPv4Address(int(address) & 0xFFFFFFFF), "IPv4-translated"
     if address in _NAT64:
         return ipaddress.IPv4Address(int(address) & 0xFFFFFFFF), "NAT64"
     if address.sixtofour:
