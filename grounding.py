@@ -85,18 +85,23 @@ COMMAND = re.compile(
     r"^(\$ |> )?(python[\d.]*|py|pip[\d.]*|pipx|hearth|curl|wget|source|\.|cd|ls|mkdir|rm|cp|mv|"
     r"export|set|sudo|apt|apt-get|brew|conda|R|Rscript|R CMD|make|git|docker|kubectl|"
     r"chmod|echo|cat|venv|virtualenv|pytest|uv|poetry|npm|node)(\s|$)|^(\./|/)\S")
+# No two parts of one pattern here may match the same run of blanks: each would try every split
+# of it (a line of 3,000 spaces took two minutes, holding the model's place and the GIL).
 PYTHON_LINE = re.compile(
     r"^\s*(import |from \S+ import |def |class |async |await |with |for |while |if |elif |"
-    r"else:|try:|except|return|yield |raise |@\w|print\()|^\s*[\w.\[\], ]+\s*(:[^=]+)?=[^=]|"
+    r"else:|try:|except|return|yield |raise |@\w|print\()|"
+    r"^\s*[\w.\[\],]+(?:[ \t]+[\w.\[\],]+)*[ \t]*(:[^=]+)?=[^=]|"
     r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*\(")
 STRING = re.compile(r"[rbfu]{0,2}(\"\"\"|\'\'\'|\"|\')(?:\\.|(?!\1).)*?\1", re.DOTALL)
 COMMENT = re.compile(r"#[^\n]*")
 DOTTED = re.compile(r"(?<![\w.])([A-Za-z_]\w*)((?:\.[A-Za-z_]\w*)+)")
 CALLED = re.compile(r"(?<![\w.])([A-Za-z_]\w*)\s*\(")
+# Names one after another, parted by commas or blanks ("a, b", "type Point"), each split one way.
+NAMES = r"\w+(?:(?:[ \t]*,[ \t]*|[ \t]+)\w+)*"
 DEFINED = re.compile(
-    r"(?:\bdef|\bclass)\s+([A-Za-z_]\w*)|\bas\s+([A-Za-z_]\w*)|\bfor\s+([\w, ]+?)\s+in\b|"
-    r"^\s*([\w, ]+?)\s*(?::[^=\n]+)?=(?!=)|\blambda\s+([\w, ]+):|"
-    r"^\s*[A-Za-z_]\w*\.([A-Za-z_]\w*)\s*(?::[^=\n]+)?=(?!=)", re.MULTILINE)
+    r"(?:\bdef|\bclass)\s+([A-Za-z_]\w*)|\bas\s+([A-Za-z_]\w*)|"
+    rf"\bfor\s+({NAMES})\s+in\b|^[ \t]*({NAMES})[ \t]*(?::[^=\n]+)?=(?!=)|\blambda\s+({NAMES})[ \t]*:|"
+    r"^[ \t]*[A-Za-z_]\w*\.([A-Za-z_]\w*)[ \t]*(?::[^=\n]+)?=(?!=)", re.MULTILINE)
 # An argument as prose writes it: `ensure_ascii=False`, `timeout=5`, `mode="w"`.
 KEYWORD_VALUE = re.compile(r"([A-Za-z_]\w*)\s*=\s*(True|False|None|[-+]?\d[\w.]*|\"[^\"]*\"|'[^']*')")
 PARAMS = re.compile(r"\bdef\s+\w+\s*\(([^)]*)\)")

@@ -637,3 +637,18 @@ def test_the_name_asked_about_is_a_claim_even_where_the_answer_defines_it() -> N
     assert check(right, [tasks], "How do I run two coroutines at once?").grounded
     # A name asked about that the answer does not name is no claim of the answer's.
     assert check(right, [tasks], "Is `eager_task_factory` in 3.11, or what else is?").grounded
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize("blank", [" " * 3000, "    \n" * 600, "for " + "a " * 2000, "\t" * 3000])
+def test_a_run_of_blanks_is_read_in_one_pass(blank: str) -> None:
+    """A code block of blank lines (a small model writes them) or a question of spaces made
+    the check try every split of the run: minutes (cubic), holding the model's place and the
+    interpreter. Each is now read in one pass, to the verdict the same code has without the
+    run; the timeout only stops a regression early."""
+    passages = ["Use compile() to make a code object: code = compile(source, 'f', 'exec')."]
+    plain = check("Run this:\n```python\nsource\ncode = compile(source)\n```", passages, "How?")
+    padded = check(f"Run this:\n```python\n{blank}source\ncode = compile(source)\n```", passages,
+                   f"How?{blank}")
+    assert (padded.grounded, padded.unsupported) == (plain.grounded, plain.unsupported)
+    assert evidence(f"{blank}x", passages) == []
