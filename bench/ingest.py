@@ -95,6 +95,7 @@ def main() -> None:
 
     from hearth.config import load_settings
     from hearth.ingest.pipeline import ingest_files, ingest_web
+    from hearth.ingest.web import site_namespace
     from hearth.services import build_services
 
     missing = [p for p in (PY_DOCS, args.pdf) if not p.exists()]
@@ -110,7 +111,7 @@ def main() -> None:
         max_pages = args.site_pages or 100_000
         site = measure("python3.11-doc site", services,
                        lambda: ingest_web(services, start, max_depth=20, max_pages=max_pages,
-                                          concurrency=4), start)
+                                          concurrency=4), site_namespace(start))
         server.shutdown()
 
         folder = work / "pdf"

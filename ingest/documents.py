@@ -99,7 +99,9 @@ class Skipped:
 
 class SkippedForNow(Skipped):
     """Skipped for a reason that may not hold next time (OCR not installed, a page that took
-    too long): the parse cache does not keep it, so the next run tries again."""
+    too long, a web page that timed out or answered HTTP 503, a file Hearth may not read now):
+    the parse cache does not keep it, so the next run tries again, and a document indexed
+    before keeps its chunks meanwhile (``pipeline.run``) rather than being deleted."""
 
 
 @dataclass
@@ -125,6 +127,8 @@ class Summary:
     updated: int = 0
     unchanged: int = 0
     deleted: int = 0
+    # Documents indexed before, skipped for now (``SkippedForNow``): their chunks are kept.
+    kept: int = 0
     skipped: list[Skipped] = field(default_factory=list)
     # What was passed over without being a document, by kind: links a crawl did not follow
     # (off-site, beyond the depth limit, ...), files of types Hearth does not read.
@@ -146,7 +150,8 @@ class Summary:
         lines = [
             f"Ingested {self.source} in {self.seconds:.1f} s",
             f"  documents: {self.seen} seen, {self.added} added, {self.updated} updated, "
-            f"{self.unchanged} unchanged, {self.deleted} deleted, {len(self.skipped)} skipped",
+            f"{self.unchanged} unchanged, {self.deleted} deleted, {len(self.skipped)} skipped"
+            + (f" ({self.kept} of them kept as indexed before)" if self.kept else ""),
             f"  chunks:    {self.chunks} in the source, {self.chunks_added} embedded, "
             f"{self.chunks_unchanged} unchanged, {self.chunks_deleted} deleted",
         ]

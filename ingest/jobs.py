@@ -45,7 +45,7 @@ from hearth.ingest.files import MAX_EXCLUSIONS, Exclusions, InvalidExclusion
 from hearth.ingest.pipeline import run
 from hearth.ingest.progress import Progress
 from hearth.ingest.safety import GuardedTransport, check_folder, check_host
-from hearth.ingest.web import site_namespace
+from hearth.ingest.web import start_address
 from hearth.ingest.worker import read_in_child, spooled
 from hearth.mongo import mongo_client
 
@@ -192,7 +192,7 @@ def prepare(settings: Settings,
     options["collection"] = req.collection
     if req.web is not None:
         try:
-            target = site_namespace(req.web)
+            target = start_address(req.web)  # the crawl starts where the user said
         except IngestError as exc:
             raise InvalidIngestRequest(str(exc)) from None
         options.setdefault("max_depth", settings.crawl_max_depth)

@@ -8,7 +8,10 @@ idempotent:
 
 - a chunk whose content and metadata were indexed before is not embedded again;
 - a changed document gets new chunks, and its old ones are deleted at the end of the run;
-- a document that is no longer in the source is deleted at the end of the run;
+- a document that is no longer in the source is deleted at the end of the run, and so is one
+  the loader skipped for good (a page that answers 404, a corrupt file); one it skipped for
+  now (``SkippedForNow``: a timeout, HTTP 503, a file it may not read) keeps its chunks, its
+  records refreshed so the cleanup leaves them, until a run reads it or finds it gone;
 - a run killed part-way leaves records that the next run either refreshes or deletes, and
   chunk ids are content hashes (Chroma upserts), so the next run converges to a clean one.
 
@@ -31,15 +34,31 @@ from typing import TYPE_CHECKING, Any
 from hearth.access import DEFAULT, valid_name
 from hearth.ingest.cache import ParseCache, parse_cache_dir
 from hearth.ingest.chunking import chunker_for
-from hearth.ingest.documents import Chunked, IngestError, Parsed, ReadLimits, Skipped, Summary
+from hearth.ingest.documents import (
+    Chunked,
+    IngestError,
+    Parsed,
+    ReadLimits,
+    Skipped,
+    SkippedForNow,
+    Summary,
+)
 from hearth.ingest.files import Exclusions, load_folder
 from hearth.ingest.progress import Progress
 from hearth.ingest.records import close_records, record_manager
-from hearth.ingest.web import crawl, site_namespace
+from hearth.ingest.web import (
+    crawl,
+    older_namespaces,
+    page_address,
+    page_key,
+    site_namespace,
+    start_address,
+)
 
 if TYPE_CHECKING:
     import httpx
     from langchain_core.documents import Document
+    from langchain_core.indexing import RecordManager
 
     from hearth.config import Settings
     from hearth.services import Services
@@ -74,6 +93,42 @@ def indexed_documents(store: Any, namespace: str) -> dict[str, str]:
     return {str(m["source"]): str(m.get("doc_hash", "")) for m in found["metadatas"] if m}
 
 
+def stored_namespace(store: Any, namespace: str) -> str:
+    """The namespace a site's chunks are stored under: ``namespace``, or the spelling of the
+    same start page an older Hearth named the source by (``web.older_namespaces``) while only
+    that one is in the store, so a re-run replaces its chunks rather than adding a copy."""
+    def stored(root: str) -> bool:
+        return bool(store.get(where={"root": root}, limit=1, include=[])["ids"])
+
+    if "://" not in namespace or stored(namespace):
+        return namespace
+    return next((older for older in older_namespaces(namespace) if stored(older)), namespace)
+
+
+def known_names(namespace: str, before: Iterable[str]) -> dict[str, str]:
+    """The documents indexed before, by the name ``skipped_source`` finds them by."""
+    web = "://" in namespace
+    return {page_key(source) if web else source: source for source in before}
+
+
+def skipped_source(item: Skipped, namespace: str, known: dict[str, str]) -> str | None:
+    """The document indexed before (``known``, from ``known_names``) that a ``Skipped``
+    notice names, if any: a page by its address (or another address of the same page), a
+    file by its path under the folder."""
+    if "://" not in namespace:
+        return known.get(str(Path(namespace) / item.name))
+    return known.get(page_key(page_address(item.name)))
+
+
+def keep_records(records: RecordManager, source: str) -> None:
+    """Refresh the records of a document's chunks, so this run's full cleanup, which deletes
+    what was not confirmed since the run began, leaves them."""
+    keys = records.list_keys(group_ids=[source])
+    for start in range(0, len(keys), INDEX_BATCH):
+        batch = keys[start:start + INDEX_BATCH]
+        records.update(batch, group_ids=[source] * len(batch))
+
+
 def shown_name(source: str, namespace: str) -> str:
     """A folder's document as the summary names what it skips: by its path in the folder (a
     page of a website keeps its address)."""
@@ -90,13 +145,20 @@ def run(services: Services, namespace: str, items: Iterable[Parsed | Chunked | S
 
     services.access.get(collection)  # CollectionNotFound before anything is read
     progress = progress or Progress()
-    summary = summary or Summary(source=namespace)
     started = time.monotonic()
     store = services.vectorstore.writer(collection)
+    read_as, namespace = namespace, stored_namespace(store, namespace)
+    summary = summary or Summary(source=namespace)
+    summary.source = namespace
     chunker = chunker_for(services.settings)
     records = record_manager(services.settings, records_namespace(collection, namespace))
     before = indexed_documents(store, namespace)
+    known = known_names(namespace, before)
     indexed: set[str] = set()
+    kept: set[str] = set()
+    # Documents indexed before that could not be read this time, with their notice's place in
+    # the summary: their chunks are kept, unless the run reads them after all.
+    for_now: dict[str, int] = {}
 
     def chunks() -> Iterator[Document]:
         yielded = 0
@@ -104,6 +166,10 @@ def run(services: Services, namespace: str, items: Iterable[Parsed | Chunked | S
             progress.document_done(item.name if isinstance(item, Skipped) else item.source)
             summary.seen += 1
             if isinstance(item, Skipped):
+                source = (skipped_source(item, namespace, known)
+                          if isinstance(item, SkippedForNow) else None)
+                if source is not None:
+                    for_now.setdefault(source, len(summary.skipped))
                 summary.skipped.append(item)
                 continue
             if item.source in indexed:
@@ -112,6 +178,9 @@ def run(services: Services, namespace: str, items: Iterable[Parsed | Chunked | S
             summary.ocr_pages += item.ocr_pages
             summary.skipped_pages += item.skipped_pages
             docs = item.docs if isinstance(item, Chunked) else chunker.split(item, namespace)
+            if isinstance(item, Chunked) and read_as != namespace:
+                for doc in docs:  # read under the new spelling of the source's name
+                    doc.metadata["root"] = namespace
             if not docs:
                 summary.skipped.append(Skipped(shown_name(item.source, namespace), "no text"))
                 continue
@@ -137,6 +206,16 @@ def run(services: Services, namespace: str, items: Iterable[Parsed | Chunked | S
             raise IngestError(
                 f"found nothing to index in {namespace}; the {len(before)} documents indexed "
                 f"from it are kept (remove them with `hearth sources remove {namespace}{where}`)")
+        # Run once all is read (index() cleans up after the last chunk), so a document read
+        # after all is not kept twice.
+        for source, place in for_now.items():
+            if source in indexed:
+                continue
+            keep_records(records, source)
+            kept.add(source)
+            item = summary.skipped[place]
+            summary.skipped[place] = SkippedForNow(
+                item.name, f"{item.reason} (indexed before: kept as it was until it can be read)")
 
     try:
         result = index(chunks(), records, store, cleanup="full", source_id_key="source",
@@ -147,7 +226,8 @@ def run(services: Services, namespace: str, items: Iterable[Parsed | Chunked | S
         services.vectorstore.changed()  # another process serving this index reopens it
     progress.indexed_to(summary.chunks)
     progress.finish()
-    summary.deleted = len(set(before) - indexed)
+    summary.deleted = len(set(before) - indexed - kept)
+    summary.kept = len(kept)
     summary.chunks_added = result["num_added"] + result["num_updated"]
     summary.chunks_unchanged = result["num_skipped"]
     summary.chunks_deleted = result["num_deleted"]
@@ -206,11 +286,12 @@ def read_web(settings: Settings, url: str, *, progress: Progress, ignored: dict[
              include: Sequence[str] = (), exclude: Sequence[str] = (), use_sitemap: bool = True,
              transport: httpx.BaseTransport | None = None) -> Reading:
     """A site's pages, crawled from ``url`` within the settings' bounds (limits left out are
-    the settings', ``HEARTH_CRAWL_*``)."""
+    the settings', ``HEARTH_CRAWL_*``). The crawl starts at ``url`` as given; the source is
+    named by ``site_namespace`` (``/docs/index.html`` and ``/docs/`` are one)."""
     namespace = site_namespace(url)
     cache = ParseCache(parse_cache_dir(settings, namespace))
     items = crawl(
-        namespace, progress=progress, ignored=ignored, cache=cache,
+        start_address(url), progress=progress, ignored=ignored, cache=cache,
         max_depth=settings.crawl_max_depth if max_depth is None else max_depth,
         max_pages=max_pages or settings.crawl_max_pages,
         concurrency=concurrency or settings.crawl_concurrency,

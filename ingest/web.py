@@ -11,14 +11,22 @@
   else is asked for), a bounded step at a time, so a small gzip bomb never expands in memory
   past the bound: httpx would unpack each 64 KiB it receives whole, up to 64 MiB at once.
 - Politeness: robots.txt (``Disallow`` and ``Crawl-delay``) and ``<meta name="robots">``.
+  robots.txt is read as RFC 9309 says: through up to five redirects (on the site: Hearth
+  calls no other), as none when it is not there (HTTP 4xx), and as "crawl nothing" when it
+  cannot be reached (HTTP 5xx, a timeout, a refused connection), so the crawl stops.
 - The order is breadth-first and stable (each level in discovery order), so the same site gives
   the same pages when the page limit cuts the crawl short, and re-ingesting churns nothing.
 - Every failure is one ``Skipped`` entry (HTTP 4xx/5xx, unreachable, not HTML, redirect loop);
-  only a start page that cannot be fetched stops the crawl, before anything is changed.
+  only a start page that cannot be fetched stops the crawl, before anything is changed. A
+  failure that may not happen next time (a timeout, a reset connection, HTTP 5xx, 408 or 429)
+  is a ``SkippedForNow``: a page indexed before stays in the index as it was.
+- A page's charset that Python does not know (``utf8mb4``, ``none``) is left out: the page's
+  own ``<meta charset>`` or the parser's guess reads it.
 """
 
 from __future__ import annotations
 
+import codecs
 import hashlib
 import threading
 import time
@@ -34,9 +42,10 @@ import httpx
 from defusedxml import ElementTree
 
 from hearth.ingest.cache import ParseCache
-from hearth.ingest.documents import Block, IngestError, Parsed, ReadLimits, Skipped
+from hearth.ingest.documents import Block, IngestError, Parsed, ReadLimits, Skipped, SkippedForNow
 from hearth.ingest.files import looks_binary
 from hearth.ingest.progress import Progress
+from hearth.ingest.safety import UnsafeTarget
 
 USER_AGENT = "Hearth-ingest/0.1 (local document indexer)"
 MAX_REDIRECTS = 5
@@ -46,6 +55,9 @@ MAX_SITEMAP_URLS = 50_000
 MAX_CRAWL_DELAY_S = 10.0
 PARSER_VERSION = 2  # bump when parse_html changes, so cached pages are parsed again (2: headings)
 REDIRECTS = {301, 302, 303, 307, 308}
+# The statuses that say "not now" rather than "not here": with every 5xx, a page that answers
+# one is tried again next time, and its copy in the index is kept meanwhile.
+TRY_AGAIN = {408, 425, 429}
 HTML_TYPES = ("text/html", "application/xhtml+xml")
 # Links to these are not fetched at all: they are never HTML.
 NOT_HTML = {
@@ -133,13 +145,45 @@ def read_body(response: httpx.Response, limit: int, *, truncate: bool = False) -
     return b"".join(pieces)
 
 
-def site_namespace(url: str) -> str:
-    """The start URL, normalized: the name of the source in the index."""
+def start_address(url: str) -> str:
+    """The start URL, normalized: where the crawl begins; IngestError for what is not a web
+    address."""
     normal = normalize(url)
     parts = urlsplit(normal)
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise IngestError(f"not a web address: {url!r} (give an http:// or https:// URL)")
     return normal
+
+
+def site_namespace(url: str) -> str:
+    """The name of the source in the index: the start URL, normalized, as one page whichever
+    way it is written (``page_key``), so ``/docs/`` and ``/docs/index.html`` are one source
+    and a second crawl from the other spelling does not store every page twice."""
+    return page_key(start_address(url))
+
+
+def older_namespaces(namespace: str) -> list[str]:
+    """The names a source of ``namespace`` may have been stored under by a Hearth whose
+    ``site_namespace`` kept the start URL as written: the folder's index page, which
+    ``page_key`` now names by the folder."""
+    parts = urlsplit(namespace)
+    if not parts.path.endswith("/"):
+        return []
+    return [urlunsplit(parts._replace(path=parts.path + name))
+            for index in INDEX_PAGES for name in (index, index.capitalize(), index.upper())]
+
+
+def decoded(body: bytes, charset: str | None) -> str | None:
+    """``body`` as text in ``charset``, or None when Python cannot decode with that charset (a
+    name it does not know, such as ``utf8mb4`` or ``none``, or not a text encoding)."""
+    if not charset:
+        return None
+    try:
+        if not getattr(codecs.lookup(charset), "_is_text_encoding", True):
+            return None
+        return body.decode(charset, errors="replace")
+    except (LookupError, ValueError):  # ValueError: UnicodeError, a NUL in the name
+        return None
 
 
 def _site(url: str) -> tuple[str, int | None]:
@@ -188,7 +232,7 @@ class Crawler:
     limits: ReadLimits = field(default_factory=ReadLimits.of)
 
     def __post_init__(self) -> None:
-        self.start = site_namespace(self.start)
+        self.start = start_address(self.start)
         self.site = _site(self.start)
         if not self.include:
             path = urlsplit(self.start).path
@@ -206,8 +250,12 @@ class Crawler:
         self.delay = 0.0
         self._last_request = 0.0
         self._polite = threading.Lock()
-        self.seen: set[str] = {page_key(self.start)}  # every page met (by page_key)
+        # Every page met (by page_key) that is fetched or out of scope: never looked at again.
+        self.seen: set[str] = {page_key(self.start)}
         self.queued: set[str] = {page_key(self.start)}  # the pages the crawl fetches
+        # Links passed over where they were met (on a nofollow page, or one level too deep),
+        # with the reason they were counted under: another page may still lead to them.
+        self.passed: dict[str, str] = {}
         self.referrer: dict[str, str] = {}
 
     # -- scope ---------------------------------------------------------------------------------
@@ -237,25 +285,60 @@ class Crawler:
     # -- robots.txt and sitemaps ---------------------------------------------------------------
 
     def read_robots(self) -> None:
+        """Read the site's robots.txt as RFC 9309 says. A redirect is followed, up to five
+        hops, each through the same transport (and its guard), but only on the site: the
+        crawl calls no other. Not there (HTTP 4xx), or more than five redirects away: nothing
+        is disallowed. Not reachable (HTTP 5xx, a timeout, a refused or reset connection), or
+        not readable: the whole site is disallowed, so the crawl stops here, before anything
+        changes."""
         url = urljoin(self.start, "/robots.txt")
         limit = self.limits.page_bytes
+        stop = ("by the robots exclusion standard the site may not be crawled while its "
+                "robots.txt cannot be read; try again later")
+        current = url
         try:
-            with self.client.stream("GET", url) as response:
-                status = response.status_code
-                body = read_body(response, limit, truncate=True) if status < 400 else b""
-                charset = response.charset_encoding or "utf-8"
-        except MemoryError:
+            for _ in range(MAX_REDIRECTS + 1):
+                with self.client.stream("GET", current) as response:
+                    status = response.status_code
+                    location = response.headers.get("location")
+                    if status in REDIRECTS and location:
+                        current = normalize(urljoin(current, location))
+                        if _site(current) != self.site:
+                            raise IngestError(
+                                f"robots.txt at {url} redirects to another site ({current}), "
+                                "which Hearth does not call: start the crawl from that site's "
+                                "address")
+                        continue
+                    body = read_body(response, limit, truncate=True) if status < 400 else b""
+                    charset = response.charset_encoding
+                break
+            else:
+                self._ignore(f"robots.txt behind more than {MAX_REDIRECTS} redirects (taken as "
+                             "none, as RFC 9309 allows)")
+                return
+        except (MemoryError, IngestError):
             raise
-        except Exception:
-            return  # no robots.txt reachable: nothing is disallowed
+        except UnsafeTarget as exc:  # the guard refused the site's address (as it would a page)
+            raise IngestError(f"cannot crawl {self.start}: {type(exc).__name__}: {exc}") from None
+        except httpx.TimeoutException:
+            raise IngestError(f"cannot crawl {self.start}: robots.txt at {current} timed out "
+                              f"after {self.timeout_s:g} s: {stop}") from None
+        except httpx.TransportError as exc:
+            raise IngestError(f"cannot crawl {self.start}: robots.txt at {current} is "
+                              f"unreachable ({type(exc).__name__}): {stop}") from None
+        except Exception as exc:  # compressed in a way Hearth does not unpack, corrupt...
+            raise IngestError(f"cannot crawl {self.start}: robots.txt at {current} could not "
+                              f"be read ({type(exc).__name__}: {exc})"[:400] + f": {stop}") from None
         if status >= 500:
-            raise IngestError(f"robots.txt at {url} answered HTTP {status}: "
+            raise IngestError(f"robots.txt at {current} answered HTTP {status}: "
                               "by the robots exclusion standard the site may not be crawled now")
         if len(body) >= limit:
             self._ignore(f"robots.txt past {limit / 2**20:.3g} MiB (not read, as search "
                          "engines do)")
+        text = decoded(body, charset)  # None: UTF-8, as RFC 9309 has robots.txt written
         robots = RobotFileParser(url)
-        robots.parse(body.decode(charset, errors="replace").splitlines())
+        robots.parse((body.decode("utf-8", errors="replace") if text is None else text)
+                     .splitlines())
         self.robots = robots
         delay = robots.crawl_delay(self.user_agent)
         if delay:
@@ -324,7 +407,7 @@ class Crawler:
                         current = target
                         continue
                     if response.status_code >= 400:
-                        return Skipped(name, f"HTTP {response.status_code}")
+                        return _http_error(name, response.status_code)
                     ctype = response.headers.get("content-type", "").split(";")[0].strip()
                     if ctype and ctype.lower() not in HTML_TYPES:
                         return Skipped(name, f"not HTML ({ctype})")
@@ -341,7 +424,9 @@ class Crawler:
         except MemoryError:
             raise
         except httpx.TimeoutException:
-            return Skipped(name, f"timed out after {self.timeout_s:g} s")
+            return SkippedForNow(name, f"timed out after {self.timeout_s:g} s")
+        except httpx.TransportError as exc:  # refused, reset, cut short, a name not resolved
+            return SkippedForNow(name, f"unreachable: {type(exc).__name__}")
         except httpx.HTTPError as exc:
             return Skipped(name, f"unreachable: {type(exc).__name__}")
         except Exception as exc:  # a refused address, a page that breaks the parser...
@@ -355,7 +440,8 @@ class Crawler:
         if cached is not None:
             return _Fetched(url, cached["title"], [Block(**b) for b in cached["blocks"]],
                             cached["links"], cached["noindex"], cached["nofollow"])
-        page = parse_html(body.decode(charset, errors="replace") if charset else body, url)
+        text = decoded(body, charset)  # None: the page's <meta charset>, or the parser's guess
+        page = parse_html(body if text is None else text, url)
         fetched = _Fetched(url, page.title, page.blocks, page.links, page.noindex, page.nofollow)
         if self.cache:
             data = asdict(fetched)
@@ -366,22 +452,37 @@ class Crawler:
     # -- the crawl -----------------------------------------------------------------------------
 
     def _queue_links(self, page: _Fetched, depth: int, queue: list[str]) -> None:
+        """Queue the page's links in scope. A link on a nofollow page, or one level too deep,
+        is counted once but not marked seen: another page of this level may link to it."""
         for link in page.links:
             url = normalize(link)
-            if page_key(url) in self.seen:
+            key = page_key(url)
+            if key in self.seen:
                 continue
-            self.seen.add(page_key(url))
             reason = self.out_of_scope(url)
             if reason:
+                self.seen.add(key)
                 self._ignore(reason)
-            elif page.nofollow:
-                self._ignore("links on nofollow pages")
-            elif depth + 1 > self.max_depth:
-                self._ignore(f"links beyond max depth {self.max_depth}")
+            elif page.nofollow or depth + 1 > self.max_depth:
+                if key not in self.passed:
+                    self.passed[key] = ("links on nofollow pages" if page.nofollow
+                                        else f"links beyond max depth {self.max_depth}")
+                    self._ignore(self.passed[key])
             else:
                 self.referrer[url] = page.url
-                self.queued.add(page_key(url))
-                queue.append(url)
+                self._queue(url, queue)
+
+    def _queue(self, url: str, queue: list[str]) -> None:
+        """Queue a page to fetch; one counted as passed over where it was met is not."""
+        key = page_key(url)
+        self.seen.add(key)
+        self.queued.add(key)
+        queue.append(url)
+        reason = self.passed.pop(key, None)
+        if reason is not None:
+            self.ignored[reason] -= 1
+            if not self.ignored[reason]:
+                del self.ignored[reason]
 
     def pages(self, progress: Progress | None = None) -> Iterator[Parsed | Skipped]:
         try:
@@ -408,13 +509,12 @@ class Crawler:
             for url in self.sitemap_urls():
                 if page_key(url) in self.seen:
                     continue
-                self.seen.add(page_key(url))
                 why = self.out_of_scope(url)
                 if why:
+                    self.seen.add(page_key(url))
                     self._ignore(why.replace("links", "sitemap entries", 1))
                 else:
-                    self.queued.add(page_key(url))
-                    level.append(url)
+                    self._queue(url, level)
         workers = 1 if self.delay else max(1, self.concurrency)
         with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="crawl") as pool:
             depth = 1
@@ -447,6 +547,19 @@ class Crawler:
             yield Skipped(result.url, "robots meta tag: noindex")
         else:
             yield Parsed(result.url, result.title or result.url, result.blocks, "web")
+
+
+def _http_error(name: str, status: int) -> Skipped:
+    """A page that answered an HTTP error: gone for now (5xx, 408, 425, 429), or for good."""
+    if status >= 500 or status in TRY_AGAIN:
+        return SkippedForNow(name, f"HTTP {status}")
+    return Skipped(name, f"HTTP {status}")
+
+
+def page_address(name: str) -> str:
+    """The address of the page a ``Skipped`` entry of the crawl names (``fetch`` adds the page
+    that links to it)."""
+    return name.split(" (linked from ", 1)[0]
 
 
 def crawl(start_url: str, *, max_depth: int, max_pages: int, concurrency: int,

@@ -33,7 +33,7 @@ from typing import Any
 
 from hearth.config import Settings
 from hearth.errors import HearthError
-from hearth.ingest.documents import Chunked, IngestError, Skipped, SkippedPages
+from hearth.ingest.documents import Chunked, IngestError, Skipped, SkippedForNow, SkippedPages
 from hearth.ingest.progress import Progress
 
 log = logging.getLogger(__name__)
@@ -151,8 +151,8 @@ def spooled(spool: Path) -> Iterator[Chunked | Skipped]:
     with spool.open(encoding="utf-8") as lines:
         for line in lines:
             entry = json.loads(line)
-            if "skipped" in entry:
-                yield Skipped(*entry["skipped"])
+            if "skipped" in entry:  # "for_now": a SkippedForNow, which keeps what is indexed
+                yield (SkippedForNow if entry.get("for_now") else Skipped)(*entry["skipped"])
             else:
                 yield Chunked(entry["source"], [Document(page_content=text, metadata=meta)
                                                 for text, meta in entry["docs"]],
@@ -248,6 +248,8 @@ def _read(settings: Settings, kind: str, target: str, options: dict[str, Any], s
             progress.document_done(item.name if isinstance(item, Skipped) else item.source)
             if isinstance(item, Skipped):
                 entry: dict[str, Any] = {"skipped": [item.name, item.reason]}
+                if isinstance(item, SkippedForNow):
+                    entry["for_now"] = True
             else:
                 docs = chunker.split(item, reading.namespace)
                 progress.chunked(len(docs))

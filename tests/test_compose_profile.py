@@ -34,6 +34,7 @@ from hearth.config import EmbeddingBackend, LLMBackend, Profile, Settings
 from hearth.ingest.pipeline import ingest_files
 from hearth.ingest.records import RECORDS_COLLECTION
 from hearth.ingest.sources import remove_collection
+from hearth.ingest.web import site_namespace
 from hearth.services import Services, build_services
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -403,7 +404,7 @@ def test_the_documented_reingest_commands_fill_the_compose_backends(
         "birds.html": 1,
     }
     namespaces = set(mongo_db[RECORDS_COLLECTION].distinct("namespace"))
-    assert namespaces == {str(folder.resolve()), site}
+    assert namespaces == {str(folder.resolve()), site_namespace(site)}  # .../guide/
 
 
 def test_a_private_collection_on_the_chroma_server_and_mongodb(

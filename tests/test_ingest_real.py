@@ -22,6 +22,7 @@ from hearth.config import load_settings
 from hearth.ingest.chunking import chunker_for
 from hearth.ingest.documents import Summary
 from hearth.ingest.pipeline import ingest_files, ingest_web
+from hearth.ingest.web import site_namespace
 from hearth.model import Source, cited, to_source
 from hearth.services import Services, build_services
 from tests.test_ingest import CountingEmbeddings, chunks
@@ -85,7 +86,9 @@ def test_the_real_site_and_pdf_are_ingested_whole(corpus: Corpus) -> None:
     pages = {c["page"] for c in pdf_chunks}
     assert min(pages) >= 1 and max(pages) >= 75  # the manual has 81 pages
     chunker = chunker_for(corpus.services.settings)
-    for chunk in pdf_chunks + chunks(corpus.services, corpus.start):
+    web_chunks = chunks(corpus.services, site_namespace(corpus.start))
+    assert len(web_chunks) > 17  # the source is named by its folder (/tutorial/)
+    for chunk in pdf_chunks + web_chunks:
         assert chunker.count(chunk["text"]) <= 256
     # Sections come from the PDF's outline; running heads and page numbers are dropped.
     sections = {c["section"] for c in pdf_chunks}

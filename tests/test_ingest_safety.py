@@ -294,3 +294,88 @@ def test_a_redirect_to_a_name_that_resolves_inside_is_refused_at_the_hop(
         client.get(f"{base}/to?url=http://inside.example/latest/meta-data/")
     assert served == ["/to?url=http://inside.example/latest/meta-data/"]
     assert {host for host, _ in connections} == {"127.0.0.1"}  # the site; never the hop
+
+
+# --- robots.txt, read through the guard -------------------------------------------------------
+
+
+@pytest.fixture
+def robots_site() -> Iterator[tuple[int, dict[str, tuple[int, dict[str, str], bytes]], list[str]]]:
+    """A site on 127.0.0.1 serving routes (path -> status, headers, body); it records what it
+    served. Each test names it through the resolver stub."""
+    routes: dict[str, tuple[int, dict[str, str], bytes]] = {}
+    served: list[str] = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def log_message(self, *args: Any) -> None:
+            pass
+
+        def do_GET(self) -> None:
+            served.append(self.path)
+            status, headers, body = routes.get(self.path, (404, {}, b""))
+            self.send_response(status)
+            for key, value in {"Content-Type": "text/html", **headers,
+                               "Content-Length": str(len(body))}.items():
+                self.send_header(key, value)
+            self.end_headers()
+            self.wfile.write(body)
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield server.server_address[1], routes, served
+    server.shutdown()
+
+
+def crawl_through(url: str, transport: GuardedTransport) -> list[str]:
+    """The pages a small crawl from ``url`` indexes, every request through ``transport``."""
+    from hearth.ingest.documents import Parsed
+    from hearth.ingest.web import crawl
+
+    return [item.source for item in crawl(url, max_depth=2, max_pages=10, concurrency=1,
+                                          timeout_s=5.0, use_sitemap=False, transport=transport)
+            if isinstance(item, Parsed)]
+
+
+def test_robots_txt_redirects_are_followed_through_the_guard_and_never_off_the_site(
+    robots_site: tuple[int, dict[str, tuple[int, dict[str, str], bytes]], list[str]],
+    resolver: tuple[dict[str, str], list[Any]]
+) -> None:
+    """Each hop is a request of its own through the guard (which resolves the name again);
+    a hop to another host is not made at all, whatever that host resolves to."""
+    from hearth.ingest.documents import IngestError
+
+    port, routes, served = robots_site
+    names, connections = resolver
+    names["docs.example"], names["inside.example"] = "127.0.0.1", "10.0.0.7"
+    site = f"http://docs.example:{port}"
+    routes["/robots.txt"] = (301, {"Location": "/static/robots.txt"}, b"")
+    routes["/static/robots.txt"] = (200, {"Content-Type": "text/plain"},
+                                    b"User-agent: *\nDisallow: /docs/private/\n")
+    routes["/docs/"] = (200, {}, b'<title>Home</title><main><a href="private/a.html">a</a>'
+                                 b'<a href="b.html">b</a> Welcome.</main>')
+    routes["/docs/b.html"] = (200, {}, b"<title>B</title><main>Public words.</main>")
+    routes["/docs/private/a.html"] = (200, {}, b"<title>A</title><main>Private words.</main>")
+    guard = GuardedTransport(["127.0.0.1/32"])
+    assert crawl_through(f"{site}/docs/", guard) == [f"{site}/docs/", f"{site}/docs/b.html"]
+    assert served == ["/robots.txt", "/static/robots.txt", "/docs/", "/docs/b.html"]
+
+    served.clear()
+    routes["/robots.txt"] = (302, {"Location": f"http://inside.example:{port}/robots.txt"}, b"")
+    with pytest.raises(IngestError, match="redirects to another site"):
+        crawl_through(f"{site}/docs/", guard)
+    assert served == ["/robots.txt"]
+    assert {host for host, _ in connections} == {"127.0.0.1"}
+
+
+def test_a_start_address_the_guard_refuses_is_refused_at_robots_txt(
+    resolver: tuple[dict[str, str], list[Any]]
+) -> None:
+    """The refusal is the crawl's answer, not taken for a robots.txt that is not there."""
+    from hearth.ingest.documents import IngestError
+
+    names, connections = resolver
+    names["target.example"] = "10.0.0.7"
+    with pytest.raises(IngestError, match="cannot crawl http://target.example/docs/: "
+                       "AddressNotAllowed: .* not a public one"):
+        crawl_through("http://target.example/docs/", GuardedTransport())
+    assert connections == []

@@ -37,6 +37,9 @@ pytestmark = [
 ]
 
 
+HANG_UP = 0  # a Site route's status that answers nothing and closes the connection
+
+
 class Site:
     """A real HTTP server on 127.0.0.1 over a folder, with extra routes; it logs each path."""
 
@@ -56,6 +59,9 @@ class Site:
                     return super().do_GET()
                 status, headers, body, delay = site.routes[path]
                 time.sleep(delay)
+                if status == HANG_UP:
+                    self.close_connection = True  # no answer at all: the connection is cut
+                    return
                 self.send_response(status)
                 for key, value in {"Content-Length": str(len(body)), **headers}.items():
                     self.send_header(key, value)
@@ -70,11 +76,13 @@ class Site:
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
         self.thread.start()
 
-    def route(self, path: str, status: int = 200, body: str = "", delay: float = 0.0,
+    def route(self, path: str, status: int = 200, body: str | bytes = "", delay: float = 0.0,
               **headers: str) -> None:
+        """Serve ``path`` so; ``status`` HANG_UP closes the connection without an answer."""
         named = {"Content-Type": "text/html; charset=utf-8",
                  **{k.replace("_", "-"): v for k, v in headers.items()}}
-        self.routes[path] = (status, named, body.encode(), delay)
+        self.routes[path] = (status, named, body if isinstance(body, bytes) else body.encode(),
+                             delay)
 
     def close(self) -> None:
         self.server.shutdown()
@@ -298,3 +306,234 @@ def test_recrawl_embeds_nothing_replaces_changed_pages_and_drops_lost_ones(
     assert not any(c["source"].endswith("whatnow.html") for c in stored)
     assert any(marker in c["text"] for c in stored)
     assert search_sources(services, marker)[0] == f"{site.url}/tutorial/appetite.html"
+
+
+# --- a re-run where pages fail for now --------------------------------------------------------
+
+
+def test_a_page_that_fails_for_now_keeps_its_chunks_and_a_page_gone_loses_them(
+        tmp_path: Path, make_settings: Callable[..., Any], embeddings: Any) -> None:
+    """A timeout, HTTP 503 or 429, a cut connection: the page may answer next time, so what is
+    indexed of it stays (and is said to be kept); a page that answers 410 is gone, and goes.
+    A page never indexed that fails for now is only skipped."""
+    from hearth.services import build_services
+
+    site = Site(tmp_path)
+    names = ["slow", "busy", "limited", "hangup", "gone"]
+    texts = {name: page(name.title(), text=f"The {name} page: lighthouse keeper number "
+                        f"{i} tends the almanac of tides.") for i, name in enumerate(names)}
+    site.route("/docs/", body=page("Hub", *[f"{n}.html" for n in names], "new.html"))
+    for name in names:
+        site.route(f"/docs/{name}.html", body=texts[name])
+    site.route("/docs/new.html", status=404)
+    counting = CountingEmbeddings(embeddings)
+    services: Services = build_services(make_settings(), embeddings=counting)
+    start = f"{site.url}/docs/"
+    options: dict[str, Any] = {"max_depth": 1, "use_sitemap": False, "timeout_s": 1.0}
+    try:
+        first = ingest_web(services, start, **options)
+        assert (first.added, first.kept, [s.reason for s in first.skipped]) == (6, 0, ["HTTP 404"])
+        stored = chunks(services, start)
+        gone = {c["id"] for c in stored if c["source"].endswith("/gone.html")}
+
+        site.route("/docs/slow.html", body=texts["slow"], delay=2.0)
+        site.route("/docs/busy.html", status=503, body="down for maintenance")
+        site.route("/docs/limited.html", status=429, body="slow down")
+        site.route("/docs/hangup.html", status=HANG_UP)
+        site.route("/docs/gone.html", status=410, body="gone")
+        site.route("/docs/new.html", status=503, body="down for maintenance")
+        second = ingest_web(services, start, **options)
+
+        assert (second.unchanged, second.kept, second.deleted, second.added) == (1, 4, 1, 0)
+        kept = " (indexed before: kept as it was until it can be read)"
+        reasons = {s.name.split(" ")[0].rsplit("/", 1)[-1]: s.reason for s in second.skipped}
+        assert reasons == {
+            "slow.html": "timed out after 1 s" + kept, "busy.html": "HTTP 503" + kept,
+            "limited.html": "HTTP 429" + kept,
+            "hangup.html": "unreachable: RemoteProtocolError" + kept,
+            "gone.html": "HTTP 410", "new.html": "HTTP 503"}
+        assert "6 skipped (4 of them kept as indexed before)" in str(second)
+        assert {c["id"] for c in chunks(services, start)} == {c["id"] for c in stored} - gone
+        assert second.chunks_deleted == len(gone) > 0
+
+        # Answering again, the pages are read, found unchanged, and nothing is embedded.
+        for name in names[:4]:
+            site.route(f"/docs/{name}.html", body=texts[name])
+        counting.texts = 0
+        third = ingest_web(services, start, **options)
+        assert (third.unchanged, third.kept, third.deleted, counting.texts) == (5, 0, 0, 0)
+        assert {c["id"] for c in chunks(services, start)} == {c["id"] for c in stored} - gone
+    finally:
+        site.close()
+
+
+# --- robots.txt -------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def private_docs(tmp_path: Path) -> Iterator[Site]:
+    """A site whose robots.txt (routed by each test) may disallow /docs/private/."""
+    site = Site(tmp_path)
+    site.route("/docs/", body=page("Home", "private/secret.html", "public.html"))
+    site.route("/docs/public.html", body=page("Public", text="Anyone may read this."))
+    site.route("/docs/private/secret.html", body=page("Secret", text="Not for crawlers."))
+    yield site
+    site.close()
+
+
+DISALLOW_PRIVATE = "User-agent: *\nDisallow: /docs/private/\n"
+
+
+def test_robots_txt_behind_redirects_on_the_site_is_obeyed(private_docs: Site) -> None:
+    site = private_docs
+    site.route("/robots.txt", status=301, Location="/static/robots.txt", body="<p>Moved</p>")
+    site.route("/static/robots.txt", status=302, Location=f"{site.url}/static/robots-v2.txt")
+    site.route("/static/robots-v2.txt", body=DISALLOW_PRIVATE, Content_Type="text/plain")
+    pages, _, ignored = run_crawl(f"{site.url}/docs/", use_sitemap=False)
+    assert {p.source for p in pages} == {f"{site.url}/docs/", f"{site.url}/docs/public.html"}
+    assert "/docs/private/secret.html" not in site.requests
+    assert ignored == {"links disallowed by robots.txt": 1}
+
+    # More than five redirects: as if there were none, as RFC 9309 allows.
+    site.requests.clear()
+    site.route("/robots.txt", status=302, Location="/robots.txt")
+    pages, _, ignored = run_crawl(f"{site.url}/docs/", use_sitemap=False)
+    assert site.requests.count("/robots.txt") == 6 and len(pages) == 3
+    assert ignored == {"robots.txt behind more than 5 redirects (taken as none, as RFC 9309 "
+                       "allows)": 1}
+
+
+def test_robots_txt_that_cannot_be_reached_stops_the_crawl(private_docs: Site,
+                                                           elsewhere: Site) -> None:
+    """RFC 9309: robots.txt unreachable (a timeout, a cut connection, HTTP 5xx) means the
+    whole site is disallowed for now; not there (HTTP 404) means nothing is. A redirect to
+    another site is not followed: the crawl calls no one else."""
+    site = private_docs
+    for route, error in (
+            ({"delay": 2.0, "body": DISALLOW_PRIVATE}, "timed out after 1 s"),
+            ({"status": HANG_UP}, "is unreachable \\(RemoteProtocolError\\)"),
+            ({"status": 503}, "answered HTTP 503"),
+            ({"status": 302, "Location": f"{elsewhere.url}/robots.txt"},
+             f"redirects to another site \\({elsewhere.url}/robots.txt\\)")):
+        site.requests.clear()
+        site.route("/robots.txt", **route)
+        with pytest.raises(IngestError, match=f"robots.txt at {site.url}/robots.txt {error}"):
+            run_crawl(f"{site.url}/docs/", use_sitemap=False, timeout_s=1.0)
+        assert site.requests == ["/robots.txt"]  # not one page
+    assert elsewhere.requests == []
+
+    site.route("/robots.txt", status=404)
+    pages, _, _ = run_crawl(f"{site.url}/docs/", use_sitemap=False)
+    assert len(pages) == 3
+
+
+def test_a_link_met_first_on_a_nofollow_page_is_still_followed_from_another(
+        tmp_path: Path) -> None:
+    site = Site(tmp_path)
+    nofollow = '<meta name="robots" content="nofollow">'
+    site.route("/docs/", body=page("Home", "a-login.html", "b-search.html", "guide.html"))
+    for name in ("a-login", "b-search"):  # met first, both nofollow
+        site.route(f"/docs/{name}.html", body=page(name, "install.html", "only-here.html")
+                   .replace("<head>", f"<head>{nofollow}"))
+    site.route("/docs/guide.html", body=page("Guide", "install.html"))
+    site.route("/docs/install.html", body=page("Install", text="How to install."))
+    site.route("/docs/only-here.html", body=page("Only here"))
+    try:
+        pages, skipped, ignored = run_crawl(f"{site.url}/docs/", use_sitemap=False)
+        assert {p.source.rsplit("/", 1)[-1] for p in pages} == {
+            "", "a-login.html", "b-search.html", "guide.html", "install.html"}
+        assert skipped == [] and site.requests.count("/docs/install.html") == 1
+        assert ignored == {"links on nofollow pages": 1}  # only-here.html, counted once
+    finally:
+        site.close()
+
+
+def test_a_charset_python_does_not_know_is_not_a_failure(tmp_path: Path) -> None:
+    """utf8mb4, none, x-user-defined: the page's own <meta charset>, or the parser's guess,
+    reads it; robots.txt is read as UTF-8."""
+    site = Site(tmp_path)
+    site.route("/robots.txt", body=DISALLOW_PRIVATE, Content_Type="text/plain; charset=utf8mb4")
+    site.route("/docs/", body=page("Home", "none.html", "meta.html", "private/secret.html",
+                                   text="Welcome to the café."),
+               Content_Type="text/html; charset=utf8mb4")
+    site.route("/docs/none.html", body=page("None", text="Plain words."),
+               Content_Type="text/html; charset=none")
+    site.route("/docs/meta.html", Content_Type="text/html; charset=x-user-defined", body=(
+        '<html><head><meta charset="windows-1252"><title>Meta</title></head><body><main>'
+        '<p>Un café crème, s’il vous plaît.</p></main></body></html>').encode("cp1252"))
+    try:
+        pages, skipped, ignored = run_crawl(f"{site.url}/docs/", use_sitemap=False)
+        text = {p.source.rsplit("/", 1)[-1]: "\n".join(b.text for b in p.blocks) for p in pages}
+        assert skipped == [] and set(text) == {"", "none.html", "meta.html"}
+        assert "Welcome to the café." in text[""] and "Plain words." in text["none.html"]
+        assert "Un café crème, s’il vous plaît." in text["meta.html"]
+        assert ignored == {"links disallowed by robots.txt": 1}
+    finally:
+        site.close()
+
+
+# --- one source whichever way its start page is written ---------------------------------------
+
+
+@pytest.fixture
+def index_site(tmp_path: Path) -> Iterator[Site]:
+    site = Site(tmp_path)
+    home = page("Home", "a.html", text="The lighthouse almanac of tides.")
+    site.route("/docs/", body=home)
+    site.route("/docs/index.html", body=home)
+    site.route("/docs/a.html", body=page("A", text="Page a, about the winter ferries."))
+    yield site
+    site.close()
+
+
+def test_two_spellings_of_a_start_page_are_one_source(
+        index_site: Site, make_settings: Callable[..., Any], embeddings: Any) -> None:
+    from hearth.ingest.sources import list_sources, remove_source
+    from hearth.services import build_services
+
+    site = index_site
+    services: Services = build_services(make_settings(), embeddings=embeddings)
+    first = ingest_web(services, f"{site.url}/docs/", use_sitemap=False)
+    again = ingest_web(services, f"{site.url}/docs/index.html", use_sitemap=False)
+    assert first.source == again.source == f"{site.url}/docs/"
+    listed = list_sources(services.settings)
+    assert [(s.source, s.documents) for s in listed] == [(f"{site.url}/docs/", 2)]
+    stored = chunks(services, f"{site.url}/docs/")
+    assert len(stored) == len({c["source"] for c in stored}) == services.vectorstore.count()
+    _, deleted = remove_source(services, f"{site.url}/docs/index.html")
+    assert deleted == len(stored) and list_sources(services.settings) == []
+
+
+def test_a_source_named_by_its_index_page_before_is_still_that_source(
+        index_site: Site, make_settings: Callable[..., Any], embeddings: Any,
+        tmp_path: Path) -> None:
+    """A Hearth that named a source by the start URL as written stored it under
+    ``/docs/index.html``: a re-run, by either spelling, on the command line or through an API
+    job (its chunks made in another process), replaces those chunks, never copies them."""
+    from hearth.ingest.pipeline import run
+    from hearth.ingest.progress import Progress
+    from hearth.ingest.sources import list_sources
+    from hearth.ingest.web import site_namespace
+    from hearth.ingest.worker import _read, spooled
+    from hearth.services import build_services
+
+    site = index_site
+    old = f"{site.url}/docs/index.html"
+    counting = CountingEmbeddings(embeddings)
+    services: Services = build_services(make_settings(ingest_allow_hosts=["127.0.0.1/32"]),
+                                        embeddings=counting)
+    run(services, old, crawl(old, **crawl_options(use_sitemap=False)))  # as it was stored
+    stored = {c["id"] for c in chunks(services, old)}
+
+    counting.texts = 0
+    cli = ingest_web(services, old, use_sitemap=False)
+    assert (cli.source, cli.unchanged, cli.added, counting.texts) == (old, 2, 0, 0)
+    spool = tmp_path / "job.jsonl"  # what an API job does: read in a child, index here
+    read = _read(services.settings, "web", site_namespace(f"{site.url}/docs/"),
+                 crawl_options(use_sitemap=False), spool, Progress())
+    job = run(services, read.namespace, spooled(spool))
+    assert job.source == old and (job.unchanged, job.added, job.deleted) == (1, 1, 1)
+    assert [s.source for s in list_sources(services.settings)] == [old]
+    assert {c["source"] for c in chunks(services, old)} == {f"{site.url}/docs/",
+                                                           f"{site.url}/docs/a.html"}
+    assert services.vectorstore.count() == len(chunks(services, old)) == len(stored)
