@@ -3,7 +3,13 @@
 Every file becomes a ``Parsed`` document or a ``Skipped`` notice with the reason; one bad file
 never stops the walk. Hidden files and folders (``.git``) are left alone, and so are the files
 and folders the user's patterns exclude (``Exclusions``); files of other types and what the
-patterns excluded are counted in the summary's ``ignored``.
+patterns excluded are counted in the summary's ``ignored``. A link is read only if its target
+is a file in the folder that these rules would read too: a link cannot reach what they leave
+out.
+
+A document that names no title of its own (a text file, Markdown without a level-1 heading, a
+PDF without one) is titled after the name its file goes by (``title_from_name``), found again
+at each read: the name is not the content's, so the parse cache does not keep it.
 
 Reading is bounded (``ReadLimits``, from the settings), so no file can take the process's
 memory or hang it: what is not a regular file (a FIFO named ``notes.txt``, a socket, a device)
@@ -20,6 +26,7 @@ again next time.
 from __future__ import annotations
 
 import codecs
+import errno
 import fnmatch
 import hashlib
 import os
@@ -62,6 +69,8 @@ PARSER_VERSION = 3
 # text, markdown, html 1: UTF-16 and -32 read by their byte-order mark (cached as skipped
 # before), and NUL bytes without one skip an HTML file (cached as a page of noise before).
 KIND_VERSIONS = {"text": 1, "markdown": 1, "html": 1}
+# The most bytes of a name file (``name_file``) read.
+MAX_NAME_BYTES = 1024
 
 
 EXCLUDED_FILES = "files excluded by a pattern"
@@ -107,6 +116,13 @@ class Exclusions:
         return any(_glob(rule, names) for rule, folders_only in self._rules
                    if folder or not folders_only)
 
+    def leaves_out(self, relative: str) -> bool:
+        """Whether the file at ``relative`` is left out, by a pattern that matches it or one
+        of the folders above it (which the walk does not enter)."""
+        names = relative.split("/")
+        return self.excludes(relative) or any(
+            self.excludes("/".join(names[:depth]), folder=True) for depth in range(1, len(names)))
+
 
 class InvalidExclusion(IngestError):
     code = "invalid_request"
@@ -125,7 +141,7 @@ def find_files(root: Path, ignored: dict[str, int] | None = None,
                exclude: Exclusions | None = None) -> list[Path]:
     """Readable files under ``root``, in a stable order, less what ``exclude`` matches;
     symlinked folders are not followed (and ``load_folder`` skips a linked file whose target
-    lies outside ``root``)."""
+    lies outside ``root``, or where this walk would not read it)."""
     found: list[Path] = []
     counts = ignored if ignored is not None else {}
 
@@ -211,19 +227,75 @@ def _cache_key(path: Path, options: str, limit: int) -> str:
     return digest.hexdigest()
 
 
-def _from_cache(data: dict[str, Any], source: str, name: str) -> Parsed | Skipped:
+def _from_cache(data: dict[str, Any], path: Path, name: str) -> Parsed | Skipped | None:
+    """The cached parse of the file at ``path``, its title still to be named (``_titled``);
+    None when the entry cannot tell whether its title is the document's own."""
     if "skipped" in data:
         return Skipped(name, data["skipped"])
-    return Parsed(source, data["title"], [Block(**b) for b in data["blocks"]], data["kind"],
+    if "own_title" in data:
+        title = data["own_title"]
+    elif data["title"] == path.stem:
+        title = ""  # an entry of before "own_title", titled by this very file's name
+    else:
+        return None  # of before "own_title": its title may be another file's name
+    return Parsed(str(path), title, [Block(**b) for b in data["blocks"]], data["kind"],
                   ocr_pages=data.get("ocr_pages", 0),
                   skipped_pages=[SkippedPages(**p) for p in data.get("skipped_pages", [])])
 
 
 def _to_cache(item: Parsed | Skipped) -> dict[str, Any]:
+    """What the cache keeps of a parse, by the file's content: the document's own title
+    ("" for none), never a file's name, which two files of one content do not share."""
     if isinstance(item, Skipped):
         return {"skipped": item.reason}
-    return {"title": item.title, "kind": item.kind, "blocks": [asdict(b) for b in item.blocks],
-            "ocr_pages": item.ocr_pages, "skipped_pages": [asdict(p) for p in item.skipped_pages]}
+    return {"own_title": item.title, "kind": item.kind,
+            "blocks": [asdict(b) for b in item.blocks], "ocr_pages": item.ocr_pages,
+            "skipped_pages": [asdict(p) for p in item.skipped_pages]}
+
+
+def name_file(path: Path) -> Path:
+    """The hidden file beside ``path`` that may hold the name the file goes by, when it is
+    stored under another (an upload is stored under a unique, safe name)."""
+    return path.with_name(f".{path.name}.name")
+
+
+def title_from_name(path: Path) -> str:
+    """The title of a document that names none: the name its file goes by, without the
+    suffix; that in its name file (``name_file``) if it has one, else its own. The name file
+    is read only if it is a regular file, not a link."""
+    try:
+        fd = os.open(name_file(path), os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except OSError:
+        return path.stem
+    with os.fdopen(fd, "rb") as f:
+        given = f.read(MAX_NAME_BYTES) if stat.S_ISREG(os.fstat(fd).st_mode) else b""
+    name = " ".join(given.decode("utf-8", errors="replace").split())
+    return Path(name).stem.strip() or path.stem
+
+
+def _titled(item: Parsed | Skipped, path: Path) -> Parsed | Skipped:
+    """The document titled after its file's name if it names no title of its own."""
+    if isinstance(item, Parsed) and not item.title:
+        item.title = title_from_name(path)
+    return item
+
+
+def _link_refused(path: Path, inside: Path, exclude: Exclusions | None) -> str | None:
+    """Why the link at ``path`` is not followed: its target is outside the folder (``inside``,
+    resolved), or where the walk would not read it, hidden or left out by a pattern, which
+    the link's own name would otherwise get round."""
+    try:
+        target = path.resolve()
+    except (OSError, RuntimeError):  # a loop of links
+        return "a link that leads to no file (a loop of links): not followed"
+    if not target.is_relative_to(inside):
+        return "a link to a file outside the folder: not followed"
+    relative = target.relative_to(inside)
+    if any(part.startswith(".") for part in relative.parts):
+        return "a link to a hidden file or folder: not followed"
+    if exclude and exclude.leaves_out(relative.as_posix()):
+        return "a link to a file an exclusion pattern leaves out: not followed"
+    return None
 
 
 def _lasting(item: Parsed | Skipped) -> bool:
@@ -248,34 +320,44 @@ def load_folder(root: Path, *, progress: Progress | None = None,
     inside = root.resolve()
     for path in files:
         name = str(path.relative_to(root))
-        if path.is_symlink() and not path.resolve().is_relative_to(inside):
-            yield Skipped(name, "a link to a file outside the folder: not followed")
-            continue
         try:
-            why = _unreadable(path, limits.file_bytes)
+            why = (_link_refused(path, inside, exclude) if path.is_symlink() else None) \
+                or _unreadable(path, limits.file_bytes)
             if why:
                 yield Skipped(name, why)
                 continue
             key = _cache_key(path, options, limits.file_bytes) if cache else ""
             cached = cache.get(key) if cache else None
-            if cached is not None:
-                yield _from_cache(cached, str(path), name)
-                continue
-            item = parse_file(path, name, pdf_char_margin=pdf_char_margin, limits=limits,
+            item = _from_cache(cached, path, name) if cached is not None else None
+            if item is None:
+                item = _parse(path, name, pdf_char_margin=pdf_char_margin, limits=limits,
                               on_ocr_page=progress.page_read_by_ocr if progress else None)
-            if cache and _lasting(item):
-                cache.put(key, _to_cache(item))
-            yield item
+                if cache and _lasting(item):
+                    cache.put(key, _to_cache(item))
+            yield _titled(item, path)
         except (IngestError, MemoryError):
             raise
         except Exception as exc:  # one unreadable file never stops the others
-            yield Skipped(name, f"could not be read: {type(exc).__name__}: {exc}"[:240])
+            reason = f"could not be read: {type(exc).__name__}: {exc}"[:240]
+            # Not allowed now, changed while read, a disk that did not answer: what is indexed
+            # of it stays until a run reads it (a file gone or corrupt is removed).
+            for_now = isinstance(exc, (PermissionError, ChangedWhileRead, TimeoutError,
+                                       BlockingIOError, InterruptedError)) or (
+                isinstance(exc, OSError) and exc.errno in (errno.EIO, errno.EBUSY, errno.ESTALE))
+            yield SkippedForNow(name, reason) if for_now else Skipped(name, reason)
 
 
 def parse_file(path: Path, name: str, *, pdf_char_margin: float,
                limits: ReadLimits | None = None,
                on_ocr_page: Callable[[], None] | None = None) -> Parsed | Skipped:
     """One file, parsed; ``on_ocr_page`` is told of each scanned PDF page OCR has read."""
+    return _titled(_parse(path, name, pdf_char_margin=pdf_char_margin, limits=limits,
+                          on_ocr_page=on_ocr_page), path)
+
+
+def _parse(path: Path, name: str, *, pdf_char_margin: float, limits: ReadLimits | None = None,
+           on_ocr_page: Callable[[], None] | None = None) -> Parsed | Skipped:
+    """One file, parsed, its title "" if the document names none (``_titled`` names it)."""
     limits = limits or ReadLimits.of()
     kind = KINDS[path.suffix.lower()]
     if kind == "pdf":
@@ -292,11 +374,11 @@ def parse_file(path: Path, name: str, *, pdf_char_margin: float,
         from hearth.ingest.html import parse_html
 
         page = parse_html(raw, path.as_uri())
-        return Parsed(str(path), page.title or path.stem, page.blocks, kind)
+        return Parsed(str(path), page.title or "", page.blocks, kind)
     text = raw.decode(wide_codec(raw) or "utf-8", errors="replace")
     if kind == "markdown":
         return _markdown(path, text)
-    return Parsed(str(path), path.stem, [Block(text)], kind)
+    return Parsed(str(path), "", [Block(text)], kind)
 
 
 # The byte-order marks of the encodings whose text has NUL bytes (Windows Notepad's "Unicode"
@@ -334,7 +416,7 @@ def _markdown(path: Path, text: str) -> Parsed:
         title = title or part.metadata.get("h1", "")
         blocks.append(Block(part.page_content, section=headers[-1] if headers else "",
                             headings=" › ".join(headers)))
-    return Parsed(str(path), title or path.stem, blocks, "markdown")
+    return Parsed(str(path), title, blocks, "markdown")
 
 
 def _unpacks_past(path: Path, limit: int) -> str | None:
@@ -387,4 +469,4 @@ def _docx(path: Path, name: str, max_unpacked: int) -> Parsed | Skipped:
             title = title or (text if style in ("Title", "Heading 1") else "")
         if text:
             blocks.append(Block(text, section=section))
-    return Parsed(str(path), title or path.stem, blocks, "docx")
+    return Parsed(str(path), title, blocks, "docx")

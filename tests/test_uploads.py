@@ -1,11 +1,15 @@
 """Uploads into one's own collection, and erasing a user: real parts throughout (the embedding
 model, Chroma on disk, the SQLite stores, SmolLM2, the ingestion job reading in its own
-process, a page cut from a real R manual), driven through the Flask app as a client would."""
+process, a page cut from a real R manual), driven through the Flask app as a client would.
+A removal that races a job is made to come at the worst moment by running it from inside the
+job (the job itself unchanged)."""
 
 from __future__ import annotations
 
+import hashlib
 import io
 import re
+import threading
 import time
 import zipfile
 from pathlib import Path
@@ -16,7 +20,7 @@ from click.testing import CliRunner
 
 from hearth.api import create_app
 from hearth.cli import main
-from hearth.ingest.uploads import own_collection
+from hearth.ingest.uploads import Uploads, own_collection
 from hearth.services import Services
 
 MiB = 2**20
@@ -86,7 +90,7 @@ def test_a_user_uploads_asks_removes_and_others_see_nothing(app: Any) -> None:
     listed = client.get("/api/collections/mine/documents", headers=bearer(keys["ann"]))
     assert [d["state"] for d in listed.get_json()["documents"]] == ["indexed", "indexed"]
     stored = services.settings.data_dir / "uploads" / mine / "files"
-    assert sorted(p.name for p in stored.iterdir()) == sorted(
+    assert sorted(p.name for p in stored.iterdir() if not p.name.startswith(".")) == sorted(
         f"{d['id']}-{stem}" for d, stem in zip(body["documents"], ("bike.md", "R-data.pdf"),
                                                strict=True))
     # Ann's question reads her upload (the real PDF page, too), named by collection.
@@ -233,3 +237,102 @@ def test_erasing_a_user_leaves_nothing_of_them(app: Any, tmp_path: Path) -> None
                                 env={"HEARTH_DATA_DIR": str(services.settings.data_dir)})
     assert result.exit_code == 0, result.output
     assert "1 grants" in result.output and "1 keys" in result.output
+
+
+SALARIES = b"Alice earns 120k a year, and Bob earns 95k. The raises are due in March.\n" * 3
+ROTA = b"The kitchen rota: Ann cleans on Mondays, Bob on Tuesdays, Carol on Wednesdays.\n" * 3
+
+
+def indexed(services: Services, collection: str) -> dict[str, dict[str, Any]]:
+    """The documents of a collection's uploads in the index: each one's first chunk, by the
+    stored file's name."""
+    found = services.vectorstore.writer(collection).get(include=["metadatas", "documents"])
+    return {Path(m["source"]).name: {**m, "text": t}
+            for t, m in zip(found["documents"], found["metadatas"], strict=True)
+            if m["chunk"] == 0}
+
+
+def test_an_upload_without_a_title_is_titled_by_the_name_it_was_given(app: Any) -> None:
+    """Uploads are stored as "<id>-<safe name>": that was the title of every one without a
+    title of its own, in each chunk's heading and in the answers' sources."""
+    client, keys, services = app
+    started = upload(client, keys["ann"], [("Team salaries 2024.txt", SALARIES),
+                                           ("bike.md", NOTE.encode())])
+    assert wait_for(client, keys["ann"], started.get_json()["job"]["url"])["state"] == "done"
+    docs = {d["name"]: d for d in started.get_json()["documents"]}
+    chunks = indexed(services, own_collection("ann"))
+    salaries = chunks[f"{docs['Team salaries 2024.txt']['id']}-Team-salaries-2024.txt"]
+    assert salaries["title"] == "Team salaries 2024"
+    assert salaries["text"].startswith("Team salaries 2024\nAlice earns 120k")
+    assert chunks[f"{docs['bike.md']['id']}-bike.md"]["title"] == "Ann's bike"  # its own
+
+
+def test_a_document_removed_while_its_job_reads_does_not_come_back(
+        app: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The job reads the whole folder in a child, then indexes what it read: a document
+    removed in between (the removal answered 200) was indexed all the same, in search until
+    some later job of the collection."""
+    from hearth.ingest import jobs
+
+    client, keys, services = app
+    mine = own_collection("ann")
+    salaries = hashlib.sha256(SALARIES).hexdigest()[:16]
+    read_in_child = jobs.read_in_child
+    removed: list[str] = []
+
+    def read_then_removed(*args: Any, **kwargs: Any) -> Any:
+        read = read_in_child(*args, **kwargs)  # both files read and chunked
+        removed.append(Uploads(services).remove(mine, salaries).name)  # the user's DELETE
+        return read
+
+    monkeypatch.setattr(jobs, "read_in_child", read_then_removed)
+    started = upload(client, keys["ann"], [("salaries.txt", SALARIES), ("rota.txt", ROTA)])
+    job = wait_for(client, keys["ann"], started.get_json()["job"]["url"])
+    assert job["state"] == "done" and removed == ["salaries.txt"]
+    assert [Path(name).name.split("-", 1)[1] for name in indexed(services, mine)] == ["rota.txt"]
+    assert all("Alice earns" not in hit.snippet for hit in services.assistant.retrieve(
+        "How much does Alice earn?", collections=[mine]))
+    listed = client.get("/api/collections/mine/documents", headers=bearer(keys["ann"]))
+    assert [(d["name"], d["state"]) for d in listed.get_json()["documents"]] == [
+        ("rota.txt", "indexed")]
+
+
+def test_a_document_removed_while_its_job_indexes_waits_for_it_then_leaves(
+        app: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A removal while the job is storing what it read: without the job and the removal
+    taking turns, the removal found nothing indexed yet, and the job then stored the
+    document's chunks, for good."""
+    import langchain_core.indexing
+
+    client, keys, services = app
+    mine = own_collection("ann")
+    salaries = hashlib.sha256(SALARIES).hexdigest()[:16]
+    index = langchain_core.indexing.index
+    removal: list[threading.Thread] = []
+    waited: list[bool] = []
+    removed: list[str] = []
+
+    def index_while_removed(docs: Any, *args: Any, **kwargs: Any) -> Any:
+        docs = list(docs)  # every document read, each file checked as still there
+        remover = threading.Thread(
+            target=lambda: removed.append(Uploads(services).remove(mine, salaries).name))
+        remover.start()
+        remover.join(timeout=3)  # time enough to remove, were the removal not to wait
+        removal.append(remover)
+        waited.append(remover.is_alive())
+        return index(docs, *args, **kwargs)
+
+    monkeypatch.setattr(langchain_core.indexing, "index", index_while_removed)
+    started = upload(client, keys["ann"], [("salaries.txt", SALARIES), ("rota.txt", ROTA)])
+    job = wait_for(client, keys["ann"], started.get_json()["job"]["url"])
+    assert job["state"] == "done"
+    [remover] = removal
+    remover.join(timeout=60)
+    # The removal waited for the job to store what it read, then took the document out: it
+    # was never in search once the removal had answered.
+    assert waited == [True] and removed == ["salaries.txt"]
+    assert [Path(name).name.split("-", 1)[1] for name in indexed(services, mine)] == ["rota.txt"]
+    assert all("Alice earns" not in hit.snippet for hit in services.assistant.retrieve(
+        "How much does Alice earn?", collections=[mine]))
+    listed = client.get("/api/collections/mine/documents", headers=bearer(keys["ann"]))
+    assert [d["name"] for d in listed.get_json()["documents"]] == ["rota.txt"]

@@ -1,0 +1,127 @@
+"""Re-ingesting a folder while some of its files cannot be read for now, over real Chroma, a real
+SQLite record manager and the real embedding model: the tutorial's own sources (Debian's
+``python3.11-doc``) as documents nobody here wrote.
+
+Proves: a file Hearth may not read now, or that changed while it was read, keeps what was indexed
+of it (and the summary says so), as it does when an API job read the folder in another process;
+a file that is corrupt now, or gone, is removed; once readable again, it is found unchanged.
+(A web page that fails for now: ``test_ingest_web``.)
+"""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from hearth.ingest import files
+from hearth.ingest.pipeline import files_namespace, ingest_files, run
+from hearth.ingest.progress import Progress
+from hearth.ingest.worker import _read, spooled
+from hearth.services import Services, build_services
+from tests.test_ingest import SMALL_PAGES, TUTORIAL_SOURCES, CountingEmbeddings, chunks
+
+
+@pytest.fixture
+def counting(embeddings: Any) -> CountingEmbeddings:
+    return CountingEmbeddings(embeddings)
+
+
+@pytest.fixture
+def services(make_settings: Callable[..., Any], counting: CountingEmbeddings) -> Services:
+    return build_services(make_settings(), embeddings=counting)
+
+
+@pytest.fixture
+def notes(tmp_path: Path) -> Path:
+    """Six real text documents (the tutorial's .rst sources) and a Word file."""
+    import docx
+
+    if not TUTORIAL_SOURCES.is_dir():
+        pytest.skip("needs Debian's python3.11-doc (apt-get install python3.11-doc)")
+    folder = tmp_path / "notes"
+    folder.mkdir()
+    for name in SMALL_PAGES:
+        shutil.copy(TUTORIAL_SOURCES / f"{name}.rst.txt", folder / f"{name}.txt")
+    document = docx.Document()
+    document.add_heading("Ferries", level=1)
+    document.add_paragraph("The winter ferry timetable: boats leave the harbour at dawn.")
+    document.save(str(folder / "ferries.docx"))
+    return folder
+
+
+def refuse_two(monkeypatch: pytest.MonkeyPatch) -> None:
+    """appetite.txt may not be read now; interpreter.txt grows while it is read. (Tests run as
+    root here, which no file mode keeps out: the refusal is the operating system's error,
+    raised where Hearth first touches the file.)"""
+    real = files._unreadable
+
+    def refusing(path: Path, limit: int) -> str | None:
+        if path.name == "appetite.txt":
+            raise PermissionError(13, "Permission denied", str(path))
+        if path.name == "interpreter.txt":
+            raise files.ChangedWhileRead("grew past 100 MiB while read")
+        return real(path, limit)
+
+    monkeypatch.setattr(files, "_unreadable", refusing)
+
+
+KEPT = " (indexed before: kept as it was until it can be read)"
+REASONS = {
+    "appetite.txt": "could not be read: PermissionError: [Errno 13] Permission denied: "
+                    "'{folder}/appetite.txt'" + KEPT,
+    "interpreter.txt": "could not be read: ChangedWhileRead: grew past 100 MiB while read" + KEPT,
+}
+
+
+def _corrupt(folder: Path) -> None:
+    (folder / "ferries.docx").write_bytes(b"PK\x03\x04 no longer a Word file")
+    (folder / "whatnow.txt").unlink()
+
+
+def test_a_file_unreadable_for_now_keeps_its_chunks_and_a_corrupt_or_gone_one_goes(
+        services: Services, notes: Path, counting: CountingEmbeddings,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    first = ingest_files(services, notes)
+    assert (first.added, first.skipped) == (7, [])
+    stored = {c["id"]: c["source"] for c in chunks(services, notes)}
+
+    with monkeypatch.context() as patch:
+        refuse_two(patch)
+        _corrupt(notes)
+        second = ingest_files(services, notes)
+
+    assert (second.unchanged, second.kept, second.deleted, second.added) == (3, 2, 2, 0)
+    reasons = {s.name: s.reason for s in second.skipped}
+    assert reasons.pop("ferries.docx").startswith("corrupt Word file")
+    assert reasons == {name: reason.format(folder=notes) for name, reason in REASONS.items()}
+    assert "3 skipped (2 of them kept as indexed before)" in str(second)
+    gone = {str(notes / "ferries.docx"), str(notes / "whatnow.txt")}
+    assert {c["id"] for c in chunks(services, notes)} == {
+        i for i, source in stored.items() if source not in gone}
+
+    counting.texts = 0
+    third = ingest_files(services, notes)  # readable again: found unchanged
+    assert (third.unchanged, third.kept, third.deleted, counting.texts) == (5, 0, 0, 0)
+    assert {c["id"] for c in chunks(services, notes)} == {
+        i for i, source in stored.items() if source not in gone}
+
+
+def test_an_api_job_keeps_them_too(services: Services, notes: Path, tmp_path: Path,
+                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """An API job reads in another process and hands over a spool: what was skipped for now
+    still says so there."""
+    ingest_files(services, notes)
+    stored = {c["id"]: c["source"] for c in chunks(services, notes)}
+    refuse_two(monkeypatch)
+    _corrupt(notes)
+    spool = tmp_path / "job.jsonl"
+    read = _read(services.settings, "files", files_namespace(notes), {}, spool, Progress())
+    summary = run(services, read.namespace, spooled(spool))
+    assert (summary.unchanged, summary.kept, summary.deleted) == (3, 2, 2)
+    gone = {str(notes / "ferries.docx"), str(notes / "whatnow.txt")}
+    assert {c["id"] for c in chunks(services, notes)} == {
+        i for i, source in stored.items() if source not in gone}
