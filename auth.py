@@ -23,6 +23,7 @@ from hearth.migrations import (
     StoreVersion,
     migrate_mongo,
     migrate_sqlite,
+    scrub_backups,
     store_status,
 )
 from hearth.mongo import mongo_client
@@ -122,6 +123,7 @@ def keys_path(settings: Settings) -> Path:
 
 class SQLiteKeys:
     def __init__(self, path: Path) -> None:
+        self.path = path
         self._lock = threading.Lock()
         try:
             private_dir(path.parent)
@@ -161,8 +163,11 @@ class SQLiteKeys:
 
     def delete_user(self, user_id: str) -> int:
         with self._lock:
-            return self._db.execute("DELETE FROM api_keys WHERE user_id = ?",
-                                    (user_id,)).rowcount
+            deleted = self._db.execute("DELETE FROM api_keys WHERE user_id = ?",
+                                       (user_id,)).rowcount
+        # The copies kept before an upgrade name the user too.
+        scrub_backups(self.path, [("DELETE FROM api_keys WHERE user_id = ?", (user_id,))])
+        return int(deleted)
 
 
 class MongoKeys:

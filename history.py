@@ -24,6 +24,7 @@ from hearth.migrations import (
     StoreVersion,
     migrate_mongo,
     migrate_sqlite,
+    scrub_backups,
     store_status,
 )
 from hearth.mongo import mongo_client, redact
@@ -184,21 +185,28 @@ class SQLiteHistory:
 
         return self._run(read)  # type: ignore[no-any-return]
 
-    def _erase(self, sql: str, arg: str) -> int:
+    def _erase(self, where: str, arg: str) -> int:
+        """Delete the conversations ``where`` says, from the store and from the copies kept
+        before an upgrade (``history.sqlite3.v0.bak``), which hold the same text."""
         def erase(db: sqlite3.Connection) -> int:
-            deleted = int(db.execute(sql, (arg,)).rowcount)
+            deleted = int(db.execute(f"DELETE FROM conversations WHERE {where}", (arg,)).rowcount)
             # The write-ahead log still holds the deleted text until a checkpoint copies it
             # over (with secure_delete) and truncates the log.
             db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
             return deleted
 
-        return int(self._run(erase))
+        deleted = int(self._run(erase))
+        scrub_backups(Path(self.where), [
+            (f"DELETE FROM turns WHERE conversation_id IN (SELECT id FROM conversations "
+             f"WHERE {where})", (arg,)),
+            (f"DELETE FROM conversations WHERE {where}", (arg,))])
+        return deleted
 
     def delete(self, conversation_id: str) -> bool:
-        return bool(self._erase("DELETE FROM conversations WHERE id = ?", conversation_id))
+        return bool(self._erase("id = ?", conversation_id))
 
     def delete_user(self, user_id: str) -> int:
-        return self._erase("DELETE FROM conversations WHERE user_id = ?", user_id)
+        return self._erase("user_id = ?", user_id)
 
     def set_feedback(self, conversation_id: str, position: int,
                      feedback: dict[str, Any]) -> bool:

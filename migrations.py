@@ -12,6 +12,8 @@ migration 1 adopts that schema as it is.
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import sqlite3
 import time
 from collections.abc import Callable, Sequence
@@ -22,6 +24,8 @@ from typing import Any
 from hearth.config import Settings
 from hearth.errors import SchemaError
 from hearth.mongo import mongo_client
+
+log = logging.getLogger("hearth.migrations")
 
 SCHEMA_COLLECTION = "hearth_schema"
 
@@ -75,6 +79,25 @@ def _has_tables(db: sqlite3.Connection) -> bool:
 
 def backup_path(path: Path, version: int) -> Path:
     return path.with_name(f"{path.name}.v{version}.bak")
+
+
+def scrub_backups(path: Path, statements: Sequence[tuple[str, tuple[Any, ...]]]) -> int:
+    """Run ``statements`` (deletions) on each copy kept before an upgrade of the SQLite store
+    at ``path``, deleted content overwritten: what is erased from a store is erased from its
+    backups too. A backup that cannot be scrubbed (damaged, locked) is deleted whole rather
+    than left holding it. Returns the rows deleted."""
+    deleted = 0
+    for backup in sorted(path.parent.glob(f"{path.name}.v*.bak")):
+        try:
+            with contextlib.closing(sqlite3.connect(backup, timeout=5.0)) as db:
+                db.execute("PRAGMA secure_delete=ON")
+                with db:
+                    deleted += sum(int(db.execute(sql, args).rowcount)
+                                   for sql, args in statements)
+        except sqlite3.Error as exc:
+            log.warning("the backup %s could not be scrubbed (%s): deleted", backup, exc)
+            backup.unlink(missing_ok=True)
+    return deleted
 
 
 def migrate_sqlite(db: sqlite3.Connection, path: Path, store: str,

@@ -90,6 +90,33 @@ def test_the_keys_of_0_1_0_still_authenticate(old_data: Settings) -> None:
     assert backup_path(old_data.data_dir / "keys.sqlite3", 0).is_file()
 
 
+def test_erasing_a_user_erases_them_from_the_copies_kept_before_upgrades(
+        old_data: Settings) -> None:
+    """The copy made before a migration held the whole old store: an erased user's turns and
+    keys stayed readable in it. Erasing scrubs the copies too (overwritten, not left in free
+    pages), and only what was erased: another user's conversation stays."""
+    history, keys = build_history(old_data), build_keys(old_data)
+    history_copy = backup_path(old_data.history_path, 0)
+    keys_copy = backup_path(old_data.data_dir / "keys.sqlite3", 0)
+    asked = "How do I ingest a folder of PDFs?"
+    assert asked.encode() in history_copy.read_bytes()
+    assert history.delete_user("ann") == 2 and keys.delete_user("ann") == 1
+    with sqlite3.connect(history_copy) as db:
+        assert db.execute("SELECT user_id FROM conversations").fetchall() == [("bob",)]
+        assert db.execute("SELECT COUNT(*) FROM turns").fetchone() == (1,)
+    with sqlite3.connect(keys_copy) as db:
+        assert "ann" not in {row[0] for row in db.execute("SELECT user_id FROM api_keys")}
+    for path in (old_data.history_path, history_copy):
+        assert asked.encode() not in path.read_bytes(), path
+    assert history.delete("conv-bob-1")
+    with sqlite3.connect(history_copy) as db:
+        assert db.execute("SELECT COUNT(*) FROM conversations").fetchone() == (0,)
+    # A copy that cannot be scrubbed is not left holding what was erased: it is deleted.
+    keys_copy.write_bytes(b"not a database" * 100)
+    keys.delete_user("root")
+    assert not keys_copy.exists()
+
+
 def test_the_ingestion_records_of_0_1_0_are_kept(old_data: Settings) -> None:
     manager = record_manager(old_data, "/docs")
     try:
