@@ -114,6 +114,12 @@ PROFILE_DEFAULTS: dict[Profile, dict[str, Any]] = {
 }
 
 
+# Settings whose value an error message does not repeat: it may hold a password.
+SECRETS = frozenset({"mongodb_uri", "openai_api_key", "chroma_url", "otlp_endpoint"})
+# The least of the model's window a prompt needs besides the answer's tokens.
+MIN_PROMPT_TOKENS = 512
+
+
 class ConfigError(Exception):
     """A setting is invalid; the message names the variable and what is wrong."""
 
@@ -400,6 +406,68 @@ class Settings(BaseSettings):
     def _blank_is_none(cls, value: Any) -> Any:
         return None if isinstance(value, str) and not value.strip() else value
 
+    # Each of these was taken and broke only at run time (a 500 on every question, a limit
+    # quietly off, every answer a refusal): they are read now, at start.
+    @field_validator("rate_limit", "question_rate_limit", "client_rate_limit",
+                     "auth_failure_rate_limit")
+    @classmethod
+    def _rate(cls, value: str) -> str:
+        from limits import parse_many
+
+        try:
+            parse_many(value)
+        except ValueError:
+            raise ValueError("not a rate limit: give one such as 30/minute or "
+                             "10 per second; 5 per minute (flask-limiter's syntax)") from None
+        return value
+
+    @field_validator("mongodb_uri")
+    @classmethod
+    def _mongodb_uri(cls, value: str | None) -> str | None:
+        if value is None or value.startswith("mongodb+srv://"):
+            return value  # a +srv address is looked up when connecting, not here
+        if not value.startswith("mongodb://"):
+            raise ValueError("give a MongoDB connection string: mongodb://HOST:PORT/ or "
+                             "mongodb+srv://HOST/")
+        from pymongo.uri_parser import parse_uri
+
+        try:
+            parse_uri(value)
+        except Exception as exc:  # InvalidURI, ConfigurationError, ValueError (a bad port)
+            raise ValueError(f"not a valid MongoDB connection string: {exc}") from None
+        return value
+
+    @field_validator("mongodb_db")
+    @classmethod
+    def _mongodb_db(cls, value: str) -> str:
+        if not value or len(value) > 63 or any(c in value for c in '/\\. "$\x00'):
+            raise ValueError("a MongoDB database name: 1 to 63 characters, none of "
+                             "/ \\ . \" $ or a space")
+        return value
+
+    @field_validator("refusal")
+    @classmethod
+    def _refusal(cls, value: str) -> str:
+        if not any(c.isalnum() for c in value):
+            raise ValueError("the refusal must say something: every answer would start with "
+                             "an empty one and be taken for a refusal")
+        return value
+
+    @model_validator(mode="after")
+    def _room_for_a_prompt(self) -> Settings:
+        window = {LLMBackend.llamacpp: ("LLAMACPP_N_CTX", self.llamacpp_n_ctx),
+                  LLMBackend.ollama: ("OLLAMA_NUM_CTX", self.ollama_num_ctx),
+                  LLMBackend.openai: ("OPENAI_N_CTX", self.openai_n_ctx),
+                  LLMBackend.transformers: ("TRANSFORMERS_N_CTX", self.transformers_n_ctx),
+                  }.get(self.llm_backend)
+        if window is not None and window[1] - self.max_new_tokens < MIN_PROMPT_TOKENS:
+            raise ValueError(
+                f"{ENV_PREFIX}MAX_NEW_TOKENS ({self.max_new_tokens}) leaves the model's "
+                f"{window[1]}-token window ({ENV_PREFIX}{window[0]}) less than "
+                f"{MIN_PROMPT_TOKENS} tokens for the question, its passages and the "
+                f"conversation: at most {window[1] - MIN_PROMPT_TOKENS}, or a larger window")
+        return self
+
     # Derived paths.
     @property
     def chroma_path(self) -> Path:
@@ -455,6 +523,10 @@ def load_settings(**overrides: Any) -> Settings:
     except ValidationError as exc:
         problems = []
         for err in exc.errors():
-            field = str(err["loc"][0]) if err["loc"] else "?"
-            problems.append(f"{ENV_PREFIX}{field.upper()}: {err['msg']} (got {err.get('input')!r})")
+            if not err["loc"]:  # settings read together: the message names them
+                problems.append(err["msg"].removeprefix("Value error, "))
+                continue
+            field = str(err["loc"][0])
+            got = "hidden" if field in SECRETS else repr(err.get("input"))
+            problems.append(f"{ENV_PREFIX}{field.upper()}: {err['msg']} (got {got})")
         raise ConfigError("invalid settings:\n  " + "\n  ".join(problems)) from None

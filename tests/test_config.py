@@ -57,3 +57,31 @@ def test_invalid_values_fail_naming_the_variable(
     with pytest.raises(ConfigError) as err:
         load_settings(_env_file=None)
     assert name in str(err.value) and words in str(err.value) and value in str(err.value)
+
+
+@pytest.mark.parametrize("name, value, words", [
+    ("HEARTH_RATE_LIMIT", "2 per banana", "not a rate limit"),
+    ("HEARTH_QUESTION_RATE_LIMIT", "often", "not a rate limit"),
+    ("HEARTH_MONGODB_URI", "mongo://db:27017", "a MongoDB connection string"),
+    ("HEARTH_MONGODB_URI", "mongodb://ann:s3cret@db:99999/", "Port must be"),
+    ("HEARTH_MONGODB_DB", "my.db", "a MongoDB database name"),
+    ("HEARTH_REFUSAL", "...", "must say something"),
+    ("HEARTH_MAX_NEW_TOKENS", "3800", "at most 3584"),
+])
+def test_values_that_broke_only_at_run_time_are_refused_at_start(
+    monkeypatch: pytest.MonkeyPatch, name: str, value: str, words: str
+) -> None:
+    """Each was taken and broke later: a 500 on every question or probe, a question limit
+    quietly off, every answer taken for a refusal, every question a 413 'too long'."""
+    monkeypatch.setenv(name, value)
+    with pytest.raises(ConfigError) as err:
+        load_settings(_env_file=None)
+    assert name in str(err.value) and words in str(err.value), err.value
+    assert "s3cret" not in str(err.value)  # a connection string is never repeated
+    # What they stand for, well written, is taken.
+    good = {"HEARTH_RATE_LIMIT": "10 per second; 500 per hour", "HEARTH_QUESTION_RATE_LIMIT": "5/minute",
+            "HEARTH_MONGODB_URI": "mongodb://127.0.0.1:27017/?directConnection=true",
+            "HEARTH_MONGODB_DB": "hearth_test", "HEARTH_REFUSAL": "Not in the documents.",
+            "HEARTH_MAX_NEW_TOKENS": "3584"}[name]
+    monkeypatch.setenv(name, good)
+    assert load_settings(_env_file=None)
