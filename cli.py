@@ -436,10 +436,14 @@ def migrate(status: bool) -> None:
     settings = settings_or_exit()
     if not status:
         migrate_all(settings)
+    unreadable = False
     for store in store_versions(settings):
         version = "-" if store.version is None else store.version
+        unreadable |= store.error is not None
         click.echo(f"{store.store:<18} schema {version} of {store.latest}: {store.state}"
                    f"\n    {store.where}")
+    if unreadable:
+        sys.exit(1)
 
 
 @main.command()
@@ -469,7 +473,8 @@ def doctor() -> None:
     failed = False
     for store in store_versions(settings):
         version = "-" if store.version is None else store.version
-        failed |= store.version is not None and store.version > store.latest
+        failed |= store.error is not None or (store.version is not None
+                                              and store.version > store.latest)
         click.echo(f"{store.store}: schema {version} of {store.latest}, {store.state}")
     for name, check in build_services(settings).readiness().items():
         failed |= not check["ok"]

@@ -42,11 +42,14 @@ class Migration:
 class StoreVersion:
     store: str
     where: str
-    version: int | None  # None: the store does not exist yet
+    version: int | None  # None: the store does not exist yet (or cannot be read)
     latest: int
+    error: str | None = None  # why the store could not be read
 
     @property
     def state(self) -> str:
+        if self.error is not None:
+            return f"CANNOT BE READ: {self.error}"
         if self.version is None:
             return "not created yet"
         if self.version > self.latest:
@@ -183,11 +186,20 @@ def mongo_status(db: Any, store: str, collection: str,
 def store_status(settings: Settings, store: str, collection: str, path: Path,
                  migrations: Sequence[Migration]) -> StoreVersion:
     """A store's schema version where the settings keep it (MongoDB when a URI is set, else
-    the SQLite file at ``path``), read without changing or creating anything."""
+    the SQLite file at ``path``), read without changing or creating anything. A store that
+    cannot be read (MongoDB not answering, a damaged file) says why, in ``error``."""
+    latest = migrations[-1].version if migrations else 0
     if settings.mongodb_uri:
-        client = mongo_client(settings.mongodb_uri, settings.backend_timeout_s)
+        where = f"{settings.mongodb_db}.{collection}"
         try:
-            return mongo_status(client[settings.mongodb_db], store, collection, migrations)
-        finally:
-            client.close()
-    return sqlite_status(path, store, migrations)
+            client = mongo_client(settings.mongodb_uri, settings.backend_timeout_s)
+            try:
+                return mongo_status(client[settings.mongodb_db], store, collection, migrations)
+            finally:
+                client.close()
+        except Exception as exc:  # pymongo's errors: not reachable, refused, timed out
+            return StoreVersion(store, where, None, latest, f"{type(exc).__name__}: {exc}"[:300])
+    try:
+        return sqlite_status(path, store, migrations)
+    except (sqlite3.Error, OSError) as exc:
+        return StoreVersion(store, str(path), None, latest, f"{type(exc).__name__}: {exc}")

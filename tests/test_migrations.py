@@ -24,6 +24,7 @@ from hearth.errors import SchemaError
 from hearth.history import MongoHistory, SQLiteHistory, build_history
 from hearth.ingest.records import close_records, record_manager
 from hearth.migrations import Migration, backup_path, migrate_sqlite, sqlite_version
+from tests.conftest import closed_port_url
 
 FIXTURE = Path(__file__).parent / "fixtures" / "main-55fd47f"
 TOKENS = json.loads((FIXTURE / "tokens.json").read_text())
@@ -192,6 +193,28 @@ def test_hearth_migrate_shows_then_applies(old_data: Settings,
     assert "history            schema 5 of 5: up to date" in applied.output
     # The index of 0.1.0 is the public collection "default": everyone reads it.
     assert [(c.name, c.public) for c in build_access(old_data).all()] == [("default", True)]
+
+
+def test_a_store_that_cannot_be_read_is_a_line_of_the_status_not_a_traceback(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A damaged SQLite file, or a MongoDB that does not answer: `hearth migrate --status`
+    (and `hearth doctor`, which reads the same) says so for that store and exits 1."""
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "history.sqlite3").write_bytes(b"not a database, a note saved by mistake" * 50)
+    monkeypatch.setenv("HEARTH_DATA_DIR", str(data))
+    status = CliRunner().invoke(main, ["migrate", "--status"])
+    assert status.exit_code == 1, status.output
+    assert "history            schema - of 5: CANNOT BE READ: DatabaseError: file is not a " \
+        "database" in status.output, status.output
+    assert "collections        schema - of 1: not created yet" in status.output
+    assert "Traceback" not in status.output
+    monkeypatch.setenv("HEARTH_MONGODB_URI", closed_port_url().replace("http", "mongodb") +
+                       "/?directConnection=true")
+    monkeypatch.setenv("HEARTH_BACKEND_TIMEOUT_S", "0.5")
+    down = CliRunner().invoke(main, ["migrate", "--status"])
+    assert down.exit_code == 1, down.output
+    assert down.output.count("CANNOT BE READ: ") == 4, down.output
 
 
 def test_a_bad_setting_is_one_clean_line_in_every_group(monkeypatch: pytest.MonkeyPatch) -> None:
