@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import logging
 import os
+import re
 import sys
 import time
 from pathlib import Path
@@ -131,6 +132,18 @@ def serve(host: str | None, port: int | None, index_docs: bool) -> None:
     server.serve(app)
 
 
+def valid_user(user_id: str, param: str = "--user") -> str:
+    """A user id as the API reads it (stripped; no slash or control character, at most 128
+    characters): a turn stored under another could never be listed or erased there."""
+    from hearth.conversations import USER_ID
+
+    stripped = user_id.strip()
+    if not re.fullmatch(USER_ID, stripped):
+        raise click.BadParameter("a user id is 1 to 128 characters, without a slash or a "
+                                 "control character", param_hint=param)
+    return stripped
+
+
 @main.command()
 @click.argument("question")
 @click.option("--user", "user_id", default=None, help="remember the turn in this user's history")
@@ -148,6 +161,8 @@ def ask(question: str, user_id: str | None, conversation_id: str | None,
     if not question.strip():
         raise click.UsageError("the question is empty: give one, e.g. hearth ask \"How do I "
                                "ingest a folder?\"")
+    if user_id is not None:
+        user_id = valid_user(user_id)
     chat = Chat(build_services(settings_or_exit()))
     reply = None
     # The operator at the terminal reads everything; asking as a user reads as that user does.
@@ -374,6 +389,7 @@ def keys_create(user_id: str, admin: bool) -> None:
     """Create a key; it is shown once and stored only as a hash."""
     from hearth.auth import build_keys
 
+    user_id = valid_user(user_id)
     token, key = build_keys(settings_or_exit()).create(user_id, admin)
     click.echo(token)
     click.echo(f"(key {key.id} for {user_id}{', admin' if admin else ''}: keep it now, it is "
@@ -417,6 +433,7 @@ def users_erase(user_id: str, yes: bool) -> None:
     from hearth.services import build_services
     from hearth.users import erase_user
 
+    user_id = valid_user(user_id, "USER_ID")
     chat = Chat(build_services(settings_or_exit()))
     if not yes:
         click.confirm(f"Erase everything Hearth holds about {user_id!r}? This cannot be undone.",

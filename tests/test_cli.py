@@ -59,3 +59,14 @@ def test_doctor_names_what_runs_and_what_is_not_ready(tmp_path: Path,
     # (stderr is mixed in: the embedding model's loading bar may share the line)
     assert "llm: NOT READY: the OpenAI-compatible server" in result.output
     assert result.exit_code == 1  # something is not ready
+
+
+@pytest.mark.parametrize("user", ["", "   ", "team/ann", "ann\x07"])
+def test_ask_refuses_a_user_the_api_could_never_name(user: str) -> None:
+    """A turn stored for "team/ann" or " " could not be listed or erased through the API:
+    refused before anything is loaded or stored."""
+    for command in (["ask", "--user", user, "How do I ingest a folder?"],
+                    ["keys", "create", "--user", user], ["users", "erase", "--yes", user]):
+        result = CliRunner().invoke(main, command)
+        assert result.exit_code == 2, (command, result.output)
+        assert "Invalid value for" in result.output and "1 to 128 characters" in result.output
