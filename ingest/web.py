@@ -344,19 +344,33 @@ class Crawler:
         if delay:
             self.delay = min(float(delay), MAX_CRAWL_DELAY_S)
 
+    def _on_site(self, urls: list[str]) -> list[str]:
+        """The sitemaps of ``urls`` on the site being crawled; the others are counted, not
+        fetched: Hearth calls no host but the one it was asked to crawl."""
+        kept = [u for u in urls if _site(u) == self.site]
+        for _ in range(len(urls) - len(kept)):
+            self._ignore("sitemaps on another site (not fetched)")
+        return kept
+
     def sitemap_urls(self) -> list[str]:
         listed = (self.robots.site_maps() if self.robots else None) or []
-        queue = [normalize(u) for u in listed] or [urljoin(self.start, "/sitemap.xml")]
+        queue = self._on_site([normalize(u) for u in listed]) if listed \
+            else [urljoin(self.start, "/sitemap.xml")]
         found: list[str] = []
         fetched = 0
         while queue and fetched < 20 and len(found) < MAX_SITEMAP_URLS:
             url = queue.pop(0)
             fetched += 1
             try:
-                with self.client.stream("GET", url, follow_redirects=True) as response:
+                response = self._sitemap_response(url)
+                if response is None:
+                    continue
+                try:
                     if response.status_code != 200:
                         continue
                     body = read_body(response, self.limits.unpacked_bytes)
+                finally:
+                    response.close()
                 # Untrusted XML: defusedxml refuses entity expansion ("billion laughs")
                 # and external entities.
                 root = ElementTree.fromstring(body)
@@ -369,10 +383,25 @@ class Crawler:
                 continue
             locs = [(el.text or "").strip() for el in root.iter() if el.tag.endswith("loc")]
             if root.tag.endswith("sitemapindex"):
-                queue += [normalize(u) for u in locs if u]
+                queue += self._on_site([normalize(u) for u in locs if u])
             else:
                 found += [normalize(u) for u in locs if u]
         return found
+
+    def _sitemap_response(self, url: str) -> httpx.Response | None:
+        """The open response of the sitemap at ``url``, through up to five redirects on the
+        site; None for a redirect off it (counted, not followed) or past five."""
+        for _ in range(MAX_REDIRECTS + 1):
+            response = self.client.send(self.client.build_request("GET", url), stream=True)
+            location = response.headers.get("location")
+            if response.status_code not in REDIRECTS or not location:
+                return response
+            response.close()
+            url = normalize(urljoin(url, location))
+            if _site(url) != self.site:
+                self._ignore("sitemaps on another site (not fetched)")
+                return None
+        return None
 
     # -- fetching ------------------------------------------------------------------------------
 

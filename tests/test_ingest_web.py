@@ -403,6 +403,31 @@ def test_robots_txt_behind_redirects_on_the_site_is_obeyed(private_docs: Site) -
                        "allows)": 1}
 
 
+def test_sitemaps_are_read_on_the_site_only(private_docs: Site, elsewhere: Site) -> None:
+    """A sitemap robots.txt names on another host, one an index lists there, and one that
+    redirects there are counted, never fetched: Hearth calls no host but the one it crawls.
+    Those on the site are read, through a redirect on the site too."""
+    site = private_docs
+    urlset = ('<?xml version="1.0" encoding="UTF-8"?><urlset xmlns="http://www.sitemaps.org/'
+              f'schemas/sitemap/0.9"><url><loc>{site.url}/docs/only-in-the-sitemap.html</loc>'
+              '</url></urlset>')
+    site.route("/docs/only-in-the-sitemap.html", body=page("Listed", text="Found by the map."))
+    site.route("/robots.txt", Content_Type="text/plain", body=(
+        f"User-agent: *\nSitemap: {elsewhere.url}/sitemap.xml\nSitemap: {site.url}/index.xml\n"))
+    site.route("/index.xml", Content_Type="application/xml", body=(
+        '<?xml version="1.0" encoding="UTF-8"?><sitemapindex xmlns="http://www.sitemaps.org/'
+        f'schemas/sitemap/0.9"><sitemap><loc>{elsewhere.url}/more.xml</loc></sitemap>'
+        f'<sitemap><loc>{site.url}/moved.xml</loc></sitemap>'
+        f'<sitemap><loc>{site.url}/away.xml</loc></sitemap></sitemapindex>'))
+    site.route("/moved.xml", status=301, Location="/map.xml")
+    site.route("/map.xml", Content_Type="application/xml", body=urlset)
+    site.route("/away.xml", status=302, Location=f"{elsewhere.url}/map.xml")
+    pages, _, ignored = run_crawl(f"{site.url}/docs/")
+    assert f"{site.url}/docs/only-in-the-sitemap.html" in {p.source for p in pages}
+    assert ignored["sitemaps on another site (not fetched)"] == 3, ignored
+    assert elsewhere.requests == []
+
+
 def test_robots_txt_that_cannot_be_reached_stops_the_crawl(private_docs: Site,
                                                            elsewhere: Site) -> None:
     """RFC 9309: robots.txt unreachable (a timeout, a cut connection, HTTP 5xx) means the
