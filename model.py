@@ -483,7 +483,14 @@ class Assistant:
     def condense(self, question: str, history: Sequence[Turn]) -> str:
         if not history:
             return question
-        recent = self._fit_history(history[-3:], self._budget() // 2)
+        # The rewrite's prompt holds the question too: the earlier turns get what it leaves
+        # of the window (at most half), so that a long follow-up does not overflow it.
+        fixed = self.llm.count_message_tokens(
+            CONDENSE_PROMPT.format_messages(conversation="", question=question))
+        room = min(self._budget() // 2, self._budget() - fixed)
+        recent = self._fit_history(history[-3:], room) if room > 0 else []
+        if not recent:
+            return question  # nothing of the conversation fits beside it: asked as it is
         conversation = "\n".join(
             f"User: {t.question}\nAssistant: {t.answer}" for t in recent
         )
@@ -645,7 +652,14 @@ class Assistant:
             # answer or the question; told what the follow-up follows, it answers it.
             asked = f"{question} (This follows the earlier question: {history[-1].question})"
             shown = ()
-        messages, used = self.build_prompt(asked, relevant, shown)
+        try:
+            messages, used = self.build_prompt(asked, relevant, shown)
+        except QuestionTooLong:
+            if asked == question:
+                raise
+            # The earlier question does not fit beside this one: asked alone, not refused
+            # for a length the user did not write.
+            messages, used = self.build_prompt(question, relevant, shown)
         t = mark("prompt_s", t)
         hold()
         t = mark("queue_s", t)

@@ -30,9 +30,12 @@ class FakeLLM(LLM):
     model_name = "fake"
 
     def __init__(self, settings: Settings, replies: Sequence[str], n_ctx: int = 2048,
-                 fail_after: int | None = None, logprobs: Sequence[float] = ()) -> None:
+                 fail_after: int | None = None, logprobs: Sequence[float] = (),
+                 strict_window: bool = False) -> None:
         super().__init__(settings)
         self.n_ctx = n_ctx
+        # As llama.cpp does: a prompt and the answer's tokens past the window are refused.
+        self.strict_window = strict_window
         self.chat_model = FakeListChatModel(responses=list(replies) or ["(no reply scripted)"])
         self.prompts: list[list[BaseMessage]] = []
         self.fail_after = fail_after  # raise LLMError after this many streamed pieces
@@ -40,6 +43,7 @@ class FakeLLM(LLM):
 
     def stream(self, messages: Sequence[BaseMessage], *, stop: list[str] | None = None,
                usage: Generation | None = None) -> Iterator[str]:
+        self._fits(messages)
         self.prompts.append(list(messages))
         usage = usage if usage is not None else Generation()
         for n, piece in enumerate(super().stream(messages, stop=stop, usage=usage)):
@@ -49,8 +53,14 @@ class FakeLLM(LLM):
         usage.logprobs[:] = self.logprobs
 
     def complete(self, messages: Sequence[BaseMessage], *, stop: list[str] | None = None) -> str:
+        self._fits(messages)
         self.prompts.append(list(messages))
         return super().complete(messages, stop=stop)
+
+    def _fits(self, messages: Sequence[BaseMessage]) -> None:
+        wanted = self.count_message_tokens(messages) + self.settings.max_new_tokens
+        if self.strict_window and wanted > self.n_ctx:
+            raise LLMError(f"Requested tokens ({wanted}) exceed context window of {self.n_ctx}")
 
 
 def words(text: str) -> set[str]:
@@ -88,7 +98,7 @@ class FakeIndex:
 
 def fake_services(tmp_path: Path, replies: Sequence[str] = (),
                   passages: dict[str, str] | None = None, **overrides: Any) -> Services:
-    llm_options = {k: overrides.pop(k) for k in ("n_ctx", "fail_after", "logprobs")
+    llm_options = {k: overrides.pop(k) for k in ("n_ctx", "fail_after", "logprobs", "strict_window")
                    if k in overrides}
     # The fake index scores words only, as one side: hybrid retrieval is tested on the real
     # index (tests/test_retrieval.py).

@@ -56,6 +56,25 @@ def test_a_follow_up_reads_the_stored_conversation(tmp_path: Path) -> None:
     assert "marigold-42." in llm.prompts[1][-1].content  # the condense prompt had the turn
 
 
+@pytest.mark.parametrize("rewrite", ["as the model rewrites it", "as the user wrote it"])
+def test_a_long_follow_up_that_fits_alone_fits_as_a_follow_up(tmp_path: Path,
+                                                               rewrite: str) -> None:
+    """A follow-up as long as a first question may be is answered: the rewrite's prompt
+    counts the question beside the conversation, and the earlier question added to a follow-up
+    the model did not rewrite is left out when both do not fit (it was a 503, then a 413
+    "ask a shorter question" for words the user never wrote). The fake model refuses, as
+    llama.cpp does, a prompt the window cannot hold."""
+    first = (WIFI + " My notes: " + "the visitor laptop cannot join the network " * 80)[:2300]
+    follow = ("And is it the same for the printer? " + "the printer setup details " * 150)[:3900]
+    rewritten = follow if rewrite == "as the model rewrites it" else "Something else entirely"
+    chat = chat_with(tmp_path, "Its password is marigold-42.", rewritten, "Yes, marigold-42.",
+                     n_ctx=2048, llamacpp_n_ctx=2048, strict_window=True, max_question_chars=4000)
+    asked = chat.answer(Ask(first, user_id="ann"))
+    again = chat.answer(Ask(follow, user_id="ann", conversation_id=asked.conversation_id))
+    assert again.conversation_id == asked.conversation_id
+    assert len(turns_of(chat, "ann")[0]) == 2
+
+
 @pytest.mark.parametrize("owner", [None, "bob"])
 def test_an_unknown_or_foreign_conversation_is_not_found_before_the_model_runs(
         tmp_path: Path, owner: str | None) -> None:
