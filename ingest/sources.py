@@ -118,8 +118,12 @@ def remove_source(services: Services, source: str,
     namespace = resolve(services.settings, source, collection)
     deleted = remove(services, namespace, collection)
     if not any(s.source == namespace for s in list_sources(services.settings)):
-        # Its parse cache serves every collection that ingests it: kept while one does.
-        shutil.rmtree(parse_cache_dir(services.settings, namespace), ignore_errors=True)
+        # Its parse cache serves every collection that ingests it: kept while one does. A site
+        # stored under its index page's name (an older Hearth) keeps its cache under the
+        # folder's name, which a crawl now reads by.
+        names = {namespace, site_namespace(namespace)} if "://" in namespace else {namespace}
+        for name in names:
+            shutil.rmtree(parse_cache_dir(services.settings, name), ignore_errors=True)
     return namespace, deleted
 
 

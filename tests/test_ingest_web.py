@@ -562,3 +562,13 @@ def test_a_source_named_by_its_index_page_before_is_still_that_source(
     assert {c["source"] for c in chunks(services, old)} == {f"{site.url}/docs/",
                                                            f"{site.url}/docs/a.html"}
     assert services.vectorstore.count() == len(chunks(services, old)) == len(stored)
+
+    # Removed, it leaves nothing on disk: its pages' parses were cached under the folder's
+    # name, which the crawls read by.
+    from hearth.ingest.cache import parse_cache_dir
+    from hearth.ingest.sources import remove_source
+
+    cached = [parse_cache_dir(services.settings, name) for name in (old, f"{site.url}/docs/")]
+    assert any(folder.is_dir() for folder in cached)
+    assert remove_source(services, old)[0] == old
+    assert not any(folder.exists() for folder in cached) and services.vectorstore.count() == 0
