@@ -111,7 +111,8 @@ class Metrics:
                                    "they ended (done, failed)", ["state"], registry=r)
         self.ingested_documents = Counter(
             "hearth_ingested_documents", "Documents (pages, files) that ingestion jobs read, by "
-            "result (added, updated, unchanged, deleted, skipped)", ["result"], registry=r)
+            "result (added, updated, unchanged, deleted, skipped; kept: skipped for now, kept as "
+            "indexed before)", ["result"], registry=r)
         self.ingested_chunks = Counter(
             "hearth_ingested_chunks", "Chunks of ingestion jobs, by result (added, unchanged, "
             "deleted)", ["result"], registry=r)
@@ -157,7 +158,7 @@ class Metrics:
         summary = job.summary
         if summary is None:
             return
-        for result in ("added", "updated", "unchanged", "deleted"):
+        for result in ("added", "updated", "unchanged", "deleted", "kept"):
             self.ingested_documents.labels(result).inc(getattr(summary, result))
         self.ingested_documents.labels("skipped").inc(len(summary.skipped))
         for result in ("added", "unchanged", "deleted"):

@@ -196,6 +196,7 @@ def test_ingestion_jobs_are_counted(tmp_path: Path, embeddings: Any) -> None:
     assert value(found, "hearth_ingest_jobs_total", state="done") == 1, \
         client.get(started.get_json()["url"]).get_json()
     assert value(found, "hearth_ingested_documents_total", result="added") == 2
+    assert value(found, "hearth_ingested_documents_total", result="kept") == 0
     assert value(found, "hearth_ingested_chunks_total", result="added") >= 2
 
 
