@@ -410,7 +410,12 @@ class OllamaLLM(LLM):
                 f"Ollama is not reachable at {self.base_url} ({exc.__class__.__name__}): "
                 "start it with `ollama serve`"
             ) from exc
-        names = {m.get("name") for m in response.json().get("models", [])}
+        try:  # a proxy's page, or another server on Ollama's port, is not Ollama
+            names = {m.get("name") for m in response.json()["models"]}
+        except (ValueError, KeyError, TypeError, AttributeError):
+            raise LLMError(f"the server at {self.base_url} does not answer as Ollama does "
+                           "(/api/tags is not Ollama's list of models): is HEARTH_OLLAMA_BASE_URL "
+                           "Ollama's address?") from None
         wanted = {self.model_name, f"{self.model_name}:latest"}
         if not names & wanted:
             raise LLMError(

@@ -7,6 +7,7 @@ cannot be built (a model not fetched, a database down) fails only the requests t
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections.abc import Callable
 from typing import Any, TypeVar
@@ -26,6 +27,8 @@ from hearth.throttle import Gate
 from hearth.vectorstore import VectorStore
 
 T = TypeVar("T")
+
+log = logging.getLogger("hearth.services")
 
 
 class Services:
@@ -103,8 +106,8 @@ class Services:
             "vector_store": lambda: self.vectorstore.ping(),
             "history_store": lambda: self.history.ping(),
         }
-        if self.reranker is not None:  # HEARTH_RERANKER: its model loads
-            checks["reranker"] = self.reranker.ping
+        if self.settings.reranker is not RerankerChoice.none:  # HEARTH_RERANKER: its model loads
+            checks["reranker"] = lambda: self.reranker.ping()  # type: ignore[union-attr]
         report: dict[str, dict[str, Any]] = {}
         for name, check in checks.items():
             try:
@@ -112,6 +115,9 @@ class Services:
                 report[name] = {"ok": True}
             except HearthError as exc:
                 report[name] = {"ok": False, "error": str(exc)}
+            except Exception as exc:  # a backend failing in a way no one foresaw: not ready,
+                log.exception("readiness of %s", name)  # not a 500 on /readyz and /metrics
+                report[name] = {"ok": False, "error": f"{type(exc).__name__}: {exc}"[:300]}
         return report
 
 

@@ -329,3 +329,50 @@ def test_traces_go_to_the_named_collector_without_user_data(tmp_path: Path) -> N
     assert SECRET_USER not in exported and "marigold" not in exported
     assert response.headers["X-Request-Id"] in exported
     assert "answered" in exported
+
+
+class NotOllama(BaseHTTPRequestHandler):
+    """Something else on Ollama's port: a proxy's login page, or a server whose /api/tags is
+    not Ollama's list."""
+
+    body = b"<html><body>Sign in to continue</body></html>"
+
+    def do_GET(self) -> None:  # noqa: N802 - the handler's name
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(self.body)))
+        self.end_headers()
+        self.wfile.write(self.body)
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+@pytest.mark.parametrize("body", [b"<html>Sign in</html>", b"[1, 2]", b'{"models": null}'])
+def test_a_backend_that_answers_oddly_is_not_ready_and_the_metrics_still_scrape(
+        tmp_path: Path, body: bytes) -> None:
+    """An odd answer from a backend (here /api/tags that is not Ollama's) made /readyz and
+    the whole /metrics scrape a 500: it is now that backend's "not ready", with why."""
+    from hearth.services import build_services
+    from tests.fakes import PASSAGES, FakeIndex
+
+    handler = type("Odd", (NotOllama,), {"body": body})
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        base = fake_services(tmp_path).settings
+        settings = base.model_copy(update={
+            "llm_backend": "ollama", "metrics": True,
+            "ollama_base_url": f"http://127.0.0.1:{server.server_address[1]}"})
+        services = build_services(settings, vectorstore=FakeIndex(PASSAGES), embeddings=None)
+        client = create_app(settings, services).test_client()
+        ready = client.get("/readyz")
+        assert ready.status_code == 503, ready.get_data(as_text=True)
+        llm = ready.get_json()["checks"]["llm"]
+        assert llm["ok"] is False and "does not answer as Ollama does" in llm["error"], llm
+        scraped = client.get("/metrics")
+        assert scraped.status_code == 200
+        found = samples(scraped.get_data(as_text=True))
+        assert value(found, "hearth_backend_up", backend="llm") == 0
+        assert value(found, "hearth_backend_up", backend="history_store") == 1
+    finally:
+        server.shutdown()
