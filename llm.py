@@ -242,7 +242,8 @@ class LLM:
                 # A server without log-probabilities may refuse the request (400, 422, or
                 # 500 as llama_cpp.server does for a non-streamed one without logits_all):
                 # nothing was said yet, so ask again without them.
-                refused = asked and not pieces and getattr(exc, "status_code", None) in REFUSALS
+                status = getattr(exc, "status_code", None)
+                refused = asked and not pieces and status in REFUSALS
                 if not refused:
                     raise self.translate(exc) from exc
             finally:  # stop the engine before another generation may take the guard
@@ -256,9 +257,17 @@ class LLM:
             except LLMError:
                 self.asks_logprobs = True  # it failed for another reason: ask next time
                 raise
+            # A 500 may be a busy server's, not a refusal of log-probabilities: they are given
+            # up only when it comes twice in a row (llama_cpp.server's answer every time).
+            self._logprob_refusals += 1
+            if status == 500 and self._logprob_refusals < 2:
+                self.asks_logprobs = True
+                return
             log.warning("%s refused to report log-probabilities: answers from it have no "
                         "confidence", self.name)
             return
+        if asked:
+            self._logprob_refusals = 0
         if not usage.completion_tokens:  # the backend reported none: count them here
             usage.prompt_tokens = self.count_message_tokens(messages)
             usage.completion_tokens = self.count_tokens("".join(pieces))
@@ -269,8 +278,10 @@ class LLM:
     per_call: dict[str, Any] = {}
 
     # Whether streamed calls ask the server to report each token's log-probability (Ollama
-    # 0.12.11 and later, OpenAI-style servers); off from the first refusal.
+    # 0.12.11 and later, OpenAI-style servers); off from the first refusal (a 500: the second
+    # in a row, ``_logprob_refusals``).
     asks_logprobs = False
+    _logprob_refusals = 0
 
     def recording(self, usage: Generation) -> dict[str, Any]:
         """Extra arguments of a streamed call that fill ``usage.logprobs``, where the backend

@@ -173,11 +173,16 @@ def test_openai_extra_body_that_is_not_an_object_of_the_servers_own_fields_is_re
 class RefusingServer:
     """An OpenAI-style server on 127.0.0.1 that refuses log-probabilities with a 400, as servers
     without them do, and passes every other request to a real one: a stand-in (no such server
-    runs here). With ``refuse_all``, it refuses everything (a server that is failing)."""
+    runs here). With ``refuse_all``, it refuses everything (a server that is failing); with
+    ``status`` 500, it refuses log-probabilities as llama_cpp.server does; with ``busy`` N, it
+    answers the next N requests 500 whatever they ask (a server busy for a moment), and with
+    ``busy`` -1 it passes log-probabilities on."""
 
     def __init__(self, upstream: str) -> None:
         self.asked: list[bool] = []  # whether each chat request asked for log-probabilities
         self.refuse_all = False
+        self.status = 400
+        self.busy = 0
         proxy = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -194,8 +199,12 @@ class RefusingServer:
             def do_POST(self) -> None:
                 body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
                 proxy.asked.append("logprobs" in body)
-                if "logprobs" in body or proxy.refuse_all:
-                    self._send(400, json.dumps({"error": {
+                if proxy.busy > 0:
+                    proxy.busy -= 1
+                    self._send(500, b'{"error": {"message": "busy"}}', "application/json")
+                    return
+                if ("logprobs" in body and proxy.busy == 0) or proxy.refuse_all:
+                    self._send(proxy.status, json.dumps({"error": {
                         "message": "logprobs are not supported", "type": "invalid_request_error",
                     }}).encode(), "application/json")
                     return
@@ -246,6 +255,28 @@ def test_a_failing_server_is_not_taken_for_one_that_refuses_log_probabilities(
     usage = Generation()
     assert "".join(llm.stream(MESSAGES, usage=usage)).strip()
     assert refusing_server.asked == [True, False, True, False]  # still asked first
+
+
+def test_one_busy_500_does_not_give_up_log_probabilities_for_good(
+        make_settings: Any, refusing_server: RefusingServer) -> None:
+    """A 500 may be a busy moment, not a refusal: log-probabilities (and with them the
+    confidence floor) were given up for the life of the process after one. They are now
+    given up when a 500 comes twice in a row, as llama_cpp.server's refusal does."""
+    llm = build_llm(make_settings(llm_backend="openai", openai_base_url=refusing_server.url,
+                                  openai_model="smollm2"))
+    refusing_server.busy = 1
+    assert "".join(llm.stream(MESSAGES)).strip()  # answered without, this once
+    refusing_server.busy = -1  # the server reports them now
+    usage = Generation()
+    assert "".join(llm.stream(MESSAGES, usage=usage)).strip()
+    assert refusing_server.asked == [True, False, True]
+    assert usage.confidence is not None
+
+    refusing_server.busy, refusing_server.status = 0, 500  # refused with a 500, every time
+    refusing_server.asked.clear()
+    for _ in range(3):
+        assert "".join(llm.stream(MESSAGES)).strip()
+    assert refusing_server.asked == [True, False, True, False, False]
 
 
 def test_openai_adapter_server_down(make_settings: Any) -> None:
