@@ -236,6 +236,10 @@ def load_base(folder: Path, *, quantization: str = "nf4", device: str = "auto") 
             raise HFModelError(f"{folder} cannot be loaded on {device} ({exc})") from exc
         raise HFModelError(f"bitsandbytes cannot quantize to {quantization} on {device} here "
                            f"({exc}): set HEARTH_TRANSFORMERS_QUANTIZATION=none") from exc
+    except Exception as exc:  # safetensors' own errors: a weights file cut short or damaged
+        raise HFModelError(f"the weights in {folder} cannot be read ({type(exc).__name__}: "
+                           f"{exc}): they may be damaged; convert the model again (`hearth "
+                           "models convert NAME --force`)") from exc
     model.eval()
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token

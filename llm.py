@@ -349,22 +349,28 @@ class LlamaCppLLM(LLM):
         chat_format = None  # a GGUF file of one's own: its embedded chat template
         if name in catalog():
             chat_format = packaged(name).chat_format
-        self.chat_model = ChatLlamaCpp(
-            model_path=str(path),
-            n_ctx=settings.llamacpp_n_ctx,
-            n_batch=settings.llamacpp_n_batch,
-            n_threads=settings.n_threads,
-            n_gpu_layers=0,
-            temperature=settings.temperature,
-            max_tokens=settings.max_new_tokens,
-            top_p=0.95,
-            repeat_penalty=1.1,
-            seed=0,
-            streaming=True,
-            verbose=False,
-            model_kwargs={"chat_format": chat_format} if chat_format else {},
-        )
-        self._llama = self.chat_model.client
+        try:
+            chat_model = ChatLlamaCpp(
+                model_path=str(path),
+                n_ctx=settings.llamacpp_n_ctx,
+                n_batch=settings.llamacpp_n_batch,
+                n_threads=settings.n_threads,
+                n_gpu_layers=0,
+                temperature=settings.temperature,
+                max_tokens=settings.max_new_tokens,
+                top_p=0.95,
+                repeat_penalty=1.1,
+                seed=0,
+                streaming=True,
+                verbose=False,
+                model_kwargs={"chat_format": chat_format} if chat_format else {},
+            )
+        except Exception as exc:  # llama.cpp names no reason: a damaged file, or not a model
+            raise LLMError(f"llama.cpp cannot load the model file {path} ({type(exc).__name__}): "
+                           "it may be damaged or not a GGUF model; `hearth models verify` checks "
+                           "a packaged one") from exc
+        self.chat_model = chat_model
+        self._llama = chat_model.client
 
     def _guard(self) -> AbstractContextManager[Any]:
         return self._lock

@@ -169,6 +169,11 @@ def resolve_model_path(name_or_path: str, models_dir: Path) -> Path:
             f"model file not found at {path.absolute()}{where}: "
             f"run `hearth models fetch {model.name}`"
         )
+    size = path.stat().st_size
+    if size != model.size:  # cut short (a copy or a fetch stopped part-way) or another file
+        raise ModelError(
+            f"the model file at {path.absolute()} is {size:,} bytes, not the {model.size:,} of "
+            f"{model.name}: it is damaged; run `hearth models fetch {model.name}` again")
     return path
 
 

@@ -54,6 +54,30 @@ def test_resolve_says_how_to_fetch(tmp_path: Path) -> None:
     assert weights.resolve_model_path(SMOLLM, MODELS).is_file()
 
 
+def test_a_model_file_cut_short_is_a_clear_error_not_a_crash(tmp_path: Path) -> None:
+    """A packaged model cut short (a copy stopped part-way) crashed `hearth serve` with
+    llama.cpp's traceback and made /readyz a 500. Its size gives it away before loading; a
+    file of one's own that llama.cpp cannot load says so, naming the file."""
+    from hearth.config import load_settings
+    from hearth.llm import LLMError, build_llm
+    from hearth.services import build_services
+
+    model = weights.packaged(SMOLLM)
+    with (MODELS / model.file).open("rb") as source:
+        (tmp_path / model.file).write_bytes(source.read(30_000_000))
+    with pytest.raises(weights.ModelError, match=f"is 30,000,000 bytes, not the "
+                       f"{model.size:,} of {SMOLLM}: it is damaged; run `hearth models fetch"):
+        weights.resolve_model_path(SMOLLM, tmp_path)
+    own = tmp_path / "my-model.gguf"
+    (tmp_path / model.file).rename(own)
+    settings = load_settings(_env_file=None, data_dir=tmp_path / "data", models_dir=tmp_path,
+                             llamacpp_model=str(own))
+    with pytest.raises(LLMError, match="llama.cpp cannot load the model file .*my-model.gguf"):
+        build_llm(settings)
+    ready = build_services(settings).readiness()["llm"]
+    assert ready["ok"] is False and "cannot load the model file" in ready["error"]
+
+
 def test_a_relative_models_dir_run_from_elsewhere_says_where_it_looked(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """`hearth doctor` run from another folder than the project's found no model at
