@@ -47,6 +47,7 @@ from hearth.web import (
     acting_as,
     build_openapi,
     chat,
+    client_gone,
     error_response,
     event_stream,
     guard,
@@ -176,7 +177,8 @@ def ask() -> Response:
     body: QuestionIn = read_json(QuestionIn)
     user_id = acting_as(body.user_id)
     question = Ask(question=body.question, user_id=user_id, conversation_id=body.conversation_id,
-                   collections=body.collections, everything=reads_everything(user_id))
+                   collections=body.collections, everything=reads_everything(user_id),
+                   gone=client_gone())
     if not wants_stream(body.stream):
         reply = chat().answer(question)
         assert reply.conversation_id is not None  # a user's question is always stored

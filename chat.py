@@ -64,6 +64,9 @@ class Ask:
     # How many of the likeliest tokens to record at each drawn token's place (OpenAI's
     # top_logprobs): the answer's tokens always carry their own log-probability.
     alternatives: int = 0
+    # Whether the client has left (the server's word for it): a question still waiting for
+    # the model is dropped then, its places given up.
+    gone: Callable[[], bool] | None = None
 
 
 @dataclass
@@ -175,7 +178,7 @@ class Chat:
     def _hold(self, ask: Ask) -> Hold:
         """The question's place at the gate, by user (or by address, for a client that names
         no user)."""
-        return Hold(self.services.gate, ask.user_id or ask.queue_as or "")
+        return Hold(self.services.gate, ask.user_id or ask.queue_as or "", ask.gone)
 
     def answer(self, ask: Ask) -> Reply:
         """The whole answer, stored."""

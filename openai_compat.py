@@ -49,6 +49,7 @@ from hearth.web import (
     acting_as,
     chat,
     client_address,
+    client_gone,
     event_stream,
     principal,
     read_json,
@@ -320,7 +321,8 @@ def ask_of(body: OpenAIChatRequest) -> Ask:
         raise ApiError(400, "invalid_field", "top_logprobs: only with logprobs: true")
     user = request_user(body)
     question, turns = split_messages(body.messages)
-    reading = {"collections": collections_of(body.model), "everything": reads_everything(user)}
+    reading = {"collections": collections_of(body.model), "everything": reads_everything(user),
+               "gone": client_gone()}
     alternatives = (body.top_logprobs or 0) if body.logprobs else 0
     if user is None or body.conversation_id is not None:
         return Ask(question=question, user_id=user, conversation_id=body.conversation_id,

@@ -165,6 +165,10 @@ def adjustments(settings: Settings) -> Adjustments:
                                   if settings.uploads else 0),
         outbuf_high_watermark=OUTBUF_HIGH_WATERMARK,
         asyncore_use_poll=True,  # select() stops at 1,024 file descriptors
+        # Read on while a request runs, so that a client that hangs up is seen at once
+        # (environ["waitress.client_disconnected"]): a question waiting for the model is
+        # then dropped, not answered to no one.
+        channel_request_lookahead=1,
         # X-Forwarded-For reaches the app, which trusts it from HEARTH_TRUSTED_PROXIES only.
         clear_untrusted_proxy_headers=False,
         ident="hearth",

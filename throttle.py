@@ -50,6 +50,17 @@ class Busy(HearthError):
         self.retry_after = retry_after
 
 
+class ClientGone(HearthError):
+    """The client left while its question waited for the model: no one is there to answer."""
+
+    code = "client_gone"
+    status = 499
+
+
+# How often a question waiting for the model looks whether its client is still there.
+GONE_CHECK_S = 0.5
+
+
 @dataclass
 class _Ticket:
     user: str
@@ -125,8 +136,10 @@ class Gate:
         with self._lock:
             self._refuse_if_full(user, time.monotonic())
 
-    def acquire(self, user: str = "") -> None:
-        """Wait for the model, fairly between users, or raise Busy."""
+    def acquire(self, user: str = "", gone: Callable[[], bool] | None = None) -> None:
+        """Wait for the model, fairly between users, or raise Busy; or ClientGone as soon as
+        ``gone`` says the client has left (its places are given up then, not when its turn
+        comes and the model would start on a question no one waits for)."""
         with self._lock:
             now = time.monotonic()
             self._refuse_if_full(user, now)
@@ -135,10 +148,16 @@ class Gate:
             self._waiting.append(ticket)
             self._held[user] = self._held.get(user, 0) + 1
             queued = time.perf_counter()
-            free = self._turns.wait_for(
-                lambda: self.running < self.concurrent and self._next() is ticket,
-                timeout=self.timeout_s,
-            )
+            deadline = time.monotonic() + self.timeout_s
+            free = left = False
+            while not free:
+                left = gone is not None and gone()
+                wait = deadline - time.monotonic()
+                if left or wait <= 0:
+                    break
+                free = self._turns.wait_for(
+                    lambda: self.running < self.concurrent and self._next() is ticket,
+                    timeout=wait if gone is None else min(wait, GONE_CHECK_S))
             self._waiting.remove(ticket)
             if free:
                 self.running += 1
@@ -149,6 +168,8 @@ class Gate:
             self._turns.notify_all()
         for observe in self.waited:
             observe(time.perf_counter() - queued)
+        if left:
+            raise ClientGone("the client left while its question waited for the model")
         if not free:
             raise Busy(f"no model was free within {self.timeout_s:.0f} s; try again shortly",
                        retry_after=int(self.timeout_s // 2) or 1)
@@ -186,8 +207,8 @@ class Hold:
     """A question's place at the gate: taken when the model is first needed (``take``, which
     may raise Busy), released once, however the question ends."""
 
-    def __init__(self, gate: Gate, user: str) -> None:
-        self.gate, self.user = gate, user
+    def __init__(self, gate: Gate, user: str, gone: Callable[[], bool] | None = None) -> None:
+        self.gate, self.user, self.gone = gate, user, gone
         self.held = False
 
     def check(self) -> None:
@@ -197,8 +218,11 @@ class Hold:
 
     def take(self) -> None:
         if not self.held:
-            self.gate.acquire(self.user)
+            self.gate.acquire(self.user, self.gone)
             self.held = True
+            if self.gone is not None and self.gone():  # left as its turn came
+                self.release()
+                raise ClientGone("the client left before the model started on its question")
 
     def release(self) -> None:
         if self.held:

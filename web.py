@@ -193,6 +193,13 @@ def principal() -> Principal | None:
     return getattr(g, "principal", None)
 
 
+def client_gone() -> Callable[[], bool] | None:
+    """Whether this request's client has left, as waitress tells it (with the request look-
+    ahead it is given, ``server.adjustments``); None under another server."""
+    check = request.environ.get("waitress.client_disconnected")
+    return check if callable(check) else None
+
+
 def acting_as(requested: str | None) -> str:
     """The user this request acts for (``auth.acting_user`` with the request's key)."""
     return acting_user(principal(), requested)

@@ -205,3 +205,51 @@ def test_a_mongodb_that_hangs_is_a_503_in_bounded_time(
     stored = MongoHistory(mongo_server, "hangs").get(first["conversation_id"])
     assert stored is not None
     assert [t.question for t in stored.turns] == ["How do I ingest PDFs?"]
+
+
+def test_a_client_that_leaves_while_queued_gives_up_its_place(tmp_path: Path) -> None:
+    """A streamed question whose client hung up while it waited for the model kept its places
+    (its user was refused meanwhile) and the model started on it when its turn came. Now its
+    places are given up within a moment, and the model never hears it. Hearth's own server
+    (waitress) on 127.0.0.1, the real gate; the model is the fake, slowed to keep the gate busy."""
+    import json
+    import socket
+    import threading
+
+    import httpx
+
+    from hearth.server import build_server
+    from tests.conftest import free_port, wait_until
+    from tests.fakes import fake_services
+
+    services = fake_services(tmp_path, ["The password is marigold-42. " * 3] * 5,
+                             port=free_port(), max_concurrent_generations=1,
+                             max_queued_per_user=1, queue_timeout_s=60)
+    services.llm.chat_model.sleep = 0.05  # type: ignore[attr-defined]  # ~4 s an answer
+    server = build_server(services.settings)
+    server.app = create_app(services.settings, services)
+    threading.Thread(target=server.run, daemon=True).start()
+    url = f"http://127.0.0.1:{services.settings.port}"
+    gate, question = services.gate, "What is the guest Wi-Fi password?"
+    try:
+        first = threading.Thread(target=lambda: httpx.post(f"{url}/api/question", json={
+            "question": question, "user_id": "ann"}, timeout=60))
+        first.start()
+        wait_until(lambda: gate.running == 1, "ann being answered", 10)
+        body = json.dumps({"question": question, "user_id": "bob", "stream": True}).encode()
+        with socket.create_connection(("127.0.0.1", services.settings.port)) as bob:
+            bob.sendall(b"POST /api/question HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: "
+                        b"application/json\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
+            wait_until(lambda: gate.waiting == 1, "bob waiting", 10)
+        # Hung up: within a moment bob's places are free, ann still being answered.
+        wait_until(lambda: gate.waiting == 0 and "bob" not in gate._held, "bob gone", 5)
+        assert gate.running == 1
+        first.join(60)
+        time.sleep(1.0)
+        assert len(services.llm.prompts) == 1  # type: ignore[attr-defined]  # ann's alone
+        again = httpx.post(f"{url}/api/question", json={"question": question, "user_id": "bob"},
+                           timeout=60)
+        assert again.status_code == 200, again.text
+    finally:
+        server.task_dispatcher.shutdown()
+        server.close()
