@@ -85,3 +85,14 @@ def test_values_that_broke_only_at_run_time_are_refused_at_start(
             "HEARTH_MAX_NEW_TOKENS": "3584"}[name]
     monkeypatch.setenv(name, good)
     assert load_settings(_env_file=None)
+
+
+def test_every_setting_is_described_in_the_configuration_guide() -> None:
+    """docs/configuration.md is where a user looks a setting up: each one is there by name
+    (.env.example lists them too: tests/test_deploy.py)."""
+    from hearth.config import Settings
+
+    guide = (Path(__file__).resolve().parents[1] / "docs" / "configuration.md").read_text()
+    missing = [f"HEARTH_{name.upper()}" for name in Settings.model_fields
+               if f"HEARTH_{name.upper()}`" not in guide]
+    assert missing == [], missing
