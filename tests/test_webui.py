@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import re
+import threading
 from collections.abc import Iterator
 from html.parser import HTMLParser
 from pathlib import Path
@@ -18,14 +19,18 @@ import httpx
 import pytest
 
 from hearth.api import create_app
-from hearth.config import Settings
+from hearth.config import Settings, load_settings
 from hearth.conversations import Turn
 from hearth.grounding import Verdict
 from hearth.history import SQLiteHistory
+from hearth.ingest.pipeline import ingest_files
 from hearth.model import Source, withheld_answer
-from hearth.services import build_services
+from hearth.server import build_server
+from hearth.services import Services, build_services
+from hearth.web import jobs
 from hearth.webui import STATIC, webui_blueprint
 from tests.conftest import BIN, MODELS, REPO, SMOLLM, Server, free_port, http_ok, wait_until
+from tests.fakes import FakeLLM
 
 pytestmark = pytest.mark.real  # real servers, models or a browser
 
@@ -91,6 +96,51 @@ def hearth(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Hearth]:
         print((root / "log").read_text()[-3000:])
 
 
+REPLY = "To install the printer driver, run setup.exe from the driver folder."
+
+
+class Quick:
+    def __init__(self, url: str, services: Services, app: Any) -> None:
+        self.url, self.services, self.app = url, services, app
+
+    def turns(self, user: str) -> list[dict[str, Any]]:
+        """The turns of the user's newest conversation, as the API gives them."""
+        [newest, *_] = httpx.get(f"{self.url}/api/conversations", params={"user_id": user},
+                                 timeout=30).json()["conversations"]
+        return httpx.get(f"{self.url}/api/conversations/{newest['id']}",  # type: ignore[no-any-return]
+                         params={"user_id": user}, timeout=30).json()["turns"]
+
+
+@pytest.fixture(scope="module")
+def quick(tmp_path_factory: pytest.TempPathFactory, embeddings: Any) -> Iterator[Quick]:
+    """Hearth's app on its own server (`hearth.server.build_server`, waitress) in a thread on
+    127.0.0.1, for the tests of the page that need no real answer: the real index (Chroma in
+    its data folder, the guide indexed in `default`, an empty public collection `team`), the
+    real embedding model, stores and upload jobs, with the fake model of tests/fakes.py
+    (FakeLLM: one scripted reply, streamed a character at a time) so that no test waits for
+    SmolLM2. An upload request may carry 8 KiB of files at most."""
+    root = tmp_path_factory.mktemp("webui-quick")
+    (root / "guide").mkdir()
+    (root / "guide" / "printing.md").write_text(GUIDE)
+    settings = load_settings(_env_file=None, data_dir=root / "data", models_dir=MODELS,
+                             max_new_tokens=64, host="127.0.0.1", port=free_port(),
+                             upload_max_request_bytes=8192)
+    services = build_services(settings, llm=FakeLLM(settings, [REPLY]), embeddings=embeddings)
+    ingest_files(services, root / "guide")
+    services.access.create("team", "The team's documents", public=True)
+    app = create_app(settings, services)
+    server = build_server(settings)
+    server.app = app
+    threading.Thread(target=server.run, daemon=True).start()
+    url = f"http://127.0.0.1:{server.effective_port}"
+    try:
+        wait_until(lambda: http_ok(f"{url}/healthz"), "hearth's app")
+        yield Quick(url, services, app)
+    finally:
+        server.task_dispatcher.shutdown()
+        server.close()
+
+
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
     if not CHROMIUM.exists():
@@ -109,7 +159,8 @@ def requests_made() -> list[Any]:
     return []
 
 
-def open_page(browser: Any, hearth: Hearth, requests_made: list[Any], **context: Any) -> Any:
+def open_page(browser: Any, hearth: Hearth | Quick, requests_made: list[Any],
+              **context: Any) -> Any:
     page = browser.new_context(**context).new_page()
     page.set_default_timeout(TIMEOUT_MS)
     page.add_init_script(WATCH)
@@ -427,6 +478,198 @@ def test_rate_limited_is_said_so(browser: Any, hearth: Hearth, requests_made: li
     alert = ask(page, QUESTION).get_by_role("alert")
     expect(alert).to_contain_text("Too many requests for now. Try again in")
     assert page.locator("#question").input_value() == QUESTION  # kept, to send again later
+
+
+def test_each_question_reads_the_collections_ticked_and_none_ticked_sends_nothing(
+        browser: Any, quick: Quick, requests_made: list[Any]) -> None:
+    """Every question names the collections ticked, every one included: ticking one again in
+    an open conversation reads it again (a follow-up that names none reads what its
+    conversation read before). With none ticked nothing is sent, and the page says why. The
+    fake model answers (see `quick`)."""
+    from playwright.sync_api import expect
+
+    page = open_page(browser, quick, requests_made)
+    sign_in(page, "Ivy")
+    expect(page.locator("#collections label")).to_have_text(["default", "team"])
+    default = page.locator("#collections input[value=default]")
+    team = page.locator("#collections input[value=team]")
+
+    def sent() -> list[Any]:
+        return [r.post_data_json.get("collections", "none sent") for r in requests_made
+                if r.url.endswith("/api/question") and r.method == "POST"]
+
+    team.uncheck()
+    ask(page, QUESTION)
+    finished(page)
+    team.check()  # every box ticked again, in the same conversation
+    ask(page, "And where is the driver folder?")
+    finished(page)
+    assert sent() == [["default"], ["default", "team"]]
+    assert [t["collections"] for t in quick.turns("Ivy")] == [["default"], ["default", "team"]]
+
+    # None ticked: Send is disabled and says why; Enter in the box sends nothing either.
+    page.get_by_role("button", name="+ New conversation").click()
+    expect(team).to_be_checked()  # a new conversation reads every one
+    team.uncheck()
+    default.uncheck()
+    send, why = page.locator("#send"), page.locator("#choose-error")
+    expect(send).to_be_disabled()
+    expect(why).to_have_text("Choose at least one collection under “Ask in” to send a question.")
+    box = page.locator("#question")
+    box.fill("Anything?")
+    box.press("Enter")
+    page.wait_for_timeout(500)
+    expect(page.locator("#messages .turn")).to_have_count(0)
+    assert box.input_value() == "Anything?" and len(sent()) == 2
+    default.check()
+    expect(send).to_be_enabled()
+    expect(why).to_be_hidden()
+    box.press("Enter")
+    finished(page)
+    assert sent()[-1] == ["default"]
+
+
+def test_focus_follows_send_and_stop_and_the_skip_link_keeps_the_conversation(
+        browser: Any, quick: Quick, requests_made: list[Any]) -> None:
+    """From the keyboard: the button pressed is hidden, so its focus goes on, Send to Stop and
+    Stop to the question box; "Skip to the question" focuses the box and leaves the address,
+    which names the conversation, as it is. Export shows only with a conversation on screen,
+    and the current one is aria-current="true". The fake model answers (see `quick`), slowed
+    down the first time so that there is time to stop it."""
+    from playwright.sync_api import expect
+
+    page = open_page(browser, quick, requests_made, viewport={"width": 1200, "height": 800})
+    sign_in(page, "Jay")
+    expect(page.locator("#export")).to_be_hidden()  # no conversation yet
+    box, send, stop = page.locator("#question"), page.locator("#send"), page.locator("#stop")
+    quick.services.llm.chat_model.sleep = 0.1  # type: ignore[attr-defined]
+    try:
+        box.fill(QUESTION)
+        box.press("Tab")
+        expect(send).to_be_focused()
+        page.keyboard.press("Enter")
+        expect(stop).to_be_focused()
+        page.keyboard.press("Enter")
+        expect(page.locator("#messages .answer .note")).to_contain_text("Stopped")
+        expect(box).to_be_focused()
+    finally:
+        quick.services.llm.chat_model.sleep = None  # type: ignore[attr-defined]
+
+    ask(page, QUESTION)
+    finished(page)
+    expect(page.locator("#export")).to_be_visible()
+    expect(page.locator("#conversations li.current .open")).to_have_attribute("aria-current", "true")
+    address = page.url
+    assert "#c=" in address
+    page.locator("#open-settings").focus()
+    page.locator("a.skip").focus()
+    page.keyboard.press("Enter")
+    expect(box).to_be_focused()
+    assert page.url == address
+    page.reload()
+    expect(page.locator("#messages .turn")).to_have_count(1)  # still the conversation
+
+
+def test_evidence_marks_in_a_passage_with_emoji_cancel_marks_nothing_and_names_are_checked(
+        browser: Any, quick: Quick, requests_made: list[Any]) -> None:
+    """The server's evidence offsets count characters, as Python does; an emoji is two UTF-16
+    units in JavaScript, yet the marks fall on the sentences. The turn is written to the
+    server's history store as the chain stores one (no model needed). Cancel on "What was
+    wrong?" marks nothing. The name dialog refuses what the API refuses (and dots only)."""
+    from playwright.sync_api import expect
+
+    passage = ("😀😀😀😀 Intro 🎉. Visitors use the guest Wi-Fi network called AcmeGuest. "
+               "Its password is marigold-42.")
+    sentences = ["Visitors use the guest Wi-Fi network called AcmeGuest.",
+                 "Its password is marigold-42."]
+    evidence = [{"source": 0, "text": s, "start": passage.index(s),
+                 "end": passage.index(s) + len(s), "score": 3.0} for s in sentences]
+    quick.services.history.add_turn("emoji-1", "Kim", Turn(
+        question="What is the guest Wi-Fi password?", answer="It is marigold-42.",
+        sources=[Source("wifi.md", "Guest Wi-Fi", None, None, passage, "c1", 0.7).to_dict()],
+        evidence=evidence))
+
+    page = open_page(browser, quick, requests_made)
+    expect(page.locator("#settings")).to_be_visible()
+    name, error = page.locator("#user-name"), page.locator("#settings-error")
+    for refused, says in ((" .. ", "only dots"), ("a/b", "“/”"), ("a\tb", "control characters")):
+        name.fill(refused)
+        name.press("Enter")
+        expect(error).to_contain_text(says)
+        expect(page.locator("#settings")).to_be_visible()
+    sign_in(page, "Kim")
+
+    page.locator("#conversations li .open").first.click()
+    answer = page.locator("#messages .answer").last
+    answer.get_by_role("button", name="Show passage").click()
+    expect(answer.locator(".sources mark")).to_have_text(sentences)
+
+    page.once("dialog", lambda dialog: dialog.dismiss())
+    answer.get_by_role("button", name="👎 Wrong").click()
+    page.wait_for_timeout(500)
+    expect(answer.get_by_role("button", name="👎 Wrong")).to_have_attribute("aria-pressed", "false")
+    expect(answer.locator(".thanks")).to_have_text("")
+    assert not [r for r in requests_made if r.url.endswith("/feedback")]
+    assert quick.turns("Kim")[0]["feedback"] is None
+
+
+def contrast(foreground: str, background: str) -> float:
+    """WCAG's contrast ratio of two CSS colours written rgb(r, g, b)."""
+    def luminance(colour: str) -> float:
+        channels = [int(c) / 255 for c in re.findall(r"\d+", colour)[:3]]
+        r, g, b = (c / 12.92 if c <= 0.03928 else ((c + 0.055) / 1.055) ** 2.4 for c in channels)
+        return 0.2126 * r + 0.7152 * g + 0.0722 * b
+
+    light, dark = sorted((luminance(foreground), luminance(background)), reverse=True)
+    return (light + 0.05) / (dark + 0.05)
+
+
+def test_my_documents_follow_indexing_after_a_reload_and_too_large_uploads_say_so(
+        browser: Any, quick: Quick, requests_made: list[Any], tmp_path: Path) -> None:
+    """A document still indexing when the page loads is followed until it is ready: here the
+    one ingestion worker is kept busy (as by another user's job) while the page reloads. An
+    upload over the server's limit (8 KiB a request here) is said to be one, in the dark theme
+    in a colour that reads on its background. The real index and embedding model index the
+    upload (see `quick`); nothing asks the model."""
+    from playwright.sync_api import expect
+
+    note = tmp_path / "kayak.md"
+    note.write_text("# The kayak\n\nThe paddle hangs on the hook marked K7.\n")
+    page = open_page(browser, quick, requests_made, color_scheme="dark")
+    sign_in(page, "Lou")
+    with quick.app.app_context():
+        runner = jobs()
+    busy = threading.Event()
+    runner._pool.submit(busy.wait, 60)  # the one ingestion worker, taken
+    state = page.locator("#documents li .state")
+    try:
+        page.locator("#upload-files").set_input_files(str(note))
+        expect(state).to_have_text("indexing…")
+        page.reload()
+        expect(state).to_have_text("indexing…")
+    finally:
+        busy.set()
+    expect(state).to_have_text("ready", timeout=15_000)  # without the user doing anything
+
+    def listed() -> int:
+        return sum(r.method == "GET" and "/api/collections/mine/documents" in r.url
+                   for r in requests_made)
+
+    seen = listed()
+    page.wait_for_timeout(2500)
+    assert listed() == seen  # none indexing: the page stopped asking
+
+    big = tmp_path / "big.txt"
+    big.write_text("hello world\n" * 12_500)  # 150 kB
+    page.locator("#upload-files").set_input_files(str(big))
+    status = page.locator("#upload-status")
+    expect(status).to_have_text(
+        "These files are too large to upload at once: send fewer or smaller files.")
+    expect(status).to_have_class(re.compile("error"))
+    background = page.evaluate("getComputedStyle(document.querySelector('#sidebar')).backgroundColor")
+    assert background == "rgb(28, 25, 23)"  # the dark theme
+    colour = status.evaluate("e => getComputedStyle(e).color")
+    assert contrast(colour, background) >= 4.5, colour
 
 
 def test_a_backend_that_is_down_is_said_so(

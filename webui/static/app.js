@@ -17,7 +17,9 @@ const state = {
   controller: null,      // the AbortController of the answer being streamed
   conversations: [],
   collections: [],       // those the user may read: [{name, description, mine, ...}]
-  chosen: null,          // the names this conversation reads; null: every one
+  chosen: null,          // the names ticked under "Ask in"; null: every one
+  polling: 0,            // uploads whose job upload() follows
+  documentsTimer: null,  // the next refresh of "My documents" while one is indexing
 };
 
 // Errors the user can act on: what went wrong, and what to do.
@@ -26,6 +28,8 @@ class HearthError extends Error {
 }
 
 const UNREACHABLE = "Hearth is not reachable: is `hearth serve` still running? Nothing was sent.";
+const UPLOAD_TOO_LARGE = "These files are too large to upload at once: send fewer or smaller files.";
+const NONE_CHOSEN = "Choose at least one collection under “Ask in” to send a question.";
 const LOST = "The connection to Hearth was lost before the answer was finished; the answer was not saved.";
 const CONFIDENCE_HINT = "How sure the model was of the words it wrote (the mean probability it " +
   "gave each of them, 0 to 1). A hint, not the chance that the answer is right: read the evidence.";
@@ -203,16 +207,20 @@ function baseName(path) {
   return parts[parts.length - 1] || path;
 }
 
-// A passage's text with the evidence sentences in it marked (offsets come from the server).
+// A passage's text with the evidence sentences in it marked. The server's offsets count
+// characters (code points), as Python does; a JavaScript string counts UTF-16 units, two for
+// an emoji: the passage is cut as an array of code points.
 function highlighted(snippet, ranges) {
+  const chars = Array.from(snippet);
+  const slice = (from, to) => chars.slice(from, to).join("");
   const parts = [];
   let at = 0;
   for (const { start, end } of [...ranges].sort((a, b) => a.start - b.start)) {
-    if (start < at || end > snippet.length || start >= end) continue;
-    parts.push(snippet.slice(at, start), el("mark", { text: snippet.slice(start, end) }));
+    if (start < at || end > chars.length || start >= end) continue;
+    parts.push(slice(at, start), el("mark", { text: slice(start, end) }));
     at = end;
   }
-  parts.push(snippet.slice(at));
+  parts.push(slice(at));
   return parts;
 }
 
@@ -342,7 +350,11 @@ function feedbackBar(answerNode, given = null) {
 async function mark(answerNode, rating, buttons, status) {
   if (!state.conversationId) return;
   const turn = [...document.querySelectorAll("#messages .answer[data-stored]")].indexOf(answerNode);
-  const comment = rating === "wrong" ? (prompt("What was wrong? (optional)") || "") : "";
+  let comment = "";
+  if (rating === "wrong") {
+    comment = prompt("What was wrong? (optional)");
+    if (comment === null) return;  // Cancel: nothing is marked
+  }
   try {
     await api(`/api/conversations/${encodeURIComponent(state.conversationId)}/feedback`, {
       method: "POST", headers: { "Content-Type": "application/json" },
@@ -373,8 +385,12 @@ function clearMessages() {
 
 // Asking.
 function setBusy(busy) {
+  // The button pressed is hidden: its focus goes on, Send to Stop, Stop to the question box.
+  const focused = document.activeElement;
   $("#send").hidden = busy;
   $("#stop").hidden = !busy;
+  if (busy && focused === $("#send")) $("#stop").focus();
+  else if (!busy && focused === $("#stop")) $("#question").focus();
   $("#messages").setAttribute("aria-busy", String(busy));
 }
 
@@ -450,7 +466,9 @@ function showConversation(id) {
   for (const item of document.querySelectorAll("#conversations li")) {
     const current = item.dataset.id === id;
     item.classList.toggle("current", current);
-    item.querySelector(".open").toggleAttribute("aria-current", current);
+    const open = item.querySelector(".open");
+    if (current) open.setAttribute("aria-current", "true");
+    else open.removeAttribute("aria-current");
   }
 }
 
@@ -573,11 +591,23 @@ function openSettings() {
   $("#user-name").focus();
 }
 
+// The API's rule for a user id (stripped, 1 to 128 characters, no "/" and no control
+// character), and no name of dots only, which a URL path would read as "." or "..".
+function nameProblem(name) {
+  if (!name) return "Enter a name: Hearth keeps your conversations under it.";
+  if (Array.from(name).length > 128) return "Your name is too long: at most 128 characters.";
+  if (/[\u0000-\u001f\u007f/]/.test(name)) return "Your name may not contain “/” or control characters.";
+  if (/^\.+$/.test(name)) return "Your name may not be only dots.";
+  return "";
+}
+
 function saveSettings(event) {
   event.preventDefault();
   const name = $("#user-name").value.trim();
-  if (!name) {
-    $("#settings-error").textContent = "Enter a name: Hearth keeps your conversations under it.";
+  const problem = nameProblem(name);
+  if (problem) {
+    $("#settings-error").textContent = problem;
+    $("#user-name").focus();
     return;
   }
   const changedUser = name !== store.user;
@@ -602,19 +632,34 @@ function renderCollections() {
     const box = el("input", { type: "checkbox", value: c.name, id: `col-${c.name}` });
     box.checked = !state.chosen || state.chosen.includes(c.name);
     box.addEventListener("change", () => {
-      const checked = [...document.querySelectorAll("#collections input:checked")].map((b) => b.value);
-      state.chosen = checked.length === state.collections.length ? null : checked;
+      state.chosen = [...document.querySelectorAll("#collections input:checked")].map((b) => b.value);
+      showChoice();
     });
     return el("li", {}, box, el("label", { for: `col-${c.name}`, title: c.description || c.name,
                                            text: collectionLabel(c) }));
   }));
+  showChoice();
 }
 
+// The collections to send: those ticked, always, every one included (a follow-up that names
+// none reads what its conversation read before, whatever the boxes say). null before the
+// list has loaded: the server then reads every one, or what the conversation read.
 function chosenCollections() {
-  if (!state.chosen) return null;
-  const known = new Set(state.collections.map((c) => c.name));
-  const chosen = state.chosen.filter((name) => known.has(name));
-  return chosen.length ? chosen : null;
+  if (!state.collections.length) return null;
+  return state.collections.map((c) => c.name)
+    .filter((name) => !state.chosen || state.chosen.includes(name));
+}
+
+// With no collection ticked there is nothing to ask in: Send waits for one, and says so.
+function noneChosen() {
+  const chosen = chosenCollections();
+  return chosen !== null && chosen.length === 0;
+}
+
+function showChoice() {
+  const none = noneChosen();
+  $("#send").disabled = none;
+  $("#choose-error").textContent = none ? NONE_CHOSEN : "";
 }
 
 async function loadCollections() {
@@ -659,7 +704,19 @@ async function loadDocuments() {
     item.dataset.id = d.id;
     return item;
   }));
+  followIndexing(documents);
   return documents;
+}
+
+// A document still indexing (after a reload, say, or one another tab uploaded) is looked at
+// again every 2 s until none is, unless an upload on this page is already following its job.
+function followIndexing(documents) {
+  if (state.documentsTimer || state.polling) return;
+  if (!documents.some((d) => d.state === "queued")) return;
+  state.documentsTimer = setTimeout(async () => {
+    state.documentsTimer = null;
+    if (!state.polling) await loadDocuments();
+  }, 2000);
 }
 
 // XMLHttpRequest, not fetch: only it reports how much of the upload has been sent.
@@ -680,6 +737,7 @@ function send(files) {
       let body = {};
       try { body = JSON.parse(request.responseText); } catch { /* not JSON */ }
       if (request.status === 202) resolve(body);
+      else if (request.status === 413) reject(new HearthError("upload_too_large", UPLOAD_TOO_LARGE));
       else {
         const error = body.error || {};
         reject(new HearthError(error.code || "http_error",
@@ -706,8 +764,21 @@ async function upload(files) {
   const refused = started.refused.map((r) => `${r.name}: ${r.reason}`);
   uploadStatus(`Indexing ${started.documents.length} of ${files.length}…` +
                (refused.length ? ` Refused: ${refused.join("; ")}` : ""), refused.length > 0);
-  await loadDocuments();
-  await loadCollections();
+  state.polling += 1;  // follow() follows the job: loadDocuments need not
+  let shown = null;
+  try {
+    await loadDocuments();
+    await loadCollections();
+    shown = await follow(started);
+  } finally {
+    state.polling -= 1;
+  }
+  if (shown) followIndexing(shown);  // another upload's documents may still be indexing
+  else await loadDocuments();
+}
+
+// The upload's job, until it ends; then the documents, as they are shown (null on an error).
+async function follow(started) {
   for (;;) {
     await new Promise((done) => setTimeout(done, 1000));
     let job;
@@ -715,7 +786,7 @@ async function upload(files) {
       job = await (await api(`${started.job.url}?${userQuery()}`)).json();
     } catch (error) {
       uploadStatus(error.message, true);
-      break;
+      return null;
     }
     const bar = $("#upload-progress");
     const { chunks = 0, chunks_indexed: indexed = 0 } = job.progress || {};
@@ -727,7 +798,7 @@ async function upload(files) {
       const failed = shown.filter((d) => d.job === started.job.id && d.state === "failed");
       uploadStatus(failed.length ? `Could not read: ${failed.map((d) => `${d.name} (${d.error})`).join("; ")}`
                                  : "Your documents are ready to ask about.", failed.length > 0);
-      break;
+      return shown;
     }
   }
 }
@@ -808,6 +879,10 @@ function start() {
     event.preventDefault();
     const question = $("#question").value.trim();
     if (!question || state.controller) return;
+    if (noneChosen()) {  // Enter in the question box submits even while Send is disabled
+      showChoice();
+      return;
+    }
     $("#question").value = "";
     ask(question);
   });
@@ -820,6 +895,12 @@ function start() {
     }
   });
   $("#stop").addEventListener("click", stop);
+  // The skip link focuses the question box without changing the address, which names the
+  // conversation on screen (#c=…): a reload then still opens it.
+  $("a.skip").addEventListener("click", (event) => {
+    event.preventDefault();
+    $("#question").focus();
+  });
   $("#new-conversation").addEventListener("click", newConversation);
   $("#erase-history").addEventListener("click", eraseHistory);
   $("#toggle-list").addEventListener("click", toggleList);
