@@ -172,6 +172,8 @@ class KeywordIndex:
             self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None,
                                        timeout=30.0)
             self._db.execute("PRAGMA journal_mode=WAL")
+            # Deleted text is overwritten, not left in free pages (``scrub``).
+            self._db.execute("PRAGMA secure_delete=ON")
             migrate_sqlite(self._db, path, STORE, MIGRATIONS)
             private_file(path)
         except (OSError, sqlite3.Error) as exc:
@@ -226,6 +228,15 @@ class KeywordIndex:
             db.execute("DELETE FROM chunks WHERE collection = ?", (collection,))
             db.execute("DELETE FROM collections WHERE name = ?", (collection,))
         self._run(write, write=True)
+
+    def scrub(self) -> None:
+        """Leave nothing of deleted chunks in the file (after an erasure, a removal): FTS5
+        keeps a deleted row's words, with their places, in its index segments until they are
+        merged, which ``optimize`` does for all of them; the pages freed are overwritten
+        (secure_delete), and the write-ahead log is copied over and truncated."""
+        self._run(lambda db: db.execute(
+            "INSERT INTO chunks_fts (chunks_fts) VALUES ('optimize')"), write=True)
+        self._run(lambda db: db.execute("PRAGMA wal_checkpoint(TRUNCATE)"))
 
     def is_whole(self, collection: str) -> bool:
         return bool(self._run(lambda db: db.execute(

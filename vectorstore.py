@@ -334,6 +334,11 @@ class VectorStore:
                                                           "collection": h.collection}),
                  h.score, h.chunk_id) for h in hits]
 
+    def scrub(self) -> None:
+        """Leave no text of deleted chunks on disk where Hearth can see to it: the keyword
+        index (``KeywordIndex.scrub``). Chroma's own files follow Chroma's rules."""
+        self.keywords.scrub()
+
     def drop(self, collection: str) -> None:
         """Delete a collection's chunks, all at once."""
         try:

@@ -43,6 +43,10 @@ class ParseCache:
         except OSError as exc:
             log.warning("cannot write the parse cache in %s: %s", self.folder, exc)
 
+    def forget(self, key: str) -> None:
+        """Delete one document's parse (a document removed: its text is not kept)."""
+        (self.folder / f"{key}.json").unlink(missing_ok=True)
+
     def prune(self) -> None:
         if self.folder.is_dir():
             for entry in self.folder.iterdir():

@@ -303,6 +303,19 @@ def _lasting(item: Parsed | Skipped) -> bool:
     return not isinstance(item, SkippedForNow) and (isinstance(item, Skipped) or item.lasting)
 
 
+def parse_options(pdf_char_margin: float, limits: ReadLimits) -> str:
+    """What besides a file's bytes decides its parse: part of its key in the parse cache. A
+    change of the OCR page cap changes what a scanned PDF gives; its timeout does not (a page
+    that took too long is not cached)."""
+    return f"char_margin={pdf_char_margin}|ocr_pages={limits.ocr_pages}"
+
+
+def cache_key(path: Path, pdf_char_margin: float, limits: ReadLimits) -> str:
+    """The key of the file at ``path`` in its folder's parse cache, as ``load_folder`` reads
+    it with these options."""
+    return _cache_key(path, parse_options(pdf_char_margin, limits), limits.file_bytes)
+
+
 def load_folder(root: Path, *, progress: Progress | None = None,
                 ignored: dict[str, int] | None = None, cache: ParseCache | None = None,
                 pdf_char_margin: float,
@@ -314,9 +327,7 @@ def load_folder(root: Path, *, progress: Progress | None = None,
     files = find_files(root, ignored, exclude)
     if progress:
         progress.begin("files parsed", total=len(files))
-    # A change of the OCR page cap changes what a scanned PDF gives; its timeout does not
-    # (a page that took too long is not cached).
-    options = f"char_margin={pdf_char_margin}|ocr_pages={limits.ocr_pages}"
+    options = parse_options(pdf_char_margin, limits)
     inside = root.resolve()
     for path in files:
         name = str(path.relative_to(root))

@@ -124,6 +124,7 @@ def remove_source(services: Services, source: str,
         names = {namespace, site_namespace(namespace)} if "://" in namespace else {namespace}
         for name in names:
             shutil.rmtree(parse_cache_dir(services.settings, name), ignore_errors=True)
+    services.vectorstore.scrub()  # nothing of its text left in the keyword index's file
     return namespace, deleted
 
 
@@ -139,6 +140,7 @@ def remove_collection(services: Services, name: str) -> int:
     deleted = sum(remove_source(services, s.source, name)[1]
                   for s in list_sources(services.settings, name))
     services.vectorstore.drop(name)
+    services.vectorstore.scrub()
     Uploads(services).forget_collection(name)
     access.forget(name)
     return deleted

@@ -35,7 +35,9 @@ from typing import IO, TYPE_CHECKING, Any
 from hearth.access import Collection, CollectionForbidden, CollectionNotFound
 from hearth.auth import Forbidden
 from hearth.errors import HearthError
-from hearth.ingest.files import KINDS, looks_binary, name_file, wide_codec
+from hearth.ingest.cache import ParseCache, parse_cache_dir
+from hearth.ingest.documents import IngestError, ReadLimits
+from hearth.ingest.files import KINDS, cache_key, looks_binary, name_file, wide_codec
 from hearth.ingest.pipeline import files_namespace, indexed_documents, records_namespace
 from hearth.ingest.records import close_records, record_manager
 from hearth.private import private_dir
@@ -380,10 +382,19 @@ class Uploads:
         return len(keys)
 
     def _delete_file(self, doc: Uploaded) -> None:
-        """The stored file and its name file."""
+        """The stored file, its name file and its parsed text in the parse cache."""
         stored = self.files_dir(doc.collection) / doc.file
+        try:
+            key = cache_key(stored, self.settings.pdf_char_margin, ReadLimits.of(self.settings))
+        except (OSError, IngestError):
+            key = None  # gone already, or unreadable: the folder's next job prunes its parse
+        if key is not None:
+            ParseCache(self._cache_dir(doc.collection)).forget(key)
         stored.unlink(missing_ok=True)
         name_file(stored).unlink(missing_ok=True)
+
+    def _cache_dir(self, collection: str) -> Path:
+        return parse_cache_dir(self.settings, files_namespace(self.files_dir(collection)))
 
     def remove(self, collection: str, doc_id: str) -> Uploaded:
         if not re.fullmatch(DOCUMENT_ID, doc_id):
@@ -398,6 +409,7 @@ class Uploads:
             self._delete_file(doc)
             self._unindex(doc)
             record.unlink(missing_ok=True)
+        self.services.vectorstore.scrub()  # its words out of the keyword index's file too
         return doc
 
     def remove_uploads_of(self, uploader: str) -> int:
@@ -411,5 +423,6 @@ class Uploads:
         return removed
 
     def forget_collection(self, collection: str) -> None:
-        """The files of a collection that was deleted."""
+        """The files of a collection that was deleted, and their parsed text."""
+        shutil.rmtree(self._cache_dir(collection), ignore_errors=True)
         shutil.rmtree(self.root / collection, ignore_errors=True)

@@ -92,6 +92,9 @@ class FakeIndex:
     def count(self) -> int:
         return len(self.passages)
 
+    def scrub(self) -> None:
+        """Nothing on disk to scrub."""
+
     def ping(self) -> None:
         pass
 

@@ -27,6 +27,7 @@ MiB = 2**20
 R_DATA = Path("/usr/share/R/doc/manual/R-data.pdf")
 NOTE = ("# Ann's bike\n\nThe lock of Ann's bike opens with the combination wombat-4096. "
         "It is chained to the rack by the library.\n")
+NOTE_WORD = "wombat"  # a word of the note's, and of no other document here
 
 
 def bearer(token: str) -> dict[str, str]:
@@ -122,6 +123,13 @@ def test_a_user_uploads_asks_removes_and_others_see_nothing(app: Any) -> None:
     after = services.assistant.retrieve("combination of the lock of Ann's bike",
                                         collections=[mine])
     assert all("wombat" not in h.snippet for h in after)
+    # Nor in any file of the data folder (its parse cached, its words in the keyword index),
+    # the conversation that quoted it aside; the R manual uploaded beside it is still cached.
+    data = services.settings.data_dir
+    files = [p for p in data.rglob("*") if p.is_file() and "chroma" not in p.parts
+             and not p.name.startswith("history.sqlite3")]
+    assert [p for p in files if NOTE_WORD.encode() in p.read_bytes()] == []
+    assert list((data / "ingest-cache").rglob("*.json"))
     assert client.delete(f"/api/collections/mine/documents/{bike}",
                          headers=bearer(keys["ann"])).status_code == 404
 
@@ -230,6 +238,12 @@ def test_erasing_a_user_leaves_nothing_of_them(app: Any, tmp_path: Path) -> None
     assert not (services.settings.data_dir / "uploads" / own_collection("ann")).exists()
     assert services.assistant.retrieve("combination of the lock of Ann's bike",
                                        collections=[own_collection("ann")]) == []
+    # Nothing of the note's text is left in any file of the data folder: the parse cache
+    # kept it, and the keyword index kept its words in segments until they were merged.
+    word = NOTE_WORD.encode()
+    holding = [p for p in services.settings.data_dir.rglob("*") if p.is_file()
+               and "chroma" not in p.parts and word in p.read_bytes()]
+    assert holding == [], holding
     # The same from the terminal.
     services.keys.create("carol")
     services.access.grant("team", ["carol"])
