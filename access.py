@@ -18,11 +18,12 @@ import sqlite3
 import threading
 import time
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
 from hearth.config import Settings
+from hearth.conversations import USER_ID
 from hearth.errors import HearthError, Unavailable
 from hearth.migrations import (
     Migration,
@@ -112,8 +113,27 @@ class CollectionStore(Protocol):
     def all(self) -> list[Collection]: ...
     def get(self, name: str) -> Collection | None: ...
     def add(self, collection: Collection) -> bool: ...
-    def update(self, collection: Collection) -> None: ...
+    # Each change of who reads a collection touches that alone, so that two made at once
+    # (a grant here, a revoke or "private" there) both hold: a read-then-write-back of the
+    # whole collection let the later one undo the other.
+    def add_readers(self, name: str, users: Sequence[str]) -> None: ...
+    def remove_readers(self, name: str, users: Sequence[str]) -> None: ...
+    def set_public(self, name: str, public: bool) -> None: ...
     def delete(self, name: str) -> bool: ...
+
+
+def reader_ids(users: Iterable[str]) -> list[str]:
+    """User ids as every route reads them (stripped; 1 to 128 characters, no "/" or control
+    character), each once; InvalidCollection for one that no user could ever be."""
+    ids: list[str] = []
+    for user in users:
+        stripped = user.strip()
+        if not re.fullmatch(USER_ID, stripped):
+            raise InvalidCollection(f"{user!r} is not a user id: 1 to 128 characters, without "
+                                    "a slash or a control character")
+        if stripped not in ids:
+            ids.append(stripped)
+    return ids
 
 
 def _default() -> Collection:
@@ -203,21 +223,17 @@ class SQLiteCollections:
                 raise
         return self._run(write)  # type: ignore[no-any-return]
 
-    def update(self, collection: Collection) -> None:
-        def write(db: sqlite3.Connection) -> None:
-            db.execute("BEGIN IMMEDIATE")
-            try:
-                db.execute("UPDATE collections SET description = ?, public = ?, owner = ? "
-                           "WHERE name = ?", (collection.description, int(collection.public),
-                                              collection.owner, collection.name))
-                db.execute("DELETE FROM readers WHERE collection = ?", (collection.name,))
-                db.executemany("INSERT INTO readers VALUES (?, ?)",
-                               [(collection.name, u) for u in collection.readers])
-                db.execute("COMMIT")
-            except BaseException:
-                db.execute("ROLLBACK")
-                raise
-        self._run(write)
+    def add_readers(self, name: str, users: Sequence[str]) -> None:
+        self._run(lambda db: db.executemany("INSERT OR IGNORE INTO readers VALUES (?, ?)",
+                                            [(name, u) for u in users]))
+
+    def remove_readers(self, name: str, users: Sequence[str]) -> None:
+        self._run(lambda db: db.executemany(
+            "DELETE FROM readers WHERE collection = ? AND user_id = ?", [(name, u) for u in users]))
+
+    def set_public(self, name: str, public: bool) -> None:
+        self._run(lambda db: db.execute("UPDATE collections SET public = ? WHERE name = ?",
+                                        (int(public), name)))
 
     def delete(self, name: str) -> bool:
         return bool(self._run(
@@ -267,9 +283,15 @@ class MongoCollections:
             {"_id": collection.name}, {"$setOnInsert": self._doc(collection)}, upsert=True))
         return result.upserted_id is not None
 
-    def update(self, collection: Collection) -> None:
-        self._run(lambda c: c.update_one({"_id": collection.name},
-                                         {"$set": self._doc(collection)}))
+    def add_readers(self, name: str, users: Sequence[str]) -> None:
+        self._run(lambda c: c.update_one({"_id": name},
+                                         {"$addToSet": {"readers": {"$each": list(users)}}}))
+
+    def remove_readers(self, name: str, users: Sequence[str]) -> None:
+        self._run(lambda c: c.update_one({"_id": name}, {"$pull": {"readers": {"$in": list(users)}}}))
+
+    def set_public(self, name: str, public: bool) -> None:
+        self._run(lambda c: c.update_one({"_id": name}, {"$set": {"public": public}}))
 
     def delete(self, name: str) -> bool:
         return bool(self._run(lambda c: c.delete_one({"_id": name})).deleted_count)
@@ -314,30 +336,28 @@ class Access:
     def create(self, name: str, description: str = "", *, public: bool = False,
                owner: str | None = None, readers: Iterable[str] = ()) -> Collection:
         collection = Collection(check_name(name), description.strip(), public, owner,
-                                tuple(sorted(set(readers))))
+                                tuple(sorted(reader_ids(readers))))
         if not self.store.add(collection):
             raise CollectionExists(f"there is already a collection {name!r}")
         return collection
 
     def set_public(self, name: str, public: bool) -> Collection:
-        changed = replace(self.get(name), public=public)
-        self.store.update(changed)
-        return changed
+        self.get(name)
+        self.store.set_public(name, public)
+        return self.get(name)
 
     def grant(self, name: str, users: Iterable[str]) -> Collection:
-        collection = self.get(name)
-        added = {u.strip() for u in users if u.strip()}
-        changed = replace(collection, readers=tuple(sorted(set(collection.readers) | added)))
-        self.store.update(changed)
-        return changed
+        added = reader_ids(users)
+        self.get(name)
+        self.store.add_readers(name, added)
+        return self.get(name)
 
     def revoke(self, name: str, users: Iterable[str]) -> Collection:
-        collection = self.get(name)
-        gone = set(users)
-        changed = replace(collection, readers=tuple(u for u in collection.readers
-                                                    if u not in gone))
-        self.store.update(changed)
-        return changed
+        # Stripped, not checked: a reader stored before ids were checked can still be revoked.
+        gone = [u.strip() for u in users if u.strip()]
+        self.get(name)
+        self.store.remove_readers(name, gone)
+        return self.get(name)
 
     def forget_reader(self, user_id: str) -> int:
         """Take ``user_id`` off every collection's readers; returns how many it read."""

@@ -224,3 +224,40 @@ def test_an_openai_follow_up_reads_every_collection_the_key_may_read(family: Any
             {"role": "user", "content": QUESTION}]})
     assert reply.status_code == 200, reply.get_data(as_text=True)
     assert "ann-notes" in {s["collection"] for s in reply.get_json()["sources"]}
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "mongodb"])
+def test_readers_are_user_ids_and_each_change_touches_only_itself(
+        backend: str, tmp_path: Path, request: pytest.FixtureRequest) -> None:
+    """A reader is a user id as every route reads it: " ann" was stored with its space (so ann
+    read nothing), "bob/x" could never be erased, and a revoke did not strip what the grant
+    had. And each change of readers or publicity writes that alone: a grant no longer writes
+    back a whole collection read before, undoing a revoke or "private" made meanwhile."""
+    from hearth.access import Access, InvalidCollection, MongoCollections, SQLiteCollections
+
+    if backend == "mongodb":
+        uri = request.getfixturevalue("mongo_server")
+        first = Access(MongoCollections(uri, f"readers{tmp_path.name[-8:]}", 5.0))
+        second = Access(MongoCollections(uri, f"readers{tmp_path.name[-8:]}", 5.0))
+    else:
+        first = Access(SQLiteCollections(tmp_path / "collections.sqlite3"))
+        second = Access(SQLiteCollections(tmp_path / "collections.sqlite3"))
+    team = first.create("team", readers=[" ann", "carl ", "ann"], public=True)
+    assert team.readers == ("ann", "carl")
+    assert first.grant("team", [" dan "]).readers == ("ann", "carl", "dan")
+    for bad in (["bob/x"], ["   "], ["e\x01ve"], ["x" * 129]):
+        with pytest.raises(InvalidCollection, match="is not a user id"):
+            first.grant("team", bad)
+        with pytest.raises(InvalidCollection):
+            first.create("other", readers=bad)
+    assert first.revoke("team", [" carl "]).readers == ("ann", "dan")
+    # Two workers, each with its own view: the private and the revoke of one, the grant of the
+    # other, all hold.
+    stale = second.get("team")
+    second.set_public("team", False)
+    second.revoke("team", ["ann"])
+    first.grant("team", ["erin"])
+    assert stale.public and "ann" in stale.readers
+    now = first.get("team")
+    assert (now.public, now.readers) == (False, ("dan", "erin"))
+    assert not now.readable_by(None) and not now.readable_by("ann")
