@@ -37,6 +37,9 @@ def _user_errors() -> Iterator[None]:
         yield
     except actionable as exc:
         raise click.ClickException(str(exc)) from None
+    except OSError as exc:  # a file or folder the user named: not there, not writable
+        raise click.ClickException(f"{exc.strerror or exc}: {exc.filename or ''}".rstrip(": ")
+                                   ) from None
 
 
 def retrieval_settings(settings: Settings) -> dict[str, Any]:
@@ -283,6 +286,7 @@ def facts(sets: tuple[Path, ...], url: str | None, headers: tuple[str, ...], use
                 config |= {"model": services.llm.name, "alternatives": alternatives}
         records_path = run_dir / RECORDS_FILE
         if records_path.exists():
+            _same_system(previous, config, run_dir)
             click.echo(f"Resuming the run in {run_dir}", err=True)
         records = keyfacts.run_facts(questions, answerer, mode=config["mode"],
                                      records_path=records_path, progress=True)
@@ -397,6 +401,22 @@ def compare(runs: tuple[Path, ...], tie_margin: float, out: Path | None,
     click.echo(f"Report: {out_dir}", err=True)
 
 
+# What a resumed run must share with the run it adds to: answers of another system or mode
+# are not this one's.
+SAME_SYSTEM = ("mode", "answerer", "model", "top_k", "min_relevance", "retrieval_depth",
+               "retrieval", "alternatives")
+
+
+def _same_system(previous: dict[str, Any], config: dict[str, Any], run_dir: Path) -> None:
+    """Refuse to resume a run made by another system (model, retrieval, answerer)."""
+    differ = [k for k in SAME_SYSTEM if k in previous and previous[k] != config.get(k)]
+    if differ:
+        raise click.ClickException(
+            f"the run in {run_dir} was made with other {', '.join(differ)} "
+            f"({', '.join(f'{k}: {previous[k]!r}' for k in differ)}): give another -o, or "
+            "remove that folder to start it again")
+
+
 def _previous_config(run_dir: Path | None) -> dict[str, Any]:
     from hearth.evaluation.records import RESULTS_FILE
 
@@ -440,7 +460,11 @@ def feedback(rating: str, out: Path | None) -> None:
     from hearth.chat import Chat
     from hearth.services import build_services
 
-    chat = Chat(build_services(_settings()))
+    with _user_errors():
+        _write_feedback(Chat(build_services(_settings())), rating, out)
+
+
+def _write_feedback(chat: Any, rating: str, out: Path | None) -> None:
     lines = []
     for conversation, position in chat.marked_turns():
         turn = conversation.turns[position]

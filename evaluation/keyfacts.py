@@ -541,8 +541,11 @@ def run_facts(
     if records_path is not None and records_path.exists():
         for line in read_jsonl(records_path):  # a later line for an id replaces an earlier one
             done[str(line.get("id"))] = line
+    # A record is this question's answer only if the question is the same, word for word and
+    # fact for fact: a set edited since (or another set with the same ids) is asked again.
     todo = [q for q in questions
-            if not ((r := done.get(q.id)) and not r.get("error") and r.get("mode") == mode)]
+            if not ((r := done.get(q.id)) and not r.get("error") and r.get("mode") == mode
+                    and all(r.get(k) == v for k, v in q.to_json().items()))]
     writer = JsonlAppender(records_path) if records_path is not None else None
     streak = ErrorStreak(max_consecutive_errors)
     try:

@@ -68,16 +68,23 @@ class Question:
 def read_jsonl(path: Path, *, torn_tail: bool = True) -> Iterator[dict[str, Any]]:
     """Yield the objects of a JSONL file. A torn last line (a run killed mid-write) is skipped,
     unless ``torn_tail`` is false: a file a person wrote, where it is a mistake to point at."""
-    lines = path.read_text(encoding="utf-8").splitlines()
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except UnicodeDecodeError as exc:
+        raise EvalDataError(f"{path}: not UTF-8 text (byte {exc.start}): save it as UTF-8"
+                            ) from None
     for number, line in enumerate(lines, 1):
         if not line.strip():
             continue
         try:
-            yield json.loads(line)
+            data = json.loads(line)
         except json.JSONDecodeError as exc:
             if torn_tail and number == len(lines):
                 return
             raise EvalDataError(f"{path}:{number}: not JSON ({exc.msg})") from None
+        if not isinstance(data, dict):
+            raise EvalDataError(f"{path}:{number}: not a JSON object, one to a line")
+        yield data
 
 
 class JsonlAppender:

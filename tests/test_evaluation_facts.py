@@ -432,6 +432,16 @@ def test_a_run_resumes_and_retries_only_failed_questions(tmp_path: Path) -> None
     # a run in another mode asks everything again
     kf.run_facts(QUESTIONS[:1], flaky, mode="retrieval", records_path=path)
     assert asked[-1] == "py-1"
+    # and so does a question edited since, or another set's question under the same id
+    from dataclasses import replace
+
+    edited = [replace(QUESTIONS[0], question="What is the largest year?"),
+              replace(QUESTIONS[1], key_facts=["something else"]), QUESTIONS[2]]
+    asked.clear()
+    third = kf.run_facts(edited, flaky, records_path=path)
+    assert asked == ["py-1", "py-2"]
+    assert third[0]["question"] == "What is the largest year?"
+    assert third[1]["key_facts"] == ["something else"]
 
 
 def test_a_row_of_failures_stops_the_run(tmp_path: Path) -> None:
@@ -476,6 +486,17 @@ def test_the_cli_runs_in_process_and_writes_the_report(tmp_path: Path,
     result = CliRunner().invoke(eval_cli, ["facts", str(sets), "--retrieval-only",
                                            "--url", "http://127.0.0.1:1"])
     assert result.exit_code == 2 and "--retrieval-only" in result.output
+    # Resumed by another system (here a deeper retrieval), the run's answers are not its own.
+    result = CliRunner().invoke(eval_cli, ["facts", str(sets), "--retrieval-only", "--depth",
+                                           "40", "-o", str(out)])
+    assert result.exit_code == 1 and "was made with other retrieval_depth" in result.output
+    # A set that is not UTF-8, or has a line that is not an object: one clear line.
+    (tmp_path / "latin1.jsonl").write_bytes('{"id": "x", "question": "Caf\xe9?"}\n'.encode("latin-1"))
+    (tmp_path / "list.jsonl").write_text('[1, 2]\n{"id": "y"}\n')
+    for bad, words in (("latin1.jsonl", "not UTF-8 text"), ("list.jsonl", ":1: not a JSON object")):
+        result = CliRunner().invoke(eval_cli, ["facts", str(tmp_path / bad), "--retrieval-only"])
+        assert result.exit_code == 1 and words in result.output, result.output
+        assert result.exception is None or isinstance(result.exception, SystemExit)
 
 
 def test_the_model_alone_is_scored_on_facts_without_sources(tmp_path: Path,

@@ -56,6 +56,11 @@ def test_an_answer_is_marked_and_the_mark_is_kept_and_exported(served: Any,
         ("How do I ingest PDFs?", "wrong", "it missed the flag"), ("And a website?", "wrong", "")]
     assert lines[0]["id"] == f"feedback-{cid}-0" and lines[0]["key_facts"] == []
     assert lines[0]["answerable"] is True and lines[0]["answer"] == first["answer"]
+    # Into a folder that is not there: one clear line, not a traceback.
+    missing = services.settings.data_dir / "no-such-folder" / "marked.jsonl"
+    result = CliRunner().invoke(main, ["eval", "feedback", "-o", str(missing)])
+    assert result.exit_code == 1 and "No such file or directory" in result.output, result.output
+    assert str(missing) in result.output and "Traceback" not in result.output
 
 
 def test_feedback_is_the_owners_and_bad_marks_are_clear_errors(served: Any) -> None:
