@@ -71,7 +71,9 @@ RUN pip install --no-deps /src
 FROM ${BASE_IMAGE}
 
 # Everything the app needs ships in the image: a model hub lookup must fail fast, not hang,
-# and unstructured must not phone home.
+# and unstructured must not phone home. What Hearth writes of models (the ONNX export of the
+# embedding model, HEARTH_EMBEDDING_RUNTIME=onnx) goes on the data volume: /app is the
+# image's, and not the hearth user's to write.
 ENV PATH=/opt/venv/bin:$PATH \
     PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1 \
@@ -79,7 +81,8 @@ ENV PATH=/opt/venv/bin:$PATH \
     DO_NOT_TRACK=true \
     ANONYMIZED_TELEMETRY=False \
     HEARTH_PROFILE=compose \
-    HEARTH_DATA_DIR=/data
+    HEARTH_DATA_DIR=/data \
+    HEARTH_MODELS_DIR=/data/models
 
 # Shared libraries (no compilers) that PDF ingestion loads: unstructured imports OpenCV, whose
 # wheel links libGL and GLib (ImportError: libGL.so.1 without them); libmagic for file types.

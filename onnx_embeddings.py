@@ -229,8 +229,13 @@ def export(source: Path, folder: Path, *, int8: bool, name: str,
     """
     recipe = Recipe.of(source)
     hashes = source_hashes(source)
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix=f".{folder.name}-", dir=folder.parent))
+    try:
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        work = Path(tempfile.mkdtemp(prefix=f".{folder.name}-", dir=folder.parent))
+    except OSError as exc:  # a models folder this user may not write (HEARTH_MODELS_DIR)
+        raise OnnxModelError(f"cannot write the ONNX export of {name} into {folder.parent} "
+                             f"({exc.strerror or exc}): set HEARTH_MODELS_DIR to a folder "
+                             "you may write") from None
     try:
         return _export(source, folder, work, recipe, hashes, int8=int8, name=name,
                        passages=passages)

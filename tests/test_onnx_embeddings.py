@@ -61,6 +61,19 @@ def test_a_model_that_pools_otherwise_is_refused(tmp_path: Path) -> None:
         Recipe.of(source)
 
 
+def test_a_models_folder_that_cannot_be_written_is_one_clear_error(tmp_path: Path) -> None:
+    """In the Docker image /app/models was not the hearth user's to write: the export raised
+    a bare PermissionError. (Run as root here, the folder is made impossible by a file in its
+    way instead.)"""
+    from hearth.onnx_embeddings import export
+
+    (tmp_path / "models").write_text("a file where the models folder should be")
+    with pytest.raises(OnnxModelError, match="cannot write the ONNX export of all-MiniLM-L6-v2 "
+                       "into .*models/embeddings .*set HEARTH_MODELS_DIR"):
+        export(Path(minilm_path()), tmp_path / "models" / "embeddings" / "onnx", int8=False,
+               name="all-MiniLM-L6-v2")
+
+
 def test_mean_pooling_ignores_padding_and_normalises() -> None:
     hidden = np.array([[[1.0, 0.0], [3.0, 0.0], [100.0, 100.0]]], dtype=np.float32)
     (vector,) = mean_pool(hidden, np.array([[1, 1, 0]]))
