@@ -68,8 +68,10 @@ def resolve_model_folder(name_or_path: str, models_dir: Path) -> Path:
 
 
 def resolve_adapter_folder(name_or_path: str, models_dir: Path) -> Path:
+    """A name (no path separator) is an adapter under models/adapters, as `hearth tune --name`
+    saves it, even where the current folder has one of that name (``docs``); else a path."""
     folder = Path(name_or_path).expanduser()
-    if os.sep not in name_or_path and not folder.is_dir():
+    if os.sep not in name_or_path and (adapters_dir(models_dir) / name_or_path).is_dir():
         folder = adapters_dir(models_dir) / name_or_path
     if not (folder / "adapter_config.json").is_file():
         raise HFModelError(f"no LoRA adapter at {folder} (no adapter_config.json): train one "
@@ -272,8 +274,9 @@ def load(folder: Path, *, quantization: str = "nf4", device: str = "auto",
 
         try:
             loaded.model = PeftModel.from_pretrained(loaded.model, adapter, is_trainable=False)
-        except (OSError, ValueError, RuntimeError, KeyError) as exc:
-            raise HFModelError(f"the adapter {adapter} cannot be applied ({exc})") from exc
+        except Exception as exc:  # safetensors' own errors too: a weights file cut short
+            raise HFModelError(f"the adapter {adapter} cannot be applied ({type(exc).__name__}: "
+                               f"{exc}): train it again (`hearth tune ... --restart`)") from exc
         loaded.model.eval()
         loaded.adapter = adapter
     return loaded

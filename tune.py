@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import math
 import random
+import re
 import shutil
 import time
 from collections.abc import Callable, Sequence
@@ -37,6 +38,10 @@ IGNORE = -100  # labels the loss skips: the prompt's tokens
 class TuneError(HearthError):
     code = "tune_failed"
     status = 400
+
+
+# An adapter's name is a folder under models/adapters, never a path out of it ("..", "/x").
+ADAPTER_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 
 
 @dataclass
@@ -138,9 +143,11 @@ def tune(name: str, data: Path, base: Path, models_dir: Path, *,
     """Train (or go on training) adapter NAME; return its manifest."""
     hyper = hyper or HyperParameters()
     bounds = bounds or Bounds()
+    if not ADAPTER_NAME.fullmatch(name):
+        raise TuneError(f"{name!r} is not an adapter name: letters, digits, '.', '_' and '-', "
+                        "at most 64, starting with a letter or digit (it names a folder under "
+                        "models/adapters)")
     out = hf_models.adapters_dir(models_dir) / name
-    if restart:
-        shutil.rmtree(out, ignore_errors=True)
     try:
         questions = load_questions(data)
     except (OSError, EvalDataError) as exc:
@@ -151,6 +158,8 @@ def tune(name: str, data: Path, base: Path, models_dir: Path, *,
     split = split_by_source(questions, hyper.held_out, hyper.seed)
     data_sha = sha256_of(data)
     base_sha = hf_models.weights_sha256(base)
+    if restart:  # only once all that the run needs was found: a bad file deletes nothing
+        shutil.rmtree(out, ignore_errors=True)
     checkpoint = out / CHECKPOINT
     state = _check_resumable(checkpoint, data_sha, base_sha, hyper) if checkpoint.exists() else None
 
@@ -166,7 +175,10 @@ def tune(name: str, data: Path, base: Path, models_dir: Path, *,
     optimizer = torch.optim.AdamW(trainable, lr=hyper.learning_rate)
     if state:
         try:
-            optimizer.load_state_dict(torch.load(checkpoint / OPTIMIZER, weights_only=True))
+            # Onto the CPU first (a run begun on a GPU goes on here): load_state_dict puts each
+            # state beside its parameter.
+            optimizer.load_state_dict(torch.load(checkpoint / OPTIMIZER, weights_only=True,
+                                                 map_location="cpu"))
         except Exception as exc:
             raise _damaged(checkpoint, exc) from exc
     else:

@@ -337,6 +337,43 @@ def test_a_damaged_checkpoint_says_to_restart(adapter: Path, models_dir: Path, s
              bounds=Bounds(max_steps=5, checkpoint_every=2))
 
 
+@pytest.mark.parametrize("name", ["..", ".", "/tmp/elsewhere", "a/b", "", "-x"])
+def test_an_adapter_name_is_a_folder_under_adapters_and_restart_deletes_nothing_first(
+        tmp_path: Path, name: str) -> None:
+    """`hearth tune --name .. --restart` deleted the whole models folder before anything was
+    checked; and --restart with a bad Q&A file deleted the adapter, then failed. A name is now
+    a folder under models/adapters, and --restart deletes only once the run has all it needs."""
+    models = tmp_path / "models"
+    kept = models / "a-model.gguf"
+    adapter = models / "adapters" / "mydocs"
+    adapter.mkdir(parents=True)
+    kept.write_text("weights")
+    (adapter / "adapter_model.safetensors").write_text("trained")
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("")
+    with pytest.raises(TuneError, match="is not an adapter name"):
+        tune(name, empty, tmp_path / "base", models, restart=True)
+    with pytest.raises(TuneError, match="is empty"):
+        tune("mydocs", empty, tmp_path / "base", models, restart=True)
+    assert kept.read_text() == "weights"
+    assert (adapter / "adapter_model.safetensors").read_text() == "trained"
+
+
+def test_an_adapter_name_means_the_adapter_even_beside_a_folder_of_that_name(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """HEARTH_TRANSFORMERS_ADAPTER=docs, run from the repository (which has a docs/ folder),
+    looked in ./docs and said there was no adapter; a path still means that path."""
+    models = tmp_path / "models"
+    saved = hf_models.adapters_dir(models) / "docs"
+    saved.mkdir(parents=True)
+    (saved / "adapter_config.json").write_text("{}")
+    (tmp_path / "docs").mkdir()
+    monkeypatch.chdir(tmp_path)
+    assert hf_models.resolve_adapter_folder("docs", models) == saved
+    with pytest.raises(hf_models.HFModelError, match="no LoRA adapter at"):
+        hf_models.resolve_adapter_folder(str(tmp_path / "docs"), models)
+
+
 def test_the_split_keeps_each_document_on_one_side(tmp_path: Path) -> None:
     from hearth.evaluation.records import load_questions
 
