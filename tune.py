@@ -11,6 +11,7 @@ the transformers backend refuses it on any other model.
 from __future__ import annotations
 
 import json
+import logging
 import math
 import random
 import re
@@ -26,6 +27,8 @@ from hearth import hf_models
 from hearth.errors import HearthError
 from hearth.evaluation.records import EvalDataError, Question, load_questions
 from hearth.weights import sha256_of
+
+log = logging.getLogger("hearth.tune")
 
 CHECKPOINT = "checkpoint"
 HELD_OUT = "held-out.jsonl"
@@ -105,6 +108,17 @@ def example(tokenizer: Any, question: Question, max_length: int) -> tuple[list[i
     return ids, [IGNORE] * start + ids[start:]
 
 
+def learnable(examples: list[tuple[list[int], list[int]]], which: str
+              ) -> list[tuple[list[int], list[int]]]:
+    """The examples with at least one answer token to learn: one whose question and the chat
+    template fill ``max_length`` teaches nothing, and its loss (0 of 0 tokens) is NaN."""
+    kept = [(ids, labels) for ids, labels in examples if any(x != IGNORE for x in labels)]
+    if len(kept) < len(examples):
+        log.warning("%d %s questions left out: their prompt fills --max-length, leaving no "
+                    "room for the answer", len(examples) - len(kept), which)
+    return kept
+
+
 def batch_of(examples: Sequence[tuple[list[int], list[int]]], pad: int) -> dict[str, Any]:
     import torch
 
@@ -166,8 +180,12 @@ def tune(name: str, data: Path, base: Path, models_dir: Path, *,
     loaded = hf_models.load_base(base, quantization=quantization, device=device)
     model = _with_lora(loaded, hyper, checkpoint if state else None)
     tokenizer = loaded.tokenizer
-    train = [example(tokenizer, q, hyper.max_length) for q in split.train]
-    held = [example(tokenizer, q, hyper.max_length) for q in split.held_out]
+    train = learnable([example(tokenizer, q, hyper.max_length) for q in split.train], "training")
+    held = learnable([example(tokenizer, q, hyper.max_length) for q in split.held_out], "held-out")
+    if not train:
+        raise TuneError(f"no training question leaves room for its answer within --max-length "
+                        f"{hyper.max_length} tokens (the chat template and the question take it "
+                        "all): raise --max-length")
 
     import torch
 

@@ -59,6 +59,14 @@ class Question:
         missing = [k for k in ("id", "question", "reference") if not data.get(k)]
         if missing:
             raise EvalDataError(f"{where}: missing {', '.join(missing)}")
+        wrong = [k for k in ("id", "question", "reference", "source", "chunk_id", "title")
+                 if data.get(k) is not None and not isinstance(data[k], str)]
+        page = data.get("page")
+        if page is not None and (not isinstance(page, int) or isinstance(page, bool)):
+            wrong.append("page")
+        if wrong:
+            raise EvalDataError(f"{where}: {', '.join(wrong)} must be "
+                                f"{'text' if wrong != ['page'] else 'a number'}")
         return cls(**{k: data.get(k) for k in cls.__dataclass_fields__})  # type: ignore[arg-type]
 
 

@@ -374,6 +374,28 @@ def test_an_adapter_name_means_the_adapter_even_beside_a_folder_of_that_name(
         hf_models.resolve_adapter_folder(str(tmp_path / "docs"), models)
 
 
+def test_a_qa_file_of_the_wrong_shape_and_examples_with_nothing_to_learn(tmp_path: Path) -> None:
+    """A number or a list as a question's source crashed `hearth tune` with a TypeError deep in
+    the split; an example whose prompt fills --max-length has no answer token to learn, and
+    its loss was NaN (written into the manifest)."""
+    from hearth.evaluation.records import EvalDataError, load_questions
+    from hearth.tune import IGNORE, learnable
+
+    data = tmp_path / "qa.jsonl"
+    for bad in ('{"id": "a", "question": "q?", "reference": "r", "source": 3}',
+                '{"id": "a", "question": "q?", "reference": "r", "source": ["x"]}',
+                '{"id": "a", "question": "q?", "reference": "r", "page": "2"}'):
+        data.write_text(bad + "\n")
+        with pytest.raises(EvalDataError, match="must be"):
+            load_questions(data)
+    with pytest.raises(TuneError, match="cannot be read .*source must be text"):
+        data.write_text('{"id": "a", "question": "q?", "reference": "r", "source": 3}\n')
+        tune("mydocs", data, tmp_path / "base", tmp_path / "models")
+    whole = ([1, 2, 3], [IGNORE, 2, 3])
+    cut = ([1, 2], [IGNORE, IGNORE])
+    assert learnable([whole, cut, whole], "training") == [whole, whole]
+
+
 def test_the_split_keeps_each_document_on_one_side(tmp_path: Path) -> None:
     from hearth.evaluation.records import load_questions
 
