@@ -81,16 +81,20 @@ def services(make_ingest_services: Callable[..., Services]) -> Services:
     return make_ingest_services()
 
 
-@pytest.fixture
-def tutorial(tmp_path: Path) -> Path:
-    """A folder of six real text documents (the tutorial's .rst sources)."""
+def tutorial_folder(folder: Path) -> Path:
+    """``folder``, made, with six real text documents (the tutorial's .rst sources)."""
     if not TUTORIAL_SOURCES.is_dir():
         pytest.skip("needs Debian's python3.11-doc (apt-get install python3.11-doc)")
-    folder = tmp_path / "tutorial"
     folder.mkdir()
     for name in SMALL_PAGES:
         shutil.copy(TUTORIAL_SOURCES / f"{name}.rst.txt", folder / f"{name}.txt")
     return folder
+
+
+@pytest.fixture
+def tutorial(tmp_path: Path) -> Path:
+    """A folder of six real text documents (the tutorial's .rst sources)."""
+    return tutorial_folder(tmp_path / "tutorial")
 
 
 def chunks(services: Services, root: Path | str) -> list[dict[str, Any]]:

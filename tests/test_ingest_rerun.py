@@ -10,7 +10,6 @@ a file that is corrupt now, or gone, is removed; once readable again, it is foun
 
 from __future__ import annotations
 
-import shutil
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -22,7 +21,7 @@ from hearth.ingest.pipeline import files_namespace, ingest_files, run
 from hearth.ingest.progress import Progress
 from hearth.ingest.worker import _read, spooled
 from hearth.services import Services, build_services
-from tests.test_ingest import SMALL_PAGES, TUTORIAL_SOURCES, CountingEmbeddings, chunks
+from tests.test_ingest import CountingEmbeddings, chunks, tutorial_folder
 
 
 @pytest.fixture
@@ -40,12 +39,7 @@ def notes(tmp_path: Path) -> Path:
     """Six real text documents (the tutorial's .rst sources) and a Word file."""
     import docx
 
-    if not TUTORIAL_SOURCES.is_dir():
-        pytest.skip("needs Debian's python3.11-doc (apt-get install python3.11-doc)")
-    folder = tmp_path / "notes"
-    folder.mkdir()
-    for name in SMALL_PAGES:
-        shutil.copy(TUTORIAL_SOURCES / f"{name}.rst.txt", folder / f"{name}.txt")
+    folder = tutorial_folder(tmp_path / "notes")
     document = docx.Document()
     document.add_heading("Ferries", level=1)
     document.add_paragraph("The winter ferry timetable: boats leave the harbour at dawn.")

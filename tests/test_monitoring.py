@@ -14,6 +14,7 @@ import json
 import logging
 import threading
 from collections.abc import Iterator
+from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -220,21 +221,29 @@ def waitress(tmp_path: Path) -> Iterator[Any]:
         server.close()
 
 
-def test_json_log_lines_carry_the_request_id(tmp_path: Path, waitress: Any) -> None:
-    app, services = app_for(tmp_path, port=free_port())
-    url = waitress(app, services.settings)
+@contextmanager
+def captured_log(log_format: str) -> Iterator[io.StringIO]:
+    """Hearth's log, configured as `hearth serve` does in ``log_format``, written into the
+    stream yielded; the root logger as it was afterwards."""
     stream = io.StringIO()
     root = logging.getLogger()
     handlers, level = list(root.handlers), root.level
-    logs.configure(logging.INFO, "json")
+    logs.configure(logging.INFO, log_format)
     root.handlers[0].setStream(stream)  # type: ignore[attr-defined]
     try:
-        response = httpx.post(f"{url}/api/question", json={"question": WIFI, "user_id": "ann"},
-                              timeout=30)
-        logging.getLogger("hearth.test").info("outside any request")
+        yield stream
     finally:
         root.handlers[:] = handlers
         root.setLevel(level)
+
+
+def test_json_log_lines_carry_the_request_id(tmp_path: Path, waitress: Any) -> None:
+    app, services = app_for(tmp_path, port=free_port())
+    url = waitress(app, services.settings)
+    with captured_log("json") as stream:
+        response = httpx.post(f"{url}/api/question", json={"question": WIFI, "user_id": "ann"},
+                              timeout=30)
+        logging.getLogger("hearth.test").info("outside any request")
     request_id = response.headers["X-Request-Id"]
     lines = [json.loads(line) for line in stream.getvalue().splitlines()]
     access = [x for x in lines if x["logger"] == "hearth.access"]
@@ -250,18 +259,10 @@ def test_a_request_cannot_write_a_line_of_its_own_into_the_access_log(
     a user named in a route's path is not written at all."""
     app, services = app_for(tmp_path, port=free_port())
     url = waitress(app, services.settings)
-    stream = io.StringIO()
-    root = logging.getLogger()
-    handlers, level = list(root.handlers), root.level
-    logs.configure(logging.INFO, "text")
-    root.handlers[0].setStream(stream)  # type: ignore[attr-defined]
     forged = "2026-01-01 00:00:00,000 INFO hearth.access [-]: 203.0.113.9 \"DELETE /api/users/ann\" 200"
-    try:
+    with captured_log("text") as stream:
         httpx.get(f"{url}/nope%0a{forged.replace(' ', '%20')}%0d%1b[31m", timeout=30)
         httpx.get(f"{url}/api/users/ann-the-user/history", timeout=30)
-    finally:
-        root.handlers[:] = handlers
-        root.setLevel(level)
     lines = [line for line in stream.getvalue().splitlines() if line.split(" ")[3] == "hearth.access"]
     assert len(lines) == 2, lines  # one per request, each on one line
     assert "/nope%0A2026-01-01%2000:00:00,000%20INFO" in lines[0] and "\x1b" not in lines[0]
