@@ -99,6 +99,14 @@ def page_key(url: str) -> str:
     return url
 
 
+class OffSite(Exception):
+    """A redirect to another site than the one crawled."""
+
+    def __init__(self, url: str) -> None:
+        super().__init__(url)
+        self.url = url
+
+
 class BodyTooLarge(Exception):
     """A response that unpacks past its bound."""
 
@@ -297,25 +305,21 @@ class Crawler:
                 "robots.txt cannot be read; try again later")
         current = url
         try:
-            for _ in range(MAX_REDIRECTS + 1):
-                with self.client.stream("GET", current) as response:
-                    status = response.status_code
-                    location = response.headers.get("location")
-                    if status in REDIRECTS and location:
-                        current = normalize(urljoin(current, location))
-                        if _site(current) != self.site:
-                            raise IngestError(
-                                f"robots.txt at {url} redirects to another site ({current}), "
-                                "which Hearth does not call: start the crawl from that site's "
-                                "address")
-                        continue
-                    body = read_body(response, limit, truncate=True) if status < 400 else b""
-                    charset = response.charset_encoding
-                break
-            else:
+            response, current = self._get_on_site(url)
+            if response is None:
                 self._ignore(f"robots.txt behind more than {MAX_REDIRECTS} redirects (taken as "
                              "none, as RFC 9309 allows)")
                 return
+            try:
+                status = response.status_code
+                body = read_body(response, limit, truncate=True) if status < 400 else b""
+                charset = response.charset_encoding
+            finally:
+                response.close()
+        except OffSite as off:
+            raise IngestError(f"robots.txt at {url} redirects to another site ({off.url}), "
+                              "which Hearth does not call: start the crawl from that site's "
+                              "address") from None
         except (MemoryError, IngestError):
             raise
         except UnsafeTarget as exc:  # the guard refused the site's address (as it would a page)
@@ -362,7 +366,7 @@ class Crawler:
             url = queue.pop(0)
             fetched += 1
             try:
-                response = self._sitemap_response(url)
+                response, _ = self._get_on_site(url)
                 if response is None:
                     continue
                 try:
@@ -374,6 +378,9 @@ class Crawler:
                 # Untrusted XML: defusedxml refuses entity expansion ("billion laughs")
                 # and external entities.
                 root = ElementTree.fromstring(body)
+            except OffSite:
+                self._ignore("sitemaps on another site (not fetched)")
+                continue
             except BodyTooLarge as exc:
                 self._ignore(f"sitemaps {exc} (HEARTH_INGEST_MAX_UNPACKED_BYTES)")
                 continue
@@ -388,20 +395,21 @@ class Crawler:
                 found += [normalize(u) for u in locs if u]
         return found
 
-    def _sitemap_response(self, url: str) -> httpx.Response | None:
-        """The open response of the sitemap at ``url``, through up to five redirects on the
-        site; None for a redirect off it (counted, not followed) or past five."""
+    def _get_on_site(self, url: str) -> tuple[httpx.Response | None, str]:
+        """GET ``url`` through up to five redirects on the site, each through the client's
+        transport (and its guard): the response, open (the caller closes it), and the address
+        it came from; None past five redirects. ``OffSite`` for a redirect to another site,
+        which the crawl does not call."""
         for _ in range(MAX_REDIRECTS + 1):
             response = self.client.send(self.client.build_request("GET", url), stream=True)
             location = response.headers.get("location")
             if response.status_code not in REDIRECTS or not location:
-                return response
+                return response, url
             response.close()
             url = normalize(urljoin(url, location))
             if _site(url) != self.site:
-                self._ignore("sitemaps on another site (not fetched)")
-                return None
-        return None
+                raise OffSite(url)
+        return None, url
 
     # -- fetching ------------------------------------------------------------------------------
 
