@@ -93,6 +93,11 @@ def indexed_documents(store: Any, namespace: str) -> dict[str, str]:
     return {str(m["source"]): str(m.get("doc_hash", "")) for m in found["metadatas"] if m}
 
 
+def is_site(namespace: str) -> bool:
+    """Whether the source named ``namespace`` is a website (else a folder)."""
+    return "://" in namespace
+
+
 def stored_namespace(store: Any, namespace: str) -> str:
     """The namespace a site's chunks are stored under: ``namespace``, or the spelling of the
     same start page an older Hearth named the source by (``web.older_namespaces``) while only
@@ -100,14 +105,14 @@ def stored_namespace(store: Any, namespace: str) -> str:
     def stored(root: str) -> bool:
         return bool(store.get(where={"root": root}, limit=1, include=[])["ids"])
 
-    if "://" not in namespace or stored(namespace):
+    if not is_site(namespace) or stored(namespace):
         return namespace
     return next((older for older in older_namespaces(namespace) if stored(older)), namespace)
 
 
 def known_names(namespace: str, before: Iterable[str]) -> dict[str, str]:
     """The documents indexed before, by the name ``skipped_source`` finds them by."""
-    web = "://" in namespace
+    web = is_site(namespace)
     return {page_key(source) if web else source: source for source in before}
 
 
@@ -115,7 +120,7 @@ def skipped_source(item: Skipped, namespace: str, known: dict[str, str]) -> str 
     """The document indexed before (``known``, from ``known_names``) that a ``Skipped``
     notice names, if any: a page by its address (or another address of the same page), a
     file by its path under the folder."""
-    if "://" not in namespace:
+    if not is_site(namespace):
         return known.get(str(Path(namespace) / item.name))
     return known.get(page_key(page_address(item.name)))
 
@@ -133,7 +138,7 @@ def shown_name(source: str, namespace: str) -> str:
     """A folder's document as the summary names what it skips: by its path in the folder (a
     page of a website keeps its address)."""
     folder = namespace.rstrip("/") + "/"
-    return source[len(folder):] if "://" not in namespace and source.startswith(folder) else source
+    return source[len(folder):] if not is_site(namespace) and source.startswith(folder) else source
 
 
 def run(services: Services, namespace: str, items: Iterable[Parsed | Chunked | Skipped], *,

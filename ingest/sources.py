@@ -18,7 +18,7 @@ from hearth.access import DEFAULT
 from hearth.config import Settings
 from hearth.ingest.cache import parse_cache_dir
 from hearth.ingest.documents import IngestError
-from hearth.ingest.pipeline import files_namespace, remove, split_namespace
+from hearth.ingest.pipeline import files_namespace, is_site, remove, split_namespace
 from hearth.ingest.records import (
     INGEST_DB_TIMEOUT_S,
     RECORDS_COLLECTION,
@@ -121,7 +121,7 @@ def remove_source(services: Services, source: str,
         # Its parse cache serves every collection that ingests it: kept while one does. A site
         # stored under its index page's name (an older Hearth) keeps its cache under the
         # folder's name, which a crawl now reads by.
-        names = {namespace, site_namespace(namespace)} if "://" in namespace else {namespace}
+        names = {namespace, site_namespace(namespace)} if is_site(namespace) else {namespace}
         for name in names:
             shutil.rmtree(parse_cache_dir(services.settings, name), ignore_errors=True)
     services.vectorstore.scrub()  # nothing of its text left in the keyword index's file

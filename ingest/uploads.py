@@ -38,7 +38,7 @@ from hearth.errors import HearthError
 from hearth.ingest.cache import ParseCache, parse_cache_dir
 from hearth.ingest.documents import IngestError, ReadLimits
 from hearth.ingest.files import KINDS, cache_key, looks_binary, name_file, wide_codec
-from hearth.ingest.pipeline import files_namespace, indexed_documents, records_namespace
+from hearth.ingest.pipeline import files_namespace, records_namespace
 from hearth.ingest.records import close_records, record_manager
 from hearth.private import private_dir
 
@@ -332,7 +332,6 @@ class Uploads:
         """Each document the job was for: indexed, or failed with why (and then removed, so
         that nothing of it stays in search). Called with the collection ``held_still``."""
         collection = str(job.options.get("collection"))
-        self._unindex_gone(collection)
         skipped = {Path(s.name).name: s.reason
                    for s in (job.summary.skipped if job.summary else [])}
         for doc in self.documents(collection):
@@ -354,27 +353,12 @@ class Uploads:
         """Delete a document's chunks from the index and its records: at once, not at the next
         ingest of the folder."""
         folder = files_namespace(self.files_dir(doc.collection))
-        return self._unindex_sources(doc.collection, [str(Path(folder) / doc.file)])
-
-    def _unindex_gone(self, collection: str) -> int:
-        """Delete from the index the chunks of every document of the collection whose file is
-        gone: removed while a job read the folder. The job leaves such a file out
-        (``jobs.still_there``); this takes out whatever got in all the same."""
-        if not self.files_dir(collection).is_dir():
-            return 0  # the collection is gone, or has no uploads
-        folder = files_namespace(self.files_dir(collection))
-        store = self.services.vectorstore.writer(collection)
-        gone = [source for source in indexed_documents(store, folder)
-                if not Path(source).exists()]
-        return self._unindex_sources(collection, gone) if gone else 0
-
-    def _unindex_sources(self, collection: str, sources: list[str]) -> int:
-        folder = files_namespace(self.files_dir(collection))
-        records = record_manager(self.settings, records_namespace(collection, folder))
+        source = str(Path(folder) / doc.file)
+        records = record_manager(self.settings, records_namespace(doc.collection, folder))
         try:
-            keys = records.list_keys(group_ids=sources)
+            keys = records.list_keys(group_ids=[source])
             if keys:
-                self.services.vectorstore.writer(collection).delete(ids=keys)
+                self.services.vectorstore.writer(doc.collection).delete(ids=keys)
                 records.delete_keys(keys)
                 self.services.vectorstore.changed()
         finally:
