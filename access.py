@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from hearth.config import Settings
-from hearth.conversations import USER_ID
+from hearth.conversations import USER_ID_RULE, user_id_of
 from hearth.errors import HearthError, Unavailable
 from hearth.migrations import (
     Migration,
@@ -127,10 +127,9 @@ def reader_ids(users: Iterable[str]) -> list[str]:
     character), each once; InvalidCollection for one that no user could ever be."""
     ids: list[str] = []
     for user in users:
-        stripped = user.strip()
-        if not re.fullmatch(USER_ID, stripped):
-            raise InvalidCollection(f"{user!r} is not a user id: 1 to 128 characters, without "
-                                    "a slash or a control character")
+        stripped = user_id_of(user)
+        if stripped is None:
+            raise InvalidCollection(f"{user!r} is not a user id: {USER_ID_RULE}")
         if stripped not in ids:
             ids.append(stripped)
     return ids

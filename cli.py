@@ -5,7 +5,6 @@ from __future__ import annotations
 import errno
 import logging
 import os
-import re
 import sys
 import time
 from pathlib import Path
@@ -135,12 +134,11 @@ def serve(host: str | None, port: int | None, index_docs: bool) -> None:
 def valid_user(user_id: str, param: str = "--user") -> str:
     """A user id as the API reads it (stripped; no slash or control character, at most 128
     characters): a turn stored under another could never be listed or erased there."""
-    from hearth.conversations import USER_ID
+    from hearth.conversations import USER_ID_RULE, user_id_of
 
-    stripped = user_id.strip()
-    if not re.fullmatch(USER_ID, stripped):
-        raise click.BadParameter("a user id is 1 to 128 characters, without a slash or a "
-                                 "control character", param_hint=param)
+    stripped = user_id_of(user_id)
+    if stripped is None:
+        raise click.BadParameter(f"a user id is {USER_ID_RULE}", param_hint=param)
     return stripped
 
 

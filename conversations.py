@@ -16,6 +16,17 @@ CONVERSATION_ID = r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,63}$"
 USER_ID = r"^[^\x00-\x1f\x7f/]{1,128}$"
 
 
+# What a user id must be, said once for every face that checks one.
+USER_ID_RULE = "1 to 128 characters, without a slash or a control character"
+
+
+def user_id_of(value: str) -> str | None:
+    """``value`` as every route reads a user id (stripped), or None when no user could be
+    named so (USER_ID_RULE)."""
+    stripped = value.strip()
+    return stripped if re.fullmatch(USER_ID, stripped) else None
+
+
 def valid_conversation_id(conversation_id: str) -> bool:
     return re.fullmatch(CONVERSATION_ID, conversation_id) is not None
 
