@@ -246,7 +246,7 @@ def upload_job(name: str, job_id: str) -> Response:
 
 @collections_blueprint.delete("/api/users/<user_id>")
 def erase(user_id: str) -> Response:
-    return ok(ErasedOut(**erase_user(chat(), acting_as(user_id)).to_dict()))
+    return ok(ErasedOut(**erase_user(chat(), acting_as(user_id), jobs()).to_dict()))
 
 
 @collections_blueprint.get("/api/keys")

@@ -12,6 +12,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from hearth.chat import Chat
+from hearth.ingest.jobs import Jobs, build_job_store
 from hearth.ingest.sources import remove_collection
 from hearth.ingest.uploads import Uploads
 
@@ -28,7 +29,9 @@ class Erased:
         return asdict(self)
 
 
-def erase_user(chat: Chat, user_id: str) -> Erased:
+def erase_user(chat: Chat, user_id: str, jobs: Jobs | None = None) -> Erased:
+    """Erase ``user_id`` everywhere; ``jobs`` is the server's job runner (the terminal has
+    none), so that a job of theirs still running is not recorded when it ends."""
     services = chat.services
     access = services.access
     owned = [c.name for c in access.all() if c.owner == user_id]
@@ -36,7 +39,11 @@ def erase_user(chat: Chat, user_id: str) -> Erased:
     documents = sum(len(uploads.documents(name)) for name in owned)
     for name in owned:
         remove_collection(services, name)
-    documents += uploads.remove_uploads_of(user_id)
+    elsewhere = uploads.remove_uploads_of(user_id)
+    documents += len(elsewhere)
+    # The records of the jobs that read their files: their names, their collection's.
+    job_ids = [doc.job for doc in elsewhere if doc.job]
+    (jobs or build_job_store(services.settings)).forget(job_ids, owned)
     return Erased(conversations=chat.erase_history(user_id), collections=len(owned),
                   documents=documents, grants=access.forget_reader(user_id),
                   keys=services.keys.delete_user(user_id))

@@ -291,10 +291,10 @@ class VectorStore:
         if keywords.is_whole(collection):
             return
         chroma = self._existing(collection)
+        if chroma is None:  # nothing to copy; searching a name must not record it (erasure)
+            return
 
         def pages() -> Iterator[tuple[list[str], list[str], list[dict[str, Any]]]]:
-            if chroma is None:
-                return
             offset = 0
             while True:
                 found = chroma.get(limit=BACKFILL_PAGE, offset=offset,

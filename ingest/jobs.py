@@ -28,7 +28,7 @@ import sqlite3
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
@@ -292,6 +292,7 @@ class JobStore(Protocol):
     def get(self, job_id: str) -> tuple[dict[str, Any], float] | None: ...
     def recent(self, limit: int) -> list[tuple[dict[str, Any], float]]: ...
     def prune(self, keep: int) -> None: ...
+    def forget(self, job_ids: Sequence[str], collections: Sequence[str]) -> int: ...
 
 
 class SQLiteJobs:
@@ -304,6 +305,7 @@ class SQLiteJobs:
         self._lock = threading.Lock()
         with self._lock:
             self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA secure_delete=ON")  # a forgotten job leaves no trace
             self._db.execute("CREATE TABLE IF NOT EXISTS jobs (id TEXT PRIMARY KEY, "
                              "created REAL NOT NULL, seen REAL NOT NULL, record TEXT NOT NULL)")
 
@@ -331,6 +333,14 @@ class SQLiteJobs:
         self._rows("DELETE FROM jobs WHERE id NOT IN "
                    "(SELECT id FROM jobs ORDER BY created DESC LIMIT ?) "
                    "AND json_extract(record, '$.state') IN ('done', 'failed')", (keep,))
+
+    def forget(self, job_ids: Sequence[str], collections: Sequence[str]) -> int:
+        ids, names = json.dumps(list(job_ids)), json.dumps(list(collections))
+        gone = self._rows("DELETE FROM jobs WHERE id IN (SELECT value FROM json_each(?)) "
+                          "OR json_extract(record, '$.collection') IN "
+                          "(SELECT value FROM json_each(?)) RETURNING id", (ids, names))
+        self._rows("PRAGMA wal_checkpoint(TRUNCATE)")  # nor in the write-ahead log
+        return len(gone)
 
 
 class MongoJobs:
@@ -369,6 +379,11 @@ class MongoJobs:
             self._run(lambda c: c.delete_many(
                 {"_id": {"$in": old}, "record.state": {"$in": ["done", "failed"]}}))
 
+    def forget(self, job_ids: Sequence[str], collections: Sequence[str]) -> int:
+        return int(self._run(lambda c: c.delete_many({"$or": [
+            {"_id": {"$in": list(job_ids)}},
+            {"record.collection": {"$in": list(collections)}}]})).deleted_count)
+
 
 def build_job_store(settings: Settings) -> JobStore:
     if settings.mongodb_uri:
@@ -394,6 +409,7 @@ class Jobs:
         self.store = store or build_job_store(services.settings)
         self._jobs: dict[str, Job] = {}  # run here, until they end and are saved
         self._on_done: dict[str, Callable[[Job], None] | None] = {}
+        self._forgotten: set[str] = set()  # running here, no longer recorded (``forget``)
         self._lock = threading.Lock()
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ingest")
         self._reporter: threading.Thread | None = None
@@ -420,6 +436,8 @@ class Jobs:
     def get(self, job_id: str) -> Job | JobView | None:
         with self._lock:
             job = self._jobs.get(job_id)
+            if job_id in self._forgotten:
+                return None
         if job is not None:
             return job
         found = self.store.get(job_id)
@@ -433,7 +451,19 @@ class Jobs:
         return [mine.get(record["id"]) or _as_seen(record, seen, now)
                 for record, seen in self.store.recent(KEPT_JOBS)]
 
+    def forget(self, job_ids: Sequence[str], collections: Sequence[str]) -> int:
+        """Drop the records of these jobs and of every job into these collections (a user
+        erased: their uploads' jobs, their own collection's): a job of them still running
+        here goes on to its end, unrecorded and unlisted. Returns the records dropped."""
+        with self._lock:
+            self._forgotten.update(job.id for job in self._jobs.values()
+                                   if job.id in job_ids or job.collection in collections)
+        return self.store.forget(job_ids, collections)
+
     def _save(self, job: Job) -> None:
+        with self._lock:
+            if job.id in self._forgotten:
+                return
         self.store.save(job.to_dict(), job.created_at, time.time())
 
     def _report(self) -> None:
@@ -493,6 +523,7 @@ class Jobs:
             return
         with self._lock:
             self._jobs.pop(job.id, None)
+            self._forgotten.discard(job.id)
 
     def _ingest(self, job: Job, spool: Path) -> Summary:
         """Read in a child process, then index what it read, here (the one writer)."""

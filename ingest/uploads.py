@@ -396,14 +396,14 @@ class Uploads:
         self.services.vectorstore.scrub()  # its words out of the keyword index's file too
         return doc
 
-    def remove_uploads_of(self, uploader: str) -> int:
-        """Every document ``uploader`` uploaded, in whatever collection."""
-        removed = 0
+    def remove_uploads_of(self, uploader: str) -> list[Uploaded]:
+        """Every document ``uploader`` uploaded, in whatever collection: those removed."""
+        removed = []
         for folder in list(self.root.iterdir()) if self.root.is_dir() else []:
             for doc in self.documents(folder.name):
                 if doc.uploader == uploader:
                     self.remove(folder.name, doc.id)
-                    removed += 1
+                    removed.append(doc)
         return removed
 
     def forget_collection(self, collection: str) -> None:

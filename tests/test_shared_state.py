@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from hearth.api import create_app
-from hearth.ingest.jobs import STALE_S, Jobs, MongoJobs, SQLiteJobs
+from hearth.ingest.jobs import STALE_S, Job, Jobs, MongoJobs, SQLiteJobs
 from tests.conftest import closed_port_url
 
 
@@ -104,6 +104,35 @@ def test_a_job_whose_worker_stopped_is_reported_failed(make_services: Any, mongo
         alive = jobs.get("b" * 32)
         assert alive is not None and alive.state == "running"
         assert [j.id for j in jobs.all()] == ["b" * 32, "a" * 32]  # newest first
+
+
+def test_an_erased_users_jobs_are_forgotten_running_or_ended(make_services: Any,
+                                                            mongo_server: str,
+                                                            tmp_path: Path) -> None:
+    """Erasing a user drops the records of their uploads' jobs and of every job into their own
+    collection (file names, the collection's name): in both stores, and for a job still
+    running here, which is then neither listed nor recorded when it ends."""
+    services = make_services()
+    stores = [SQLiteJobs(tmp_path / "jobs.sqlite3"),
+              MongoJobs(mongo_server, f"forget-{uuid.uuid4().hex[:8]}", 2.0)]
+    for store in stores:
+        now = time.time()
+        for n, (job_id, collection) in enumerate([("a" * 32, "u-ann"), ("b" * 32, "team"),
+                                                  ("c" * 32, "team")]):
+            store.save({"id": job_id, "collection": collection, "state": "done",
+                        "target": f"/srv/{job_id}"}, now + n, now)
+        jobs = Jobs(services, store)
+        running = Job(id="d" * 32, kind="files", target=str(tmp_path),
+                      options={"collection": "u-ann"}, state="running")
+        jobs._jobs[running.id] = running  # as ``submit`` holds a job it runs
+        assert jobs.forget(["b" * 32], ["u-ann"]) == 2
+        assert [j.id for j in jobs.all()] == ["c" * 32]
+        assert jobs.get("a" * 32) is None and jobs.get("b" * 32) is None
+        assert jobs.get(running.id) is None
+        running.state = "done"
+        jobs._finish(running)  # its end is not recorded
+        assert store.get(running.id) is None and jobs.get(running.id) is None
+    assert b"u-ann" not in b"".join(p.read_bytes() for p in tmp_path.glob("jobs.sqlite3*"))
 
 
 def test_a_key_revoked_through_one_worker_is_refused_by_the_others(make_services: Any,

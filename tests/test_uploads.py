@@ -240,9 +240,10 @@ def test_erasing_a_user_leaves_nothing_of_them(app: Any, tmp_path: Path) -> None
                                        collections=[own_collection("ann")]) == []
     # Nothing of the note's text is left in any file of the data folder: the parse cache
     # kept it, and the keyword index kept its words in segments until they were merged.
-    word = NOTE_WORD.encode()
-    holding = [p for p in services.settings.data_dir.rglob("*") if p.is_file()
-               and "chroma" not in p.parts and word in p.read_bytes()]
+    # Nor of her own collection's name, which the records of her uploads' jobs held.
+    traces = (NOTE_WORD.encode(), own_collection("ann").encode())
+    holding = [(p, t) for p in services.settings.data_dir.rglob("*") if p.is_file()
+               and "chroma" not in p.parts for t in traces if t in p.read_bytes()]
     assert holding == [], holding
     # The same from the terminal.
     services.keys.create("carol")
