@@ -35,6 +35,7 @@ HELD_OUT = "held-out.jsonl"
 TRAINING = "training.jsonl"
 STATE = "state.json"
 OPTIMIZER = "optimizer.pt"
+FINAL_PARTIAL = ".adapter.partial"  # the finished adapter, being written
 IGNORE = -100  # labels the loss skips: the prompt's tokens
 
 
@@ -250,13 +251,20 @@ def tune(name: str, data: Path, base: Path, models_dir: Path, *,
         "versions": _versions(),
         "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
     }
-    model.save_pretrained(out)
-    _write_questions(out / HELD_OUT, split.held_out)
-    _write_questions(out / TRAINING, split.train)
+    # Written beside, then moved in file by file, the manifest last: a run killed while saving
+    # leaves the adapter it trained before, whole, for the server that loads it.
+    ready = out / FINAL_PARTIAL
+    shutil.rmtree(ready, ignore_errors=True)
+    model.save_pretrained(ready)
+    _write_questions(ready / HELD_OUT, split.held_out)
+    _write_questions(ready / TRAINING, split.train)
+    (ready / hf_models.ADAPTER_MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
     _save_checkpoint(model, optimizer, checkpoint, {
         **state, "step": step, "seconds": elapsed, "losses": losses, "data_sha256": data_sha,
         "base_sha256": base_sha, "hyper": asdict(hyper)})
-    (out / hf_models.ADAPTER_MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+    for made in sorted(ready.iterdir(), key=lambda p: p.name == hf_models.ADAPTER_MANIFEST):
+        made.replace(out / made.name)
+    ready.rmdir()
     return manifest
 
 

@@ -337,6 +337,36 @@ def test_a_damaged_checkpoint_says_to_restart(adapter: Path, models_dir: Path, s
              bounds=Bounds(max_steps=5, checkpoint_every=2))
 
 
+def test_a_run_killed_while_saving_leaves_the_adapter_it_trained_before(
+        adapter: Path, models_dir: Path, smol_folder: Path, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The finished adapter was written over the one before it, in place: a run killed part-way
+    through saving left half-written weights beside the old manifest, which the server loads."""
+    import peft
+
+    target = hf_models.adapters_dir(models_dir) / "killed"
+    shutil.copytree(adapter, target)
+    before = {p.name: p.read_bytes() for p in target.iterdir() if p.is_file()}
+
+    def killed(self: Any, folder: Any, *args: Any, **kwargs: Any) -> None:
+        Path(folder).mkdir(parents=True, exist_ok=True)
+        (Path(folder) / "adapter_model.safetensors").write_bytes(b"half of it")
+        raise KeyboardInterrupt
+
+    data = target / "questions.jsonl"
+    guide_questions(data)
+    monkeypatch.setattr(peft.PeftModel, "save_pretrained", killed)
+    with pytest.raises(KeyboardInterrupt):
+        tune("killed", data, smol_folder, models_dir, hyper=HYPER, quantization="none",
+             bounds=Bounds(max_steps=5, checkpoint_every=10))
+    after = {p.name: p.read_bytes() for p in target.iterdir() if p.is_file()}
+    assert {k: v for k, v in after.items() if k != "questions.jsonl"} == \
+        {k: v for k, v in before.items() if k != "questions.jsonl"}
+    monkeypatch.undo()
+    llm = build_llm(tf_settings(models_dir, tmp_path, transformers_adapter="killed"))
+    assert llm.complete(MESSAGES).strip()
+
+
 @pytest.mark.parametrize("name", ["..", ".", "/tmp/elsewhere", "a/b", "", "-x"])
 def test_an_adapter_name_is_a_folder_under_adapters_and_restart_deletes_nothing_first(
         tmp_path: Path, name: str) -> None:
