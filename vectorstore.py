@@ -26,11 +26,11 @@ import logging
 import os
 import threading
 import uuid
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from functools import cache
+from functools import cache, partial
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import urlparse
 
 import httpx
@@ -44,6 +44,7 @@ from hearth.keywords import KeywordHit, KeywordIndex, KeywordIndexError, keyword
 from hearth.private import private_dir
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 class VectorStoreError(Unavailable):
@@ -166,7 +167,10 @@ class VectorStore:
 
     def writer(self, collection: str) -> Any:
         """LangChain's ``Chroma`` over a collection, for the indexing API; created if new.
-        What it adds and deletes, the keyword index adds and deletes too."""
+        What it adds and deletes, the keyword index adds and deletes too. One kept from before
+        another process deleted the collection (and perhaps made it again) is made anew."""
+        if collection in self._writers and not self._alive(self._writers[collection]._collection):
+            self._forget_handles(collection)
         if collection not in self._writers:
             try:
                 # Always pass the embedding function: Chroma's default downloads a model.
@@ -179,6 +183,40 @@ class VectorStore:
                     f"cannot open collection {collection!r} in the vector store at "
                     f"{self.where}: {exc}") from exc
         return self._writers[collection]
+
+    def _forget_handles(self, collection: str) -> None:
+        self._writers.pop(collection, None)
+        self._readers.pop(collection, None)
+
+    @staticmethod
+    def _alive(chroma: Any) -> bool:
+        """Whether a kept Chroma collection handle still names a collection: not one deleted
+        since by another process (an API worker, the CLI, over the same Chroma server)."""
+        from chromadb.errors import NotFoundError
+
+        try:
+            chroma.count()
+        except NotFoundError:
+            return False
+        return True
+
+    def _fresh(self, collection: str, use: Callable[[Any], T]) -> T | None:
+        """``use`` on the collection's Chroma handle; None where the collection does not exist.
+        A handle kept from before another process deleted the collection (and perhaps made it
+        again) fails: it is dropped, and the collection looked up once more."""
+        from chromadb.errors import NotFoundError
+
+        for last in (False, True):
+            chroma = self._existing(collection)
+            if chroma is None:
+                return None
+            try:
+                return use(chroma)
+            except NotFoundError:
+                self._forget_handles(collection)
+                if last:
+                    return None  # deleted again meanwhile: empty now
+        return None
 
     def _existing(self, collection: str) -> Any | None:
         """The Chroma collection, or None when nothing was ever indexed into it. Found once,
@@ -230,15 +268,11 @@ class VectorStore:
                 vector = self.embeddings.embed_query(query)
 
             def query_one(item: tuple[str, Any]) -> list[tuple[Document, float, str]]:
-                from chromadb.errors import NotFoundError
-
-                name, chroma = item
-                try:
-                    result = chroma.query(query_embeddings=[vector], n_results=k, where=where,
-                                          include=["documents", "metadatas", "distances"])
-                except NotFoundError:  # deleted since (another worker, the CLI): empty now
-                    self._writers.pop(name, None)
-                    self._readers.pop(name, None)
+                name = item[0]
+                result = self._fresh(name, lambda chroma: chroma.query(
+                    query_embeddings=[vector], n_results=k, where=where,
+                    include=["documents", "metadatas", "distances"]))
+                if result is None:  # deleted since (another worker, the CLI): empty now
                     return []
                 return [(Document(page_content=text or "",
                                   metadata={**(meta or {}), "collection": name}),
@@ -273,10 +307,9 @@ class VectorStore:
         scores: dict[str, float] = {}
         try:
             for name, ids in by_collection.items():
-                chroma = self._existing(name)
-                if chroma is None:
+                found = self._fresh(name, partial(_embeddings_of, ids=ids))
+                if found is None:
                     continue
-                found = chroma.get(ids=ids, include=["embeddings"])
                 for chunk_id, embedding in zip(found["ids"], found["embeddings"], strict=True):
                     e = np.asarray(embedding, dtype=np.float64)
                     scores[chunk_id] = float(e @ query / (np.linalg.norm(e) or 1.0))
@@ -290,7 +323,7 @@ class VectorStore:
         keywords = self.keywords
         if keywords.is_whole(collection):
             return
-        chroma = self._existing(collection)
+        chroma = self._fresh(collection, lambda c: (c.count(), c)[1])  # a kept one, checked
         if chroma is None:  # nothing to copy; searching a name must not record it (erasure)
             return
 
@@ -361,13 +394,16 @@ class VectorStore:
     def count(self, collections: Sequence[str] = (DEFAULT,)) -> int:
         try:
             self.refresh()
-            return sum(c.count() for name in collections
-                       if (c := self._existing(name)) is not None)
+            return sum(self._fresh(name, lambda c: int(c.count())) or 0 for name in collections)
         except Exception as exc:
             raise VectorStoreError(f"cannot read the vector store at {self.where}: {exc}") from exc
 
     def ping(self) -> None:
         self.count()
+
+
+def _embeddings_of(chroma: Any, ids: list[str]) -> Any:
+    return chroma.get(ids=ids, include=["embeddings"])
 
 
 @cache

@@ -102,3 +102,28 @@ def test_a_serving_process_sees_what_another_process_ingested(make_services: Any
     assert removed.returncode == 0, removed.stderr[-2000:]
     assert services.vectorstore.search(question, 4) == []
     assert services.vectorstore.count() == 0
+
+
+def test_a_collection_deleted_and_made_again_by_another_worker_is_reopened(
+        make_settings: Any, embeddings: Any, chroma_server: str, tmp_path: Path) -> None:
+    """Two API workers over one Chroma server: each kept the handle of a collection it had
+    used, and once another worker (or the CLI) deleted the collection and made it again,
+    every search, keyword search and ingest of that worker into it failed until it restarted."""
+    prefix = f"recreate-{tmp_path.name[-12:]}"
+    one, two = (VectorStore(make_settings(chroma_url=chroma_server, chroma_collection=prefix,
+                                          data_dir=tmp_path / "data"), embeddings)
+                for _ in range(2))
+    one.writer("team").add_texts([TEXTS[0]], metadatas=[{"source": "a"}], ids=["1"])
+    assert [c for _, _, c in one.search("printer driver", 1, ["team"])] == ["1"]
+    assert [c for _, _, c in one.keyword_search("printer driver", 1, ["team"])] == ["1"]
+    two.drop("team")  # the other worker deletes it, then it is made again
+    two.writer("team").add_texts([TEXTS[1]], metadatas=[{"source": "b"}], ids=["2"])
+    assert [c for _, _, c in one.search("yellow fruit", 1, ["team"])] == ["2"]
+    assert [c for _, _, c in one.keyword_search("yellow fruit", 1, ["team"])] == ["2"]
+    assert one.count(["team"]) == 1
+    assert set(one.similarities(embeddings.embed_query("fruit"), [("team", "2")])) == {"2"}
+    one.writer("team").add_texts([TEXTS[0]], metadatas=[{"source": "a"}], ids=["3"])
+    assert two.count(["team"]) == 2
+    two.drop("team")  # deleted, not made again: empty, not an error
+    assert one.search("printer", 4, ["team"]) == [] and one.count(["team"]) == 0
+    assert one.keyword_search("printer", 4, ["team"]) == []
