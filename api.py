@@ -288,6 +288,9 @@ SSE_EVENT = {
     },
 }
 
+# The routes that ask the model: one question limit per user, over all of them.
+QUESTION_ENDPOINTS = ("api.ask", "openai.chat_completions")
+
 USER_QUERY = {"name": "user_id", "in": "query", "schema": {"type": "string"}}
 
 
@@ -368,12 +371,13 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
     # First, so that even the guard's refusals carry a request id and are counted.
     app.extensions["hearth.chat"] = instrument(app, settings, hearth)
     limiter = guard(app, settings, hearth)
-    questions = limiter.limit(settings.question_rate_limit, key_func=user_key)
-    questions(openai_blueprint)
     for blueprint in (api_blueprint, openai_blueprint, webui_blueprint, ingest_blueprint,
                       collections_blueprint):
         app.register_blueprint(blueprint)
-    # Questions, on every face, have their own limit instead of the general one.
-    app.view_functions["api.ask"] = questions(app.view_functions["api.ask"])
+    # Questions, on every face, count against one limit of their own (and the general one).
+    questions = limiter.shared_limit(settings.question_rate_limit, scope="questions",
+                                     key_func=user_key)
+    for endpoint in QUESTION_ENDPOINTS:
+        app.view_functions[endpoint] = questions(app.view_functions[endpoint])
     register_errors(app)
     return app

@@ -25,6 +25,7 @@ from limits.storage import MemoryStorage
 from limits.strategies import MovingWindowRateLimiter, RateLimiter
 from pydantic import BaseModel, Field, ValidationError
 from pydantic.json_schema import models_json_schema
+from werkzeug.exceptions import HTTPException
 
 from hearth import __version__
 from hearth.auth import Principal, acting_user
@@ -365,7 +366,9 @@ def named_user() -> str | None:
     if is_json(request.mimetype) and request.content_length:
         try:
             body = json.loads(request.get_data(cache=True))
-        except (ValueError, UnicodeDecodeError, RecursionError):
+        # HTTPException: a body over the limit (413, answered as such by the view), a client
+        # gone. Raised here, flask-limiter would take its store for dead and count in memory.
+        except (ValueError, UnicodeDecodeError, RecursionError, HTTPException):
             body = None
         if isinstance(body, dict):
             named = body.get("user_id") or body.get("user")  # "user": the /v1 field
@@ -405,11 +408,13 @@ def guard(app: Flask, settings: Settings, hearth: Services) -> Limiter:
     uri, options = limits_storage(settings)
     limiter = Limiter(
         key_func=user_key, storage_uri=uri, storage_options=options, strategy="moving-window",
-        default_limits=[settings.rate_limit], headers_enabled=True,
+        # One count per user over every route (flask-limiter's default limits count each
+        # route apart: 300 a minute on each of them).
+        application_limits=[settings.rate_limit], headers_enabled=True,
         # With the store away, count in memory (per process) rather than fail every request.
         in_memory_fallback_enabled=True,
         # Health checks are for machines that poll: never limit them.
-        default_limits_exempt_when=lambda: request.path in PROBES,
+        application_limits_exempt_when=lambda: request.path in PROBES,
     )
     app.extensions["hearth.limits_fallback"] = MovingWindowRateLimiter(MemoryStorage())
     app.before_request(lambda: check_origin(settings))

@@ -134,6 +134,35 @@ def test_rate_limit_answers_429_with_retry_after(make_services: Any) -> None:
     assert client.get("/healthz").status_code == 200
 
 
+def test_a_users_limits_count_over_every_route(make_services: Any) -> None:
+    """Each limit is one count per user: it was one per route, so a user could ask 30
+    questions a minute on /api/question and 30 more on /v1, make 300 requests on each route,
+    and was held to the question limit when listing /v1/models."""
+    services = make_services(question_rate_limit="2/minute", rate_limit="6/minute")
+    client = create_app(services.settings, services).test_client()
+    chat = {"model": "hearth", "user": "ann", "messages": [{"role": "user", "content": "Hi?"}]}
+    asked = [client.post("/api/question", json={"question": "Hi?", "user_id": "ann"}),
+             client.post("/v1/chat/completions", json=chat),
+             client.post("/v1/chat/completions", json=chat)]
+    assert [r.status_code for r in asked] == [200, 200, 429]
+    assert asked[2].get_json()["error"]["type"] == "rate_limit_error"
+    # Listing models is not a question; the general limit counts the questions too.
+    assert client.get("/v1/models?user_id=ann").status_code == 200
+    spread = [client.get(path).status_code for path in (
+        "/api/conversations?user_id=ann", "/api/collections?user_id=ann",
+        "/v1/models?user_id=ann")]
+    assert spread == [200, 200, 429]
+    # A body over the size limit is refused as such, and does not reset anyone's count
+    # (flask-limiter took the error for its store's and counted afresh in memory).
+    services = make_services(question_rate_limit="2/minute", max_body_bytes=2048)
+    client = create_app(services.settings, services).test_client()
+    ask = {"question": "Hi?", "user_id": "bob"}
+    assert [client.post("/api/question", json=ask).status_code for _ in range(2)] == [200, 200]
+    huge = client.post("/api/question", json={**ask, "question": "x" * 4000})
+    assert huge.status_code == 413
+    assert client.post("/api/question", json=ask).status_code == 429
+
+
 def test_a_full_queue_answers_503_with_retry_after(make_services: Any) -> None:
     services = make_services(max_queued_generations=0)
     index(services)  # a question nothing answers is refused without waiting for the model
