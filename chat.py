@@ -12,10 +12,11 @@ may see them, so the faces never touch the history store.
 from __future__ import annotations
 
 import logging
+import threading
 import time
 import uuid
 from collections.abc import Callable, Generator, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from hearth.auth import MissingUser, Principal
 from hearth.conversations import (
@@ -81,6 +82,8 @@ class _Prepared:
     turns: Sequence[Turn]
     conversation_id: str | None
     collections: Sequence[str] = ()
+    existing: bool = False  # the conversation was stored already: it must still be, to add to
+    asked: float = field(default_factory=time.monotonic)
 
 
 class ReplyStream:
@@ -116,6 +119,10 @@ class Chat:
     def __init__(self, services: Services) -> None:
         self.services = services
         self.settings = services.settings
+        # When each user's history was last erased through this process: a question of
+        # theirs answered meanwhile does not begin a new conversation (``_save``).
+        self._erased: dict[str, float] = {}
+        self._erased_lock = threading.Lock()
 
     # -- asking --------------------------------------------------------------------------------
 
@@ -154,13 +161,13 @@ class Chat:
             if conversation is None or conversation.user_id != ask.user_id:
                 raise ConversationNotFound(ask.conversation_id, ask.user_id)
             turns = conversation.turns if ask.turns is None else ask.turns
-            return _Prepared(ask, turns, ask.conversation_id)
+            return _Prepared(ask, turns, ask.conversation_id, existing=True)
         name = ask.new_conversation_id
         if isinstance(name, str):
             existing = store.get(name)
             if existing is not None and existing.user_id != ask.user_id:
                 raise ConversationNotFound(name, ask.user_id)
-            return _Prepared(ask, ask.turns or (), name)
+            return _Prepared(ask, ask.turns or (), name, existing=existing is not None)
         return _Prepared(ask, ask.turns or (), None if callable(name) else uuid.uuid4().hex)
 
     def _save(self, prepared: _Prepared, answer: Answer) -> Reply:
@@ -172,7 +179,19 @@ class Chat:
         if conversation_id is None:
             assert callable(ask.new_conversation_id)
             conversation_id = ask.new_conversation_id(turn)
-        self.services.history.add_turn(conversation_id, ask.user_id, turn)
+        try:
+            with self._erased_lock:
+                if self._erased.get(ask.user_id, 0.0) > prepared.asked:
+                    raise ConversationNotFound(conversation_id)
+            self.services.history.add_turn(conversation_id, ask.user_id, turn,
+                                           new=not prepared.existing)
+        except ConversationNotFound:
+            # Deleted while its question was answered (the user's history erased, the
+            # conversation deleted, by another request): the answer is given, not stored,
+            # and the conversation is not made again.
+            log.info("the conversation was deleted while its question was answered: the "
+                     "answer is not stored")
+            return Reply(answer, None)
         return Reply(answer, conversation_id)
 
     def _hold(self, ask: Ask) -> Hold:
@@ -250,9 +269,17 @@ class Chat:
     def delete_conversation(self, conversation_id: str, viewer: Principal | None,
                             user_id: str | None = None) -> bool:
         self.conversation(conversation_id, viewer, user_id)
-        return self.services.history.delete(conversation_id)
+        if not self.services.history.delete(conversation_id):
+            raise ConversationNotFound(conversation_id)  # deleted meanwhile, by another request
+        return True
 
     def erase_history(self, user_id: str) -> int:
+        now = time.monotonic()
+        with self._erased_lock:
+            # Only the erasures a question still being answered could predate matter.
+            horizon = now - 2 * self.settings.llm_timeout_s - 600
+            self._erased = {u: t for u, t in self._erased.items() if t > horizon}
+            self._erased[user_id] = now
         return self.services.history.delete_user(user_id)
 
     # -- feedback ------------------------------------------------------------------------------

@@ -39,7 +39,10 @@ class HistoryStore(Protocol):
     where: str
 
     def ping(self) -> None: ...
-    def add_turn(self, conversation_id: str, user_id: str, turn: Turn) -> None: ...
+    # ``new``: the conversation may be created; else it must exist (one deleted while its
+    # question was answered is not made again): ConversationNotFound.
+    def add_turn(self, conversation_id: str, user_id: str, turn: Turn, *,
+                 new: bool = True) -> None: ...
     def get(self, conversation_id: str) -> Conversation | None: ...
     def list(self, user_id: str) -> list[Conversation]: ...
     def delete(self, conversation_id: str) -> bool: ...
@@ -121,13 +124,16 @@ class SQLiteHistory:
     def ping(self) -> None:
         self._run(lambda db: db.execute("SELECT 1").fetchone())
 
-    def add_turn(self, conversation_id: str, user_id: str, turn: Turn) -> None:
+    def add_turn(self, conversation_id: str, user_id: str, turn: Turn, *,
+                 new: bool = True) -> None:
         def write(db: sqlite3.Connection) -> None:
             db.execute("BEGIN IMMEDIATE")
             try:
                 row = db.execute(
                     "SELECT user_id FROM conversations WHERE id = ?", (conversation_id,)
                 ).fetchone()
+                if row is None and not new:
+                    raise ConversationNotFound(conversation_id)
                 if row is None:
                     db.execute(
                         "INSERT INTO conversations VALUES (?, ?, ?, ?, ?)",
@@ -273,9 +279,10 @@ class MongoHistory:
     def ping(self) -> None:
         self._run(lambda coll: coll.database.command("ping"))
 
-    def add_turn(self, conversation_id: str, user_id: str, turn: Turn) -> None:
-        def write(coll: Any) -> None:
-            coll.update_one(
+    def add_turn(self, conversation_id: str, user_id: str, turn: Turn, *,
+                 new: bool = True) -> None:
+        def write(coll: Any) -> int:
+            return int(coll.update_one(
                 {"_id": conversation_id, "user_id": user_id},
                 {
                     "$push": {"turns": asdict(turn)},
@@ -283,13 +290,15 @@ class MongoHistory:
                     "$setOnInsert": {"title": title_of(turn.question),
                                      "created_at": turn.created_at},
                 },
-                upsert=True,
-            )
+                upsert=new,
+            ).matched_count)
 
         try:
-            self._run(write)
+            matched = self._run(write)
         except self._duplicate as exc:  # the id exists, owned by another user
             raise ConversationNotFound(conversation_id) from exc
+        if not new and not matched:
+            raise ConversationNotFound(conversation_id)
 
     @staticmethod
     def _conversation(doc: dict[str, Any]) -> Conversation:

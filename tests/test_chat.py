@@ -121,6 +121,43 @@ def test_a_stream_yields_tokens_then_the_stored_reply(tmp_path: Path) -> None:
     assert chat.services.gate.running == 0
 
 
+def test_a_conversation_deleted_while_answered_is_not_made_again(tmp_path: Path) -> None:
+    """A follow-up's answer, streamed while another request deleted the conversation (or
+    erased the user's history): saving it made the conversation again, with this one turn."""
+    chat = chat_with(tmp_path, "marigold-42.", "What is the network called?", "AcmeGuest.",
+                     "marigold-42.", "marigold-42.")
+    first = chat.answer(Ask(WIFI, user_id="ann"))
+    stream = chat.stream(Ask("And its name?", user_id="ann",
+                             conversation_id=first.conversation_id))
+    assert isinstance(next(stream), Token)  # the answer is under way
+    assert chat.delete_conversation(str(first.conversation_id), None, "ann")
+    reply = [event for event in stream if isinstance(event, Reply)][0]
+    assert reply.answer.answer == "AcmeGuest." and reply.conversation_id is None
+    assert chat.conversations("ann") == []
+    # The same when the user's whole history is erased meanwhile.
+    first = chat.answer(Ask(WIFI, user_id="ann"))
+    stream = chat.stream(Ask("And again?", user_id="ann", conversation_id=first.conversation_id))
+    next(stream)
+    assert chat.erase_history("ann") == 1
+    assert [e for e in stream if isinstance(e, Reply)][0].conversation_id is None
+    assert chat.conversations("ann") == []
+    # And a new conversation's first answer, the user's history erased meanwhile (through
+    # this process: docs/conversations-and-history.md says what another one does).
+    stream = chat.stream(Ask(WIFI, user_id="ann"))
+    next(stream)
+    chat.erase_history("ann")
+    assert [e for e in stream if isinstance(e, Reply)][0].conversation_id is None
+    assert chat.conversations("ann") == []
+    assert chat.answer(Ask(WIFI, user_id="ann")).conversation_id  # asked after: stored
+    assert len(chat.conversations("ann")) == 1
+    chat.erase_history("ann")
+    # A second delete of the same conversation is not found, not "deleted 0".
+    kept = chat.answer(Ask(WIFI, user_id="ann"))
+    assert chat.delete_conversation(str(kept.conversation_id), None, "ann")
+    with pytest.raises(ConversationNotFound):
+        chat.delete_conversation(str(kept.conversation_id), None, "ann")
+
+
 def test_a_stream_closed_midway_stores_nothing_and_frees_the_model(tmp_path: Path) -> None:
     chat = chat_with(tmp_path, "The password of the guest network is marigold-42.")
     stream = chat.stream(Ask(WIFI, user_id="ann"))

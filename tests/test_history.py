@@ -66,6 +66,12 @@ def test_delete_one_and_erase_a_user(store: Any) -> None:
     assert store.delete_user("ann") == 1
     assert store.list("ann") == []
     assert [c.id for c in store.list("bob")] == ["b1"]
+    # A turn for a conversation that was there (new=False) does not make it again.
+    with pytest.raises(ConversationNotFound):
+        store.add_turn("a2", "ann", turn(2), new=False)
+    assert store.get("a2") is None
+    store.add_turn("b1", "bob", turn(2), new=False)
+    assert len(store.get("b1").turns) == 2
 
 
 def test_concurrent_turns_of_one_user_are_all_stored_in_order(store: Any) -> None:
