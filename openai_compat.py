@@ -26,6 +26,7 @@ import logging
 import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import replace
 from typing import Any, Literal
 
 from flask import Blueprint, Response
@@ -294,8 +295,8 @@ def split_messages(messages: list[OpenAIMessage]) -> tuple[str, list[Turn]]:
 
 def derived_conversation_id(user_id: str, first: Turn) -> str:
     """The same id for every request of one chat: its user and its first exchange name it."""
-    digest = hashlib.sha256(
-        json.dumps([user_id, first.question, first.answer]).encode()).hexdigest()
+    digest = hashlib.sha256(json.dumps(
+        [user_id, first.question.strip(), first.answer.strip()]).encode()).hexdigest()
     return f"oai-{digest[:32]}"
 
 
@@ -312,11 +313,12 @@ def collections_of(model: str) -> list[str] | None:
     return [model[len(prefix):]] if model.startswith(prefix) else None
 
 
-def ask_of(body: OpenAIChatRequest) -> Ask:
+def ask_of(body: OpenAIChatRequest, read: list[str] | None = None) -> Ask:
     """The chat service's question: the last message, the turns before it, and where the turn
     is stored: the request's conversation_id (which must exist), else one named after the
     user and the chat's first exchange, so that a client resending the whole chat on every
-    turn continues one conversation."""
+    turn continues one conversation. ``read``: what a streamed answer sent the client, which
+    it resends as the first answer (a withheld draft and its note, not the answer stored)."""
     if body.top_logprobs is not None and not body.logprobs:
         raise ApiError(400, "invalid_field", "top_logprobs: only with logprobs: true")
     user = request_user(body)
@@ -331,7 +333,8 @@ def ask_of(body: OpenAIChatRequest) -> Ask:
     named = user
     new_id: str | Callable[[Turn], str] = (
         derived_conversation_id(named, turns[0]) if turns
-        else lambda first: derived_conversation_id(named, first))
+        else lambda first: derived_conversation_id(
+            named, first if read is None else replace(first, answer="".join(read))))
     return Ask(question=question, user_id=user, turns=turns, new_conversation_id=new_id,
                alternatives=alternatives, **reading)
 
@@ -390,7 +393,8 @@ def extras(answer: Answer) -> dict[str, Any]:
 @openai_blueprint.post("/chat/completions")
 def chat_completions() -> Response:
     body: OpenAIChatRequest = read_json(OpenAIChatRequest)
-    ask = ask_of(body)
+    streamed: list[str] = []  # what a streamed answer sent, as the client reads it
+    ask = ask_of(body, streamed if body.stream else None)
     completion_id, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
     top = ask.alternatives
 
@@ -419,7 +423,6 @@ def chat_completions() -> Response:
         return sse(chunk_json(data))
 
     def events() -> Iterator[str]:
-        streamed: list[str] = []
         try:
             yield chunk(choices=[OpenAIChunkChoice(delta=OpenAIDelta(role="assistant", content=""))])
             for event in stream:

@@ -260,6 +260,27 @@ def test_v1_continues_a_resent_chat_in_one_conversation(client: Any) -> None:
     assert [t["question"] for t in conversation.get_json()["turns"]] == [WIFI, "And the network?"]
 
 
+def test_v1_continues_a_streamed_chat_whose_first_answer_was_withheld(tmp_path: Path) -> None:
+    """Streamed, a withheld answer reaches the client as the model's words and a note, which it
+    sends back as the first answer; the conversation had been named after the answer stored
+    (why it was withheld), so the chat's next turn began a second conversation."""
+    services = fake_services(tmp_path, ["The password is marigold-97531.", "marigold-42."] * 3)
+    client = create_app(services.settings, services).test_client()
+    messages: list[dict[str, str]] = [{"role": "user", "content": WIFI}]
+    first = client.post("/v1/chat/completions", json={"user": "ann", "messages": messages,
+                                                       "stream": True})
+    chunks = [json.loads(line[6:]) for line in first.get_data(as_text=True).splitlines()
+              if line.startswith("data: {")]
+    read = "".join(c["choices"][0]["delta"].get("content", "") for c in chunks if c["choices"])
+    ended = [c for c in chunks if c.get("conversation_id")][0]
+    assert ended["refused"] and ended["draft"] and "97531" in read  # withheld, as streamed
+    messages += [{"role": "assistant", "content": read},
+                 {"role": "user", "content": "And the network?"}]
+    second = client.post("/v1/chat/completions", json={"user": "ann", "messages": messages})
+    assert second.get_json()["conversation_id"] == ended["conversation_id"]
+    assert len(client.get("/api/conversations?user_id=ann").get_json()["conversations"]) == 1
+
+
 def test_health_names_the_version(client: Any) -> None:
     from hearth import __version__
 
