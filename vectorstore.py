@@ -22,12 +22,14 @@ file per question).
 
 from __future__ import annotations
 
+import fcntl
 import logging
 import os
 import threading
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from functools import cache, partial
 from pathlib import Path
 from typing import Any, TypeVar
@@ -55,6 +57,7 @@ SPACE = {"hnsw:space": "cosine"}
 # Chunks read from Chroma at a time when the keyword index copies a collection in.
 BACKFILL_PAGE = 2000
 GENERATION = "hearth-generation"  # beside the embedded index: changed by each writing process
+WRITE_LOCK = "hearth-write.lock"  # beside it: held by the one process writing it (``writing``)
 
 
 def chroma_name(settings: Settings, collection: str) -> str:
@@ -104,6 +107,9 @@ class VectorStore:
                                          else settings.chroma_path / GENERATION)
             self._generation = self._read_generation()
             self._reopening = threading.Lock()
+            self._write_lock = threading.RLock()
+            self._write_depth = 0
+            self._write_file: Any = None
             self._writers: dict[str, Any] = {}
             self._readers: dict[str, Any] = {}
             self._keywords: KeywordIndex | None = None
@@ -164,6 +170,38 @@ class VectorStore:
             self.langchain = self.writer(DEFAULT)
             self.collection = self.langchain._collection
             self._generation = current
+
+    @contextmanager
+    def writing(self) -> Iterator[None]:
+        """Hold the embedded index for writing, against every other process: Chroma's embedded
+        index breaks for good when two processes write it at once (two ingests, or one beside
+        a server's job: each saves its own in-memory index over the other's, and every search
+        fails after). An advisory lock (``flock``) on a file beside the index, reentrant in
+        this process; a writer that has to wait says so. The index is reopened first if
+        another process wrote it meanwhile. A Chroma server orders writes itself: no lock."""
+        if self._marker is None:
+            yield
+            return
+        with self._write_lock:
+            if self._write_depth == 0:
+                self._write_file = open(self._marker.with_name(WRITE_LOCK), "a")  # noqa: SIM115
+                try:
+                    fcntl.flock(self._write_file.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    log.warning("another process is writing the index at %s: waiting until it "
+                                "is done", self.where)
+                    fcntl.flock(self._write_file.fileno(), fcntl.LOCK_EX)
+            self._write_depth += 1
+            try:
+                if self._write_depth == 1:
+                    self.refresh()
+                yield
+            finally:
+                self._write_depth -= 1
+                if self._write_depth == 0:
+                    fcntl.flock(self._write_file.fileno(), fcntl.LOCK_UN)
+                    self._write_file.close()
+                    self._write_file = None
 
     def writer(self, collection: str) -> Any:
         """LangChain's ``Chroma`` over a collection, for the indexing API; created if new.
@@ -374,6 +412,10 @@ class VectorStore:
 
     def drop(self, collection: str) -> None:
         """Delete a collection's chunks, all at once."""
+        with self.writing():
+            self._drop(collection)
+
+    def _drop(self, collection: str) -> None:
         try:
             if self._existing(collection) is not None:
                 self.client.delete_collection(chroma_name(self.settings, collection))

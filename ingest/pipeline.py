@@ -145,10 +145,18 @@ def run(services: Services, namespace: str, items: Iterable[Parsed | Chunked | S
         collection: str = DEFAULT, progress: Progress | None = None,
         summary: Summary | None = None, batch_size: int = INDEX_BATCH) -> Summary:
     """Index everything ``items`` yields as the whole content of source ``namespace`` in
-    ``collection`` (documents chunked here, or already)."""
+    ``collection`` (documents chunked here, or already), as the index's one writer."""
+    services.access.get(collection)  # CollectionNotFound before anything is read
+    with services.vectorstore.writing():
+        return _run(services, namespace, items, collection=collection, progress=progress,
+                    summary=summary, batch_size=batch_size)
+
+
+def _run(services: Services, namespace: str, items: Iterable[Parsed | Chunked | Skipped], *,
+         collection: str, progress: Progress | None, summary: Summary | None,
+         batch_size: int) -> Summary:
     from langchain_core.indexing import index
 
-    services.access.get(collection)  # CollectionNotFound before anything is read
     progress = progress or Progress()
     started = time.monotonic()
     store = services.vectorstore.writer(collection)
@@ -246,8 +254,9 @@ def remove(services: Services, namespace: str, collection: str = DEFAULT) -> int
 
     records = record_manager(services.settings, records_namespace(collection, namespace))
     try:
-        result = index([], records, services.vectorstore.writer(collection), cleanup="full",
-                       source_id_key="source", key_encoder="sha256")
+        with services.vectorstore.writing():
+            result = index([], records, services.vectorstore.writer(collection),
+                           cleanup="full", source_id_key="source", key_encoder="sha256")
     finally:
         close_records(records)
         services.vectorstore.changed()

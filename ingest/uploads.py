@@ -358,9 +358,10 @@ class Uploads:
         try:
             keys = records.list_keys(group_ids=[source])
             if keys:
-                self.services.vectorstore.writer(doc.collection).delete(ids=keys)
-                records.delete_keys(keys)
-                self.services.vectorstore.changed()
+                with self.services.vectorstore.writing():
+                    self.services.vectorstore.writer(doc.collection).delete(ids=keys)
+                    records.delete_keys(keys)
+                    self.services.vectorstore.changed()
         finally:
             close_records(records)
         return len(keys)

@@ -104,6 +104,47 @@ def test_a_serving_process_sees_what_another_process_ingested(make_services: Any
     assert services.vectorstore.count() == 0
 
 
+def test_two_processes_never_write_the_embedded_index_at_once(make_services: Any,
+                                                              tmp_path: Path) -> None:
+    """Two ingests at once (or one beside a server's job) wrote the embedded index together,
+    each saving its own in-memory index over the other's: past about a thousand chunks every
+    search failed after, for good. A writer now waits for the one writing, and says so."""
+    import fcntl
+    import os
+    import subprocess
+    import sys
+    import time
+
+    from hearth.vectorstore import WRITE_LOCK
+
+    services = make_services()
+    folder = tmp_path / "ferry"
+    folder.mkdir()
+    (folder / "ferry.md").write_text("# Ferry\n\nThe Ellery ferry leaves the mainland at 7:40.\n")
+    env = {**os.environ, "HEARTH_DATA_DIR": str(services.settings.data_dir)}
+    log = tmp_path / "ingest.log"
+    assert services.vectorstore.count() == 0  # the index opened (made) before the other writes
+    with open(services.settings.chroma_path / WRITE_LOCK, "a") as held, log.open("w") as out:
+        fcntl.flock(held.fileno(), fcntl.LOCK_EX)  # another process is writing the index
+        ingest = subprocess.Popen([sys.executable, "-m", "hearth.cli", "ingest", "files",
+                                   str(folder)], env=env, stdout=out, stderr=subprocess.STDOUT)
+        try:
+            deadline = time.monotonic() + 240
+            while "waiting until it is done" not in log.read_text():
+                assert ingest.poll() is None, log.read_text()[-2000:]
+                assert time.monotonic() < deadline, log.read_text()[-2000:]
+                time.sleep(0.2)
+            assert services.vectorstore.count() == 0  # it waits, writing nothing
+        finally:
+            fcntl.flock(held.fileno(), fcntl.LOCK_UN)
+        assert ingest.wait(300) == 0, log.read_text()[-2000:]
+    hits = services.vectorstore.search("When does the Ellery ferry leave?", 1)
+    assert [Path(d.metadata["source"]).name for d, _, _ in hits] == ["ferry.md"]
+    # In this process the lock is reentrant: a removal inside a run does not wait for itself.
+    with services.vectorstore.writing(), services.vectorstore.writing():
+        assert services.vectorstore.count() == 1
+
+
 def test_a_collection_deleted_and_made_again_by_another_worker_is_reopened(
         make_settings: Any, embeddings: Any, chroma_server: str, tmp_path: Path) -> None:
     """Two API workers over one Chroma server: each kept the handle of a collection it had
