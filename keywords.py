@@ -38,6 +38,13 @@ from hearth.private import private_dir, private_file
 class KeywordIndexError(Unavailable):
     code = "keyword_index_unavailable"
 
+    @classmethod
+    def of(cls, message: str, exc: BaseException) -> KeywordIndexError:
+        if type(exc) is sqlite3.DatabaseError:  # damaged: not a database, malformed
+            message += (" (the keyword index is made from the vector store: stop Hearth, "
+                        "delete the file, and start it again to have it made anew)")
+        return cls(message)
+
 
 STORE = "keywords"
 # Weights of the FTS5 columns in bm25(): the heading path, then the chunk's text.
@@ -177,7 +184,8 @@ class KeywordIndex:
             migrate_sqlite(self._db, path, STORE, MIGRATIONS)
             private_file(path)
         except (OSError, sqlite3.Error) as exc:
-            raise KeywordIndexError(f"cannot open the keyword index at {path}: {exc}") from exc
+            raise KeywordIndexError.of(f"cannot open the keyword index at {path}: {exc}",
+                                       exc) from exc
 
     def close(self) -> None:
         with self._lock:
@@ -197,7 +205,8 @@ class KeywordIndex:
                     self._db.execute("ROLLBACK")
                     raise
             except sqlite3.Error as exc:
-                raise KeywordIndexError(f"the keyword index at {self.path} failed: {exc}") from exc
+                raise KeywordIndexError.of(f"the keyword index at {self.path} failed: {exc}",
+                                           exc) from exc
 
     # -- writing -------------------------------------------------------------------------------
 
@@ -237,6 +246,10 @@ class KeywordIndex:
         self._run(lambda db: db.execute(
             "INSERT INTO chunks_fts (chunks_fts) VALUES ('optimize')"), write=True)
         self._run(lambda db: db.execute("PRAGMA wal_checkpoint(TRUNCATE)"))
+
+    def ping(self) -> None:
+        """Raise KeywordIndexError unless the index can be read (a damaged file opens)."""
+        self._run(lambda db: db.execute("SELECT rowid FROM chunks_fts LIMIT 1").fetchall())
 
     def is_whole(self, collection: str) -> bool:
         return bool(self._run(lambda db: db.execute(

@@ -186,7 +186,7 @@ class BackendHealth(Collector):  # type: ignore[misc]
 
     def _family(self) -> GaugeMetricFamily:
         return GaugeMetricFamily("hearth_backend_up", "1 when the backend (llm, vector_store, "
-                                 "history_store) is reachable, as /readyz checks it; else 0",
+                                 "history_store, ...) is reachable, as /readyz checks it; else 0",
                                  labels=["backend"])
 
     def describe(self) -> Iterator[Metric]:

@@ -16,7 +16,7 @@ from langchain_core.embeddings import Embeddings
 
 from hearth.access import Access, build_access
 from hearth.auth import Keys, build_keys
-from hearth.config import RerankerChoice, Settings
+from hearth.config import RerankerChoice, RetrievalMode, Settings
 from hearth.embeddings import build_embeddings
 from hearth.errors import HearthError
 from hearth.history import HistoryStore, build_history
@@ -106,6 +106,8 @@ class Services:
             "vector_store": lambda: self.vectorstore.ping(),
             "history_store": lambda: self.history.ping(),
         }
+        if self.settings.retrieval is RetrievalMode.hybrid:  # every question reads it too
+            checks["keyword_index"] = lambda: self.vectorstore.keywords.ping()
         if self.settings.reranker is not RerankerChoice.none:  # HEARTH_RERANKER: its model loads
             checks["reranker"] = lambda: self.reranker.ping()  # type: ignore[union-attr]
         report: dict[str, dict[str, Any]] = {}

@@ -127,6 +127,27 @@ def test_an_unreadable_vector_store_names_its_path(make_services: Any, tmp_path:
     assert ready["ok"] is False and str(data / "chroma") in ready["error"]
 
 
+def test_a_damaged_keyword_index_is_not_ready_and_says_what_to_do(make_services: Any,
+                                                                  tmp_path: Path) -> None:
+    """/readyz and `hearth doctor` said ready while every question failed on it."""
+    data = tmp_path / "damaged"
+    data.mkdir()
+    (data / "keywords.sqlite3").write_bytes(b"garbage" * 1000)
+    services = make_services(data_dir=data)
+    client = create_app(services.settings, services).test_client()
+    response = client.post("/api/question", json={"question": "Anything?", "user_id": "ann"})
+    assert response.status_code == 503
+    error = response.get_json()["error"]
+    assert error["code"] == "keyword_index_unavailable" and "delete the file" in error["message"]
+    ready = client.get("/readyz")
+    assert ready.status_code == 503
+    check = ready.get_json()["checks"]["keyword_index"]
+    assert check["ok"] is False and str(data / "keywords.sqlite3") in check["error"]
+    assert (data / "keywords.sqlite3").read_bytes() == b"garbage" * 1000  # left as it was
+    dense = make_services(data_dir=data, retrieval="dense")  # never read: not checked
+    assert "keyword_index" not in dense.readiness()
+
+
 def test_a_model_in_process_past_its_time_is_stopped_and_nothing_is_stored(
     make_services: Any
 ) -> None:
