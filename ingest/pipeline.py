@@ -26,12 +26,13 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from hearth.access import DEFAULT, valid_name
+from hearth.errors import HearthError, Unavailable
 from hearth.ingest.cache import ParseCache, parse_cache_dir
 from hearth.ingest.chunking import chunker_for
 from hearth.ingest.documents import (
@@ -54,6 +55,15 @@ from hearth.ingest.web import (
     site_namespace,
     start_address,
 )
+
+T = TypeVar("T")
+
+
+class IndexWriteError(Unavailable):
+    """Writing the index or its records failed part-way (a full disk, a damaged store)."""
+
+    code = "index_write_failed"
+
 
 if TYPE_CHECKING:
     import httpx
@@ -231,8 +241,12 @@ def _run(services: Services, namespace: str, items: Iterable[Parsed | Chunked | 
                 item.name, f"{item.reason} (indexed before: kept as it was until it can be read)")
 
     try:
-        result = index(chunks(), records, store, cleanup="full", source_id_key="source",
-                       key_encoder="sha256", batch_size=batch_size)
+        result = written(lambda: index(chunks(), records, store, cleanup="full",
+                                       source_id_key="source", key_encoder="sha256",
+                                       batch_size=batch_size))
+        # The records delete what they name; a run killed (or failed) part-way had added
+        # chunks that none names, and those of a document deleted since stayed in search.
+        stray = written(lambda: unrecorded(store, namespace, set(before) - indexed - kept))
     finally:
         summary.seconds = time.monotonic() - started
         close_records(records)
@@ -243,7 +257,7 @@ def _run(services: Services, namespace: str, items: Iterable[Parsed | Chunked | 
     summary.kept = len(kept)
     summary.chunks_added = result["num_added"] + result["num_updated"]
     summary.chunks_unchanged = result["num_skipped"]
-    summary.chunks_deleted = result["num_deleted"]
+    summary.chunks_deleted = result["num_deleted"] + stray
     log.info("ingested %s: %s", namespace, json.dumps(summary.to_dict())[:2000])
     return summary
 
@@ -255,12 +269,44 @@ def remove(services: Services, namespace: str, collection: str = DEFAULT) -> int
     records = record_manager(services.settings, records_namespace(collection, namespace))
     try:
         with services.vectorstore.writing():
-            result = index([], records, services.vectorstore.writer(collection),
-                           cleanup="full", source_id_key="source", key_encoder="sha256")
+            store = services.vectorstore.writer(collection)
+            result = written(lambda: index([], records, store, cleanup="full",
+                                           source_id_key="source", key_encoder="sha256"))
+            stray = written(lambda: unrecorded(store, namespace))  # a run killed part-way's
     finally:
         close_records(records)
         services.vectorstore.changed()
-    return int(result["num_deleted"])
+    return int(result["num_deleted"]) + stray
+
+
+def unrecorded(store: Any, namespace: str, sources: Iterable[str] | None = None) -> int:
+    """Delete the chunks of source ``namespace`` (of these documents of it, if given) that
+    are still in the vector store: those no record names, once the records' cleanup is done.
+    Returns how many."""
+    if sources is None:
+        ids = store.get(where={"root": namespace}, include=[])["ids"]
+    else:
+        ids = [i for source in sorted(sources) for i in store.get(
+            where={"$and": [{"root": namespace}, {"source": source}]}, include=[])["ids"]]
+    if ids:
+        log.warning("%s: %d chunks that no ingestion record named (a run stopped part-way) "
+                    "deleted", namespace, len(ids))
+        store.delete(ids=ids)
+    return len(ids)
+
+
+def written(write: Callable[[], T]) -> T:
+    """``write`` to the index and its records, its failure said in a line (a full disk, a
+    damaged store): raised as it came, the database's error printed every value it bound."""
+    try:
+        return write()
+    except HearthError:
+        raise
+    except Exception as exc:
+        first = (str(exc).strip().splitlines() or [""])[0][:300]
+        raise IndexWriteError(f"writing the index failed ({type(exc).__name__}: {first}); "
+                              "run the same ingest again once the cause is fixed (a full disk?): "
+                              "it goes on from what was written") from exc
 
 
 def files_namespace(root: Path) -> str:

@@ -119,3 +119,39 @@ def test_an_api_job_keeps_them_too(services: Services, notes: Path, tmp_path: Pa
     gone = {str(notes / "ferries.docx"), str(notes / "whatnow.txt")}
     assert {c["id"] for c in chunks(services, notes)} == {
         i for i, source in stored.items() if source not in gone}
+
+
+def test_a_run_stopped_part_way_leaves_nothing_that_no_record_names(
+        services: Services, notes: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A run killed (or failing: a full disk) between a batch reaching the index and its
+    records being written left chunks that no record named: the next run deleted only what
+    the records named, so a document deleted meanwhile stayed in search for good, and
+    `hearth sources remove` left them too."""
+    from langchain_classic.indexes import SQLRecordManager
+
+    from hearth.ingest.pipeline import IndexWriteError
+    from hearth.ingest.sources import remove_source
+
+    def full_disk(self: Any, *args: Any, **kwargs: Any) -> None:
+        raise OSError(28, "No space left on device")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(SQLRecordManager, "update", full_disk)
+        with pytest.raises(IndexWriteError, match=r"^writing the index failed \(OSError: .*"
+                                                  r"No space left on device\); run the same"):
+            ingest_files(services, notes, batch_size=8)
+    stray = {c["source"] for c in chunks(services, notes)}
+    assert stray, "the first batch reached the index"
+    for name in {Path(s).name for s in stray}:
+        (notes / name).unlink()  # deleted before the next run
+    again = ingest_files(services, notes)
+    assert {c["source"] for c in chunks(services, notes)}.isdisjoint(stray)
+    assert again.chunks_deleted >= 1
+    words = services.vectorstore.keyword_search("tutorial", 50)
+    assert not {d.metadata["source"] for d, _, _ in words} & stray  # the keyword index too
+    # Chunks no record names are removed with their source as well.
+    services.vectorstore.writer("default").add_texts(
+        ["An orphan chunk about ferries."], metadatas=[{"source": str(notes / "x.txt"),
+                                                        "root": str(notes)}], ids=["orphan"])
+    remove_source(services, str(notes))
+    assert chunks(services, notes) == []
