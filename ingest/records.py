@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from hearth.config import Settings
+from hearth.errors import Unavailable
 from hearth.migrations import (
     Migration,
     StoreVersion,
@@ -31,6 +32,18 @@ RECORDS_COLLECTION = "ingest_records"
 # One MongoDB operation of an ingest (a bulk upsert of a batch's records) may take this long.
 INGEST_DB_TIMEOUT_S = 60.0
 STORE = "ingestion records"
+
+
+class RecordsUnavailable(Unavailable):
+    """The ingestion records cannot be read or written (a damaged file, a full disk)."""
+
+    code = "ingest_records_unavailable"
+
+    @classmethod
+    def of(cls, path: Path, exc: sqlite3.Error) -> RecordsUnavailable:
+        return cls(f"the ingestion records at {path} cannot be used: {exc}"
+                   + (" (the file is damaged: move it aside and ingest again; the index "
+                      "itself is kept)" if type(exc) is sqlite3.DatabaseError else ""))
 
 
 def _create_mongo_indexes(collection: Any) -> None:
@@ -79,11 +92,14 @@ def migrate_records(settings: Settings) -> list[int]:
 
 def _migrate_sqlite(path: Path) -> list[int]:
     path.parent.mkdir(parents=True, exist_ok=True)
-    db = sqlite3.connect(path, isolation_level=None)
     try:
-        return migrate_sqlite(db, path, STORE, RECORDS_MIGRATIONS)
-    finally:
-        db.close()
+        db = sqlite3.connect(path, isolation_level=None)
+        try:
+            return migrate_sqlite(db, path, STORE, RECORDS_MIGRATIONS)
+        finally:
+            db.close()
+    except sqlite3.Error as exc:
+        raise RecordsUnavailable.of(path, exc) from exc
 
 
 def record_manager(settings: Settings, namespace: str) -> RecordManager:

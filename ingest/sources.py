@@ -22,6 +22,7 @@ from hearth.ingest.pipeline import files_namespace, is_site, remove, split_names
 from hearth.ingest.records import (
     INGEST_DB_TIMEOUT_S,
     RECORDS_COLLECTION,
+    RecordsUnavailable,
     records_path,
 )
 from hearth.ingest.uploads import Uploads
@@ -66,16 +67,19 @@ def list_sources(settings: Settings, collection: str | None = None) -> list[Sour
 def _sqlite_rows(path: Path) -> list[tuple[str, int, int, float]]:
     if not path.is_file():
         return []  # nothing ingested yet: do not create the file just to list it
-    db = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)
     try:
-        if db.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' "
-                      "AND name = 'upsertion_record'").fetchone() is None:
-            return []
-        return [(r[0], r[1], r[2], r[3]) for r in db.execute(
-            "SELECT namespace, COUNT(*), COUNT(DISTINCT group_id), MAX(updated_at) "
-            "FROM upsertion_record GROUP BY namespace")]
-    finally:
-        db.close()
+        db = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)
+        try:
+            if db.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' "
+                          "AND name = 'upsertion_record'").fetchone() is None:
+                return []
+            return [(r[0], r[1], r[2], r[3]) for r in db.execute(
+                "SELECT namespace, COUNT(*), COUNT(DISTINCT group_id), MAX(updated_at) "
+                "FROM upsertion_record GROUP BY namespace")]
+        finally:
+            db.close()
+    except sqlite3.Error as exc:
+        raise RecordsUnavailable.of(path, exc) from exc
 
 
 def _mongo_rows(settings: Settings, uri: str) -> list[tuple[str, int, int, float]]:

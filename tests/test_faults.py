@@ -148,6 +148,32 @@ def test_a_damaged_keyword_index_is_not_ready_and_says_what_to_do(make_services:
     assert "keyword_index" not in dense.readiness()
 
 
+@pytest.mark.parametrize("damage", ["garbage", "truncated"])
+def test_damaged_ingestion_records_are_a_clear_error_not_a_traceback(
+        make_services: Any, tmp_path: Path, damage: str) -> None:
+    """`hearth sources list` and `hearth ingest files` printed sqlite3's traceback, and an API
+    job failed with internal_error, naming no file."""
+    from click.testing import CliRunner
+
+    from hearth.cli import main
+
+    services = make_services(data_dir=tmp_path / "data")
+    folder = tmp_path / "notes"
+    folder.mkdir()
+    (folder / "a.md").write_text("# A\n\nThe kettle is descaled monthly.\n")
+    env = {"HEARTH_DATA_DIR": str(services.settings.data_dir)}
+    assert CliRunner().invoke(main, ["ingest", "files", str(folder)], env=env).exit_code == 0
+    records = services.settings.data_dir / "ingest-records.sqlite3"
+    whole = records.read_bytes()
+    records.write_bytes(b"garbage" * 1000 if damage == "garbage" else whole[:len(whole) // 3])
+    for command in (["sources", "list"], ["ingest", "files", str(folder)]):
+        result = CliRunner().invoke(main, command, env=env)
+        assert result.exit_code != 0 and "Traceback" not in result.output, result.output
+        assert str(records) in result.output and "cannot be used" in result.output, result.output
+        assert not isinstance(result.exception, Exception) or isinstance(
+            result.exception, SystemExit), result.exception
+
+
 def test_a_model_in_process_past_its_time_is_stopped_and_nothing_is_stored(
     make_services: Any
 ) -> None:
