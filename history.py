@@ -26,6 +26,7 @@ from hearth.migrations import (
     migrate_sqlite,
     scrub_backups,
     store_status,
+    use_wal,
 )
 from hearth.mongo import mongo_client, redact
 from hearth.private import private_dir, private_file
@@ -105,7 +106,7 @@ class SQLiteHistory:
             self._db = sqlite3.connect(
                 path, timeout=timeout_s, check_same_thread=False, isolation_level=None
             )
-            self._db.execute("PRAGMA journal_mode=WAL")
+            use_wal(self._db)
             self._db.execute("PRAGMA foreign_keys=ON")
             # Deleted text is overwritten, not left in free pages (erasing a user's history).
             self._db.execute("PRAGMA secure_delete=ON")

@@ -31,7 +31,7 @@ from typing import Any
 
 from hearth.config import Settings
 from hearth.errors import Unavailable
-from hearth.migrations import Migration, migrate_sqlite
+from hearth.migrations import Migration, migrate_sqlite, use_wal
 from hearth.private import private_dir, private_file
 
 
@@ -178,7 +178,7 @@ class KeywordIndex:
             private_dir(path.parent)
             self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None,
                                        timeout=30.0)
-            self._db.execute("PRAGMA journal_mode=WAL")
+            use_wal(self._db)
             # Deleted text is overwritten, not left in free pages (``scrub``).
             self._db.execute("PRAGMA secure_delete=ON")
             migrate_sqlite(self._db, path, STORE, MIGRATIONS)

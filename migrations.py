@@ -103,6 +103,21 @@ def scrub_backups(path: Path, statements: Sequence[tuple[str, tuple[Any, ...]]])
     return deleted
 
 
+def use_wal(db: sqlite3.Connection, wait_s: float = 10.0) -> None:
+    """Put a SQLite file in write-ahead-log mode. Changing the mode takes the file for itself
+    and fails at once ("database is locked"), not after the busy timeout, when another
+    process opens a new file at the same moment: tried again for a while."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            db.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
+
+
 def migrate_sqlite(db: sqlite3.Connection, path: Path, store: str,
                    migrations: Sequence[Migration]) -> list[int]:
     """Bring the SQLite store open on ``db`` to the latest version; returns what was applied.
@@ -124,6 +139,9 @@ def migrate_sqlite(db: sqlite3.Connection, path: Path, store: str,
     for migration in migrations[current:]:
         db.execute("BEGIN IMMEDIATE")
         try:
+            if sqlite_version(db) >= migration.version:
+                db.execute("COMMIT")  # another process opening the store applied it meanwhile
+                continue
             if migration.sqlite is not None:
                 migration.sqlite(db)
             db.execute(f"PRAGMA user_version = {migration.version:d}")

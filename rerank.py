@@ -29,6 +29,7 @@ from typing import Any
 
 from hearth.config import Settings
 from hearth.errors import Unavailable
+from hearth.migrations import use_wal
 from hearth.private import private_dir, private_file
 
 log = logging.getLogger(__name__)
@@ -90,7 +91,7 @@ class E5Reranker:
     def _open(path: Path) -> sqlite3.Connection:
         private_dir(path.parent)
         db = sqlite3.connect(path, check_same_thread=False, isolation_level=None, timeout=30.0)
-        db.execute("PRAGMA journal_mode=WAL")
+        use_wal(db)
         db.execute("CREATE TABLE IF NOT EXISTS passages (digest BLOB PRIMARY KEY, "
                    "vector BLOB NOT NULL)")
         db.execute("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT)")

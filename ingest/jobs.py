@@ -51,6 +51,7 @@ from hearth.ingest.safety import GuardedTransport, check_folder, check_host
 from hearth.ingest.uploads import held_still
 from hearth.ingest.web import start_address
 from hearth.ingest.worker import read_in_child, spooled
+from hearth.migrations import use_wal
 from hearth.mongo import mongo_client
 
 if TYPE_CHECKING:
@@ -304,7 +305,7 @@ class SQLiteJobs:
                                    timeout=10)
         self._lock = threading.Lock()
         with self._lock:
-            self._db.execute("PRAGMA journal_mode=WAL")
+            use_wal(self._db)
             self._db.execute("PRAGMA secure_delete=ON")  # a forgotten job leaves no trace
             self._db.execute("CREATE TABLE IF NOT EXISTS jobs (id TEXT PRIMARY KEY, "
                              "created REAL NOT NULL, seen REAL NOT NULL, record TEXT NOT NULL)")

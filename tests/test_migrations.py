@@ -259,3 +259,35 @@ def test_mongodb_stores_of_0_1_0_migrate(mongo_server: str, tmp_path: Path) -> N
     with pytest.raises(SchemaError, match="newer Hearth"):
         build_history(settings).get("conv-ann-1")
     client.close()
+
+
+OPEN_AT_ONCE = """
+import sys, time
+from pathlib import Path
+from hearth.history import SQLiteHistory
+from hearth.keywords import KeywordIndex
+folder, when = Path(sys.argv[1]), float(sys.argv[2])
+while time.time() < when:
+    pass
+KeywordIndex(folder / "keywords.sqlite3")
+SQLiteHistory(folder / "history.sqlite3")
+"""
+
+
+def test_processes_opening_a_new_store_at_once_all_open_it(tmp_path: Path) -> None:
+    """Workers on a fresh shared data folder taking their first questions at once: both read
+    the new file's version as 0 and both applied its first migration ("table chunks already
+    exists"), or one failed to turn on the write-ahead log ("database is locked")."""
+    import subprocess
+    import sys
+    import time
+
+    for attempt in range(4):
+        folder = tmp_path / f"fresh{attempt}"
+        folder.mkdir()
+        when = time.time() + 4.0
+        procs = [subprocess.Popen([sys.executable, "-c", OPEN_AT_ONCE, str(folder), str(when)],
+                                  stderr=subprocess.PIPE, text=True) for _ in range(3)]
+        for proc in procs:
+            _, err = proc.communicate(timeout=120)
+            assert proc.returncode == 0, err[-2000:]
