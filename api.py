@@ -31,11 +31,10 @@ from hearth.ingest_api import ingest_blueprint
 from hearth.ingest_api import routes as ingest_routes
 from hearth.model import Answer, Token
 from hearth.monitoring import instrument, readiness_seen
-from hearth.openai_compat import openai_blueprint, openai_error
+from hearth.openai_compat import openai_blueprint
 from hearth.openai_compat import routes as openai_routes
 from hearth.services import Services, build_services
 from hearth.web import (
-    HTTP_CODES,
     UNEXPECTED,
     ErrorOut,
     EvidenceOut,
@@ -51,6 +50,7 @@ from hearth.web import (
     error_response,
     event_stream,
     guard,
+    http_error,
     may_see_details,
     ok,
     principal,
@@ -343,22 +343,16 @@ def register_errors(app: Flask) -> None:
             log.warning("%s: %s", exc.code, exc)
         return with_retry_after(error_response(exc.status, exc.code, str(exc)), exc)
 
-    def shaped(status: int, code: str, message: str) -> Response:
-        """An error in the shape its client reads: OpenAI's under /v1 (a path no route of it
-        matched, a method it does not take), Hearth's elsewhere."""
-        if request.path == "/v1" or request.path.startswith("/v1/"):
-            return openai_error(status, code, message)
-        return error_response(status, code, message)
-
+    # error_response answers in the shape the client reads: OpenAI's under /v1 (a path no
+    # route of it matched, a method it does not take), Hearth's elsewhere.
     @app.errorhandler(HTTPException)
     def _http_error(exc: HTTPException) -> Response:
-        code = HTTP_CODES.get(exc.code or 500, "http_error")
-        return shaped(exc.code or 500, code, exc.description or exc.name)
+        return http_error(exc)
 
     @app.errorhandler(Exception)
     def _unexpected(exc: Exception) -> Response:
         log.exception("unexpected error")
-        return shaped(500, "internal_error", UNEXPECTED)
+        return error_response(500, "internal_error", UNEXPECTED)
 
 
 def create_app(settings: Settings | None = None, services: Services | None = None) -> Flask:

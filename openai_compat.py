@@ -30,7 +30,7 @@ from dataclasses import replace
 from typing import Any, Literal
 
 from flask import Blueprint, Response
-from pydantic import BaseModel, Field, StrictBool
+from pydantic import BaseModel, Field, StrictBool, StrictInt, model_validator
 from werkzeug.exceptions import HTTPException
 
 from hearth.chat import Ask, Reply
@@ -39,12 +39,14 @@ from hearth.errors import HearthError
 from hearth.llm import Drawn
 from hearth.model import Answer, Token
 from hearth.web import (
-    HTTP_CODES,
+    ERROR_TYPES,
     UNEXPECTED,
     ApiError,
     EvidenceOut,
     FeedbackIn,
     FeedbackOut,
+    OpenAIErrorBody,
+    OpenAIErrorOut,
     Route,
     SourceOut,
     acting_as,
@@ -52,6 +54,8 @@ from hearth.web import (
     client_address,
     client_gone,
     event_stream,
+    http_error,
+    openai_error,
     principal,
     read_json,
     reads_everything,
@@ -66,7 +70,8 @@ MODEL_ID = "hearth"
 
 
 # Request schemas. Fields OpenAI defines that Hearth does not use (temperature, top_p, max_tokens,
-# tools...) are accepted and ignored: the settings decide how the model runs.
+# tools...) are accepted and ignored: the settings decide how the model runs. What it cannot do
+# as asked (call a tool, answer in JSON) is refused.
 class OpenAITextPart(BaseModel):
     type: str = Field(description="only text parts are read; others are ignored")
     text: str | None = None
@@ -87,6 +92,11 @@ class OpenAIStreamOptions(BaseModel):
     include_usage: StrictBool = False
 
 
+# Fields OpenAI lets a client send as null, meaning the default.
+NULLABLE = frozenset({"stream", "stream_options", "n", "logprobs", "top_logprobs", "user",
+                      "conversation_id", "model", "tool_choice", "response_format"})
+
+
 class OpenAIChatRequest(BaseModel):
     model: str = Field(MODEL_ID, max_length=200, description=(
         "hearth/<collection> reads that collection only (403 collection_forbidden if the user "
@@ -97,7 +107,7 @@ class OpenAIChatRequest(BaseModel):
                                   "conversation")
     stream: StrictBool = False
     stream_options: OpenAIStreamOptions | None = None
-    n: int = Field(1, ge=1, le=1, description="only one choice is generated")
+    n: StrictInt = Field(1, ge=1, le=1, description="only one choice is generated")
     logprobs: StrictBool = Field(False, description=(
         "return each token of the answer with its log-probability under the model's own "
         "distribution (before temperature and sampling), where the backend records them "
@@ -105,7 +115,7 @@ class OpenAIChatRequest(BaseModel):
         "servers); null "
         "otherwise, and where the content is not the model's "
         "words (a refusal before the model, an answer withheld)"))
-    top_logprobs: int | None = Field(None, ge=0, le=20, description=(
+    top_logprobs: StrictInt | None = Field(None, ge=0, le=20, description=(
         "with logprobs: how many of the likeliest tokens at each place to return too"))
     user: str | None = Field(None, max_length=128, pattern=USER_ID,
                              description="the user id whose history the turn is stored in; "
@@ -113,6 +123,20 @@ class OpenAIChatRequest(BaseModel):
     conversation_id: str | None = Field(
         None, pattern=CONVERSATION_ID,
         description="Hearth extension: store the turn in this conversation of the user")
+    tool_choice: Any = Field(None, description=(
+        "Hearth answers from your documents and calls no tools: `tools` are accepted and never "
+        "called (as `auto` may choose); `required` or a named function is refused"))
+    response_format: Any = Field(None, description=(
+        "answers are text: `text` is accepted, `json_object` and `json_schema` are refused"))
+
+    @model_validator(mode="before")
+    @classmethod
+    def _nulls_are_defaults(cls, data: Any) -> Any:
+        """OpenAI takes null for what it makes optional, as clients generated from its
+        specification send it: the default, here too."""
+        if isinstance(data, dict):
+            return {k: v for k, v in data.items() if v is not None or k not in NULLABLE}
+        return data
 
 
 # Response schemas.
@@ -228,29 +252,7 @@ class OpenAIModelList(BaseModel):
     data: list[OpenAIModel]
 
 
-class OpenAIErrorBody(BaseModel):
-    message: str
-    type: str = Field(description="OpenAI's error type, e.g. invalid_request_error")
-    param: str | None = None
-    code: str = Field(description="Hearth's stable error code")
-
-
-class OpenAIErrorOut(BaseModel):
-    error: OpenAIErrorBody
-
-
 openai_blueprint = Blueprint("openai", __name__, url_prefix="/v1")
-
-ERROR_TYPES = {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
-               404: "not_found_error", 405: "invalid_request_error", 413: "invalid_request_error",
-               415: "invalid_request_error", 429: "rate_limit_error"}
-
-
-def openai_error(status: int, code: str, message: str, param: str | None = None) -> Response:
-    body = OpenAIErrorOut(error=OpenAIErrorBody(
-        message=message, type=ERROR_TYPES.get(status, "server_error"), param=param, code=code))
-    return Response(body.model_dump_json(), status=status, mimetype="application/json")
-
 
 @openai_blueprint.errorhandler(HearthError)
 def _hearth_error(exc: HearthError) -> Response:
@@ -266,8 +268,7 @@ def _hearth_error(exc: HearthError) -> Response:
 
 @openai_blueprint.errorhandler(HTTPException)
 def _http_error(exc: HTTPException) -> Response:
-    code = HTTP_CODES.get(exc.code or 500, "http_error")
-    return openai_error(exc.code or 500, code, exc.description or exc.name)
+    return http_error(exc)
 
 
 def split_messages(messages: list[OpenAIMessage]) -> tuple[str, list[Turn]]:
@@ -321,6 +322,13 @@ def ask_of(body: OpenAIChatRequest, read: list[str] | None = None) -> Ask:
     it resends as the first answer (a withheld draft and its note, not the answer stored)."""
     if body.top_logprobs is not None and not body.logprobs:
         raise ApiError(400, "invalid_field", "top_logprobs: only with logprobs: true")
+    if body.tool_choice not in (None, "auto", "none"):
+        raise ApiError(400, "invalid_field", "tool_choice: Hearth answers from your documents "
+                       "and calls no tools: leave tool_choice out, or auto or none")
+    kind = body.response_format.get("type") if isinstance(body.response_format, dict) else None
+    if body.response_format is not None and kind != "text":
+        raise ApiError(400, "invalid_field", "response_format: Hearth answers in text only: "
+                       "leave response_format out, or give {\"type\": \"text\"}")
     user = request_user(body)
     question, turns = split_messages(body.messages)
     reading = {"collections": collections_of(body.model), "everything": reads_everything(user),

@@ -18,7 +18,15 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from flask import Flask, Response, current_app, g, request, stream_with_context
+from flask import (
+    Flask,
+    Response,
+    current_app,
+    g,
+    has_request_context,
+    request,
+    stream_with_context,
+)
 from flask_limiter import Limiter
 from limits import parse as parse_rate
 from limits.storage import MemoryStorage
@@ -58,8 +66,47 @@ class ErrorOut(BaseModel):
 
 
 def error_response(status: int, code: str, message: str) -> Response:
+    """An error in the shape its client reads: OpenAI's under /v1, Hearth's elsewhere."""
+    if has_request_context() and is_openai_path(request.path):
+        return openai_error(status, code, message)
     body = ErrorOut(error=ErrorBody(code=code, message=message)).model_dump_json()
     return Response(body, status=status, mimetype="application/json")
+
+
+def http_error(exc: HTTPException) -> Response:
+    """Werkzeug's HTTP error (404, 405, 413...) as JSON, with its headers (a 405's Allow)."""
+    code = HTTP_CODES.get(exc.code or 500, "http_error")
+    response = error_response(exc.code or 500, code, exc.description or exc.name)
+    for name in ("Allow", "Retry-After"):
+        if name in (headers := exc.get_response().headers):
+            response.headers[name] = headers[name]
+    return response
+
+
+def is_openai_path(path: str) -> bool:
+    return path == "/v1" or path.startswith("/v1/")
+
+
+class OpenAIErrorBody(BaseModel):
+    message: str
+    type: str = Field(description="OpenAI's error type, e.g. invalid_request_error")
+    param: str | None = None
+    code: str = Field(description="Hearth's stable error code")
+
+
+class OpenAIErrorOut(BaseModel):
+    error: OpenAIErrorBody
+
+
+ERROR_TYPES = {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
+               404: "not_found_error", 405: "invalid_request_error", 413: "invalid_request_error",
+               415: "invalid_request_error", 429: "rate_limit_error"}
+
+
+def openai_error(status: int, code: str, message: str, param: str | None = None) -> Response:
+    body = OpenAIErrorOut(error=OpenAIErrorBody(
+        message=message, type=ERROR_TYPES.get(status, "server_error"), param=param, code=code))
+    return Response(body.model_dump_json(), status=status, mimetype="application/json")
 
 
 # What a client reads of an error Hearth did not foresee: the details go to the log only.
@@ -525,7 +572,7 @@ class Route:
 def build_openapi(routes: list[Route]) -> dict[str, Any]:
     requests = {r.request for r in routes if r.request is not None}
     models = {m for r in routes for m in [r.request, *r.responses.values()] if m is not None}
-    models.add(ErrorOut)  # every guarded route may answer 401, 403 and 429 with it
+    models |= {ErrorOut, OpenAIErrorOut}  # a guarded route may answer 401, 403, 429 with one
     _, defs = models_json_schema(
         [(m, "validation" if m in requests else "serialization")
          for m in sorted(models, key=lambda m: m.__name__)],
@@ -554,10 +601,11 @@ def build_openapi(routes: list[Route]) -> dict[str, Any]:
             operation["responses"][str(status)] = {"description": str(status), "content": content}
         if guarded(route.path):
             # With API keys on: no key or a bad one, another user's data, too many requests.
+            shape = "OpenAIErrorOut" if is_openai_path(route.path) else "ErrorOut"
             for status in (401, 403, 429):
                 operation["responses"].setdefault(str(status), {
                     "description": str(status), "content": {"application/json": {
-                        "schema": {"$ref": "#/components/schemas/ErrorOut"}}}})
+                        "schema": {"$ref": f"#/components/schemas/{shape}"}}}})
             operation["security"] = [{"apiKey": []}, {}]
         paths.setdefault(path, {})[route.method.lower()] = operation
     return {

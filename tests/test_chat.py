@@ -281,6 +281,51 @@ def test_v1_continues_a_streamed_chat_whose_first_answer_was_withheld(tmp_path: 
     assert len(client.get("/api/conversations?user_id=ann").get_json()["conversations"]) == 1
 
 
+def test_v1_takes_nulls_refuses_what_it_cannot_do_and_errs_in_openai_shape(
+        tmp_path: Path) -> None:
+    """Nulls OpenAI allows were 400; tool_choice "required" and a JSON response_format were
+    silently ignored; the guard's errors on /v1 (no key, another site, too many requests)
+    came in Hearth's shape; a 405 had no Allow header."""
+    services = fake_services(tmp_path, ["marigold-42."] * 10, auth=True)
+    client = create_app(services.settings, services).test_client()
+    key = {"Authorization": "Bearer " + services.keys.create("ann")[0]}
+    ask = {"messages": [{"role": "user", "content": WIFI}]}
+    nulls = client.post("/v1/chat/completions", headers=key, json={
+        **ask, "stream": None, "n": None, "logprobs": None, "top_logprobs": None,
+        "stream_options": None, "user": None, "tool_choice": None, "response_format": None})
+    assert nulls.status_code == 200, nulls.get_json()
+    tools = [{"type": "function", "function": {"name": "f", "parameters": {}}}]
+    for extra, param in [({"n": True}, "n"), ({"tools": tools, "tool_choice": "required"},
+                                               "tool_choice"),
+                         ({"tool_choice": {"type": "function", "function": {"name": "f"}}},
+                          "tool_choice"),
+                         ({"response_format": {"type": "json_object"}}, "response_format")]:
+        refused = client.post("/v1/chat/completions", headers=key, json={**ask, **extra})
+        error = refused.get_json()["error"]
+        assert refused.status_code == 400 and error["param"] == param, error
+        assert error["type"] == "invalid_request_error"
+    for extra in ({"tools": tools, "tool_choice": "auto"}, {"response_format": {"type": "text"}}):
+        assert client.post("/v1/chat/completions", headers=key,
+                           json={**ask, **extra}).status_code == 200
+    # The guard's refusals, in the shape an OpenAI client reads.
+    unkeyed = client.get("/v1/models")
+    assert unkeyed.status_code == 401
+    assert unkeyed.get_json()["error"]["type"] == "authentication_error"
+    elsewhere = client.post("/v1/chat/completions", json=ask,
+                            headers={**key, "Origin": "http://evil.example"})
+    assert elsewhere.status_code == 403
+    assert elsewhere.get_json()["error"]["type"] == "permission_error"
+    assert set(client.get("/api/conversations", headers=key).get_json()) == {"conversations"}
+    assert set(client.get("/api/conversations").get_json()["error"]) == {"code", "message"}
+    document = client.get("/api/openapi.json").get_json()
+    assert document["paths"]["/v1/models"]["get"]["responses"]["401"]["content"][
+        "application/json"]["schema"]["$ref"].endswith("/OpenAIErrorOut")
+    # A method a route does not take says which it does.
+    for path in ("/api/question", "/v1/chat/completions"):
+        wrong = client.put(path, headers=key)
+        assert wrong.status_code == 405 and "POST" in wrong.headers["Allow"]
+
+
 def test_health_names_the_version(client: Any) -> None:
     from hearth import __version__
 

@@ -385,7 +385,8 @@ def test_booleans_are_strict(client: Any, value: Any) -> None:
     assert response.status_code == 400
     v1 = client.post("/v1/chat/completions", json={
         "stream": value, "messages": [{"role": "user", "content": WIFI}]})
-    assert v1.status_code == 400
+    # OpenAI's API takes null for the default, and clients generated from it send it.
+    assert v1.status_code == (200 if value is None else 400)
 
 
 def test_a_key_is_made_only_for_a_user_id_other_routes_read_alike(tmp_path: Path) -> None:
