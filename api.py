@@ -54,6 +54,7 @@ from hearth.web import (
     may_see_details,
     ok,
     principal,
+    public_message,
     read_json,
     reads_everything,
     services,
@@ -196,7 +197,7 @@ def ask() -> Response:
                 yield sse([s.model_dump() for s in out.sources], "sources")
                 yield sse(out.model_dump(exclude={"sources"}), "done")
         except HearthError as exc:
-            yield sse({"code": exc.code, "message": str(exc)}, "error")
+            yield sse({"code": exc.code, "message": public_message(exc)}, "error")
         except Exception:
             # The status line has gone: the stream still ends with an event, not a cut.
             log.exception("unexpected error while streaming an answer")
@@ -341,7 +342,7 @@ def register_errors(app: Flask) -> None:
     def _hearth_error(exc: HearthError) -> Response:
         if exc.status >= 500:
             log.warning("%s: %s", exc.code, exc)
-        return with_retry_after(error_response(exc.status, exc.code, str(exc)), exc)
+        return with_retry_after(error_response(exc.status, exc.code, public_message(exc)), exc)
 
     # error_response answers in the shape the client reads: OpenAI's under /v1 (a path no
     # route of it matched, a method it does not take), Hearth's elsewhere.

@@ -26,6 +26,7 @@ from hearth.web import (
     jobs,
     parse_json,
     principal,
+    public_message,
     services,
     settings,
 )
@@ -73,7 +74,7 @@ def start_ingest() -> Response:
         kind, target, options = prepare(settings(), raw)
         services().access.get(options["collection"])  # 404 collection_not_found
     except HearthError as exc:  # invalid_request, not_a_folder, address/folder_not_allowed
-        return error_response(exc.status, exc.code, str(exc))
+        return error_response(exc.status, exc.code, public_message(exc))
     job = jobs().submit(kind, target, options)
     return _json(IngestStartedOut(id=job.id, state=job.state, url=f"/api/ingest/{job.id}"), 202)
 

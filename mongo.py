@@ -23,7 +23,7 @@ def mongo_client(uri: str, timeout_s: float, op_timeout_s: float | None = None) 
 
 
 def redact(uri: str) -> str:
-    """A MongoDB URI without its password, for messages and logs."""
+    """A MongoDB URI (or any URL) without its user and password, for messages and logs."""
     if "@" not in uri:
         return uri
     scheme, rest = uri.split("://", 1)

@@ -57,6 +57,7 @@ from hearth.web import (
     http_error,
     openai_error,
     principal,
+    public_message,
     read_json,
     reads_everything,
     settings,
@@ -256,7 +257,7 @@ openai_blueprint = Blueprint("openai", __name__, url_prefix="/v1")
 
 @openai_blueprint.errorhandler(HearthError)
 def _hearth_error(exc: HearthError) -> Response:
-    message = str(exc)
+    message = public_message(exc)
     param = None
     if exc.code in ("missing_field", "invalid_field"):
         param = message.split(":", 1)[0]
@@ -450,7 +451,7 @@ def chat_completions() -> Response:
             yield sse("[DONE]")
         except HearthError as exc:
             # OpenAI's clients raise an APIError on a chunk that holds an error.
-            yield error_event(exc.status, exc.code, str(exc))
+            yield error_event(exc.status, exc.code, public_message(exc))
         except Exception:
             # The status line has gone: the stream still ends with an error chunk, not a cut.
             log.exception("unexpected error while streaming a completion")

@@ -43,6 +43,7 @@ from hearth.access import DEFAULT
 from hearth.config import Settings
 from hearth.errors import Unavailable
 from hearth.keywords import KeywordHit, KeywordIndex, KeywordIndexError, keywords_path
+from hearth.mongo import redact
 from hearth.private import private_dir
 
 log = logging.getLogger(__name__)
@@ -75,10 +76,12 @@ class VectorStore:
         from chromadb.config import Settings as ChromaSettings
 
         chroma_settings = ChromaSettings(anonymized_telemetry=False)
+        # Where it is, for messages: without a password in the URL (one is a secret).
+        self.where = (redact(settings.chroma_url) if settings.chroma_url
+                      else str(settings.chroma_path.resolve()))
         try:
             if settings.chroma_url:
                 url = urlparse(settings.chroma_url)
-                self.where = settings.chroma_url
                 timeout = httpx.Timeout(settings.chroma_timeout_s,
                                         connect=min(settings.backend_timeout_s,
                                                     settings.chroma_timeout_s))
@@ -95,7 +98,6 @@ class VectorStore:
                 client._server._session.timeout = timeout  # type: ignore[attr-defined]
             else:
                 private_dir(settings.chroma_path)
-                self.where = str(settings.chroma_path.resolve())
                 client = chromadb.PersistentClient(
                     path=str(settings.chroma_path), settings=chroma_settings
                 )
@@ -120,7 +122,11 @@ class VectorStore:
         except VectorStoreError:
             raise
         except Exception as exc:
-            raise VectorStoreError(f"cannot open the vector store at {self.where}: {exc}") from exc
+            why = str(exc)
+            if settings.chroma_url and (password := urlparse(settings.chroma_url).password):
+                why = why.replace(password, "***")
+            raise VectorStoreError(f"cannot open the vector store at {self.where}: {why}") \
+                from exc
 
     @property
     def keywords(self) -> KeywordIndex:

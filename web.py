@@ -39,7 +39,7 @@ from hearth import __version__
 from hearth.auth import Principal, acting_user
 from hearth.chat import Chat
 from hearth.config import Settings
-from hearth.errors import HearthError
+from hearth.errors import HearthError, Unavailable
 from hearth.ingest.jobs import Jobs
 from hearth.services import Services
 
@@ -258,6 +258,15 @@ def reads_everything(user_id: str | None) -> bool:
     key acting for its own user (an administrator acting for another user reads as they do)."""
     holder = principal()
     return holder is not None and holder.admin and holder.user_id == user_id
+
+
+def public_message(exc: HearthError) -> str:
+    """What a client reads of an error: a backend that is down is named by its code, and why
+    (its internal address) only to those who may see the backends' details."""
+    if isinstance(exc, Unavailable) and exc.status == 503 and not may_see_details():
+        return (f"{exc.code}: a service Hearth needs cannot be used now; an administrator's "
+                "key shows why at /readyz, and the server's log says it")
+    return str(exc)
 
 
 def may_see_details() -> bool:

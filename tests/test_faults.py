@@ -300,3 +300,32 @@ def test_a_client_that_leaves_while_queued_gives_up_its_place(tmp_path: Path) ->
     finally:
         server.task_dispatcher.shutdown()
         server.close()
+
+
+def test_a_backend_down_is_explained_only_to_those_who_may_see_its_address(
+        make_services: Any, tmp_path: Path) -> None:
+    """The Chroma URL, its password included, went to any key holder in every 503 of a
+    question (only /readyz kept the details for administrators)."""
+    from tests.conftest import closed_port_url
+
+    port = urlparse(closed_port_url()).port
+    services = make_services(auth=True, chroma_url=f"http://chroma-user:s3cret-pw@127.0.0.1:{port}/",
+                             data_dir=tmp_path / "data")
+    client = create_app(services.settings, services).test_client()
+    ann = {"Authorization": "Bearer " + services.keys.create("ann")[0]}
+    root = {"Authorization": "Bearer " + services.keys.create("root", admin=True)[0]}
+    remote = {"REMOTE_ADDR": "203.0.113.9"}  # another machine (no request leaves this one)
+    question = {"question": "Anything?", "user_id": "ann"}
+    seen = client.post("/api/question", json=question, headers=ann, environ_base=remote)
+    assert seen.status_code == 503
+    error = seen.get_json()["error"]
+    assert error["code"] == "vector_store_unavailable" and "/readyz" in error["message"]
+    assert "127.0.0.1" not in error["message"] and "s3cret" not in error["message"]
+    v1 = client.post("/v1/chat/completions", headers=ann, environ_base=remote,
+                     json={"messages": [{"role": "user", "content": "Anything?"}]})
+    assert v1.status_code == 503 and "127.0.0.1" not in v1.get_data(as_text=True)
+    # An administrator, or the machine itself, is told where: never the password.
+    for headers, environ in ((root, remote), (ann, {"REMOTE_ADDR": "127.0.0.1"})):
+        told = client.post("/api/question", json={**question, "user_id": "ann"},
+                           headers=headers, environ_base=environ).get_json()["error"]["message"]
+        assert f"127.0.0.1:{port}" in told and "s3cret" not in told, told
