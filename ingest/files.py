@@ -138,10 +138,12 @@ def _glob(rule: tuple[str, ...], names: tuple[str, ...]) -> bool:
 
 
 def find_files(root: Path, ignored: dict[str, int] | None = None,
-               exclude: Exclusions | None = None) -> list[Path]:
+               exclude: Exclusions | None = None,
+               unlisted: list[OSError] | None = None) -> list[Path]:
     """Readable files under ``root``, in a stable order, less what ``exclude`` matches;
     symlinked folders are not followed (and ``load_folder`` skips a linked file whose target
-    lies outside ``root``, or where this walk would not read it)."""
+    lies outside ``root``, or where this walk would not read it). A folder that cannot be
+    listed now (its permissions) goes into ``unlisted``, as its error."""
     found: list[Path] = []
     counts = ignored if ignored is not None else {}
 
@@ -151,7 +153,8 @@ def find_files(root: Path, ignored: dict[str, int] | None = None,
         counts[what] = counts.get(what, 0) + 1
         return True
 
-    for folder, dirs, names in os.walk(root):
+    for folder, dirs, names in os.walk(
+            root, onerror=unlisted.append if unlisted is not None else None):
         dirs[:] = sorted(d for d in dirs if not d.startswith(".")
                          and not excluded(Path(folder) / d, EXCLUDED_FOLDERS, folder=True))
         for name in sorted(names):
@@ -324,9 +327,17 @@ def load_folder(root: Path, *, progress: Progress | None = None,
     """Every file of ``root`` parsed or skipped, less what ``exclude`` matches; ``limits``
     left out: config.py's defaults."""
     limits = limits or ReadLimits.of()
-    files = find_files(root, ignored, exclude)
+    unlisted: list[OSError] = []
+    files = find_files(root, ignored, exclude, unlisted)
     if progress:
         progress.begin("files parsed", total=len(files))
+    for error in unlisted:
+        # What was indexed from under it keeps its chunks (``pipeline.run``), as a file that
+        # may not be read now does: a folder that cannot be listed is not an emptied one.
+        folder = Path(str(error.filename or root))
+        name = "./" if folder == root else f"{folder.relative_to(root)}/"
+        yield SkippedForNow(name, f"folder could not be listed: {type(error).__name__}: "
+                                  f"{error.strerror or error}")
     options = parse_options(pdf_char_margin, limits)
     inside = root.resolve()
     for path in files:

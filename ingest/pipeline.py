@@ -121,18 +121,22 @@ def stored_namespace(store: Any, namespace: str) -> str:
 
 
 def known_names(namespace: str, before: Iterable[str]) -> dict[str, str]:
-    """The documents indexed before, by the name ``skipped_source`` finds them by."""
+    """The documents indexed before, by the name ``skipped_sources`` finds them by."""
     web = is_site(namespace)
     return {page_key(source) if web else source: source for source in before}
 
 
-def skipped_source(item: Skipped, namespace: str, known: dict[str, str]) -> str | None:
-    """The document indexed before (``known``, from ``known_names``) that a ``Skipped``
-    notice names, if any: a page by its address (or another address of the same page), a
-    file by its path under the folder."""
-    if not is_site(namespace):
-        return known.get(str(Path(namespace) / item.name))
-    return known.get(page_key(page_address(item.name)))
+def skipped_sources(item: Skipped, namespace: str, known: dict[str, str]) -> list[str]:
+    """The documents indexed before (``known``, from ``known_names``) that a ``Skipped``
+    notice names: a page by its address (or another address of the same page), a file by its
+    path under the folder, a folder ("sub/", "./" for the whole) by every file under it."""
+    if is_site(namespace):
+        return [s for s in [known.get(page_key(page_address(item.name)))] if s]
+    if item.name.endswith("/"):
+        folder = item.name.rstrip("/")
+        under = namespace.rstrip("/") + "/" + ("" if folder == "." else f"{folder}/")
+        return [source for name, source in known.items() if name.startswith(under)]
+    return [s for s in [known.get(str(Path(namespace) / item.name))] if s]
 
 
 def keep_records(records: RecordManager, source: str) -> None:
@@ -189,10 +193,9 @@ def _run(services: Services, namespace: str, items: Iterable[Parsed | Chunked | 
             progress.document_done(item.name if isinstance(item, Skipped) else item.source)
             summary.seen += 1
             if isinstance(item, Skipped):
-                source = (skipped_source(item, namespace, known)
-                          if isinstance(item, SkippedForNow) else None)
-                if source is not None:
-                    for_now.setdefault(source, len(summary.skipped))
+                if isinstance(item, SkippedForNow):
+                    for source in skipped_sources(item, namespace, known):
+                        for_now.setdefault(source, len(summary.skipped))
                 summary.skipped.append(item)
                 continue
             if item.source in indexed:
@@ -231,11 +234,15 @@ def _run(services: Services, namespace: str, items: Iterable[Parsed | Chunked | 
                 f"from it are kept (remove them with `hearth sources remove {namespace}{where}`)")
         # Run once all is read (index() cleans up after the last chunk), so a document read
         # after all is not kept twice.
+        said: set[int] = set()
         for source, place in for_now.items():
             if source in indexed:
                 continue
             keep_records(records, source)
             kept.add(source)
+            if place in said:  # a folder's notice, for each of its documents
+                continue
+            said.add(place)
             item = summary.skipped[place]
             summary.skipped[place] = SkippedForNow(
                 item.name, f"{item.reason} (indexed before: kept as it was until it can be read)")

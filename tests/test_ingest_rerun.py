@@ -155,3 +155,35 @@ def test_a_run_stopped_part_way_leaves_nothing_that_no_record_names(
                                                         "root": str(notes)}], ids=["orphan"])
     remove_source(services, str(notes))
     assert chunks(services, notes) == []
+
+
+def test_a_folder_that_cannot_be_listed_now_keeps_what_was_indexed_from_it(
+        services: Services, notes: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A subfolder Hearth could not list (its permissions) was walked past in silence, and
+    every document under it deleted as if gone. (Tests run as root, which no mode keeps out:
+    the refusal is the operating system's error, raised where the walk lists the folder.)"""
+    import os
+
+    deep = notes / "deep" / "deeper"
+    deep.mkdir(parents=True)
+    (deep / "ferry.md").write_text("# Ferry\n\nThe Ellery ferry leaves at 7:40.\n")
+    (notes / "deep" / "tides.md").write_text("# Tides\n\nHigh tide is at noon.\n")
+    first = ingest_files(services, notes)
+    stored = {c["id"] for c in chunks(services, notes)}
+    real = os.scandir
+
+    def refusing(path: Any = ".") -> Any:
+        if Path(path) == notes / "deep":
+            raise PermissionError(13, "Permission denied", str(path))
+        return real(path)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(os, "scandir", refusing)
+        second = ingest_files(services, notes)
+    assert (second.deleted, second.kept) == (0, 2)
+    [notice] = second.skipped
+    assert notice.name == "deep/" and notice.reason.startswith(
+        "folder could not be listed: PermissionError: Permission denied (indexed before: kept")
+    assert {c["id"] for c in chunks(services, notes)} == stored
+    third = ingest_files(services, notes)
+    assert (third.unchanged, third.deleted, third.skipped) == (first.added, 0, [])
