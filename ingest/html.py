@@ -60,8 +60,10 @@ def parse_html(markup: str | bytes, url: str = "") -> HtmlPage:
         for m in soup.find_all("meta", attrs={"name": re.compile("^robots$", re.I)})
     )
     base = soup.find("base", href=True)
-    base_url = urljoin(url, str(base["href"])) if base else url
-    links = [urljoin(base_url, str(a["href"]).strip()) for a in soup.find_all("a", href=True)]
+    base_url = (_joined(url, str(base["href"])) if base else None) or url
+    # A link that is not an address (a bracket left open) is left out, not let fail the page.
+    links = [link for a in soup.find_all("a", href=True)
+             if (link := _joined(base_url, str(a["href"]).strip())) is not None]
     title = _title(soup)
 
     drop = set(DROP_TAGS)
@@ -82,6 +84,13 @@ def parse_html(markup: str | bytes, url: str = "") -> HtmlPage:
                     noindex="noindex" in robots or "none" in robots,
                     nofollow="nofollow" in robots or "none" in robots)
 
+
+
+def _joined(base: str, href: str) -> str | None:
+    try:
+        return urljoin(base, href)
+    except ValueError:
+        return None
 
 def text_of(tag: Any) -> str:
     """A tag's text on one line, spaced as the page spaces it."""

@@ -31,7 +31,7 @@ import hashlib
 import threading
 import time
 import zlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import KW_ONLY, asdict, dataclass, field
 from typing import Any
@@ -69,16 +69,15 @@ NOT_HTML = {
 
 
 def normalize(url: str) -> str:
-    """One spelling per page: lower-case scheme and host, no default port, no fragment."""
+    """One spelling per page: lower-case scheme and host, no default port, no fragment.
+    ValueError for what is not an address (a bracket left open, a port that is not a number
+    from 0 to 65535): read as another address, it would fetch another page."""
     parts = urlsplit(url.strip())
     scheme = parts.scheme.lower()
     host = (parts.hostname or "").lower()
     if ":" in host:
         host = f"[{host}]"
-    try:
-        port = parts.port
-    except ValueError:
-        port = None
+    port = parts.port
     if (scheme, port) in (("http", 80), ("https", 443)):
         port = None
     netloc = host + (f":{port}" if port else "")
@@ -156,7 +155,10 @@ def read_body(response: httpx.Response, limit: int, *, truncate: bool = False) -
 def start_address(url: str) -> str:
     """The start URL, normalized: where the crawl begins; IngestError for what is not a web
     address."""
-    normal = normalize(url)
+    try:
+        normal = normalize(url)
+    except ValueError as exc:
+        raise IngestError(f"not a web address: {url!r} ({exc})") from None
     parts = urlsplit(normal)
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise IngestError(f"not a web address: {url!r} (give an http:// or https:// URL)")
@@ -290,6 +292,17 @@ class Crawler:
     def _ignore(self, reason: str) -> None:
         self.ignored[reason] = self.ignored.get(reason, 0) + 1
 
+    def _addresses(self, urls: Iterable[str]) -> list[str]:
+        """``urls`` normalized; one that is not an address (a page's typo, a hostile link)
+        is counted and passed over, not let stop the crawl."""
+        found = []
+        for url in urls:
+            try:
+                found.append(normalize(url))
+            except ValueError:
+                self._ignore("links that are not valid addresses")
+        return found
+
     # -- robots.txt and sitemaps ---------------------------------------------------------------
 
     def read_robots(self) -> None:
@@ -358,7 +371,7 @@ class Crawler:
 
     def sitemap_urls(self) -> list[str]:
         listed = (self.robots.site_maps() if self.robots else None) or []
-        queue = self._on_site([normalize(u) for u in listed]) if listed \
+        queue = self._on_site(self._addresses(listed)) if listed \
             else [urljoin(self.start, "/sitemap.xml")]
         found: list[str] = []
         fetched = 0
@@ -390,9 +403,9 @@ class Crawler:
                 continue
             locs = [(el.text or "").strip() for el in root.iter() if el.tag.endswith("loc")]
             if root.tag.endswith("sitemapindex"):
-                queue += self._on_site([normalize(u) for u in locs if u])
+                queue += self._on_site(self._addresses(u for u in locs if u))
             else:
-                found += [normalize(u) for u in locs if u]
+                found += self._addresses(u for u in locs if u)
         return found
 
     def _get_on_site(self, url: str) -> tuple[httpx.Response | None, str]:
@@ -406,7 +419,7 @@ class Crawler:
             if response.status_code not in REDIRECTS or not location:
                 return response, url
             response.close()
-            url = normalize(urljoin(url, location))
+            url = normalize(urljoin(url, location))  # httpx refused one to no address
             if _site(url) != self.site:
                 raise OffSite(url)
         return None, url
@@ -491,8 +504,7 @@ class Crawler:
     def _queue_links(self, page: _Fetched, depth: int, queue: list[str]) -> None:
         """Queue the page's links in scope. A link on a nofollow page, or one level too deep,
         is counted once but not marked seen: another page of this level may link to it."""
-        for link in page.links:
-            url = normalize(link)
+        for url in self._addresses(page.links):
             key = page_key(url)
             if key in self.seen:
                 continue

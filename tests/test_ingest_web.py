@@ -25,7 +25,7 @@ import pytest
 from hearth.config import load_settings
 from hearth.ingest.documents import IngestError, Parsed, Skipped
 from hearth.ingest.pipeline import ingest_web
-from hearth.ingest.web import Crawler, crawl
+from hearth.ingest.web import Crawler, crawl, start_address
 from hearth.services import Services
 from tests.test_ingest import CountingEmbeddings, chunks, search_sources
 
@@ -495,6 +495,30 @@ def test_a_charset_python_does_not_know_is_not_a_failure(tmp_path: Path) -> None
         assert ignored == {"links disallowed by robots.txt": 1}
     finally:
         site.close()
+
+
+def test_links_that_are_not_addresses_are_passed_over_not_fatal(tmp_path: Path) -> None:
+    """One link with a bracket left open on the start page failed the page, and so the whole
+    crawl; one with a port that is no number was read as the site's default port (another
+    address). A start URL of either kind was a traceback, and a 500 from the API."""
+    site = Site(tmp_path)
+    site.route("/docs/", body=page("Home", "http://[::1", "http://127.0.0.1:99999/x",
+                                   "http://a:notaport/", "next.html", text="The start page."))
+    site.route("/docs/next.html", status=302, Location="http://127.0.0.1:notaport/")
+    site.route("/sitemap.xml", Content_Type="application/xml", body=(
+        '<urlset xmlns="http://www.sitemaps.org/schemas/sitemap/0.9">'
+        '<url><loc>http://[::1</loc></url></urlset>'))
+    try:
+        pages, skipped, ignored = run_crawl(f"{site.url}/docs/")
+        assert [p.source for p in pages] == [f"{site.url}/docs/"]
+        # A redirect to what is not an address fails that page only (httpx refuses it).
+        assert [s.name.split(" ")[0] for s in skipped] == [f"{site.url}/docs/next.html"]
+        assert ignored["links that are not valid addresses"] == 3  # 2 links, 1 sitemap entry
+    finally:
+        site.close()
+    for bad in ("http://[::1", "http://127.0.0.1:99999/docs/", "http://a:notaport/"):
+        with pytest.raises(IngestError, match="not a web address"):
+            start_address(bad)
 
 
 # --- one source whichever way its start page is written ---------------------------------------
