@@ -248,10 +248,28 @@ class Uploads:
 
     # -- adding --------------------------------------------------------------------------------
 
+    @contextmanager
+    def _one_upload_of(self, uploader: str | None) -> Iterator[None]:
+        """One upload of a user at a time, across threads and processes: each counts what the
+        user has stored against HEARTH_UPLOAD_MAX_USER_BYTES, and two at once both found room
+        for themselves. An advisory lock (``flock``) on a file named after the user's hash."""
+        folder = private_dir(self.settings.data_dir / "upload-locks")
+        with open(folder / f"{own_collection(uploader or '')}.lock", "a") as lock:
+            fcntl.flock(lock.fileno(), fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(lock.fileno(), fcntl.LOCK_UN)
+
     def add(self, collection: Collection, files: Iterable[tuple[str, IO[bytes]]],
             uploader: str | None, jobs: Jobs) -> tuple[list[Uploaded], list[Refused], Job | None]:
         """Store each acceptable file and queue one job that indexes them; the others are
         refused with their reason. Nothing is stored for a refused file."""
+        with self._one_upload_of(uploader):
+            return self._add(collection, files, uploader, jobs)
+
+    def _add(self, collection: Collection, files: Iterable[tuple[str, IO[bytes]]],
+             uploader: str | None, jobs: Jobs) -> tuple[list[Uploaded], list[Refused], Job | None]:
         s = self.settings
         files = list(files)
         if len(files) > s.upload_max_files:
@@ -259,7 +277,7 @@ class Uploads:
                                  f"{s.upload_max_files} (HEARTH_UPLOAD_MAX_FILES)")
         target = private_dir(self.files_dir(collection.name))
         known = {d.sha256: d for d in self.documents(collection.name)}
-        room = s.upload_max_user_bytes - self.user_bytes(uploader)
+        room = max(0, s.upload_max_user_bytes - self.user_bytes(uploader))
         accepted: list[Uploaded] = []
         refused: list[Refused] = []
         for raw_name, stream in files:
@@ -405,6 +423,8 @@ class Uploads:
                 if doc.uploader == uploader:
                     self.remove(folder.name, doc.id)
                     removed.append(doc)
+        lock = self.settings.data_dir / "upload-locks" / f"{own_collection(uploader)}.lock"
+        lock.unlink(missing_ok=True)  # named after them
         return removed
 
     def forget_collection(self, collection: str) -> None:

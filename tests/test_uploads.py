@@ -351,3 +351,39 @@ def test_a_document_removed_while_its_job_indexes_waits_for_it_then_leaves(
         "How much does Alice earn?", collections=[mine]))
     listed = client.get("/api/collections/mine/documents", headers=bearer(keys["ann"]))
     assert [d["name"] for d in listed.get_json()["documents"]] == ["rota.txt"]
+
+
+def test_a_users_uploads_at_once_stay_within_their_limit(make_services: Any) -> None:
+    """Each upload counted what the user had stored against HEARTH_UPLOAD_MAX_USER_BYTES, and
+    uploads sent at the same time each found room for themselves: 352,401 bytes were stored
+    against a 300,000-byte limit, and the refusal said "over -52401 bytes"."""
+    import threading
+
+    services: Services = make_services(auth=True, upload_max_user_bytes=300_000,
+                                       upload_max_file_bytes=MiB)
+    app = create_app(services.settings, services)
+    token = services.keys.create("ann")[0]
+    results: list[Any] = []
+    start = threading.Barrier(3)
+
+    def send(n: int) -> None:
+        client = app.test_client()
+        start.wait()
+        body = (f"Note {n}. " + "The kettle is descaled monthly. " * 5500).encode()
+        results.append(upload(client, token, [(f"note{n}.txt", body)]).get_json())
+
+    threads = [threading.Thread(target=send, args=(n,)) for n in range(3)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(120)
+    accepted = [d for r in results for d in r.get("documents", [])]
+    refused = [r["error"]["message"] for r in results if "error" in r]
+    assert len(accepted) == 1 and len(refused) == 2, results
+    assert all(re.search(r"over \d+ bytes: the limit left of your uploads", m)
+               for m in refused), refused
+    client = app.test_client()
+    [job] = [r["job"]["url"] for r in results if "job" in r]
+    assert wait_for(client, token, job)["state"] == "done"
+    listed = client.get("/api/collections/mine/documents", headers=bearer(token)).get_json()
+    assert sum(d["bytes"] for d in listed["documents"]) <= 300_000
