@@ -74,6 +74,11 @@ class InvalidCollection(HearthError):
     status = 400
 
 
+# How a user names their own collection in the API (``ingest.uploads.MINE``): no collection
+# may be made under it, or it could never be reached there.
+RESERVED = "mine"
+
+
 def valid_name(name: str) -> bool:
     return re.fullmatch(NAME, name) is not None
 
@@ -334,6 +339,9 @@ class Access:
 
     def create(self, name: str, description: str = "", *, public: bool = False,
                owner: str | None = None, readers: Iterable[str] = ()) -> Collection:
+        if name == RESERVED:
+            raise InvalidCollection(f"{RESERVED!r} names each user's own collection in the API "
+                                    "(their uploads): choose another name")
         collection = Collection(check_name(name), description.strip(), public, owner,
                                 tuple(sorted(reader_ids(readers))))
         if not self.store.add(collection):

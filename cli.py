@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from hearth import __version__, logs
+from hearth.access import DEFAULT
 from hearth.config import LOOPBACK_HOSTS, ConfigError, Settings, load_settings
 from hearth.errors import HearthError
 from hearth.private import PRIVATE_UMASK
@@ -56,8 +57,9 @@ def main(verbose: bool) -> None:
 def index_docs_if_empty(services: Services) -> None:
     """Index Hearth's own user guide on first run, so a newcomer can ask about Hearth."""
     settings = services.settings
-    if services.vectorstore.count() or not settings.docs_dir.is_dir():
-        return
+    everything = sorted({DEFAULT, *(c.name for c in services.access.all())})
+    if services.vectorstore.count(everything) or not settings.docs_dir.is_dir():
+        return  # documents in any collection, the user's own included: not a first run
     from hearth.ingest.pipeline import ingest_files
     from hearth.ingest.progress import progress_for
 
@@ -126,7 +128,8 @@ def serve(host: str | None, port: int | None, index_docs: bool) -> None:
         _ = services.llm  # load the model now rather than on the first question
     except HearthError as exc:
         log.error("%s", exc)  # /readyz says so too; the rest of the API still serves
-    click.echo(f"Hearth is serving at http://{settings.host}:{settings.port} "
+    host = f"[{settings.host}]" if ":" in settings.host else settings.host
+    click.echo(f"Hearth is serving at http://{host}:{settings.port} "
                f"(model {settings.llm_backend.value}; Ctrl+C stops it)")
     server.serve(app)
 

@@ -146,7 +146,8 @@ def list_command(collection: str | None, as_json: bool) -> None:
 
 @sources_cli.command("remove")
 @click.argument("source")
-@COLLECTION
+@click.option("--collection", default="default", show_default=True,
+              help="the collection to remove it from (`hearth sources list` shows where)")
 @click.option("--yes", is_flag=True, help="do not ask for confirmation")
 def remove_command(source: str, collection: str, yes: bool) -> None:
     """Remove SOURCE (a folder or start URL, as listed) and all its chunks from a collection."""

@@ -32,7 +32,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
-from hearth.access import Collection, CollectionForbidden, CollectionNotFound
+from hearth.access import RESERVED, Collection, CollectionForbidden, CollectionNotFound
 from hearth.auth import Forbidden
 from hearth.errors import HearthError
 from hearth.ingest.cache import ParseCache, parse_cache_dir
@@ -47,7 +47,7 @@ if TYPE_CHECKING:
     from hearth.ingest.jobs import Job, Jobs
     from hearth.services import Services
 
-MINE = "mine"  # how a user names their own collection in the API
+MINE = RESERVED  # how a user names their own collection in the API
 DOCUMENT_ID = r"^[0-9a-f]{16}$"
 READ_BLOCK = 1 << 16
 

@@ -261,3 +261,34 @@ def test_readers_are_user_ids_and_each_change_touches_only_itself(
     now = first.get("team")
     assert (now.public, now.readers) == (False, ("dan", "erin"))
     assert not now.readable_by(None) and not now.readable_by("ann")
+
+
+def test_mine_names_each_users_own_collection_and_no_other(make_services: Any,
+                                                           tmp_path: Path) -> None:
+    """`hearth collections create mine` made a collection that the API could never reach
+    (`mine` is each user's own there), and a question naming it read the operator's."""
+    from hearth.access import InvalidCollection
+
+    services = make_services(data_dir=tmp_path / "data")
+    with pytest.raises(InvalidCollection, match="'mine' names each user's own collection"):
+        services.access.create("mine")
+    result = CliRunner().invoke(main, ["collections", "create", "mine"],
+                                env={"HEARTH_DATA_DIR": str(services.settings.data_dir)})
+    assert result.exit_code != 0 and "names each user's own collection" in result.output
+
+
+def test_the_guide_is_indexed_only_when_no_collection_holds_anything(make_services: Any,
+                                                                     tmp_path: Path) -> None:
+    """`hearth serve` counted the default collection only: with every document in other
+    collections, it indexed its user guide into the public one at every start."""
+    from hearth.cli import index_docs_if_empty
+
+    services = make_services(data_dir=tmp_path / "data")
+    services.access.create("family", readers=["ann"])
+    notes = tmp_path / "notes"
+    notes.mkdir()
+    (notes / "a.md").write_text("# Insurance\n\nThe car insurance is due in March.\n")
+    ingest_files(services, notes, collection="family")
+    index_docs_if_empty(services)
+    assert services.vectorstore.count() == 0  # the default collection: no guide
+    assert [s.collection for s in list_sources(services.settings)] == ["family"]
