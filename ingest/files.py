@@ -354,7 +354,10 @@ def load_folder(root: Path, *, progress: Progress | None = None,
             if item is None:
                 item = _parse(path, name, pdf_char_margin=pdf_char_margin, limits=limits,
                               on_ocr_page=progress.page_read_by_ocr if progress else None)
-                if cache and _lasting(item):
+                # Kept only if the file is still what was hashed: one replaced while parsed
+                # would have its new text kept under the old content's key.
+                if cache and _lasting(item) \
+                        and _cache_key(path, options, limits.file_bytes) == key:
                     cache.put(key, _to_cache(item))
             yield _titled(item, path)
         except (IngestError, MemoryError):

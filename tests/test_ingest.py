@@ -656,6 +656,33 @@ def test_a_change_to_text_parsing_reads_text_again_and_leaves_cached_pdfs_alone(
         assert files._cache_key(tmp_path / name, "o", 1 << 20) != before(tmp_path / name)
 
 
+def test_a_file_replaced_while_parsed_is_not_cached_under_its_old_content(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Fast tier, the parse cache alone: the key hashed the file, then the parse read it again;
+    one replaced in between had its new text cached under the old content's key, and when
+    the old content came back (a revert), the new text was indexed for it."""
+    from hearth.ingest import files
+    from hearth.ingest.cache import ParseCache
+
+    folder = tmp_path / "notes"
+    folder.mkdir()
+    note = folder / "note.txt"
+    note.write_text("The ferry leaves at 7:40.\n")
+    real = files._parse
+
+    def replaced_meanwhile(path: Path, name: str, **kwargs: Any) -> Any:
+        path.write_text("The ferry leaves at 9:15.\n")
+        return real(path, name, **kwargs)
+
+    cache = ParseCache(tmp_path / "cache")
+    with monkeypatch.context() as patch:
+        patch.setattr(files, "_parse", replaced_meanwhile)
+        list(files.load_folder(folder, cache=cache, pdf_char_margin=2.0))
+    note.write_text("The ferry leaves at 7:40.\n")  # back as it was
+    [again] = list(files.load_folder(folder, cache=cache, pdf_char_margin=2.0))
+    assert "7:40" in "".join(b.text for b in again.blocks)  # type: ignore[union-attr]
+
+
 def test_an_emptied_or_unmounted_folder_does_not_wipe_its_source(
         services: Services, tutorial: Path) -> None:
     ingest_files(services, tutorial)
