@@ -51,6 +51,9 @@ def main(verbose: bool) -> None:
     # llama.cpp's threads sleep while they wait for each other instead of spinning: on cores
     # other work shares, a spinning wait made prefill several times slower (BENCHMARKS.md).
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    # Libraries' progress bars (the embedding model's "Loading weights") are not log lines:
+    # they broke HEARTH_LOG_FORMAT=json's one object a line. Hearth reports its own progress.
+    os.environ.setdefault("TQDM_DISABLE", "1")
     logs.configure(logging.DEBUG if verbose else logging.INFO)
 
 
@@ -104,9 +107,9 @@ def serve(host: str | None, port: int | None, index_docs: bool) -> None:
     if settings.host not in LOOPBACK_HOSTS:
         log.warning("listening on %s: reachable from other machines; API keys are required",
                     settings.host)
-    if not settings.auth_required:
-        click.echo("API keys are off: anyone who can reach this machine's 127.0.0.1 can ask and "
-                   "read every user's history. Set HEARTH_AUTH=true to require keys.", err=True)
+    if not settings.auth_required:  # a log line: with HEARTH_LOG_FORMAT=json, JSON too
+        log.warning("API keys are off: anyone who can reach this machine's 127.0.0.1 can ask "
+                    "and read every user's history. Set HEARTH_AUTH=true to require keys.")
 
     # One process: the model lives in it. Bound first, so that a port in use fails at once;
     # connections wait in the listen queue while the model loads.
