@@ -26,10 +26,12 @@ import fcntl
 import logging
 import os
 import threading
+import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
+from contextvars import ContextVar
 from functools import cache, partial
 from pathlib import Path
 from typing import Any, TypeVar
@@ -41,13 +43,21 @@ from langchain_core.embeddings import Embeddings
 
 from hearth.access import DEFAULT
 from hearth.config import Settings
-from hearth.errors import Unavailable
+from hearth.errors import HearthError, Unavailable
 from hearth.keywords import KeywordHit, KeywordIndex, KeywordIndexError, keywords_path
 from hearth.mongo import redact
 from hearth.private import private_dir
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+
+
+class IndexBusy(HearthError):
+    """Another writer of the embedded index held it past the request's bound."""
+
+    code = "index_busy"
+    status = 503
+    retry_after = 30
 
 
 class VectorStoreError(Unavailable):
@@ -59,6 +69,10 @@ SPACE = {"hnsw:space": "cosine"}
 BACKFILL_PAGE = 2000
 GENERATION = "hearth-generation"  # beside the embedded index: changed by each writing process
 WRITE_LOCK = "hearth-write.lock"  # beside it: held by the one process writing it (``writing``)
+# How long a write waits for another writer of the embedded index: None, as long as that one
+# writes (an ingest, a job); an API request sets a bound (web.py), then fails with IndexBusy
+# rather than hold its client for the length of another process's ingest.
+WRITE_WAIT_S: ContextVar[float | None] = ContextVar("hearth_write_wait_s", default=None)
 
 
 def chroma_name(settings: Settings, collection: str) -> str:
@@ -188,15 +202,13 @@ class VectorStore:
         if self._marker is None:
             yield
             return
-        with self._write_lock:
+        wait = WRITE_WAIT_S.get()
+        deadline = None if wait is None else time.monotonic() + wait
+        if not self._write_lock.acquire(timeout=-1 if wait is None else wait):
+            raise IndexBusy(self._busy)
+        try:
             if self._write_depth == 0:
-                self._write_file = open(self._marker.with_name(WRITE_LOCK), "a")  # noqa: SIM115
-                try:
-                    fcntl.flock(self._write_file.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-                except BlockingIOError:
-                    log.warning("another process is writing the index at %s: waiting until it "
-                                "is done", self.where)
-                    fcntl.flock(self._write_file.fileno(), fcntl.LOCK_EX)
+                self._write_file = self._locked(deadline)
             self._write_depth += 1
             try:
                 if self._write_depth == 1:
@@ -208,6 +220,41 @@ class VectorStore:
                     fcntl.flock(self._write_file.fileno(), fcntl.LOCK_UN)
                     self._write_file.close()
                     self._write_file = None
+        finally:
+            self._write_lock.release()
+
+    @property
+    def _busy(self) -> str:
+        return (f"the index at {self.where} is being written by another ingest: try again once "
+                "it is done")
+
+    def _locked(self, deadline: float | None) -> Any:
+        """The write lock's file, locked: waiting for another process as long as it writes,
+        or until ``deadline`` (then IndexBusy)."""
+        assert self._marker is not None
+        held = open(self._marker.with_name(WRITE_LOCK), "a")  # noqa: SIM115
+        try:
+            fcntl.flock(held.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return held
+        except BlockingIOError:
+            log.warning("another process is writing the index at %s: waiting until it is done",
+                        self.where)
+        try:
+            if deadline is None:
+                fcntl.flock(held.fileno(), fcntl.LOCK_EX)
+                return held
+            while time.monotonic() < deadline:
+                time.sleep(0.2)
+                try:
+                    fcntl.flock(held.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    return held
+                except BlockingIOError:
+                    continue
+        except BaseException:
+            held.close()
+            raise
+        held.close()
+        raise IndexBusy(self._busy)
 
     def writer(self, collection: str) -> Any:
         """LangChain's ``Chroma`` over a collection, for the indexing API; created if new.

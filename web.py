@@ -42,6 +42,7 @@ from hearth.config import Settings
 from hearth.errors import HearthError, Unavailable
 from hearth.ingest.jobs import Jobs
 from hearth.services import Services
+from hearth.vectorstore import WRITE_WAIT_S
 
 log = logging.getLogger("hearth.api")
 
@@ -458,6 +459,15 @@ def limits_storage(settings: Settings) -> tuple[str, dict[str, Any]]:
         "connectTimeoutMS": 4 * ms, "socketTimeoutMS": ms, "appname": "hearth"}
 
 
+# A request that writes the embedded index (a removal) waits this long for another process
+# writing it (an ingest), then answers index_busy: its client is not held for the ingest.
+REQUEST_WRITE_WAIT_S = 20.0
+
+
+def bounded_writes() -> None:
+    WRITE_WAIT_S.set(REQUEST_WRITE_WAIT_S)  # this request's thread; jobs' threads wait on
+
+
 def guard(app: Flask, settings: Settings, hearth: Services) -> Limiter:
     """Who may call at all, in order: the Host and Origin checks, the API key (bad keys
     counted per address), the per-address limit, then flask-limiter's per-user limits."""
@@ -473,6 +483,7 @@ def guard(app: Flask, settings: Settings, hearth: Services) -> Limiter:
         application_limits_exempt_when=lambda: request.path in PROBES,
     )
     app.extensions["hearth.limits_fallback"] = MovingWindowRateLimiter(MemoryStorage())
+    app.before_request(bounded_writes)
     app.before_request(lambda: check_origin(settings))
     app.before_request(lambda: authenticate(settings, hearth, limiter))
     app.before_request(lambda: limit_client(settings, limiter))

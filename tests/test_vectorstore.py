@@ -115,7 +115,7 @@ def test_two_processes_never_write_the_embedded_index_at_once(make_services: Any
     import sys
     import time
 
-    from hearth.vectorstore import WRITE_LOCK
+    from hearth.vectorstore import WRITE_LOCK, WRITE_WAIT_S, IndexBusy
 
     services = make_services()
     folder = tmp_path / "ferry"
@@ -135,6 +135,14 @@ def test_two_processes_never_write_the_embedded_index_at_once(make_services: Any
                 assert time.monotonic() < deadline, log.read_text()[-2000:]
                 time.sleep(0.2)
             assert services.vectorstore.count() == 0  # it waits, writing nothing
+            # A request (WRITE_WAIT_S bounded, web.py) does not hold its client meanwhile.
+            bound = WRITE_WAIT_S.set(0.3)
+            try:
+                with pytest.raises(IndexBusy, match="being written by another ingest"), \
+                        services.vectorstore.writing():
+                    pass
+            finally:
+                WRITE_WAIT_S.reset(bound)
         finally:
             fcntl.flock(held.fileno(), fcntl.LOCK_UN)
         assert ingest.wait(300) == 0, log.read_text()[-2000:]
