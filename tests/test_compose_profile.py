@@ -175,6 +175,7 @@ def test_question_answer_and_history_through_ollama_mongodb_and_chroma(
         "llm": {"ok": True, "error": None},
         "vector_store": {"ok": True, "error": None},
         "history_store": {"ok": True, "error": None},
+        "keyword_index": {"ok": True, "error": None},
     }
 
     question = "What colour is the Brightwater lighthouse painted?"
