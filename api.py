@@ -101,7 +101,9 @@ class Usage(BaseModel):
 class AnswerOut(GroundingOut):
     answer: str
     sources: list[SourceOut]
-    conversation_id: str
+    conversation_id: str | None = Field(description=(
+        "the conversation the turn is stored in; null when it was deleted (or its user's "
+        "history erased) while the question was answered: the answer is not stored"))
     usage: Usage
     refused: bool = Field(description="true when the documents do not hold the answer")
     model: str
@@ -162,7 +164,7 @@ class ReadyOut(BaseModel):
 api_blueprint = Blueprint("api", __name__)
 
 
-def answer_out(answer: Answer, conversation_id: str) -> AnswerOut:
+def answer_out(answer: Answer, conversation_id: str | None) -> AnswerOut:
     return AnswerOut(
         answer=answer.answer, sources=[SourceOut(**s.to_dict()) for s in answer.sources],
         conversation_id=conversation_id, usage=Usage(**answer.usage), refused=answer.refused,
@@ -182,7 +184,6 @@ def ask() -> Response:
                    gone=client_gone())
     if not wants_stream(body.stream):
         reply = chat().answer(question)
-        assert reply.conversation_id is not None  # a user's question is always stored
         return ok(answer_out(reply.answer, reply.conversation_id))
     stream = chat().stream(question)
 
@@ -192,7 +193,7 @@ def ask() -> Response:
                 if isinstance(event, Token):
                     yield sse({"text": event.text}, "token")
                     continue
-                assert isinstance(event, Reply) and event.conversation_id is not None
+                assert isinstance(event, Reply)
                 out = answer_out(event.answer, event.conversation_id)
                 yield sse([s.model_dump() for s in out.sources], "sources")
                 yield sse(out.model_dump(exclude={"sources"}), "done")

@@ -20,6 +20,7 @@ from hearth.llm import LLMError
 from hearth.model import QuestionTooLong, Token
 from hearth.throttle import Busy
 from tests.fakes import FakeLLM, fake_services
+from tests.test_api import parse_sse
 
 WIFI = "What is the guest Wi-Fi password?"
 
@@ -324,6 +325,34 @@ def test_v1_takes_nulls_refuses_what_it_cannot_do_and_errs_in_openai_shape(
     for path in ("/api/question", "/v1/chat/completions"):
         wrong = client.put(path, headers=key)
         assert wrong.status_code == 405 and "POST" in wrong.headers["Allow"]
+
+
+def test_the_api_answers_unstored_when_the_conversation_goes_meanwhile(tmp_path: Path) -> None:
+    """The route asserted the answer was stored: a conversation deleted while its question was
+    answered gave a 500, streamed or not, where the answer is to be given, unstored."""
+    services = fake_services(tmp_path, ["marigold-42."] * 10)
+    client = create_app(services.settings, services).test_client()
+    first = client.post("/api/question", json={"question": WIFI, "user_id": "ann"}).get_json()
+    assistant = services.assistant
+    real_answer, real_stream = assistant.answer, assistant.stream
+
+    def deleting(real: Any) -> Any:
+        def call(*args: Any, **kwargs: Any) -> Any:
+            services.history.delete(first["conversation_id"])
+            return real(*args, **kwargs)
+        return call
+
+    assistant.answer, assistant.stream = deleting(real_answer), deleting(real_stream)  # type: ignore[method-assign]
+    follow = {"question": "And again?", "user_id": "ann",
+              "conversation_id": first["conversation_id"]}
+    plain = client.post("/api/question", json=follow)
+    assert plain.status_code == 200 and plain.get_json()["conversation_id"] is None
+    assert plain.get_json()["answer"] == "marigold-42."
+    services.history.add_turn(first["conversation_id"], "ann", Turn(question=WIFI, answer="a"))
+    streamed = client.post("/api/question", json={**follow, "stream": True})
+    done = [data for event, data in parse_sse(streamed.get_data()) if event == "done"]
+    assert done and done[0]["conversation_id"] is None
+    assert client.get("/api/conversations?user_id=ann").get_json()["conversations"] == []
 
 
 def test_health_names_the_version(client: Any) -> None:
