@@ -225,8 +225,7 @@ class VectorStore:
 
     @property
     def _busy(self) -> str:
-        return (f"the index at {self.where} is being written by another ingest: try again once "
-                "it is done")
+        return "the index is being written by another ingest: try again once it is done"
 
     def _locked(self, deadline: float | None) -> Any:
         """The write lock's file, locked: waiting for another process as long as it writes,
@@ -260,20 +259,21 @@ class VectorStore:
         """LangChain's ``Chroma`` over a collection, for the indexing API; created if new.
         What it adds and deletes, the keyword index adds and deletes too. One kept from before
         another process deleted the collection (and perhaps made it again) is made anew."""
-        if collection in self._writers and not self._alive(self._writers[collection]._collection):
+        try:
+            kept = self._writers.get(collection)
+            if kept is not None and self._alive(kept._collection):
+                return kept
             self._forget_handles(collection)
-        if collection not in self._writers:
-            try:
-                # Always pass the embedding function: Chroma's default downloads a model.
-                self._writers[collection] = _mirrored_chroma()(
-                    self, collection,
-                    client=self.client, collection_name=chroma_name(self.settings, collection),
-                    embedding_function=self.embeddings, collection_metadata=SPACE)
-            except Exception as exc:
-                raise VectorStoreError(
-                    f"cannot open collection {collection!r} in the vector store at "
-                    f"{self.where}: {exc}") from exc
-        return self._writers[collection]
+            # Always pass the embedding function: Chroma's default downloads a model.
+            made = self._writers[collection] = _mirrored_chroma()(
+                self, collection,
+                client=self.client, collection_name=chroma_name(self.settings, collection),
+                embedding_function=self.embeddings, collection_metadata=SPACE)
+            return made
+        except Exception as exc:  # a server that does not answer, among others
+            raise VectorStoreError(
+                f"cannot open collection {collection!r} in the vector store at "
+                f"{self.where}: {exc}") from exc
 
     def _forget_handles(self, collection: str) -> None:
         self._writers.pop(collection, None)

@@ -409,8 +409,10 @@ class Uploads:
             raise DocumentNotFound(
                 f"no document {doc_id!r} in collection {collection!r}") from None
         with held_still(self.settings, collection):  # a job indexing: after it, not during
-            self._delete_file(doc)
+            # Out of the index first: one that cannot be written now (IndexBusy) leaves the
+            # document whole, to remove again, not a file gone that search still cites.
             self._unindex(doc)
+            self._delete_file(doc)
             record.unlink(missing_ok=True)
         self.services.vectorstore.scrub()  # its words out of the keyword index's file too
         return doc

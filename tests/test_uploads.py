@@ -387,3 +387,32 @@ def test_a_users_uploads_at_once_stay_within_their_limit(make_services: Any) -> 
     assert wait_for(client, token, job)["state"] == "done"
     listed = client.get("/api/collections/mine/documents", headers=bearer(token)).get_json()
     assert sum(d["bytes"] for d in listed["documents"]) <= 300_000
+
+
+def test_a_removal_that_cannot_write_the_index_now_leaves_the_document_whole(app: Any) -> None:
+    """Removing an upload deleted its file, then found the index held by another process's
+    ingest (index_busy): the document stayed listed and in search, citing a file gone."""
+    import fcntl
+
+    from hearth.vectorstore import WRITE_LOCK, WRITE_WAIT_S, IndexBusy
+
+    client, keys, services = app
+    started = upload(client, keys["ann"], [("bike.md", NOTE.encode())])
+    assert wait_for(client, keys["ann"], started.get_json()["job"]["url"])["state"] == "done"
+    [doc] = client.get("/api/collections/mine/documents",
+                       headers=bearer(keys["ann"])).get_json()["documents"]
+    uploads = Uploads(services)
+    files = services.settings.data_dir / "uploads" / own_collection("ann") / "files"
+    stored = sorted(p.name for p in files.iterdir())
+    bound = WRITE_WAIT_S.set(0.3)  # as a request's (web.py)
+    try:
+        with open(services.settings.chroma_path / WRITE_LOCK, "a") as held:
+            fcntl.flock(held.fileno(), fcntl.LOCK_EX)  # another process is writing the index
+            with pytest.raises(IndexBusy):
+                uploads.remove(own_collection("ann"), doc["id"])
+    finally:
+        WRITE_WAIT_S.reset(bound)
+    assert sorted(p.name for p in files.iterdir()) == stored
+    assert [d.id for d in uploads.documents(own_collection("ann"))] == [doc["id"]]
+    uploads.remove(own_collection("ann"), doc["id"])  # once it is done
+    assert uploads.documents(own_collection("ann")) == []
