@@ -60,7 +60,8 @@ T = TypeVar("T")
 
 
 class IndexWriteError(Unavailable):
-    """Writing the index or its records failed part-way (a full disk, a damaged store)."""
+    """Indexing failed part-way: embedding, or writing the index or its records (a full disk,
+    a damaged store)."""
 
     code = "index_write_failed"
 
@@ -252,8 +253,8 @@ def _run(services: Services, namespace: str, items: Iterable[Parsed | Chunked | 
                                        source_id_key="source", key_encoder="sha256",
                                        batch_size=batch_size))
         # The records delete what they name; a run killed (or failed) part-way had added
-        # chunks that none names, and those of a document deleted since stayed in search.
-        stray = written(lambda: unrecorded(store, namespace, set(before) - indexed - kept))
+        # chunks that none names (a document deleted or changed since), which stayed.
+        stray = written(lambda: unrecorded(store, namespace, records))
     finally:
         summary.seconds = time.monotonic() - started
         close_records(records)
@@ -279,22 +280,18 @@ def remove(services: Services, namespace: str, collection: str = DEFAULT) -> int
             store = services.vectorstore.writer(collection)
             result = written(lambda: index([], records, store, cleanup="full",
                                            source_id_key="source", key_encoder="sha256"))
-            stray = written(lambda: unrecorded(store, namespace))  # a run killed part-way's
+            stray = written(lambda: unrecorded(store, namespace, records))  # a killed run's
     finally:
         close_records(records)
         services.vectorstore.changed()
     return int(result["num_deleted"]) + stray
 
 
-def unrecorded(store: Any, namespace: str, sources: Iterable[str] | None = None) -> int:
-    """Delete the chunks of source ``namespace`` (of these documents of it, if given) that
-    are still in the vector store: those no record names, once the records' cleanup is done.
-    Returns how many."""
-    if sources is None:
-        ids = store.get(where={"root": namespace}, include=[])["ids"]
-    else:
-        ids = [i for source in sorted(sources) for i in store.get(
-            where={"$and": [{"root": namespace}, {"source": source}]}, include=[])["ids"]]
+def unrecorded(store: Any, namespace: str, records: RecordManager) -> int:
+    """Delete the chunks of source ``namespace`` that no record of it names, once the records'
+    cleanup is done (chunk ids are the records' keys). Returns how many."""
+    named = set(records.list_keys())
+    ids = [i for i in store.get(where={"root": namespace}, include=[])["ids"] if i not in named]
     if ids:
         log.warning("%s: %d chunks that no ingestion record named (a run stopped part-way) "
                     "deleted", namespace, len(ids))
@@ -311,9 +308,9 @@ def written(write: Callable[[], T]) -> T:
         raise
     except Exception as exc:
         first = (str(exc).strip().splitlines() or [""])[0][:300]
-        raise IndexWriteError(f"writing the index failed ({type(exc).__name__}: {first}); "
-                              "run the same ingest again once the cause is fixed (a full disk?): "
-                              "it goes on from what was written") from exc
+        raise IndexWriteError(f"indexing failed ({type(exc).__name__}: {first}); run the same "
+                              "ingest again once the cause is fixed (a full disk, memory?): it "
+                              "goes on from what was written") from exc
 
 
 def files_namespace(root: Path) -> str:

@@ -137,7 +137,7 @@ def test_a_run_stopped_part_way_leaves_nothing_that_no_record_names(
 
     with monkeypatch.context() as patch:
         patch.setattr(SQLRecordManager, "update", full_disk)
-        with pytest.raises(IndexWriteError, match=r"^writing the index failed \(OSError: .*"
+        with pytest.raises(IndexWriteError, match=r"^indexing failed \(OSError: .*"
                                                   r"No space left on device\); run the same"):
             ingest_files(services, notes, batch_size=8)
     stray = {c["source"] for c in chunks(services, notes)}
@@ -187,3 +187,37 @@ def test_a_folder_that_cannot_be_listed_now_keeps_what_was_indexed_from_it(
     assert {c["id"] for c in chunks(services, notes)} == stored
     third = ingest_files(services, notes)
     assert (third.unchanged, third.deleted, third.skipped) == (first.added, 0, [])
+
+
+def test_a_document_changed_after_a_failed_run_keeps_none_of_that_runs_chunks(
+        services: Services, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """v1 indexed; a run that failed between the index and its records left v2's chunks that
+    no record named; the file changed to v3, and the next run deleted v1 through its record
+    but kept v2 in search beside v3."""
+    from langchain_classic.indexes import SQLRecordManager
+
+    from hearth.ingest.pipeline import IndexWriteError
+
+    folder = tmp_path / "notes"
+    folder.mkdir()
+    note = folder / "ferry.md"
+
+    def write(version: str) -> None:
+        note.write_text(f"# Ferry\n\nVersion {version}: the ferry leaves at {version}.\n")
+
+    def full_disk(self: Any, *args: Any, **kwargs: Any) -> None:
+        raise OSError(28, "No space left on device")
+
+    write("one")
+    ingest_files(services, folder)
+    write("two")
+    with monkeypatch.context() as patch:
+        patch.setattr(SQLRecordManager, "update", full_disk)
+        with pytest.raises(IndexWriteError):
+            ingest_files(services, folder)
+    write("three")
+    ingest_files(services, folder)
+    texts = [c["text"] for c in chunks(services, folder)]
+    assert len(texts) == 1 and "Version three" in texts[0], texts
+    words = services.vectorstore.keyword_search("ferry version", 10)
+    assert ["Version three" in d.page_content for d, _, _ in words] == [True]
