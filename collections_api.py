@@ -34,6 +34,7 @@ from hearth.web import (
     jobs,
     ok,
     principal,
+    public_error,
     read_json,
     reads_everything,
     services,
@@ -241,7 +242,7 @@ def upload_job(name: str, job_id: str) -> Response:
     if job is None or job.collection != collection.name:
         raise ApiError(404, "job_not_found", f"no job {job_id[:40]!r} for collection {name!r} "
                        "(the latest 100 jobs are kept)")
-    return ok(JobOut(**job.to_dict()))
+    return ok(JobOut(**{**job.to_dict(), "error": public_error(job.to_dict()["error"])}))
 
 
 @collections_blueprint.delete("/api/users/<user_id>")

@@ -17,6 +17,24 @@ class Unavailable(HearthError):
     status = 503
 
 
+def backend_codes() -> set[str]:
+    """The codes of every backend that is down (``Unavailable`` and its kinds, as defined so
+    far): why one is down names internal addresses and paths, for administrators only."""
+    found: set[str] = set()
+    pending: list[type[HearthError]] = [Unavailable]
+    while pending:
+        kind = pending.pop()
+        found.add(kind.code)
+        pending.extend(kind.__subclasses__())
+    return found
+
+
+def unexplained(code: str) -> str:
+    """What those who may not see why read of a backend that is down."""
+    return (f"{code}: a service Hearth needs cannot be used now; an administrator's key shows "
+            "why at /readyz, and the server's log says it")
+
+
 class SchemaError(HearthError):
     """A store was written by a newer Hearth, or cannot be migrated."""
 

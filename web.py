@@ -39,7 +39,7 @@ from hearth import __version__
 from hearth.auth import Principal, acting_user
 from hearth.chat import Chat
 from hearth.config import Settings
-from hearth.errors import HearthError, Unavailable
+from hearth.errors import HearthError, Unavailable, backend_codes, unexplained
 from hearth.ingest.jobs import Jobs
 from hearth.services import Services
 from hearth.vectorstore import WRITE_WAIT_S
@@ -265,9 +265,15 @@ def public_message(exc: HearthError) -> str:
     """What a client reads of an error: a backend that is down is named by its code, and why
     (its internal address) only to those who may see the backends' details."""
     if isinstance(exc, Unavailable) and exc.status == 503 and not may_see_details():
-        return (f"{exc.code}: a service Hearth needs cannot be used now; an administrator's "
-                "key shows why at /readyz, and the server's log says it")
+        return unexplained(exc.code)
     return str(exc)
+
+
+def public_error(error: dict[str, str] | None) -> dict[str, str] | None:
+    """A job's recorded error as the request may see it (``public_message``'s rule)."""
+    if error and error.get("code") in backend_codes() and not may_see_details():
+        return {**error, "message": unexplained(error["code"])}
+    return error
 
 
 def may_see_details() -> bool:

@@ -34,7 +34,7 @@ from typing import IO, TYPE_CHECKING, Any
 
 from hearth.access import RESERVED, Collection, CollectionForbidden, CollectionNotFound
 from hearth.auth import Forbidden
-from hearth.errors import HearthError
+from hearth.errors import HearthError, backend_codes, unexplained
 from hearth.ingest.cache import ParseCache, parse_cache_dir
 from hearth.ingest.documents import IngestError, ReadLimits
 from hearth.ingest.files import KINDS, cache_key, looks_binary, name_file, wide_codec
@@ -360,7 +360,12 @@ class Uploads:
                 self._save_record(doc)
                 continue
             doc.state = "failed"
-            doc.error = skipped.get(doc.file) or (job.error or {}).get("message", "failed")
+            failure = job.error or {}
+            # The document's own reason; the job's, unless a backend's (addresses, paths:
+            # the uploader reads it, an administrator finds it in the log and the job).
+            doc.error = skipped.get(doc.file) or (
+                unexplained(failure["code"]) if failure.get("code") in backend_codes()
+                else failure.get("message", "failed"))
             self._unindex(doc)
             self._delete_file(doc)
             self._save_record(doc)

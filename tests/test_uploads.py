@@ -416,3 +416,36 @@ def test_a_removal_that_cannot_write_the_index_now_leaves_the_document_whole(app
     assert [d.id for d in uploads.documents(own_collection("ann"))] == [doc["id"]]
     uploads.remove(own_collection("ann"), doc["id"])  # once it is done
     assert uploads.documents(own_collection("ann")) == []
+
+
+def test_an_upload_failed_by_a_backend_tells_its_uploader_no_address(app: Any) -> None:
+    """A job that failed because a backend was down recorded that backend's message (an
+    address, a path) as each document's error, and served the job's error as it was, to an
+    uploader the rest of the API tells only the code."""
+    from hearth.errors import backend_codes
+    from hearth.ingest.jobs import Job
+    from hearth.web import public_error
+
+    client, keys, services = app
+    started = upload(client, keys["ann"], [("bike.md", NOTE.encode())])
+    assert wait_for(client, keys["ann"], started.get_json()["job"]["url"])["state"] == "done"
+    uploads = Uploads(services)
+    [doc] = uploads.documents(own_collection("ann"))
+    inside = "cannot open the vector store at http://10.1.2.3:8000: refused"
+    failed = Job(id=str(doc.job), kind="files", target="x", state="failed",
+                 options={"collection": own_collection("ann")},
+                 error={"code": "vector_store_unavailable", "message": inside})
+    uploads._finished(failed)
+    [doc] = uploads.documents(own_collection("ann"))
+    assert doc.state == "failed" and "10.1.2.3" not in str(doc.error)
+    assert str(doc.error).startswith("vector_store_unavailable: ")
+    assert {"vector_store_unavailable", "keyword_index_unavailable", "index_write_failed",
+            "ingest_records_unavailable", "history_unavailable"} <= backend_codes()
+    error = {"code": "vector_store_unavailable", "message": inside}
+    flask_app = client.application
+    with flask_app.test_request_context(headers=bearer(keys["ann"]),
+                                        environ_base={"REMOTE_ADDR": "203.0.113.9"}):
+        assert "10.1.2.3" not in str(public_error(error))
+    with flask_app.test_request_context(headers=bearer(keys["root"]),
+                                        environ_base={"REMOTE_ADDR": "203.0.113.9"}):
+        assert public_error(error) == error  # an administrator reads why
