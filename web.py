@@ -35,7 +35,7 @@ from pydantic import BaseModel, Field, ValidationError
 from pydantic.json_schema import models_json_schema
 from werkzeug.exceptions import HTTPException
 
-from hearth import __version__
+from hearth import __version__, logs
 from hearth.auth import Principal, acting_user
 from hearth.chat import Chat
 from hearth.config import Settings
@@ -203,7 +203,16 @@ def sse(data: Any, event: str | None = None) -> str:
 
 
 def event_stream(events: Iterator[str]) -> Response:
-    return Response(stream_with_context(events), mimetype="text/event-stream",
+    def as_this_request() -> Iterator[str]:
+        # The request's teardown has run by the time the stream is read: its log lines (the
+        # model's, a client gone) name the request again, and nothing after it does.
+        logs.request_id.set(g.get("request_id", "-"))
+        try:
+            yield from events
+        finally:
+            logs.request_id.set("-")
+
+    return Response(stream_with_context(as_this_request()), mimetype="text/event-stream",
                     headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
 

@@ -92,6 +92,7 @@ def test_a_client_gone_mid_stream_leaves_no_half_turn(served: str, served_root: 
                timeout=10)
     line = next(x for x in (served_root / "log").read_text().splitlines() if left in x)
     assert int(line.split(left)[1].split()[0]) < 100, line  # of the 1,000 it was allowed
+    assert json.loads(line)["request_id"] == response.headers["x-request-id"], line
     listed = httpx.get(f"{served}/api/conversations", params={"user_id": "carol"}).json()
     assert listed["conversations"] == []
     # The generation was stopped and the model is free: the next question is answered.
