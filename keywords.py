@@ -31,7 +31,7 @@ from typing import Any
 
 from hearth.config import Settings
 from hearth.errors import Unavailable
-from hearth.migrations import Migration, migrate_sqlite, use_wal
+from hearth.migrations import Migration, damaged, migrate_sqlite, use_wal
 from hearth.private import private_dir, private_file
 
 
@@ -40,7 +40,7 @@ class KeywordIndexError(Unavailable):
 
     @classmethod
     def of(cls, message: str, exc: BaseException) -> KeywordIndexError:
-        if type(exc) is sqlite3.DatabaseError:  # damaged: not a database, malformed
+        if damaged(exc):
             message += (" (the keyword index is made from the vector store: stop Hearth, "
                         "delete the file, and start it again to have it made anew)")
         return cls(message)

@@ -103,6 +103,12 @@ def scrub_backups(path: Path, statements: Sequence[tuple[str, tuple[Any, ...]]])
     return deleted
 
 
+def damaged(exc: BaseException) -> bool:
+    """Whether SQLite's error says the file is damaged ("file is not a database",
+    "malformed"), not busy, locked or out of room."""
+    return type(exc) is sqlite3.DatabaseError
+
+
 def use_wal(db: sqlite3.Connection, wait_s: float = 10.0) -> None:
     """Put a SQLite file in write-ahead-log mode. Changing the mode takes the file for itself
     and fails at once ("database is locked"), not after the busy timeout, when another

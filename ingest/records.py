@@ -18,6 +18,7 @@ from hearth.errors import Unavailable
 from hearth.migrations import (
     Migration,
     StoreVersion,
+    damaged,
     migrate_mongo,
     migrate_sqlite,
     store_status,
@@ -43,7 +44,7 @@ class RecordsUnavailable(Unavailable):
     def of(cls, path: Path, exc: sqlite3.Error) -> RecordsUnavailable:
         return cls(f"the ingestion records at {path} cannot be used: {exc}"
                    + (" (the file is damaged: move it aside and ingest again; the index "
-                      "itself is kept)" if type(exc) is sqlite3.DatabaseError else ""))
+                      "itself is kept)" if damaged(exc) else ""))
 
 
 def _create_mongo_indexes(collection: Any) -> None:

@@ -125,7 +125,15 @@ def held_still(settings: Settings, collection: str) -> Iterator[None]:
     if not folder.is_dir():
         yield
         return
-    with open(folder / ".lock", "a") as lock:
+    with flocked(folder / ".lock"):
+        yield
+
+
+@contextmanager
+def flocked(path: Path) -> Iterator[None]:
+    """An advisory lock (``flock``) on the file at ``path``, held across threads and
+    processes until the block ends."""
+    with open(path, "a") as lock:
         fcntl.flock(lock.fileno(), fcntl.LOCK_EX)
         try:
             yield
@@ -252,14 +260,10 @@ class Uploads:
     def _one_upload_of(self, uploader: str | None) -> Iterator[None]:
         """One upload of a user at a time, across threads and processes: each counts what the
         user has stored against HEARTH_UPLOAD_MAX_USER_BYTES, and two at once both found room
-        for themselves. An advisory lock (``flock``) on a file named after the user's hash."""
+        for themselves. A lock on a file named after the user's hash."""
         folder = private_dir(self.settings.data_dir / "upload-locks")
-        with open(folder / f"{own_collection(uploader or '')}.lock", "a") as lock:
-            fcntl.flock(lock.fileno(), fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(lock.fileno(), fcntl.LOCK_UN)
+        with flocked(folder / f"{own_collection(uploader or '')}.lock"):
+            yield
 
     def add(self, collection: Collection, files: Iterable[tuple[str, IO[bytes]]],
             uploader: str | None, jobs: Jobs) -> tuple[list[Uploaded], list[Refused], Job | None]:
