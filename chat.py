@@ -12,7 +12,6 @@ may see them, so the faces never touch the history store.
 from __future__ import annotations
 
 import logging
-import threading
 import time
 import uuid
 from collections.abc import Callable, Generator, Iterator, Sequence
@@ -83,7 +82,7 @@ class _Prepared:
     conversation_id: str | None
     collections: Sequence[str] = ()
     existing: bool = False  # the conversation was stored already: it must still be, to add to
-    asked: float = field(default_factory=time.monotonic)
+    asked: float = field(default_factory=time.time)  # a question erased after is not stored
 
 
 class ReplyStream:
@@ -119,10 +118,6 @@ class Chat:
     def __init__(self, services: Services) -> None:
         self.services = services
         self.settings = services.settings
-        # When each user's history was last erased through this process: a question of
-        # theirs answered meanwhile does not begin a new conversation (``_save``).
-        self._erased: dict[str, float] = {}
-        self._erased_lock = threading.Lock()
 
     # -- asking --------------------------------------------------------------------------------
 
@@ -180,11 +175,8 @@ class Chat:
             assert callable(ask.new_conversation_id)
             conversation_id = ask.new_conversation_id(turn)
         try:
-            with self._erased_lock:
-                if self._erased.get(ask.user_id, 0.0) > prepared.asked:
-                    raise ConversationNotFound(conversation_id)
             self.services.history.add_turn(conversation_id, ask.user_id, turn,
-                                           new=not prepared.existing)
+                                           new=not prepared.existing, asked_at=prepared.asked)
         except ConversationNotFound:
             # Deleted while its question was answered (the user's history erased, the
             # conversation deleted, by another request): the answer is given, not stored,
@@ -274,12 +266,6 @@ class Chat:
         return True
 
     def erase_history(self, user_id: str) -> int:
-        now = time.monotonic()
-        with self._erased_lock:
-            # Only the erasures a question still being answered could predate matter.
-            horizon = now - 2 * self.settings.llm_timeout_s - 600
-            self._erased = {u: t for u, t in self._erased.items() if t > horizon}
-            self._erased[user_id] = now
         return self.services.history.delete_user(user_id)
 
     # -- feedback ------------------------------------------------------------------------------

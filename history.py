@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import sqlite3
 import threading
+import time
 from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
@@ -41,9 +42,11 @@ class HistoryStore(Protocol):
 
     def ping(self) -> None: ...
     # ``new``: the conversation may be created; else it must exist (one deleted while its
-    # question was answered is not made again): ConversationNotFound.
+    # question was answered is not made again): ConversationNotFound. ``asked_at``: when the
+    # question was asked (time.time()); the user's history erased since, by this process or
+    # another, the turn is not stored either: ConversationNotFound.
     def add_turn(self, conversation_id: str, user_id: str, turn: Turn, *,
-                 new: bool = True) -> None: ...
+                 new: bool = True, asked_at: float | None = None) -> None: ...
     def get(self, conversation_id: str) -> Conversation | None: ...
     def list(self, user_id: str) -> list[Conversation]: ...
     def delete(self, conversation_id: str) -> bool: ...
@@ -83,6 +86,17 @@ def _v1_mongo(db: Any) -> None:
     db["conversations"].create_index([("user_id", 1), ("updated_at", -1)])
 
 
+def _v6_sqlite(db: sqlite3.Connection) -> None:
+    db.execute("CREATE TABLE IF NOT EXISTS erasures (user_id TEXT PRIMARY KEY, at REAL NOT NULL)")
+
+
+# How long an erasure is remembered (``erasures``): a question asked before it and answered
+# after it is not stored. Longer than a question can take (its wait and its answer), and no
+# longer: the record names the user whose history was erased.
+def remember_erasures_s(settings: Settings) -> float:
+    return 2 * settings.llm_timeout_s + 600
+
+
 STORE = "history"
 MIGRATIONS = [
     Migration(1, "conversations and turns as Hearth 0.1.0 stored them", _v1_sqlite, _v1_mongo),
@@ -94,12 +108,16 @@ MIGRATIONS = [
     Migration(3, "turns carry the collections they were asked over"),
     Migration(4, "turns carry the user's feedback on the answer"),
     Migration(5, "turns carry the model's confidence in the answer"),
+    # Each user's last erasure, for a while: a question asked before it, answered by another
+    # worker after it, does not store its turn (a new conversation made again).
+    Migration(6, "when each user's history was last erased", _v6_sqlite),
 ]
 
 
 class SQLiteHistory:
-    def __init__(self, path: Path, timeout_s: float = 5.0) -> None:
+    def __init__(self, path: Path, timeout_s: float = 5.0, remember_s: float = 3600.0) -> None:
         self.where = str(path)
+        self.remember_s = remember_s
         self._lock = threading.Lock()
         try:
             private_dir(path.parent)
@@ -126,10 +144,14 @@ class SQLiteHistory:
         self._run(lambda db: db.execute("SELECT 1").fetchone())
 
     def add_turn(self, conversation_id: str, user_id: str, turn: Turn, *,
-                 new: bool = True) -> None:
+                 new: bool = True, asked_at: float | None = None) -> None:
         def write(db: sqlite3.Connection) -> None:
-            db.execute("BEGIN IMMEDIATE")
+            db.execute("BEGIN IMMEDIATE")  # serialised with an erasure (``_erase``)
             try:
+                if asked_at is not None and db.execute(
+                    "SELECT 1 FROM erasures WHERE user_id = ? AND at > ?", (user_id, asked_at)
+                ).fetchone():
+                    raise ConversationNotFound(conversation_id)
                 row = db.execute(
                     "SELECT user_id FROM conversations WHERE id = ?", (conversation_id,)
                 ).fetchone()
@@ -192,11 +214,23 @@ class SQLiteHistory:
 
         return self._run(read)  # type: ignore[no-any-return]
 
-    def _erase(self, where: str, arg: str) -> int:
+    def _erase(self, where: str, arg: str, user_id: str | None = None) -> int:
         """Delete the conversations ``where`` says, from the store and from the copies kept
-        before an upgrade (``history.sqlite3.v0.bak``), which hold the same text."""
+        before an upgrade (``history.sqlite3.v0.bak``), which hold the same text; with
+        ``user_id``, remember the erasure for ``remember_s`` (``add_turn``'s ``asked_at``)."""
         def erase(db: sqlite3.Connection) -> int:
-            deleted = int(db.execute(f"DELETE FROM conversations WHERE {where}", (arg,)).rowcount)
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                deleted = int(db.execute(f"DELETE FROM conversations WHERE {where}",
+                                         (arg,)).rowcount)
+                if user_id is not None:
+                    now = time.time()
+                    db.execute("DELETE FROM erasures WHERE at < ?", (now - self.remember_s,))
+                    db.execute("INSERT OR REPLACE INTO erasures VALUES (?, ?)", (user_id, now))
+                db.execute("COMMIT")
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
             # The write-ahead log still holds the deleted text until a checkpoint copies it
             # over (with secure_delete) and truncates the log.
             db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
@@ -213,7 +247,7 @@ class SQLiteHistory:
         return bool(self._erase("id = ?", conversation_id))
 
     def delete_user(self, user_id: str) -> int:
-        return self._erase("user_id = ?", user_id)
+        return self._erase("user_id = ?", user_id, user_id)
 
     def set_feedback(self, conversation_id: str, position: int,
                      feedback: dict[str, Any]) -> bool:
@@ -255,10 +289,12 @@ class SQLiteHistory:
 class MongoHistory:
     """One document per conversation; a turn is appended with one atomic ``$push``."""
 
-    def __init__(self, uri: str, db_name: str, timeout_s: float = 5.0) -> None:
+    def __init__(self, uri: str, db_name: str, timeout_s: float = 5.0,
+                 remember_s: float = 3600.0) -> None:
         import pymongo
 
         self.where = redact(uri)
+        self.remember_s = remember_s
         self._client: pymongo.MongoClient[dict[str, Any]] = mongo_client(uri, timeout_s)
         self._db = self._client[db_name]
         self._coll = self._db["conversations"]
@@ -281,7 +317,7 @@ class MongoHistory:
         self._run(lambda coll: coll.database.command("ping"))
 
     def add_turn(self, conversation_id: str, user_id: str, turn: Turn, *,
-                 new: bool = True) -> None:
+                 new: bool = True, asked_at: float | None = None) -> None:
         def write(coll: Any) -> int:
             return int(coll.update_one(
                 {"_id": conversation_id, "user_id": user_id},
@@ -299,6 +335,18 @@ class MongoHistory:
         except self._duplicate as exc:  # the id exists, owned by another user
             raise ConversationNotFound(conversation_id) from exc
         if not new and not matched:
+            raise ConversationNotFound(conversation_id)
+        # Written first, checked after (an erasure records itself first, deletes after):
+        # whichever order the two take, a turn asked before the erasure does not stay.
+        if asked_at is not None and self._run(lambda coll: coll.database["erasures"].find_one(
+                {"_id": user_id, "at": {"$gt": asked_at}})):
+            def undo(coll: Any) -> None:
+                mine = {"_id": conversation_id, "user_id": user_id}
+                coll.update_one(mine, {"$pull": {"turns": {"created_at": turn.created_at,
+                                                           "question": turn.question}}})
+                coll.delete_one({**mine, "turns": {"$size": 0}})
+
+            self._run(undo)
             raise ConversationNotFound(conversation_id)
 
     @staticmethod
@@ -334,7 +382,13 @@ class MongoHistory:
         return bool(self._run(lambda coll: coll.delete_one({"_id": conversation_id}).deleted_count))
 
     def delete_user(self, user_id: str) -> int:
-        return int(self._run(lambda coll: coll.delete_many({"user_id": user_id}).deleted_count))
+        def erase(coll: Any) -> int:
+            now, erasures = time.time(), coll.database["erasures"]
+            erasures.delete_many({"at": {"$lt": now - self.remember_s}})
+            erasures.update_one({"_id": user_id}, {"$set": {"at": now}}, upsert=True)
+            return int(coll.delete_many({"user_id": user_id}).deleted_count)
+
+        return int(self._run(erase))
 
     def set_feedback(self, conversation_id: str, position: int,
                      feedback: dict[str, Any]) -> bool:
@@ -353,9 +407,11 @@ class MongoHistory:
 
 
 def build_history(settings: Settings) -> HistoryStore:
+    remember_s = remember_erasures_s(settings)
     if settings.mongodb_uri:
-        return MongoHistory(settings.mongodb_uri, settings.mongodb_db, settings.backend_timeout_s)
-    return SQLiteHistory(settings.history_path, settings.backend_timeout_s)
+        return MongoHistory(settings.mongodb_uri, settings.mongodb_db, settings.backend_timeout_s,
+                            remember_s)
+    return SQLiteHistory(settings.history_path, settings.backend_timeout_s, remember_s)
 
 
 def history_status(settings: Settings) -> StoreVersion:

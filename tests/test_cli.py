@@ -67,7 +67,7 @@ def test_doctor_names_what_runs_and_what_is_not_ready(tmp_path: Path,
     ocr = next(line for line in lines if line.startswith("OCR of scanned PDFs: "))
     installed = shutil.which("tesseract") and shutil.which("pdftoppm")
     assert ocr.endswith("ready (tesseract, pdftoppm)" if installed else "(apt-get install "), ocr
-    assert "history: schema - of 5, not created yet" in lines
+    assert "history: schema - of 6, not created yet" in lines
     assert "collections: schema - of 1, not created yet" in lines
     assert "vector_store: ready" in lines and "history_store: ready" in lines
     # (stderr is mixed in: the embedding model's loading bar may share the line)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -72,6 +73,34 @@ def test_delete_one_and_erase_a_user(store: Any) -> None:
     assert store.get("a2") is None
     store.add_turn("b1", "bob", turn(2), new=False)
     assert len(store.get("b1").turns) == 2
+
+
+def test_a_turn_asked_before_another_workers_erasure_is_not_stored(
+        request: Any, store: Any, tmp_path: Path) -> None:
+    """Two workers over one store: a question asked, then its user's history erased by the
+    other worker (or `hearth users erase`) while it was answered, then its turn saved. It
+    began a new conversation, so nothing said it was gone: it was stored after the erasure."""
+    if isinstance(store, SQLiteHistory):
+        other = SQLiteHistory(tmp_path / "history.sqlite3", remember_s=60)
+    else:
+        other = MongoHistory(request.getfixturevalue("mongo_server"),
+                             f"test_{tmp_path.name[-20:]}", remember_s=60)
+    asked = time.time()
+    store.add_turn("old", "ann", turn(1))
+    assert other.delete_user("ann") == 1
+    with pytest.raises(ConversationNotFound):
+        store.add_turn("new", "ann", turn(2), asked_at=asked)
+    assert store.get("new") is None and store.list("ann") == []
+    store.add_turn("b1", "bob", turn(3), asked_at=asked)  # another user's: stored
+    store.add_turn("new", "ann", turn(4), asked_at=time.time())  # asked after: stored
+    assert [c.id for c in store.list("ann")] == ["new"]
+    # The record of an erasure, which names the user, is kept only while a question asked
+    # before it may still be answered (remember_s): the next erasure drops older ones.
+    other.remember_s = 0
+    time.sleep(0.01)
+    other.delete_user("bob")
+    store.add_turn("late", "ann", turn(5), asked_at=asked)
+    assert [c.id for c in store.list("ann")] == ["late", "new"]
 
 
 def test_concurrent_turns_of_one_user_are_all_stored_in_order(store: Any) -> None:

@@ -64,7 +64,7 @@ def test_the_history_of_0_1_0_keeps_every_turn(old_data: Settings) -> None:
     path = old_data.history_path
     # 1: 0.1.0's schema adopted; 2: turns carry their evidence; 3: their collections; 4: the
     # user's feedback; 5: the model's confidence.
-    assert version_of(path) == 5
+    assert version_of(path) == 6
     assert first.turns[0].feedback is None and first.turns[0].confidence is None
     assert first.turns[0].collections == ["default"]  # what was indexed then is default now
     # The copy made before the migration is the old store, whole.
@@ -150,7 +150,7 @@ def test_a_store_from_a_newer_hearth_is_refused_untouched(old_data: Settings, na
 def test_a_new_store_starts_at_the_latest_version_with_no_copy(tmp_path: Path) -> None:
     path = tmp_path / "history.sqlite3"
     SQLiteHistory(path)
-    assert version_of(path) == 5 and not list(tmp_path.glob("*.bak"))
+    assert version_of(path) == 6 and not list(tmp_path.glob("*.bak"))
 
 
 def test_migrations_apply_in_order_each_in_a_transaction(tmp_path: Path) -> None:
@@ -182,7 +182,7 @@ def test_hearth_migrate_shows_then_applies(old_data: Settings,
     monkeypatch.setenv("HEARTH_DATA_DIR", str(old_data.data_dir))
     status = CliRunner().invoke(main, ["migrate", "--status"])
     assert status.exit_code == 0, status.output
-    assert "history            schema 0 of 5: needs migrations 1..5" in status.output
+    assert "history            schema 0 of 6: needs migrations 1..6" in status.output
     assert status.output.count("schema 0 of 1: needs migrations 1..1") == 2, status.output
     assert "collections        schema - of 1: not created yet" in status.output
     assert [version_of(old_data.data_dir / n) for n in STORES] == [0, 0, 0]  # only looked
@@ -190,7 +190,7 @@ def test_hearth_migrate_shows_then_applies(old_data: Settings,
     applied = CliRunner().invoke(main, ["migrate"])
     assert applied.exit_code == 0, applied.output
     assert applied.output.count(": up to date") == 4, applied.output
-    assert "history            schema 5 of 5: up to date" in applied.output
+    assert "history            schema 6 of 6: up to date" in applied.output
     # The index of 0.1.0 is the public collection "default": everyone reads it.
     assert [(c.name, c.public) for c in build_access(old_data).all()] == [("default", True)]
 
@@ -205,7 +205,7 @@ def test_a_store_that_cannot_be_read_is_a_line_of_the_status_not_a_traceback(
     monkeypatch.setenv("HEARTH_DATA_DIR", str(data))
     status = CliRunner().invoke(main, ["migrate", "--status"])
     assert status.exit_code == 1, status.output
-    assert "history            schema - of 5: CANNOT BE READ: DatabaseError: file is not a " \
+    assert "history            schema - of 6: CANNOT BE READ: DatabaseError: file is not a " \
         "database" in status.output, status.output
     assert "collections        schema - of 1: not created yet" in status.output
     assert "Traceback" not in status.output
@@ -253,7 +253,7 @@ def test_mongodb_stores_of_0_1_0_migrate(mongo_server: str, tmp_path: Path) -> N
         close_records(manager)
     assert [(c.name, c.public) for c in build_access(settings).all()] == [("default", True)]
     versions = {d["_id"]: d["version"] for d in db["hearth_schema"].find()}
-    assert versions == {"history": 5, "API keys": 1, "ingestion records": 1, "collections": 1}
+    assert versions == {"history": 6, "API keys": 1, "ingestion records": 1, "collections": 1}
     # A newer writer's store is refused.
     db["hearth_schema"].update_one({"_id": "history"}, {"$set": {"version": 7}})
     with pytest.raises(SchemaError, match="newer Hearth"):
