@@ -69,6 +69,8 @@ SPACE = {"hnsw:space": "cosine"}
 BACKFILL_PAGE = 2000
 GENERATION = "hearth-generation"  # beside the embedded index: changed by each writing process
 WRITE_LOCK = "hearth-write.lock"  # beside it: held by the one process writing it (``writing``)
+# How many requests of one process may wait for the write lock at once (``writing``).
+REQUESTS_WAITING = 2
 # How long a write waits for another writer of the embedded index: None, as long as that one
 # writes (an ingest, a job); an API request sets a bound (web.py), then fails with IndexBusy
 # rather than hold its client for the length of another process's ingest.
@@ -124,6 +126,9 @@ class VectorStore:
             self._generation = self._read_generation()
             self._reopening = threading.Lock()
             self._write_lock = threading.RLock()
+            # Requests (a bounded wait) that may wait for the lock at once; the others are
+            # told it is busy at once, not kept: each waiting one holds a server thread.
+            self._waiting = threading.BoundedSemaphore(REQUESTS_WAITING)
             self._write_depth = 0
             self._write_file: Any = None
             self._writers: dict[str, Any] = {}
@@ -204,8 +209,15 @@ class VectorStore:
             return
         wait = WRITE_WAIT_S.get()
         deadline = None if wait is None else time.monotonic() + wait
-        if not self._write_lock.acquire(timeout=-1 if wait is None else wait):
-            raise IndexBusy(self._busy)
+        if not self._write_lock.acquire(blocking=False):  # held: by another thread, or busy
+            if wait is not None and not self._waiting.acquire(blocking=False):
+                raise IndexBusy(self._busy)
+            try:
+                if not self._write_lock.acquire(timeout=-1 if wait is None else wait):
+                    raise IndexBusy(self._busy)
+            finally:
+                if wait is not None:
+                    self._waiting.release()
         try:
             if self._write_depth == 0:
                 self._write_file = self._locked(deadline)

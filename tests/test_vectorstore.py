@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -151,6 +152,33 @@ def test_two_processes_never_write_the_embedded_index_at_once(make_services: Any
     # In this process the lock is reentrant: a removal inside a run does not wait for itself.
     with services.vectorstore.writing(), services.vectorstore.writing():
         assert services.vectorstore.count() == 1
+    # Requests waiting for the lock each hold a server thread: two may wait, a third is told
+    # at once that the index is busy, rather than hold a thread of its own for 20 s.
+    results: list[str] = []
+
+    def request() -> None:
+        bound = WRITE_WAIT_S.set(3.0)
+        started = time.monotonic()
+        try:
+            with services.vectorstore.writing():
+                results.append("wrote")
+        except IndexBusy:
+            results.append(f"busy after {time.monotonic() - started:.1f} s")
+        finally:
+            WRITE_WAIT_S.reset(bound)
+
+    with services.vectorstore.writing():  # an ingest of this process (a job) writes
+        waiting = [threading.Thread(target=request) for _ in range(2)]
+        for thread in waiting:
+            thread.start()
+        time.sleep(0.5)
+        third = threading.Thread(target=request)
+        third.start()
+        third.join()
+        assert results == ["busy after 0.0 s"]
+    for thread in waiting:
+        thread.join()
+    assert results == ["busy after 0.0 s", "wrote", "wrote"]
 
 
 def test_a_collection_deleted_and_made_again_by_another_worker_is_reopened(
