@@ -250,50 +250,83 @@ _STRAIGHT = str.maketrans({
 _SPACED_PUNCTUATION = re.compile(r" ?([^\w\s]) ?")
 _NUMBER = re.compile(r"[\d.,]+")
 _GROUPED = re.compile(r"\d{1,3}(,\d{3})+")
+_EXPONENT = re.compile(r"(\d(?:\.\d+)?e[+-]?)0*(\d+)")
+# A short option is matched with its case: `-b` is not `-B` (a different option).
+_OPTION = re.compile(r"--?[a-z]", re.IGNORECASE)
+# Beside a fact of punctuation alone (`>`, `..`), these make another operator: `->`, `...`.
+_OPERATOR = re.escape("-<>=!~+*/|&^%.:")
 SHORT_FACT = 4  # facts this short (or numbers) must stand as whole words: "5" not in "15"
-# A small whole number is as right spelled out: "5" is stated by "five seconds".
+# A small whole number is as right spelled out: "5" is stated by "five seconds" (from two:
+# "one" and "zero" are as often a pronoun or part of a word, "no one", "zero-copy").
 _NUMBER_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine",
                  "ten", "eleven", "twelve", "thirteen", "fourteen", "fifteen", "sixteen",
                  "seventeen", "eighteen", "nineteen", "twenty")
 
 
-def normalize_text(text: str) -> str:
+def normalize_text(text: str, *, lower: bool = True) -> str:
     """Lower case, NFKC, straight quotes and dashes, single spaces, and no space beside
     punctuation (so `col.names = NA`, `col.names=NA` and `` `col.names = NA` `` compare alike)."""
-    text = unicodedata.normalize("NFKC", text).translate(_STRAIGHT).lower()
-    text = " ".join(text.split())
+    text = unicodedata.normalize("NFKC", text).translate(_STRAIGHT)
+    text = " ".join((text.lower() if lower else text).split())
     return _SPACED_PUNCTUATION.sub(r"\1", text)
 
 
-def _fact_patterns(fact: str) -> list[re.Pattern[str]]:
-    wanted = normalize_text(fact)
-    forms = [wanted]
-    if _GROUPED.fullmatch(wanted):  # 10,000 also as 10000
+def _number_forms(wanted: str) -> list[str]:
+    """The other ways a number is written: 10,000 and 10000; 1e-09 and 1e-9."""
+    forms = []
+    if _GROUPED.fullmatch(wanted):
         forms.append(wanted.replace(",", ""))
-    if wanted.isdigit() and int(wanted) < len(_NUMBER_WORDS):
+    elif wanted.isdigit() and len(wanted) > 3 and not wanted.startswith("0"):
+        forms.append(f"{int(wanted):,}")
+    exponent = _EXPONENT.fullmatch(wanted)
+    if exponent:
+        digits = exponent[2]
+        forms += [exponent[1] + d for d in {digits, digits.zfill(2)} if exponent[1] + d != wanted]
+    if wanted.isdigit() and 2 <= int(wanted) < len(_NUMBER_WORDS):
         forms.append(_NUMBER_WORDS[int(wanted)])
-    whole = len(wanted) <= SHORT_FACT or bool(_NUMBER.fullmatch(wanted))
+    return forms
+
+
+def _fact_patterns(fact: str) -> list[re.Pattern[str]]:
+    cased = bool(_OPTION.fullmatch(fact.strip()))
+    wanted = normalize_text(fact, lower=not cased)
+    forms = [wanted, *_number_forms(wanted)]
+    number = bool(_NUMBER.fullmatch(wanted))
+    whole = len(wanted) <= SHORT_FACT or number
     patterns = []
     for form in forms:
         pattern = re.escape(form)
-        if whole and form[:1].isalnum():
-            pattern = r"(?<![a-z0-9])" + pattern
+        if form[:1].isalnum():  # a word's start: `count` is not in "account"
+            pattern = r"(?<![a-zA-Z0-9])" + pattern
+            if number:  # nor 5 in 0.5 or 3.5 (a comma before may be a list's: 10, 20)
+                pattern = r"(?<![0-9]\.)" + pattern
         if whole and form[-1:].isalnum():
-            pattern += r"(?![a-z0-9])"
+            pattern += r"(?![a-zA-Z0-9])"
+            if number:  # 5 is not 5,000; nor 5.5 (a fact with its own point may go on: 3.11.2)
+                pattern += r"(?!,\d{3}(?!\d))" + ("" if "." in form else r"(?!\.\d)")
+        if not any(c.isalnum() for c in form):
+            pattern = rf"(?<![{_OPERATOR}])" + pattern + rf"(?![{_OPERATOR}])"
         patterns.append(re.compile(pattern))
     return patterns
 
 
+def _cased(way: str) -> bool:
+    return bool(_OPTION.fullmatch(way.strip()))
+
+
 def fact_present(fact: Fact, text: str, *, normalized: bool = False) -> bool:
-    """Whether `text` states the fact (any of its ways)."""
-    haystack = text if normalized else normalize_text(text)
-    return any(p.search(haystack) for way in fact_ways(fact) for p in _fact_patterns(way))
+    """Whether `text` states the fact (any of its ways). ``normalized``: `text` is what
+    normalize_text gave, with its case kept (a short option is matched with its case)."""
+    kept = text if normalized else normalize_text(text, lower=False)
+    lowered = kept.lower()
+    return any(p.search(kept if _cased(way) else lowered)
+               for way in fact_ways(fact) for p in _fact_patterns(way))
 
 
 def facts_present(facts: Sequence[Fact], text: str) -> list[Fact]:
     """The facts (as written in the set) that `text` states."""
-    haystack = normalize_text(text)
-    return [f for f in facts if fact_present(f, haystack, normalized=True)]
+    kept = normalize_text(text, lower=False)
+    return [f for f in facts if fact_present(f, kept, normalized=True)]
 
 
 # --- answering -----------------------------------------------------------------------------

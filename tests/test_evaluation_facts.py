@@ -145,7 +145,15 @@ def test_ranks_are_the_first_page_and_document_hits() -> None:
     ("10,000", "at most 10000 rows"),
     ("semicolon", "fields separated by semicolons"),
     ("5", "It waits five seconds."),   # a small whole number, spelled out
-    ("0", "returns Zero"),
+    ("999999999", "up to 999,999,999 days"),  # a number grouped in the answer, not the fact
+    ("4300", "limited to 4,300 digits"),
+    ("1e-09", "rel_tol defaults to 1e-9"),  # an exponent with or without its zero
+    ("1e-9", "rel_tol=1e-09"),
+    ("3.11", "new in Python 3.11.2"),
+    ("20", "levels 10, 20, 30"),         # a list of numbers is not one grouped number
+    ("-B", "run python -B script.py"),   # a short option, with its case
+    ("count", "it counts the lines"),     # a word's start, any ending
+    (">", "use `>` for big-endian"),
 ])
 def test_a_fact_is_found_whatever_the_spacing_case_and_typography(fact: str, answer: str) -> None:
     assert kf.fact_present(fact, answer)
@@ -159,6 +167,17 @@ def test_a_fact_is_found_whatever_the_spacing_case_and_typography(fact: str, ans
     ("col.names = NA", "col.names = TRUE"),
     ("5", "the fivefold cost"),      # a spelled-out number stands as a whole word too
     ("50", "fifty"),                 # only up to twenty
+    ("0", "a zero-copy view"),       # zero and one, spelled out, are too often something else
+    ("1", "no one knows"),
+    ("5", "after 0.5 seconds"),      # nor a number inside a decimal or a grouped one
+    ("5", "Python 3.5 added it"),
+    ("5", "at most 5,000 rows"),
+    ("5", "wait 5.5 seconds"),
+    ("-B", "run python -b script.py"),  # -b is another option (bytes warnings)
+    ("-u", "pip install -U pkg"),
+    ("count", "an account of it"),   # nor a word inside another one
+    (">", "def f() -> int"),          # nor punctuation inside another operator
+    ("..", "and so on..."),
 ])
 def test_a_fact_inside_another_word_or_number_is_not_found(fact: str, answer: str) -> None:
     assert not kf.fact_present(fact, answer)
