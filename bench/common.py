@@ -326,12 +326,19 @@ if __name__ == "__main__" and sys.argv[1:] == ["--raw-engine"]:
 
 def drafts(run: Path) -> Iterator[tuple[dict[str, Any], str]]:
     """The answered records of a `hearth eval facts` run folder, each with its draft: the
-    model's text before the grounding check withheld it ("" where the model declined)."""
-    for line in (run / "records.jsonl").read_text().splitlines():
-        record = json.loads(line)
-        if record.get("error") or record.get("mode", "answer") != "answer":
-            continue
-        yield record, record.get("draft") or ("" if record.get("refused") else record["hypothesis"])
+    model's text before the grounding check withheld it ("" where the model declined). As
+    the run's own report reads them: a later line for a question replaces an earlier one (a
+    question asked again on resuming), and a torn last line (a run killed mid-write) is left
+    out."""
+    from hearth.evaluation.records import read_jsonl
+
+    latest = {}
+    for record in read_jsonl(run / "records.jsonl"):
+        if record.get("mode", "answer") == "answer":
+            latest[record["id"]] = record
+    for record in latest.values():
+        if not record.get("error"):
+            yield record, record.get("draft") or ("" if record.get("refused") else record["hypothesis"])
 
 
 def answerable_on_index(parser: Any, sets: Sequence[Path]) -> tuple[Any, Any, list[Any], Any]:

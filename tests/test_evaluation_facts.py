@@ -639,3 +639,26 @@ def test_an_answered_run_records_each_token_with_its_alternatives(tmp_path: Path
                 continue
             text, logprob, top = token
             assert len(top) == 2 and top[0][1] >= top[1][1] and top[0][1] >= logprob - 1e-4
+
+
+def test_the_offline_grader_reads_a_run_as_its_report_does(tmp_path: Path) -> None:
+    """bench/grounding_check.py, whose figures docs/evaluation.md gives, counted a question
+    asked again on resuming twice, and failed on a torn last line (a run killed mid-write)."""
+    import subprocess
+    import sys
+
+    passage = "The Ellery ferry leaves the mainland at 7:40 and returns at 18:10."
+    base = {"answerable": True, "key_facts": ["7:40"], "passages": [passage], "mode": "answer",
+            "question": "When does the ferry leave?", "refused": False}
+    lines = [json.dumps(base | {"id": "q1", "hypothesis": "It leaves at 9:15."}),
+             json.dumps(base | {"id": "q2", "hypothesis": "It leaves at 7:40."}),
+             json.dumps(base | {"id": "q1", "hypothesis": "It leaves at 7:40."}),  # asked again
+             '{"id": "q3", "answerable": tr']  # torn
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "records.jsonl").write_text("\n".join(lines))
+    script = Path(__file__).parents[1] / "bench" / "grounding_check.py"
+    out = subprocess.run([sys.executable, str(script), str(run)], capture_output=True, text=True,
+                         timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert "answerable 2: key-fact recall over answers presented as grounded 1.000" in out.stdout
