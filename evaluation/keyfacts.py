@@ -90,6 +90,8 @@ def _question(data: Any, where: str) -> FactQuestion:
     answerable = data.get("answerable")
     if answerable is None:  # a set without the field: facts make it answerable
         answerable = bool(data.get("key_facts") or data.get("source"))
+    elif not isinstance(answerable, bool):  # "false", a string, is true
+        raise EvalDataError(f"{where}: answerable must be true or false")
     if not answerable:
         return FactQuestion(data["id"], data["question"], False, UNANSWERABLE)
     source, facts, page = data.get("source"), data.get("key_facts"), data.get("page")
@@ -103,6 +105,13 @@ def _question(data: Any, where: str) -> FactQuestion:
     alt = data.get("alt_sources") or []
     if not isinstance(alt, list):
         raise EvalDataError(f"{where}: alt_sources must be a list")
+    for other in alt:  # a page that is not a number would match every page
+        if not (isinstance(other, str) and other) and not (
+                isinstance(other, Mapping) and isinstance(other.get("source"), str)
+                and (other.get("page") is None or (isinstance(other["page"], int)
+                                                   and not isinstance(other["page"], bool)))):
+            raise EvalDataError(f"{where}: each alt source must be a path, or an object with "
+                                "its source and a page number")
     return FactQuestion(data["id"], data["question"], True, str(data.get("corpus") or "answerable"),
                         source, page, list(facts), list(alt))
 

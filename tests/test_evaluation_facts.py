@@ -66,6 +66,14 @@ def test_loading_rejects_duplicate_ids_and_answerable_questions_without_facts(
     a.write_text(json.dumps(line) + '\n{"id": "z", "question": \n')
     with pytest.raises(EvalDataError, match=r"a\.jsonl:2: not JSON"):
         kf.load_fact_sets([a])
+    # A field of the wrong type is named, not read as something else: "false" (a string)
+    # made the question answerable, and a page "3" (a string) matched every page.
+    for bad, what in (({"answerable": "false"}, "answerable must be true or false"),
+                      ({"alt_sources": [{"source": "b.pdf", "page": "3"}]}, "alt source"),
+                      ({"alt_sources": [7]}, "alt source")):
+        a.write_text(json.dumps(line | bad) + "\n")
+        with pytest.raises(EvalDataError, match=what):
+            kf.load_fact_sets([a])
 
 
 def test_a_sample_is_fixed_by_its_seed_and_keeps_file_order() -> None:
