@@ -782,7 +782,14 @@ def _rows(summary: Mapping[str, Any]) -> list[tuple[str, str]]:
              ("latency_s", "retrieval latency, s" if retrieval_only else "latency, s (total)"),
              ("first_token_s", "first token, s"),
              ("errors", "errors (left out of every figure)")]
+    if retrieval_only:  # nothing was answered, so nothing was checked or withheld
+        rows = [row for row in rows if row[0] not in ANSWER_ONLY]
     return rows
+
+
+ANSWER_ONLY = {"wrong_presented", "presented_grounded", "draft_fact_recall", "withheld",
+               "withheld_right", "withheld_unanswerable", "unanswerable_presented",
+               "first_token_s"}
 
 
 def _cell(value: Any) -> str:

@@ -502,6 +502,9 @@ def test_the_cli_runs_in_process_and_writes_the_report(tmp_path: Path,
     result = CliRunner().invoke(eval_cli, ["facts", str(sets), "--retrieval-only", "-o", str(out)])
     assert result.exit_code == 0, result.output
     assert "hit@1 (retrieval ranks)" in result.output
+    # Nothing was answered, so nothing was checked: no row says the check withheld nothing.
+    keys = [k for k, _ in kf._rows({"ks": [1], "modes": ["retrieval"], "grounding_verdict": False})]
+    assert "hit@1" in keys and not set(keys) & {"withheld_unanswerable", "presented_grounded"}
     document = json.loads((out / "results.json").read_text())
     assert document["kind"] == kf.FACTS_RESULTS_KIND and len(document["records"]) == 3
     assert document["config"]["mode"] == "retrieval"
