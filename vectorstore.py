@@ -42,7 +42,7 @@ from langchain_core.documents import Document
 from langchain_core.embeddings import Embeddings
 
 from hearth.access import DEFAULT
-from hearth.config import Settings
+from hearth.config import RetrievalMode, Settings
 from hearth.errors import HearthError, Unavailable
 from hearth.keywords import KeywordHit, KeywordIndex, KeywordIndexError, keywords_path
 from hearth.mongo import redact
@@ -153,6 +153,18 @@ class VectorStore:
         if self._keywords is None:
             self._keywords = KeywordIndex(keywords_path(self.settings))
         return self._keywords
+
+    @property
+    def mirrors_keywords(self) -> bool:
+        """Whether writes go to the keyword index as well: hybrid retrieval and passages
+        widened by their neighbours read it. With dense retrieval alone, only where one exists
+        already (it must lose the words of what is deleted), so that a shared volume where
+        SQLite's locks do not hold (NFS) carries none (docs/scaling.md); switched on later,
+        it is filled from the vector store (``whole_keywords``)."""
+        s = self.settings
+        return (s.retrieval != RetrievalMode.dense or bool(s.context_neighbours)
+                or bool(s.context_continuation_tokens) or self._keywords is not None
+                or keywords_path(s).exists())
 
     # -- other processes' writes (embedded) -----------------------------------------------------
 
@@ -473,7 +485,8 @@ class VectorStore:
     def scrub(self) -> None:
         """Leave no text of deleted chunks on disk where Hearth can see to it: the keyword
         index (``KeywordIndex.scrub``). Chroma's own files follow Chroma's rules."""
-        self.keywords.scrub()
+        if self.mirrors_keywords:
+            self.keywords.scrub()
 
     def drop(self, collection: str) -> None:
         """Delete a collection's chunks, all at once."""
@@ -485,7 +498,8 @@ class VectorStore:
             if self._existing(collection) is not None:
                 self.client.delete_collection(chroma_name(self.settings, collection))
                 self.changed()
-            self.keywords.drop(collection)
+            if self.mirrors_keywords:
+                self.keywords.drop(collection)
         except KeywordIndexError:
             raise
         except Exception as exc:
@@ -529,16 +543,23 @@ def _mirrored_chroma() -> type:
         def add_texts(self, texts: Iterable[str], metadatas: list[dict[str, Any]] | None = None,
                       ids: list[str] | None = None, **kwargs: Any) -> list[str]:
             texts = list(texts)
-            self._hearth_store.whole_keywords(self._hearth_collection)
+            store = self._hearth_store
+            if not store.mirrors_keywords:
+                return list(super().add_texts(texts, metadatas=metadatas, ids=ids, **kwargs))
+            store.whole_keywords(self._hearth_collection)
             added = super().add_texts(texts, metadatas=metadatas, ids=ids, **kwargs)
-            self._hearth_store.keywords.add(self._hearth_collection, added, texts,
-                                            metadatas or [{} for _ in texts])
+            store.keywords.add(self._hearth_collection, added, texts,
+                               metadatas or [{} for _ in texts])
             return list(added)
 
         def delete(self, ids: list[str] | None = None, **kwargs: Any) -> None:
-            self._hearth_store.whole_keywords(self._hearth_collection)
+            store = self._hearth_store
+            if not store.mirrors_keywords:
+                super().delete(ids=ids, **kwargs)
+                return
+            store.whole_keywords(self._hearth_collection)
             super().delete(ids=ids, **kwargs)
             if ids:
-                self._hearth_store.keywords.delete(self._hearth_collection, ids)
+                store.keywords.delete(self._hearth_collection, ids)
 
     return MirroredChroma

@@ -17,7 +17,7 @@ from langchain_core.documents import Document
 from hearth.config import ConfigError, RetrievalMode, Settings
 from hearth.ingest.pipeline import ingest_files
 from hearth.ingest.sources import remove_collection, remove_source
-from hearth.keywords import IDENTIFIER_WEIGHT, KeywordIndex, fts_query, query_terms
+from hearth.keywords import IDENTIFIER_WEIGHT, KeywordIndex, fts_query, keywords_path, query_terms
 from hearth.model import Assistant
 from hearth.retrieval import SUPPORT_MARGIN, Fusion, Hit, Mode, introduces, leading, supported
 from hearth.services import Services, build_services
@@ -149,6 +149,27 @@ def test_an_index_from_before_the_keyword_index_is_copied_in_once(
     hits = store.keyword_search("gr_gid", 2, ["default"])
     assert "gr_gid" in hits[0][0].page_content
     assert store.keywords.ids("default") == chunks and store.keywords.is_whole("default")
+
+
+def test_dense_retrieval_keeps_no_keyword_index_until_hybrid_asks_for_one(
+        make_settings: Any, embeddings: Any, tmp_path: Path) -> None:
+    """HEARTH_RETRIEVAL=dense is what deploy/kubernetes sets so that a shared NFS volume, where
+    SQLite's locks do not hold, carries no keyword index; every ingest wrote one anyway."""
+    settings = make_settings(retrieval="dense")
+    dense = build_services(settings, embeddings=embeddings)
+    docs = pages(tmp_path / "docs", ["grp.html", "pwd.html"])
+    ingest_files(dense, docs)
+    assert not list(settings.data_dir.glob("keywords.sqlite3*"))
+    assert dense.vectorstore.search("What does gr_gid hold?", 1)  # dense search as ever
+    # Switched to hybrid, the keyword index is made and filled from the vector store.
+    hybrid = build_services(make_settings(retrieval="hybrid"), embeddings=embeddings)
+    hits = hybrid.vectorstore.keyword_search("gr_gid", 2, ["default"])
+    assert "gr_gid" in hits[0][0].page_content
+    hybrid.vectorstore.keywords.close()
+    # Back to dense, an index that exists loses the words of what is removed.
+    dense = build_services(settings, embeddings=embeddings)
+    remove_source(dense, str(docs))
+    assert KeywordIndex(keywords_path(settings)).count("default") == 0
 
 
 def test_neighbours_widen_a_passage_within_its_page(services: Services, tmp_path: Path) -> None:
