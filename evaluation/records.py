@@ -28,7 +28,7 @@ FINETUNE_COMPLETION = " {reference} END"
 _RECORD_KEYS = {
     "id", "question", "reference", "hypothesis", "source", "chunk_id", "title", "page",
     "refused", "latency_s", "first_token_s", "prompt_tokens", "completion_tokens",
-    "retrieved", "rank", "rouge", "judges", "error", "training_data",
+    "retrieved", "cited", "rank", "rouge", "judges", "error", "training_data",
 }
 RATINGS = tuple(str(r) for r in range(11))
 _JUDGE_KEY = re.compile(r"gpt|judge|rating|llm|claude|llama|qwen|mistral", re.IGNORECASE)

@@ -1,9 +1,10 @@
 """Answer a dataset through Hearth and score every answer.
 
 An `Answerer` turns a question into an `Answered` (the answer, the ranked chunk ids that
-retrieval found, refusal, latency, tokens). Two exist: Hearth in process (its chat service)
-and a running Hearth API by URL. Records are appended to `records.jsonl` as they are made,
-so an interrupted run resumes where it stopped.
+retrieval found or the pages the answer cited, refusal, latency, tokens). Three exist: Hearth
+in process (its chat service), the model alone, and a running Hearth API by URL. Records
+are appended to `records.jsonl` as they are made, so an interrupted run resumes where it
+stopped.
 """
 
 from __future__ import annotations
@@ -30,6 +31,9 @@ class Answered:
     first_token_s: float | None = None
     prompt_tokens: int | None = None
     completion_tokens: int | None = None
+    # The answer's sources, best first, each {"source", "page", "chunk_id"}: what a running
+    # Hearth tells of its retrieval, one a document page (None in process).
+    cited: list[dict[str, Any]] | None = None
 
 
 Answerer = Callable[[str], Answered]
@@ -102,8 +106,11 @@ class ModelAnswerer:
 class ApiAnswerer:
     """A running Hearth by URL: POST /api/question, each question a new conversation.
 
-    Ranks come from the answer's sources (the chunks cited, one a document page), so hit@k
-    looks only as deep as the server's HEARTH_TOP_K.
+    Ranks come from the answer's sources, which the API merges to one a document and page,
+    under the id of the page's best chunk: the expected chunk counts as found where its
+    document and page are cited (`scoring.cited_rank`), whichever of the page's chunks led.
+    So hit@k here is of pages (of documents, for those without pages) and looks only as deep
+    as the server's HEARTH_TOP_K; in process it is of chunks, `depth` deep.
     """
 
     def __init__(self, url: str, refusal: str, *, user_id: str = "hearth-eval",
@@ -129,8 +136,10 @@ class ApiAnswerer:
         refused = data.get("refused")
         return Answered(
             answer=answer,
-            retrieved=[str(s["chunk_id"]) for s in data.get("sources") or []
-                       if s.get("chunk_id")],
+            retrieved=None,
+            cited=[{"source": s.get("source"), "page": s.get("page"),
+                    "chunk_id": s.get("chunk_id")}
+                   for s in data.get("sources") or [] if isinstance(s, dict)],
             refused=bool(refused) if refused is not None else answer.strip() == self.refusal,
             latency_s=latency,
             first_token_s=(data.get("timings") or {}).get("first_token_s"),
@@ -171,6 +180,7 @@ def answer_record(question: Question, answerer: Answerer) -> dict[str, Any]:
     record |= {
         "hypothesis": answered.answer,
         "retrieved": answered.retrieved,
+        "cited": answered.cited,
         "refused": answered.refused,
         "latency_s": answered.latency_s,
         "first_token_s": answered.first_token_s,

@@ -93,11 +93,47 @@ def rank_of(chunk_id: str | None, retrieved: Sequence[str] | None) -> int | None
         return None
 
 
+def _page(value: Any) -> int | None:
+    """A page number, None for a document without pages (stored as 0 or left out)."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    return int(value) or None
+
+
+def cited_rank(record: Mapping[str, Any], cited: Sequence[Mapping[str, Any]] | None
+               ) -> int | None:
+    """1-based rank of the first cited source that holds the record's chunk: its own id, or the
+    chunk's document and page (a document without pages: the document). The API cites one
+    source a page, under the id of its best chunk only, so the page is what it can tell."""
+    chunk_id, source = record.get("chunk_id"), record.get("source")
+    for n, cite in enumerate(cited or (), 1):
+        if chunk_id and cite.get("chunk_id") == chunk_id:
+            return n
+        if source and cite.get("source") == source \
+                and _page(cite.get("page")) == _page(record.get("page")):
+            return n
+    return None
+
+
+def ranking(record: Mapping[str, Any]) -> Sequence[Any] | None:
+    """What a record's rank is read from: the pages its answer cited (through the API), else
+    the chunk ids retrieval ranked (in process); None when neither is known."""
+    cited = record.get("cited")
+    return cited if cited is not None else record.get("retrieved")
+
+
+def record_rank(record: Mapping[str, Any]) -> int | None:
+    """1-based rank of the record's source chunk in its `ranking`; None when not found."""
+    if record.get("cited") is not None:
+        return cited_rank(record, record["cited"])
+    return rank_of(record.get("chunk_id"), record.get("retrieved"))
+
+
 def score_record(record: dict[str, Any]) -> dict[str, Any]:
     """Add ROUGE and the source chunk's rank to a record (in place) and return it."""
     record["rouge"] = rouge_scores(record.get("hypothesis") or "", record["reference"])
-    if record.get("retrieved") is not None:
-        record["rank"] = rank_of(record.get("chunk_id"), record["retrieved"])
+    if ranking(record) is not None:
+        record["rank"] = record_rank(record)
     return record
 
 
@@ -138,16 +174,18 @@ def judge_names(records: Iterable[Mapping[str, Any]]) -> list[str]:
 def retrieval_summary(
     records: Sequence[Mapping[str, Any]], ks: Sequence[int] = DEFAULT_HIT_KS
 ) -> dict[str, Any] | None:
-    """hit@k and MRR of the source chunk, over the records that carry a retrieval list."""
-    ranked = [r for r in records if r.get("retrieved") is not None and r.get("chunk_id")]
+    """hit@k and MRR of the source chunk, over the records that carry a retrieval list (or,
+    through the API, the pages their answers cited: see `cited_rank`)."""
+    ranked = [r for r in records if ranking(r) is not None
+              and (r.get("chunk_id") or (r.get("cited") is not None and r.get("source")))]
     if not ranked:
         return None
-    ranks = [rank_of(r["chunk_id"], r["retrieved"]) for r in ranked]
+    ranks = [record_rank(r) for r in ranked]
     summary: dict[str, Any] = {"n": len(ranked)}
     for k in ks:
         summary[f"hit@{k}"] = sum(1 for x in ranks if x is not None and x <= k) / len(ranks)
     summary["mrr"] = sum(1.0 / x for x in ranks if x is not None) / len(ranks)
-    summary["depth"] = max(len(r["retrieved"]) for r in ranked)
+    summary["depth"] = max(len(ranking(r) or ()) for r in ranked)
     return summary
 
 

@@ -143,7 +143,7 @@ def test_generate_run_compare(tmp_path: Path, cli_env: None, api_url: str,
     hearth_eval("run", str(dataset), "--url", api_url, "-o", str(run_b), "--name", "api-top1")
     records_b = list(read_jsonl(run_b / RECORDS_FILE))
     assert len(records_b) == 3
-    assert all(not r.get("error") and len(r["retrieved"] or []) <= 1 for r in records_b)
+    assert all(not r.get("error") and len(r["cited"]) <= 1 for r in records_b)
     assert all(isinstance(r["refused"], bool) for r in records_b)
 
     # compare: every question is a win, a tie or a loss.
@@ -157,3 +157,44 @@ def test_generate_run_compare(tmp_path: Path, cli_env: None, api_url: str,
     assert f"| {SMOLLM} | {tally['wins']} | {tally['ties']} | {tally['losses']} |" in output
     assert "judge/" + SMOLLM in comparison["deltas"]
     assert (report / f"scatter-{SMOLLM}.png").read_bytes()[:8] == PNG
+
+
+HARBOUR = [  # (chunk id, page, text): two chunks on page 2 of one PDF, one on page 1
+    ("harbour-1", 1, "The harbour town lies on the north coast and its ferry leaves at noon."),
+    ("harbour-2a", 2, "The harbour museum opens at 9 in the morning, every day but Monday."),
+    ("harbour-2b", 2, "The harbour museum holds ropes, charts, lamps, lenses and the keeper's "
+                      "boots, which visitors may look at but not touch."),
+]
+
+
+def test_through_the_api_a_chunk_is_found_on_its_cited_page(
+        tmp_path: Path, make_services: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    # The API cites one source a page, under its best chunk's id: the page's other chunk, read
+    # by the answer as much as the first, is found too, as in process it would be. One
+    # question both chunks answer, once for each: one of them is always behind the other.
+    services = make_services(top_k=3, min_relevance=0.0)
+    services.vectorstore.langchain.add_texts(
+        [text for _, _, text in HARBOUR], ids=[chunk_id for chunk_id, _, _ in HARBOUR],
+        metadatas=[{"source": "/docs/harbour.pdf", "page": page, "title": "Harbour"}
+                   for _, page, _ in HARBOUR])
+    server = make_server("127.0.0.1", 0, create_app(services.settings, services), threaded=True)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    dataset = tmp_path / "harbour.jsonl"
+    dataset.write_text("".join(json.dumps(
+        {"id": chunk_id, "question": "When does the harbour museum open, and what does it hold?",
+         "reference": text, "source": "/docs/harbour.pdf", "page": page, "chunk_id": chunk_id}
+    ) + "\n" for chunk_id, page, text in HARBOUR[1:]))
+    monkeypatch.setenv("HEARTH_DATA_DIR", str(tmp_path / "cli-data"))
+    run = tmp_path / "api"
+    try:
+        hearth_eval("run", str(dataset), "--url", f"http://127.0.0.1:{server.server_port}",
+                    "--no-judge", "--no-plots", "-o", str(run))
+    finally:
+        server.shutdown()
+    records, _ = load_results(run)
+    assert [r["rank"] for r in records] == [1, 1], records
+    summary = json.loads((run / "results.json").read_text())["summary"]
+    assert summary["retrieval"]["hit@1"] == 1.0 and summary["retrieval"]["n"] == 2
+    for record in records:  # one source for page 2, first, under one chunk's id
+        pages = [(c["source"], c["page"]) for c in record["cited"]]
+        assert pages[0] == ("/docs/harbour.pdf", 2) and pages.count(pages[0]) == 1, record
