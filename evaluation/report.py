@@ -50,8 +50,8 @@ def summary_markdown(summary: Mapping[str, Any], title: str = "Evaluation") -> s
         lines += ["", f"Retrieval looked {retrieval['depth']} chunks deep for "
                       f"{retrieval['n']} questions with a source chunk."]
     if summary.get("errors"):
-        lines += ["", f"{summary['errors']} questions failed to answer (see `error` in "
-                      "results.json)."]
+        lines += ["", f"{summary['errors']} questions failed to answer, left out of every "
+                      "figure (see `error` in results.json; a resumed run asks them again)."]
     return "\n".join(lines) + "\n"
 
 

@@ -210,11 +210,17 @@ def run_eval(
     progress: bool = False,
     max_consecutive_errors: int = 5,
 ) -> list[dict[str, Any]]:
-    """Answer, score and judge every question; returns the records in dataset order."""
+    """Answer, score and judge every question; returns the records in dataset order.
+
+    With `records_path`, each record is appended as it is made and a later call resumes: a
+    question that failed (its record holds an `error`) is asked again, and its new record
+    replaces the old.
+    """
     done: dict[str, dict[str, Any]] = {}
     if records_path is not None and records_path.exists():
+        # a later line for an id replaces an earlier one
         done = {str(r["id"]): r for r in read_jsonl(records_path)}
-    todo = [q for q in questions if q.id not in done]
+    todo = [q for q in questions if q.id not in done or done[q.id].get("error")]
     writer = JsonlAppender(records_path) if records_path is not None else None
     streak = ErrorStreak(max_consecutive_errors)
     try:
@@ -233,9 +239,10 @@ def run_eval(
 
 def rescore(records: list[dict[str, Any]], judge: Judge | None = None,
             progress: bool = False) -> list[dict[str, Any]]:
-    """Score existing answers again (ROUGE always, the judge if one is given)."""
+    """Score existing answers again (ROUGE always, the judge if one is given); a failed
+    question has no answer to score."""
     for record in progress_bar(records, progress, "records"):
         score_record(record)
-        if judge is not None:
+        if judge is not None and not record.get("error"):
             judge_record(record, judge)
     return records

@@ -130,7 +130,12 @@ def record_rank(record: Mapping[str, Any]) -> int | None:
 
 
 def score_record(record: dict[str, Any]) -> dict[str, Any]:
-    """Add ROUGE and the source chunk's rank to a record (in place) and return it."""
+    """Add ROUGE and the source chunk's rank to a record (in place) and return it. A failed
+    question (its record holds an `error`) has no answer to score: it gets neither."""
+    if record.get("error"):
+        record.pop("rouge", None)
+        record.pop("rank", None)
+        return record
     record["rouge"] = rouge_scores(record.get("hypothesis") or "", record["reference"])
     if ranking(record) is not None:
         record["rank"] = record_rank(record)
@@ -192,8 +197,11 @@ def retrieval_summary(
 def summarize(
     records: Sequence[Mapping[str, Any]], ks: Sequence[int] = DEFAULT_HIT_KS
 ) -> dict[str, Any]:
-    """Every metric over a run, as nested dicts (see `flatten` for one level)."""
+    """Every metric over a run, as nested dicts (see `flatten` for one level). The questions
+    that failed are left out of every figure and counted in `errors`."""
     summary: dict[str, Any] = {"n": len(records)}
+    failed = [r for r in records if r.get("error")]
+    records = [r for r in records if not r.get("error")]
     scored = [r for r in records if r.get("rouge")]
     for implementation, types in zip(ROUGE_IMPLEMENTATIONS, (ROUGE_SCORE_TYPES, ROUGE_TYPES),
                                      strict=True):
@@ -222,7 +230,7 @@ def summarize(
     tokens = [int(r["completion_tokens"]) for r in records
               if r.get("completion_tokens") is not None]
     summary["completion_tokens"] = {"mean": _mean(tokens)} if tokens else None
-    summary["errors"] = sum(1 for r in records if r.get("error"))
+    summary["errors"] = len(failed)
     return summary
 
 

@@ -370,3 +370,35 @@ def test_the_model_alone_is_held_to_the_word_budget(tmp_path: Path) -> None:
     answered = ModelAnswerer(FakeLLM(settings, [rambling]), settings.persona, 10)("Why?")
     assert answered.answer == "Sentence number 0 says four more words. Sentence number 1 says " \
         "four more words."  # it ends at the first sentence end past 10 words, as the chain's do
+
+
+def test_a_failed_question_is_left_out_of_every_figure_and_asked_again(tmp_path: Path) -> None:
+    from hearth.evaluation.report import summary_markdown
+    from hearth.evaluation.run import Answered, run_eval
+
+    questions = [Question("q1", "What does a timedelta store?", "days seconds microseconds"),
+                 Question("q2", "What is the default socket timeout?", "None blocks forever")]
+    asked: list[str] = []
+
+    def flaky(question: str) -> Answered:
+        asked.append(question)
+        if question == questions[1].question and len(asked) == 2:
+            raise RuntimeError("the server answered 500")
+        answer = next(q.reference for q in questions if q.question == question)
+        return Answered(answer=answer, retrieved=None, refused=False, latency_s=1.0)
+
+    path = tmp_path / "run" / "records.jsonl"
+    first = run_eval(questions, flaky, records_path=path)
+    assert first[1]["error"] == "RuntimeError: the server answered 500"
+    assert "rouge" not in first[1] and "rank" not in first[1]
+    summary = summarize(first)
+    assert summary["errors"] == 1 and summary["n"] == 2
+    assert summary["rouge-score"]["rouge1_f"] == 1.0  # the one answer, not the failure as 0
+    assert summary["latency_s"]["mean"] == 1.0
+    assert "1 questions failed to answer, left out of every figure" in summary_markdown(summary)
+    # Resumed: the failed question is asked again, the answered one is not.
+    second = run_eval(questions, flaky, records_path=path)
+    assert asked == [q.question for q in questions] + [questions[1].question]
+    assert not second[1].get("error") and second[1]["hypothesis"] == questions[1].reference
+    assert summarize(second)["errors"] == 0
+    assert summarize(second)["rouge-score"]["rouge1_f"] == 1.0
