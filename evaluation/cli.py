@@ -153,7 +153,7 @@ def run(dataset: Path, url: str | None, headers: tuple[str, ...], limit: int | N
         ks: tuple[int, ...], depth: int, out: Path | None, name: str | None, no_retrieval: bool,
         plots: bool) -> None:
     """Answer every question of DATASET through Hearth and score the answers."""
-    from hearth.evaluation.records import RECORDS_FILE, load_questions
+    from hearth.evaluation.records import RECORDS_FILE, load_questions, write_config
     from hearth.evaluation.report import write_run_report
     from hearth.evaluation.run import ApiAnswerer, ChatAnswerer, ModelAnswerer, run_eval
     from hearth.evaluation.scoring import summarize
@@ -195,7 +195,9 @@ def run(dataset: Path, url: str | None, headers: tuple[str, ...], limit: int | N
             config["judge"] = the_judge.name
         records_path = run_dir / RECORDS_FILE
         if records_path.exists():
+            _same_system(previous, config, run_dir)
             click.echo(f"Resuming the run in {run_dir}", err=True)
+        write_config(run_dir, config)
         records = run_eval(questions, answerer, judge=the_judge, records_path=records_path,
                            progress=True)
     summary = summarize(records, ks)
@@ -236,7 +238,7 @@ def facts(sets: tuple[Path, ...], url: str | None, headers: tuple[str, ...], use
     """Score Hearth on key-fact question SETS (evaluation/sets/*.jsonl): hit@k and MRR of the
     expected page, key-fact recall, refusals, wrong answers, latency; overall and per corpus."""
     from hearth.evaluation import keyfacts
-    from hearth.evaluation.records import RECORDS_FILE
+    from hearth.evaluation.records import RECORDS_FILE, write_config
     from hearth.evaluation.report import SUMMARY_FILE
 
     if retrieval_only and url:
@@ -288,6 +290,7 @@ def facts(sets: tuple[Path, ...], url: str | None, headers: tuple[str, ...], use
         if records_path.exists():
             _same_system(previous, config, run_dir)
             click.echo(f"Resuming the run in {run_dir}", err=True)
+        write_config(run_dir, config)
         records = keyfacts.run_facts(questions, answerer, mode=config["mode"],
                                      records_path=records_path, progress=True)
     summary = keyfacts.summarize_facts(records, ks)
@@ -418,14 +421,21 @@ def _same_system(previous: dict[str, Any], config: dict[str, Any], run_dir: Path
 
 
 def _previous_config(run_dir: Path | None) -> dict[str, Any]:
-    from hearth.evaluation.records import RESULTS_FILE
+    """The config of the run in `run_dir`: its config.json, written as it started (so a run
+    killed before its end has one too), else the config in its results.json (an older run)."""
+    from hearth.evaluation.records import CONFIG_FILE, RESULTS_FILE
 
-    if run_dir is None or not (run_dir / RESULTS_FILE).is_file():
+    if run_dir is None:
         return {}
     try:
-        return dict(json.loads((run_dir / RESULTS_FILE).read_text(encoding="utf-8"))["config"])
+        if (run_dir / CONFIG_FILE).is_file():
+            return dict(json.loads((run_dir / CONFIG_FILE).read_text(encoding="utf-8")))
+        if (run_dir / RESULTS_FILE).is_file():
+            return dict(json.loads((run_dir / RESULTS_FILE).read_text(encoding="utf-8"))
+                        ["config"])
     except (ValueError, KeyError, TypeError):
-        return {}
+        pass
+    return {}
 
 
 def _parse_headers(headers: tuple[str, ...]) -> dict[str, str]:

@@ -25,8 +25,9 @@ process or by URL), and scores every answer:
 - **latency**: median and p90 of the whole answer, and of the first token when known.
 
 Every figure is given overall and per corpus (`python-docs`, `r-manuals`, `unanswerable`).
-A run folder holds `records.jsonl` (appended as answers come, so a run resumes), then
-`results.json` and `summary.md`.
+A run folder holds `config.json` (the system, written as the run starts, so that another
+system is refused the folder) and `records.jsonl` (appended as answers come, so a run resumes),
+then `results.json` and `summary.md`.
 """
 
 from __future__ import annotations

@@ -2,8 +2,9 @@
 
 A dataset is JSONL, one `Question` a line. A run's results are a JSON document
 (`results.json`: config, summary, records) beside an append-only `records.jsonl` that makes
-runs resumable. `load_results` also reads the origin's published files (a JSON list with
-`reference`, `hypothesis`, `training_data` and judge fields), so they can be re-scored.
+runs resumable, and `config.json`, the system that made them, written as the run starts.
+`load_results` also reads the origin's published files (a JSON list with `reference`,
+`hypothesis`, `training_data` and judge fields), so they can be re-scored.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from typing import Any
 RESULTS_KIND = "hearth-eval-results"
 RESULTS_FILE = "results.json"
 RECORDS_FILE = "records.jsonl"
+CONFIG_FILE = "config.json"  # the system a run asks, written before its first question
 
 # The origin's fine-tuning format (OpenAI's legacy prompt/completion files).
 FINETUNE_PROMPT = "QUESTION: {question}\n\n###\n\n"
@@ -251,6 +253,15 @@ def judgement_from_value(value: Any) -> dict[str, Any] | None:
         if math.isfinite(rating) and 0 <= rating <= 10:
             return {"rating": rating, "distribution": None, "method": "number"}
     return None
+
+
+def write_config(run_dir: Path, config: Mapping[str, Any]) -> Path:
+    """The run's config, written as it starts: a run killed before `results.json` still says
+    which system made its records, so that another is not resumed into them."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    path = run_dir / CONFIG_FILE
+    path.write_text(json.dumps(dict(config), ensure_ascii=False, indent=1), encoding="utf-8")
+    return path
 
 
 def write_results(

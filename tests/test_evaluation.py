@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -402,3 +403,50 @@ def test_a_failed_question_is_left_out_of_every_figure_and_asked_again(tmp_path:
     assert not second[1].get("error") and second[1]["hypothesis"] == questions[1].reference
     assert summarize(second)["errors"] == 0
     assert summarize(second)["rouge-score"]["rouge1_f"] == 1.0
+
+
+def test_a_run_is_not_resumed_by_another_system(tmp_path: Path,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    # Fast tier: a scripted fake model (tests/fakes.py) stands in for the engine.
+    from click.testing import CliRunner
+
+    import hearth.llm
+    from hearth.config import load_settings
+    from hearth.evaluation.cli import eval_cli
+    from tests.conftest import closed_port_url
+    from tests.fakes import FakeLLM
+
+    class Stopped(FakeLLM):
+        """Stopped by the user (Ctrl+C) at its second question."""
+
+        def stream(self, messages: Any, **options: Any) -> Any:
+            if self.prompts:
+                raise KeyboardInterrupt
+            yield from super().stream(messages, **options)
+
+    settings = load_settings(_env_file=None, data_dir=tmp_path)
+    monkeypatch.setattr(hearth.llm, "build_llm",
+                        lambda settings_: Stopped(settings, ["Days, seconds, microseconds."]))
+    monkeypatch.setenv("HEARTH_DATA_DIR", str(tmp_path / "data"))
+    dataset = tmp_path / "questions.jsonl"
+    dataset.write_text("".join(json.dumps({"id": f"q{n}", "question": f"Question {n}?",
+                                           "reference": "An answer."}) + "\n" for n in (1, 2)))
+    out = tmp_path / "run"
+    alone = ["run", str(dataset), "--no-retrieval", "--no-judge", "--no-plots", "-o", str(out)]
+    killed = CliRunner().invoke(eval_cli, alone)
+    assert killed.exit_code == 1 and not (out / "results.json").exists()
+    assert len((out / "records.jsonl").read_text().splitlines()) == 1
+    # Resumed by a running Hearth: its answers are not the model alone's. Refused, asking nothing.
+    other = CliRunner().invoke(eval_cli, ["run", str(dataset), "--url", closed_port_url(),
+                                          "--no-judge", "--no-plots", "-o", str(out)])
+    assert other.exit_code == 1, other.output
+    assert f"the run in {out} was made with other answerer" in other.output
+    assert len((out / "records.jsonl").read_text().splitlines()) == 1
+    assert json.loads((out / "config.json").read_text())["answerer"] == \
+        "the model alone, no retrieval"  # written as the killed run started, and kept
+    # The same system resumes it.
+    monkeypatch.setattr(hearth.llm, "build_llm",
+                        lambda settings_: FakeLLM(settings, ["Days, seconds, microseconds."]))
+    same = CliRunner().invoke(eval_cli, alone)
+    assert same.exit_code == 0 and "Resuming the run" in same.output, same.output
+    assert len(json.loads((out / "results.json").read_text())["records"]) == 2

@@ -529,6 +529,37 @@ def test_the_cli_runs_in_process_and_writes_the_report(tmp_path: Path,
         assert result.exception is None or isinstance(result.exception, SystemExit)
 
 
+def test_a_killed_run_is_not_resumed_by_another_system(tmp_path: Path,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    import hearth.services
+
+    services = fake_services(tmp_path, passages=PASSAGES)
+    search = services.vectorstore.search
+
+    def stopped(query: str, *args: Any, **options: Any) -> Any:
+        if "secrets" in query:
+            raise KeyboardInterrupt  # the run is stopped at its second question
+        return search(query, *args, **options)
+
+    monkeypatch.setattr(services.vectorstore, "search", stopped)
+    monkeypatch.setattr(hearth.services, "build_services", lambda settings: services)
+    sets = write_set(tmp_path / "set.jsonl", QUESTIONS)
+    out = tmp_path / "run"
+    killed = CliRunner().invoke(eval_cli, ["facts", str(sets), "--retrieval-only", "-o", str(out)])
+    assert killed.exit_code == 1 and not (out / "results.json").exists()
+    assert len((out / "records.jsonl").read_text().splitlines()) == 1
+    # Resumed with a deeper retrieval: refused, though the killed run wrote no results.json.
+    result = CliRunner().invoke(eval_cli, ["facts", str(sets), "--retrieval-only", "--depth",
+                                           "40", "-o", str(out)])
+    assert result.exit_code == 1 and "was made with other retrieval_depth" in result.output
+    assert len((out / "records.jsonl").read_text().splitlines()) == 1
+    assert json.loads((out / "config.json").read_text())["retrieval_depth"] == 10
+    monkeypatch.setattr(services.vectorstore, "search", search)
+    result = CliRunner().invoke(eval_cli, ["facts", str(sets), "--retrieval-only", "-o", str(out)])
+    assert result.exit_code == 0 and "Resuming the run" in result.output, result.output
+    assert len(json.loads((out / "results.json").read_text())["records"]) == 3
+
+
 def test_the_model_alone_is_scored_on_facts_without_sources(tmp_path: Path,
                                                             monkeypatch: pytest.MonkeyPatch) -> None:
     # Fast tier: a scripted fake model (tests/fakes.py) stands in for the engine.
