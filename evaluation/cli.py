@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -463,15 +463,26 @@ def _echo_summary(run_dir: Path) -> None:
 def feedback(rating: str, out: Path | None) -> None:
     """Answers users marked, as candidate questions for an evaluation set.
 
-    Each line has the evaluation sets' fields (id, question, answerable, source, key_facts)
-    with key_facts left empty for you to fill from the source, and the answer, the user's
-    rating and comment, and the sources it cited, to decide with. See evaluation/sets/README.md.
+    Each line has the evaluation sets' fields (id, question, answerable, source, page for a
+    PDF, key_facts) with key_facts left empty for you to fill from the source, and the answer,
+    the user's rating and comment, and the sources it cited (each as an alt_sources entry:
+    source, and page for a PDF), to decide with. See evaluation/sets/README.md.
     """
     from hearth.chat import Chat
     from hearth.services import build_services
 
     with _user_errors():
         _write_feedback(Chat(build_services(_settings())), rating, out)
+
+
+def _set_source(source: Mapping[str, Any]) -> dict[str, Any]:
+    """A cited source as the evaluation sets name a page: its source, and its page where the
+    document has pages (a PDF's 1-based physical page, as Hearth stores it)."""
+    place: dict[str, Any] = {"source": source.get("source")}
+    page = source.get("page")
+    if isinstance(page, int) and not isinstance(page, bool) and page:
+        place["page"] = page
+    return place
 
 
 def _write_feedback(chat: Any, rating: str, out: Path | None) -> None:
@@ -481,12 +492,13 @@ def _write_feedback(chat: Any, rating: str, out: Path | None) -> None:
         assert turn.feedback is not None
         if rating != "all" and turn.feedback.get("rating") != rating:
             continue
+        cited = [_set_source(s) for s in turn.sources]
         lines.append(json.dumps({
             "id": f"feedback-{conversation.id}-{position}", "question": turn.question,
-            "answerable": True, "source": turn.sources[0]["source"] if turn.sources else None,
+            "answerable": True, **(cited[0] if cited else {"source": None}),
             "key_facts": [], "answer": turn.answer, "rating": turn.feedback.get("rating"),
-            "comment": turn.feedback.get("comment", ""),
-            "cited": [s.get("source") for s in turn.sources], "asked_at": turn.created_at,
+            "comment": turn.feedback.get("comment", ""), "cited": cited,
+            "asked_at": turn.created_at,
         }))
     text = "".join(line + "\n" for line in lines)
     if out is None:

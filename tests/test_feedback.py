@@ -63,6 +63,32 @@ def test_an_answer_is_marked_and_the_mark_is_kept_and_exported(served: Any,
     assert str(missing) in result.output and "Traceback" not in result.output
 
 
+def test_an_exported_answer_names_its_pdf_page_as_the_sets_do(served: Any, tmp_path: Any,
+                                                               monkeypatch: Any) -> None:
+    from hearth.evaluation.keyfacts import load_fact_sets
+
+    client, services = served
+    asked = client.post("/api/question", json={
+        "question": "How do I ingest a folder of PDFs?", "user_id": "ann"}).get_json()
+    places = [(s["source"], s["page"]) for s in asked["sources"]]
+    assert places[0] == ("/docs/ingest.md", 3), places  # page 3 of a paged document, first
+    client.post(f"/api/conversations/{asked['conversation_id']}/feedback",
+                json={"user_id": "ann", "rating": "wrong"})
+    monkeypatch.setenv("HEARTH_DATA_DIR", str(services.settings.data_dir))
+    result = CliRunner().invoke(main, ["eval", "feedback"])
+    assert result.exit_code == 0, result.output
+    [line] = [json.loads(line) for line in result.output.splitlines() if line.startswith("{")]
+    assert (line["source"], line["page"]) == ("/docs/ingest.md", 3)
+    assert line["cited"] == [{"source": source, "page": page} if page else {"source": source}
+                             for source, page in places]  # a page only where there is one
+    # With its key facts filled in, the line is a question of a set, page and all.
+    line["key_facts"] = ["hearth ingest files"]
+    candidates = tmp_path / "candidates.jsonl"
+    candidates.write_text(json.dumps(line) + "\n")
+    [question] = load_fact_sets([candidates])
+    assert (question.source, question.page) == ("/docs/ingest.md", 3)
+
+
 def test_feedback_is_the_owners_and_bad_marks_are_clear_errors(served: Any) -> None:
     client, _ = served
     cid = client.post("/api/question", json={"question": "How do I ingest PDFs?",
