@@ -131,11 +131,20 @@ def _drop_torn_tail(path: Path) -> None:
 
 
 def load_questions(path: Path) -> list[Question]:
+    """The questions of a dataset, in order. Ids must be unique: a run keys its records by id,
+    so a second question under one id would never be asked, or would take the first's answer."""
     if not path.exists():
         raise EvalDataError(f"dataset {path} not found: write one with `hearth eval generate`")
-    questions = [
-        Question.from_json(obj, f"{path}:{i}") for i, obj in enumerate(read_jsonl(path), 1)
-    ]
+    questions: list[Question] = []
+    seen: dict[str, str] = {}
+    for i, obj in enumerate(read_jsonl(path), 1):
+        where = f"{path}:{i}"
+        question = Question.from_json(obj, where)
+        if question.id in seen:
+            raise EvalDataError(f"{where}: id {question.id!r} already used at "
+                                f"{seen[question.id]}")
+        seen[question.id] = where
+        questions.append(question)
     if not questions:
         raise EvalDataError(f"dataset {path} is empty")
     return questions

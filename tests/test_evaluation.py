@@ -149,6 +149,15 @@ def test_datasets_name_what_is_missing(tmp_path: Path) -> None:
         load_questions(tmp_path / "absent.jsonl")
 
 
+def test_a_dataset_with_an_id_twice_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "dup.jsonl"
+    path.write_text('{"id": "q1", "question": "A?", "reference": "a"}\n'
+                    '{"id": "q2", "question": "B?", "reference": "b"}\n'
+                    '{"id": "q1", "question": "C?", "reference": "c"}\n')
+    with pytest.raises(ValueError, match=f"{path}:3: id 'q1' already used at {path}:1"):
+        load_questions(path)
+
+
 # --- generation without a model ---------------------------------------------------------------------
 
 
