@@ -83,6 +83,8 @@ def _sqlite_rows(path: Path) -> list[tuple[str, int, int, float]]:
 
 
 def _mongo_rows(settings: Settings, uri: str) -> list[tuple[str, int, int, float]]:
+    import pymongo
+
     client: Any = mongo_client(uri, settings.backend_timeout_s, op_timeout_s=INGEST_DB_TIMEOUT_S)
     try:
         collection = client[settings.mongodb_db][RECORDS_COLLECTION]
@@ -96,6 +98,9 @@ def _mongo_rows(settings: Settings, uri: str) -> list[tuple[str, int, int, float
             chunks, docs, last = totals.get(ns, [0, 0, 0.0])
             totals[ns] = [chunks + row["chunks"], docs + 1, max(last, float(row["last"] or 0))]
         return [(ns, int(c), int(d), last) for ns, (c, d, last) in totals.items()]
+    except pymongo.errors.PyMongoError as exc:  # not reachable, refused, timed out
+        raise RecordsUnavailable(
+            f"the ingestion records (MongoDB) cannot be read: {exc}") from exc
     finally:
         client.close()
 

@@ -174,6 +174,25 @@ def test_damaged_ingestion_records_are_a_clear_error_not_a_traceback(
             result.exception, SystemExit), result.exception
 
 
+def test_mongodb_down_is_one_line_for_the_source_and_collection_commands(tmp_path: Path) -> None:
+    """`hearth sources list`, `collections list` and `sources remove` printed pymongo's
+    ServerSelectionTimeoutError traceback when MongoDB was down (`keys list` gave one line)."""
+    from click.testing import CliRunner
+
+    from hearth.cli import main
+    from tests.conftest import closed_port_url
+
+    env = {"HEARTH_DATA_DIR": str(tmp_path / "data"), "HEARTH_BACKEND_TIMEOUT_S": "0.3",
+           "HEARTH_MONGODB_URI": closed_port_url("mongodb") + "/?directConnection=true"}
+    for command in (["sources", "list"], ["collections", "list"],
+                    ["sources", "remove", "/x", "--yes"]):
+        result = CliRunner().invoke(main, command, env=env)
+        assert result.exit_code == 1, (command, result.output)
+        assert result.output.startswith("Error: the ingestion records (MongoDB) cannot be read: ")
+        assert len(result.output.splitlines()) == 1, result.output
+        assert isinstance(result.exception, SystemExit), result.exception
+
+
 def test_a_model_in_process_past_its_time_is_stopped_and_nothing_is_stored(
     make_services: Any
 ) -> None:
