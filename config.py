@@ -520,6 +520,10 @@ def load_settings(**overrides: Any) -> Settings:
     """Read the settings, turning pydantic's errors into one message per bad variable."""
     try:
         return Settings(**overrides)
+    except UnicodeDecodeError as exc:  # only the .env file is read as text
+        raise ConfigError(_not_utf8(Path(overrides.get("_env_file") or ".env"), exc)) from None
+    except OSError as exc:  # a .env this user may not read
+        raise ConfigError(f"cannot read {exc.filename or '.env'}: {exc.strerror or exc}") from None
     except ValidationError as exc:
         problems = []
         for err in exc.errors():
@@ -530,3 +534,17 @@ def load_settings(**overrides: Any) -> Settings:
             got = "hidden" if field in SECRETS else repr(err.get("input"))
             problems.append(f"{ENV_PREFIX}{field.upper()}: {err['msg']} (got {got})")
         raise ConfigError("invalid settings:\n  " + "\n  ".join(problems)) from None
+
+
+def _not_utf8(path: Path, exc: UnicodeDecodeError) -> str:
+    """Which line of ``path`` is not UTF-8 (the decoder's position counts from the block it
+    was reading, not from the start of the file)."""
+    try:
+        path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as whole:
+        exc = whole
+    except OSError:
+        pass
+    line = exc.object[:exc.start].count(b"\n") + 1
+    return (f"cannot read {path.absolute()}: line {line} is not UTF-8 text (byte "
+            f"{exc.object[exc.start]:#x}): save the file as UTF-8")

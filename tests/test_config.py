@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -41,6 +42,27 @@ def test_dotenv_file_is_read(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) ->
     monkeypatch.chdir(tmp_path)
     s = load_settings()
     assert s.top_k == 7 and s.mongodb_uri is None
+
+
+def test_a_dotenv_file_not_in_utf8_is_one_line_naming_it(tmp_path: Path,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """A .env saved as Latin-1 ("très") stopped every command with UnicodeDecodeError's
+    traceback."""
+    from click.testing import CliRunner
+
+    from hearth.cli import main
+
+    (tmp_path / ".env").write_bytes("HEARTH_TOP_K=5\nHEARTH_PERSONA=Tu es Hearth, très utile.\n"
+                                    .encode("latin-1"))
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("HEARTH_DATA_DIR", str(tmp_path / "data"))
+    told = (f"cannot read {tmp_path / '.env'}: line 2 is not UTF-8 text (byte 0xe8): save the file "
+            "as UTF-8")
+    with pytest.raises(ConfigError, match="^" + re.escape(told) + "$"):
+        load_settings()
+    result = CliRunner().invoke(main, ["keys", "list"])
+    assert result.exit_code == 1 and result.output == f"Error: {told}\n", result.output
+    assert not (tmp_path / "data").exists()
 
 
 @pytest.mark.parametrize("name, value, words", [
