@@ -14,7 +14,7 @@ import click
 
 from hearth import __version__, logs
 from hearth.access import DEFAULT
-from hearth.config import LOOPBACK_HOSTS, ConfigError, Settings, load_settings
+from hearth.config import LOOPBACK_HOSTS, ConfigError, Settings, load_settings, unknown_variables
 from hearth.errors import HearthError
 from hearth.private import PRIVATE_UMASK
 
@@ -39,10 +39,17 @@ def settings_or_exit() -> Settings:
     return load_settings()  # a ConfigError becomes one line in HearthGroup.invoke
 
 
+def warn_unknown_variables() -> None:
+    """A misspelt setting (HEARTH_TOPK) is ignored: each is named in a log line."""
+    for line in unknown_variables():
+        log.warning("%s", line)
+
+
 @click.group(cls=HearthGroup)
 @click.version_option(__version__, prog_name="hearth")
 @click.option("-v", "--verbose", is_flag=True, help="log more")
-def main(verbose: bool) -> None:
+@click.pass_context
+def main(ctx: click.Context, verbose: bool) -> None:
     """Hearth: a private chatbot over your own documents."""
     os.umask(PRIVATE_UMASK)  # what Hearth and its libraries write is this user's alone
     # Libraries that would otherwise report usage to their makers are told not to.
@@ -55,6 +62,8 @@ def main(verbose: bool) -> None:
     # they broke HEARTH_LOG_FORMAT=json's one object a line. Hearth reports its own progress.
     os.environ.setdefault("TQDM_DISABLE", "1")
     logs.configure(logging.DEBUG if verbose else logging.INFO)
+    if ctx.invoked_subcommand not in ("serve", "doctor"):  # serve: in its log format; doctor: a line
+        warn_unknown_variables()
 
 
 def index_docs_if_empty(services: Services) -> None:
@@ -104,6 +113,7 @@ def serve(host: str | None, port: int | None, index_docs: bool) -> None:
     settings = settings.model_copy(update={k: v for k, v in
                                            {"host": host, "port": port}.items() if v})
     logs.configure(logging.getLogger().level, settings.log_format.value)
+    warn_unknown_variables()
     if settings.host not in LOOPBACK_HOSTS:
         log.warning("listening on %s: reachable from other machines; API keys are required",
                     settings.host)
@@ -497,6 +507,8 @@ def doctor() -> None:
         and runtime != "torch" else ""
     click.echo(f"embeddings: {embedder.name} (reads {embedder.max_tokens} tokens{under})")
     click.echo(f"API keys: {'required' if settings.auth_required else 'off (loopback only)'}")
+    for line in unknown_variables():  # a warning: the settings themselves are valid
+        click.echo(f"warning: {line}")
     click.echo(f"OCR of scanned PDFs: {_ocr_state(settings)}")  # ingestion runs either way
     failed = False
     for store in store_versions(settings):

@@ -8,6 +8,8 @@ local Chroma, SQLite history) and ``compose`` (Ollama, MongoDB and a Chroma serv
 
 from __future__ import annotations
 
+import contextlib
+import difflib
 import json
 import os
 from enum import StrEnum
@@ -18,6 +20,11 @@ from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 ENV_PREFIX = "HEARTH_"
+# HEARTH_ variables that are not settings but that Hearth's own tools read: no warning for them.
+OTHER_VARIABLES = frozenset({
+    "HEARTH_LLAMA_SERVER",  # deploy/scale-out/stack.py: another llama-server build
+    "HEARTH_SETS_CHECK_REEXEC",  # evaluation/sets/check.py: set on its own re-run
+})
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
 # What Hearth's requests to an OpenAI-compatible server set themselves, from other settings
 # (HEARTH_TEMPERATURE, HEARTH_MAX_NEW_TOKENS, ...): HEARTH_OPENAI_EXTRA_BODY may not change them.
@@ -548,3 +555,31 @@ def _not_utf8(path: Path, exc: UnicodeDecodeError) -> str:
     line = exc.object[:exc.start].count(b"\n") + 1
     return (f"cannot read {path.absolute()}: line {line} is not UTF-8 text (byte "
             f"{exc.object[exc.start]:#x}): save the file as UTF-8")
+
+
+def unknown_variables(env_file: Path | None = Path(".env")) -> list[str]:
+    """A line for each ``HEARTH_`` variable of the environment or the ``.env`` file that no
+    setting reads, with the setting meant where one is close: a misspelt name (HEARTH_TOPK)
+    would otherwise be ignored without a word."""
+    names = {name: "the environment" for name in os.environ}
+    if env_file is not None:
+        from dotenv import dotenv_values
+
+        with contextlib.suppress(OSError, UnicodeDecodeError):  # load_settings names the file
+            names |= {name: str(env_file) for name in dotenv_values(env_file, encoding="utf-8")
+                      if name not in names}
+    known = [name.upper() for name in Settings.model_fields]
+    found = []
+    for name, where in sorted(names.items()):
+        upper = name.upper()
+        if not upper.startswith(ENV_PREFIX) or upper in OTHER_VARIABLES:
+            continue
+        rest = upper.removeprefix(ENV_PREFIX)
+        if rest.lower() in Settings.model_fields:
+            continue
+        # Its nearest setting, or the one its name starts with (HEARTH_AUTH_REQUIRED: HEARTH_AUTH).
+        close = difflib.get_close_matches(rest, known, n=1) or sorted(
+            (k for k in known if rest.startswith(k + "_")), key=len, reverse=True)[:1]
+        meant = f" (did you mean {ENV_PREFIX}{close[0]}?)" if close else ""
+        found.append(f"{name} in {where} is not a setting: ignored{meant}")
+    return found

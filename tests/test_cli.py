@@ -52,18 +52,51 @@ def test_serve_refuses_a_port_out_of_range(tmp_path: Path,
     assert not (tmp_path / "data").exists()
 
 
+def test_a_misspelt_variable_is_a_warning_of_every_command_and_of_serve_in_its_format(
+        tmp_path: Path) -> None:
+    """HEARTH_AUTH_REQUIRED=true (meant: HEARTH_AUTH) was ignored without a word; `hearth
+    serve` warns in its own log format (HEARTH_LOG_FORMAT=json: a JSON object)."""
+    import json
+    import os
+    import socket
+    import subprocess
+
+    from tests.conftest import BIN
+
+    env = {**os.environ, "HEARTH_DATA_DIR": str(tmp_path / "data"),
+           "HEARTH_AUTH_REQUIRED": "true", "HEARTH_LOG_FORMAT": "json"}
+    warning = ("HEARTH_AUTH_REQUIRED in the environment is not a setting: ignored (did you mean "
+               "HEARTH_AUTH?)")
+    listed = subprocess.run([str(BIN / "hearth"), "keys", "list"], env=env, cwd=tmp_path,
+                            capture_output=True, text=True, timeout=120)
+    assert listed.returncode == 0 and listed.stderr.endswith(f"WARNING hearth [-]: {warning}\n")
+    with socket.socket() as taken:  # serve stops at once, after its warnings
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        served = subprocess.run([str(BIN / "hearth"), "serve", "--port",
+                                 str(taken.getsockname()[1])], env=env, cwd=tmp_path,
+                                capture_output=True, text=True, timeout=120)
+    assert served.returncode == 1
+    logged = [json.loads(line) for line in served.stderr.splitlines() if line.startswith("{")]
+    assert {"level": "WARNING", "message": warning}.items() <= logged[0].items(), served.stderr
+    assert warning not in served.stderr.replace(served.stderr.splitlines()[0], "", 1)  # once
+
+
 @pytest.mark.real
 def test_doctor_names_what_runs_and_what_is_not_ready(tmp_path: Path,
                                                       monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("HEARTH_DATA_DIR", str(tmp_path / "data"))
     monkeypatch.setenv("HEARTH_LLM_BACKEND", "openai")
     monkeypatch.setenv("HEARTH_OPENAI_BASE_URL", closed_port_url() + "/v1")
+    monkeypatch.setenv("HEARTH_TOPK", "6")
     result = CliRunner().invoke(main, ["doctor"])
     lines = result.output.splitlines()
     assert lines[0].startswith(f"Hearth {__version__}, profile embedded"), result.output
     assert "model: openai local-model" in lines
     assert "embeddings: all-MiniLM-L6-v2 (reads 256 tokens)" in lines
     assert "API keys: off (loopback only)" in lines
+    assert ("warning: HEARTH_TOPK in the environment is not a setting: ignored (did you mean "
+            "HEARTH_TOP_K?)") in lines
     ocr = next(line for line in lines if line.startswith("OCR of scanned PDFs: "))
     installed = shutil.which("tesseract") and shutil.which("pdftoppm")
     assert ocr.endswith("ready (tesseract, pdftoppm)" if installed else "(apt-get install "), ocr

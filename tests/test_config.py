@@ -109,6 +109,30 @@ def test_values_that_broke_only_at_run_time_are_refused_at_start(
     assert load_settings(_env_file=None)
 
 
+def test_a_misspelt_variable_is_named_with_the_setting_meant(tmp_path: Path,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """HEARTH_AUTH_REQUIRED=true, HEARTH_TOPK, HEARTH_PROT were ignored without a word: an
+    operator who meant to turn keys on was not told. The variables Hearth's own tools read
+    (HEARTH_LLAMA_SERVER) and a setting in lower case are not warned about."""
+    from hearth.config import unknown_variables
+
+    (tmp_path / ".env").write_text("HEARTH_PROT=8001\nHEARTH_TOP_K=5\nHEARTH_CHROMA=x\n")
+    monkeypatch.chdir(tmp_path)
+    for name, value in (("HEARTH_AUTH_REQUIRED", "true"), ("HEARTH_TOPK", "0"),
+                        ("HEARTH_LLAMA_SERVER", "/opt/llama-server"), ("hearth_top_k", "3"),
+                        ("HEARTH_WHATEVER_ELSE", "1")):
+        monkeypatch.setenv(name, value)
+    assert unknown_variables() == [
+        "HEARTH_AUTH_REQUIRED in the environment is not a setting: ignored (did you mean "
+        "HEARTH_AUTH?)",
+        "HEARTH_CHROMA in .env is not a setting: ignored (did you mean HEARTH_CHROMA_URL?)",
+        "HEARTH_PROT in .env is not a setting: ignored (did you mean HEARTH_PORT?)",
+        "HEARTH_TOPK in the environment is not a setting: ignored (did you mean HEARTH_TOP_K?)",
+        "HEARTH_WHATEVER_ELSE in the environment is not a setting: ignored",
+    ]
+    assert load_settings().top_k == 3  # a warning only: the settings still load
+
+
 def test_every_setting_is_described_in_the_configuration_guide() -> None:
     """docs/configuration.md is where a user looks a setting up: each one is there by name
     (.env.example lists them too: tests/test_deploy.py)."""
