@@ -474,13 +474,13 @@ def migrate(status: bool) -> None:
     settings = settings_or_exit()
     if not status:
         migrate_all(settings)
-    unreadable = False
+    failed = False
     for store in store_versions(settings):
         version = "-" if store.version is None else store.version
-        unreadable |= store.error is not None
+        failed |= not store.usable  # unreadable, or refused as migrate and doctor refuse it
         click.echo(f"{store.store:<18} schema {version} of {store.latest}: {store.state}"
                    f"\n    {store.where}")
-    if unreadable:
+    if failed:
         sys.exit(1)
 
 
@@ -513,8 +513,7 @@ def doctor() -> None:
     failed = False
     for store in store_versions(settings):
         version = "-" if store.version is None else store.version
-        failed |= store.error is not None or (store.version is not None
-                                              and store.version > store.latest)
+        failed |= not store.usable
         click.echo(f"{store.store}: schema {version} of {store.latest}, {store.state}")
     for name, check in build_services(settings).readiness().items():
         failed |= not check["ok"]

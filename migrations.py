@@ -47,6 +47,11 @@ class StoreVersion:
     error: str | None = None  # why the store could not be read
 
     @property
+    def usable(self) -> bool:
+        """Whether this Hearth can open the store: readable, and not of a newer schema."""
+        return self.error is None and (self.version is None or self.version <= self.latest)
+
+    @property
     def state(self) -> str:
         if self.error is not None:
             return f"CANNOT BE READ: {self.error}"

@@ -130,11 +130,18 @@ def test_the_ingestion_records_of_0_1_0_are_kept(old_data: Settings) -> None:
 
 
 @pytest.mark.parametrize("name", STORES)
-def test_a_store_from_a_newer_hearth_is_refused_untouched(old_data: Settings, name: str) -> None:
+def test_a_store_from_a_newer_hearth_is_refused_untouched(old_data: Settings, name: str,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """`hearth migrate --status` exited 0 for the store it called "refused", where `migrate`
+    and `doctor` exit 1."""
     path = old_data.data_dir / name
     with sqlite3.connect(path) as db:
         db.execute("PRAGMA user_version = 99")
     before = path.read_bytes()
+    monkeypatch.setenv("HEARTH_DATA_DIR", str(old_data.data_dir))
+    status = CliRunner().invoke(main, ["migrate", "--status"])
+    assert status.exit_code == 1, status.output
+    assert "schema 99 of " in status.output and ": written by a newer Hearth: refused" in status.output
     opens: dict[str, Callable[[], Any]] = {
         "history.sqlite3": lambda: build_history(old_data),
         "keys.sqlite3": lambda: build_keys(old_data),
