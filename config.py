@@ -392,6 +392,22 @@ class Settings(BaseSettings):
             return [part.strip() for part in value.split(",") if part.strip()]
         return value
 
+    # A folder as written in .env or a shell that did not expand it: "~/hearth-data" made a
+    # folder named "~" in the current one, and a blank value wrote the stores into it.
+    @field_validator("data_dir", "models_dir", "docs_dir", mode="before")
+    @classmethod
+    def _folder(cls, value: Any) -> Any:
+        if isinstance(value, str | Path):
+            if not str(value).strip():
+                raise ValueError("blank: give a folder, or leave the variable out for the default")
+            return _expand(Path(value))
+        return value
+
+    @field_validator("ingest_roots")
+    @classmethod
+    def _folders(cls, value: list[Path]) -> list[Path]:
+        return [_expand(path) for path in value]
+
     @field_validator("openai_extra_body", mode="before")
     @classmethod
     def _json_object(cls, value: Any) -> Any:
@@ -497,6 +513,13 @@ class Settings(BaseSettings):
         return self.llamacpp_n_threads or physical_cores()
 
 
+def _expand(path: Path) -> Path:
+    try:
+        return path.expanduser()
+    except RuntimeError:  # no home folder to expand "~" to (HOME unset), or no such user
+        raise ValueError(f"{path} names a home folder that cannot be found") from None
+
+
 def physical_cores() -> int:
     """The cores this process may use, one per physical core: a core's second hyper-thread
     adds little to llama.cpp and takes from the core's first."""
@@ -539,7 +562,8 @@ def load_settings(**overrides: Any) -> Settings:
                 continue
             field = str(err["loc"][0])
             got = "hidden" if field in SECRETS else repr(err.get("input"))
-            problems.append(f"{ENV_PREFIX}{field.upper()}: {err['msg']} (got {got})")
+            message = err["msg"].removeprefix("Value error, ")
+            problems.append(f"{ENV_PREFIX}{field.upper()}: {message} (got {got})")
         raise ConfigError("invalid settings:\n  " + "\n  ".join(problems)) from None
 
 

@@ -133,6 +133,39 @@ def test_a_misspelt_variable_is_named_with_the_setting_meant(tmp_path: Path,
     assert load_settings().top_k == 3  # a warning only: the settings still load
 
 
+def test_a_folder_setting_expands_the_home_folder_and_may_not_be_blank(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """HEARTH_DATA_DIR=~/hearth-data in .env (which no shell expands) made a folder named "~"
+    in the current one; HEARTH_DATA_DIR= wrote the stores into the current folder."""
+    from click.testing import CliRunner
+
+    from hearth.cli import main
+
+    home, work = tmp_path / "home", tmp_path / "work"
+    home.mkdir()
+    work.mkdir()
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.chdir(work)
+    (work / ".env").write_text("HEARTH_DATA_DIR=~/hearth-data\nHEARTH_MODELS_DIR=~/models\n"
+                               "HEARTH_DOCS_DIR=~/docs\nHEARTH_INGEST_ROOTS=~/notes,/srv/docs\n")
+    s = load_settings()
+    assert (s.data_dir, s.models_dir, s.docs_dir) == (home / "hearth-data", home / "models",
+                                                      home / "docs")
+    assert s.ingest_roots == [home / "notes", Path("/srv/docs")]
+    assert CliRunner().invoke(main, ["keys", "create", "--user", "ann"]).exit_code == 0
+    assert (home / "hearth-data" / "keys.sqlite3").is_file() and list(work.iterdir()) == [work / ".env"]
+    for name in ("HEARTH_DATA_DIR", "HEARTH_MODELS_DIR", "HEARTH_DOCS_DIR"):
+        for blank in ("", "  "):
+            monkeypatch.setenv(name, blank)
+            with pytest.raises(ConfigError, match=f"{name}: blank: give a folder, or leave the "
+                               "variable out for the default"):
+                load_settings()
+            result = CliRunner().invoke(main, ["keys", "create", "--user", "bob"])
+            assert result.exit_code == 1 and name in result.output, result.output
+        monkeypatch.delenv(name)
+    assert list(work.iterdir()) == [work / ".env"]  # nothing written here
+
+
 def test_every_setting_is_described_in_the_configuration_guide() -> None:
     """docs/configuration.md is where a user looks a setting up: each one is there by name
     (.env.example lists them too: tests/test_deploy.py)."""
