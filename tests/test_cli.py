@@ -117,3 +117,30 @@ def test_ask_refuses_a_user_the_api_could_never_name(user: str) -> None:
         result = CliRunner().invoke(main, command)
         assert result.exit_code == 2, (command, result.output)
         assert "Invalid value for" in result.output and "1 to 128 characters" in result.output
+
+
+def test_an_erasure_that_fails_part_way_has_ended_access_and_says_what_is_left(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """With history.sqlite3 damaged, `hearth users erase` failed having deleted collections and
+    uploads but not the API keys, deleted last: the user could still ask. Keys and grants go
+    first; the error says what was erased and what is left, and erasing again finishes."""
+    data = tmp_path / "data"
+    monkeypatch.setenv("HEARTH_DATA_DIR", str(data))
+    for command in (["keys", "create", "--user", "ann"], ["keys", "create", "--user", "bob"],
+                    ["collections", "create", "team", "--reader", "ann", "--reader", "bob"]):
+        assert CliRunner().invoke(main, command).exit_code == 0, command
+    history = data / "history.sqlite3"
+    history.write_bytes(b"not a database, a note saved by mistake" * 50)
+    failed = CliRunner().invoke(main, ["users", "erase", "ann", "--yes"])
+    assert failed.exit_code == 1 and isinstance(failed.exception, SystemExit), failed.output
+    assert failed.output == (
+        f"Error: erasing 'ann' stopped: cannot open the history store at {history}: file is not "
+        "a database. Erased: 1 API keys, 1 grants, 0 collections with 0 documents; not erased "
+        "yet: their conversations. Run the erasure again to finish it\n")
+    listed = CliRunner().invoke(main, ["keys", "list"]).output
+    assert " ann " not in listed and " bob " in listed, listed
+    assert "ann" not in CliRunner().invoke(main, ["collections", "show", "team"]).output
+    history.unlink()  # the damaged file moved aside
+    again = CliRunner().invoke(main, ["users", "erase", "ann", "--yes"])
+    assert again.exit_code == 0 and again.output.startswith("Erased ann: 0 conversations"), \
+        again.output
