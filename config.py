@@ -403,6 +403,21 @@ class Settings(BaseSettings):
             return _expand(Path(value))
         return value
 
+    # A folder that is a file (or lies under one) read as "not created yet" and "nothing
+    # ingested yet" in the status commands, and failed elsewhere naming another error.
+    @field_validator("data_dir", "models_dir", "docs_dir")
+    @classmethod
+    def _not_a_file(cls, value: Path) -> Path:
+        for path in (value, *value.parents):
+            try:
+                if path.exists():
+                    if not path.is_dir():
+                        raise ValueError(f"{path} is a file, not a folder")
+                    break
+            except OSError:  # not ours to look into: opening the store says why
+                break
+        return value
+
     @field_validator("ingest_roots")
     @classmethod
     def _folders(cls, value: list[Path]) -> list[Path]:
@@ -564,6 +579,8 @@ def load_settings(**overrides: Any) -> Settings:
             got = "hidden" if field in SECRETS else repr(err.get("input"))
             message = err["msg"].removeprefix("Value error, ")
             problems.append(f"{ENV_PREFIX}{field.upper()}: {message} (got {got})")
+        if len(problems) == 1:  # one line, as every other failure of a command
+            raise ConfigError(f"invalid setting {problems[0]}") from None
         raise ConfigError("invalid settings:\n  " + "\n  ".join(problems)) from None
 
 

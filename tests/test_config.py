@@ -166,6 +166,29 @@ def test_a_folder_setting_expands_the_home_folder_and_may_not_be_blank(
     assert list(work.iterdir()) == [work / ".env"]  # nothing written here
 
 
+def test_a_folder_setting_that_names_a_file_is_invalid(tmp_path: Path,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """HEARTH_DATA_DIR naming a file: `migrate --status` said "not created yet" and `sources
+    list` "Nothing ingested yet", both exiting 0; other commands failed naming another error."""
+    from click.testing import CliRunner
+
+    from hearth.cli import main
+
+    a_file = tmp_path / "notes.txt"
+    a_file.write_text("not a folder")
+    for name in ("HEARTH_DATA_DIR", "HEARTH_MODELS_DIR", "HEARTH_DOCS_DIR"):
+        for value in (a_file, a_file / "below"):
+            monkeypatch.setenv(name, str(value))
+            told = f"invalid setting {name}: {a_file} is a file, not a folder (got '{value}')"
+            for command in (["migrate", "--status"], ["sources", "list"], ["doctor"]):
+                result = CliRunner().invoke(main, command)
+                assert result.exit_code == 1 and result.output == f"Error: {told}\n", \
+                    (command, result.output)
+        monkeypatch.delenv(name)
+    monkeypatch.setenv("HEARTH_DATA_DIR", str(tmp_path / "data"))  # a folder yet to be made
+    assert load_settings(_env_file=None).data_dir == tmp_path / "data"
+
+
 def test_every_setting_is_described_in_the_configuration_guide() -> None:
     """docs/configuration.md is where a user looks a setting up: each one is there by name
     (.env.example lists them too: tests/test_deploy.py)."""
