@@ -8,7 +8,6 @@ Each face (``/api`` in ``api.py``, ``/v1`` in ``openai_compat.py``, ingestion jo
 
 from __future__ import annotations
 
-import contextlib
 import ipaddress
 import json
 import logging
@@ -292,9 +291,8 @@ def may_see_details() -> bool:
     hearth = services()
     if not hearth.settings.auth_required:
         return True
-    with contextlib.suppress(ValueError):
-        if ipaddress.ip_address(client_address(hearth.settings)).is_loopback:
-            return True
+    if on_this_machine(hearth.settings):
+        return True
     scheme, _, token = request.headers.get("Authorization", "").partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
         return False
@@ -303,6 +301,17 @@ def may_see_details() -> bool:
     except HearthError:
         return False
     return who is not None and who.admin
+
+
+def on_this_machine(settings: Settings) -> bool:
+    """Whether the request comes from this machine: the connection from loopback, and the
+    client it is forwarded for too. X-Forwarded-For alone never makes a client local: any
+    trusted proxy passes on whatever its client wrote there (``127.0.0.1``)."""
+    try:
+        return (ipaddress.ip_address(request.remote_addr or "").is_loopback
+                and ipaddress.ip_address(client_address(settings)).is_loopback)
+    except ValueError:
+        return False
 
 
 def guarded(path: str) -> bool:

@@ -365,6 +365,27 @@ def test_readiness_details_are_for_admins_and_the_machine_itself(tmp_path: Path)
     assert "127.0.0.1:9" in client.get("/readyz").get_json()["checks"]["llm"]["error"]
 
 
+@pytest.mark.parametrize(("proxies", "remote", "forwarded", "local"), [
+    ("10.0.0.0/8", "10.2.3.4", "127.0.0.1", False),  # another pod in the proxies' range
+    ("10.0.0.0/8", "10.2.0.5", "127.0.0.1, 10.9.9.9", False),  # a LAN client wrote XFF
+    ("127.0.0.1", "127.0.0.1", "203.0.113.9", False),  # a proxy here, for a client elsewhere
+    ("127.0.0.1", "127.0.0.1", "::1", True),  # a proxy here, for a client on this machine
+    ("10.0.0.0/8", "127.0.0.1", "", True),  # a health check on this machine, no proxy
+])
+def test_only_a_connection_from_this_machine_counts_as_the_machine(
+        tmp_path: Path, proxies: str, remote: str, forwarded: str, local: bool) -> None:
+    """X-Forwarded-For names the client; it never makes a connection from elsewhere local."""
+    client, services = app_for(tmp_path, auth=True, metrics=True, trusted_proxies=[proxies],
+                               llm_backend="ollama", ollama_base_url="http://127.0.0.1:9")
+    services._built.pop("llm")  # type: ignore[attr-defined]  # the real adapter, down
+    request = {"environ_base": {"REMOTE_ADDR": remote},
+               "headers": {"X-Forwarded-For": forwarded} if forwarded else {}}
+    metrics = client.get("/metrics", **request)
+    assert metrics.status_code == (200 if local else 403)
+    ready = client.get("/readyz", **request).get_json()
+    assert ("127.0.0.1:9" in ready["checks"]["llm"]["error"]) is local
+
+
 def test_retry_after_is_only_on_refusals_and_a_busy_answer_keeps_its_own(tmp_path: Path) -> None:
     client, services = app_for(tmp_path, max_queued_generations=0)
     assert "Retry-After" not in ask(client).headers
