@@ -10,12 +10,26 @@ from __future__ import annotations
 
 import json
 import logging
+import re
+import urllib.parse
 from contextvars import ContextVar
 from datetime import UTC, datetime
 
 request_id: ContextVar[str] = ContextVar("hearth_request_id", default="-")
 
+# The path's segment that names a user (/api/users/NAME/history): never logged nor traced.
+# Slashes doubled too: Werkzeug merges them (by redirecting), and the path is seen before that.
+USER_SEGMENT = re.compile(r"^(/+api/+users/+)[^/]+")
+
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s [%(request_id)s]: %(message)s"
+
+
+def logged_path(path: str) -> str:
+    """The path as the logs and traces write it: percent-encoded again past printable ASCII,
+    so that a request cannot write a line of its own (``%0a``) or a terminal's control codes,
+    and without the user a route names."""
+    quoted = urllib.parse.quote(path.encode("latin-1", "replace"), safe="/:@!$&'()*+,;=-._~")
+    return USER_SEGMENT.sub(r"\1-", quoted)
 
 
 class RequestIdFilter(logging.Filter):

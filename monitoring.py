@@ -407,6 +407,7 @@ def tracing(app: Flask, settings: Settings) -> Any:
     try:
         from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
         from opentelemetry.instrumentation.flask import FlaskInstrumentor
+        from opentelemetry.instrumentation.wsgi import get_default_span_name
         from opentelemetry.sdk.resources import Resource
         from opentelemetry.sdk.trace import TracerProvider
         from opentelemetry.sdk.trace.export import BatchSpanProcessor
@@ -420,11 +421,19 @@ def tracing(app: Flask, settings: Settings) -> Any:
     provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter(f"{endpoint}/v1/traces")))
 
     def response_hook(span: Any, status: str, headers: list[tuple[str, str]]) -> None:
-        # The query may name a user (?user_id=): the span keeps the path alone. Set here, as
-        # the response starts, since the instrumentation sets its own after a request hook.
+        # The query may name a user (?user_id=), and so may the path (/api/users/NAME): the
+        # span keeps the path as the access log writes it, whichever attribute names carry it
+        # (OTEL_SEMCONV_STABILITY_OPT_IN picks old, new or both). Set here, as the response
+        # starts, since the instrumentation sets its own after a request hook.
         if span.is_recording() and has_request_context():
-            span.set_attribute("http.target", request.path)
-            span.set_attribute("http.url", request.base_url)
+            path = logs.logged_path(request.path)
+            url = request.root_url.rstrip("/") + path
+            span.set_attributes({"http.target": path, "url.path": path,
+                                 "http.url": url, "url.full": url})
+            if "url.query" in (getattr(span, "attributes", None) or {}):
+                span.set_attribute("url.query", "")
+            if request.url_rule is None:  # no route (404, 405): the span is named by its path
+                span.update_name(get_default_span_name({**request.environ, "PATH_INFO": path}))
             span.set_attribute("hearth.request_id", g.get("request_id", "-"))
 
     FlaskInstrumentor.instrument_app(app, response_hook=response_hook, tracer_provider=provider,

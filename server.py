@@ -14,12 +14,10 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import re
 import resource
 import signal
 import socket
 import time
-import urllib.parse
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from types import FrameType
@@ -31,6 +29,7 @@ from waitress.parser import HTTPRequestParser
 from waitress.server import TcpWSGIServer
 from waitress.task import ErrorTask
 
+from hearth import logs
 from hearth.config import Settings
 
 log = logging.getLogger("hearth.server")
@@ -199,18 +198,6 @@ def allow_open_files(wanted: int) -> None:
                     "connections can be open at once", target)
 
 
-# The path's segment that names a user (/api/users/NAME/history): not written to the log.
-USER_SEGMENT = re.compile(r"^(/api/users/)[^/]+")
-
-
-def logged_path(path: str) -> str:
-    """The path as the access log writes it: percent-encoded again past printable ASCII, so
-    that a request cannot write a line of its own (``%0a``) or a terminal's control codes, and
-    without the user a route names."""
-    quoted = urllib.parse.quote(path.encode("latin-1", "replace"), safe="/:@!$&'()*+,;=-._~")
-    return USER_SEGMENT.sub(r"\1-", quoted)
-
-
 def access_log(app: WSGIApp) -> WSGIApp:
     """One line per response as it starts: method, path (never the query, which may name a
     user, nor a user named in the path) and status. The app's iterator is passed through
@@ -219,8 +206,8 @@ def access_log(app: WSGIApp) -> WSGIApp:
     def logged(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
         def start(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Any:
             access.info('%s "%s %s" %s', environ.get("REMOTE_ADDR", "-"),
-                        logged_path(environ.get("REQUEST_METHOD", "")),
-                        logged_path(environ.get("PATH_INFO", "")), status.split(" ", 1)[0])
+                        logs.logged_path(environ.get("REQUEST_METHOD", "")),
+                        logs.logged_path(environ.get("PATH_INFO", "")), status.split(" ", 1)[0])
             return start_response(status, headers, exc_info)
 
         return app(environ, start)

@@ -310,8 +310,21 @@ class OtlpReceiver(BaseHTTPRequestHandler):
         pass
 
 
-def test_traces_go_to_the_named_collector_without_user_data(tmp_path: Path) -> None:
+@pytest.mark.parametrize("semconv", ["default", "http/dup"])
+def test_traces_go_to_the_named_collector_without_user_data(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, semconv: str) -> None:
+    """Neither the query nor a path that names a user (/api/users/NAME) reaches the collector,
+    under the old attribute names (http.target, http.url) or the new (url.path, url.query)."""
     pytest.importorskip("opentelemetry.instrumentation.flask")
+    from opentelemetry.instrumentation._semconv import (
+        _OpenTelemetrySemanticConventionStability as Stability,
+    )
+    from opentelemetry.instrumentation._semconv import _OpenTelemetryStabilitySignalType, _StabilityMode
+
+    if semconv != "default":  # what OTEL_SEMCONV_STABILITY_OPT_IN=http/dup sets, once a process
+        Stability._initialize()
+        monkeypatch.setitem(Stability._OTEL_SEMCONV_STABILITY_SIGNAL_MAPPING,
+                            _OpenTelemetryStabilitySignalType.HTTP, _StabilityMode.HTTP_DUP)
     collector = ThreadingHTTPServer(("127.0.0.1", 0), OtlpReceiver)
     threading.Thread(target=collector.serve_forever, daemon=True).start()
     OtlpReceiver.spans = []
@@ -321,12 +334,22 @@ def test_traces_go_to_the_named_collector_without_user_data(tmp_path: Path) -> N
         response = client.post("/api/question", json={"question": WIFI, "user_id": SECRET_USER})
         assert response.status_code == 200
         client.get(f"/api/conversations?user_id={SECRET_USER}")
+        assert client.delete(f"/api/users/{SECRET_USER}/history").status_code == 200
+        assert client.get(f"/api/users/{SECRET_USER}/history").status_code == 405  # no route
+        assert client.get(f"/api/users//{SECRET_USER}/nowhere").status_code in (308, 404)
         app.extensions["hearth.tracer_provider"].force_flush()
     finally:
         collector.shutdown()
     names = {span.name for span in OtlpReceiver.spans}
     assert "hearth.question" in names and "POST /api/question" in names, names
-    exported = " ".join(str(span.attributes) for span in OtlpReceiver.spans)
+    assert "DELETE /api/users/<user_id>/history" in names and "GET /api/users/-/history" in names
+    erased = next(s for s in OtlpReceiver.spans if s.name == "DELETE /api/users/<user_id>/history")
+    paths = {a.key: a.value.string_value for a in erased.attributes
+             if a.key in ("http.target", "url.path", "http.url")}
+    assert paths["http.target"] == "/api/users/-/history", paths
+    if semconv != "default":
+        assert paths["url.path"] == "/api/users/-/history", paths
+    exported = " ".join(f"{span.name} {span.attributes}" for span in OtlpReceiver.spans)
     assert SECRET_USER not in exported and "marigold" not in exported
     assert response.headers["X-Request-Id"] in exported
     assert "answered" in exported
