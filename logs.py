@@ -33,10 +33,12 @@ def logged_path(path: str) -> str:
 
 
 class RequestIdFilter(logging.Filter):
-    """Adds ``record.request_id``; on a handler, so that every logger's lines get it."""
+    """Adds ``record.request_id``; on a handler, so that every logger's lines get it. A record
+    that names its request already (the server's, about a response) keeps it."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        record.request_id = request_id.get()
+        if getattr(record, "request_id", "-") == "-":
+            record.request_id = request_id.get()
         return True
 
 

@@ -14,11 +14,13 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import re
 import resource
 import signal
 import socket
 import time
 from collections.abc import Callable, Iterable
+from contextvars import ContextVar
 from dataclasses import dataclass
 from types import FrameType
 from typing import Any
@@ -92,11 +94,39 @@ class JsonErrorTask(ErrorTask):  # type: ignore[misc]
         self.write(body)
 
 
+# The request id of the response a worker thread is sending. The app's teardown has cleared
+# ``logs.request_id`` by the time waitress finds the client gone; its line still names the request.
+sending: ContextVar[str] = ContextVar("hearth_sending", default="-")
+
+
+class WaitressLogFilter(logging.Filter):
+    """waitress's own lines about a request ("Client disconnected while serving PATH"): the
+    path as the access log writes it (no user it names, no line of its own from a ``%0a``),
+    and the request's id."""
+
+    SERVING = re.compile(r"^(.* while serving )(.*)$", re.DOTALL)
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        found = self.SERVING.match(record.getMessage())
+        if found:
+            record.msg, record.args = found[1] + logs.logged_path(found[2]), ()
+        if logs.request_id.get() == "-":
+            record.request_id = sending.get()
+        return True
+
+
 class DeadlineChannel(HTTPChannel):  # type: ignore[misc]
     """One client connection, which knows when it has run out of time."""
 
     parser_class = TimedRequestParser
     error_task_class = JsonErrorTask
+
+    def service(self) -> None:
+        """Serve one request on a worker thread; nothing after it names it."""
+        try:
+            super().service()
+        finally:
+            sending.set("-")
 
     def overdue(self, now: float, deadlines: Deadlines) -> str | None:
         """Why this connection must close now, or None while it is in time."""
@@ -179,6 +209,9 @@ def build_server(settings: Settings) -> DeadlineServer:
     allow_open_files(settings.max_connections + 256)  # the model, stores and logs need some too
     deadlines = Deadlines(settings.header_timeout_s, settings.body_timeout_s,
                           settings.send_timeout_s)
+    waitress_log = logging.getLogger("waitress")
+    if not any(isinstance(f, WaitressLogFilter) for f in waitress_log.filters):
+        waitress_log.addFilter(WaitressLogFilter())
     return DeadlineServer(adjustments(settings), deadlines)
 
 
@@ -208,6 +241,7 @@ def access_log(app: WSGIApp) -> WSGIApp:
             access.info('%s "%s %s" %s', environ.get("REMOTE_ADDR", "-"),
                         logs.logged_path(environ.get("REQUEST_METHOD", "")),
                         logs.logged_path(environ.get("PATH_INFO", "")), status.split(" ", 1)[0])
+            sending.set(logs.request_id.get())
             return start_response(status, headers, exc_info)
 
         return app(environ, start)

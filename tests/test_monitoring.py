@@ -12,7 +12,10 @@ from __future__ import annotations
 import io
 import json
 import logging
+import socket
+import sqlite3
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -267,6 +270,36 @@ def test_a_request_cannot_write_a_line_of_its_own_into_the_access_log(
     assert len(lines) == 2, lines  # one per request, each on one line
     assert "/nope%0A2026-01-01%2000:00:00,000%20INFO" in lines[0] and "\x1b" not in lines[0]
     assert '"GET /api/users/-/history"' in lines[1] and "ann-the-user" not in lines[1]
+
+
+def test_waitress_names_no_user_when_a_client_leaves_and_names_the_request(
+        tmp_path: Path, waitress: Any) -> None:
+    """waitress logs a client that left mid-request with the path it served: written as the
+    access log writes it, with the request's id, though the app's teardown has run by then."""
+    app, services = app_for(tmp_path, port=free_port(), backend_timeout_s=10)
+    url = waitress(app, services.settings)
+    services.history.list("ann")  # the file and its tables exist
+    with captured_log("json") as stream:
+        # Another process writing the history: the erasure waits for its lock.
+        writer = sqlite3.connect(services.settings.history_path, isolation_level=None)
+        writer.execute("BEGIN EXCLUSIVE")
+        client = socket.create_connection(("127.0.0.1", int(url.rsplit(":", 1)[1])))
+        client.sendall(f"DELETE /api/users/{SECRET_USER}/history HTTP/1.1\r\n"
+                       "Host: 127.0.0.1\r\nX-Request-Id: left-early-1\r\n\r\n".encode())
+        time.sleep(1)
+        client.close()  # the client gives up
+        time.sleep(0.5)
+        writer.execute("COMMIT")
+        writer.close()
+        deadline = time.monotonic() + 10
+        while "Client disconnected" not in stream.getvalue() and time.monotonic() < deadline:
+            time.sleep(0.1)
+    lines = [json.loads(line) for line in stream.getvalue().splitlines()]
+    left = [x for x in lines if x["logger"] == "waitress"]
+    assert [x["message"] for x in left] == [
+        "Client disconnected while serving /api/users/-/history"], lines
+    assert left[0]["request_id"] == "left-early-1"
+    assert SECRET_USER not in stream.getvalue()
 
 
 def test_metrics_on_a_port_of_their_own(tmp_path: Path, waitress: Any) -> None:
