@@ -59,6 +59,7 @@ from hearth.web import (
     reads_everything,
     services,
     sse,
+    until_shutdown,
     user_key,
     wants_stream,
     with_retry_after,
@@ -189,7 +190,7 @@ def ask() -> Response:
 
     def events() -> Iterator[str]:
         try:
-            for event in stream:
+            for event in until_shutdown(stream):
                 if isinstance(event, Token):
                     yield sse({"text": event.text}, "token")
                     continue

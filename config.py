@@ -160,6 +160,9 @@ class Settings(BaseSettings):
     header_timeout_s: float = Field(10.0, gt=0, description="a request's first byte to its headers' end")
     body_timeout_s: float = Field(30.0, gt=0, description="the headers' end to the body's end")
     send_timeout_s: float = Field(30.0, gt=0, description="a response the client stops reading")
+    # After SIGTERM, what the requests in flight (a streamed answer) get to finish; then a stream
+    # ends with an error event, within server.LAST_WORDS_S. Kubernetes' pod: 60 s in all.
+    shutdown_grace_s: float = Field(45.0, ge=0, description="requests in flight after SIGTERM")
     # API keys: always required when Hearth listens beyond loopback, whatever this says.
     auth: bool = False
     # Host names (without port) that requests may name in their Host header; others are refused

@@ -62,6 +62,7 @@ from hearth.web import (
     reads_everything,
     settings,
     sse,
+    until_shutdown,
     with_retry_after,
 )
 
@@ -434,7 +435,7 @@ def chat_completions() -> Response:
     def events() -> Iterator[str]:
         try:
             yield chunk(choices=[OpenAIChunkChoice(delta=OpenAIDelta(role="assistant", content=""))])
-            for event in stream:
+            for event in until_shutdown(stream):
                 if isinstance(event, Token):
                     streamed.append(event.text)
                     yield chunk(choices=[OpenAIChunkChoice(delta=OpenAIDelta(content=event.text))])

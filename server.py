@@ -18,11 +18,11 @@ import re
 import resource
 import signal
 import socket
+import threading
 import time
 from collections.abc import Callable, Iterable
 from contextvars import ContextVar
 from dataclasses import dataclass
-from types import FrameType
 from typing import Any
 
 from waitress.adjustments import Adjustments
@@ -33,6 +33,7 @@ from waitress.task import ErrorTask
 
 from hearth import logs
 from hearth.config import Settings
+from hearth.web import STOPPING
 
 log = logging.getLogger("hearth.server")
 access = logging.getLogger("hearth.access")
@@ -48,6 +49,9 @@ MAX_HEADER_BYTES = 64 * 1024
 BODY_LIMIT_FACTOR = 4
 # How often the deadlines are checked, in seconds: a deadline is met within this much.
 CHECK_EVERY_S = 1
+# After SIGTERM's grace period, how long a stream has to send its last event (that the server
+# is shutting down) before the process exits anyway.
+LAST_WORDS_S = 5
 
 
 @dataclass(frozen=True)
@@ -152,26 +156,72 @@ class DeadlineServer(TcpWSGIServer):  # type: ignore[misc]
 
     channel_class = DeadlineChannel
 
-    def __init__(self, adj: Adjustments, deadlines: Deadlines) -> None:
+    def __init__(self, adj: Adjustments, deadlines: Deadlines, grace_s: float = 0.0) -> None:
         self.deadlines = deadlines
+        self.grace_s = grace_s
+        self.stop_at: float | None = None  # set by stop(): when the requests in flight are cut
+        self.stopping = threading.Event()  # set then: streams end with an error event
+        self.refusing = False  # whether the listener is shut: new connections refused
         self.app: WSGIApp | None = None
         super().__init__(self._call_app, adj=adj)
 
     def _call_app(self, environ: dict[str, Any], start_response: Callable[..., Any]
                   ) -> Iterable[bytes]:
         assert self.app is not None  # no request is read before serve() runs the loop
+        environ[STOPPING] = self.stopping
         return self.app(environ, start_response)
 
     def serve(self, app: WSGIApp) -> None:
-        """Serve ``app`` until SIGINT or SIGTERM; then running requests get a few seconds."""
+        """Serve ``app`` until SIGTERM (``stop``: the requests in flight finish first) or SIGINT
+        (they get a few seconds)."""
         self.app = access_log(app)
-        signal.signal(signal.SIGTERM, _exit)
+        signal.signal(signal.SIGTERM, lambda signum, frame: self.stop())
         log.info("serving on http://%s:%s with %d threads", self.effective_host,
                  self.effective_port, self.adj.threads)
         self.run()  # returns on SystemExit or KeyboardInterrupt, after stopping the threads
+        log.info("stopped")
+
+    def stop(self) -> None:
+        """Refuse new connections, and leave once the requests in flight are done: they get
+        ``grace_s`` (HEARTH_SHUTDOWN_GRACE_S), then a stream still running ends with an error
+        event (``web.until_shutdown``) within LAST_WORDS_S. What SIGTERM does: Kubernetes and
+        Docker send it to a container they stop, and kill it a while later."""
+        if self.stop_at is not None:
+            return
+        self.stop_at = time.time() + self.grace_s
+        self.accepting = False  # the loop polls the listener no more; drain() shuts it
+        log.info("stopping: no new connections; the requests in flight get %g s to finish",
+                 self.grace_s)
+
+    def drain(self, now: float) -> None:
+        """After ``stop``: close the connections idle between requests, and leave (SystemExit,
+        which ``run`` handles) once no request is left or the last words' time is over."""
+        assert self.stop_at is not None
+        if not self.refusing:
+            # Shut here, not in stop(): a listener shut while the loop polls it reads as closed,
+            # and waitress would close the whole server. Unpolled, it just stops listening.
+            self.refusing = True
+            with contextlib.suppress(OSError):
+                self.socket.shutdown(socket.SHUT_RDWR)
+        running = 0
+        for channel in list(self.active_channels.values()):
+            if channel.requests or channel.total_outbufs_len:
+                running += 1
+            else:
+                channel.will_close = True  # a keep-alive connection: no new request on it
+        if running and now >= self.stop_at and not self.stopping.is_set():
+            log.warning("%d request(s) still running after %g s: their streams end now",
+                        running, self.grace_s)
+            self.stopping.set()
+        if not running or now >= self.stop_at + LAST_WORDS_S:
+            if running:
+                log.warning("%d request(s) still running: cut", running)
+            raise SystemExit(0)
 
     def maintenance(self, now: float) -> None:
         super().maintenance(now)  # connections idle between requests (adj.channel_timeout)
+        if self.stop_at is not None:
+            self.drain(now)
         for channel in list(self.active_channels.values()):
             late = channel.overdue(now, self.deadlines)
             if late and not channel.will_close:
@@ -212,11 +262,7 @@ def build_server(settings: Settings) -> DeadlineServer:
     waitress_log = logging.getLogger("waitress")
     if not any(isinstance(f, WaitressLogFilter) for f in waitress_log.filters):
         waitress_log.addFilter(WaitressLogFilter())
-    return DeadlineServer(adjustments(settings), deadlines)
-
-
-def _exit(signum: int, frame: FrameType | None) -> None:
-    raise SystemExit(0)
+    return DeadlineServer(adjustments(settings), deadlines, settings.shutdown_grace_s)
 
 
 def allow_open_files(wanted: int) -> None:

@@ -13,9 +13,9 @@ import json
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 from flask import (
     Flask,
@@ -44,6 +44,7 @@ from hearth.services import Services
 from hearth.vectorstore import WRITE_WAIT_S
 
 log = logging.getLogger("hearth.api")
+T = TypeVar("T")
 
 
 # -- errors --------------------------------------------------------------------------------------
@@ -193,6 +194,27 @@ def wants_stream(asked: bool) -> bool:
     """``"stream": true``, or an Accept header that names text/event-stream with q > 0."""
     return asked or any(kind == "text/event-stream" and quality > 0
                         for kind, quality in request.accept_mimetypes)
+
+
+# The WSGI environ's key for the server's "stopping" event (a threading.Event): set once the
+# requests in flight at SIGTERM have had their grace period (``server.DeadlineServer.stop``).
+STOPPING = "hearth.stopping"
+
+
+class ShuttingDown(HearthError):
+    code = "shutting_down"
+    status = 503
+
+
+def until_shutdown(events: Iterable[T]) -> Iterator[T]:
+    """``events`` until the server says it is stopping; then ``ShuttingDown``, which a stream
+    ends with as its error event, rather than being cut when the process exits."""
+    stopping = request.environ.get(STOPPING)
+    for event in events:
+        if stopping is not None and stopping.is_set():
+            raise ShuttingDown("the server is shutting down and this answer ran past its grace "
+                               "period: ask again in a moment")
+        yield event
 
 
 def sse(data: Any, event: str | None = None) -> str:
