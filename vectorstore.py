@@ -102,9 +102,9 @@ class VectorStore:
                                         connect=min(settings.backend_timeout_s,
                                                     settings.chroma_timeout_s))
                 # Chroma's client waits forever by default, opening included: a server that
-                # accepts and never answers must not hang Hearth, so ask it first, time-limited.
-                httpx.get(f"{settings.chroma_url.rstrip('/')}/api/v2/heartbeat",
-                          timeout=timeout).raise_for_status()
+                # accepts and never answers must not hang Hearth, so ask it first, within the
+                # backend timeout (a readiness probe's bound), not a long call's.
+                heartbeat(settings)
                 client = chromadb.HttpClient(
                     host=url.hostname or "127.0.0.1",
                     port=url.port or (443 if url.scheme == "https" else 8000),
@@ -141,11 +141,8 @@ class VectorStore:
         except VectorStoreError:
             raise
         except Exception as exc:
-            why = str(exc)
-            if settings.chroma_url and (password := urlparse(settings.chroma_url).password):
-                why = why.replace(password, "***")
-            raise VectorStoreError(f"cannot open the vector store at {self.where}: {why}") \
-                from exc
+            raise VectorStoreError(f"cannot open the vector store at {self.where}: "
+                                   f"{unsecret(settings, str(exc))}") from exc
 
     @property
     def keywords(self) -> KeywordIndex:
@@ -520,7 +517,28 @@ class VectorStore:
             raise VectorStoreError(f"cannot read the vector store at {self.where}: {exc}") from exc
 
     def ping(self) -> None:
+        if self.settings.chroma_url:  # a hung server: down within the backend timeout
+            try:
+                heartbeat(self.settings)
+            except Exception as exc:
+                raise VectorStoreError(f"the vector store at {self.where} does not answer: "
+                                       f"{unsecret(self.settings, repr(exc))}") from exc
         self.count()
+
+
+def unsecret(settings: Settings, why: str) -> str:
+    """``why`` without the password of HEARTH_CHROMA_URL (an HTTP error names the URL)."""
+    if settings.chroma_url and (password := urlparse(settings.chroma_url).password):
+        return why.replace(password, "***")
+    return why
+
+
+def heartbeat(settings: Settings) -> None:
+    """Raise unless the Chroma server at HEARTH_CHROMA_URL answers within the backend timeout."""
+    assert settings.chroma_url
+    httpx.get(f"{settings.chroma_url.rstrip('/')}/api/v2/heartbeat",
+              timeout=min(settings.backend_timeout_s, settings.chroma_timeout_s)
+              ).raise_for_status()
 
 
 def _embeddings_of(chroma: Any, ids: list[str]) -> Any:

@@ -20,6 +20,7 @@ class StallProxy:
         self._listener = socket.create_server(("127.0.0.1", 0))
         self.port = self._listener.getsockname()[1]
         self._sockets: list[socket.socket] = []
+        self.accepted = 0  # connections made to it: how many times it was asked
         self._closed = False
         threading.Thread(target=self._accept, daemon=True).start()
 
@@ -38,6 +39,7 @@ class StallProxy:
                 client, _ = self._listener.accept()
             except OSError:
                 return
+            self.accepted += 1
             try:
                 upstream = socket.create_connection(self.target, timeout=5)
             except OSError:

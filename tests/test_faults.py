@@ -249,6 +249,75 @@ def test_a_chroma_server_that_hangs_is_a_503_in_bounded_time(
         assert len(conversations) == 1  # the answered question; nothing of the failed ones
 
 
+def test_a_hung_chroma_server_holds_up_nothing_that_does_not_need_it(
+    make_services: Any, chroma_server: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A Chroma server that accepts and never answers froze the whole API: one lock for every
+    component, held while the store was opened (for HEARTH_CHROMA_TIMEOUT_S) and taken by every
+    request; each probe tried again, so probes took all the server's threads and /healthz went
+    unanswered (Kubernetes restarted the pod). Hearth's own server on 127.0.0.1, four threads."""
+    import threading
+
+    import httpx
+
+    from hearth import services as services_module
+    from hearth.server import build_server
+    from tests.conftest import free_port
+
+    monkeypatch.setattr(services_module, "RETRY_BUILD_AFTER_S", 1.0, raising=False)
+    target = urlparse(chroma_server)
+    with StallProxy(target.hostname or "127.0.0.1", target.port or 8000) as proxy:
+        proxy.stall()  # hung from the start
+        services = make_services(chroma_url=proxy.url(), chroma_collection="hung",
+                                 chroma_timeout_s=30.0, backend_timeout_s=3.0,
+                                 port=free_port(), threads=4)
+        server = build_server(services.settings)
+        server.app = create_app(services.settings, services)
+        threading.Thread(target=server.run, daemon=True).start()
+        url = f"http://127.0.0.1:{services.settings.port}"
+
+        def timed(path: str) -> tuple[int, float, Any]:
+            started = time.monotonic()
+            try:
+                response = httpx.get(url + path, timeout=15)
+            except httpx.TimeoutException:
+                return 0, time.monotonic() - started, None
+            return response.status_code, time.monotonic() - started, response.json()
+
+        try:
+            first: list[tuple[int, float, Any]] = []
+            probe = threading.Thread(target=lambda: first.append(timed("/readyz")))
+            probe.start()
+            time.sleep(0.5)  # the probe is opening the store
+            listed = timed("/api/conversations?user_id=ann")  # needs no Chroma
+            assert listed[0] == 200 and listed[1] < 2.0, listed[:2]
+            assert probe.is_alive()  # answered while the store was still being opened
+            probe.join()
+            status, took, body = first[0]
+            assert status == 503 and took < 6.0, (status, took)  # about the backend timeout
+            assert body["checks"]["vector_store"]["ok"] is False
+            assert body["checks"]["history_store"]["ok"] is True
+
+            time.sleep(1.0)  # the failure is no longer remembered: the next probe asks again
+            asked = proxy.accepted
+            probes: list[tuple[int, float, Any]] = []
+            many = [threading.Thread(target=lambda: probes.append(timed("/readyz")))
+                    for _ in range(12)]  # three times the server's threads
+            for thread in many:
+                thread.start()
+            time.sleep(0.3)
+            health = timed("/healthz")
+            assert health[0] == 200 and health[1] < 1.0, health[:2]
+            for thread in many:
+                thread.join()
+            assert [p[0] for p in probes] == [503] * 12
+            assert max(p[1] for p in probes) < 6.0, [round(p[1], 1) for p in probes]
+            assert proxy.accepted - asked == 1  # one of them asked Chroma; the rest were told
+        finally:
+            server.task_dispatcher.shutdown()
+            server.close()
+
+
 def test_a_mongodb_that_hangs_is_a_503_in_bounded_time(
     make_services: Any, mongo: MongoServer, mongo_server: str
 ) -> None:
@@ -348,3 +417,4 @@ def test_a_backend_down_is_explained_only_to_those_who_may_see_its_address(
         told = client.post("/api/question", json={**question, "user_id": "ann"},
                            headers=headers, environ_base=environ).get_json()["error"]["message"]
         assert f"127.0.0.1:{port}" in told and "s3cret" not in told, told
+
