@@ -5,6 +5,10 @@ with the Hugging Face hub switched off; Ollama's embedding models are the option
 ``HEARTH_EMBEDDING_RUNTIME`` runs the same model under torch (sentence-transformers) or ONNX
 Runtime (``onnx_embeddings``: exported once, on first use, into ``models_dir``).
 
+A model in this process works once loaded; Ollama's may be down, stopped or hung at any time:
+its failures are ``EmbeddingsError`` wherever text is embedded (a question's search, its keyword
+side, the context focus, an ingest), and ``ping`` asks it within the backend timeout.
+
 Besides the LangChain ``Embeddings``, the component says how it reads text: how many tokens it
 reads at most (the rest is silently dropped) and how to count them, so that ingestion cuts
 chunks the model reads whole.
@@ -21,6 +25,12 @@ from typing import Any, Protocol
 from langchain_core.embeddings import Embeddings
 
 from hearth.config import EmbeddingBackend, EmbeddingRuntime, Settings
+from hearth.errors import Unavailable
+from hearth.mongo import redact
+
+
+class EmbeddingsError(Unavailable):
+    code = "embeddings_unavailable"
 
 
 class TokenCounter(Protocol):
@@ -92,14 +102,84 @@ def embedding_model(settings: Settings) -> EmbeddingModel:
     return EmbeddingModel(MINILM, 256, WordPieces(minilm_path()))
 
 
-def build_embeddings(settings: Settings) -> Embeddings:
-    if settings.embedding_backend is EmbeddingBackend.ollama:
+class OllamaServerEmbeddings(Embeddings):
+    """Ollama's embedding model, its failures told as EmbeddingsError: a 503 with its code from
+    the API, one line from the CLI, not a traceback ending in Ollama's ConnectionError."""
+
+    def __init__(self, settings: Settings) -> None:
         from langchain_ollama import OllamaEmbeddings
 
-        return OllamaEmbeddings(
-            base_url=settings.ollama_base_url, model=settings.ollama_embedding_model,
+        self.settings = settings
+        self.where = redact(settings.ollama_base_url.rstrip("/"))
+        self.model = settings.ollama_embedding_model
+        self.ollama = OllamaEmbeddings(
+            base_url=settings.ollama_base_url, model=self.model,
             client_kwargs={"timeout": settings.llm_timeout_s},
         )
+
+    def embed_documents(self, texts: list[str]) -> list[list[float]]:
+        try:
+            return self.ollama.embed_documents(texts)
+        except Exception as exc:
+            raise self._failed(exc) from exc
+
+    def embed_query(self, text: str) -> list[float]:
+        try:
+            return self.ollama.embed_query(text)
+        except Exception as exc:
+            raise self._failed(exc) from exc
+
+    def _failed(self, exc: Exception) -> Exception:
+        import httpx
+        from ollama import ResponseError
+
+        if isinstance(exc, httpx.TimeoutException):
+            return EmbeddingsError(f"Ollama at {self.where} did not embed the text in time "
+                                   "(HEARTH_LLM_TIMEOUT_S)")
+        if isinstance(exc, (ConnectionError, httpx.TransportError)):
+            return EmbeddingsError(f"Ollama is not reachable at {self.where} for the embeddings: "
+                                   "start it with `ollama serve`")
+        if isinstance(exc, ResponseError):
+            if exc.status_code == 404:
+                return self._not_pulled()
+            return EmbeddingsError(f"Ollama at {self.where} failed to embed the text: {exc}")
+        return exc  # not the server's: a fault of Hearth's, with its traceback
+
+    def _not_pulled(self) -> EmbeddingsError:
+        return EmbeddingsError(f"Ollama at {self.where} has no embedding model {self.model!r}: "
+                               f"run `ollama pull {self.model}`")
+
+    def ping(self) -> None:
+        """Raise EmbeddingsError unless Ollama answers, within the backend timeout, and has
+        the model."""
+        import httpx
+
+        try:
+            response = httpx.get(f"{self.settings.ollama_base_url.rstrip('/')}/api/tags",
+                                 timeout=self.settings.backend_timeout_s)
+            response.raise_for_status()
+            names = {m.get("name") for m in response.json()["models"]}
+        except httpx.HTTPError as exc:
+            raise EmbeddingsError(f"Ollama is not reachable at {self.where} for the embeddings "
+                                  f"({type(exc).__name__}): start it with `ollama serve`") from exc
+        except (ValueError, KeyError, TypeError, AttributeError):
+            raise EmbeddingsError(f"the server at {self.where} does not answer as Ollama does "
+                                  "(/api/tags is not Ollama's list of models): is "
+                                  "HEARTH_OLLAMA_BASE_URL Ollama's address?") from None
+        if not names & {self.model, f"{self.model}:latest"}:
+            raise self._not_pulled()
+
+
+def ping(embeddings: Embeddings) -> None:
+    """Raise EmbeddingsError unless the embeddings can be used now: a server's is asked; a
+    model in this process, once loaded, can."""
+    if isinstance(embeddings, OllamaServerEmbeddings):
+        embeddings.ping()
+
+
+def build_embeddings(settings: Settings) -> Embeddings:
+    if settings.embedding_backend is EmbeddingBackend.ollama:
+        return OllamaServerEmbeddings(settings)
     # Fail fast instead of trying a hub that cannot be reached (and never phone home).
     os.environ["HF_HUB_OFFLINE"] = "1"
     os.environ["HF_HUB_DISABLE_TELEMETRY"] = "1"

@@ -26,6 +26,7 @@ from hearth.access import Access, build_access
 from hearth.auth import Keys, build_keys
 from hearth.config import RerankerChoice, RetrievalMode, Settings
 from hearth.embeddings import build_embeddings
+from hearth.embeddings import ping as ping_embeddings
 from hearth.errors import HearthError, Unavailable
 from hearth.history import HistoryStore, build_history
 from hearth.llm import LLM, build_llm
@@ -142,6 +143,7 @@ class Services:
         """Each backend by name: reachable or not, and why."""
         checks: dict[str, Callable[[], Any]] = {
             "llm": lambda: self.llm.ping(),
+            "embeddings": lambda: ping_embeddings(self.embeddings),  # every question embeds
             "vector_store": lambda: self.vectorstore.ping(),
             "history_store": lambda: self.history.ping(),
         }

@@ -399,6 +399,8 @@ class VectorStore:
                 # Chroma's queries release the GIL: the collections are searched at once.
                 with ThreadPoolExecutor(min(len(found), 8)) as pool:
                     hits = [hit for part in pool.map(query_one, found) for hit in part]
+        except Unavailable:
+            raise  # the embeddings' server, down: not the vector store
         except Exception as exc:
             raise VectorStoreError(f"cannot search the vector store at {self.where}: {exc}") from exc
         hits.sort(key=lambda hit: -hit[1])

@@ -256,8 +256,8 @@ def test_health_and_readiness(client: Any) -> None:
     ready = client.get("/readyz")
     assert ready.status_code == 200, ready.get_json()
     check_schema(ready, "/readyz", "get")
-    assert set(ready.get_json()["checks"]) == {"llm", "vector_store", "history_store",
-                                               "keyword_index"}
+    assert set(ready.get_json()["checks"]) == {"llm", "embeddings", "vector_store",
+                                               "history_store", "keyword_index"}
 
 
 def test_unknown_route_and_method_are_json_errors(client: Any) -> None:

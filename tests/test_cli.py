@@ -103,9 +103,30 @@ def test_doctor_names_what_runs_and_what_is_not_ready(tmp_path: Path,
     assert "history: schema - of 6, not created yet" in lines
     assert "collections: schema - of 1, not created yet" in lines
     assert "vector_store: ready" in lines and "history_store: ready" in lines
+    assert "embeddings: ready" in lines  # a model in this process: loaded is ready
     # (stderr is mixed in: the embedding model's loading bar may share the line)
     assert "llm: NOT READY: the OpenAI-compatible server" in result.output
     assert result.exit_code == 1  # something is not ready
+
+
+@pytest.mark.real
+def test_ollama_embeddings_down_is_one_line_from_ask_and_not_ready_in_doctor(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """With hybrid retrieval (the default) `hearth ask` ended in a traceback of Ollama's
+    ConnectionError, and `hearth doctor` said everything was ready."""
+    from tests.conftest import MODELS, SMOLLM
+
+    for name, value in {"DATA_DIR": str(tmp_path / "data"), "EMBEDDING_BACKEND": "ollama",
+                        "OLLAMA_BASE_URL": closed_port_url(), "MODELS_DIR": str(MODELS),
+                        "LLAMACPP_MODEL": SMOLLM, "LLAMACPP_N_CTX": "2048"}.items():
+        monkeypatch.setenv(f"HEARTH_{name}", value)
+    asked = CliRunner().invoke(main, ["ask", "Who turns the compost?"])
+    assert isinstance(asked.exception, SystemExit), asked.exception  # not a traceback
+    assert asked.exit_code == 1
+    assert "Error: Ollama is not reachable at http://127.0.0.1:" in asked.output, asked.output
+    doctor = CliRunner().invoke(main, ["doctor"])
+    assert "embeddings: NOT READY: Ollama is not reachable" in doctor.output, doctor.output
+    assert doctor.exit_code == 1
 
 
 @pytest.mark.parametrize("user", ["", "   ", "team/ann", "ann\x07"])

@@ -173,6 +173,7 @@ def test_question_answer_and_history_through_ollama_mongodb_and_chroma(
     assert ready.status_code == 200, ready.get_json()
     assert ready.get_json()["checks"] == {
         "llm": {"ok": True, "error": None},
+        "embeddings": {"ok": True, "error": None},
         "vector_store": {"ok": True, "error": None},
         "history_store": {"ok": True, "error": None},
         "keyword_index": {"ok": True, "error": None},

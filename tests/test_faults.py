@@ -418,3 +418,54 @@ def test_a_backend_down_is_explained_only_to_those_who_may_see_its_address(
                            headers=headers, environ_base=environ).get_json()["error"]["message"]
         assert f"127.0.0.1:{port}" in told and "s3cret" not in told, told
 
+
+@pytest.mark.parametrize("retrieval", ["hybrid", "dense"])
+def test_ollama_embeddings_down_is_a_503_with_its_code(
+    make_settings: Any, ollama_replay: OllamaReplay, smollm: Any, retrieval: str
+) -> None:
+    """With hybrid retrieval the question's embedding was asked for outside the vector store's
+    errors: Ollama's ConnectionError came through as a 500 (a traceback from the CLI)."""
+    from hearth.services import build_services
+    from tests.conftest import closed_port_url
+
+    ollama_replay.models.append("nomic-embed-text")
+    options = {"embedding_backend": "ollama", "retrieval": retrieval}
+    up = build_services(make_settings(ollama_base_url=ollama_replay.url, **options), llm=smollm)
+    index(up)  # embedded by the replay
+    assert up.readiness()["embeddings"] == {"ok": True}
+    down = build_services(make_settings(ollama_base_url=closed_port_url(), **options), llm=smollm)
+    client = create_app(down.settings, down).test_client()
+    for stream in (False, True):  # the passages are found before a stream starts
+        response = client.post("/api/question", json={
+            "question": "How do I ingest PDFs?", "user_id": "ann", "stream": stream})
+        assert response.status_code == 503, response.get_data(as_text=True)
+        error = response.get_json()["error"]
+        assert error["code"] == "embeddings_unavailable"
+        assert "Ollama is not reachable" in error["message"], error
+    assert client.get("/api/conversations?user_id=ann").get_json()["conversations"] == []
+
+
+def test_readiness_asks_ollama_for_the_embedding_model_in_bounded_time(
+    make_settings: Any, ollama_replay: OllamaReplay
+) -> None:
+    """/readyz and `hearth doctor` said ready with Ollama's embeddings down: no check asked."""
+    from hearth.services import build_services
+
+    def embeddings_check(url: str) -> dict[str, Any]:
+        services = build_services(make_settings(
+            embedding_backend="ollama", ollama_base_url=url, backend_timeout_s=1.0,
+            llm_backend="openai", openai_base_url=url))  # no model loaded for this
+        return services.readiness()["embeddings"]
+
+    not_pulled = embeddings_check(ollama_replay.url)
+    assert not not_pulled["ok"] and "ollama pull nomic-embed-text" in not_pulled["error"]
+    ollama_replay.models.append("nomic-embed-text")
+    assert embeddings_check(ollama_replay.url) == {"ok": True}
+    port = int(ollama_replay.url.rsplit(":", 1)[1])
+    with StallProxy("127.0.0.1", port) as proxy:
+        proxy.stall()  # an Ollama that takes the request and never answers
+        started = time.monotonic()
+        hung = embeddings_check(proxy.url())
+        assert time.monotonic() - started < 10  # the backend timeout, not Ollama's 180 s
+    assert not hung["ok"] and "Ollama is not reachable" in hung["error"], hung
+
