@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from hearth.chat import Chat
-from hearth.errors import HearthError
+from hearth.errors import HearthError, Unavailable
 from hearth.ingest.jobs import Jobs, build_job_store
 from hearth.ingest.sources import remove_collection
 from hearth.ingest.uploads import Uploads
@@ -31,9 +31,10 @@ class Erased:
         return asdict(self)
 
 
-class EraseIncomplete(HearthError):
+class EraseIncomplete(Unavailable):
     """A step of an erasure failed: what was erased stays erased, and erasing again finishes
-    it. Reported as the failure that stopped it (its code and status)."""
+    it. Reported as the failure that stopped it (its code and status): an API client without
+    the backends' details reads only the code of a store that is down, as for any other."""
 
     def __init__(self, user_id: str, erased: list[str], left: list[str],
                  cause: HearthError) -> None:

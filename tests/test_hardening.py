@@ -502,3 +502,20 @@ def test_the_erase_route_says_it_erases_the_history() -> None:
 
     summary = openapi_document()["paths"]["/api/users/{user_id}/history"]["delete"]["summary"]
     assert "history" in summary and "everything" not in summary.lower()
+
+
+def test_an_erasure_stopped_by_a_store_that_is_down_hides_its_details(tmp_path: Path) -> None:
+    """DELETE /api/users/<id> with the history store down: the error told a remote caller the
+    store's path, which a backend that is down says only to admins and the machine itself."""
+    client, services = app_for(tmp_path, auth=True)
+    token, _ = services.keys.create("ann")
+    history = services.settings.data_dir / "history.sqlite3"
+    services._built.pop("history", None)  # type: ignore[attr-defined]  # opened again: damaged
+    history.write_bytes(b"not a database" * 100)
+    far = {"REMOTE_ADDR": "203.0.113.9"}
+    erased = client.delete("/api/users/ann", environ_base=far,
+                           headers={"Authorization": f"Bearer {token}"})
+    assert erased.status_code == 503, erased.get_json()
+    assert str(history) not in json.dumps(erased.get_json())
+    assert erased.get_json()["error"]["code"] == "history_unavailable"
+    assert services.keys.authenticate(token) is None  # access ended all the same
