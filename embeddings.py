@@ -27,6 +27,7 @@ from langchain_core.embeddings import Embeddings
 from hearth.config import EmbeddingBackend, EmbeddingRuntime, Settings
 from hearth.errors import Unavailable
 from hearth.mongo import redact
+from hearth.ollama_tags import missing_model
 
 
 class EmbeddingsError(Unavailable):
@@ -152,22 +153,10 @@ class OllamaServerEmbeddings(Embeddings):
     def ping(self) -> None:
         """Raise EmbeddingsError unless Ollama answers, within the backend timeout, and has
         the model."""
-        import httpx
-
-        try:
-            response = httpx.get(f"{self.settings.ollama_base_url.rstrip('/')}/api/tags",
-                                 timeout=self.settings.backend_timeout_s)
-            response.raise_for_status()
-            names = {m.get("name") for m in response.json()["models"]}
-        except httpx.HTTPError as exc:
-            raise EmbeddingsError(f"Ollama is not reachable at {self.where} for the embeddings "
-                                  f"({type(exc).__name__}): start it with `ollama serve`") from exc
-        except (ValueError, KeyError, TypeError, AttributeError):
-            raise EmbeddingsError(f"the server at {self.where} does not answer as Ollama does "
-                                  "(/api/tags is not Ollama's list of models): is "
-                                  "HEARTH_OLLAMA_BASE_URL Ollama's address?") from None
-        if not names & {self.model, f"{self.model}:latest"}:
-            raise self._not_pulled()
+        why = missing_model(self.settings.ollama_base_url, self.model,
+                            self.settings.backend_timeout_s)
+        if why:
+            raise EmbeddingsError(why)
 
 
 def ping(embeddings: Embeddings) -> None:

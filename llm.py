@@ -23,6 +23,7 @@ from langchain_core.messages import AIMessageChunk, BaseMessage
 
 from hearth.config import LLMBackend, Settings
 from hearth.errors import Unavailable
+from hearth.ollama_tags import missing_model
 from hearth.weights import (
     ModelError,
     catalog,
@@ -419,25 +420,9 @@ class OllamaLLM(LLM):
         )
 
     def ping(self) -> None:
-        try:
-            response = httpx.get(f"{self.base_url}/api/tags", timeout=self.settings.backend_timeout_s)
-            response.raise_for_status()
-        except httpx.HTTPError as exc:
-            raise LLMError(
-                f"Ollama is not reachable at {self.base_url} ({exc.__class__.__name__}): "
-                "start it with `ollama serve`"
-            ) from exc
-        try:  # a proxy's page, or another server on Ollama's port, is not Ollama
-            names = {m.get("name") for m in response.json()["models"]}
-        except (ValueError, KeyError, TypeError, AttributeError):
-            raise LLMError(f"the server at {self.base_url} does not answer as Ollama does "
-                           "(/api/tags is not Ollama's list of models): is HEARTH_OLLAMA_BASE_URL "
-                           "Ollama's address?") from None
-        wanted = {self.model_name, f"{self.model_name}:latest"}
-        if not names & wanted:
-            raise LLMError(
-                f"Ollama has no model {self.model_name!r}: run `ollama pull {self.model_name}`"
-            )
+        why = missing_model(self.base_url, self.model_name, self.settings.backend_timeout_s)
+        if why:
+            raise LLMError(why)
 
     def translate(self, exc: Exception) -> Exception:
         if isinstance(exc, httpx.TimeoutException):
