@@ -582,13 +582,17 @@ def name_supported(name: str, local: set[str], joined: str, raw: str,
 def member(name: str, passages: Sequence[str]) -> bool:
     """``subprocess.run`` on the subprocess module's own page (a passage under its title,
     "subprocess — Subprocess management"), which calls it ``run()``: the member named as its
-    page names it, called or defined (``run(``), not as a word (``deprecated``) of its prose."""
+    page names it, called or defined (``run(``), not as a word (``deprecated``) of its prose;
+    or in a passage whose prose gives it to the module ("The operator module has
+    itemgetter()", in the sorting HOWTO)."""
     module, _, attribute = name.removesuffix("()").rpartition(".")
     if not module or not attribute:
         return False
     title = re.compile(rf"^(?:\[\d+\] )?{re.escape(module)} — ", re.MULTILINE)
     called = re.compile(rf"(?<![\w.]){re.escape(attribute)}\(")
-    return any(title.search(p) and called.search(p) for p in passages)
+    prose = re.compile(rf"(?<![\w.]){re.escape(module)} module\b[^.\n]*?(?<![\w.])"
+                       rf"{re.escape(attribute)}\(")
+    return any(title.search(p) and called.search(p) or prose.search(p) for p in passages)
 
 
 def check(answer: str, passages: Sequence[str], question: str = "") -> Verdict:

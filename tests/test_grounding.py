@@ -294,6 +294,21 @@ def test_a_modules_member_is_supported_on_that_modules_own_page() -> None:
 
 
 @needs_docs
+def test_a_member_the_prose_gives_its_module_is_supported() -> None:
+    """The sorting HOWTO says "The operator module has itemgetter()": ``operator.itemgetter``
+    is supported there, a member the module is not said to have is not."""
+    text = passage(page("howto/sorting.html"), "The operator module has", 400)
+    assert "operator.itemgetter" not in text
+    answer = "Pass `key=operator.itemgetter('age')`."
+    assert check(answer, [text]).unsupported == []
+    assert check("Pass `key=operator.keygetter('age')`.", [text]).unsupported == [
+        "operator.keygetter"]
+    # Another module's member by the same name is still a claim of its own.
+    assert check("Pass `key=functools.itemgetter('age')`.", [text]).unsupported == [
+        "functools.itemgetter"]
+
+
+@needs_docs
 def test_an_argument_the_prose_names_is_supported() -> None:
     text = passage(page("library/json.html"), "If ensure_ascii is false", 800)
     assert "ensure_ascii=" not in text.replace(" ", "")
