@@ -209,6 +209,10 @@ class Settings(BaseSettings):
     llamacpp_n_batch: int = Field(512, ge=8)
     llamacpp_n_threads: int = Field(0, ge=0, description="0: one per physical core this "
                                     "process may use")
+    llamacpp_context_contrast: float = Field(
+        0.0, ge=0.0, le=4.0, description="context-aware decoding: each token's log-probability "
+        "with the passages pushed away from the same prompt's without them, by this weight; "
+        "0: off (docs/evaluation.md)")
     ollama_base_url: str = "http://127.0.0.1:11434"
     ollama_model: str = "llama3.1:8b"
     ollama_num_ctx: int = Field(8192, ge=512)

@@ -69,6 +69,8 @@ class Generation:
     # The drawn tokens as a server reported them (Ollama, OpenAI-style): their bytes,
     # log-probabilities and alternatives, where the backend has no token ids to give.
     received: list[Drawn] = field(default_factory=list)
+    # The prompt without its passages, for context-aware decoding (HEARTH_LLAMACPP_CONTEXT_CONTRAST).
+    plain: list[Any] | None = None
 
     @property
     def confidence(self) -> float | None:
@@ -158,6 +160,68 @@ class TokenLogprobs:
         top = float(row.max())
         self._last = (row, top + math.log(float(np.exp(row - top).sum())))
         return logits
+
+
+class ContextContrast:
+    """A llama.cpp logits processor for context-aware decoding: each step, the logits of the
+    prompt with its passages are pushed away from those of the same prompt without them,
+    ``(1 + alpha) * with - alpha * without``, among the tokens the passages' prompt finds
+    plausible (within ``beta`` of its likeliest), so that what the passages say outweighs
+    what the model would say from memory. ``plain`` is a second llama.cpp context of the
+    same model, fed the prompt without passages and then each drawn token."""
+
+    def __init__(self, plain: Any, tokens: list[int], alpha: float, beta: float = 0.1) -> None:
+        self.plain, self.tokens, self.alpha = plain, tokens, alpha
+        self.floor = math.log(beta)
+        self.start: int | None = None
+
+    def __call__(self, input_ids: Any, logits: Any) -> Any:
+        import numpy as np
+
+        if self.start is None:
+            # The plain prompt shares its start (the system message) with the last one's:
+            # what the context holds already is kept, the rest evaluated again.
+            self.start, kept = len(input_ids), 0
+            held = self.plain.input_ids[:self.plain.n_tokens]
+            for had, token in zip(held, self.tokens[:-1], strict=False):
+                if had != token:
+                    break
+                kept += 1
+            self.plain.n_tokens = kept
+        wanted = self.tokens + [int(t) for t in input_ids[self.start:]]
+        self.plain.eval(wanted[self.plain.n_tokens:])
+        without = np.ctypeslib.as_array(self.plain._ctx.get_logits(), shape=(len(logits),))
+        with_ = np.asarray(logits, dtype=np.float64)
+        top = with_.max()
+        norm = top + math.log(float(np.exp(with_ - top).sum()))
+        w_top = float(without.max())
+        w_norm = w_top + math.log(float(np.exp(without - w_top).sum()))
+        mixed = (1 + self.alpha) * (with_ - norm) - self.alpha * (without - w_norm)
+        mixed[with_ - top < self.floor] = -np.inf
+        return mixed.astype(np.float32)
+
+
+def chat_tokens(llama: Any, messages: list[dict[str, Any]]) -> list[int] | None:
+    """The tokens ``llama`` is prompted with for ``messages``, in its chat format (the GGUF
+    file's own template, or the named format's); None for a format that has no text form."""
+    from llama_cpp import llama_chat_format
+
+    name = llama.chat_format or ""
+    if name.startswith("chat_template."):
+        def text(token: int) -> str:
+            return llama._model.token_get_text(token) if token != -1 else ""
+
+        key = "tokenizer.chat_template" + ("" if name == "chat_template.default" else name[13:])
+        formatter: Any = llama_chat_format.Jinja2ChatFormatter(
+            template=llama.metadata[key], eos_token=text(llama.token_eos()),
+            bos_token=text(llama.token_bos()))
+    else:
+        formatter = getattr(llama_chat_format, "format_" + name.replace("-", "_"), None)
+        if formatter is None:
+            return None
+    prompt = formatter(messages=messages)
+    return list(llama.tokenize(prompt.prompt.encode("utf-8"), add_bos=not prompt.added_special,
+                               special=True))
 
 
 class LLM:
@@ -345,6 +409,7 @@ class LlamaCppLLM(LLM):
         if settings.min_answer_confidence is None and self.confidence_floor:
             log.info("answers %s is less sure of than %.2f are withheld (its measured floor: "
                      "HEARTH_MIN_ANSWER_CONFIDENCE=0 turns it off)", name, self.confidence_floor)
+        self.contrast = settings.llamacpp_context_contrast
         self.n_ctx = settings.llamacpp_n_ctx
         self._lock = threading.Lock()
         chat_format = None  # a GGUF file of one's own: its embedded chat template
@@ -372,6 +437,8 @@ class LlamaCppLLM(LLM):
                            "a packaged one") from exc
         self.chat_model = chat_model
         self._llama = chat_model.client
+        self._plain: Any = None  # the context without passages (HEARTH_LLAMACPP_CONTEXT_CONTRAST)
+        self._no_contrast = False
 
     def _guard(self) -> AbstractContextManager[Any]:
         return self._lock
@@ -379,8 +446,34 @@ class LlamaCppLLM(LLM):
     def recording(self, usage: Generation) -> dict[str, Any]:
         from llama_cpp import LogitsProcessorList
 
-        return {"logits_processor": LogitsProcessorList([TokenLogprobs(
-            usage.logprobs, usage.tokens, usage.top, usage.alternatives)])}
+        processors: list[Any] = [TokenLogprobs(
+            usage.logprobs, usage.tokens, usage.top, usage.alternatives)]
+        contrast = None
+        if self.contrast and usage.plain:
+            contrast = self._contrast(usage.plain)
+        if contrast:
+            processors.append(contrast)
+        return {"logits_processor": LogitsProcessorList(processors)}
+
+    def _contrast(self, plain: list[Any]) -> ContextContrast | None:
+        from langchain_community.chat_models.llamacpp import _convert_message_to_dict
+        from llama_cpp import Llama
+
+        tokens = chat_tokens(self._llama, [_convert_message_to_dict(m) for m in plain])
+        if tokens is None:
+            if not self._no_contrast:
+                log.warning("HEARTH_LLAMACPP_CONTEXT_CONTRAST: the chat format %s has no text form to "
+                            "prompt a second context with; decoding as usual",
+                            self._llama.chat_format)
+                self._no_contrast = True
+            return None
+        if self._plain is None:
+            # The same weights (mapped, not copied), a context of their own: about the
+            # memory of the first context's cache again.
+            self._plain = Llama(model_path=str(self.model_path), n_ctx=self.n_ctx,
+                                n_batch=self.settings.llamacpp_n_batch,
+                                n_threads=self.settings.n_threads, n_gpu_layers=0, verbose=False)
+        return ContextContrast(self._plain, tokens, self.contrast)
 
     def token_bytes(self, tokens: Sequence[int]) -> list[bytes]:
         # One at a time: each token's own bytes (a character may take several); the end of
@@ -551,4 +644,7 @@ ADAPTERS: dict[LLMBackend, type[LLM]] = {
 
 
 def build_llm(settings: Settings) -> LLM:
+    if settings.llamacpp_context_contrast and settings.llm_backend is not LLMBackend.llamacpp:
+        log.warning("HEARTH_LLAMACPP_CONTEXT_CONTRAST applies to the model llama.cpp runs in process: "
+                    "%s decodes its own way", settings.llm_backend.value)
     return ADAPTERS[settings.llm_backend](settings)

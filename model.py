@@ -663,7 +663,10 @@ class Assistant:
         t = mark("prompt_s", t)
         hold()
         t = mark("queue_s", t)
-        usage = Generation(top=alternatives)
+        # For context-aware decoding (HEARTH_LLAMACPP_CONTEXT_CONTRAST): the same prompt less
+        # its passages' message. Against the model's answer from memory instead (the rules
+        # left out too), its drafts declined more and were right less often (docs/evaluation.md).
+        usage = Generation(top=alternatives, plain=messages[:-2] + messages[-1:])
         pieces: list[str] = []
         answered = self._generate(messages, standalone, usage)
         for piece in within_words(answered, self.settings.answer_words):

@@ -98,7 +98,8 @@ def make_services(make_settings: Callable[..., Settings], embeddings: Any,
         settings = make_settings(**overrides)
         ready: dict[str, Any] = {"embeddings": embeddings}
         if settings.llm_backend.value == "llamacpp" and settings.llamacpp_model == SMOLLM \
-                and settings.llamacpp_n_ctx == 2048 and settings.max_new_tokens == 48:
+                and settings.llamacpp_n_ctx == 2048 and settings.max_new_tokens == 48 \
+                and not settings.llamacpp_context_contrast:
             ready["llm"] = smollm
         return build_services(settings, **ready)
 

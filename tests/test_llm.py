@@ -342,3 +342,113 @@ def test_llamacpp_records_each_drawn_tokens_log_probability(smollm: LlamaCppLLM)
     drawn = smollm.drawn(usage)
     assert drawn and all(len(t.top) == 2 and t.top[0][1] >= t.top[1][1] for t in drawn)
     assert all(t.top[0][1] >= t.logprob - 1e-9 for t in drawn)
+
+
+def _logits_after(model_path: Any, *batches: list[int]) -> Any:
+    """The next token's logits after the tokens of ``batches``, from a context of their own
+    fed them batch by batch (llama.cpp's sums differ a little with the batches' sizes)."""
+    import numpy as np
+    from llama_cpp import Llama
+
+    fresh = Llama(model_path=str(model_path), n_ctx=512, verbose=False)
+    for tokens in batches:
+        fresh.eval(tokens)
+    return np.ctypeslib.as_array(fresh._ctx.get_logits(), shape=(fresh.n_vocab(),)).copy()
+
+
+def test_context_contrast_pushes_the_passages_logits_from_the_plain_prompts(
+        smollm: LlamaCppLLM) -> None:
+    """Each step of context-aware decoding against its formula, computed from fresh contexts
+    of the same model: ``(1 + a) * log p(y | passages) - a * log p(y | no passages)`` over the
+    tokens within a tenth of the likeliest. The plain context is kept between answers, its
+    shared start (the system message) not evaluated again, and must still hold exactly the
+    plain prompt and the tokens drawn since."""
+    import numpy as np
+    from llama_cpp import Llama
+
+    from hearth.llm import ContextContrast, chat_tokens
+
+    def log_softmax(x: Any) -> Any:
+        x = np.asarray(x, dtype=np.float64)
+        return x - x.max() - np.log(np.exp(x - x.max()).sum())
+
+    system = {"role": "system", "content": "Answer from the context only, in one sentence."}
+    plain = Llama(model_path=str(smollm.model_path), n_ctx=512, verbose=False)
+    evaluated: list[int] = []
+    real_eval = plain.eval
+    plain.eval = lambda tokens: (evaluated.append(len(tokens)), real_eval(tokens))[1]  # type: ignore[method-assign]
+    for question, passage in [("What is the capital of France?", "The capital of France is Lyon."),
+                              ("What colour is the sky?", "On this planet the sky is green.")]:
+        asked = {"role": "user", "content": f"Question: {question}"}
+        passages = {"role": "user", "content": f"Context:\n{passage}"}
+        full = chat_tokens(smollm._llama, [system, passages, asked])
+        bare = chat_tokens(smollm._llama, [system, asked])
+        assert full and bare and len(bare) < len(full)
+        contrast = ContextContrast(plain, bare, alpha=1.0)
+        evaluated.clear()
+        drawn: list[int] = []
+        for _ in range(3):  # the prompt, then each drawn token
+            with_ = _logits_after(smollm.model_path, full + drawn)
+            mixed = contrast(np.array(full + drawn), with_.copy())
+            kept = len(bare) - evaluated[0]
+            without = _logits_after(smollm.model_path, bare[:kept], bare[kept:],
+                                    *([d] for d in drawn))
+            expected = 2 * log_softmax(with_) - log_softmax(without)
+            plausible = with_ - with_.max() >= math.log(0.1)
+            assert np.isneginf(mixed[~plausible]).all() and plausible.sum() >= 1
+            assert mixed[plausible] == pytest.approx(expected[plausible], abs=2e-3)
+            drawn.append(int(np.argmax(mixed)))
+        assert evaluated[1:] == [1, 1]  # one token more each step
+        assert list(plain.input_ids[:plain.n_tokens]) == bare + drawn[:-1]
+    # The second answer's plain prompt shares the system message with the first's: kept.
+    assert 0 < evaluated[0] < len(bare)
+
+
+@pytest.mark.parametrize("chat_format", ["chatml", None])
+def test_chat_tokens_are_the_prompt_the_chat_handler_gives_the_model(
+        smollm: LlamaCppLLM, chat_format: str | None) -> None:
+    """The plain prompt of context-aware decoding is formatted as the model's own chat handler
+    formats an answer's: by the named format, or by the template in the GGUF file."""
+    from llama_cpp import Llama
+
+    from hearth.llm import chat_tokens
+
+    llama = Llama(model_path=str(smollm.model_path), n_ctx=512, verbose=False,
+                  chat_format=chat_format)
+    messages = [{"role": "system", "content": "Answer in one short sentence."},
+                {"role": "user", "content": "Context:\nThe sky is green here."},
+                {"role": "user", "content": "Question: What colour is the sky?"}]
+    tokens = chat_tokens(llama, messages)
+    out = llama.create_chat_completion(messages=messages, max_tokens=1, temperature=0)
+    assert tokens and out["usage"]["prompt_tokens"] == len(tokens)  # type: ignore[index]
+    assert list(llama.input_ids[:len(tokens)]) == tokens
+
+
+def test_context_contrast_decodes_an_answer_beside_a_plain_context(make_settings: Any) -> None:
+    """The adapter feeds a second context of the same model the prompt without its passages,
+    then each token it draws; without a plain prompt it decodes as usual."""
+    llm = LlamaCppLLM(make_settings(llamacpp_context_contrast=1.0))
+    passages = [SystemMessage("Answer from the context only."),
+                HumanMessage("Context:\nThe sky over Hearth's town is green."),
+                HumanMessage("Question: What colour is the sky?")]
+    usage = Generation(plain=[passages[0], passages[2]])
+    text = "".join(llm.stream(passages, usage=usage))
+    assert text.strip() and len(usage.tokens) >= 2
+    from langchain_community.chat_models.llamacpp import _convert_message_to_dict
+
+    from hearth.llm import chat_tokens
+
+    bare = chat_tokens(llm._llama, [_convert_message_to_dict(m) for m in usage.plain or []])
+    # Each drawn token but the last (no step reads it), as the recorder names them.
+    assert bare and list(llm._plain.input_ids[:llm._plain.n_tokens]) == bare + usage.tokens
+    held = llm._plain.n_tokens
+    assert "".join(llm.stream(MESSAGES)).strip()  # no plain prompt: the second context idles
+    assert llm._plain.n_tokens == held
+
+
+def test_context_contrast_set_for_a_server_backend_is_said_not_to_apply(
+        make_settings: Any, caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.WARNING, logger="hearth.llm"):
+        build_llm(make_settings(llm_backend="ollama", llamacpp_context_contrast=1.0))
+    assert "HEARTH_LLAMACPP_CONTEXT_CONTRAST applies to the model llama.cpp runs in process" \
+        in caplog.text

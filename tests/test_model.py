@@ -153,6 +153,25 @@ def test_the_persona_word_budget_and_refusal_reach_the_prompt(
     assert 'reply exactly "Ask the Acme help desk instead."' in system
 
 
+def test_context_aware_decoding_contrasts_the_prompt_without_its_passages(
+    make_services: Any
+) -> None:
+    """With HEARTH_LLAMACPP_CONTEXT_CONTRAST, the answer is decoded against the same prompt
+    less its passages' message: the rules and the question, not a word of the passages."""
+    services = make_services(llamacpp_context_contrast=1.0)
+    services.vectorstore.langchain.add_texts(
+        ["To install a package, run python -m pip install followed by its name."],
+        metadatas=[{"source": "pip.md"}], ids=["1"])
+    answer = services.assistant.answer("How do I install a package with pip?")
+    assert answer.answer.strip() and answer.sources
+    plain = services.llm._plain
+    read = plain.detokenize(list(plain.input_ids[:plain.n_tokens]), special=True).decode()
+    read = read[:read.index("<|im_start|>assistant")]  # the prompt, not the tokens drawn after it
+    assert services.settings.persona in read and "using only the context" in read
+    assert "Question: How do I install a package with pip?" in read
+    assert "Context:" not in read and "followed by its name" not in read
+
+
 def test_an_answer_that_quotes_the_refusal_is_not_one(
     make_services: Any, ollama_replay: Any
 ) -> None:
