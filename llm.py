@@ -126,6 +126,14 @@ def reported_tokens(logprobs: Any, top: int = 0) -> list[Drawn]:
     return drawn
 
 
+def log_sum_exp(row: Any) -> float:
+    """The log of the sum of ``exp(row)``, computed stably: a row of logits' normaliser."""
+    import numpy as np
+
+    top = float(row.max())
+    return top + math.log(float(np.exp(row - top).sum()))
+
+
 class TokenLogprobs:
     """A llama.cpp logits processor that changes nothing and records, into ``into``, the
     log-probability of each token the model draws, under its logits as they are before
@@ -157,8 +165,7 @@ class TokenLogprobs:
                 best = best[np.argsort(-row[best], kind="stable")]
                 self.alternatives.append([(int(i), float(row[i]) - norm) for i in best])
         row = np.asarray(logits, dtype=np.float64)  # a copy: llama.cpp reuses its buffer
-        top = float(row.max())
-        self._last = (row, top + math.log(float(np.exp(row - top).sum())))
+        self._last = (row, log_sum_exp(row))
         return logits
 
 
@@ -192,12 +199,9 @@ class ContextContrast:
         self.plain.eval(wanted[self.plain.n_tokens:])
         without = np.ctypeslib.as_array(self.plain._ctx.get_logits(), shape=(len(logits),))
         with_ = np.asarray(logits, dtype=np.float64)
-        top = with_.max()
-        norm = top + math.log(float(np.exp(with_ - top).sum()))
-        w_top = float(without.max())
-        w_norm = w_top + math.log(float(np.exp(without - w_top).sum()))
-        mixed = (1 + self.alpha) * (with_ - norm) - self.alpha * (without - w_norm)
-        mixed[with_ - top < self.floor] = -np.inf
+        mixed = ((1 + self.alpha) * (with_ - log_sum_exp(with_))
+                 - self.alpha * (without - log_sum_exp(without)))
+        mixed[with_ - with_.max() < self.floor] = -np.inf
         return mixed.astype(np.float32)
 
 
