@@ -79,6 +79,8 @@ log = logging.getLogger(__name__)
 # Chunks handed to the indexing API at a time: one embedding call (which sorts its texts by
 # length to pad less: bigger is a little faster), one step of the progress bar.
 INDEX_BATCH = 128
+# Records deleted at a time (SQLite bounds the values one statement binds).
+RECORDS_BATCH = 1000
 
 
 def records_namespace(collection: str, source: str) -> str:
@@ -97,10 +99,22 @@ def split_namespace(namespace: str) -> tuple[str, str]:
     return DEFAULT, namespace
 
 
-def indexed_documents(store: Any, namespace: str) -> dict[str, str]:
+def indexed_documents(store: Any, namespace: str, records: RecordManager) -> dict[str, str]:
     """Each document of a source now in the vector store (LangChain's ``Chroma``), with the
-    hash of its content."""
+    hash of its content.
+
+    The records are checked against the store they describe first: a record of a chunk this
+    store lacks (the store is another one since: a new ``HEARTH_CHROMA_COLLECTION`` or Chroma
+    server, a deleted ``data/chroma``) is forgotten, so the run indexes that chunk again rather
+    than skip it as present."""
     found = store.get(where={"root": namespace}, include=["metadatas"])
+    stored = set(found["ids"])
+    missing = [key for key in records.list_keys() if key not in stored]
+    if missing:
+        log.warning("%s: %d ingestion records name chunks that the vector store does not hold "
+                    "(another store since?): they are indexed again", namespace, len(missing))
+        for start in range(0, len(missing), RECORDS_BATCH):
+            records.delete_keys(missing[start:start + RECORDS_BATCH])
     return {str(m["source"]): str(m.get("doc_hash", "")) for m in found["metadatas"] if m}
 
 
@@ -180,7 +194,11 @@ def _run(services: Services, namespace: str, items: Iterable[Parsed | Chunked | 
     summary.source = namespace
     chunker = chunker_for(services.settings)
     records = record_manager(services.settings, records_namespace(collection, namespace))
-    before = indexed_documents(store, namespace)
+    try:
+        before = written(lambda: indexed_documents(store, namespace, records))
+    except BaseException:
+        close_records(records)
+        raise
     known = known_names(namespace, before)
     indexed: set[str] = set()
     kept: set[str] = set()

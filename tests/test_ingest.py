@@ -138,6 +138,32 @@ def test_reingest_of_an_unchanged_folder_embeds_nothing(
     assert "6 unchanged" in str(second) and "0 embedded" in str(second)
 
 
+
+def test_a_new_chroma_collection_is_filled_by_the_next_ingest(
+        make_ingest_services: Callable[..., Services], tutorial: Path,
+        counting: CountingEmbeddings) -> None:
+    """The records are checked against the store they describe: after HEARTH_CHROMA_COLLECTION
+    changed (or another Chroma, or a deleted data/chroma), they said every chunk was indexed
+    already, and the new collection stayed empty."""
+    first = ingest_files(make_ingest_services(), tutorial)
+    counting.texts = 0
+    moved = make_ingest_services(chroma_collection="hearth-minilm")
+    assert chunks(moved, tutorial) == []
+    again = ingest_files(moved, tutorial)
+    assert (again.added, again.unchanged, again.chunks_added, again.chunks_unchanged) == (
+        6, 0, first.chunks, 0)
+    assert counting.texts == first.chunks
+    assert len(chunks(moved, tutorial)) == first.chunks
+    assert str(tutorial / "appetite.txt") in search_sources(
+        moved, "Why would you want to use Python? automate tasks", k=10)
+    records = record_manager(moved.settings, str(tutorial))
+    assert sorted(records.list_keys()) == sorted(c["id"] for c in chunks(moved, tutorial))
+    close_records(records)
+
+    counting.texts = 0  # the old collection holds the same chunks: nothing to embed there
+    back = ingest_files(make_ingest_services(), tutorial)
+    assert (back.unchanged, back.chunks_unchanged, counting.texts) == (6, first.chunks, 0)
+
 def test_every_chunk_fits_the_model_window_and_carries_its_metadata(
         services: Services, tutorial: Path) -> None:
     ingest_files(services, tutorial)
