@@ -26,6 +26,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -99,23 +100,32 @@ def split_namespace(namespace: str) -> tuple[str, str]:
     return DEFAULT, namespace
 
 
-def indexed_documents(store: Any, namespace: str, records: RecordManager) -> dict[str, str]:
-    """Each document of a source now in the vector store (LangChain's ``Chroma``), with the
-    hash of its content.
+def indexed_documents(store: Any, namespace: str,
+                      records: RecordManager) -> dict[str, Counter[str]]:
+    """Each document of a source indexed now, with the content hashes of its chunks that are
+    both in the vector store and recorded, and how many of each: a document is whole in the
+    index when its chunks of its current hash all are. A chunk no record names (a run stopped
+    part-way) does not count: the run embeds it again, or deletes it (``unrecorded``).
 
     The records are checked against the store they describe first: a record of a chunk this
     store lacks (the store is another one since: a new ``HEARTH_CHROMA_COLLECTION`` or Chroma
     server, a deleted ``data/chroma``) is forgotten, so the run indexes that chunk again rather
     than skip it as present."""
     found = store.get(where={"root": namespace}, include=["metadatas"])
-    stored = set(found["ids"])
-    missing = [key for key in records.list_keys() if key not in stored]
+    stored = dict(zip(found["ids"], found["metadatas"], strict=True))
+    recorded = records.list_keys()
+    missing = [key for key in recorded if key not in stored]
     if missing:
         log.warning("%s: %d ingestion records name chunks that the vector store does not hold "
                     "(another store since?): they are indexed again", namespace, len(missing))
         for start in range(0, len(missing), RECORDS_BATCH):
             records.delete_keys(missing[start:start + RECORDS_BATCH])
-    return {str(m["source"]): str(m.get("doc_hash", "")) for m in found["metadatas"] if m}
+    documents: dict[str, Counter[str]] = {}
+    for key in recorded:
+        if meta := stored.get(key):
+            hashes = documents.setdefault(str(meta["source"]), Counter())
+            hashes[str(meta.get("doc_hash", ""))] += 1
+    return documents
 
 
 def is_site(namespace: str) -> bool:
@@ -233,10 +243,10 @@ def _run(services: Services, namespace: str, items: Iterable[Parsed | Chunked | 
             old = before.get(item.source)
             if old is None:
                 summary.added += 1
-            elif old != docs[0].metadata["doc_hash"]:
-                summary.updated += 1
+            elif old == {docs[0].metadata["doc_hash"]: len(docs)}:
+                summary.unchanged += 1  # every chunk indexed and recorded: none embedded
             else:
-                summary.unchanged += 1
+                summary.updated += 1  # changed, or indexed in part by a run stopped part-way
             summary.chunks += len(docs)
             progress.chunked(len(docs))
             for doc in docs:

@@ -4,12 +4,15 @@ SQLite record manager and the real embedding model: the tutorial's own sources (
 
 Proves: a file Hearth may not read now, or that changed while it was read, keeps what was indexed
 of it (and the summary says so), as it does when an API job read the folder in another process;
-a file that is corrupt now, or gone, is removed; once readable again, it is found unchanged.
+a file that is corrupt now, or gone, is removed; once readable again, it is found unchanged. A
+run stopped part-way is finished by the next, which counts unchanged only the documents wholly
+indexed.
 (A web page that fails for now: ``test_ingest_web``.)
 """
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -19,9 +22,11 @@ import pytest
 from hearth.ingest import files
 from hearth.ingest.pipeline import files_namespace, ingest_files, run
 from hearth.ingest.progress import Progress
+from hearth.ingest.records import close_records, record_manager
+from hearth.ingest.sources import remove_source
 from hearth.ingest.worker import _read, spooled
 from hearth.services import Services, build_services
-from tests.test_ingest import CountingEmbeddings, chunks, tutorial_folder
+from tests.test_ingest import CountingEmbeddings, chunks, expected_chunks, tutorial_folder
 
 
 @pytest.fixture
@@ -221,3 +226,61 @@ def test_a_document_changed_after_a_failed_run_keeps_none_of_that_runs_chunks(
     assert len(texts) == 1 and "Version three" in texts[0], texts
     words = services.vectorstore.keyword_search("ferry version", 10)
     assert ["Version three" in d.page_content for d, _, _ in words] == [True]
+
+
+def test_a_document_indexed_in_part_by_a_stopped_run_is_not_counted_unchanged(
+        services: Services, notes: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A run stopped part-way (killed, a full disk) left chunks in the index of which some or
+    none were recorded: the next run counted their documents unchanged, from the chunks in
+    the index, while it embedded them again ("22 unchanged documents, 0 unchanged chunks").
+    A document is unchanged only when every chunk of it is indexed and recorded."""
+    from langchain_classic.indexes import SQLRecordManager
+
+    from hearth.ingest.pipeline import IndexWriteError
+
+    real = SQLRecordManager.update
+    calls = 0
+
+    def full_disk_at_the_second_batch(self: Any, *args: Any, **kwargs: Any) -> None:
+        nonlocal calls
+        calls += 1
+        if calls == 2:
+            raise OSError(28, "No space left on device")
+        real(self, *args, **kwargs)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(SQLRecordManager, "update", full_disk_at_the_second_batch)
+        with pytest.raises(IndexWriteError):
+            ingest_files(services, notes, batch_size=8)
+    expected = expected_chunks(services, notes)
+    total = Counter(source for source, _ in expected)
+    records = record_manager(services.settings, str(notes))
+    recorded = {source: len(records.list_keys(group_ids=[source])) for source in total}
+    close_records(records)
+    whole = sum(recorded[s] == total[s] for s in total)
+    part = sum(0 < recorded[s] < total[s] for s in total)
+    in_index = {c["source"] for c in chunks(services, notes)}
+    assert whole and part and len(in_index) > whole + part, "the run stopped after two batches"
+
+    again = ingest_files(services, notes)
+    assert (again.added, again.updated, again.unchanged) == (len(total) - whole - part, part,
+                                                             whole)
+    assert again.chunks_unchanged == sum(recorded.values())
+    assert again.chunks_added == again.chunks - again.chunks_unchanged
+    stored = chunks(services, notes)
+    assert {(c["source"], c["hash"]) for c in stored} == expected
+    records = record_manager(services.settings, str(notes))
+    assert sorted(records.list_keys()) == sorted(c["id"] for c in stored)
+    close_records(records)
+
+    # Stopped before any record was written: nothing of the folder counts as indexed.
+    remove_source(services, str(notes))
+    with monkeypatch.context() as patch:
+        calls = 1
+        patch.setattr(SQLRecordManager, "update", full_disk_at_the_second_batch)
+        with pytest.raises(IndexWriteError):
+            ingest_files(services, notes, batch_size=8)
+    assert chunks(services, notes), "the first batch reached the index"
+    last = ingest_files(services, notes)
+    assert (last.added, last.unchanged, last.chunks_unchanged) == (len(total), 0, 0)
+    assert last.chunks_added == last.chunks == len(expected)
