@@ -121,11 +121,15 @@ def list_command(collection: str | None, as_json: bool) -> None:
     """Each source with its collection, documents, chunks and last ingest time."""
     import json
 
+    from hearth.access import build_access
     from hearth.errors import HearthError
     from hearth.ingest.sources import list_sources
 
+    settings = _settings()
     try:
-        found = list_sources(_settings(), collection)
+        if collection is not None:
+            build_access(settings).get(collection)  # not "nothing ingested" for a misspelt name
+        found = list_sources(settings, collection)
     except HearthError as exc:
         raise click.ClickException(str(exc)) from None
     if as_json:
@@ -156,6 +160,7 @@ def remove_command(source: str, collection: str, yes: bool) -> None:
 
     services = _services()
     try:
+        services.access.get(collection)  # one that does not exist is named as such
         namespace = resolve(services.settings, source, collection)
         if not yes:
             click.confirm(f"Remove {namespace} and all its chunks from collection "

@@ -213,6 +213,22 @@ def test_the_collections_commands(make_settings: Any, embeddings: Any, tmp_path:
     assert refused.exit_code == 1 and "default collection stays" in refused.output
 
 
+def test_the_source_commands_name_a_collection_that_does_not_exist(tmp_path: Path) -> None:
+    """`hearth sources list --collection nosuch` said "Nothing ingested yet" and exited 0, as if
+    the collection existed and were empty; `sources remove` said there was no such source."""
+    runner = CliRunner()
+    env = {"HEARTH_DATA_DIR": str(tmp_path / "data")}
+    for args in (["sources", "list", "--collection", "nosuch"],
+                 ["sources", "list", "--collection", "nosuch", "--json"],
+                 ["sources", "remove", "notes", "--collection", "nosuch", "--yes"]):
+        result = runner.invoke(main, args, env=env)
+        assert result.exit_code == 1, (args, result.output)
+        assert result.output == ("Error: no collection 'nosuch' (`hearth collections list` "
+                                 "shows them)\n"), args
+    existing = runner.invoke(main, ["sources", "list", "--collection", "default"], env=env)
+    assert existing.exit_code == 0 and "Nothing ingested yet" in existing.output
+
+
 def test_an_openai_follow_up_reads_every_collection_the_key_may_read(family: Any) -> None:
     """An OpenAI client resends the chat: its earlier turns say nothing of collections, so the
     follow-up reads what the key may read, not only the default collection."""
