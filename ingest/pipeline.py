@@ -187,8 +187,11 @@ def run(services: Services, namespace: str, items: Iterable[Parsed | Chunked | S
     ``collection`` (documents chunked here, or already), as the index's one writer."""
     services.access.get(collection)  # CollectionNotFound before anything is read
     with services.vectorstore.writing():
-        return _run(services, namespace, items, collection=collection, progress=progress,
-                    summary=summary, batch_size=batch_size)
+        summary = _run(services, namespace, items, collection=collection, progress=progress,
+                       summary=summary, batch_size=batch_size)
+        if summary.chunks_deleted:  # a document deleted or changed: its old words not kept
+            services.vectorstore.scrub()
+        return summary
 
 
 def _run(services: Services, namespace: str, items: Iterable[Parsed | Chunked | Skipped], *,

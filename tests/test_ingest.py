@@ -118,7 +118,30 @@ def search_sources(services: Services, query: str, k: int = 4) -> list[str]:
     return [doc.metadata["source"] for doc, _, _ in services.vectorstore.search(query, k)]
 
 
+NOTE = "# Bird notes\n\nThe zebrafinch7391 sings at dawn by the old mill, in the hedge.\n"
+NOTE_WORD = b"zebrafinch7391"  # of the note's, and of no other document
+
+
+def holding(folder: Path, word: bytes) -> list[str]:
+    """The files under ``folder`` whose bytes hold ``word``."""
+    return sorted(str(p.relative_to(folder)) for p in folder.rglob("*")
+                  if p.is_file() and word in p.read_bytes())
+
+
 # ---------------------------------------------------------------------------------------------
+
+
+def test_a_document_deleted_from_its_folder_leaves_no_text_in_hearths_files(
+        services: Services, tutorial: Path) -> None:
+    """The documented way to remove one document: delete it, ingest the folder again. Its
+    words were left in the keyword index's file (FTS5 keeps them until its segments merge)."""
+    (tutorial / "birds.md").write_text(NOTE)
+    ingest_files(services, tutorial)
+    data = services.settings.data_dir
+    assert any(p.startswith("keywords.sqlite3") for p in holding(data, NOTE_WORD))
+    (tutorial / "birds.md").unlink()
+    assert ingest_files(services, tutorial).deleted == 1
+    assert [p for p in holding(data, NOTE_WORD) if not p.startswith("chroma/")] == []
 
 
 def test_reingest_of_an_unchanged_folder_embeds_nothing(
