@@ -25,6 +25,8 @@ from __future__ import annotations
 import fcntl
 import logging
 import os
+import subprocess
+import sys
 import threading
 import time
 import uuid
@@ -41,6 +43,7 @@ import httpx
 from langchain_core.documents import Document
 from langchain_core.embeddings import Embeddings
 
+from hearth import chroma_files
 from hearth.access import DEFAULT
 from hearth.config import RetrievalMode, Settings
 from hearth.errors import HearthError, Unavailable
@@ -69,6 +72,9 @@ SPACE = {"hnsw:space": "cosine"}
 BACKFILL_PAGE = 2000
 GENERATION = "hearth-generation"  # beside the embedded index: changed by each writing process
 WRITE_LOCK = "hearth-write.lock"  # beside it: held by the one process writing it (``writing``)
+CHROMA_FILE = "chroma.sqlite3"  # Chroma's own, in the embedded index's folder
+# How long the scrub of Chroma's file waits for a reader of it (another process's search).
+SCRUB_WAIT_S = 30.0
 # How many requests of one process may wait for the write lock at once (``writing``).
 REQUESTS_WAITING = 2
 # How long a write waits for another writer of the embedded index: None, as long as that one
@@ -483,9 +489,13 @@ class VectorStore:
 
     def scrub(self) -> None:
         """Leave no text of deleted chunks on disk where Hearth can see to it: the keyword
-        index (``KeywordIndex.scrub``). Chroma's own files follow Chroma's rules."""
+        index (``KeywordIndex.scrub``) and the embedded index's SQLite file (``chroma_files``),
+        but for Chroma's log of its latest writes. A Chroma server's files are its own."""
         if self.mirrors_keywords:
             self.keywords.scrub()
+        if self._marker is not None:
+            with self.writing():  # no other Hearth process writes it meanwhile
+                scrub_chroma(self.settings.chroma_path / CHROMA_FILE)
 
     def drop(self, collection: str) -> None:
         """Delete a collection's chunks, all at once."""
@@ -526,6 +536,20 @@ class VectorStore:
                 raise VectorStoreError(f"the vector store at {self.where} does not answer: "
                                        f"{unsecret(self.settings, repr(exc))}") from exc
         self.count()
+
+
+def scrub_chroma(path: Path) -> None:
+    """Scrub Chroma's embedded file of deleted text, in a process of its own (``chroma_files``
+    says why); VectorStoreError where it cannot be done now."""
+    if not path.is_file():
+        return
+    done = subprocess.run([sys.executable, "-I", chroma_files.__file__, str(path),
+                           str(SCRUB_WAIT_S)], capture_output=True, text=True, check=False)
+    if done.returncode:
+        why = (done.stderr.strip().splitlines() or [f"exit status {done.returncode}"])[-1]
+        raise VectorStoreError(
+            f"the chunks are deleted, but the index's file {path} still holds their text in its "
+            f"free pages ({why}): the next removal scrubs it (docs/security.md, Erasing)")
 
 
 def unsecret(settings: Settings, why: str) -> str:

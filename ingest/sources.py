@@ -121,9 +121,11 @@ def resolve(settings: Settings, source: str, collection: str = DEFAULT) -> str:
                       "(`hearth sources list` shows them)")
 
 
-def remove_source(services: Services, source: str,
-                  collection: str = DEFAULT) -> tuple[str, int]:
-    """Remove every chunk of a source from a collection; returns (source, chunks deleted)."""
+def remove_source(services: Services, source: str, collection: str = DEFAULT, *,
+                  scrub: bool = True) -> tuple[str, int]:
+    """Remove every chunk of a source from a collection; returns (source, chunks deleted).
+    ``scrub=False``: the caller scrubs the index's files once it has removed all it meant to
+    (each scrub writes Chroma's file again)."""
     namespace = resolve(services.settings, source, collection)
     deleted = remove(services, namespace, collection)
     if not any(s.source == namespace for s in list_sources(services.settings)):
@@ -133,7 +135,8 @@ def remove_source(services: Services, source: str,
         names = {namespace, site_namespace(namespace)} if is_site(namespace) else {namespace}
         for name in names:
             shutil.rmtree(parse_cache_dir(services.settings, name), ignore_errors=True)
-    services.vectorstore.scrub()  # nothing of its text left in the keyword index's file
+    if scrub:
+        services.vectorstore.scrub()  # nothing of its text left in the index's files
     return namespace, deleted
 
 
@@ -146,7 +149,7 @@ def remove_collection(services: Services, name: str) -> int:
     if name == DEFAULT:
         raise IngestError("the default collection stays: remove its sources with "
                           "`hearth sources remove` instead")
-    deleted = sum(remove_source(services, s.source, name)[1]
+    deleted = sum(remove_source(services, s.source, name, scrub=False)[1]
                   for s in list_sources(services.settings, name))
     services.vectorstore.drop(name)
     services.vectorstore.scrub()

@@ -408,7 +408,9 @@ class Uploads:
     def _cache_dir(self, collection: str) -> Path:
         return parse_cache_dir(self.settings, files_namespace(self.files_dir(collection)))
 
-    def remove(self, collection: str, doc_id: str) -> Uploaded:
+    def remove(self, collection: str, doc_id: str, *, scrub: bool = True) -> Uploaded:
+        """Remove a document: from the index, then its file. ``scrub=False``: the caller
+        scrubs the index's files once, after the last (``remove_uploads_of``)."""
         if not re.fullmatch(DOCUMENT_ID, doc_id):
             raise DocumentNotFound(f"no document {doc_id[:40]!r} in collection {collection!r}")
         record = self.records_dir(collection) / f"{doc_id}.json"
@@ -423,17 +425,22 @@ class Uploads:
             self._unindex(doc)
             self._delete_file(doc)
             record.unlink(missing_ok=True)
-        self.services.vectorstore.scrub()  # its words out of the keyword index's file too
+        if scrub:
+            self.services.vectorstore.scrub()  # its words out of the index's files too
         return doc
 
     def remove_uploads_of(self, uploader: str) -> list[Uploaded]:
         """Every document ``uploader`` uploaded, in whatever collection: those removed."""
         removed = []
-        for folder in list(self.root.iterdir()) if self.root.is_dir() else []:
-            for doc in self.documents(folder.name):
-                if doc.uploader == uploader:
-                    self.remove(folder.name, doc.id)
-                    removed.append(doc)
+        try:
+            for folder in list(self.root.iterdir()) if self.root.is_dir() else []:
+                for doc in self.documents(folder.name):
+                    if doc.uploader == uploader:
+                        self.remove(folder.name, doc.id, scrub=False)
+                        removed.append(doc)
+        finally:
+            if removed:  # once for all of them; those removed before a failure too
+                self.services.vectorstore.scrub()
         lock = self.settings.data_dir / "upload-locks" / f"{own_collection(uploader)}.lock"
         lock.unlink(missing_ok=True)  # named after them
         return removed

@@ -13,6 +13,7 @@ import json
 import os
 import shutil
 import signal
+import sqlite3
 import subprocess
 import sys
 import textwrap
@@ -128,6 +129,27 @@ def holding(folder: Path, word: bytes) -> list[str]:
                   if p.is_file() and word in p.read_bytes())
 
 
+def chroma_log_copies(services: Services, tmp_path: Path, word: bytes) -> tuple[int, int]:
+    """How often Chroma's file holds ``word``, and how often the live rows of its log
+    (``embeddings_queue``) do, read from a copy (not through a second SQLite in this process,
+    beside Chroma's own); the copy's full-text index is merged again, and must not shrink."""
+    copy = tmp_path / "chroma-copy.sqlite3"
+    shutil.copy(services.settings.chroma_path / "chroma.sqlite3", copy)
+    in_file = copy.read_bytes().count(word)
+    db = sqlite3.connect(copy, isolation_level=None)
+    try:
+        in_log = sum(bytes(row[0] or b"").count(word) for row in db.execute(
+            "SELECT CAST(metadata AS BLOB) FROM embeddings_queue"))
+        rows = "SELECT COUNT(*) FROM embedding_fulltext_search_data"
+        merged = db.execute(rows).fetchone()[0]
+        db.execute("INSERT INTO embedding_fulltext_search (embedding_fulltext_search) "
+                   "VALUES ('optimize')")
+        assert db.execute(rows).fetchone()[0] == merged  # no deleted chunk's trigrams left
+    finally:
+        db.close()
+    return in_file, in_log
+
+
 # ---------------------------------------------------------------------------------------------
 
 
@@ -142,6 +164,31 @@ def test_a_document_deleted_from_its_folder_leaves_no_text_in_hearths_files(
     (tutorial / "birds.md").unlink()
     assert ingest_files(services, tutorial).deleted == 1
     assert [p for p in holding(data, NOTE_WORD) if not p.startswith("chroma/")] == []
+
+
+def test_a_removed_source_leaves_its_text_only_in_chromas_log(
+        services: Services, tutorial: Path, tmp_path: Path) -> None:
+    """Removing a source leaves nothing of its text in any file of the data folder, but for
+    the live rows of Chroma's log, which Chroma keeps until its vector index is next saved:
+    not in the free pages of Chroma's file, nor in its full-text index's segments."""
+    birds = tmp_path / "birds"
+    birds.mkdir()
+    (birds / "birds.md").write_text(NOTE)
+    ingest_files(services, birds)
+    ingest_files(services, tutorial)
+    remove_source(services, str(birds))
+    data = services.settings.data_dir
+    assert holding(data, NOTE_WORD) in ([], ["chroma/chroma.sqlite3"])
+    in_file, in_log = chroma_log_copies(services, tmp_path, NOTE_WORD)
+    assert in_file == in_log
+    # Chroma, open in this process while its file was written again, reads and writes on.
+    assert search_sources(services, "Which newsgroup and mailing list take Python questions?")[
+        0] == str(tutorial / "whatnow.txt")
+    (birds / "birds.md").unlink()
+    (birds / "robins.md").write_text("# Robins\n\nThe robin sings in winter too.\n")
+    assert ingest_files(services, birds).added == 1
+    assert search_sources(services, "Which bird sings in winter?")[0] == str(
+        birds / "robins.md")
 
 
 def test_reingest_of_an_unchanged_folder_embeds_nothing(
