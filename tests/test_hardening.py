@@ -250,6 +250,18 @@ def test_erasing_a_users_history_leaves_no_text_in_the_files(tmp_path: Path) -> 
         assert b"blue safe" not in path.read_bytes(), path
 
 
+def test_deleting_a_conversation_leaves_no_text_in_any_file(tmp_path: Path) -> None:
+    client, services = app_for(tmp_path)
+    secret = "Where did the kingfisher4242 hide the key to the boathouse?"
+    kept = "Where does the heron5151 fish at dawn?"
+    gone = ask(client, {"question": secret, "user_id": "ann"}).get_json()["conversation_id"]
+    ask(client, {"question": kept, "user_id": "ann"})
+    assert client.delete(f"/api/conversations/{gone}?user_id=ann").get_json() == {"deleted": 1}
+    files = [p for p in services.settings.data_dir.rglob("*") if p.is_file()]
+    assert [p for p in files if b"kingfisher4242" in p.read_bytes()] == []
+    assert [p for p in files if b"heron5151" in p.read_bytes()]  # the other one is kept
+
+
 def test_the_stores_are_readable_by_their_owner_only(tmp_path: Path) -> None:
     _, services = app_for(tmp_path)
     services.history.ping()
