@@ -58,6 +58,7 @@ from hearth.web import (
     read_json,
     reads_everything,
     services,
+    shutting_down,
     sse,
     until_shutdown,
     user_key,
@@ -182,7 +183,7 @@ def ask() -> Response:
     user_id = acting_as(body.user_id)
     question = Ask(question=body.question, user_id=user_id, conversation_id=body.conversation_id,
                    collections=body.collections, everything=reads_everything(user_id),
-                   gone=client_gone())
+                   gone=client_gone(), stopping=shutting_down())
     if not wants_stream(body.stream):
         reply = chat().answer(question)
         return ok(answer_out(reply.answer, reply.conversation_id))

@@ -67,6 +67,9 @@ class Ask:
     # Whether the client has left (the server's word for it): a question still waiting for
     # the model is dropped then, its places given up.
     gone: Callable[[], bool] | None = None
+    # Whether the server has stopped waiting for the request (its grace period after SIGTERM
+    # is over): a question still waiting for the model is refused then (ShuttingDown).
+    stopping: Callable[[], bool] | None = None
 
 
 @dataclass
@@ -189,7 +192,8 @@ class Chat:
     def _hold(self, ask: Ask) -> Hold:
         """The question's place at the gate, by user (or by address, for a client that names
         no user)."""
-        return Hold(self.services.gate, ask.user_id or ask.queue_as or "", ask.gone)
+        return Hold(self.services.gate, ask.user_id or ask.queue_as or "", ask.gone,
+                    ask.stopping)
 
     def answer(self, ask: Ask) -> Reply:
         """The whole answer, stored."""

@@ -35,6 +35,13 @@ def unexplained(code: str) -> str:
             "why at /readyz, and the server's log says it")
 
 
+class ShuttingDown(HearthError):
+    """The server is stopping (SIGTERM) and this request's grace period is over."""
+
+    code = "shutting_down"
+    status = 503
+
+
 class SchemaError(HearthError):
     """A store was written by a newer Hearth, or cannot be migrated."""
 

@@ -61,6 +61,7 @@ from hearth.web import (
     read_json,
     reads_everything,
     settings,
+    shutting_down,
     sse,
     until_shutdown,
     with_retry_after,
@@ -333,8 +334,9 @@ def ask_of(body: OpenAIChatRequest, read: list[str] | None = None) -> Ask:
                        "leave response_format out, or give {\"type\": \"text\"}")
     user = request_user(body)
     question, turns = split_messages(body.messages)
-    reading = {"collections": collections_of(body.model), "everything": reads_everything(user),
-               "gone": client_gone()}
+    reading: dict[str, Any] = {"collections": collections_of(body.model),
+                               "everything": reads_everything(user),
+                               "gone": client_gone(), "stopping": shutting_down()}
     alternatives = (body.top_logprobs or 0) if body.logprobs else 0
     if user is None or body.conversation_id is not None:
         return Ask(question=question, user_id=user, conversation_id=body.conversation_id,

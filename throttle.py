@@ -33,7 +33,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
-from hearth.errors import HearthError
+from hearth.errors import HearthError, ShuttingDown
 
 # How long past its Retry-After a refused user's place stays owed: long enough for a person
 # who reads the refusal, or does something else first, to ask again.
@@ -57,7 +57,8 @@ class ClientGone(HearthError):
     status = 499
 
 
-# How often a question waiting for the model looks whether its client is still there.
+# How often a question waiting for the model looks whether its client is still there, and
+# whether the server is shutting down.
 GONE_CHECK_S = 0.5
 
 
@@ -136,10 +137,13 @@ class Gate:
         with self._lock:
             self._refuse_if_full(user, time.monotonic())
 
-    def acquire(self, user: str = "", gone: Callable[[], bool] | None = None) -> None:
+    def acquire(self, user: str = "", gone: Callable[[], bool] | None = None,
+                stopping: Callable[[], bool] | None = None) -> None:
         """Wait for the model, fairly between users, or raise Busy; or ClientGone as soon as
         ``gone`` says the client has left (its places are given up then, not when its turn
-        comes and the model would start on a question no one waits for)."""
+        comes and the model would start on a question no one waits for); or ShuttingDown as
+        soon as ``stopping`` says the server will not wait for it (the question would take the
+        model in turn, and the process exit before it is answered)."""
         with self._lock:
             now = time.monotonic()
             self._refuse_if_full(user, now)
@@ -149,15 +153,17 @@ class Gate:
             self._held[user] = self._held.get(user, 0) + 1
             queued = time.perf_counter()
             deadline = time.monotonic() + self.timeout_s
-            free = left = False
+            free = left = stopped = False
+            polled = gone is not None or stopping is not None
             while not free:
                 left = gone is not None and gone()
+                stopped = stopping is not None and stopping()
                 wait = deadline - time.monotonic()
-                if left or wait <= 0:
+                if left or stopped or wait <= 0:
                     break
                 free = self._turns.wait_for(
                     lambda: self.running < self.concurrent and self._next() is ticket,
-                    timeout=wait if gone is None else min(wait, GONE_CHECK_S))
+                    timeout=min(wait, GONE_CHECK_S) if polled else wait)
             self._waiting.remove(ticket)
             if free:
                 self.running += 1
@@ -170,6 +176,9 @@ class Gate:
             observe(time.perf_counter() - queued)
         if left:
             raise ClientGone("the client left while its question waited for the model")
+        if stopped:
+            raise ShuttingDown("the server is shutting down and this question was still waiting "
+                               "for the model: ask again in a moment")
         if not free:
             raise Busy(f"no model was free within {self.timeout_s:.0f} s; try again shortly",
                        retry_after=int(self.timeout_s // 2) or 1)
@@ -207,8 +216,9 @@ class Hold:
     """A question's place at the gate: taken when the model is first needed (``take``, which
     may raise Busy), released once, however the question ends."""
 
-    def __init__(self, gate: Gate, user: str, gone: Callable[[], bool] | None = None) -> None:
-        self.gate, self.user, self.gone = gate, user, gone
+    def __init__(self, gate: Gate, user: str, gone: Callable[[], bool] | None = None,
+                 stopping: Callable[[], bool] | None = None) -> None:
+        self.gate, self.user, self.gone, self.stopping = gate, user, gone, stopping
         self.held = False
 
     def check(self) -> None:
@@ -218,7 +228,7 @@ class Hold:
 
     def take(self) -> None:
         if not self.held:
-            self.gate.acquire(self.user, self.gone)
+            self.gate.acquire(self.user, self.gone, self.stopping)
             self.held = True
             if self.gone is not None and self.gone():  # left as its turn came
                 self.release()

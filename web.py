@@ -38,7 +38,7 @@ from hearth import __version__, logs
 from hearth.auth import Principal, acting_user
 from hearth.chat import Chat
 from hearth.config import Settings
-from hearth.errors import HearthError, Unavailable, backend_codes, unexplained
+from hearth.errors import HearthError, ShuttingDown, Unavailable, backend_codes, unexplained
 from hearth.ingest.jobs import Jobs
 from hearth.services import Services
 from hearth.vectorstore import WRITE_WAIT_S
@@ -201,11 +201,6 @@ def wants_stream(asked: bool) -> bool:
 STOPPING = "hearth.stopping"
 
 
-class ShuttingDown(HearthError):
-    code = "shutting_down"
-    status = 503
-
-
 def until_shutdown(events: Iterable[T]) -> Iterator[T]:
     """``events`` until the server says it is stopping; then ``ShuttingDown``, which a stream
     ends with as its error event, rather than being cut when the process exits."""
@@ -277,6 +272,13 @@ def client_gone() -> Callable[[], bool] | None:
     ahead it is given, ``server.adjustments``); None under another server."""
     check = request.environ.get("waitress.client_disconnected")
     return check if callable(check) else None
+
+
+def shutting_down() -> Callable[[], bool] | None:
+    """Whether the server has stopped waiting for this request (its grace period after SIGTERM
+    is over): a question still waiting for the model is refused then, not left to be cut."""
+    stopping = request.environ.get(STOPPING)
+    return stopping.is_set if stopping is not None else None
 
 
 def acting_as(requested: str | None) -> str:
