@@ -319,9 +319,14 @@ def route_template() -> str:
     return rule.rule if rule is not None else UNMATCHED
 
 
+def new_request_id(given: str) -> str:
+    """The request's id: the client's (``X-Request-Id``) when it is plain enough to log, else
+    a new one."""
+    return given if CLIENT_REQUEST_ID.fullmatch(given) else uuid.uuid4().hex
+
+
 def start_request() -> None:
-    given = request.headers.get(REQUEST_ID_HEADER, "")
-    g.request_id = given if CLIENT_REQUEST_ID.fullmatch(given) else uuid.uuid4().hex
+    g.request_id = new_request_id(request.headers.get(REQUEST_ID_HEADER, ""))
     g.request_started = time.perf_counter()
     logs.request_id.set(g.request_id)
 

@@ -33,6 +33,7 @@ from waitress.task import ErrorTask
 
 from hearth import logs
 from hearth.config import Settings
+from hearth.monitoring import REQUEST_ID_HEADER, new_request_id
 from hearth.web import STOPPING
 
 log = logging.getLogger("hearth.server")
@@ -44,6 +45,8 @@ WSGIApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
 # thread waits (and the send deadline runs). Memory, not speed: a stream needs a few kilobytes.
 OUTBUF_HIGH_WATERMARK = 1024 * 1024
 MAX_HEADER_BYTES = 64 * 1024
+# How much of a request line is kept for the access line of a request the server refuses.
+MAX_REQUEST_LINE = 8 * 1024
 # The server refuses a larger body before reading it; a smaller one past HEARTH_MAX_BODY_BYTES
 # is read (within the body deadline) and refused by the app, with its JSON error.
 BODY_LIMIT_FACTOR = 4
@@ -68,8 +71,16 @@ class TimedRequestParser(HTTPRequestParser):  # type: ignore[misc]
         super().__init__(adj)
         self.started_at = time.time()  # waitress's own clock (last_activity) is time.time()
         self.headers_at: float | None = None
+        # The request line as sent: waitress refuses headers past its limit (431) before it
+        # parses them, and names the request ``GET /`` then.
+        self.request_line: bytes | None = None
 
     def received(self, data: bytes) -> int:
+        if self.request_line is None and self.body_rcv is None:
+            head = (self.header_plus[:MAX_REQUEST_LINE] + data[:MAX_REQUEST_LINE]).lstrip()
+            end = head.find(b"\r\n")
+            if end >= 0 or len(head) >= MAX_REQUEST_LINE:
+                self.request_line = head[:end] if end >= 0 else head
         consumed: int = super().received(data)
         if self.headers_finished and self.headers_at is None:
             self.headers_at = time.time()
@@ -84,18 +95,36 @@ SERVER_ERROR_CODES = {400: "bad_request", 413: "body_too_large",
 class JsonErrorTask(ErrorTask):  # type: ignore[misc]
     """A request waitress refuses itself (headers too large, a body past the server's bound,
     a malformed request): answered as ``{"error": {"code", "message"}}`` like every other
-    error, not waitress's plain text."""
+    error, not waitress's plain text, with its request id and access line as every other
+    response has: the app never sees it."""
 
     def execute(self) -> None:
         error = self.request.error
         code = SERVER_ERROR_CODES.get(error.code, "bad_request")
         message = f"{error.reason.lower()}: {error.body}".rstrip(": ")
         body = json.dumps({"error": {"code": code, "message": message}}).encode()
+        request_id = new_request_id(self.request.headers.get("X_REQUEST_ID", ""))
+        method, path = requested(self.request.request_line)
+        token = logs.request_id.set(request_id)
+        try:
+            log_access(self.channel.addr[0], method, path, str(error.code))
+        finally:
+            logs.request_id.reset(token)
+        sending.set(request_id)
         self.status = f"{error.code} {error.reason}"
         self.response_headers.append(("Content-Type", "application/json"))
+        self.response_headers.append((REQUEST_ID_HEADER, request_id))
         self.set_close_on_finish()
         self.content_length = len(body)
         self.write(body)
+
+
+def requested(line: bytes | None) -> tuple[str, str]:
+    """The method and path (without the query) of a request line, as far as it was sent."""
+    parts = (line or b"").decode("latin-1").split(" ")
+    method = parts[0] or "-"
+    path = parts[1].split("?", 1)[0] if len(parts) > 1 else "-"
+    return method, path
 
 
 # The request id of the response a worker thread is sending. The app's teardown has cleared
@@ -284,12 +313,16 @@ def access_log(app: WSGIApp) -> WSGIApp:
 
     def logged(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
         def start(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Any:
-            access.info('%s "%s %s" %s', environ.get("REMOTE_ADDR", "-"),
-                        logs.logged_path(environ.get("REQUEST_METHOD", "")),
-                        logs.logged_path(environ.get("PATH_INFO", "")), status.split(" ", 1)[0])
+            log_access(environ.get("REMOTE_ADDR", "-"), environ.get("REQUEST_METHOD", ""),
+                       environ.get("PATH_INFO", ""), status.split(" ", 1)[0])
             sending.set(logs.request_id.get())
             return start_response(status, headers, exc_info)
 
         return app(environ, start)
 
     return logged
+
+
+def log_access(address: str, method: str, path: str, status: str) -> None:
+    """A response's access line, under the request's id (``logs.request_id``)."""
+    access.info('%s "%s %s" %s', address, logs.logged_path(method), logs.logged_path(path), status)

@@ -240,6 +240,32 @@ def captured_log(log_format: str) -> Iterator[io.StringIO]:
         root.setLevel(level)
 
 
+def test_a_request_the_server_refuses_itself_has_an_id_and_an_access_line(
+        tmp_path: Path, waitress: Any) -> None:
+    """Headers past the server's limit (431) and a body past its bound (413) are refused by
+    waitress before the app runs: they carry a request id all the same, the client's when it
+    gave a sane one, and write their access line with it."""
+    app, services = app_for(tmp_path, port=free_port())
+    url = waitress(app, services.settings)
+    with captured_log("json") as stream:
+        huge = httpx.get(f"{url}/healthz", headers={"X-Padding": "a" * 70_000}, timeout=30)
+        port = int(url.rsplit(":", 1)[1])
+        with socket.create_connection(("127.0.0.1", port), timeout=30) as client:
+            client.sendall(b"POST /api/users/ann-the-user/history?user_id=ann HTTP/1.1\r\n"
+                           b"Host: 127.0.0.1\r\nX-Request-Id: big-body-1\r\n"
+                           b"Content-Length: 900000000\r\n\r\n")
+            answer = b""
+            while chunk := client.recv(4096):
+                answer += chunk
+    assert huge.status_code == 431 and huge.headers.get("X-Request-Id")
+    head = answer.partition(b"\r\n\r\n")[0].decode()
+    assert head.startswith("HTTP/1.1 413") and "X-Request-Id: big-body-1" in head, head
+    lines = [json.loads(line) for line in stream.getvalue().splitlines()]
+    access = {x["request_id"]: x["message"] for x in lines if x["logger"] == "hearth.access"}
+    assert access.get(huge.headers["X-Request-Id"], "").endswith('"GET /healthz" 431'), lines
+    assert access.get("big-body-1", "").endswith('"POST /api/users/-/history" 413'), lines
+
+
 def test_json_log_lines_carry_the_request_id(tmp_path: Path, waitress: Any) -> None:
     app, services = app_for(tmp_path, port=free_port())
     url = waitress(app, services.settings)
