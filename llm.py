@@ -7,14 +7,17 @@ errors a user can act on instead of a connection traceback.
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import statistics
+import sys
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
+from types import ModuleType
 from typing import Any
 
 import httpx
@@ -226,6 +229,58 @@ def chat_tokens(llama: Any, messages: list[dict[str, Any]]) -> list[int] | None:
     prompt = formatter(messages=messages)
     return list(llama.tokenize(prompt.prompt.encode("utf-8"), add_bos=not prompt.added_special,
                                special=True))
+
+
+# Where a request's deadline is kept (``deadline_hooks``): the client passes it to the
+# transport, which ignores it.
+DEADLINE = "hearth.deadline"
+
+
+def deadline_hooks(limit_s: float) -> dict[str, list[Callable[[Any], None]]]:
+    """An HTTP client's event hooks that give each response ``limit_s`` from its request to
+    its last byte, streamed or not. httpx's timeouts bound each read, not a whole response: a
+    server that sends a byte now and then (a stuck proxy, a server gone wrong) would hold a
+    request for good. A server silent meanwhile is still cut by the read timeout. For httpx's
+    clients and its fork httpx2's (openai's since 3.0) alike: each its own classes."""
+
+    def started(request: Any) -> None:
+        request.extensions[DEADLINE] = time.monotonic() + limit_s
+
+    def answered(response: Any) -> None:
+        http = sys.modules[type(response).__module__.partition(".")[0]]
+        deadline = response.request.extensions[DEADLINE]
+        if time.monotonic() > deadline:  # its headers came too slowly
+            raise late(http, limit_s, response.request)
+        response.stream = deadline_stream(http)(response.stream, deadline, limit_s,
+                                                response.request)
+
+    return {"request": [started], "response": [answered]}
+
+
+def late(http: ModuleType, limit_s: float, request: Any) -> Exception:
+    error: Exception = http.ReadTimeout(f"the answer did not come whole in {limit_s:g} s "
+                                        "(HEARTH_LLM_TIMEOUT_S)", request=request)
+    return error
+
+
+@functools.cache
+def deadline_stream(http: ModuleType) -> type:
+    """A response body of ``http``'s (httpx or httpx2) cut once its deadline has passed."""
+
+    class DeadlineStream(http.SyncByteStream):  # type: ignore[misc, name-defined]
+        def __init__(self, body: Any, deadline: float, limit_s: float, request: Any) -> None:
+            self.body, self.deadline, self.limit_s, self.request = body, deadline, limit_s, request
+
+        def __iter__(self) -> Iterator[bytes]:
+            for chunk in self.body:
+                if time.monotonic() > self.deadline:
+                    raise late(http, self.limit_s, self.request)
+                yield chunk
+
+        def close(self) -> None:
+            self.body.close()
+
+    return DeadlineStream
 
 
 class LLM:
@@ -514,6 +569,9 @@ class OllamaLLM(LLM):
             temperature=settings.temperature,
             seed=0,
             client_kwargs={"timeout": settings.llm_timeout_s},
+            # The whole answer gets llm_timeout_s, streamed or not (``complete``): the timeout
+            # above is each read's, which a server trickling bytes never reaches.
+            sync_client_kwargs={"event_hooks": deadline_hooks(settings.llm_timeout_s)},
         )
 
     def ping(self) -> None:
@@ -523,7 +581,8 @@ class OllamaLLM(LLM):
 
     def translate(self, exc: Exception) -> Exception:
         if isinstance(exc, httpx.TimeoutException):
-            return LLMTimeout(f"Ollama at {self.base_url} did not answer in time")
+            return LLMTimeout(f"Ollama at {self.base_url} did not answer in time "
+                              f"(HEARTH_LLM_TIMEOUT_S: {self.settings.llm_timeout_s:g} s)")
         if isinstance(exc, httpx.ConnectError | ConnectionError):
             return LLMError(
                 f"Ollama is not reachable at {self.base_url}: start it with `ollama serve`"
@@ -549,6 +608,7 @@ class OpenAILLM(LLM):
 
     def __init__(self, settings: Settings) -> None:
         super().__init__(settings)
+        import openai
         from langchain_openai import ChatOpenAI
 
         self.base_url = settings.openai_base_url.rstrip("/")
@@ -560,7 +620,9 @@ class OpenAILLM(LLM):
             model=settings.openai_model,
             temperature=settings.temperature,
             max_completion_tokens=settings.max_new_tokens,
-            timeout=settings.llm_timeout_s,
+            timeout=settings.llm_timeout_s,  # each read's: the whole answer's is the hooks'
+            http_client=openai.DefaultHttpxClient(
+                event_hooks=deadline_hooks(settings.llm_timeout_s)),
             max_retries=0,
             stream_usage=True,
             seed=0,
@@ -585,7 +647,8 @@ class OpenAILLM(LLM):
         import openai
 
         if isinstance(exc, openai.APITimeoutError):
-            return LLMTimeout(f"the server at {self.base_url} did not answer in time")
+            return LLMTimeout(f"the server at {self.base_url} did not answer in time "
+                              f"(HEARTH_LLM_TIMEOUT_S: {self.settings.llm_timeout_s:g} s)")
         if isinstance(exc, openai.APIConnectionError):
             return LLMError(f"the OpenAI-compatible server at {self.base_url} is not reachable")
         return LLMError(f"the OpenAI-compatible server failed: {exc}")

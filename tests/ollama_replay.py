@@ -24,11 +24,14 @@ CREATED_AT = "2023-08-04T19:22:45.499127Z"
 class OllamaReplay:
     def __init__(self, models: tuple[str, ...] = ("llama3.1:8b",),
                  answer: str = "Hearth answers from your documents.", delay: float = 0.0,
-                 logprobs: bool = False) -> None:
+                 logprobs: bool = False, trickle: float = 0.0) -> None:
         self.models = list(models)
         self.logprobs = logprobs
         self.answer = answer
         self.delay = delay  # seconds before each chat answer: a model that is slow
+        # Seconds between the bytes of a chat answer's body: a server (or a proxy before it)
+        # that sends a byte now and then, never silent for as long as a read's timeout.
+        self.trickle = trickle
         self.requests: list[dict[str, Any]] = []
         self.script: list[str] = []  # answers given one per chat, in turn, before ``answer``
         replay = self
@@ -43,7 +46,17 @@ class OllamaReplay:
                 self.send_header("Content-Type", content_type)
                 self.send_header("Content-Length", str(len(data)))
                 self.end_headers()
-                self.wfile.write(data)
+                self._write(data)
+
+            def _write(self, data: bytes) -> None:
+                if not replay.trickle:
+                    self.wfile.write(data)
+                    return
+                self.wfile.flush()
+                for n in range(len(data)):
+                    self.wfile.write(data[n:n + 1])
+                    self.wfile.flush()
+                    time.sleep(replay.trickle)
 
             def do_GET(self) -> None:
                 if self.path == "/api/tags":
@@ -98,11 +111,11 @@ class OllamaReplay:
                     piece = {"model": body["model"], "created_at": CREATED_AT,
                              "message": {"role": "assistant", "content": word},
                              "done": False, **self._logprobs(body, n, word)}
-                    self.wfile.write(json.dumps(piece).encode() + b"\n")
+                    self._write(json.dumps(piece).encode() + b"\n")
                     self.wfile.flush()
                 final = {"model": body["model"], "created_at": CREATED_AT,
                          "message": {"role": "assistant", "content": ""}, "done": True, **stats}
-                self.wfile.write(json.dumps(final).encode() + b"\n")
+                self._write(json.dumps(final).encode() + b"\n")
 
             def _logprobs(self, body: dict[str, Any], n: int, token: str) -> dict[str, Any]:
                 if not (replay.logprobs and body.get("logprobs")):

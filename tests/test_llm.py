@@ -7,6 +7,7 @@ import logging
 import math
 import re
 import threading
+import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -16,7 +17,7 @@ import pytest
 from langchain_core.messages import HumanMessage, SystemMessage
 
 from hearth.config import ConfigError, load_settings
-from hearth.llm import Generation, LlamaCppLLM, LLMError, OllamaLLM, OpenAILLM, build_llm
+from hearth.llm import Generation, LlamaCppLLM, LLMError, LLMTimeout, OllamaLLM, OpenAILLM, build_llm
 from tests.conftest import closed_port_url
 from tests.ollama_replay import OllamaReplay
 
@@ -100,6 +101,71 @@ def test_ollama_reports_each_tokens_log_probability(make_settings: Any) -> None:
     assert usage.confidence == pytest.approx(math.exp(sum(expected) / len(expected)))
     assert all([piece for piece, _ in t.top] == [t.piece, b"perhaps "] for t in drawn)
     assert plain.logprobs == expected and all(t.top == [] for t in llm.drawn(plain))
+
+
+class TricklingOpenAI:
+    """An OpenAI-style server on 127.0.0.1 whose answer (streamed or not) comes a byte every
+    ``trickle`` seconds: never silent for as long as a read's timeout."""
+
+    def __init__(self, trickle: float) -> None:
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args: Any) -> None:
+                pass
+
+            def do_POST(self) -> None:
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                message = {"role": "assistant", "content": "Hearth answers from your documents."}
+                if body.get("stream"):
+                    chunk = {"id": "c", "object": "chat.completion.chunk", "created": 0,
+                             "model": body["model"], "choices": [
+                                 {"index": 0, "delta": message, "finish_reason": None}]}
+                    data = f"data: {json.dumps(chunk)}\n\ndata: [DONE]\n\n".encode()
+                    kind = "text/event-stream"
+                else:
+                    data = json.dumps({"id": "c", "object": "chat.completion", "created": 0,
+                                       "model": body["model"], "choices": [
+                                           {"index": 0, "message": message,
+                                            "finish_reason": "stop"}]}).encode()
+                    kind = "application/json"
+                self.send_response(200)
+                self.send_header("Content-Type", kind)
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                for n in range(len(data)):
+                    self.wfile.write(data[n:n + 1])
+                    self.wfile.flush()
+                    time.sleep(trickle)
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/v1"
+
+    def __enter__(self) -> TricklingOpenAI:
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.mark.parametrize("backend", ["ollama", "openai"])
+@pytest.mark.parametrize("streamed", [False, True])
+def test_an_answer_that_trickles_ends_at_llm_timeout(make_settings: Any, backend: str,
+                                                     streamed: bool) -> None:
+    """A server that sends a byte every 0.1 s is never silent for a read's timeout: the
+    answer, streamed or not, is still cut at HEARTH_LLM_TIMEOUT_S (here 1.5 s), not held
+    for the half minute the trickle takes."""
+    server = OllamaReplay(trickle=0.1) if backend == "ollama" else TricklingOpenAI(trickle=0.1)
+    with server:
+        llm = build_llm(make_settings(llm_backend=backend, llm_timeout_s=1.5,
+                                      **{f"{backend}_base_url": server.url}))
+        started = time.monotonic()
+        with pytest.raises(LLMTimeout, match="HEARTH_LLM_TIMEOUT_S"):
+            if streamed:
+                list(llm.stream(MESSAGES))
+            else:
+                llm.complete(MESSAGES)
+        assert time.monotonic() - started < 6
 
 
 def test_ollama_model_not_pulled_says_to_pull_it(make_settings: Any, ollama_replay: Any) -> None:
