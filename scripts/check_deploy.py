@@ -287,11 +287,16 @@ def parse_env_example(text: str) -> tuple[dict[str, str], list[str]]:
 
 def settings_class() -> Any:
     """config.Settings of this repository (the script runs from anywhere)."""
+    return hearth_module("config").Settings
+
+
+def hearth_module(name: str) -> Any:
+    """A module of this repository's ``hearth`` (the script runs from anywhere)."""
+    import importlib
+
     if str(ROOT) not in sys.path:
         sys.path.insert(0, str(ROOT))
-    from hearth.config import Settings
-
-    return Settings
+    return importlib.import_module(f"hearth.{name}")
 
 
 def settings_fields() -> dict[str, Any]:
@@ -678,6 +683,7 @@ def check_kubernetes_wiring(objects: list[dict[str, Any]]) -> list[str]:
         get = (container.get(probe) or {}).get("httpGet") or {}
         if get.get("path") != path or get.get("port") not in ("http", ports.get("http")):
             problems.append(f"Deployment {name}: {probe} must GET {path} on the port `http`")
+    problems += check_termination(name, pod["spec"], container, settings)
     requests = (container.get("resources") or {}).get("requests") or {}
     for resource in ("cpu", "memory"):
         if resource not in requests:
@@ -705,6 +711,39 @@ def check_kubernetes_wiring(objects: list[dict[str, Any]]) -> list[str]:
         if not _selects(pdb["spec"]["selector"].get("matchLabels") or {}, labels):
             problems.append(f"PodDisruptionBudget {pdb_name}: selects no pod of {name}")
     return problems
+
+
+def pre_stop_pause(container: Mapping[str, Any]) -> float | None:
+    """Seconds the container's preStop hook pauses (``sleep N`` or the ``sleep`` action)."""
+    hook = (container.get("lifecycle") or {}).get("preStop") or {}
+    if "sleep" in hook:
+        return float(hook["sleep"]["seconds"])
+    command = (hook.get("exec") or {}).get("command") or []
+    if len(command) == 2 and Path(command[0]).name == "sleep" and \
+            re.fullmatch(r"\d+(\.\d+)?", str(command[1])):
+        return float(command[1])
+    return None
+
+
+def check_termination(name: str, pod: Mapping[str, Any], container: Mapping[str, Any],
+                      settings: Mapping[str, str]) -> list[str]:
+    """A pod being deleted still gets new connections for a few seconds after SIGTERM, and
+    Hearth stops listening at SIGTERM: a preStop pause must come first. Then the pause, the
+    grace of the requests in flight and their last words must end before Kubernetes kills."""
+    pause = pre_stop_pause(container)
+    if pause is None:
+        return [f"Deployment {name}: no preStop pause (`sleep N`) before SIGTERM: connections "
+                "sent while the pod leaves the Service would be refused"]
+    grace = float(settings.get("HEARTH_SHUTDOWN_GRACE_S")
+                  or settings_fields()["shutdown_grace_s"].default)
+    last_words = hearth_module("server").LAST_WORDS_S
+    needed = pause + grace + last_words
+    given = pod.get("terminationGracePeriodSeconds", 30)
+    if given <= needed:
+        return [f"Deployment {name}: terminationGracePeriodSeconds ({given}) leaves no margin "
+                f"over the preStop pause, HEARTH_SHUTDOWN_GRACE_S and the last words "
+                f"({pause:g} + {grace:g} + {last_words} s)"]
+    return []
 
 
 def check_kubernetes_settings(objects: list[dict[str, Any]], compose: Mapping[str, Any]

@@ -667,6 +667,22 @@ def test_liveness_on_readyz_fails(deploy_copy: Path) -> None:
     only_problem(k8s_problems(deploy_copy), "livenessProbe must GET /healthz")
 
 
+def test_a_pod_without_a_pause_before_sigterm_fails(deploy_copy: Path) -> None:
+    edit_k8s(deploy_copy, "deployment.yaml", "Deployment",
+             lambda d: api_container(d).pop("lifecycle"))
+    only_problem(k8s_problems(deploy_copy), "no preStop pause")
+
+
+def test_a_termination_grace_shorter_than_hearths_fails(deploy_copy: Path) -> None:
+    # The pause (5 s), HEARTH_SHUTDOWN_GRACE_S (45 s by default) and the last words (5 s).
+    edit_k8s(deploy_copy, "deployment.yaml", "Deployment",
+             lambda d: d["spec"]["template"]["spec"].update(terminationGracePeriodSeconds=55))
+    only_problem(k8s_problems(deploy_copy), "terminationGracePeriodSeconds (55)", "5 + 45 + 5 s")
+    edit_k8s(deploy_copy, "deployment.yaml", "Deployment",
+             lambda d: api_container(d)["lifecycle"].update(preStop={"sleep": {"seconds": 2}}))
+    assert k8s_problems(deploy_copy) == []  # the sleep action, 2 + 45 + 5 < 55
+
+
 def test_a_service_that_selects_no_pod_fails(deploy_copy: Path) -> None:
     edit_k8s(deploy_copy, "service.yaml", "Service",
              lambda s: s["spec"]["selector"].update({"app.kubernetes.io/name": "hearht"}))
