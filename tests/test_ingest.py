@@ -208,7 +208,6 @@ def test_reingest_of_an_unchanged_folder_embeds_nothing(
     assert "6 unchanged" in str(second) and "0 embedded" in str(second)
 
 
-
 def test_a_new_chroma_collection_is_filled_by_the_next_ingest(
         make_ingest_services: Callable[..., Services], tutorial: Path,
         counting: CountingEmbeddings) -> None:
@@ -233,6 +232,7 @@ def test_a_new_chroma_collection_is_filled_by_the_next_ingest(
     counting.texts = 0  # the old collection holds the same chunks: nothing to embed there
     back = ingest_files(make_ingest_services(), tutorial)
     assert (back.unchanged, back.chunks_unchanged, counting.texts) == (6, first.chunks, 0)
+
 
 def test_every_chunk_fits_the_model_window_and_carries_its_metadata(
         services: Services, tutorial: Path) -> None:
