@@ -123,15 +123,22 @@ def _unpacker(encoding: str, first: bytes) -> Any:
     raise BodyNotReadable(f"compressed as {encoding!r}, which Hearth does not unpack")
 
 
-def read_body(response: httpx.Response, limit: int, *, truncate: bool = False) -> bytes:
+def read_body(response: httpx.Response, limit: int, *, truncate: bool = False,
+              deadline: float | None = None) -> bytes:
     """A streamed response's body, unpacked, of at most ``limit`` bytes: past it BodyTooLarge,
     or the first ``limit`` bytes with ``truncate``. Each step unpacks at most what is left of
-    the bound, so memory never holds more than ``limit`` (and one network read) of it."""
+    the bound, so memory never holds more than ``limit`` (and one network read) of it.
+
+    Past ``deadline`` (``time.monotonic()``) it raises httpx.ReadTimeout: httpx times each
+    read alone, so a server that sends a few bytes a second would otherwise hold the crawl
+    for as long as it likes."""
     encoding = response.headers.get("content-encoding", "").strip().lower()
     unpack: Any = None
     pieces: list[bytes] = []  # joined once at the end: at most twice the bound in memory
     size = 0
     for raw in response.iter_raw():
+        if deadline is not None and time.monotonic() > deadline:
+            raise httpx.ReadTimeout("the response did not end in time", request=response.request)
         if encoding not in ("", "identity") and unpack is None:
             unpack = _unpacker(encoding, raw)
         data = raw
@@ -318,6 +325,7 @@ class Crawler:
                 "robots.txt cannot be read; try again later")
         current = url
         try:
+            deadline = time.monotonic() + self.timeout_s
             response, current = self._get_on_site(url)
             if response is None:
                 self._ignore(f"robots.txt behind more than {MAX_REDIRECTS} redirects (taken as "
@@ -325,7 +333,8 @@ class Crawler:
                 return
             try:
                 status = response.status_code
-                body = read_body(response, limit, truncate=True) if status < 400 else b""
+                body = (read_body(response, limit, truncate=True, deadline=deadline)
+                        if status < 400 else b"")
                 charset = response.charset_encoding
             finally:
                 response.close()
@@ -379,13 +388,14 @@ class Crawler:
             url = queue.pop(0)
             fetched += 1
             try:
+                deadline = time.monotonic() + self.timeout_s
                 response, _ = self._get_on_site(url)
                 if response is None:
                     continue
                 try:
                     if response.status_code != 200:
                         continue
-                    body = read_body(response, self.limits.unpacked_bytes)
+                    body = read_body(response, self.limits.unpacked_bytes, deadline=deadline)
                 finally:
                     response.close()
                 # Untrusted XML: defusedxml refuses entity expansion ("billion laughs")
@@ -442,6 +452,7 @@ class Crawler:
         try:
             for _ in range(self.max_redirects + 1):
                 self._wait_turn()
+                deadline = time.monotonic() + self.timeout_s  # the whole request, body included
                 with self.client.stream("GET", current) as response:
                     location = response.headers.get("location")
                     if response.status_code in REDIRECTS and location:
@@ -461,7 +472,7 @@ class Crawler:
                     ctype = response.headers.get("content-type", "").split(";")[0].strip()
                     if ctype and ctype.lower() not in HTML_TYPES:
                         return Skipped(name, f"not HTML ({ctype})")
-                    body = read_body(response, self.limits.page_bytes)
+                    body = read_body(response, self.limits.page_bytes, deadline=deadline)
                     charset = response.charset_encoding
                 if looks_binary(body, charset):  # a page served without its type, or the wrong one
                     return Skipped(name, "binary content, not HTML")

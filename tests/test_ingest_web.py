@@ -44,7 +44,7 @@ class Site:
     """A real HTTP server on 127.0.0.1 over a folder, with extra routes; it logs each path."""
 
     def __init__(self, root: Path) -> None:
-        self.routes: dict[str, tuple[int, dict[str, str], bytes, float]] = {}
+        self.routes: dict[str, tuple[int, dict[str, str], bytes, float, float]] = {}
         self.requests: list[str] = []
         site = self
 
@@ -57,7 +57,7 @@ class Site:
                 site.requests.append(path)
                 if path not in site.routes:
                     return super().do_GET()
-                status, headers, body, delay = site.routes[path]
+                status, headers, body, delay, drip = site.routes[path]
                 time.sleep(delay)
                 if status == HANG_UP:
                     self.close_connection = True  # no answer at all: the connection is cut
@@ -67,7 +67,12 @@ class Site:
                     self.send_header(key, value)
                 self.end_headers()
                 with contextlib.suppress(BrokenPipeError, ConnectionResetError):
-                    self.wfile.write(body)  # a client that timed out has gone
+                    if not drip:
+                        self.wfile.write(body)  # a client that timed out has gone
+                    for i in range(len(body) if drip else 0):  # a byte at a time, never still
+                        self.wfile.write(body[i:i + 1])
+                        self.wfile.flush()
+                        time.sleep(drip)
 
         self.server = ThreadingHTTPServer(
             ("127.0.0.1", 0), functools.partial(Handler, directory=str(root)))
@@ -77,12 +82,13 @@ class Site:
         self.thread.start()
 
     def route(self, path: str, status: int = 200, body: str | bytes = "", delay: float = 0.0,
-              **headers: str) -> None:
-        """Serve ``path`` so; ``status`` HANG_UP closes the connection without an answer."""
+              drip: float = 0.0, **headers: str) -> None:
+        """Serve ``path`` so; ``status`` HANG_UP closes the connection without an answer, and
+        ``drip`` sends the body a byte at a time, that many seconds apart."""
         named = {"Content-Type": "text/html; charset=utf-8",
                  **{k.replace("_", "-"): v for k, v in headers.items()}}
         self.routes[path] = (status, named, body if isinstance(body, bytes) else body.encode(),
-                             delay)
+                             delay, drip)
 
     def close(self) -> None:
         self.server.shutdown()
@@ -363,6 +369,30 @@ def test_a_page_that_fails_for_now_keeps_its_chunks_and_a_page_gone_loses_them(
         third = ingest_web(services, start, **options)
         assert (third.unchanged, third.kept, third.deleted, counting.texts) == (5, 0, 0, 0)
         assert {c["id"] for c in chunks(services, start)} == {c["id"] for c in stored} - gone
+    finally:
+        site.close()
+
+
+def test_a_page_that_never_stops_sending_times_out_as_a_whole(tmp_path: Path) -> None:
+    """The timeout is the whole request's: a server that sends a byte every 20 ms is never
+    silent long enough for a read to time out, and would hold the crawl for 12 s (forever,
+    for a server that never ends); robots.txt the same way stops the crawl."""
+    site = Site(tmp_path)
+    site.route("/docs/", body=page("Hub", "drip.html", "quick.html"))
+    site.route("/docs/quick.html", body=page("Quick", text="Read at once."))
+    site.route("/docs/drip.html", body=page("Drip", text="x" * 500), drip=0.02)
+    try:
+        began = time.monotonic()
+        pages, skipped, _ = run_crawl(f"{site.url}/docs/", use_sitemap=False, timeout_s=1.0)
+        assert time.monotonic() - began < 5
+        assert sorted(p.title for p in pages) == ["Hub", "Quick"]
+        assert [(s.name.split(" ")[0], s.reason) for s in skipped] == [
+            (f"{site.url}/docs/drip.html", "timed out after 1 s")]
+
+        site.route("/robots.txt", body="User-agent: *\nDisallow: /private/\n" * 20, drip=0.02,
+                   Content_Type="text/plain")
+        with pytest.raises(IngestError, match="robots.txt at .* timed out after 1 s"):
+            run_crawl(f"{site.url}/docs/", use_sitemap=False, timeout_s=1.0)
     finally:
         site.close()
 
