@@ -10,7 +10,8 @@
   sitemap protocol's own 50 MB by default). Bodies are unpacked here (gzip, deflate; nothing
   else is asked for), a bounded step at a time, so a small gzip bomb never expands in memory
   past the bound: httpx would unpack each 64 KiB it receives whole, up to 64 MiB at once.
-- Politeness: robots.txt (``Disallow`` and ``Crawl-delay``) and ``<meta name="robots">``.
+- Politeness: robots.txt (``Disallow``, ``Allow``, the longest rule winning, and
+  ``Crawl-delay``) and ``<meta name="robots">``.
   robots.txt is read as RFC 9309 says: through up to five redirects (on the site: Hearth
   calls no other), as none when it is not there (HTTP 4xx), and as "crawl nothing" when it
   cannot be reached (HTTP 5xx, a timeout, a refused connection), so the crawl stops.
@@ -28,6 +29,7 @@ from __future__ import annotations
 
 import codecs
 import hashlib
+import re
 import threading
 import time
 import zlib
@@ -35,7 +37,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import KW_ONLY, asdict, dataclass, field
 from typing import Any
-from urllib.parse import urljoin, urlsplit, urlunsplit
+from urllib.parse import quote, unquote, urljoin, urlparse, urlsplit, urlunparse, urlunsplit
 from urllib.robotparser import RobotFileParser
 
 import httpx
@@ -203,6 +205,38 @@ def decoded(body: bytes, charset: str | None) -> str | None:
         return None
 
 
+class Robots(RobotFileParser):
+    """robots.txt read as RFC 9309 says: of the rules that match a path, the longest wins (an
+    ``Allow`` on a tie), and ``*`` in a rule matches any characters, ``$`` at its end the end of
+    the path. Python's parser takes the first rule that matches, as a prefix: behind the
+    common ``Allow: /``, every ``Disallow`` was ignored, and so was every rule with a ``*``."""
+
+    def can_fetch(self, useragent: str, url: str) -> bool:
+        # The path as Python's parser has it (each rule's path is quoted the same way).
+        parts = urlparse(unquote(url))
+        path = quote(urlunparse(("", "", parts.path, parts.params, parts.query, ""))) or "/"
+        entries: list[Any] = getattr(self, "entries", [])  # the parser's, untyped in typeshed
+        entry = next((e for e in entries if e.applies_to(useragent)),
+                     getattr(self, "default_entry", None))
+        if entry is None:
+            return True
+        best: tuple[int, bool] = (-1, True)
+        for rule in entry.rulelines:
+            if _rule_matches(rule.path, path):
+                # The rule's length as written; on a tie True, Allow, wins.
+                best = max(best, (len(unquote(rule.path)), rule.allowance))
+        return best[1]
+
+
+def _rule_matches(rule: str, path: str) -> bool:
+    """Whether a robots.txt rule, quoted as Python's parser keeps it (``*`` is ``%2A``, ``$``
+    is ``%24``), matches the start of ``path``."""
+    anchored = rule.endswith("%24")
+    pieces = (rule[:-3] if anchored else rule).split("%2A")
+    pattern = ".*".join(re.escape(piece) for piece in pieces) + ("$" if anchored else "")
+    return re.match(pattern, path) is not None
+
+
 def _site(url: str) -> tuple[str, int | None]:
     parts = urlsplit(url)
     try:
@@ -263,7 +297,7 @@ class Crawler:
             transport=self.transport,
             limits=httpx.Limits(max_connections=max(1, self.concurrency)),
         )
-        self.robots: RobotFileParser | None = None
+        self.robots: Robots | None = None
         self.delay = 0.0
         self._last_request = 0.0
         self._polite = threading.Lock()
@@ -362,7 +396,7 @@ class Crawler:
             self._ignore(f"robots.txt past {limit / 2**20:.3g} MiB (not read, as search "
                          "engines do)")
         text = decoded(body, charset)  # None: UTF-8, as RFC 9309 has robots.txt written
-        robots = RobotFileParser(url)
+        robots = Robots(url)
         robots.parse((body.decode("utf-8", errors="replace") if text is None else text)
                      .splitlines())
         self.robots = robots

@@ -433,6 +433,24 @@ def test_robots_txt_behind_redirects_on_the_site_is_obeyed(private_docs: Site) -
                        "allows)": 1}
 
 
+def test_robots_txt_rules_match_as_rfc_9309_says(private_docs: Site) -> None:
+    """The longest rule that matches wins, whatever their order, and ``*`` and ``$`` are
+    patterns: behind the common ``Allow: /`` first, a ``Disallow`` still holds."""
+    site = private_docs
+    for robots, allowed in (
+            ("Allow: /\nDisallow: /docs/private/\n", {"/docs/", "/docs/public.html"}),
+            ("Allow: /\nDisallow: /*/private/\n", {"/docs/", "/docs/public.html"}),
+            ("Disallow: /docs/p\nAllow: /docs/public.html$\n", {"/docs/", "/docs/public.html"}),
+            ("Disallow: /docs/*.html\nAllow: /docs/private/\n",
+             {"/docs/", "/docs/private/secret.html"})):
+        site.requests.clear()
+        site.route("/robots.txt", body="User-agent: *\n" + robots, Content_Type="text/plain")
+        pages, _, ignored = run_crawl(f"{site.url}/docs/", use_sitemap=False)
+        assert {p.source for p in pages} == {site.url + path for path in allowed}, robots
+        assert set(site.requests) == {"/robots.txt"} | allowed, robots
+        assert ignored == {"links disallowed by robots.txt": 1}, robots
+
+
 def test_sitemaps_are_read_on_the_site_only(private_docs: Site, elsewhere: Site) -> None:
     """A sitemap robots.txt names on another host, one an index lists there, and one that
     redirects there are counted, never fetched: Hearth calls no host but the one it crawls.
