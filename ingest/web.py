@@ -35,7 +35,7 @@ import time
 import zlib
 from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import KW_ONLY, asdict, dataclass, field
+from dataclasses import KW_ONLY, asdict, astuple, dataclass, field
 from typing import Any
 from urllib.parse import quote, unquote, urljoin, urlparse, urlsplit, urlunparse, urlunsplit
 from urllib.robotparser import RobotFileParser
@@ -308,6 +308,9 @@ class Crawler:
         # with the reason they were counted under: another page may still lead to them.
         self.passed: dict[str, str] = {}
         self.referrer: dict[str, str] = {}
+        # The content of each page read: another address of one (``?utm_source=...``,
+        # ``?highlight=...``) is that page again, not one more to index.
+        self.contents: set[str] = set()
 
     # -- scope ---------------------------------------------------------------------------------
 
@@ -637,6 +640,12 @@ class Crawler:
         if page_key(result.url) in yielded:
             return  # a second address of a page already read (a redirect to it)
         yielded.add(page_key(result.url))
+        content = hashlib.sha256(repr((result.title, [astuple(b) for b in result.blocks]))
+                                 .encode()).hexdigest()
+        if content in self.contents:
+            self._ignore("pages the same as another page (another address of it)")
+            return
+        self.contents.add(content)
         if result.noindex:
             yield Skipped(result.url, "robots meta tag: noindex")
         else:

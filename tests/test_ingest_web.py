@@ -521,6 +521,26 @@ def test_a_link_met_first_on_a_nofollow_page_is_still_followed_from_another(
         site.close()
 
 
+def test_a_page_linked_with_a_query_string_is_indexed_once(tmp_path: Path) -> None:
+    """``guide.html?utm_source=nav`` is ``guide.html`` again: indexed twice, each passage
+    would come back twice in an answer's sources. A page whose content differs is kept."""
+    (tmp_path / "docs").mkdir()
+    (tmp_path / "docs" / "index.html").write_text(page(
+        "Hub", "guide.html", "guide.html?utm_source=nav", "guide.html?highlight=x#top",
+        "search.html?q=tides"))
+    (tmp_path / "docs" / "guide.html").write_text(page("Guide", text="The almanac of tides."))
+    site = Site(tmp_path)
+    site.route("/docs/search.html", body=page("Search", text="Results for tides."))
+    try:
+        pages, skipped, ignored = run_crawl(f"{site.url}/docs/", use_sitemap=False)
+        assert [p.source for p in pages] == [f"{site.url}/docs/", f"{site.url}/docs/guide.html",
+                                             f"{site.url}/docs/search.html?q=tides"]
+        assert skipped == []
+        assert ignored["pages the same as another page (another address of it)"] == 2
+    finally:
+        site.close()
+
+
 def test_a_charset_python_does_not_know_is_not_a_failure(tmp_path: Path) -> None:
     """utf8mb4, none, x-user-defined: the page's own <meta charset>, or the parser's guess,
     reads it; robots.txt is read as UTF-8."""
