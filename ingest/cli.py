@@ -156,12 +156,15 @@ def list_command(collection: str | None, as_json: bool) -> None:
 def remove_command(source: str, collection: str, yes: bool) -> None:
     """Remove SOURCE (a folder or start URL, as listed) and all its chunks from a collection."""
     from hearth.errors import HearthError
-    from hearth.ingest.sources import remove_source, resolve
+    from hearth.ingest.sources import SourceNotFound, remove_source, resolve
 
     services = _services()
     try:
-        services.access.get(collection)  # one that does not exist is named as such
-        namespace = resolve(services.settings, source, collection)
+        try:
+            namespace = resolve(services.settings, source, collection)
+        except SourceNotFound:
+            services.access.get(collection)  # a collection that does not exist, named as such
+            raise
         if not yes:
             click.confirm(f"Remove {namespace} and all its chunks from collection "
                           f"{collection!r}?", abort=True)

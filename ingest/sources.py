@@ -105,6 +105,10 @@ def _mongo_rows(settings: Settings, uri: str) -> list[tuple[str, int, int, float
         client.close()
 
 
+class SourceNotFound(IngestError):
+    """No source of that name in the collection (which may not exist either)."""
+
+
 def resolve(settings: Settings, source: str, collection: str = DEFAULT) -> str:
     """The source a user means by ``source`` in ``collection``: as listed, a URL, or a folder
     path."""
@@ -117,8 +121,8 @@ def resolve(settings: Settings, source: str, collection: str = DEFAULT) -> str:
     for candidate in candidates:
         if candidate in known:
             return candidate
-    raise IngestError(f"no source {source!r} in collection {collection!r} "
-                      "(`hearth sources list` shows them)")
+    raise SourceNotFound(f"no source {source!r} in collection {collection!r} "
+                         "(`hearth sources list` shows them)")
 
 
 def remove_source(services: Services, source: str, collection: str = DEFAULT, *,
