@@ -100,8 +100,8 @@ REPLY = "To install the printer driver, run setup.exe from the driver folder."
 
 
 class Quick:
-    def __init__(self, url: str, services: Services, app: Any) -> None:
-        self.url, self.services, self.app = url, services, app
+    def __init__(self, url: str, services: Services, app: Any, server: Any) -> None:
+        self.url, self.services, self.app, self.server = url, services, app, server
 
     def turns(self, user: str) -> list[dict[str, Any]]:
         """The turns of the user's newest conversation, as the API gives them."""
@@ -135,7 +135,7 @@ def quick(tmp_path_factory: pytest.TempPathFactory, embeddings: Any) -> Iterator
     url = f"http://127.0.0.1:{server.effective_port}"
     try:
         wait_until(lambda: http_ok(f"{url}/healthz"), "hearth's app")
-        yield Quick(url, services, app)
+        yield Quick(url, services, app, server)
     finally:
         server.task_dispatcher.shutdown()
         server.close()
@@ -611,6 +611,30 @@ def test_evidence_marks_in_a_passage_with_emoji_cancel_marks_nothing_and_names_a
     expect(answer.locator(".thanks")).to_have_text("")
     assert not [r for r in requests_made if r.url.endswith("/feedback")]
     assert quick.turns("Kim")[0]["feedback"] is None
+
+
+def test_a_stream_cut_by_a_shutdown_says_so_not_http_200(
+        browser: Any, quick: Quick, requests_made: list[Any]) -> None:
+    """A stream that has begun answered 200: the error event that ends it (here the server's
+    shutdown, past its grace period) is said in words, with no status. The fake model answers
+    (see `quick`), slowed down so that the shutdown comes mid-answer."""
+    from playwright.sync_api import expect
+
+    page = open_page(browser, quick, requests_made)
+    sign_in(page, "Max")
+    quick.services.llm.chat_model.sleep = 0.1  # type: ignore[attr-defined]
+    try:
+        answer = ask(page, QUESTION)
+        expect(answer.locator(".text")).not_to_have_text("")  # the stream has begun
+        quick.server.stopping.set()  # as SIGTERM does once the grace period is over
+        alert = answer.get_by_role("alert")
+        expect(alert).to_have_text("Hearth is shutting down (or restarting): this answer was not "
+                                   "finished or saved. Send your question again in a moment.")
+    finally:
+        quick.server.stopping.clear()
+        quick.services.llm.chat_model.sleep = None  # type: ignore[attr-defined]
+    finished(page)
+    assert page.locator("#question").input_value() == QUESTION  # ready to send again
 
 
 def contrast(foreground: str, background: str) -> float:

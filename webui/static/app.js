@@ -34,6 +34,8 @@ const LOST = "The connection to Hearth was lost before the answer was finished; 
 const CONFIDENCE_HINT = "How sure the model was of the words it wrote (the mean probability it " +
   "gave each of them, 0 to 1). A hint, not the chance that the answer is right: read the evidence.";
 
+// status: the response's HTTP status; null for an error event in a stream that had begun (its
+// status was 200, which says nothing of the error).
 function explain(status, code, message, retryAfter) {
   const wait = retryAfter ? ` Try again in ${retryAfter} s.` : " Try again shortly.";
   switch (code) {
@@ -61,8 +63,12 @@ function explain(status, code, message, retryAfter) {
       return "This conversation no longer exists (was it deleted elsewhere?). Start a new one.";
     case "internal_error":
       return "Hearth failed unexpectedly; the details are in its log.";
+    case "shutting_down":
+      return "Hearth is shutting down (or restarting): this answer was not finished or saved. " +
+             "Send your question again in a moment.";
     default:
       if (status === 429) return `Too many requests for now.${wait}`;
+      if (status === null) return `Hearth could not finish the answer (${code}): ${message}`;
       return `Hearth answered with an error (HTTP ${status}${code ? ", " + code : ""}): ${message}`;
   }
 }
@@ -431,7 +437,7 @@ async function ask(question) {
         showConversation(data.conversation_id);
         feedbackBar(answerNode);
       } else if (event === "error") {
-        throw new HearthError(data.code, explain(200, data.code, data.message));
+        throw new HearthError(data.code, explain(null, data.code, data.message));
       }
     }
     if (!finished) throw new HearthError("lost", LOST);
