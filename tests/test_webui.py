@@ -24,7 +24,7 @@ from hearth.conversations import Turn
 from hearth.grounding import Verdict
 from hearth.history import SQLiteHistory
 from hearth.ingest.pipeline import ingest_files
-from hearth.model import Source, withheld_answer
+from hearth.model import Source, unsupported_note, withheld_answer
 from hearth.server import build_server
 from hearth.services import Services, build_services
 from hearth.web import jobs
@@ -455,7 +455,6 @@ def test_a_withheld_answer_says_why_with_the_closest_evidence_and_the_draft_fold
     answer = page.locator("#messages .answer").last
     expect(answer.locator(".text")).to_contain_text("Your documents do not seem to answer this")
     expect(answer).to_have_class(re.compile("refused"))
-    expect(answer.locator(".ungrounded-note")).to_have_count(0)  # the answer says it itself
     evidence = answer.get_by_role("region", name="Closest to your question")
     expect(evidence).to_contain_text("run setup.exe from the driver folder")
     draft = answer.locator("details.draft")
@@ -611,6 +610,36 @@ def test_evidence_marks_in_a_passage_with_emoji_cancel_marks_nothing_and_names_a
     expect(answer.locator(".thanks")).to_have_text("")
     assert not [r for r in requests_made if r.url.endswith("/feedback")]
     assert quick.turns("Kim")[0]["feedback"] is None
+
+
+def test_a_flagged_answer_says_what_no_source_says_once(
+        browser: Any, quick: Quick, requests_made: list[Any]) -> None:
+    """With HEARTH_UNSUPPORTED_ANSWERS=flag an answer the grounding check does not pass is
+    given with Hearth's note at its end, naming what no source says: the page marks that note
+    and adds no second one. The turn is written to the server's history store as the chain
+    stores a flagged answer (no model needed)."""
+    from playwright.sync_api import expect
+
+    passage = GUIDE.split("\n\n", 2)[2].strip()
+    verdict = Verdict(False, ["42"], 0, 0.6)
+    note = unsupported_note(verdict).strip()
+    quick.services.history.add_turn("flagged-1", "Nia", Turn(
+        question="How many pages a minute does the driver print?",
+        answer="The driver prints 42 pages a minute." + unsupported_note(verdict),
+        sources=[Source("printing.md", None, None, "Installing the printer driver", passage,
+                        "c1", 0.61).to_dict()],
+        grounded=False, unsupported=["42"]))
+
+    page = open_page(browser, quick, requests_made)
+    sign_in(page, "Nia")
+    page.locator("#conversations li .open").first.click()
+    answer = page.locator("#messages .answer").last
+    expect(answer.locator(".text p").last).to_have_text(note)
+    assert answer.inner_text().count("Not found in your documents") == 1, answer.inner_text()
+    marked = answer.locator(".text p").last.evaluate("e => getComputedStyle(e).borderLeftStyle")
+    assert marked == "solid"  # the note stands out from the answer
+    assert answer.locator(".text p").first.evaluate(
+        "e => getComputedStyle(e).borderLeftStyle") == "none"
 
 
 def test_a_stream_cut_by_a_shutdown_says_so_not_http_200(

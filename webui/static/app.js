@@ -273,14 +273,14 @@ function renderSources(answerNode, sources, evidence = []) {
                        el("h3", { text: "Sources" }), list));
 }
 
-// Under the answer: the sentences of the sources that back it, and, when the grounding check
-// found things no source says, a warning naming them. The sources' passages mark the evidence.
-// An answer Hearth withheld says why itself: under it, the sentences closest to the question
-// and the model's draft, folded and marked unverified. Then how sure the model was, where the
+// Under the answer: the sentences of the sources that back it; the sources' passages mark them.
+// An answer the grounding check flagged (HEARTH_UNSUPPORTED_ANSWERS=flag) ends with Hearth's
+// own note naming what no source says, for every client: the page marks it, adds none. An
+// answer Hearth withheld says why itself: under it, the sentences closest to the question and
+// the model's draft, folded and marked unverified. Then how sure the model was, where the
 // backend says.
 function renderGrounding(answerNode, answer) {
   answerNode.querySelector(".evidence")?.remove();
-  answerNode.querySelector(".ungrounded-note")?.remove();
   answerNode.querySelector(".draft")?.remove();
   answerNode.querySelector(".confidence")?.remove();
   const withheld = Boolean(answer.draft);
@@ -309,11 +309,6 @@ function renderGrounding(answerNode, answer) {
       el("div", { class: "draft-text" }));
     renderMarkdown(draft.querySelector(".draft-text"), answer.draft);
     answerNode.querySelector(".text").after(draft);
-  } else if (answer.grounded === false) {
-    const spans = (answer.unsupported || []).slice(0, 4).join(", ");
-    answerNode.querySelector(".text").after(el("p", { class: "ungrounded-note", role: "note",
-      text: spans ? `Not found in your documents: ${spans}. Check the evidence and sources before relying on this answer.`
-                  : "Your documents do not back this answer as it stands: check the sources before relying on it." }));
   }
   if (typeof answer.confidence === "number") {
     const line = el("p", { class: "confidence", title: CONFIDENCE_HINT,
