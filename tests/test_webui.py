@@ -612,6 +612,21 @@ def test_evidence_marks_in_a_passage_with_emoji_cancel_marks_nothing_and_names_a
     assert quick.turns("Kim")[0]["feedback"] is None
 
 
+def test_on_a_phone_the_name_signed_in_is_not_cut(
+        browser: Any, quick: Quick, requests_made: list[Any]) -> None:
+    """On a 360-pixel-wide phone the header keeps the name under "You:" whole (the title gives
+    way first); a name longer than the button may be is cut with an ellipsis, as it was."""
+    page = open_page(browser, quick, requests_made, viewport={"width": 360, "height": 740},
+                     is_mobile=True, has_touch=True)
+    sign_in(page, "Alexandra")
+    button = page.locator("#open-settings")
+    assert button.evaluate("e => e.scrollWidth <= e.clientWidth"), button.evaluate(
+        "e => [e.scrollWidth, e.clientWidth]")  # "You: Alexandra", not "You: Al…"
+    assert page.evaluate("document.documentElement.scrollWidth") <= 360
+    box = button.bounding_box()
+    assert box["x"] >= 0 and box["x"] + box["width"] <= 360, box
+
+
 def test_a_flagged_answer_says_what_no_source_says_once(
         browser: Any, quick: Quick, requests_made: list[Any]) -> None:
     """With HEARTH_UNSUPPORTED_ANSWERS=flag an answer the grounding check does not pass is
