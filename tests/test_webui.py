@@ -627,6 +627,29 @@ def test_on_a_phone_the_name_signed_in_is_not_cut(
     assert box["x"] >= 0 and box["x"] + box["width"] <= 360, box
 
 
+def test_on_a_phone_the_keyboard_goes_into_the_list_and_back_out(
+        browser: Any, quick: Quick, requests_made: list[Any]) -> None:
+    """On a narrow screen (a phone, or a page zoomed in), "Conversations" opened from the
+    keyboard puts the focus on the list's first button; Escape or Close hides the list and
+    gives the focus back to "Conversations", not to the page's start."""
+    from playwright.sync_api import expect
+
+    page = open_page(browser, quick, requests_made, viewport={"width": 390, "height": 844})
+    sign_in(page, "Oli")
+    toggle = page.get_by_role("button", name="Conversations")
+    for close in ("Escape", "Close"):
+        toggle.focus()
+        page.keyboard.press("Enter")
+        expect(page.locator("#sidebar")).to_be_visible()
+        expect(page.locator("#new-conversation")).to_be_focused()
+        if close == "Close":
+            page.locator("#close-list").focus()
+        page.keyboard.press(close if close == "Escape" else "Enter")
+        expect(page.locator("#sidebar")).to_be_hidden()
+        expect(toggle).to_be_focused()
+        expect(toggle).to_have_attribute("aria-expanded", "false")
+
+
 def test_a_flagged_answer_says_what_no_source_says_once(
         browser: Any, quick: Quick, requests_made: list[Any]) -> None:
     """With HEARTH_UNSUPPORTED_ANSWERS=flag an answer the grounding check does not pass is

@@ -572,8 +572,12 @@ async function eraseHistory() {
 
 // The side list on a phone-sized screen.
 function closeList() {
-  $("#sidebar").classList.remove("open");
+  const sidebar = $("#sidebar");
+  // Hidden, the list would take the focus with it: it goes back to the button that opened it.
+  const hadFocus = sidebar.classList.contains("open") && sidebar.contains(document.activeElement);
+  sidebar.classList.remove("open");
   $("#toggle-list").setAttribute("aria-expanded", "false");
+  if (hadFocus) $("#toggle-list").focus();
 }
 
 function toggleList() {
