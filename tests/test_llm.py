@@ -10,7 +10,7 @@ import threading
 import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+from typing import Any, Self
 
 import httpx
 import pytest
@@ -103,7 +103,24 @@ def test_ollama_reports_each_tokens_log_probability(make_settings: Any) -> None:
     assert plain.logprobs == expected and all(t.top == [] for t in llm.drawn(plain))
 
 
-class TricklingOpenAI:
+class LocalServer:
+    """An HTTP server of a test's own on 127.0.0.1, an OpenAI-style ``url``, served from a
+    thread for the ``with`` block."""
+
+    def __init__(self, handler: type[BaseHTTPRequestHandler]) -> None:
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/v1"
+
+    def __enter__(self) -> Self:
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+class TricklingOpenAI(LocalServer):
     """An OpenAI-style server on 127.0.0.1 whose answer (streamed or not) comes a byte every
     ``trickle`` seconds: never silent for as long as a read's timeout."""
 
@@ -136,16 +153,7 @@ class TricklingOpenAI:
                     self.wfile.flush()
                     time.sleep(trickle)
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/v1"
-
-    def __enter__(self) -> TricklingOpenAI:
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self.server.shutdown()
-        self.server.server_close()
+        super().__init__(Handler)
 
 
 @pytest.mark.parametrize("backend", ["ollama", "openai"])
@@ -236,7 +244,7 @@ def test_openai_extra_body_that_is_not_an_object_of_the_servers_own_fields_is_re
     assert load_settings().openai_extra_body == {"repeat_penalty": 1.1}
 
 
-class RefusingServer:
+class RefusingServer(LocalServer):
     """An OpenAI-style server on 127.0.0.1 that refuses log-probabilities with a 400, as servers
     without them do, and passes every other request to a real one: a stand-in (no such server
     runs here). With ``refuse_all``, it refuses everything (a server that is failing); with
@@ -277,16 +285,7 @@ class RefusingServer:
                 reply = httpx.post(upstream + self.path.removeprefix("/v1"), json=body, timeout=60)
                 self._send(reply.status_code, reply.content, reply.headers["content-type"])
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/v1"
-
-    def __enter__(self) -> RefusingServer:
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self.server.shutdown()
-        self.server.server_close()
+        super().__init__(Handler)
 
 
 @pytest.fixture
